@@ -8,13 +8,6 @@
 
 #include "lorahost/lorahost.h"
 
-#define LH_ERROR_MAX 1024
-
-typedef struct lh_error {
-    lh_status code;
-    char msg[LH_ERROR_MAX];
-} lh_error;
-
 /* Fill err (may be NULL) with code and a printf-style message; returns code. */
 lh_status lh_error_set(lh_error *err, lh_status code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -14,6 +14,14 @@ extern "C" {
 #define LH_VERSION_PATCH 0
 #define LH_VERSION_STRING "0.1.0"
 
+/* Every API call that can fail takes an lh_error (may be NULL) and returns 0
+ * or a negative lh_status; the message names the file, key or field at fault. */
+#define LH_ERROR_MAX 1024
+typedef struct lh_error {
+    lh_status code;
+    char msg[LH_ERROR_MAX];
+} lh_error;
+
 /* Text for a status code ("malformed input", ...). Never NULL. */
 LH_API const char *lh_strerror(lh_status code);
 
