@@ -111,6 +111,10 @@ typedef struct lh_host_api {
     void *(*calloc)(size_t count, size_t size); /* checks count*size overflow */
     void (*free)(void *ptr);
 
+    /* Message of the last failing host call on this thread ("" if none).
+     * The tensor, RNG and math services below report errors this way. */
+    const char *(*last_error)(void);
+
     /* Configuration lookup. Every key a plugin reads is marked used; after
      * create() the host rejects keys nobody read (unless they start with
      * '_'), naming the key and the plugin. A missing key leaves *out at

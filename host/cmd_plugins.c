@@ -1,0 +1,107 @@
+/* `lorahost plugins`: list the plugins the registry finds (id, kind,
+ * version, path) and the files it refused, with the reason. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "lorahost/lorahost.h"
+
+#define MAX_DIRS 64
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: lorahost plugins [--plugin-dir DIR]... [--no-builtin] [--json]\n"
+            "\n"
+            "Lists plugins from the --plugin-dir directories, then $%s (':'-separated),\n"
+            "then the built-in directory (%s). When two plugins claim the same kind\n"
+            "and id, the first one found wins. Refused files are listed with the reason.\n",
+            LH_PLUGIN_PATH_ENV, lh_registry_builtin_dir());
+}
+
+static void print_aliases(const lh_plugin_info *info) {
+    if (!info->aliases || !info->aliases[0]) return;
+    printf("    aliases:");
+    for (const char *const *a = info->aliases; *a; a++)
+        printf(" \"%s\"", *a);
+    printf("\n");
+}
+
+static int print_json(const lh_registry *reg) {
+    json_t *root = json_object(), *list = json_array(), *refused = json_array();
+    if (!root || !list || !refused) return 1;
+    for (size_t i = 0; i < lh_registry_count(reg); i++) {
+        const char *path;
+        const lh_plugin_info *info = lh_registry_get(reg, i, &path);
+        json_t *aliases = json_array();
+        for (const char *const *a = info->aliases; a && *a; a++)
+            json_array_append_new(aliases, json_string(*a));
+        json_array_append_new(
+            list, json_pack("{s:s, s:s, s:s, s:s, s:s, s:o}", "id", info->id, "kind",
+                            lh_plugin_kind_name(info->kind), "version",
+                            info->version ? info->version : "", "summary",
+                            info->summary ? info->summary : "", "path", path, "aliases",
+                            aliases));
+    }
+    for (size_t i = 0; i < lh_registry_diagnostic_count(reg); i++)
+        json_array_append_new(refused, json_string(lh_registry_diagnostic(reg, i)));
+    json_object_set_new(root, "plugins", list);
+    json_object_set_new(root, "refused", refused);
+    char *text = json_dumps(root, JSON_INDENT(2) | JSON_ENSURE_ASCII);
+    json_decref(root);
+    if (!text) return 1;
+    printf("%s\n", text);
+    free(text);
+    return 0;
+}
+
+int lh_cmd_plugins(int argc, char **argv) {
+    const char *dirs[MAX_DIRS];
+    size_t n_dirs = 0;
+    int json = 0, builtin = 1;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--json")) {
+            json = 1;
+        } else if (!strcmp(argv[i], "--no-builtin")) {
+            builtin = 0;
+        } else if (!strcmp(argv[i], "--plugin-dir") && i + 1 < argc && n_dirs < MAX_DIRS) {
+            dirs[n_dirs++] = argv[++i];
+        } else {
+            fprintf(stderr, "lorahost plugins: unknown or incomplete option '%s'\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    lh_error err = {0};
+    lh_registry *reg;
+    if (lh_registry_create(&reg, &err) != LH_OK ||
+        lh_registry_scan(reg, dirs, n_dirs, 1, builtin, &err) != LH_OK) {
+        fprintf(stderr, "lorahost plugins: %s\n", err.msg);
+        return 1;
+    }
+    int rc = 0;
+    if (json) {
+        rc = print_json(reg);
+    } else {
+        printf("%-24s %-10s %-10s %s\n", "ID", "KIND", "VERSION", "PATH");
+        for (size_t i = 0; i < lh_registry_count(reg); i++) {
+            const char *path;
+            const lh_plugin_info *info = lh_registry_get(reg, i, &path);
+            printf("%-24s %-10s %-10s %s\n", info->id, lh_plugin_kind_name(info->kind),
+                   info->version ? info->version : "-", path);
+            print_aliases(info);
+        }
+        printf("%zu plugin(s)", lh_registry_count(reg));
+        if (lh_registry_diagnostic_count(reg))
+            printf(", %zu refused:", lh_registry_diagnostic_count(reg));
+        printf("\n");
+        for (size_t i = 0; i < lh_registry_diagnostic_count(reg); i++)
+            printf("  refused: %s\n", lh_registry_diagnostic(reg, i));
+    }
+    lh_registry_destroy(reg);
+    return rc;
+}

@@ -1,0 +1,52 @@
+/* Host tensors: the concrete lh_tensor behind the plugin ABI's opaque handle.
+ * Until the backend table lands, every tensor lives in host memory and the
+ * ops in tensor_ops.c compute on it in float32 (f16/bf16 storage converted). */
+#ifndef LH_HOST_TENSOR_H
+#define LH_HOST_TENSOR_H
+
+#include <stdint.h>
+
+#include "error.h"
+#include "lorahost/lorahost.h"
+
+struct lh_tensor {
+    lh_dtype dtype;
+    int ndim;
+    int64_t shape[LH_MAX_DIMS];
+    int64_t numel;
+    void *data;
+    int owns_data;
+};
+
+/* New zero-filled tensor; NULL (with err) on bad shape, overflow or no memory. */
+lh_tensor *lh_tensor_create(lh_dtype dtype, int ndim, const int64_t *shape, lh_error *err);
+/* A tensor header over memory owned by someone else. */
+lh_status lh_tensor_view(lh_tensor *out, void *data, lh_dtype dtype, int ndim,
+                         const int64_t *shape, lh_error *err);
+void lh_tensor_destroy(lh_tensor *t);
+
+/* Element i as float / store float into element i (f32, f16, bf16, f64). */
+float lh_tensor_get(const lh_tensor *t, int64_t i);
+void lh_tensor_set(lh_tensor *t, int64_t i, float v);
+
+/* ---- Ops used by the host-services table (outputs first) ---- */
+lh_status lh_op_copy(lh_tensor *out, const lh_tensor *x, lh_error *err);
+lh_status lh_op_fill(lh_tensor *out, double value, lh_error *err);
+lh_status lh_op_axpby(lh_tensor *out, double a, const lh_tensor *x, double b,
+                      const lh_tensor *y, lh_error *err);
+lh_status lh_op_lincomb(lh_tensor *out, int n, const double *coef, const lh_tensor *const *xs,
+                        lh_error *err);
+lh_status lh_op_mul(lh_tensor *out, const lh_tensor *x, const lh_tensor *y, lh_error *err);
+lh_status lh_op_clamp(lh_tensor *out, const lh_tensor *x, double lo, double hi, lh_error *err);
+lh_status lh_op_gemm(lh_tensor *out, // [M, N]
+                     const lh_tensor *a, // [M, K] or [K, M] with trans_a
+                     const lh_tensor *b, // [K, N] or [N, K] with trans_b
+                     int trans_a, int trans_b, double alpha, double beta, lh_error *err);
+lh_status lh_op_conv2d(lh_tensor *out,        // [N, Cout, Ho, Wo]
+                       const lh_tensor *x,    // [N, Cin, H, W]
+                       const lh_tensor *w,    // [Cout, Cin/groups, kh, kw]
+                       const lh_tensor *bias, // [Cout] or NULL
+                       int stride_h, int stride_w, int pad_h, int pad_w, int dil_h,
+                       int dil_w, int groups, lh_error *err);
+
+#endif

@@ -1,0 +1,203 @@
+/* Reference tensor ops behind the host-services table: elementwise ops,
+ * GEMM and conv2d on host tensors, computed in float32 (accumulated in
+ * double) whatever the storage type. The compute backends replace these. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "tensor.h"
+
+/* ---- Checks ---- */
+
+static int is_float_dtype(lh_dtype dt) {
+    return dt == LH_DTYPE_F32 || dt == LH_DTYPE_F16 || dt == LH_DTYPE_BF16 ||
+           dt == LH_DTYPE_F64;
+}
+
+static lh_status check_float(const lh_tensor *t, const char *what, lh_error *err) {
+    if (!t || !t->data)
+        return lh_error_set(err, LH_ERR_INVALID, "%s: tensor is NULL", what);
+    if (!is_float_dtype(t->dtype))
+        return lh_error_set(err, LH_ERR_UNSUPPORTED,
+                            "%s: dtype %d is not a floating-point type", what, (int)t->dtype);
+    return LH_OK;
+}
+
+static lh_status check_same_numel(const lh_tensor *out, const lh_tensor *x, const char *op,
+                                  lh_error *err) {
+    lh_status st = check_float(out, op, err);
+    if (st == LH_OK) st = check_float(x, op, err);
+    if (st != LH_OK) return st;
+    if (out->numel != x->numel)
+        return lh_error_set(err, LH_ERR_SHAPE, "%s: %lld elements in output, %lld in input", op,
+                            (long long)out->numel, (long long)x->numel);
+    return LH_OK;
+}
+
+/* ---- Elementwise ---- */
+
+lh_status lh_op_copy(lh_tensor *out, const lh_tensor *x, lh_error *err) {
+    lh_status st = check_same_numel(out, x, "copy", err);
+    if (st != LH_OK) return st;
+    for (int64_t i = 0; i < out->numel; i++) lh_tensor_set(out, i, lh_tensor_get(x, i));
+    return LH_OK;
+}
+
+lh_status lh_op_fill(lh_tensor *out, double value, lh_error *err) {
+    lh_status st = check_float(out, "fill", err);
+    if (st != LH_OK) return st;
+    for (int64_t i = 0; i < out->numel; i++) lh_tensor_set(out, i, (float)value);
+    return LH_OK;
+}
+
+lh_status lh_op_axpby(lh_tensor *out, double a, const lh_tensor *x, double b,
+                      const lh_tensor *y, lh_error *err) {
+    lh_status st = check_same_numel(out, x, "axpby", err);
+    if (st == LH_OK && y) st = check_same_numel(out, y, "axpby", err);
+    if (st != LH_OK) return st;
+    for (int64_t i = 0; i < out->numel; i++) {
+        double v = a * lh_tensor_get(x, i);
+        if (y) v += b * lh_tensor_get(y, i);
+        lh_tensor_set(out, i, (float)v);
+    }
+    return LH_OK;
+}
+
+lh_status lh_op_lincomb(lh_tensor *out, int n, const double *coef, const lh_tensor *const *xs,
+                        lh_error *err) {
+    if (n < 1 || !coef || !xs)
+        return lh_error_set(err, LH_ERR_INVALID, "lincomb: needs at least one term");
+    for (int k = 0; k < n; k++) {
+        lh_status st = check_same_numel(out, xs[k], "lincomb", err);
+        if (st != LH_OK) return st;
+    }
+    for (int64_t i = 0; i < out->numel; i++) {
+        double v = 0.0;
+        for (int k = 0; k < n; k++) v += coef[k] * lh_tensor_get(xs[k], i);
+        lh_tensor_set(out, i, (float)v);
+    }
+    return LH_OK;
+}
+
+lh_status lh_op_mul(lh_tensor *out, const lh_tensor *x, const lh_tensor *y, lh_error *err) {
+    lh_status st = check_same_numel(out, x, "mul", err);
+    if (st == LH_OK) st = check_same_numel(out, y, "mul", err);
+    if (st != LH_OK) return st;
+    for (int64_t i = 0; i < out->numel; i++)
+        lh_tensor_set(out, i, lh_tensor_get(x, i) * lh_tensor_get(y, i));
+    return LH_OK;
+}
+
+lh_status lh_op_clamp(lh_tensor *out, const lh_tensor *x, double lo, double hi, lh_error *err) {
+    lh_status st = check_same_numel(out, x, "clamp", err);
+    if (st != LH_OK) return st;
+    if (!(lo <= hi))
+        return lh_error_set(err, LH_ERR_INVALID, "clamp: lower bound %g above upper %g", lo, hi);
+    for (int64_t i = 0; i < out->numel; i++) {
+        float v = lh_tensor_get(x, i);
+        lh_tensor_set(out, i, v < lo ? (float)lo : v > hi ? (float)hi : v);
+    }
+    return LH_OK;
+}
+
+/* ---- GEMM ---- */
+
+/* View t as a matrix: all axes but the last folded into rows. */
+static void as_matrix(const lh_tensor *t, int64_t *rows, int64_t *cols) {
+    *cols = t->ndim ? t->shape[t->ndim - 1] : 1;
+    *rows = *cols ? t->numel / *cols : 0;
+}
+
+lh_status lh_op_gemm(lh_tensor *out, const lh_tensor *a, const lh_tensor *b, int trans_a,
+                     int trans_b, double alpha, double beta, lh_error *err) {
+    lh_status st = check_float(out, "gemm", err);
+    if (st == LH_OK) st = check_float(a, "gemm", err);
+    if (st == LH_OK) st = check_float(b, "gemm", err);
+    if (st != LH_OK) return st;
+    int64_t ar, ac, br, bc, orows, ocols;
+    as_matrix(a, &ar, &ac);
+    as_matrix(b, &br, &bc);
+    as_matrix(out, &orows, &ocols);
+    int64_t m = trans_a ? ac : ar, k = trans_a ? ar : ac;
+    int64_t kb = trans_b ? bc : br, n = trans_b ? br : bc;
+    if (k != kb || orows != m || ocols != n)
+        return lh_error_set(err, LH_ERR_SHAPE,
+                            "gemm: op(a) is [%lld, %lld], op(b) is [%lld, %lld], out is "
+                            "[%lld, %lld]",
+                            (long long)m, (long long)k, (long long)kb, (long long)n,
+                            (long long)orows, (long long)ocols);
+    for (int64_t i = 0; i < m; i++) {
+        for (int64_t j = 0; j < n; j++) {
+            double acc = 0.0;
+            for (int64_t p = 0; p < k; p++) {
+                float av = lh_tensor_get(a, trans_a ? p * ac + i : i * ac + p);
+                float bv = lh_tensor_get(b, trans_b ? j * bc + p : p * bc + j);
+                acc += (double)av * bv;
+            }
+            double prev = beta != 0.0 ? beta * lh_tensor_get(out, i * n + j) : 0.0;
+            lh_tensor_set(out, i * n + j, (float)(alpha * acc + prev));
+        }
+    }
+    return LH_OK;
+}
+
+/* ---- Convolution ---- */
+
+lh_status lh_op_conv2d(lh_tensor *out, const lh_tensor *x, const lh_tensor *w,
+                       const lh_tensor *bias, int stride_h, int stride_w, int pad_h, int pad_w,
+                       int dil_h, int dil_w, int groups, lh_error *err) {
+    lh_status st = check_float(out, "conv2d", err);
+    if (st == LH_OK) st = check_float(x, "conv2d", err);
+    if (st == LH_OK) st = check_float(w, "conv2d", err);
+    if (st == LH_OK && bias) st = check_float(bias, "conv2d bias", err);
+    if (st != LH_OK) return st;
+    if (x->ndim != 4 || w->ndim != 4 || out->ndim != 4)
+        return lh_error_set(err, LH_ERR_SHAPE, "conv2d: x, w and out must be 4-D");
+    if (stride_h < 1 || stride_w < 1 || dil_h < 1 || dil_w < 1 || pad_h < 0 || pad_w < 0 ||
+        groups < 1)
+        return lh_error_set(err, LH_ERR_INVALID, "conv2d: stride, dilation and groups must be "
+                                                 ">= 1 and padding >= 0");
+    int64_t nb = x->shape[0], cin = x->shape[1], h = x->shape[2], wd = x->shape[3];
+    int64_t cout = w->shape[0], cpg = w->shape[1], kh = w->shape[2], kw = w->shape[3];
+    if (cin % groups || cout % groups || cpg != cin / groups)
+        return lh_error_set(err, LH_ERR_SHAPE,
+                            "conv2d: weight [%lld, %lld, %lld, %lld] does not fit %lld input "
+                            "channels in %d groups",
+                            (long long)cout, (long long)cpg, (long long)kh, (long long)kw,
+                            (long long)cin, groups);
+    int64_t ho = (h + 2 * pad_h - dil_h * (kh - 1) - 1) / stride_h + 1;
+    int64_t wo = (wd + 2 * pad_w - dil_w * (kw - 1) - 1) / stride_w + 1;
+    if (out->shape[0] != nb || out->shape[1] != cout || out->shape[2] != ho ||
+        out->shape[3] != wo)
+        return lh_error_set(err, LH_ERR_SHAPE,
+                            "conv2d: out is [%lld, %lld, %lld, %lld], expected [%lld, %lld, "
+                            "%lld, %lld]",
+                            (long long)out->shape[0], (long long)out->shape[1],
+                            (long long)out->shape[2], (long long)out->shape[3], (long long)nb,
+                            (long long)cout, (long long)ho, (long long)wo);
+    if (bias && bias->numel != cout)
+        return lh_error_set(err, LH_ERR_SHAPE, "conv2d: bias has %lld elements, expected %lld",
+                            (long long)bias->numel, (long long)cout);
+    int64_t opg = cout / groups;
+    for (int64_t n = 0; n < nb; n++)
+        for (int64_t co = 0; co < cout; co++) {
+            int64_t g = co / opg;
+            for (int64_t oy = 0; oy < ho; oy++)
+                for (int64_t ox = 0; ox < wo; ox++) {
+                    double acc = bias ? lh_tensor_get(bias, co) : 0.0;
+                    for (int64_t ci = 0; ci < cpg; ci++)
+                        for (int64_t ky = 0; ky < kh; ky++) {
+                            int64_t iy = oy * stride_h - pad_h + ky * dil_h;
+                            if (iy < 0 || iy >= h) continue;
+                            for (int64_t kx = 0; kx < kw; kx++) {
+                                int64_t ix = ox * stride_w - pad_w + kx * dil_w;
+                                if (ix < 0 || ix >= wd) continue;
+                                int64_t xi = ((n * cin + g * cpg + ci) * h + iy) * wd + ix;
+                                int64_t wi = ((co * cpg + ci) * kh + ky) * kw + kx;
+                                acc += (double)lh_tensor_get(x, xi) * lh_tensor_get(w, wi);
+                            }
+                        }
+                    lh_tensor_set(out, ((n * cout + co) * ho + oy) * wo + ox, (float)acc);
+                }
+        }
+    return LH_OK;
+}
