@@ -79,7 +79,7 @@ static void normal_fill_16(float *d) {
     for (int j = 0; j < 8; j++) {
         float u1 = 1.0f - d[j], u2 = d[j + 8];
         float radius = sqrtf(-2.0f * logf(u1));
-        float theta = (float)(2.0 * M_PI * (double)u2);
+        float theta = (float)(2.0 * M_PI) * u2;
         d[j] = radius * cosf(theta);
         d[j + 8] = radius * sinf(theta);
     }
