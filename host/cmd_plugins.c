@@ -20,11 +20,17 @@ static void usage(FILE *out) {
             LH_PLUGIN_PATH_ENV, lh_registry_builtin_dir());
 }
 
-static void print_aliases(const lh_plugin_info *info) {
-    if (!info->aliases || !info->aliases[0]) return;
-    printf("    aliases:");
-    for (const char *const *a = info->aliases; *a; a++)
-        printf(" \"%s\"", *a);
+/* The config keys of a scheduler or safety checker, or NULL. */
+static const char *const *config_keys(const lh_plugin_info *info) {
+    if (info->kind == LH_PLUGIN_SCHEDULER) return ((const lh_scheduler_desc *)info)->config_keys;
+    if (info->kind == LH_PLUGIN_SAFETY) return ((const lh_safety_desc *)info)->config_keys;
+    return NULL;
+}
+
+static void print_list(const char *label, const char *const *items) {
+    if (!items || !items[0]) return;
+    printf("    %s:", label);
+    for (const char *const *a = items; *a; a++) printf(" %s", *a);
     printf("\n");
 }
 
@@ -34,15 +40,17 @@ static int print_json(const lh_registry *reg) {
     for (size_t i = 0; i < lh_registry_count(reg); i++) {
         const char *path;
         const lh_plugin_info *info = lh_registry_get(reg, i, &path);
-        json_t *aliases = json_array();
+        json_t *aliases = json_array(), *keys = json_array();
         for (const char *const *a = info->aliases; a && *a; a++)
             json_array_append_new(aliases, json_string(*a));
+        for (const char *const *k = config_keys(info); k && *k; k++)
+            json_array_append_new(keys, json_string(*k));
         json_array_append_new(
-            list, json_pack("{s:s, s:s, s:s, s:s, s:s, s:o}", "id", info->id, "kind",
+            list, json_pack("{s:s, s:s, s:s, s:s, s:s, s:o, s:o}", "id", info->id, "kind",
                             lh_plugin_kind_name(info->kind), "version",
                             info->version ? info->version : "", "summary",
                             info->summary ? info->summary : "", "path", path, "aliases",
-                            aliases));
+                            aliases, "config_keys", keys));
     }
     for (size_t i = 0; i < lh_registry_diagnostic_count(reg); i++)
         json_array_append_new(refused, json_string(lh_registry_diagnostic(reg, i)));
@@ -93,7 +101,9 @@ int lh_cmd_plugins(int argc, char **argv) {
             const lh_plugin_info *info = lh_registry_get(reg, i, &path);
             printf("%-24s %-10s %-10s %s\n", info->id, lh_plugin_kind_name(info->kind),
                    info->version ? info->version : "-", path);
-            print_aliases(info);
+            if (info->summary) printf("    %s\n", info->summary);
+            print_list("aliases", info->aliases);
+            print_list("config keys", config_keys(info));
         }
         printf("%zu plugin(s)", lh_registry_count(reg));
         if (lh_registry_diagnostic_count(reg))
