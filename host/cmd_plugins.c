@@ -12,9 +12,11 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: lorahost plugins [--plugin-dir DIR]... [--no-builtin] [--json]\n"
+            "usage: lorahost plugins [--config FILE] [--set K=V]... [--plugin-dir DIR]...\n"
+            "                        [--no-builtin] [--json]\n"
             "\n"
-            "Lists plugins from the --plugin-dir directories, then $%s (':'-separated),\n"
+            "Lists plugins from the --plugin-dir directories, then [plugins] dirs of the\n"
+            "configuration, then $%s (':'-separated),\n"
             "then the built-in directory (%s). When two plugins claim the same kind\n"
             "and id, the first one found wins. Refused files are listed with the reason.\n",
             LH_PLUGIN_PATH_ENV, lh_registry_builtin_dir());
@@ -64,7 +66,7 @@ static int print_json(const lh_registry *reg) {
     return 0;
 }
 
-int lh_cmd_plugins(int argc, char **argv) {
+static int run(lh_settings *settings, int argc, char **argv) {
     const char *dirs[MAX_DIRS];
     size_t n_dirs = 0;
     int json = 0, builtin = 1;
@@ -84,7 +86,14 @@ int lh_cmd_plugins(int argc, char **argv) {
             return 2;
         }
     }
+    const char *const *cfg_dirs;
+    size_t n_cfg;
     lh_error err = {0};
+    if (lh_settings_get_list(&cfg_dirs, &n_cfg, settings, "plugins.dirs", &err) != LH_OK) {
+        fprintf(stderr, "lorahost plugins: %s\n", err.msg);
+        return 1;
+    }
+    for (size_t i = 0; i < n_cfg && n_dirs < MAX_DIRS; i++) dirs[n_dirs++] = cfg_dirs[i];
     lh_registry *reg;
     if (lh_registry_create(&reg, &err) != LH_OK ||
         lh_registry_scan(reg, dirs, n_dirs, 1, builtin, &err) != LH_OK) {
@@ -113,5 +122,23 @@ int lh_cmd_plugins(int argc, char **argv) {
             printf("  refused: %s\n", lh_registry_diagnostic(reg, i));
     }
     lh_registry_destroy(reg);
+    return rc;
+}
+
+int lh_cmd_plugins(int argc, char **argv) {
+    lh_error err = {0};
+    lh_settings *settings = NULL;
+    if (lh_settings_create(&settings, &err) != LH_OK) {
+        fprintf(stderr, "lorahost plugins: %s\n", err.msg);
+        return 1;
+    }
+    lh_status st = lh_settings_apply_args(settings, &argc, argv, &err);
+    if (st != LH_OK) {
+        fprintf(stderr, "lorahost plugins: %s\n", err.msg);
+        lh_settings_destroy(settings);
+        return st == LH_ERR_INVALID ? 2 : 1;
+    }
+    int rc = run(settings, argc, argv);
+    lh_settings_destroy(settings);
     return rc;
 }
