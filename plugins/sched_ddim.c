@@ -4,7 +4,7 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "sched_common.h"
+#include "lib/sched_common.h"
 
 #define MAX_STEPS 1000
 

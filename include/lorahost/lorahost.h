@@ -4,6 +4,9 @@
 #define LORAHOST_H
 
 #include "lorahost/plugin.h"
+#include "lorahost/safetensors.h"
+#include "lorahost/registry.h"
+#include "lorahost/config.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -82,3 +82,26 @@ lh_status sched_scratch(const sched_base *b, lh_tensor **t, const lh_tensor *lik
                         size_t err_size);
 
 #endif
+
+/* ---- Sigma schedules (the k-diffusion family) ---- */
+
+/* sigma_i = sqrt((1 - alphas_cumprod[i]) / alphas_cumprod[i]) for every
+ * training timestep, in float32 as diffusers computes them, widened. */
+void sched_train_sigmas(const sched_base *b, double *out /* [num_train_timesteps] */);
+
+/* numpy.interp(x, arange(n), fp) for one x. */
+double sched_interp(double x, const double *fp, int64_t n);
+
+/* diffusers' _sigma_to_t: fractional timestep of sigma by linear
+ * interpolation in log-sigma over the training log sigmas (ascending t). */
+double sched_sigma_to_t(double sigma, const double *log_sigmas, int64_t n);
+
+/* Karras et al. (2022) sigmas, rho = 7: out[n] from sigma_max down to sigma_min. */
+void sched_karras_sigmas(double *out, int32_t n, double sigma_min, double sigma_max);
+
+/* exp(linspace(log sigma_max, log sigma_min, n)). */
+void sched_exponential_sigmas(double *out, int32_t n, double sigma_min, double sigma_max);
+
+/* Timesteps of the given spacing as diffusers' sigma schedulers compute
+ * them (float32 values): out[n], descending. */
+void sched_spaced_timesteps(const sched_base *b, double *out, int32_t n);

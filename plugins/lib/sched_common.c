@@ -221,3 +221,73 @@ void sched_base_free(sched_base *b) {
     b->host->free(b->alphas_cumprod);
     b->betas = b->alphas_cumprod = NULL;
 }
+
+/* ---- Sigma schedules ---- */
+
+void sched_train_sigmas(const sched_base *b, double *out) {
+    for (int64_t i = 0; i < b->num_train_timesteps; i++) {
+        float a = b->alphas_cumprod[i];
+        float r = (1.0f - a) / a;
+        out[i] = (double)sqrtf(r);
+    }
+}
+
+double sched_interp(double x, const double *fp, int64_t n) {
+    if (x <= 0.0) return fp[0];
+    if (x >= (double)(n - 1)) return fp[n - 1];
+    int64_t lo = (int64_t)floor(x);
+    double w = x - (double)lo;
+    return fp[lo] + w * (fp[lo + 1] - fp[lo]);
+}
+
+double sched_sigma_to_t(double sigma, const double *log_sigmas, int64_t n) {
+    double ls = log(sigma > 1e-10 ? sigma : 1e-10);
+    /* low = last index whose log sigma <= ls, clipped to n - 2 */
+    int64_t low = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (ls - log_sigmas[i] >= 0) low = i;
+    if (low > n - 2) low = n - 2;
+    double lo = log_sigmas[low], hi = log_sigmas[low + 1];
+    double w = (lo - ls) / (lo - hi);
+    w = w < 0 ? 0 : w > 1 ? 1 : w;
+    return (1.0 - w) * (double)low + w * (double)(low + 1);
+}
+
+void sched_karras_sigmas(double *out, int32_t n, double sigma_min, double sigma_max) {
+    const double rho = 7.0;
+    double ramp[1024];
+    double min_inv = pow(sigma_min, 1.0 / rho), max_inv = pow(sigma_max, 1.0 / rho);
+    for (int32_t i = 0; i < n; i++) {
+        double r = n == 1 ? 0.0 : (double)i / (n - 1);
+        if (n <= 1024) {
+            sched_linspace(ramp, 0.0, 1.0, n);
+            r = ramp[i];
+        }
+        out[i] = pow(max_inv + r * (min_inv - max_inv), rho);
+    }
+}
+
+void sched_exponential_sigmas(double *out, int32_t n, double sigma_min, double sigma_max) {
+    sched_linspace(out, log(sigma_max), log(sigma_min), n);
+    for (int32_t i = 0; i < n; i++) out[i] = exp(out[i]);
+}
+
+void sched_spaced_timesteps(const sched_base *b, double *out, int32_t n) {
+    int64_t train = b->num_train_timesteps;
+    if (b->spacing == SCHED_SPACING_LINSPACE) {
+        sched_linspace(out, 0.0, (double)(train - 1), n);
+        for (int32_t i = 0; i < n / 2; i++) {
+            double tmp = out[i];
+            out[i] = out[n - 1 - i];
+            out[n - 1 - i] = tmp;
+        }
+        for (int32_t i = 0; i < n; i++) out[i] = (double)(float)out[i];
+    } else if (b->spacing == SCHED_SPACING_LEADING) {
+        int64_t ratio = train / n;
+        for (int32_t i = 0; i < n; i++)
+            out[i] = (double)((int64_t)(n - 1 - i) * ratio + b->steps_offset);
+    } else {
+        double ratio = (double)train / n;
+        for (int32_t i = 0; i < n; i++) out[i] = nearbyint((double)train - i * ratio) - 1.0;
+    }
+}

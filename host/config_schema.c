@@ -1,0 +1,128 @@
+/* The settings schema as data: every config key with its type, default,
+ * allowed values, the commands that read it and a one-line doc. docs/config.md
+ * documents the same table; tests/test_config.c checks that they agree. */
+#include <stdint.h>
+#include <string.h>
+
+#include "lorahost/config.h"
+
+/* One row per type; the trailing designators fill the type's fields (rows
+ * without any pass `.flags = 0`, as C11 wants one variadic argument). */
+#define ROW(sec, key_, type_, def_, used, doc_, ...)                                       \
+    {.section = sec, .key = key_, .type = type_, .def = def_, .used_by = used, .doc = doc_,  \
+     __VA_ARGS__}
+#define STRING(sec, key, def, used, doc)                                                    \
+    ROW(sec, key, LH_SETTING_STRING, def, used, doc, .flags = 0)
+#define INT_STEP(sec, key, def, lo, hi, step_, used, doc)                                   \
+    ROW(sec, key, LH_SETTING_INT, def, used, doc, .min = lo, .max = hi, .step = step_)
+#define INT(sec, key, def, lo, hi, used, doc) INT_STEP(sec, key, def, lo, hi, 0, used, doc)
+#define DOUBLE(sec, key, def, lo, hi, used, doc)                                            \
+    ROW(sec, key, LH_SETTING_DOUBLE, def, used, doc, .dmin = lo, .dmax = hi)
+#define BOOL(sec, key, def, used, doc) ROW(sec, key, LH_SETTING_BOOL, def, used, doc, .flags = 0)
+#define ENUM(sec, key, def, choices_, used, doc)                                            \
+    ROW(sec, key, LH_SETTING_ENUM, def, used, doc, .choices = choices_)
+#define LIST(sec, key, def, used, doc) ROW(sec, key, LH_SETTING_LIST, def, used, doc, .flags = 0)
+#define SECRET_LIST(sec, key, def, used, doc)                                               \
+    ROW(sec, key, LH_SETTING_LIST, def, used, doc, .flags = LH_SETTING_SECRET)
+
+/* Enum choices; the order is the index lh_settings_get_enum returns. */
+static const char *const DTYPES[] = {"auto", "f32", "f16", "bf16", NULL};
+static const char *const DEVICES[] = {"cpu", "cuda", NULL};
+static const char *const POLICIES[] = {"strict", "warn", NULL};
+static const char *const MODES[] = {"runtime", "merged", NULL};
+static const char *const PRECISIONS[] = {"no", "fp16", "bf16", NULL};
+static const char *const LEVELS[] = {"error", "warn", "info", "debug", NULL}; /* lh_log_level */
+
+#define ALL "generate train serve"
+#define GEN "generate serve"
+
+static const lh_setting_def SCHEMA[] = {
+    STRING("model", "path", "", ALL,
+           "the base model: a diffusers directory or a single-file .safetensors checkpoint"),
+    ENUM("model", "dtype", "auto", DTYPES, ALL,
+         "weight precision on the backend; auto is f16 on cuda and f32 on cpu"),
+
+    ENUM("backend", "device", "cpu", DEVICES, ALL, "where compute runs"),
+    INT("backend", "threads", "0", 0, 1024, ALL, "CPU threads; 0 uses all cores"),
+
+    LIST("plugins", "dirs", "", ALL " plugins",
+         "directories searched for plugin .so files before $LORAHOST_PLUGIN_PATH and the "
+         "built-in plugin directory"),
+    STRING("plugins", "scheduler", "ddim", ALL, "the scheduler plugin, by id or alias"),
+    LIST("plugins", "safety", "none", GEN,
+         "safety-checker plugins run on every prompt and image; none runs no checker"),
+
+    STRING("generate", "prompt", "", GEN, "the text prompt (UTF-8)"),
+    STRING("generate", "negative_prompt", "", GEN, "what the image should not show"),
+    INT("generate", "steps", "30", 1, 1000, GEN, "denoising steps"),
+    DOUBLE("generate", "cfg_scale", "7.5", 0.0, 100.0, GEN,
+           "classifier-free guidance scale; 1 or less turns guidance off"),
+    INT_STEP("generate", "width", "512", 64, 4096, 8, GEN, "image width in pixels"),
+    INT_STEP("generate", "height", "512", 64, 4096, 8, GEN, "image height in pixels"),
+    INT("generate", "seed", "-1", -1, INT64_MAX, GEN, "random seed; -1 picks one at random"),
+    INT("generate", "batch_size", "1", 1, 64, GEN, "images per prompt"),
+    DOUBLE("generate", "strength", "0.75", 0.0, 1.0, GEN,
+           "img2img: how much of the input image is replaced (0 keeps it, 1 ignores it)"),
+    STRING("generate", "output", "out.png", "generate", "the PNG file to write"),
+
+    LIST("adapters", "dirs", "", ALL,
+         "directories searched for adapter files given without a path"),
+    ENUM("adapters", "policy", "warn", POLICIES, ALL,
+         "adapter tensors that match no model layer: strict fails, warn logs and skips them"),
+    ENUM("adapters", "mode", "runtime", MODES, GEN,
+         "runtime adds adapter outputs on the fly (hot-swappable); merged folds them into "
+         "the weights (faster; changing adapters reloads)"),
+
+    STRING("server", "host", "127.0.0.1", "serve", "address to listen on; 0.0.0.0 for all"),
+    INT("server", "port", "8501", 1, 65535, "serve", "TCP port"),
+    SECRET_LIST("server", "api_keys", "", "serve",
+                "accepted API keys; with none here or in key_file there is no authentication"),
+    STRING("server", "key_file", "", "serve", "a file of API keys, one per line"),
+    INT("server", "qps", "50", 0, 1000000, "serve",
+        "requests per second per API key; 0 = no limit"),
+    INT("server", "queue", "64", 1, 65536, "serve",
+        "generation requests that may wait; more are refused with HTTP 503"),
+    INT("server", "body_limit_mb", "16", 1, 1024, "serve", "largest request body, in MiB"),
+    STRING("server", "log_dir", "", "serve", "directory for request logs; empty logs to stderr"),
+    INT("server", "log_keep_days", "7", 0, 3650, "serve",
+        "days of request logs kept; 0 keeps them all"),
+
+    STRING("train", "dataset", "", "train", "the HDF5 dataset (images and captions)"),
+    STRING("train", "output_dir", "lora-out", "train",
+           "where checkpoints and the trained adapter are written"),
+    INT("train", "steps", "1000", 1, 100000000, "train", "optimizer steps"),
+    DOUBLE("train", "learning_rate", "1e-4", 0.0, 1.0, "train", "AdamW learning rate"),
+    INT("train", "batch_size", "1", 1, 1024, "train", "images per optimizer step"),
+    INT("train", "rank", "4", 1, 1024, "train", "adapter rank (LoRA dim)"),
+    DOUBLE("train", "alpha", "4", 0.0, 65536.0, "train",
+           "adapter alpha; updates are scaled by alpha / rank"),
+    INT("train", "seed", "-1", -1, INT64_MAX, "train", "random seed; -1 picks one at random"),
+    ENUM("train", "mixed_precision", "no", PRECISIONS, "train",
+         "fp16 or bf16 compute over fp32 master weights; fp16 adds dynamic loss scaling"),
+    BOOL("train", "gradient_checkpointing", "false", "train",
+         "recompute block activations in the backward pass to save memory"),
+    INT("train", "save_every", "500", 0, 1000000000, "train",
+        "steps between checkpoints; 0 saves only at the end"),
+    INT("train", "keep_checkpoints", "3", 0, 1000, "train",
+        "checkpoints kept on disk; 0 keeps them all"),
+
+    ENUM("log", "level", "info", LEVELS, ALL " plugins",
+         "the most detailed messages logged: error, warn, info or debug"),
+};
+
+size_t lh_settings_schema_size(void) { return sizeof SCHEMA / sizeof SCHEMA[0]; }
+
+const lh_setting_def *lh_settings_schema(size_t index) {
+    return index < lh_settings_schema_size() ? &SCHEMA[index] : NULL;
+}
+
+const lh_setting_def *lh_settings_find(const char *name) {
+    const char *dot = strchr(name, '.');
+    if (!dot) return NULL;
+    size_t n = (size_t)(dot - name);
+    for (size_t i = 0; i < lh_settings_schema_size(); i++)
+        if (!strncmp(SCHEMA[i].section, name, n) && SCHEMA[i].section[n] == '\0' &&
+            !strcmp(SCHEMA[i].key, dot + 1))
+            return &SCHEMA[i];
+    return NULL;
+}
