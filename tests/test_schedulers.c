@@ -228,11 +228,18 @@ static void find_fixtures(void) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/schedulers",
              getenv("LH_SOURCE_DIR") ? getenv("LH_SOURCE_DIR") : "../..");
+    /* LH_SCHED_ONLY=id1,id2 limits the run to those fixtures */
+    const char *only = getenv("LH_SCHED_ONLY");
     DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *de;
     while ((de = readdir(d)) && g_n_files < MAX_FILES) {
         size_t len = strlen(de->d_name);
+        char id[256];
+        snprintf(id, sizeof id, ",%.*s,", (int)(len > 12 ? len - 12 : 0), de->d_name);
+        char list[1024];
+        snprintf(list, sizeof list, ",%s,", only ? only : "");
+        if (only && !strstr(list, id)) continue;
         if (len > 12 && !strcmp(de->d_name + len - 12, ".safetensors"))
             snprintf(g_files[g_n_files++], sizeof g_files[0], "%s/%s", dir, de->d_name);
     }
