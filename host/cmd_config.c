@@ -34,6 +34,11 @@ static void print_text(const lh_settings *s) {
         printf("%s = %s  (%s)\n", v->def->key, is_secret(v) && v->text[0] ? "***" : v->text,
                lh_setting_origin_text(origin, sizeof origin, v));
     }
+    const char *key, *open = NULL;
+    for (size_t i = 0; (v = lh_settings_open_at(s, i, &section, &key)); i++) {
+        if (!open || strcmp(open, section)) printf("\n[%s]\n", open = section);
+        printf("%s = %s  (%s)\n", key, v->text, lh_setting_origin_text(origin, sizeof origin, v));
+    }
 }
 
 /* The value of v as JSON, typed by the schema. */
@@ -90,6 +95,21 @@ static int print_json(const lh_settings *s) {
         bad |= json_object_set_new(item, "value", is_secret(v) ? json_null() : json_value(s, v));
         bad |= json_object_set_new(item, "origin", json_string(ORIGINS[v->origin]));
         if (is_secret(v)) bad |= json_object_set_new(item, "hidden", json_true());
+        if (v->origin == LH_ORIGIN_FILE) {
+            bad |= json_object_set_new(item, "file", json_string(v->file));
+            bad |= json_object_set_new(item, "line", json_integer(v->line));
+        }
+    }
+    const char *section, *key;
+    for (size_t i = 0; !bad && (v = lh_settings_open_at(s, i, &section, &key)); i++) {
+        json_t *sec = json_object_get(root, section), *item;
+        if (!sec && json_object_set_new(root, section, sec = json_object())) bad = 1;
+        if (bad || json_object_set_new(sec, key, item = json_object())) {
+            bad = 1;
+            break;
+        }
+        bad |= json_object_set_new(item, "value", json_string(v->text));
+        bad |= json_object_set_new(item, "origin", json_string(ORIGINS[v->origin]));
         if (v->origin == LH_ORIGIN_FILE) {
             bad |= json_object_set_new(item, "file", json_string(v->file));
             bad |= json_object_set_new(item, "line", json_integer(v->line));

@@ -27,11 +27,25 @@ typedef struct lh__entry {
     size_t load; /* which lh_settings_load set it (1-based), 0 if none */
 } lh__entry;
 
+/* A key of an open section: free-form, validated by the plugin it goes to. */
+typedef struct lh__open {
+    char *key, *value;
+    lh_setting view; /* def is NULL */
+    const char *section;
+    size_t load;
+} lh__open;
+
 struct lh_settings {
     lh__entry *entries; /* one per schema key, in schema order */
     char **files;       /* paths given to lh_settings_load; origins point here */
     size_t n_files;
+    lh__open *open;     /* keys of open sections, in the order first set */
+    size_t n_open, cap_open;
 };
+
+/* Sections whose keys belong to a plugin: [scheduler] holds the chosen
+ * scheduler's config keys (diffusers names), checked when it is created. */
+static const char *const OPEN_SECTIONS[] = {"scheduler", NULL};
 
 static const char *const TYPE_NAMES[LH_SETTING_TYPE_COUNT] = {
     "string", "integer", "number", "boolean", "enum", "list"};
@@ -131,6 +145,8 @@ static void nearest_consider(lh__nearest *n, const char *word, const char *cand)
 
 /* The schema's spelling of section `name`, or NULL. */
 static const char *find_section(const char *name) {
+    for (size_t i = 0; OPEN_SECTIONS[i]; i++)
+        if (!strcmp(OPEN_SECTIONS[i], name)) return OPEN_SECTIONS[i];
     for (size_t i = 0; i < lh_settings_schema_size(); i++)
         if (!strcmp(lh_settings_schema(i)->section, name)) return lh_settings_schema(i)->section;
     return NULL;
@@ -139,6 +155,7 @@ static const char *find_section(const char *name) {
 static lh_status unknown_section(lh_error *err, const char *where, const char *name) {
     lh__nearest n = {0};
     char c[CLIP_SIZE];
+    for (size_t i = 0; OPEN_SECTIONS[i]; i++) nearest_consider(&n, name, OPEN_SECTIONS[i]);
     for (size_t i = 0; i < lh_settings_schema_size(); i++)
         nearest_consider(&n, name, lh_settings_schema(i)->section);
     if (n.name)
@@ -303,6 +320,64 @@ static lh__entry *entry_find(const lh_settings *s, const char *section, const ch
     return NULL;
 }
 
+/* ---- Open sections ---- */
+
+static int is_open_section(const char *section) {
+    for (size_t i = 0; OPEN_SECTIONS[i]; i++)
+        if (section == OPEN_SECTIONS[i]) return 1;
+    return 0;
+}
+
+/* Set key of open section to value; `where` and origin as for schema keys. */
+static lh_status open_set(lh_settings *s, const char *section, const char *key,
+                          const char *value, lh_error *err, const char *where) {
+    char c[CLIP_SIZE];
+    for (const char *p = key; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            return lh_error_set(err, LH_ERR_CONFIG,
+                                "%s: key '%s' in [%s] must be lower-case letters, digits and '_'",
+                                where, clip(c, key), section);
+    lh__open *o = NULL;
+    for (size_t i = 0; i < s->n_open; i++)
+        if (s->open[i].section == section && !strcmp(s->open[i].key, key)) o = &s->open[i];
+    char *v = strdup(value);
+    if (!v) return lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory", where);
+    if (!o) {
+        if (s->n_open == s->cap_open) {
+            size_t cap = s->cap_open ? 2 * s->cap_open : 8;
+            lh__open *p = realloc(s->open, cap * sizeof *p);
+            if (!p) {
+                free(v);
+                return lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory", where);
+            }
+            s->open = p;
+            s->cap_open = cap;
+        }
+        o = &s->open[s->n_open];
+        memset(o, 0, sizeof *o);
+        if (!(o->key = strdup(key))) {
+            free(v);
+            return lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory", where);
+        }
+        o->section = section;
+        s->n_open++;
+    }
+    free(o->value);
+    o->value = v;
+    o->view.text = v;
+    return LH_OK;
+}
+
+size_t lh_settings_open_count(const lh_settings *s) { return s->n_open; }
+
+const lh_setting *lh_settings_open_at(const lh_settings *s, size_t index, const char **section,
+                                      const char **key) {
+    if (index >= s->n_open) return NULL;
+    if (section) *section = s->open[index].section;
+    if (key) *key = s->open[index].key;
+    return &s->open[index].view;
+}
+
 /* ---- The settings object ---- */
 
 lh_status lh_settings_create(lh_settings **out, lh_error *err) {
@@ -333,6 +408,11 @@ lh_status lh_settings_create(lh_settings **out, lh_error *err) {
 void lh_settings_destroy(lh_settings *s) {
     if (!s) return;
     for (size_t i = 0; i < lh_settings_schema_size(); i++) value_free(&s->entries[i].v);
+    for (size_t i = 0; i < s->n_open; i++) {
+        free(s->open[i].key);
+        free(s->open[i].value);
+    }
+    free(s->open);
     for (size_t i = 0; i < s->n_files; i++) free(s->files[i]);
     free(s->entries);
     free(s->files);
@@ -386,6 +466,27 @@ static lh_status ini_pair(lh__ini *ini, const char *section, const char *key, co
                                 "it under [%s]?", where, clip(c, key), sec);
         return lh_error_set(err, LH_ERR_CONFIG, "%s: key '%s' comes before any [section]",
                             where, clip(c, key));
+    }
+    if (is_open_section(section)) {
+        for (size_t i = 0; i < ini->s->n_open; i++) {
+            lh__open *o = &ini->s->open[i];
+            if (o->section == section && !strcmp(o->key, key) && o->load == ini->load)
+                return lh_error_set(err, LH_ERR_CONFIG,
+                                    "%s: duplicate key '%s' in [%s] (first set on line %d)", where,
+                                    key, section, o->view.line);
+        }
+        lh_status st = open_set(ini->s, section, key, value, err, where);
+        if (st) return st;
+        for (size_t i = 0; i < ini->s->n_open; i++) {
+            lh__open *o = &ini->s->open[i];
+            if (o->section == section && !strcmp(o->key, key)) {
+                o->view.origin = LH_ORIGIN_FILE;
+                o->view.file = ini->path;
+                o->view.line = ini->line;
+                o->load = ini->load;
+            }
+        }
+        return LH_OK;
     }
     lh__entry *e = entry_find(ini->s, section, key);
     if (!e) return unknown_key(err, where, section, key);
@@ -535,7 +636,16 @@ lh_status lh_settings_set_override(lh_settings *s, const char *assignment, lh_er
     *dot = '\0';
     const char *section = find_section(copy), *key = dot + 1;
     lh__entry *e = section ? entry_find(s, section, key) : NULL;
-    if (!section)
+    if (section && is_open_section(section)) {
+        st = *key ? open_set(s, section, key, trim(eq + 1), err, where)
+                  : lh_error_set(err, LH_ERR_CONFIG, "%s: missing key after '%s.'", where, section);
+        for (size_t i = 0; st == LH_OK && i < s->n_open; i++)
+            if (s->open[i].section == section && !strcmp(s->open[i].key, key)) {
+                s->open[i].view.origin = LH_ORIGIN_SET;
+                s->open[i].view.file = NULL;
+                s->open[i].view.line = 0;
+            }
+    } else if (!section)
         st = unknown_section(err, where, copy);
     else if (!e)
         st = unknown_key(err, where, section, key);

@@ -805,10 +805,59 @@ START_TEST(test_cli) {
 }
 END_TEST
 
+/* [scheduler] is open: any well-formed key is kept for the plugin. */
+START_TEST(test_open_scheduler_section) {
+    char path[] = "/tmp/lh_cfg_open_XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    const char *text = "[scheduler]\nuse_karras_sigmas = true\nbeta_schedule = scaled_linear\n";
+    ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    lh_settings *s = NULL;
+    lh_error err = {0};
+    ck_assert_int_eq(lh_settings_create(&s, &err), LH_OK);
+    ck_assert_int_eq(lh_settings_load(s, path, &err), LH_OK);
+    ck_assert_int_eq(lh_settings_set_override(s, "scheduler.eta=0.5", &err), LH_OK);
+    ck_assert_int_eq(lh_settings_set_override(s, "scheduler.beta_schedule=linear", &err), LH_OK);
+    ck_assert_uint_eq(lh_settings_open_count(s), 3);
+    const char *section, *key;
+    const lh_setting *v = lh_settings_open_at(s, 0, &section, &key);
+    ck_assert_str_eq(section, "scheduler");
+    ck_assert_str_eq(key, "use_karras_sigmas");
+    ck_assert_str_eq(v->text, "true");
+    ck_assert_int_eq(v->origin, LH_ORIGIN_FILE);
+    ck_assert_int_eq(v->line, 2);
+    v = lh_settings_open_at(s, 1, &section, &key);
+    ck_assert_str_eq(key, "beta_schedule");
+    ck_assert_str_eq(v->text, "linear");
+    ck_assert_int_eq(v->origin, LH_ORIGIN_SET);
+    v = lh_settings_open_at(s, 2, &section, &key);
+    ck_assert_str_eq(key, "eta");
+    ck_assert_ptr_null(lh_settings_open_at(s, 3, &section, &key));
+    ck_assert_int_eq(lh_settings_set_override(s, "scheduler.Eta=1", &err), LH_ERR_CONFIG);
+    ck_assert_ptr_nonnull(strstr(err.msg, "key 'Eta' in [scheduler] must be lower-case"));
+    ck_assert_int_eq(lh_settings_set_override(s, "schedular.eta=1", &err), LH_ERR_CONFIG);
+    ck_assert_ptr_nonnull(strstr(err.msg, "did you mean [scheduler]?"));
+    lh_settings_destroy(s);
+
+    fd = open(path, O_WRONLY | O_TRUNC);
+    const char *dup = "[scheduler]\neta = 1\neta = 2\n";
+    ck_assert_int_eq(write(fd, dup, strlen(dup)), (ssize_t)strlen(dup));
+    close(fd);
+    ck_assert_int_eq(lh_settings_create(&s, &err), LH_OK);
+    ck_assert_int_eq(lh_settings_load(s, path, &err), LH_ERR_CONFIG);
+    ck_assert_ptr_nonnull(
+        strstr(err.msg, ":3: duplicate key 'eta' in [scheduler] (first set on line 2)"));
+    lh_settings_destroy(s);
+    unlink(path);
+}
+END_TEST
+
 static Suite *config_suite(void) {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("settings");
     tcase_add_test(tc, test_defaults);
+    tcase_add_test(tc, test_open_scheduler_section);
     tcase_add_test(tc, test_load_full);
     tcase_add_test(tc, test_utf8_values);
     tcase_add_test(tc, test_crlf_comments_blanks);

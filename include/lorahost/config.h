@@ -111,6 +111,15 @@ LH_API lh_status lh_settings_get_enum(int *out, const lh_settings *s, const char
 LH_API lh_status lh_settings_get_list(const char *const **items, size_t *count,
                                       const lh_settings *s, const char *name, struct lh_error *err);
 
+/* ---- Open sections ----
+ * [scheduler] takes any key of the chosen scheduler plugin (diffusers config
+ * names such as beta_schedule or use_karras_sigmas); the plugin checks them
+ * when it is created. These are its keys in the order first set. */
+LH_API size_t lh_settings_open_count(const lh_settings *s);
+/* Key `index` of an open section (NULL past the end); def is NULL. */
+LH_API const lh_setting *lh_settings_open_at(const lh_settings *s, size_t index,
+                                             const char **section, const char **key);
+
 /* ---- Where values came from ---- */
 
 /* The value of key `name`, or of key `index` in schema order (NULL past the end). */
