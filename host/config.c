@@ -11,6 +11,7 @@
 #include <ini.h>
 
 #include "error.h"
+#include "nearest.h"
 #include "lorahost/config.h"
 
 typedef struct lh__value {
@@ -104,44 +105,6 @@ static long utf8_invalid_at(const char *s) {
     return -1;
 }
 
-/* ---- Suggestions for misspelled names ---- */
-
-#define NAME_MAX_LEN 64
-
-/* Levenshtein distance; SIZE_MAX for names too long to be worth it. */
-static size_t edit_distance(const char *a, const char *b) {
-    size_t la = strlen(a), lb = strlen(b), row[NAME_MAX_LEN + 1];
-    if (la > NAME_MAX_LEN || lb > NAME_MAX_LEN) return SIZE_MAX;
-    for (size_t j = 0; j <= lb; j++) row[j] = j;
-    for (size_t i = 1; i <= la; i++) {
-        size_t diag = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= lb; j++) {
-            size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
-            if (up + 1 < best) best = up + 1;
-            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
-        }
-    }
-    return row[lb];
-}
-
-typedef struct lh__nearest {
-    const char *name; /* closest candidate so far, or NULL */
-    size_t dist;
-} lh__nearest;
-
-/* Keep cand if it is close to word (at most max(2, len/3) edits) and closer
- * than the best so far. */
-static void nearest_consider(lh__nearest *n, const char *word, const char *cand) {
-    size_t d = edit_distance(word, cand), limit = strlen(cand) / 3;
-    if (limit < 2) limit = 2;
-    if (d <= limit && (!n->name || d < n->dist)) {
-        n->name = cand;
-        n->dist = d;
-    }
-}
 
 /* The schema's spelling of section `name`, or NULL. */
 static const char *find_section(const char *name) {
@@ -153,11 +116,11 @@ static const char *find_section(const char *name) {
 }
 
 static lh_status unknown_section(lh_error *err, const char *where, const char *name) {
-    lh__nearest n = {0};
+    lh_nearest n = {0};
     char c[CLIP_SIZE];
-    for (size_t i = 0; OPEN_SECTIONS[i]; i++) nearest_consider(&n, name, OPEN_SECTIONS[i]);
+    for (size_t i = 0; OPEN_SECTIONS[i]; i++) lh_nearest_consider(&n, name, OPEN_SECTIONS[i]);
     for (size_t i = 0; i < lh_settings_schema_size(); i++)
-        nearest_consider(&n, name, lh_settings_schema(i)->section);
+        lh_nearest_consider(&n, name, lh_settings_schema(i)->section);
     if (n.name)
         return lh_error_set(err, LH_ERR_CONFIG, "%s: unknown section [%s]; did you mean [%s]?",
                             where, clip(c, name), n.name);
@@ -166,11 +129,11 @@ static lh_status unknown_section(lh_error *err, const char *where, const char *n
 
 static lh_status unknown_key(lh_error *err, const char *where, const char *section,
                              const char *key) {
-    lh__nearest n = {0};
+    lh_nearest n = {0};
     char c[CLIP_SIZE];
     for (size_t i = 0; i < lh_settings_schema_size(); i++)
         if (!strcmp(lh_settings_schema(i)->section, section))
-            nearest_consider(&n, key, lh_settings_schema(i)->key);
+            lh_nearest_consider(&n, key, lh_settings_schema(i)->key);
     if (n.name)
         return lh_error_set(err, LH_ERR_CONFIG, "%s: unknown key '%s' in [%s]; did you mean '%s'?",
                             where, clip(c, key), section, n.name);

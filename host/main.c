@@ -16,6 +16,7 @@ static const lh_command COMMANDS[] = {
     {"inspect", lh_cmd_inspect, "show what a .safetensors file holds (--json for JSON)"},
     {"plugins", lh_cmd_plugins, "list the plugins found, with id, kind, version and path"},
     {"config", lh_cmd_config, "check a config file and print the settings in effect"},
+    {"schedulers", lh_cmd_schedulers, "list schedulers, or print one's timesteps and sigmas"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

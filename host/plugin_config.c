@@ -127,6 +127,12 @@ lh_status lh_config_set_json(lh_config *c, const char *json_text, const char *or
     return st;
 }
 
+const char *lh_config_first_unused(const lh_config *c) {
+    for (size_t i = 0; i < c->n; i++)
+        if (!c->items[i].used && c->items[i].key[0] != '_') return c->items[i].key;
+    return NULL;
+}
+
 size_t lh_config_count(const lh_config *c) { return c ? c->n : 0; }
 
 const char *lh_config_key_at(const lh_config *c, size_t i) {

@@ -23,6 +23,8 @@ LH_API lh_status lh_config_set_json(lh_config *cfg, const char *json_text, const
                                     lh_error *err);
 LH_API size_t lh_config_count(const lh_config *cfg);
 LH_API const char *lh_config_key_at(const lh_config *cfg, size_t i);
+/* The first key nobody read (keys starting with '_' are free), or NULL. */
+const char *lh_config_first_unused(const lh_config *cfg);
 /* Fails naming the first key nobody read (keys starting with '_' are free). */
 LH_API lh_status lh_config_check_used(const lh_config *cfg, lh_error *err);
 

@@ -15,6 +15,7 @@
 #include "error.h"
 #include "host_api.h"
 #include "log.h"
+#include "nearest.h"
 #include "plugin_config.h"
 #include "lorahost/lorahost.h"
 
@@ -476,6 +477,19 @@ lh_status lh_instance_create(lh_instance **out, lh_registry *r, lh_plugin_kind k
         return st;
     }
     st = lh_config_check_used(cfg, err);
+    if (st != LH_OK) {
+        /* suggest the nearest key the plugin lists */
+        const char *const *keys = kind == LH_PLUGIN_SCHEDULER
+                                      ? ((const lh_scheduler_desc *)info)->config_keys
+                                      : ((const lh_safety_desc *)info)->config_keys;
+        lh_nearest n = {0};
+        const char *bad = lh_config_first_unused(cfg);
+        for (const char *const *k = keys; bad && k && *k; k++) lh_nearest_consider(&n, bad, *k);
+        if (n.name && err) {
+            size_t len = strlen(err->msg);
+            snprintf(err->msg + len, sizeof err->msg - len, "; did you mean '%s'?", n.name);
+        }
+    }
     lh_config_destroy(owned);
     if (st != LH_OK) {
         destroy(inst->state);

@@ -6,6 +6,7 @@
 #include "lorahost/plugin.h"
 #include "lorahost/safetensors.h"
 #include "lorahost/registry.h"
+#include "lorahost/scheduler.h"
 #include "lorahost/config.h"
 
 #ifdef __cplusplus
