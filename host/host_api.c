@@ -22,7 +22,8 @@ static lh_status keep(lh_status st) {
 
 static const char *svc_last_error(void) { return t_last.msg; }
 
-static void svc_log(lh_log_level level, const char *source, const char *fmt, ...) {
+__attribute__((format(printf, 3, 4))) static void svc_log(lh_log_level level, const char *source,
+                                                         const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     lh_logv(level, source, fmt, ap);
