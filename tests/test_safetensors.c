@@ -17,7 +17,6 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "lorahost/lorahost.h"
@@ -833,20 +832,14 @@ START_TEST(test_many_tensors) {
     lh_st_file *f;
     ck_assert_int_eq(lh_st_open(&f, out.s, &err), LH_OK);
     ck_assert_uint_eq(lh_st_count(f), N);
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int round = 0; round < 50; round++) {
-        for (int i = 0; i < N; i++) {
-            snprintf(name, sizeof name, "down_blocks.%d.attn.to_q.weight", i);
-            const lh_st_tensor *t = lh_st_find(f, name);
-            ck_assert_ptr_nonnull(t);
-            ck_assert_int_eq(t->numel, i % 5 + 1);
-            ck_assert(!memcmp(t->data, data[i], (size_t)t->numel * 2));
-        }
+    for (int i = 0; i < N; i++) {
+        snprintf(name, sizeof name, "down_blocks.%d.attn.to_q.weight", i);
+        const lh_st_tensor *t = lh_st_find(f, name);
+        ck_assert_ptr_nonnull(t);
+        ck_assert_str_eq(t->name, name);
+        ck_assert_int_eq(t->numel, i % 5 + 1);
+        ck_assert(!memcmp(t->data, data[i], (size_t)t->numel * 2));
     }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
-    ck_assert_msg(secs < 2.0, "100000 lookups took %.3f s", secs); /* O(log n): ~20 ms */
     ck_assert_ptr_null(lh_st_find(f, "down_blocks.2000.attn.to_q.weight"));
     ck_assert_ptr_null(lh_st_find(f, ""));
     for (size_t i = 1; i < lh_st_count(f); i++)
