@@ -76,7 +76,8 @@ lh_status sched_scratch(const sched_base *b, lh_tensor **t, const lh_tensor *lik
 
 /* ---- Beta schedules ---- */
 
-/* torch.linspace(start, end, n, dtype=float32): symmetric from both ends. */
+/* torch.linspace(start, end, n, dtype=float32): a float32 step, each value
+ * computed in double from the nearer end and rounded once (torch 2.x). */
 static void linspace_f32(float *out, float start, float end, int64_t n) {
     if (n == 1) {
         out[0] = start;
@@ -85,7 +86,8 @@ static void linspace_f32(float *out, float start, float end, int64_t n) {
     float step = (end - start) / (float)(n - 1);
     int64_t half = n / 2;
     for (int64_t i = 0; i < n; i++)
-        out[i] = i < half ? start + step * (float)i : end - step * (float)(n - i - 1);
+        out[i] = i < half ? (float)((double)start + (double)step * (double)i)
+                          : (float)((double)end - (double)step * (double)(n - i - 1));
 }
 
 static double alpha_bar_cosine(double t) {

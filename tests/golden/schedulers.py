@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Record diffusers scheduler trajectories for lorahost's scheduler suite.
 
-Run: ~/ref/bin/python tests/golden/schedulers.py [plugin_id ...]
+Run: ~/ref/bin/python tests/golden/schedulers.py [--cases DIR] [--out DIR] [plugin_id ...]
+(--cases defaults to tests/golden/sched_cases, --out to tests/fixtures/schedulers.)
 For every tests/golden/sched_cases/<plugin_id>.py (which defines CLASS, the
 diffusers scheduler class name, and VARIANTS, a list of (name, config dict,
 step arguments dict)), this drives diffusers over each variant x steps
@@ -23,6 +24,7 @@ the same way in tests/test_schedulers.c:
 Stochastic steps get their noise from a patched randn_tensor whose draws are
 recorded, so lorahost replays exactly the same noise.
 """
+import argparse
 import importlib.util
 import json
 import math
@@ -70,7 +72,7 @@ class NoiseRecorder:
 def run_case(cls, module, config, step_kwargs, steps):
     sched = cls(**config)
     recorder = NoiseRecorder()
-    saved = module.randn_tensor
+    saved = getattr(module, "randn_tensor", None)  # some modules never draw noise
     module.randn_tensor = recorder
     try:
         sched.set_timesteps(steps)
@@ -87,7 +89,10 @@ def run_case(cls, module, config, step_kwargs, steps):
             scaled_rows.append(xin.flatten().clone())
             prev_rows.append(x.flatten().clone())
     finally:
-        module.randn_tensor = saved
+        if saved is None:
+            del module.randn_tensor
+        else:
+            module.randn_tensor = saved
     # add_noise at a few training timesteps, on a fresh instance
     fresh = cls(**config)
     fresh.set_timesteps(steps)
@@ -160,8 +165,15 @@ def record(plugin_id):
 
 
 def main():
+    global CASE_DIR, OUT_DIR
+    ap = argparse.ArgumentParser(description="Record diffusers scheduler trajectories.")
+    ap.add_argument("--cases", default=CASE_DIR, help="directory of <plugin_id>.py case files")
+    ap.add_argument("--out", default=OUT_DIR, help="directory for <plugin_id>.safetensors")
+    ap.add_argument("ids", nargs="*", help="plugin ids (default: every case file)")
+    args = ap.parse_args()
+    CASE_DIR, OUT_DIR = args.cases, args.out
     os.makedirs(OUT_DIR, exist_ok=True)
-    ids = sys.argv[1:] or sorted(f[:-3] for f in os.listdir(CASE_DIR) if f.endswith(".py"))
+    ids = args.ids or sorted(f[:-3] for f in os.listdir(CASE_DIR) if f.endswith(".py"))
     for plugin_id in ids:
         record(plugin_id)
 
