@@ -1,0 +1,84 @@
+/* DPM2 ancestral scheduler plugin (diffusers KDPM2AncestralDiscreteScheduler):
+ * DPM2 toward each step's "down" sigma, then fresh noise of the "up" sigma
+ * from the host's generator; n steps make 2n - 1 interleaved timesteps. */
+#include "lib/sched_kdpm2.h"
+
+static const char *const KEYS[] = {KDPM2_KEYS, NULL};
+static const char *const ALIASES[] = {"DPM2 a", NULL};
+
+static lh_status create(void **out, const lh_host_api *host, const lh_config *cfg, char *err,
+                        size_t err_size) {
+    return kdpm2_create((kdpm2 **)out, host, cfg, "dpm2_ancestral", 1, err, err_size);
+}
+
+static lh_status scale_model_input(void *p, lh_tensor *out, const lh_tensor *sample,
+                                   int32_t index, char *err, size_t err_size) {
+    kdpm2 *k = p;
+    lh_status st = kdpm2_check_index(k, index, err, err_size);
+    if (st != LH_OK) return st;
+    float sigma = k->second_order ? k->interp[index - 1] : k->sigma[index];
+    return kdpm2_scale(k, out, sample, sigma, err, err_size);
+}
+
+/* k->noise = standard normal draws shaped like `like`. */
+static lh_status draw_noise(kdpm2 *k, lh_rng *rng, const lh_tensor *like, char *err,
+                            size_t err_size) {
+    if (!rng)
+        return sched_fail(err, err_size, LH_ERR_INVALID,
+                          "dpm2_ancestral: step needs a random generator");
+    lh_status st = sched_scratch(&k->b, &k->noise, like, err, err_size);
+    if (st != LH_OK) return st;
+    st = k->b.host->tensor_randn(k->noise, rng);
+    return st == LH_OK ? st : sched_host_fail(&k->b, st, "step", err, err_size);
+}
+
+/* First order: an Euler step from sigma to the midpoint. Second order: the
+ * derivative at the midpoint carries the first step's sample to sigma_down,
+ * then noise of sigma_up is added. */
+static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, int32_t index,
+                      const lh_tensor *sample, lh_rng *rng, char *err, size_t err_size) {
+    kdpm2 *k = p;
+    lh_status st = kdpm2_check_index(k, index, err, err_size);
+    if (st != LH_OK) return st;
+    int second = k->second_order;
+    int i = second ? index - 1 : index; /* the step's first-order entry */
+    float sigma = k->sigma[i], mid = k->interp[i];
+    float at = second ? mid : sigma; /* where the model output was evaluated */
+    float dt = (second ? k->down[i] : mid) - sigma;
+    st = kdpm2_x0(k, model_output, sample, at, err, err_size);
+    if (st == LH_OK && !second) st = kdpm2_keep_first(k, sample, err, err_size);
+    if (st == LH_OK && second) st = draw_noise(k, rng, sample, err, err_size);
+    if (st != LH_OK) return st;
+
+    st = kdpm2_advance(k, prev, second ? k->first : sample, sample, at, dt, err, err_size);
+    if (st != LH_OK) return st;
+    if (second) {
+        /* prev += noise * sigma_up */
+        const lh_host_api *h = k->b.host;
+        st = h->tensor_axpby(k->noise, k->up[i], k->noise, 0.0, NULL);
+        if (st == LH_OK) st = h->tensor_axpby(prev, 1.0, prev, 1.0, k->noise);
+        if (st != LH_OK) return sched_host_fail(&k->b, st, "step", err, err_size);
+    }
+    k->second_order = !second;
+    return LH_OK;
+}
+
+static const lh_scheduler_desc DESC = {
+    .info = LH_PLUGIN_INFO(LH_PLUGIN_SCHEDULER, lh_scheduler_desc, "dpm2_ancestral", "1.0.0",
+                           "DPM2 ancestral (diffusers KDPM2AncestralDiscreteScheduler)", ALIASES),
+    .config_keys = KEYS,
+    .create = create,
+    .destroy = kdpm2_destroy,
+    .set_timesteps = kdpm2_set_timesteps,
+    .set_begin_index = kdpm2_set_begin_index,
+    .timesteps = kdpm2_timesteps,
+    .sigmas = kdpm2_sigmas,
+    .init_noise_sigma = kdpm2_init_noise_sigma,
+    .scale_model_input = scale_model_input,
+    .step = step,
+    .add_noise = kdpm2_add_noise,
+};
+
+LH_API const lh_plugin_info *lorahost_plugin_entry(uint32_t index) {
+    return index == 0 ? &DESC.info : NULL;
+}
