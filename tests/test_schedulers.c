@@ -3,7 +3,8 @@
  * tests/golden/schedulers.py) and each recorded case, the plugin runs a whole
  * trajectory on its own outputs (errors must not accumulate) and every
  * timestep, sigma, scaled input, step output and add_noise result is compared
- * with diffusers: relative L2 <= 1e-5 per step. */
+ * with diffusers: relative L2 <= 1e-5 per step. LH_SCHED_FIXTURES=DIR reads
+ * the fixtures from DIR instead; plugins come from LORAHOST_PLUGIN_PATH too. */
 #include <check.h>
 #include <dirent.h>
 #include <jansson.h>
@@ -228,6 +229,7 @@ static void find_fixtures(void) {
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/tests/fixtures/schedulers",
              getenv("LH_SOURCE_DIR") ? getenv("LH_SOURCE_DIR") : "../..");
+    if (getenv("LH_SCHED_FIXTURES")) snprintf(dir, sizeof dir, "%s", getenv("LH_SCHED_FIXTURES"));
     /* LH_SCHED_ONLY=id1,id2 limits the run to those fixtures */
     const char *only = getenv("LH_SCHED_ONLY");
     DIR *d = opendir(dir);
@@ -251,7 +253,7 @@ int main(void) {
     find_fixtures();
     lh_error err = {0};
     if (lh_registry_create(&g_reg, &err) != LH_OK ||
-        lh_registry_scan(g_reg, NULL, 0, 0, 1, &err) != LH_OK) {
+        lh_registry_scan(g_reg, NULL, 0, 1, 1, &err) != LH_OK) {
         fprintf(stderr, "registry: %s\n", err.msg);
         return EXIT_FAILURE;
     }
