@@ -14,11 +14,13 @@
 static void usage(FILE *out) {
     fprintf(out,
             "usage: lorahost schedulers [--plugin-dir DIR]... [--json]\n"
-            "       lorahost schedulers NAME --steps N [--set KEY=VALUE]...\n"
-            "                           [--scheduler-config scheduler_config.json] [--json]\n"
+            "       lorahost schedulers [NAME] --steps N [--set KEY=VALUE]... [--json]\n"
+            "                           [--model DIR | --scheduler-config scheduler_config.json]\n"
             "\n"
             "NAME is a plugin id (ddim), an alias or an A1111 sampler name (\"DPM++ 2M\n"
-            "Karras\"). --set KEY=VALUE sets a scheduler config key (diffusers names, e.g.\n"
+            "Karras\"); without NAME, the model's own scheduler class. --model DIR reads\n"
+            "DIR/scheduler/scheduler_config.json (a diffusers model directory), as\n"
+            "generation does. --set KEY=VALUE sets a scheduler config key (diffusers names, e.g.\n"
             "--set beta_schedule=scaled_linear); --set section.key=value and --config FILE\n"
             "work as for every command ([scheduler] holds scheduler keys).\n");
 }
@@ -101,6 +103,7 @@ static int print_schedule(lh_scheduler *s, int steps, int json) {
 static int run(lh_settings *settings, int argc, char **argv, const char **overrides,
                size_t n_overrides) {
     const char *dirs[16], *name = NULL, *config_json = NULL;
+    char model_json[4096];
     size_t n_dirs = 0;
     int json = 0;
     long steps = -1;
@@ -114,6 +117,10 @@ static int run(lh_settings *settings, int argc, char **argv, const char **overri
             dirs[n_dirs++] = argv[++i];
         } else if (!strcmp(argv[i], "--scheduler-config") && i + 1 < argc) {
             config_json = argv[++i];
+        } else if (!strcmp(argv[i], "--model") && i + 1 < argc) {
+            snprintf(model_json, sizeof model_json, "%s/scheduler/scheduler_config.json",
+                     argv[++i]);
+            config_json = model_json;
         } else if (!strcmp(argv[i], "--steps") && i + 1 < argc) {
             char *end;
             steps = strtol(argv[++i], &end, 10);
@@ -145,7 +152,7 @@ static int run(lh_settings *settings, int argc, char **argv, const char **overri
         return 1;
     }
     int rc = 0;
-    if (!name) {
+    if (!name && !config_json) {
         if (steps >= 0) {
             fprintf(stderr, "lorahost schedulers: --steps needs a scheduler NAME\n");
             rc = 2;
