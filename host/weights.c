@@ -1,0 +1,108 @@
+/* Weight upload with shape and value checks (see weights.h). */
+#include "weights.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void lh_wstore_init(lh_wstore *ws, lh_backend *be) {
+    memset(ws, 0, sizeof *ws);
+    ws->be = be;
+}
+
+void lh_wstore_free(lh_wstore *ws) {
+    for (size_t i = 0; i < ws->n; i++) ws->be->ops->free(ws->be, ws->ptrs[i]);
+    free(ws->ptrs);
+    ws->ptrs = NULL;
+    ws->n = ws->cap = 0;
+}
+
+static lh_status track(lh_wstore *ws, void *p, lh_error *err) {
+    if (ws->n == ws->cap) {
+        size_t cap = ws->cap ? ws->cap * 2 : 64;
+        void **q = realloc(ws->ptrs, cap * sizeof *q);
+        if (!q) {
+            ws->be->ops->free(ws->be, p);
+            return lh_error_set(err, LH_ERR_NOMEM, "out of memory tracking weights");
+        }
+        ws->ptrs = q;
+        ws->cap = cap;
+    }
+    ws->ptrs[ws->n++] = p;
+    return LH_OK;
+}
+
+static void shape_text(char *out, size_t size, int ndim, const int64_t *shape) {
+    size_t len = (size_t)snprintf(out, size, "[");
+    for (int i = 0; i < ndim && len < size; i++)
+        len += (size_t)snprintf(out + len, size - len, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (len < size) snprintf(out + len, size - len, "]");
+}
+
+/* The first non-finite element of a float tensor, or -1. */
+static int64_t first_non_finite(const lh_st_tensor *t) {
+    for (int64_t i = 0; i < t->numel; i++) {
+        float v;
+        if (t->dtype == LH_DTYPE_F32) memcpy(&v, (const char *)t->data + 4 * i, 4);
+        else {
+            uint16_t h;
+            memcpy(&h, (const char *)t->data + 2 * i, 2);
+            v = t->dtype == LH_DTYPE_F16 ? lh_f16_to_f32(h) : lh_bf16_to_f32(h);
+        }
+        if (!isfinite(v)) return i;
+    }
+    return -1;
+}
+
+lh_status lh_wstore_load(float **out, lh_wstore *ws, const lh_st_file *f, const char *key,
+                         int ndim, const int64_t *shape, lh_error *err) {
+    *out = NULL;
+    const lh_st_tensor *t = lh_st_find(f, key);
+    char want[128], got[128];
+    shape_text(want, sizeof want, ndim, shape);
+    if (!t)
+        return lh_error_set(err, LH_ERR_NOT_FOUND, "%s: tensor '%s' %s is missing", lh_st_name(f),
+                            key, want);
+    shape_text(got, sizeof got, t->ndim, t->shape);
+    int same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same)
+        return lh_error_set(err, LH_ERR_SHAPE, "%s: tensor '%s' has shape %s, the model needs %s",
+                            lh_st_name(f), key, got, want);
+    if (t->dtype != LH_DTYPE_F32 && t->dtype != LH_DTYPE_F16 && t->dtype != LH_DTYPE_BF16)
+        return lh_error_set(err, LH_ERR_UNSUPPORTED,
+                            "%s: tensor '%s' is %s; weights must be F32, F16 or BF16",
+                            lh_st_name(f), key, lh_dtype_name(t->dtype));
+    int64_t bad = first_non_finite(t);
+    if (bad >= 0)
+        return lh_error_set(err, LH_ERR_NUMERIC, "%s: tensor '%s' has a NaN or Inf at element %lld",
+                            lh_st_name(f), key, (long long)bad);
+    size_t n = (size_t)t->numel;
+    float *p = ws->be->ops->alloc(ws->be, (n ? n : 1) * sizeof(float));
+    if (!p)
+        return lh_error_set(err, LH_ERR_NOMEM, "%s: out of backend memory for '%s' (%zu bytes)",
+                            lh_st_name(f), key, n * sizeof(float));
+    lh_status st = ws->be->ops->upload_weights(ws->be, p, t->data, t->dtype, n);
+    if (st != LH_OK) {
+        ws->be->ops->free(ws->be, p);
+        return lh_error_set(err, st, "%s: uploading '%s' failed", lh_st_name(f), key);
+    }
+    st = track(ws, p, err);
+    if (st != LH_OK) return st;
+    ws->bytes += n * sizeof(float);
+    *out = p;
+    return LH_OK;
+}
+
+lh_status lh_wstore_alloc(float **out, lh_wstore *ws, size_t n_floats, lh_error *err) {
+    *out = NULL;
+    float *p = ws->be->ops->alloc(ws->be, (n_floats ? n_floats : 1) * sizeof(float));
+    if (!p) return lh_error_set(err, LH_ERR_NOMEM, "out of backend memory (%zu floats)", n_floats);
+    lh_status st = ws->be->ops->memset0(ws->be, p, n_floats * sizeof(float));
+    if (st == LH_OK) st = track(ws, p, err);
+    if (st != LH_OK) return st;
+    ws->bytes += n_floats * sizeof(float);
+    *out = p;
+    return LH_OK;
+}

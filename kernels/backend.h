@@ -1,0 +1,124 @@
+/* The compute backend interface: one table of function pointers per backend
+ * (cpu, cuda), in the spirit of ggml's backends and llm.c's explicit kernels.
+ * Every op takes its outputs first, then inputs, then weights, then sizes;
+ * pointers are backend memory (host RAM for cpu, device memory for cuda).
+ * Activations are float32; weights are float32 in backend memory (the cpu
+ * backend widens f16/bf16 at upload; other backends may keep half storage
+ * through `upload_weights`). kernels/cpu/ holds the reference C code every
+ * other backend is tested against, op by op. */
+#ifndef LH_KERNELS_BACKEND_H
+#define LH_KERNELS_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lorahost/plugin.h"
+
+typedef struct lh_backend lh_backend;
+
+typedef struct lh_backend_ops {
+    const char *name; /* "cpu", "cuda" */
+
+    /* ---- Memory ---- */
+    /* NULL on failure. Memory is not zeroed. */
+    void *(*alloc)(lh_backend *be, size_t bytes);
+    void (*free)(lh_backend *be, void *ptr);
+    lh_status (*upload)(lh_backend *be, void *dst, const void *src, size_t bytes);
+    lh_status (*download)(lh_backend *be, void *dst, const void *src, size_t bytes);
+    lh_status (*memset0)(lh_backend *be, void *dst, size_t bytes);
+    /* n weights of `src_dtype` (F32, F16, BF16) from host memory to float32
+     * backend memory. */
+    lh_status (*upload_weights)(lh_backend *be, float *dst, const void *src, lh_dtype src_dtype,
+                                size_t n);
+    lh_status (*sync)(lh_backend *be);
+
+    /* ---- Dense algebra (row-major) ---- */
+    /* For b in [0, batch): C_b = alpha * op(A_b) op(B_b) + beta * C_b with
+     * op(A_b) [M, K], op(B_b) [K, N], C_b [M, N]; X_b = X + b * stride_x. */
+    lh_status (*gemm)(lh_backend *be, float *c, const float *a, const float *b, int trans_a,
+                      int trans_b, int64_t m, int64_t n, int64_t k, float alpha, float beta,
+                      int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c);
+    /* torch.nn.Linear: out = x w^T + bias. */
+    lh_status (*linear)(lh_backend *be, float *out,  /* [rows, n_out] */
+                        const float *x,              /* [rows, n_in] */
+                        const float *w,              /* [n_out, n_in] */
+                        const float *bias,           /* [n_out] or NULL */
+                        int64_t rows, int64_t n_in, int64_t n_out);
+
+    /* ---- Convolution (NCHW, groups = 1, square stride/pad, dilation 1) ---- */
+    lh_status (*conv2d)(lh_backend *be, float *out, /* [n, c_out, h_out, w_out] */
+                        const float *x,             /* [n, c_in, h, w] */
+                        const float *w,             /* [c_out, c_in, kh, kw] */
+                        const float *bias,          /* [c_out] or NULL */
+                        int64_t n, int64_t c_in, int64_t h, int64_t wd, int64_t c_out,
+                        int64_t kh, int64_t kw, int stride, int pad);
+
+    /* ---- Normalisation (statistics in float32, two-pass) ---- */
+    /* torch.nn.GroupNorm over [n, c, hw], then SiLU if `silu`. */
+    lh_status (*group_norm)(lh_backend *be, float *out, /* [n, c, hw] */
+                            const float *x,             /* [n, c, hw] */
+                            const float *gamma, const float *beta, /* [c] */
+                            int64_t n, int64_t c, int64_t hw, int64_t groups, float eps,
+                            int silu);
+    /* torch.nn.LayerNorm over the last axis. */
+    lh_status (*layer_norm)(lh_backend *be, float *out, /* [rows, cols] */
+                            const float *x,             /* [rows, cols] */
+                            const float *gamma, const float *beta, /* [cols] */
+                            int64_t rows, int64_t cols, float eps);
+
+    /* ---- Attention ----
+     * Scaled dot-product attention with heads interleaved in the last axis,
+     * as linear projections produce them: q [b, nq, heads * d], k and v
+     * [b, nk, heads * d], out [b, nq, heads * d]. softmax(scale q k^T) v per
+     * head; `causal` masks key j > query i (CLIP's text encoder). Never
+     * materialises a full [heads, nq, nk] matrix for large sizes. */
+    lh_status (*attention)(lh_backend *be, float *out, const float *q, const float *k,
+                           const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk,
+                           int64_t d, float scale, int causal);
+
+    /* ---- Elementwise ---- */
+    lh_status (*silu)(lh_backend *be, float *out, const float *x, int64_t n);
+    lh_status (*gelu)(lh_backend *be, float *out, const float *x, int64_t n);       /* erf form */
+    lh_status (*quick_gelu)(lh_backend *be, float *out, const float *x, int64_t n); /* x*sigmoid(1.702x) */
+    /* diffusers GEGLU: x [rows, 2f] = [hidden | gate] -> out [rows, f] = hidden * gelu(gate). */
+    lh_status (*geglu)(lh_backend *be, float *out, const float *x, int64_t rows, int64_t f);
+    /* out = a + b (out may alias a or b). */
+    lh_status (*add)(lh_backend *be, float *out, const float *a, const float *b, int64_t n);
+    /* out = alpha * a + beta * b. */
+    lh_status (*axpby)(lh_backend *be, float *out, float alpha, const float *a, float beta,
+                       const float *b, int64_t n);
+    /* out[i, j, :] = x[i, j, :] + bias[i, j']: adds bias [outer, inner_c] broadcast
+     * over `inner` elements: out[(o * c + j) * inner + k] += bias[o * c + j]
+     * (time embeddings into NCHW: outer = n, c = channels, inner = h * w). */
+    lh_status (*add_channel_bias)(lh_backend *be, float *out, const float *x, const float *bias,
+                                  int64_t outer, int64_t c, int64_t inner);
+
+    /* ---- Layout ---- */
+    /* Nearest-neighbour 2x upsampling of [n, c, h, w] to [n, c, 2h, 2w]. */
+    lh_status (*upsample_nearest2x)(lh_backend *be, float *out, const float *x, int64_t n,
+                                    int64_t c, int64_t h, int64_t w);
+    /* Concatenate along channels: [n, ca, hw] and [n, cb, hw] -> [n, ca + cb, hw]. */
+    lh_status (*concat_channels)(lh_backend *be, float *out, const float *a, const float *b,
+                                 int64_t n, int64_t ca, int64_t cb, int64_t hw);
+    /* [n, c, hw] <-> [n, hw, c]. */
+    lh_status (*transpose_c_hw)(lh_backend *be, float *out, const float *x, int64_t n, int64_t c,
+                                int64_t hw);
+
+    /* ---- Diffusion helpers ---- */
+    /* diffusers get_timestep_embedding: out [n, dim] from timesteps [n] (host
+     * memory), exponent = -ln(max_period) * i / (half - shift). */
+    lh_status (*timestep_embedding)(lh_backend *be, float *out, const float *timesteps,
+                                    int64_t n, int64_t dim, int flip_sin_to_cos,
+                                    float downscale_freq_shift, float max_period);
+} lh_backend_ops;
+
+struct lh_backend {
+    const lh_backend_ops *ops;
+    void *impl; /* backend-private state */
+};
+
+/* The cpu backend (OpenBLAS GEMM, OpenMP across `threads`, 0 = all cores). */
+lh_status lh_backend_cpu_create(lh_backend **out, int threads, char *err, size_t err_size);
+void lh_backend_destroy(lh_backend *be);
+
+#endif
