@@ -131,8 +131,9 @@ def record(plugin_id):
     steps_list = getattr(cases, "STEPS", STEPS)
     tensors = {"base": BASE.flatten(), "sample0": SAMPLE0.flatten(), "add_noise_input": ADD_NOISE.flatten()}
     meta_cases = []
-    for name, config, step_kwargs in cases.VARIANTS:
-        for steps in steps_list:
+    for variant in cases.VARIANTS:
+        name, config, step_kwargs = variant[:3]
+        for steps in (variant[3] if len(variant) > 3 else steps_list):
             case = f"{name}_s{steps}"
             r = run_case(cls, module, config, step_kwargs, steps)
             tensors[case + ".timesteps"] = r["timesteps"]

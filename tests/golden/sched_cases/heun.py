@@ -1,7 +1,6 @@
 """Heun variants for tests/golden/schedulers.py (2n - 1 model calls for n steps)."""
 
 CLASS = "HeunDiscreteScheduler"
-STEPS = [1, 2, 10, 25]  # 2n - 1 rows per case: keeps the fixture small
 SD = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 VARIANTS = [
     ("sd15", dict(SD, timestep_spacing="leading", steps_offset=1), {}),
