@@ -48,6 +48,11 @@ static void print_list(const lh_registry *reg, int json) {
         for (const char *const *k = d->config_keys; k && *k; k++) printf(" %s", *k);
         printf("\n");
         if (info->summary) printf("    %s\n", info->summary);
+        if (info->aliases && info->aliases[0]) {
+            printf("    aliases:");
+            for (const char *const *a = info->aliases; *a; a++) printf(" \"%s\"", *a);
+            printf("\n");
+        }
     }
     json_t *names = json ? json_array() : NULL;
     if (!json) printf("\nSampler names (A1111 / ComfyUI):\n");

@@ -23,7 +23,7 @@ cat > "$work/model/scheduler/scheduler_config.json" <<'JSON'
  "set_alpha_to_one": false, "skip_prk_steps": true, "steps_offset": 1, "trained_betas": null}
 JSON
 check list 0 "Sampler names (A1111 / ComfyUI):" -- "$lh" schedulers
-check list_ddim 0 "ddim" -- "$lh" schedulers
+check list_aliases 0 "aliases: \"Euler a\"" -- "$lh" schedulers
 check a1111 0 "scheduler DPM++ 2M Karras (plugin dpmsolver_multistep), 4 steps" -- \
   "$lh" schedulers "DPM++ 2M Karras" --steps 4
 check karras_sigma 0 "3.16861105" -- "$lh" schedulers "DPM++ 2M Karras" --steps 4 \
