@@ -35,14 +35,9 @@ static lh_status create(void **out, const lh_host_api *host, const lh_config *cf
         st = sched_enum(host, cfg, "deis", "algorithm_type", ALGORITHMS, 0, &algo, err, err_size);
     if (st == LH_OK)
         st = sched_enum(host, cfg, "deis", "solver_type", SOLVER_TYPES, 0, &solver, err, err_size);
-    if (st != LH_OK) {
-        destroy(s);
-        return st;
-    }
     s->ms.final_sigma = s->ms.kind == MS_SIGMAS_TRAIN ? MS_FINAL_TRAIN_MIN : MS_FINAL_REPEAT;
     s->ms.round_timesteps = 1;
-    *out = s;
-    return LH_OK;
+    return sched_finish_create(out, s, st, destroy);
 }
 
 static lh_status set_timesteps(void *p, int32_t n, char *err, size_t err_size) {
@@ -137,8 +132,8 @@ static const lh_scheduler_desc DESC = {
     .set_begin_index = ms_set_begin_index,
     .timesteps = ms_timesteps,
     .sigmas = ms_sigmas,
-    .init_noise_sigma = ms_init_noise_sigma,
-    .scale_model_input = ms_scale_model_input,
+    .init_noise_sigma = sched_unit_init_noise_sigma,
+    .scale_model_input = sched_identity_scale_model_input,
     .step = step,
     .add_noise = ms_add_noise,
 };

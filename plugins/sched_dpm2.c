@@ -2,13 +2,14 @@
  * second-order sampler, one step from sigma to the next through a model call
  * at their log-midpoint, so n steps make 2n - 1 interleaved timesteps. */
 #include "lib/sched_kdpm2.h"
+#include "lib/sched_predict.h"
 
 static const char *const KEYS[] = {KDPM2_KEYS, NULL};
 static const char *const ALIASES[] = {"DPM2", NULL};
 
 static lh_status create(void **out, const lh_host_api *host, const lh_config *cfg, char *err,
                         size_t err_size) {
-    return kdpm2_create((kdpm2 **)out, host, cfg, "dpm2", 0, err, err_size);
+    return kdpm2_create(out, host, cfg, "dpm2", 0, err, err_size);
 }
 
 static lh_status scale_model_input(void *p, lh_tensor *out, const lh_tensor *sample,
@@ -17,7 +18,7 @@ static lh_status scale_model_input(void *p, lh_tensor *out, const lh_tensor *sam
     lh_status st = kdpm2_check_index(k, index, err, err_size);
     if (st != LH_OK) return st;
     float sigma = k->second_order ? k->interp[index] : k->sigma[index];
-    return kdpm2_scale(k, out, sample, sigma, err, err_size);
+    return sched_sigma_scale_input(&k->b, out, sample, sigma, err, err_size);
 }
 
 /* First order: an Euler step from sigma to the midpoint. Second order: the
@@ -35,7 +36,7 @@ static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, i
     float at = second ? mid : sigma; /* where the model output was evaluated */
     float dt = (second ? next : mid) - sigma;
     st = kdpm2_x0(k, model_output, sample, at, err, err_size);
-    if (st == LH_OK && !second) st = kdpm2_keep_first(k, sample, err, err_size);
+    if (st == LH_OK && !second) st = sched_keep(&k->b, &k->first, sample, err, err_size);
     if (st != LH_OK) return st;
 
     st = kdpm2_advance(k, prev, second ? k->first : sample, sample, at, dt, err, err_size);

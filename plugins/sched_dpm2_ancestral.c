@@ -2,13 +2,14 @@
  * DPM2 toward each step's "down" sigma, then fresh noise of the "up" sigma
  * from the host's generator; n steps make 2n - 1 interleaved timesteps. */
 #include "lib/sched_kdpm2.h"
+#include "lib/sched_predict.h"
 
 static const char *const KEYS[] = {KDPM2_KEYS, NULL};
 static const char *const ALIASES[] = {"DPM2 a", NULL};
 
 static lh_status create(void **out, const lh_host_api *host, const lh_config *cfg, char *err,
                         size_t err_size) {
-    return kdpm2_create((kdpm2 **)out, host, cfg, "dpm2_ancestral", 1, err, err_size);
+    return kdpm2_create(out, host, cfg, "dpm2_ancestral", 1, err, err_size);
 }
 
 static lh_status scale_model_input(void *p, lh_tensor *out, const lh_tensor *sample,
@@ -17,19 +18,7 @@ static lh_status scale_model_input(void *p, lh_tensor *out, const lh_tensor *sam
     lh_status st = kdpm2_check_index(k, index, err, err_size);
     if (st != LH_OK) return st;
     float sigma = k->second_order ? k->interp[index - 1] : k->sigma[index];
-    return kdpm2_scale(k, out, sample, sigma, err, err_size);
-}
-
-/* k->noise = standard normal draws shaped like `like`. */
-static lh_status draw_noise(kdpm2 *k, lh_rng *rng, const lh_tensor *like, char *err,
-                            size_t err_size) {
-    if (!rng)
-        return sched_fail(err, err_size, LH_ERR_INVALID,
-                          "dpm2_ancestral: step needs a random generator");
-    lh_status st = sched_scratch(&k->b, &k->noise, like, err, err_size);
-    if (st != LH_OK) return st;
-    st = k->b.host->tensor_randn(k->noise, rng);
-    return st == LH_OK ? st : sched_host_fail(&k->b, st, "step", err, err_size);
+    return sched_sigma_scale_input(&k->b, out, sample, sigma, err, err_size);
 }
 
 /* First order: an Euler step from sigma to the midpoint. Second order: the
@@ -46,18 +35,17 @@ static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, i
     float at = second ? mid : sigma; /* where the model output was evaluated */
     float dt = (second ? k->down[i] : mid) - sigma;
     st = kdpm2_x0(k, model_output, sample, at, err, err_size);
-    if (st == LH_OK && !second) st = kdpm2_keep_first(k, sample, err, err_size);
-    if (st == LH_OK && second) st = draw_noise(k, rng, sample, err, err_size);
+    if (st == LH_OK && !second) st = sched_keep(&k->b, &k->first, sample, err, err_size);
+    if (st == LH_OK && second)
+        st = sched_draw_noise(&k->b, &k->noise, sample, rng, "step", err, err_size);
     if (st != LH_OK) return st;
 
     st = kdpm2_advance(k, prev, second ? k->first : sample, sample, at, dt, err, err_size);
     if (st != LH_OK) return st;
     if (second) {
         /* prev += noise * sigma_up */
-        const lh_host_api *h = k->b.host;
-        st = h->tensor_axpby(k->noise, k->up[i], k->noise, 0.0, NULL);
-        if (st == LH_OK) st = h->tensor_axpby(prev, 1.0, prev, 1.0, k->noise);
-        if (st != LH_OK) return sched_host_fail(&k->b, st, "step", err, err_size);
+        st = sched_add_scaled(&k->b, prev, k->noise, prev, k->noise, k->up[i], err, err_size);
+        if (st != LH_OK) return st;
     }
     k->second_order = !second;
     return LH_OK;

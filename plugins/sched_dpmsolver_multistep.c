@@ -112,12 +112,7 @@ static lh_status create(void **out, const lh_host_api *host, const lh_config *cf
     if (!s) return LH_ERR_NOMEM;
     lh_status st = ms_init(&s->ms, host, "dpmsolver_multistep", cfg, 1, err, err_size);
     if (st == LH_OK) st = read_config(s, cfg, err, err_size);
-    if (st != LH_OK) {
-        destroy(s);
-        return st;
-    }
-    *out = s;
-    return LH_OK;
+    return sched_finish_create(out, s, st, destroy);
 }
 
 static lh_status set_timesteps(void *p, int32_t n, char *err, size_t err_size) {
@@ -221,13 +216,8 @@ static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, i
     for (int k = 0; k < order; k++) xs[k + 1] = ms->m[k];
     int terms = order + 1;
     if (is_sde(s)) {
-        if (!rng)
-            return sched_fail(err, err_size, LH_ERR_INVALID,
-                              "dpmsolver_multistep: the SDE solver needs a random generator");
-        st = sched_scratch(&ms->b, &s->noise, sample, err, err_size);
+        st = sched_draw_noise(&ms->b, &s->noise, sample, rng, "the SDE solver", err, err_size);
         if (st != LH_OK) return st;
-        st = h->tensor_randn(s->noise, rng);
-        if (st != LH_OK) return sched_host_fail(&ms->b, st, "noise", err, err_size);
         xs[terms] = s->noise;
         coef[terms++] = cz;
     }
@@ -250,8 +240,8 @@ static const lh_scheduler_desc DESC = {
     .set_begin_index = ms_set_begin_index,
     .timesteps = ms_timesteps,
     .sigmas = ms_sigmas,
-    .init_noise_sigma = ms_init_noise_sigma,
-    .scale_model_input = ms_scale_model_input,
+    .init_noise_sigma = sched_unit_init_noise_sigma,
+    .scale_model_input = sched_identity_scale_model_input,
     .step = step,
     .add_noise = ms_add_noise,
 };

@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "lib/ksigma.h"
+#include "lib/sched_predict.h"
 
 typedef struct euler {
     ksigma k; /* first: the shared callbacks take this state */
@@ -77,12 +78,7 @@ static lh_status create(void **out, const lh_host_api *host, const lh_config *cf
     lh_status st = ksigma_init(&s->k, host, "euler", cfg, &defaults,
                                KSIGMA_HAS_ZSNR | KSIGMA_HAS_SIGMA_KIND, err, err_size);
     if (st == LH_OK) st = read_keys(s, cfg, err, err_size);
-    if (st != LH_OK) {
-        destroy(s);
-        return st;
-    }
-    *out = s;
-    return LH_OK;
+    return sched_finish_create(out, s, st, destroy);
 }
 
 static lh_status set_timesteps(void *p, int32_t n, char *err, size_t err_size) {
@@ -94,11 +90,11 @@ static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, i
                       const lh_tensor *sample, lh_rng *rng, char *err, size_t err_size) {
     euler *s = p;
     ksigma *k = &s->k;
-    const lh_host_api *h = k->b.host;
+    const sched_base *b = &k->b;
     lh_status st = ksigma_check_index(k, index, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->x0, sample, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->deriv, sample, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->tmp, sample, err, err_size);
+    if (st == LH_OK) st = sched_scratch(b, &s->x0, sample, err, err_size);
+    if (st == LH_OK) st = sched_scratch(b, &s->deriv, sample, err, err_size);
+    if (st == LH_OK) st = sched_scratch(b, &s->tmp, sample, err, err_size);
     if (st != LH_OK) return st;
 
     /* churn: raise the noise level to sigma_hat = sigma (1 + gamma); torch
@@ -111,27 +107,24 @@ static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, i
     }
     float sigma_hat = sigma * (float)(gamma + 1.0);
     if (gamma > 0.0) {
-        if (!rng)
-            return sched_fail(err, err_size, LH_ERR_INVALID,
-                              "euler: s_churn > 0 needs a random generator");
-        st = sched_scratch(&k->b, &s->noise, sample, err, err_size);
-        if (st == LH_OK) st = sched_scratch(&k->b, &s->churned, sample, err, err_size);
+        st = sched_draw_noise(b, &s->noise, sample, rng, "s_churn > 0", err, err_size);
+        if (st == LH_OK) st = sched_scratch(b, &s->churned, sample, err, err_size);
         if (st != LH_OK) return st;
-        st = h->tensor_randn(s->noise, rng);
-        if (st == LH_OK) st = h->tensor_axpby(s->noise, (float)s->s_noise, s->noise, 0.0, NULL);
-        if (st != LH_OK) return sched_host_fail(&k->b, st, "step", err, err_size);
+        st = b->host->tensor_axpby(s->noise, (float)s->s_noise, s->noise, 0.0, NULL);
+        if (st != LH_OK) return sched_host_fail(b, st, "step", err, err_size);
         float extra = sqrtf(sigma_hat * sigma_hat - sigma * sigma);
-        st = ksigma_add_scaled(k, s->churned, s->tmp, sample, s->noise, extra, err, err_size);
+        st = sched_add_scaled(b, s->churned, s->tmp, sample, s->noise, extra, err, err_size);
         if (st != LH_OK) return st;
         sample = s->churned;
     }
 
     /* v-prediction scales with sigma, the others with sigma_hat (as diffusers) */
     float dt = (float)k->sig[index + 1] - sigma_hat;
-    st = ksigma_x0(k, s->x0, s->tmp, model_output, sample,
-                   k->b.prediction_type == SCHED_PRED_V ? sigma : sigma_hat, err, err_size);
-    if (st == LH_OK) st = ksigma_derivative(k, s->deriv, sample, s->x0, sigma_hat, err, err_size);
-    if (st == LH_OK) st = ksigma_add_scaled(k, prev, s->tmp, sample, s->deriv, dt, err, err_size);
+    float x0_sigma = b->prediction_type == SCHED_PRED_V ? sigma : sigma_hat;
+    st = sched_sigma_x0(b, s->x0, s->tmp, model_output, sample, x0_sigma, err, err_size);
+    if (st == LH_OK)
+        st = sched_sigma_derivative(b, s->deriv, sample, s->x0, sigma_hat, err, err_size);
+    if (st == LH_OK) st = sched_add_scaled(b, prev, s->tmp, sample, s->deriv, dt, err, err_size);
     if (st == LH_OK) k->cur = index + 1;
     return st;
 }

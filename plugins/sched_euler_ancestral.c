@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "lib/ksigma.h"
+#include "lib/sched_predict.h"
 
 typedef struct euler_a {
     ksigma k; /* first: the shared callbacks take this state */
@@ -32,16 +33,8 @@ static lh_status create(void **out, const lh_host_api *host, const lh_config *cf
     static const sched_defaults defaults = {0.0001, 0.02, "linear", SCHED_SPACING_LINSPACE};
     lh_status st = ksigma_init(&s->k, host, "euler_ancestral", cfg, &defaults, KSIGMA_HAS_ZSNR,
                                err, err_size);
-    if (st == LH_OK && s->k.b.prediction_type == SCHED_PRED_SAMPLE)
-        st = sched_fail(err, err_size, LH_ERR_CONFIG,
-                        "euler_ancestral: prediction_type 'sample' is not supported by "
-                        "diffusers' EulerAncestralDiscreteScheduler (use epsilon or v_prediction)");
-    if (st != LH_OK) {
-        destroy(s);
-        return st;
-    }
-    *out = s;
-    return LH_OK;
+    if (st == LH_OK) st = sched_refuse_sample_prediction(&s->k.b, err, err_size);
+    return sched_finish_create(out, s, st, destroy);
 }
 
 static lh_status set_timesteps(void *p, int32_t n, char *err, size_t err_size) {
@@ -53,16 +46,11 @@ static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, i
                       const lh_tensor *sample, lh_rng *rng, char *err, size_t err_size) {
     euler_a *s = p;
     ksigma *k = &s->k;
-    const lh_host_api *h = k->b.host;
+    const sched_base *b = &k->b;
     lh_status st = ksigma_check_index(k, index, err, err_size);
-    if (st != LH_OK) return st;
-    if (!rng)
-        return sched_fail(err, err_size, LH_ERR_INVALID,
-                          "euler_ancestral: needs a random generator");
-    st = sched_scratch(&k->b, &s->x0, sample, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->deriv, sample, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->tmp, sample, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->noise, sample, err, err_size);
+    if (st == LH_OK) st = sched_scratch(b, &s->x0, sample, err, err_size);
+    if (st == LH_OK) st = sched_scratch(b, &s->deriv, sample, err, err_size);
+    if (st == LH_OK) st = sched_scratch(b, &s->tmp, sample, err, err_size);
     if (st != LH_OK) return st;
 
     /* sigma_up, sigma_down in float32, in diffusers' order of operations */
@@ -72,13 +60,12 @@ static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, i
     float sigma_down = sqrtf(to2 - sigma_up * sigma_up);
     float dt = sigma_down - sigma;
 
-    st = ksigma_x0(k, s->x0, s->tmp, model_output, sample, sigma, err, err_size);
-    if (st == LH_OK) st = ksigma_derivative(k, s->deriv, sample, s->x0, sigma, err, err_size);
-    if (st == LH_OK) st = ksigma_add_scaled(k, prev, s->tmp, sample, s->deriv, dt, err, err_size);
+    st = sched_sigma_x0(b, s->x0, s->tmp, model_output, sample, sigma, err, err_size);
+    if (st == LH_OK) st = sched_sigma_derivative(b, s->deriv, sample, s->x0, sigma, err, err_size);
+    if (st == LH_OK) st = sched_add_scaled(b, prev, s->tmp, sample, s->deriv, dt, err, err_size);
+    if (st == LH_OK) st = sched_draw_noise(b, &s->noise, sample, rng, "step", err, err_size);
     if (st != LH_OK) return st;
-    st = h->tensor_randn(s->noise, rng);
-    if (st != LH_OK) return sched_host_fail(&k->b, st, "step", err, err_size);
-    st = ksigma_add_scaled(k, prev, s->tmp, prev, s->noise, sigma_up, err, err_size);
+    st = sched_add_scaled(b, prev, s->tmp, prev, s->noise, sigma_up, err, err_size);
     if (st == LH_OK) k->cur = index + 1;
     return st;
 }

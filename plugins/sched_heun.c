@@ -5,11 +5,11 @@
 #include <math.h>
 
 #include "lib/ksigma.h"
+#include "lib/sched_predict.h"
 
 typedef struct heun {
     ksigma k; /* first: the shared callbacks take this state */
-    int clip_sample;
-    double clip_sample_range;
+    sched_clip clip;
     int have_first;                        /* an Euler step waits for its correction */
     float dt;                              /* of that Euler step */
     lh_tensor *first_deriv, *first_sample; /* its derivative and start */
@@ -43,19 +43,8 @@ static lh_status create(void **out, const lh_host_api *host, const lh_config *cf
     static const sched_defaults defaults = {0.00085, 0.012, "linear", SCHED_SPACING_LINSPACE};
     lh_status st = ksigma_init(&s->k, host, "heun", cfg, &defaults, KSIGMA_HAS_SIGMA_KIND, err,
                                err_size);
-    if (st == LH_OK) st = host->config_bool(cfg, "clip_sample", 0, &s->clip_sample, err, err_size);
-    if (st == LH_OK)
-        st = host->config_double(cfg, "clip_sample_range", 1.0, &s->clip_sample_range, err,
-                                 err_size);
-    if (st == LH_OK && s->clip_sample_range <= 0.0)
-        st = sched_fail(err, err_size, LH_ERR_CONFIG, "heun: clip_sample_range must be > 0, got %g",
-                        s->clip_sample_range);
-    if (st != LH_OK) {
-        destroy(s);
-        return st;
-    }
-    *out = s;
-    return LH_OK;
+    if (st == LH_OK) st = sched_clip_read(&s->k.b, cfg, 0, &s->clip, err, err_size);
+    return sched_finish_create(out, s, st, destroy);
 }
 
 /* n sigma steps become 2n - 1 model evaluations:
@@ -82,22 +71,19 @@ static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, i
     (void)rng;
     heun *s = p;
     ksigma *k = &s->k;
-    const lh_host_api *h = k->b.host;
+    const sched_base *b = &k->b;
     lh_status st = ksigma_check_index(k, index, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->x0, sample, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->deriv, sample, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->tmp, sample, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->first_deriv, sample, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->first_sample, sample, err, err_size);
+    if (st == LH_OK) st = sched_scratch(b, &s->x0, sample, err, err_size);
+    if (st == LH_OK) st = sched_scratch(b, &s->deriv, sample, err, err_size);
+    if (st == LH_OK) st = sched_scratch(b, &s->tmp, sample, err, err_size);
+    if (st == LH_OK) st = sched_scratch(b, &s->first_deriv, sample, err, err_size);
     /* both evaluations of a pair predict at sigma[index]: the Euler step's
      * start, then (the sigmas repeat) its end */
     float sigma = (float)k->sig[index];
-    if (st == LH_OK) st = ksigma_x0(k, s->x0, s->tmp, model_output, sample, sigma, err, err_size);
-    if (st == LH_OK && s->clip_sample) {
-        st = h->tensor_clamp(s->x0, s->x0, -s->clip_sample_range, s->clip_sample_range);
-        if (st != LH_OK) return sched_host_fail(&k->b, st, "step", err, err_size);
-    }
-    if (st == LH_OK) st = ksigma_derivative(k, s->deriv, sample, s->x0, sigma, err, err_size);
+    if (st == LH_OK)
+        st = sched_sigma_x0(b, s->x0, s->tmp, model_output, sample, sigma, err, err_size);
+    if (st == LH_OK) st = sched_clip_apply(b, &s->clip, s->x0, err, err_size);
+    if (st == LH_OK) st = sched_sigma_derivative(b, s->deriv, sample, s->x0, sigma, err, err_size);
     if (st != LH_OK) return st;
 
     if (!s->have_first) {
@@ -106,15 +92,15 @@ static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, i
         lh_tensor *t = s->first_deriv;
         s->first_deriv = s->deriv;
         s->deriv = t;
-        st = h->tensor_copy(s->first_sample, sample);
-        if (st != LH_OK) return sched_host_fail(&k->b, st, "step", err, err_size);
-        st = ksigma_add_scaled(k, prev, s->tmp, sample, s->first_deriv, s->dt, err, err_size);
+        st = sched_keep(b, &s->first_sample, sample, err, err_size);
+        if (st != LH_OK) return st;
+        st = sched_add_scaled(b, prev, s->tmp, sample, s->first_deriv, s->dt, err, err_size);
         s->have_first = 1;
     } else {
         /* trapezoid: the mean of both slopes, from the Euler step's start */
-        st = h->tensor_axpby(s->deriv, 0.5, s->first_deriv, 0.5, s->deriv);
-        if (st != LH_OK) return sched_host_fail(&k->b, st, "step", err, err_size);
-        st = ksigma_add_scaled(k, prev, s->tmp, s->first_sample, s->deriv, s->dt, err, err_size);
+        st = b->host->tensor_axpby(s->deriv, 0.5, s->first_deriv, 0.5, s->deriv);
+        if (st != LH_OK) return sched_host_fail(b, st, "step", err, err_size);
+        st = sched_add_scaled(b, prev, s->tmp, s->first_sample, s->deriv, s->dt, err, err_size);
         s->have_first = 0;
     }
     if (st == LH_OK) k->cur = index + 1;

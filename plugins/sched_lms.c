@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "lib/ksigma.h"
+#include "lib/sched_predict.h"
 
 #define MAX_ORDER 8
 
@@ -48,13 +49,8 @@ static lh_status create(void **out, const lh_host_api *host, const lh_config *cf
     if (st == LH_OK && (order < 1 || order > MAX_ORDER))
         st = sched_fail(err, err_size, LH_ERR_CONFIG, "lms: order must be in 1..%d, got %lld",
                         MAX_ORDER, (long long)order);
-    if (st != LH_OK) {
-        destroy(s);
-        return st;
-    }
     s->order = (int)order;
-    *out = s;
-    return LH_OK;
+    return sched_finish_create(out, s, st, destroy);
 }
 
 static lh_status set_timesteps(void *p, int32_t n, char *err, size_t err_size) {
@@ -89,13 +85,15 @@ static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, i
     (void)rng;
     lms *s = p;
     ksigma *k = &s->k;
-    const lh_host_api *h = k->b.host;
+    const sched_base *b = &k->b;
+    const lh_host_api *h = b->host;
     lh_status st = ksigma_check_index(k, index, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->x0, sample, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->tmp, sample, err, err_size);
-    if (st == LH_OK) st = sched_scratch(&k->b, &s->acc, sample, err, err_size);
+    if (st == LH_OK) st = sched_scratch(b, &s->x0, sample, err, err_size);
+    if (st == LH_OK) st = sched_scratch(b, &s->tmp, sample, err, err_size);
+    if (st == LH_OK) st = sched_scratch(b, &s->acc, sample, err, err_size);
     float sigma = (float)k->sig[index];
-    if (st == LH_OK) st = ksigma_x0(k, s->x0, s->tmp, model_output, sample, sigma, err, err_size);
+    if (st == LH_OK)
+        st = sched_sigma_x0(b, s->x0, s->tmp, model_output, sample, sigma, err, err_size);
     if (st != LH_OK) return st;
 
     /* the new derivative goes last; past `order` the oldest slot is reused */
@@ -106,8 +104,8 @@ static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, i
         s->n_hist--;
     }
     lh_tensor **d_new = &s->hist[s->n_hist];
-    st = sched_scratch(&k->b, d_new, sample, err, err_size);
-    if (st == LH_OK) st = ksigma_derivative(k, *d_new, sample, s->x0, sigma, err, err_size);
+    st = sched_scratch(b, d_new, sample, err, err_size);
+    if (st == LH_OK) st = sched_sigma_derivative(b, *d_new, sample, s->x0, sigma, err, err_size);
     if (st != LH_OK) return st;
     s->n_hist++;
 
@@ -123,7 +121,7 @@ static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, i
         if (st == LH_OK && j) st = h->tensor_axpby(s->acc, 1.0, s->acc, 1.0, s->tmp);
     }
     if (st == LH_OK) st = h->tensor_axpby(prev, 1.0, sample, 1.0, s->acc);
-    if (st != LH_OK) return sched_host_fail(&k->b, st, "step", err, err_size);
+    if (st != LH_OK) return sched_host_fail(b, st, "step", err, err_size);
     k->cur = index + 1;
     return LH_OK;
 }

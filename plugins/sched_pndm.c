@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "lib/sched_alphabar.h"
+#include "lib/sched_predict.h"
 
 #define MAX_STEPS 1000
 #define PRK_CALLS 12
@@ -50,23 +51,10 @@ static lh_status create(void **out, const lh_host_api *host, const lh_config *cf
         st = host->config_bool(cfg, "skip_prk_steps", 0, &s->skip_prk_steps, err, err_size);
     if (st == LH_OK)
         st = host->config_bool(cfg, "set_alpha_to_one", 0, &set_alpha_to_one, err, err_size);
-    if (st == LH_OK)
-        st = host->config_bool(cfg, "rescale_betas_zero_snr", 0, &rescale, err, err_size);
-    if (st == LH_OK && rescale)
-        st = sched_fail(err, err_size, LH_ERR_CONFIG,
-                        "pndm: rescale_betas_zero_snr is not an option of diffusers' "
-                        "PNDMScheduler");
-    if (st == LH_OK && s->b.prediction_type == SCHED_PRED_SAMPLE)
-        st = sched_fail(err, err_size, LH_ERR_CONFIG,
-                        "pndm: prediction_type 'sample' is not supported (one of: epsilon, "
-                        "v_prediction)");
-    if (st != LH_OK) {
-        destroy(s);
-        return st;
-    }
-    s->final_alpha_cumprod = set_alpha_to_one ? 1.0f : s->b.alphas_cumprod[0];
-    *out = s;
-    return LH_OK;
+    if (st == LH_OK) st = sched_read_zero_snr(&s->b, cfg, 0, &rescale, err, err_size);
+    if (st == LH_OK) st = sched_refuse_sample_prediction(&s->b, err, err_size);
+    if (st == LH_OK) s->final_alpha_cumprod = set_alpha_to_one ? 1.0f : s->b.alphas_cumprod[0];
+    return sched_finish_create(out, s, st, destroy);
 }
 
 static void reset(pndm *s) {
@@ -119,9 +107,8 @@ static lh_status set_timesteps(void *p, int32_t n, char *err, size_t err_size) {
 
 static lh_status set_begin_index(void *p, int32_t k, char *err, size_t err_size) {
     pndm *s = p;
-    if (k < 0 || k >= s->count)
-        return sched_fail(err, err_size, LH_ERR_INVALID, "pndm: begin index %d outside 0..%d", k,
-                          s->count - 1);
+    lh_status st = sched_check_index(&s->b, "begin index", k, s->count, err, err_size);
+    if (st != LH_OK) return st;
     s->begin = k;
     reset(s);
     return LH_OK;
@@ -133,29 +120,13 @@ static int32_t timesteps(void *p, const double **out) {
     return s->count;
 }
 
-static double init_noise_sigma(void *p) { return 1.0; }
-
-static lh_status scale_model_input(void *p, lh_tensor *out, const lh_tensor *sample,
-                                   int32_t index, char *err, size_t err_size) {
-    pndm *s = p;
-    lh_status st = s->b.host->tensor_copy(out, sample);
-    return st == LH_OK ? st : sched_host_fail(&s->b, st, "scale_model_input", err, err_size);
-}
-
-/* Store a copy of x in *slot (allocated on first use). */
-static lh_status keep(pndm *s, lh_tensor **slot, const lh_tensor *x, char *err, size_t err_size) {
-    lh_status st = sched_scratch(&s->b, slot, x, err, err_size);
-    if (st == LH_OK) st = s->b.host->tensor_copy(*slot, x);
-    return st == LH_OK ? st : sched_host_fail(&s->b, st, "step", err, err_size);
-}
-
 /* Append a model output to the history (newest first, at most 4 kept). */
 static lh_status push_ets(pndm *s, const lh_tensor *model_output, char *err, size_t err_size) {
     lh_tensor *oldest = s->ets[3];
     for (int i = 3; i > 0; i--) s->ets[i] = s->ets[i - 1];
     s->ets[0] = oldest;
     if (s->n_ets < 4) s->n_ets++;
-    return keep(s, &s->ets[0], model_output, err, err_size);
+    return sched_keep(&s->b, &s->ets[0], model_output, err, err_size);
 }
 
 /* diffusers' _get_prev_sample (PNDM paper, eq. 9): prev = x_{t_prev} from x_t
@@ -173,15 +144,18 @@ static lh_status prev_sample(pndm *s, lh_tensor *prev, const lh_tensor *sample,
     float b_t = 1.0f - a_t, b_prev = 1.0f - a_prev;
     lh_status st = LH_OK;
     if (s->b.prediction_type == SCHED_PRED_V) {
+        /* diffusers steps with the epsilon that v implies */
         st = sched_scratch(&s->b, &s->eps, sample, err, err_size);
+        if (st == LH_OK)
+            st = sched_predict_eps(&s->b, s->eps, model_output, sample, sqrtf(a_t), sqrtf(b_t),
+                                   err, err_size);
         if (st != LH_OK) return st;
-        st = h->tensor_axpby(s->eps, sqrtf(a_t), model_output, sqrtf(b_t), sample);
         model_output = s->eps;
     }
     float sample_coeff = sqrtf(a_prev / a_t);
     float denom = a_t * sqrtf(b_prev) + sqrtf(a_t * b_t * a_prev);
     float output_coeff = (a_prev - a_t) / denom;
-    if (st == LH_OK) st = h->tensor_axpby(prev, sample_coeff, sample, -output_coeff, model_output);
+    st = h->tensor_axpby(prev, sample_coeff, sample, -output_coeff, model_output);
     return st == LH_OK ? st : sched_host_fail(&s->b, st, "step", err, err_size);
 }
 
@@ -201,7 +175,7 @@ static lh_status step_prk(pndm *s, lh_tensor *prev, const lh_tensor *model_outpu
         st = sched_scratch(&s->b, &s->cur_output, sample, err, err_size);
         if (st == LH_OK) st = h->tensor_axpby(s->cur_output, 1.0 / 6.0, model_output, 0.0, NULL);
         if (st == LH_OK) st = push_ets(s, model_output, err, err_size);
-        if (st == LH_OK) st = keep(s, &s->cur_sample, sample, err, err_size);
+        if (st == LH_OK) st = sched_keep(&s->b, &s->cur_sample, sample, err, err_size);
         break;
     case 1:
     case 2:
@@ -235,7 +209,7 @@ static lh_status step_plms(pndm *s, lh_tensor *prev, const lh_tensor *model_outp
     if (st != LH_OK) return st;
     lh_tensor *const *e = s->ets;
     if (s->n_ets == 1 && s->counter == 0) {
-        st = keep(s, &s->cur_sample, sample, err, err_size);
+        st = sched_keep(&s->b, &s->cur_sample, sample, err, err_size);
         if (st == LH_OK) st = h->tensor_copy(s->eps, model_output);
     } else if (s->n_ets == 1 && s->counter == 1) {
         st = h->tensor_axpby(s->eps, 0.5, model_output, 0.5, e[0]);
@@ -256,25 +230,17 @@ static lh_status step_plms(pndm *s, lh_tensor *prev, const lh_tensor *model_outp
 static lh_status step(void *p, lh_tensor *prev, const lh_tensor *model_output, int32_t index,
                       const lh_tensor *sample, lh_rng *rng, char *err, size_t err_size) {
     pndm *s = p;
-    if (index < 0 || index >= s->count)
-        return sched_fail(err, err_size, LH_ERR_INVALID, "pndm: step index %d outside 0..%d",
-                          index, s->count - 1);
+    lh_status st = sched_check_index(&s->b, "step index", index, s->count, err, err_size);
+    if (st != LH_OK) return st;
     if (index != s->begin + s->counter)
         return sched_fail(err, err_size, LH_ERR_INVALID,
                           "pndm: steps must be taken in order: expected index %d, got %d",
                           s->begin + s->counter, index);
     double t = s->ts[index];
-    lh_status st = s->counter < s->n_prk
-                       ? step_prk(s, prev, model_output, t, sample, err, err_size)
-                       : step_plms(s, prev, model_output, t, sample, err, err_size);
+    st = s->counter < s->n_prk ? step_prk(s, prev, model_output, t, sample, err, err_size)
+                               : step_plms(s, prev, model_output, t, sample, err, err_size);
     if (st == LH_OK) s->counter++;
     return st;
-}
-
-static lh_status add_noise(void *p, lh_tensor *out, const lh_tensor *x, const lh_tensor *noise,
-                           double timestep, char *err, size_t err_size) {
-    pndm *s = p;
-    return sched_alphabar_add_noise(&s->b, out, x, noise, timestep, err, err_size);
 }
 
 static const lh_scheduler_desc DESC = {
@@ -287,10 +253,10 @@ static const lh_scheduler_desc DESC = {
     .set_timesteps = set_timesteps,
     .set_begin_index = set_begin_index,
     .timesteps = timesteps,
-    .init_noise_sigma = init_noise_sigma,
-    .scale_model_input = scale_model_input,
+    .init_noise_sigma = sched_unit_init_noise_sigma,
+    .scale_model_input = sched_identity_scale_model_input,
     .step = step,
-    .add_noise = add_noise,
+    .add_noise = alphabar_add_noise,
 };
 
 LH_API const lh_plugin_info *lorahost_plugin_entry(uint32_t index) {

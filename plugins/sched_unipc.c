@@ -81,12 +81,7 @@ static lh_status create(void **out, const lh_host_api *host, const lh_config *cf
     if (!s) return LH_ERR_NOMEM;
     lh_status st = ms_init(&s->ms, host, "unipc", cfg, 1, err, err_size);
     if (st == LH_OK) st = read_config(s, cfg, err, err_size);
-    if (st != LH_OK) {
-        destroy(s);
-        return st;
-    }
-    *out = s;
-    return LH_OK;
+    return sched_finish_create(out, s, st, destroy);
 }
 
 static lh_status set_timesteps(void *p, int32_t n, char *err, size_t err_size) {
@@ -238,8 +233,8 @@ static const lh_scheduler_desc DESC = {
     .set_begin_index = ms_set_begin_index,
     .timesteps = ms_timesteps,
     .sigmas = ms_sigmas,
-    .init_noise_sigma = ms_init_noise_sigma,
-    .scale_model_input = ms_scale_model_input,
+    .init_noise_sigma = sched_unit_init_noise_sigma,
+    .scale_model_input = sched_identity_scale_model_input,
     .step = step,
     .add_noise = ms_add_noise,
 };

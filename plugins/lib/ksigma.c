@@ -5,6 +5,8 @@
 
 #include <math.h>
 
+#include "sched_predict.h"
+
 /* ---- Setup ---- */
 
 lh_status ksigma_init(ksigma *k, const lh_host_api *host, const char *id, const lh_config *cfg,
@@ -22,14 +24,8 @@ lh_status ksigma_init(ksigma *k, const lh_host_api *host, const char *id, const 
     if (st == LH_OK) st = sched_base_init(&k->b, host, id, cfg, defaults, err, err_size);
     if (st != LH_OK) return st;
     if (features & KSIGMA_HAS_SIGMA_KIND) {
-        st = host->config_bool(cfg, "use_karras_sigmas", 0, &karras, err, err_size);
-        if (st == LH_OK)
-            st = host->config_bool(cfg, "use_exponential_sigmas", 0, &exponential, err, err_size);
+        st = sched_read_sigma_kind(&k->b, cfg, &karras, &exponential, err, err_size);
         if (st != LH_OK) return st;
-        if (karras && exponential)
-            return sched_fail(err, err_size, LH_ERR_CONFIG,
-                              "%s: use_karras_sigmas and use_exponential_sigmas exclude each other",
-                              id);
     }
     k->opts = (ksigma_opts){.kind = karras        ? KSIGMA_KARRAS
                                     : exponential ? KSIGMA_EXPONENTIAL
@@ -61,33 +57,21 @@ void ksigma_free(ksigma *k) {
 
 /* ---- Schedule ---- */
 
-/* torch.linspace(start, end, n) in float32: a float32 step, each value
- * start + i * step (from the far end for the upper half) rounded once. */
-static void torch_linspace_f32(double *out, float start, float end, int32_t n) {
-    if (n == 1) {
-        out[0] = start;
-        return;
-    }
-    float step = (end - start) / (float)(n - 1);
-    for (int32_t i = 0; i < n; i++)
-        out[i] = i < n / 2 ? (float)((double)start + (double)step * i)
-                           : (float)((double)end - (double)step * (n - 1 - i));
-}
-
 lh_status ksigma_set_timesteps(ksigma *k, int32_t n, char *err, size_t err_size) {
     int64_t train = k->b.num_train_timesteps;
     const ksigma_opts *o = &k->opts;
     lh_status st = sched_check_steps(&k->b, n, train < KSIGMA_MAX_STEPS ? train : KSIGMA_MAX_STEPS,
                                      err, err_size);
     if (st != LH_OK) return st;
-    sched_spaced_timesteps(&k->b, k->ts, n);
+    sched_spaced_timesteps(&k->b, k->ts, n, 0);
 
     int32_t m = n; /* sigmas before the final one */
     if (o->log_linear) {
+        float log_sig[KSIGMA_MAX_STEPS + 1];
         m = n + 1;
-        torch_linspace_f32(k->sig, logf((float)k->train_sigmas[train - 1]),
+        sched_linspace_f32(log_sig, logf((float)k->train_sigmas[train - 1]),
                            logf((float)k->train_sigmas[0]), m);
-        for (int32_t i = 0; i < m; i++) k->sig[i] = expf((float)k->sig[i]);
+        for (int32_t i = 0; i < m; i++) k->sig[i] = expf(log_sig[i]);
     } else {
         for (int32_t i = 0; i < n; i++) k->sig[i] = sched_interp(k->ts[i], k->train_sigmas, train);
     }
@@ -119,52 +103,7 @@ lh_status ksigma_check_index(const ksigma *k, int32_t index, char *err, size_t e
     if (k->n_ts == 0)
         return sched_fail(err, err_size, LH_ERR_INVALID, "%s: set_timesteps was not called",
                           k->b.id);
-    if (index < 0 || index >= k->n_ts)
-        return sched_fail(err, err_size, LH_ERR_INVALID, "%s: index %d outside 0..%d", k->b.id,
-                          index, k->n_ts - 1);
-    return LH_OK;
-}
-
-/* ---- Tensor math ---- */
-
-lh_status ksigma_x0(const ksigma *k, lh_tensor *x0, lh_tensor *tmp, const lh_tensor *model_output,
-                    const lh_tensor *sample, float sigma, char *err, size_t err_size) {
-    const lh_host_api *h = k->b.host;
-    lh_status st;
-    switch (k->b.prediction_type) {
-    case SCHED_PRED_EPSILON: /* sample - sigma * model_output */
-        st = h->tensor_axpby(tmp, sigma, model_output, 0.0, NULL);
-        if (st == LH_OK) st = h->tensor_axpby(x0, 1.0, sample, -1.0, tmp);
-        break;
-    case SCHED_PRED_V: { /* model_output * c_out + sample / (sigma^2 + 1) */
-        float s2 = sigma * sigma + 1.0f;
-        float c_out = -sigma / sqrtf(s2);
-        st = h->tensor_axpby(x0, c_out, model_output, 0.0, NULL);
-        if (st == LH_OK) st = h->tensor_axpby(tmp, 1.0 / s2, sample, 0.0, NULL);
-        if (st == LH_OK) st = h->tensor_axpby(x0, 1.0, x0, 1.0, tmp);
-        break;
-    }
-    default: /* sample */
-        st = h->tensor_copy(x0, model_output);
-        break;
-    }
-    return st == LH_OK ? st : sched_host_fail(&k->b, st, "x0 prediction", err, err_size);
-}
-
-lh_status ksigma_derivative(const ksigma *k, lh_tensor *d, const lh_tensor *sample,
-                            const lh_tensor *x0, float sigma, char *err, size_t err_size) {
-    const lh_host_api *h = k->b.host;
-    lh_status st = h->tensor_axpby(d, 1.0, sample, -1.0, x0);
-    if (st == LH_OK) st = h->tensor_axpby(d, 1.0 / sigma, d, 0.0, NULL);
-    return st == LH_OK ? st : sched_host_fail(&k->b, st, "derivative", err, err_size);
-}
-
-lh_status ksigma_add_scaled(const ksigma *k, lh_tensor *out, lh_tensor *tmp, const lh_tensor *x,
-                            const lh_tensor *y, float c, char *err, size_t err_size) {
-    const lh_host_api *h = k->b.host;
-    lh_status st = h->tensor_axpby(tmp, c, y, 0.0, NULL);
-    if (st == LH_OK) st = h->tensor_axpby(out, 1.0, x, 1.0, tmp);
-    return st == LH_OK ? st : sched_host_fail(&k->b, st, "step", err, err_size);
+    return sched_check_index(&k->b, "index", index, k->n_ts, err, err_size);
 }
 
 /* ---- Descriptor callbacks ---- */
@@ -196,7 +135,7 @@ double ksigma_init_noise_sigma(void *state) {
     float max = 0.0f;
     for (int64_t i = 0; i < n; i++)
         if ((float)v[i] > max) max = (float)v[i];
-    return k->b.spacing == SCHED_SPACING_LEADING ? sqrtf(max * max + 1.0f) : max;
+    return sched_sigma_init_noise(&k->b, max);
 }
 
 lh_status ksigma_scale_model_input(void *state, lh_tensor *out, const lh_tensor *sample,
@@ -205,25 +144,7 @@ lh_status ksigma_scale_model_input(void *state, lh_tensor *out, const lh_tensor 
     lh_status st = ksigma_check_index(k, index, err, err_size);
     if (st != LH_OK) return st;
     k->cur = index;
-    float sigma = (float)k->sig[index];
-    float denom = sqrtf(sigma * sigma + 1.0f);
-    st = k->b.host->tensor_axpby(out, 1.0 / denom, sample, 0.0, NULL);
-    return st == LH_OK ? st : sched_host_fail(&k->b, st, "scale_model_input", err, err_size);
-}
-
-/* diffusers' index_for_timestep: the second match if the timestep repeats.
- * Timesteps from sigma_to_t can differ from diffusers' in the last float32
- * bits (numpy's float32 log is not correctly rounded), so a timestep
- * matches within 1e-6 relative. */
-static int32_t find_timestep(const ksigma *k, double timestep) {
-    int32_t found = -1, count = 0;
-    double tol = 1e-6 * fmax(1.0, fabs(timestep));
-    for (int32_t i = 0; i < k->n_ts && count < 2; i++)
-        if (fabs(k->ts[i] - timestep) <= tol) {
-            found = i;
-            count++;
-        }
-    return found;
+    return sched_sigma_scale_input(&k->b, out, sample, (float)k->sig[index], err, err_size);
 }
 
 lh_status ksigma_add_noise(void *state, lh_tensor *out, const lh_tensor *original,
@@ -231,7 +152,10 @@ lh_status ksigma_add_noise(void *state, lh_tensor *out, const lh_tensor *origina
     ksigma *k = state;
     int32_t index;
     if (k->begin < 0) {
-        index = find_timestep(k, timestep);
+        /* timesteps from sigma_to_t can differ from diffusers' in the last
+         * float32 bits (numpy's float32 log is not correctly rounded), so a
+         * timestep matches within 1e-6 relative */
+        index = sched_find_timestep(k->ts, k->n_ts, timestep, 1e-6);
         if (index < 0)
             return sched_fail(err, err_size, LH_ERR_INVALID,
                               "%s: add_noise: timestep %g is not in the schedule (%d steps set)",

@@ -1,7 +1,8 @@
 /* Shared code of the k-diffusion style sigma schedulers (euler,
  * euler_ancestral, heun, lms): the sigma schedule as diffusers'
  * EulerDiscreteScheduler family builds it (float32 sigmas, optional
- * Karras/exponential sigmas), input scaling, x0 prediction and add_noise.
+ * Karras/exponential sigmas), input scaling and add_noise (the step math
+ * is sched_predict's sigma form).
  * A plugin's state struct starts with a `ksigma`, so the callbacks below
  * that take `void *state` go into its descriptor directly. */
 #ifndef LH_KSIGMA_H
@@ -58,19 +59,6 @@ lh_status ksigma_set_timesteps(ksigma *k, int32_t n, char *err, size_t err_size)
 
 /* Check an index the host passes to scale_model_input or step. */
 lh_status ksigma_check_index(const ksigma *k, int32_t index, char *err, size_t err_size);
-
-/* Tensor math, one host operation per torch float32 operation of diffusers
- * (same roundings: the steps cancel heavily where sigma is large). */
-
-/* x0 = the sample predicted from the model output at noise level sigma. */
-lh_status ksigma_x0(const ksigma *k, lh_tensor *x0, lh_tensor *tmp, const lh_tensor *model_output,
-                    const lh_tensor *sample, float sigma, char *err, size_t err_size);
-/* d = (sample - x0) / sigma, the ODE derivative. */
-lh_status ksigma_derivative(const ksigma *k, lh_tensor *d, const lh_tensor *sample,
-                            const lh_tensor *x0, float sigma, char *err, size_t err_size);
-/* out = x + y * c (out may be x; tmp is overwritten). */
-lh_status ksigma_add_scaled(const ksigma *k, lh_tensor *out, lh_tensor *tmp, const lh_tensor *x,
-                            const lh_tensor *y, float c, char *err, size_t err_size);
 
 /* Descriptor callbacks (state is a struct starting with a ksigma). */
 lh_status ksigma_set_begin_index(void *state, int32_t k, char *err, size_t err_size);

@@ -1,5 +1,6 @@
-/* Integer timestep spacing and add_noise of the alpha-bar schedulers
- * (DDPMScheduler, PNDMScheduler, LCMScheduler), float32 like diffusers. */
+/* Integer timestep spacing, schedule callbacks and add_noise of the
+ * alpha-bar schedulers (DDIMScheduler, DDPMScheduler, PNDMScheduler,
+ * LCMScheduler), float32 like diffusers. */
 #include "sched_alphabar.h"
 
 #include <math.h>
@@ -7,23 +8,7 @@
 lh_status sched_int_timesteps(const sched_base *b, double *out, int32_t n, char *err,
                               size_t err_size) {
     int64_t train = b->num_train_timesteps;
-    if (b->spacing == SCHED_SPACING_LINSPACE) {
-        /* np.linspace(0, train - 1, n).round()[::-1] */
-        sched_linspace(out, 0.0, (double)(train - 1), n);
-        for (int32_t i = 0; i < n / 2; i++) {
-            double tmp = out[i];
-            out[i] = out[n - 1 - i];
-            out[n - 1 - i] = tmp;
-        }
-        for (int32_t i = 0; i < n; i++) out[i] = nearbyint(out[i]);
-    } else if (b->spacing == SCHED_SPACING_LEADING) {
-        int64_t ratio = train / n;
-        for (int32_t i = 0; i < n; i++)
-            out[i] = (double)((int64_t)(n - 1 - i) * ratio + b->steps_offset);
-    } else {
-        double ratio = (double)train / n;
-        for (int32_t i = 0; i < n; i++) out[i] = nearbyint((double)train - i * ratio) - 1.0;
-    }
+    sched_spaced_timesteps(b, out, n, 1);
     for (int32_t i = 0; i < n; i++)
         if (out[i] < 0 || out[i] >= (double)train)
             return sched_fail(err, err_size, LH_ERR_INVALID,
@@ -32,9 +17,32 @@ lh_status sched_int_timesteps(const sched_base *b, double *out, int32_t n, char 
     return LH_OK;
 }
 
-lh_status sched_alphabar_add_noise(const sched_base *b, lh_tensor *out, const lh_tensor *original,
-                                   const lh_tensor *noise, double timestep, char *err,
-                                   size_t err_size) {
+/* ---- Descriptor callbacks ---- */
+
+lh_status alphabar_set_timesteps(void *state, int32_t n, char *err, size_t err_size) {
+    alphabar_sched *a = state;
+    int64_t train = a->b.num_train_timesteps;
+    int64_t limit = train < ALPHABAR_MAX_STEPS ? train : ALPHABAR_MAX_STEPS;
+    lh_status st = sched_check_steps(&a->b, n, limit, err, err_size);
+    if (st == LH_OK) st = sched_int_timesteps(&a->b, a->ts, n, err, err_size);
+    a->n = st == LH_OK ? n : 0;
+    return st;
+}
+
+lh_status alphabar_set_begin_index(void *state, int32_t k, char *err, size_t err_size) {
+    alphabar_sched *a = state;
+    return sched_check_index(&a->b, "begin index", k, a->n, err, err_size);
+}
+
+int32_t alphabar_timesteps(void *state, const double **out) {
+    alphabar_sched *a = state;
+    *out = a->ts;
+    return a->n;
+}
+
+lh_status alphabar_add_noise(void *state, lh_tensor *out, const lh_tensor *original,
+                             const lh_tensor *noise, double timestep, char *err, size_t err_size) {
+    const sched_base *b = state;
     if (!(timestep >= 0 && timestep < (double)b->num_train_timesteps) ||
         timestep != floor(timestep))
         return sched_fail(err, err_size, LH_ERR_INVALID,

@@ -1,6 +1,7 @@
-/* Shared scheduler-plugin code: the common diffusers config keys and the
- * beta schedules, computed with the same float32/double mix as diffusers
- * (torch.linspace in float32, cumprod accumulated in double). */
+/* Shared scheduler-plugin code: the common diffusers config keys and
+ * checks, the beta schedules, computed with the same float32/double mix as
+ * diffusers (torch.linspace in float32, cumprod accumulated in double),
+ * timestep spacing and the sigma schedules. */
 #include "sched_common.h"
 
 #include <math.h>
@@ -74,11 +75,88 @@ lh_status sched_scratch(const sched_base *b, lh_tensor **t, const lh_tensor *lik
     return *t ? LH_OK : sched_host_fail(b, LH_ERR_NOMEM, "scratch tensor", err, err_size);
 }
 
+lh_status sched_keep(const sched_base *b, lh_tensor **slot, const lh_tensor *x, char *err,
+                     size_t err_size) {
+    lh_status st = sched_scratch(b, slot, x, err, err_size);
+    if (st == LH_OK) st = b->host->tensor_copy(*slot, x);
+    return st == LH_OK ? st : sched_host_fail(b, st, "step", err, err_size);
+}
+
+lh_status sched_draw_noise(const sched_base *b, lh_tensor **noise, const lh_tensor *like,
+                           lh_rng *rng, const char *what, char *err, size_t err_size) {
+    if (!rng)
+        return sched_fail(err, err_size, LH_ERR_INVALID, "%s: %s needs a random generator",
+                          b->id, what);
+    lh_status st = sched_scratch(b, noise, like, err, err_size);
+    if (st != LH_OK) return st;
+    st = b->host->tensor_randn(*noise, rng);
+    return st == LH_OK ? st : sched_host_fail(b, st, "step", err, err_size);
+}
+
+/* ---- Plugin create ---- */
+
+lh_status sched_read_sigma_kind(const sched_base *b, const lh_config *cfg, int *karras,
+                                int *exponential, char *err, size_t err_size) {
+    const lh_host_api *h = b->host;
+    lh_status st = h->config_bool(cfg, "use_karras_sigmas", 0, karras, err, err_size);
+    if (st == LH_OK)
+        st = h->config_bool(cfg, "use_exponential_sigmas", 0, exponential, err, err_size);
+    if (st == LH_OK && *karras && *exponential)
+        st = sched_fail(err, err_size, LH_ERR_CONFIG,
+                        "%s: use_karras_sigmas and use_exponential_sigmas exclude each other",
+                        b->id);
+    return st;
+}
+
+lh_status sched_read_zero_snr(const sched_base *b, const lh_config *cfg, int allowed, int *on,
+                              char *err, size_t err_size) {
+    lh_status st = b->host->config_bool(cfg, "rescale_betas_zero_snr", 0, on, err, err_size);
+    if (st == LH_OK && *on && !allowed)
+        st = sched_fail(err, err_size, LH_ERR_CONFIG,
+                        "%s: rescale_betas_zero_snr is not an option of this diffusers scheduler",
+                        b->id);
+    return st;
+}
+
+lh_status sched_refuse_sample_prediction(const sched_base *b, char *err, size_t err_size) {
+    if (b->prediction_type != SCHED_PRED_SAMPLE) return LH_OK;
+    return sched_fail(err, err_size, LH_ERR_CONFIG,
+                      "%s: prediction_type 'sample' is not supported (one of: epsilon, "
+                      "v_prediction)",
+                      b->id);
+}
+
+lh_status sched_finish_create(void **out, void *state, lh_status st, void (*destroy)(void *)) {
+    if (st != LH_OK) {
+        destroy(state);
+        return st;
+    }
+    *out = state;
+    return LH_OK;
+}
+
+/* ---- Steps ---- */
+
+lh_status sched_check_index(const sched_base *b, const char *what, int32_t index, int32_t count,
+                            char *err, size_t err_size) {
+    if (index < 0 || index >= count)
+        return sched_fail(err, err_size, LH_ERR_INVALID, "%s: %s %d outside 0..%d", b->id, what,
+                          index, count - 1);
+    return LH_OK;
+}
+
+double sched_unit_init_noise_sigma(void *state) { return 1.0; }
+
+lh_status sched_identity_scale_model_input(void *state, lh_tensor *out, const lh_tensor *sample,
+                                           int32_t index, char *err, size_t err_size) {
+    const sched_base *b = state;
+    lh_status st = b->host->tensor_copy(out, sample);
+    return st == LH_OK ? st : sched_host_fail(b, st, "scale_model_input", err, err_size);
+}
+
 /* ---- Beta schedules ---- */
 
-/* torch.linspace(start, end, n, dtype=float32): a float32 step, each value
- * computed in double from the nearer end and rounded once (torch 2.x). */
-static void linspace_f32(float *out, float start, float end, int64_t n) {
+void sched_linspace_f32(float *out, float start, float end, int64_t n) {
     if (n == 1) {
         out[0] = start;
         return;
@@ -193,9 +271,9 @@ lh_status sched_base_init(sched_base *b, const lh_host_api *host, const char *id
                             "beta_end = %g",
                             id, beta_start, beta_end);
         else if (schedule == 0)
-            linspace_f32(b->betas, (float)beta_start, (float)beta_end, n);
+            sched_linspace_f32(b->betas, (float)beta_start, (float)beta_end, n);
         else if (schedule == 1) {
-            linspace_f32(b->betas, (float)sqrt(beta_start), (float)sqrt(beta_end), n);
+            sched_linspace_f32(b->betas, (float)sqrt(beta_start), (float)sqrt(beta_end), n);
             for (int64_t i = 0; i < n; i++) b->betas[i] *= b->betas[i];
         } else {
             for (int64_t i = 0; i < n; i++) {
@@ -222,6 +300,41 @@ void sched_base_free(sched_base *b) {
     b->host->free(b->betas);
     b->host->free(b->alphas_cumprod);
     b->betas = b->alphas_cumprod = NULL;
+}
+
+/* ---- Timesteps ---- */
+
+void sched_spaced_timesteps(const sched_base *b, double *out, int32_t n, int integer) {
+    int64_t train = b->num_train_timesteps;
+    if (b->spacing == SCHED_SPACING_LINSPACE) {
+        /* np.linspace(0, train - 1, n)[::-1], rounded */
+        sched_linspace(out, 0.0, (double)(train - 1), n);
+        for (int32_t i = 0; i < n / 2; i++) {
+            double tmp = out[i];
+            out[i] = out[n - 1 - i];
+            out[n - 1 - i] = tmp;
+        }
+        for (int32_t i = 0; i < n; i++)
+            out[i] = integer ? nearbyint(out[i]) : (double)(float)out[i];
+    } else if (b->spacing == SCHED_SPACING_LEADING) {
+        int64_t ratio = train / n;
+        for (int32_t i = 0; i < n; i++)
+            out[i] = (double)((int64_t)(n - 1 - i) * ratio + b->steps_offset);
+    } else {
+        double ratio = (double)train / n;
+        for (int32_t i = 0; i < n; i++) out[i] = nearbyint((double)train - i * ratio) - 1.0;
+    }
+}
+
+int32_t sched_find_timestep(const double *ts, int32_t n, double timestep, double rel_tol) {
+    int32_t found = -1, count = 0;
+    double tol = rel_tol * fmax(1.0, fabs(timestep));
+    for (int32_t i = 0; i < n && count < 2; i++)
+        if (fabs(ts[i] - timestep) <= tol) {
+            found = i;
+            count++;
+        }
+    return found;
 }
 
 /* ---- Sigma schedules ---- */
@@ -274,22 +387,6 @@ void sched_exponential_sigmas(double *out, int32_t n, double sigma_min, double s
     for (int32_t i = 0; i < n; i++) out[i] = exp(out[i]);
 }
 
-void sched_spaced_timesteps(const sched_base *b, double *out, int32_t n) {
-    int64_t train = b->num_train_timesteps;
-    if (b->spacing == SCHED_SPACING_LINSPACE) {
-        sched_linspace(out, 0.0, (double)(train - 1), n);
-        for (int32_t i = 0; i < n / 2; i++) {
-            double tmp = out[i];
-            out[i] = out[n - 1 - i];
-            out[n - 1 - i] = tmp;
-        }
-        for (int32_t i = 0; i < n; i++) out[i] = (double)(float)out[i];
-    } else if (b->spacing == SCHED_SPACING_LEADING) {
-        int64_t ratio = train / n;
-        for (int32_t i = 0; i < n; i++)
-            out[i] = (double)((int64_t)(n - 1 - i) * ratio + b->steps_offset);
-    } else {
-        double ratio = (double)train / n;
-        for (int32_t i = 0; i < n; i++) out[i] = nearbyint((double)train - i * ratio) - 1.0;
-    }
+double sched_sigma_init_noise(const sched_base *b, float max_sigma) {
+    return b->spacing == SCHED_SPACING_LEADING ? sqrtf(max_sigma * max_sigma + 1.0f) : max_sigma;
 }

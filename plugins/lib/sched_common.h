@@ -1,7 +1,9 @@
 /* Shared code of the scheduler plugins (compiled into each one; plugin-side,
  * so it sees only lorahost/plugin.h): the diffusers config keys every
- * scheduler understands, beta schedules as diffusers computes them (float32
- * betas, double-accumulated cumulative products), and small helpers. */
+ * scheduler understands and the checks several classes share, beta
+ * schedules as diffusers computes them (float32 betas, double-accumulated
+ * cumulative products), timestep spacing and sigma schedules, index checks,
+ * scratch tensors and noise draws. */
 #ifndef LH_SCHED_COMMON_H
 #define LH_SCHED_COMMON_H
 
@@ -76,12 +78,62 @@ static inline double sched_alpha_bar(const sched_base *b, int64_t t) {
 
 /* numpy.linspace(start, stop, n) in double, written to out[n]. */
 void sched_linspace(double *out, double start, double stop, int32_t n);
+/* torch.linspace(start, end, n, dtype=float32): a float32 step, each value
+ * computed in double from the nearer end and rounded once (torch 2.x). */
+void sched_linspace_f32(float *out, float start, float end, int64_t n);
 
 /* Make sure *t is a tensor shaped like `like` (allocated on first use). */
 lh_status sched_scratch(const sched_base *b, lh_tensor **t, const lh_tensor *like, char *err,
                         size_t err_size);
+/* Store a copy of x in *slot (allocated on first use). */
+lh_status sched_keep(const sched_base *b, lh_tensor **slot, const lh_tensor *x, char *err,
+                     size_t err_size);
+/* *noise = standard normal draws from rng shaped like `like` (allocated on
+ * first use); without a generator, fail with "<id>: <what> needs a random
+ * generator" (what: "step", "eta > 0", ...). */
+lh_status sched_draw_noise(const sched_base *b, lh_tensor **noise, const lh_tensor *like,
+                           lh_rng *rng, const char *what, char *err, size_t err_size);
 
-#endif
+/* ---- Plugin create ---- */
+
+/* Read use_karras_sigmas and use_exponential_sigmas (they exclude each other). */
+lh_status sched_read_sigma_kind(const sched_base *b, const lh_config *cfg, int *karras,
+                                int *exponential, char *err, size_t err_size);
+/* Read rescale_betas_zero_snr into *on (sched_base_init has applied it);
+ * refuse it if the diffusers class has no such option (!allowed). */
+lh_status sched_read_zero_snr(const sched_base *b, const lh_config *cfg, int allowed, int *on,
+                              char *err, size_t err_size);
+/* Refuse prediction_type 'sample' for a class that has only epsilon and
+ * v_prediction. */
+lh_status sched_refuse_sample_prediction(const sched_base *b, char *err, size_t err_size);
+/* The end of a plugin's create: *out = state if st is LH_OK, else
+ * destroy(state); returns st. */
+lh_status sched_finish_create(void **out, void *state, lh_status st, void (*destroy)(void *));
+
+/* ---- Steps ---- */
+
+/* Check 0 <= index < count for an index the host passes (what: "step index",
+ * "begin index", ...), naming the plugin. */
+lh_status sched_check_index(const sched_base *b, const char *what, int32_t index, int32_t count,
+                            char *err, size_t err_size);
+
+/* Descriptor callbacks for a state that starts with a sched_base, for the
+ * classes whose model input is the sample itself (init_noise_sigma 1). */
+double sched_unit_init_noise_sigma(void *state);
+lh_status sched_identity_scale_model_input(void *state, lh_tensor *out, const lh_tensor *sample,
+                                           int32_t index, char *err, size_t err_size);
+
+/* ---- Timesteps ---- */
+
+/* Timesteps of the configured spacing, descending, as diffusers computes
+ * them: out[n]. linspace values are rounded to integers if `integer` (the
+ * alpha-bar classes), else to float32 (the sigma classes). */
+void sched_spaced_timesteps(const sched_base *b, double *out, int32_t n, int integer);
+
+/* diffusers' index_for_timestep: the index of `timestep` in ts[n], its
+ * second occurrence if it repeats, or -1. Values match within rel_tol
+ * relative (to max(1, |timestep|)); 0 asks for equality. */
+int32_t sched_find_timestep(const double *ts, int32_t n, double timestep, double rel_tol);
 
 /* ---- Sigma schedules (the k-diffusion family) ---- */
 
@@ -102,6 +154,8 @@ void sched_karras_sigmas(double *out, int32_t n, double sigma_min, double sigma_
 /* exp(linspace(log sigma_max, log sigma_min, n)). */
 void sched_exponential_sigmas(double *out, int32_t n, double sigma_min, double sigma_max);
 
-/* Timesteps of the given spacing as diffusers' sigma schedulers compute
- * them (float32 values): out[n], descending. */
-void sched_spaced_timesteps(const sched_base *b, double *out, int32_t n);
+/* diffusers' init_noise_sigma of the sigma classes from the largest sigma:
+ * sqrt(max^2 + 1) for leading spacing, else max (float32). */
+double sched_sigma_init_noise(const sched_base *b, float max_sigma);
+
+#endif

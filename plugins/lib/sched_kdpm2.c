@@ -6,38 +6,21 @@
 
 #include <math.h>
 
-lh_status kdpm2_create(kdpm2 **out, const lh_host_api *host, const lh_config *cfg,
-                       const char *id, int ancestral, char *err, size_t err_size) {
+#include "sched_predict.h"
+
+lh_status kdpm2_create(void **out, const lh_host_api *host, const lh_config *cfg, const char *id,
+                       int ancestral, char *err, size_t err_size) {
     kdpm2 *k = host->calloc(1, sizeof *k);
     if (!k) return sched_fail(err, err_size, LH_ERR_NOMEM, "%s: out of memory", id);
     static const sched_defaults defaults = {0.00085, 0.012, "linear", SCHED_SPACING_LINSPACE};
     int rescale = 0;
     lh_status st = sched_base_init(&k->b, host, id, cfg, &defaults, err, err_size);
     if (st == LH_OK)
-        st = host->config_bool(cfg, "use_karras_sigmas", 0, &k->karras, err, err_size);
-    if (st == LH_OK)
-        st = host->config_bool(cfg, "use_exponential_sigmas", 0, &k->exponential, err, err_size);
-    if (st == LH_OK)
-        st = host->config_bool(cfg, "rescale_betas_zero_snr", 0, &rescale, err, err_size);
-    if (st == LH_OK && k->karras && k->exponential)
-        st = sched_fail(err, err_size, LH_ERR_CONFIG,
-                        "%s: use_karras_sigmas and use_exponential_sigmas exclude each other", id);
-    if (st == LH_OK && rescale)
-        st = sched_fail(err, err_size, LH_ERR_CONFIG,
-                        "%s: rescale_betas_zero_snr is not an option of this diffusers scheduler",
-                        id);
-    if (st == LH_OK && k->b.prediction_type == SCHED_PRED_SAMPLE)
-        st = sched_fail(err, err_size, LH_ERR_CONFIG,
-                        "%s: prediction_type 'sample' is not supported (one of: epsilon, "
-                        "v_prediction)",
-                        id);
-    if (st != LH_OK) {
-        kdpm2_destroy(k);
-        return st;
-    }
+        st = sched_read_sigma_kind(&k->b, cfg, &k->karras, &k->exponential, err, err_size);
+    if (st == LH_OK) st = sched_read_zero_snr(&k->b, cfg, 0, &rescale, err, err_size);
+    if (st == LH_OK) st = sched_refuse_sample_prediction(&k->b, err, err_size);
     k->ancestral = ancestral;
-    *out = k;
-    return LH_OK;
+    return sched_finish_create(out, k, st, kdpm2_destroy);
 }
 
 void kdpm2_destroy(void *state) {
@@ -85,7 +68,7 @@ static void step_sigmas(const kdpm2 *k, kdpm2_steps *st, int32_t n, const double
                         const double *log_sigmas) {
     int64_t train = k->b.num_train_timesteps;
     double s[KDPM2_MAX_STEPS];
-    sched_spaced_timesteps(&k->b, st->t, n);
+    sched_spaced_timesteps(&k->b, st->t, n, 0);
     for (int32_t i = 0; i < n; i++) s[i] = sched_interp(st->t[i], train_sigmas, train);
     if (k->karras || k->exponential) {
         double lo = s[n - 1], hi = s[0];
@@ -172,11 +155,9 @@ done:
 
 lh_status kdpm2_set_begin_index(void *state, int32_t k, char *err, size_t err_size) {
     kdpm2 *s = state;
-    if (k < 0 || k >= 2 * s->n - 1)
-        return sched_fail(err, err_size, LH_ERR_INVALID, "%s: begin index %d outside 0..%d",
-                          s->b.id, k, 2 * s->n - 2);
-    s->second_order = 0;
-    return LH_OK;
+    lh_status st = sched_check_index(&s->b, "begin index", k, 2 * s->n - 1, err, err_size);
+    if (st == LH_OK) s->second_order = 0;
+    return st;
 }
 
 int32_t kdpm2_timesteps(void *state, const double **out) {
@@ -193,16 +174,14 @@ int32_t kdpm2_sigmas(void *state, const double **out) {
 
 double kdpm2_init_noise_sigma(void *state) {
     kdpm2 *k = state;
-    if (k->b.spacing == SCHED_SPACING_LEADING) return sqrtf(k->max_sigma * k->max_sigma + 1.0f);
-    return k->max_sigma;
+    return sched_sigma_init_noise(&k->b, k->max_sigma);
 }
 
 /* ---- Step helpers ---- */
 
 lh_status kdpm2_check_index(const kdpm2 *k, int32_t index, char *err, size_t err_size) {
-    if (index < 0 || index >= 2 * k->n - 1)
-        return sched_fail(err, err_size, LH_ERR_INVALID, "%s: step index %d outside 0..%d",
-                          k->b.id, index, 2 * k->n - 2);
+    lh_status st = sched_check_index(&k->b, "step index", index, 2 * k->n - 1, err, err_size);
+    if (st != LH_OK) return st;
     if (k->second_order && index == 0)
         return sched_fail(err, err_size, LH_ERR_INVALID,
                           "%s: a correction step cannot come first (steps out of order)",
@@ -210,60 +189,25 @@ lh_status kdpm2_check_index(const kdpm2 *k, int32_t index, char *err, size_t err
     return LH_OK;
 }
 
-lh_status kdpm2_scale(kdpm2 *k, lh_tensor *out, const lh_tensor *sample, float sigma, char *err,
-                      size_t err_size) {
-    lh_status st = k->b.host->tensor_axpby(out, 1.0 / sqrtf(sigma * sigma + 1.0f), sample, 0.0,
-                                           NULL);
-    return st == LH_OK ? st : sched_host_fail(&k->b, st, "scale_model_input", err, err_size);
-}
-
 lh_status kdpm2_x0(kdpm2 *k, const lh_tensor *model_output, const lh_tensor *sample, float sigma,
                    char *err, size_t err_size) {
-    const lh_host_api *h = k->b.host;
     lh_status st = sched_scratch(&k->b, &k->x0, sample, err, err_size);
     if (st == LH_OK) st = sched_scratch(&k->b, &k->d, sample, err, err_size);
     if (st != LH_OK) return st;
-    if (k->b.prediction_type == SCHED_PRED_V) {
-        /* x0 = model_output * (-sigma / sqrt(sigma^2 + 1)) + sample / (sigma^2 + 1) */
-        float s2 = sigma * sigma + 1.0f;
-        st = h->tensor_axpby(k->x0, -sigma / sqrtf(s2), model_output, 0.0, NULL);
-        if (st == LH_OK) st = h->tensor_axpby(k->d, 1.0 / s2, sample, 0.0, NULL);
-        if (st == LH_OK) st = h->tensor_axpby(k->x0, 1.0, k->x0, 1.0, k->d);
-    } else {
-        /* x0 = sample - sigma * model_output */
-        st = h->tensor_axpby(k->x0, sigma, model_output, 0.0, NULL);
-        if (st == LH_OK) st = h->tensor_axpby(k->x0, 1.0, sample, -1.0, k->x0);
-    }
-    return st == LH_OK ? st : sched_host_fail(&k->b, st, "step", err, err_size);
+    return sched_sigma_x0(&k->b, k->x0, k->d, model_output, sample, sigma, err, err_size);
 }
 
 lh_status kdpm2_advance(kdpm2 *k, lh_tensor *prev, const lh_tensor *base, const lh_tensor *sample,
                         float sigma, float dt, char *err, size_t err_size) {
-    const lh_host_api *h = k->b.host;
-    lh_status st = h->tensor_axpby(k->d, 1.0, sample, -1.0, k->x0);
-    if (st == LH_OK) st = h->tensor_axpby(k->d, 1.0 / sigma, k->d, 0.0, NULL);
-    if (st == LH_OK) st = h->tensor_axpby(k->d, dt, k->d, 0.0, NULL);
-    if (st == LH_OK) st = h->tensor_axpby(prev, 1.0, base, 1.0, k->d);
-    return st == LH_OK ? st : sched_host_fail(&k->b, st, "step", err, err_size);
-}
-
-lh_status kdpm2_keep_first(kdpm2 *k, const lh_tensor *sample, char *err, size_t err_size) {
-    lh_status st = sched_scratch(&k->b, &k->first, sample, err, err_size);
+    lh_status st = sched_sigma_derivative(&k->b, k->d, sample, k->x0, sigma, err, err_size);
     if (st != LH_OK) return st;
-    st = k->b.host->tensor_copy(k->first, sample);
-    return st == LH_OK ? st : sched_host_fail(&k->b, st, "step", err, err_size);
+    return sched_add_scaled(&k->b, prev, k->d, base, k->d, dt, err, err_size);
 }
 
 lh_status kdpm2_add_noise(void *state, lh_tensor *out, const lh_tensor *original,
                           const lh_tensor *noise, double timestep, char *err, size_t err_size) {
     kdpm2 *k = state;
-    int32_t found = -1, matches = 0;
-    for (int32_t i = 0; i < 2 * k->n - 1 && matches < 2; i++) {
-        if (fabs(k->ts[i] - timestep) <= 1e-6 * fmax(1.0, fabs(timestep))) {
-            found = i;
-            matches++;
-        }
-    }
+    int32_t found = sched_find_timestep(k->ts, k->n ? 2 * k->n - 1 : 0, timestep, 1e-6);
     if (found < 0)
         return sched_fail(err, err_size, LH_ERR_INVALID,
                           "%s: add_noise timestep %g is not in the schedule", k->b.id, timestep);

@@ -31,9 +31,10 @@ typedef struct kdpm2 {
 
 #define KDPM2_KEYS SCHED_BASE_KEYS, "use_karras_sigmas", "use_exponential_sigmas"
 
-/* Read the config (id names the plugin) and allocate the state. */
-lh_status kdpm2_create(kdpm2 **out, const lh_host_api *host, const lh_config *cfg,
-                       const char *id, int ancestral, char *err, size_t err_size);
+/* Read the config (id names the plugin) and allocate the state: the
+ * plugin's create. */
+lh_status kdpm2_create(void **out, const lh_host_api *host, const lh_config *cfg, const char *id,
+                       int ancestral, char *err, size_t err_size);
 void kdpm2_destroy(void *state);
 
 lh_status kdpm2_set_timesteps(void *state, int32_t n, char *err, size_t err_size);
@@ -41,22 +42,18 @@ lh_status kdpm2_set_begin_index(void *state, int32_t k, char *err, size_t err_si
 int32_t kdpm2_timesteps(void *state, const double **out);
 int32_t kdpm2_sigmas(void *state, const double **out);
 double kdpm2_init_noise_sigma(void *state);
-/* out = sample / sqrt(sigma^2 + 1). */
-lh_status kdpm2_scale(kdpm2 *k, lh_tensor *out, const lh_tensor *sample, float sigma, char *err,
-                      size_t err_size);
 /* Check a step index against the schedule. */
 lh_status kdpm2_check_index(const kdpm2 *k, int32_t index, char *err, size_t err_size);
-/* The step arithmetic below rounds op by op like diffusers' float32 tensors:
- * at large sigmas sample - x0 cancels badly, and only the same rounding
- * points reproduce diffusers' results there. */
+/* The step arithmetic below is sched_predict's sigma form, rounded op by op
+ * like diffusers' float32 tensors: at large sigmas sample - x0 cancels
+ * badly, and only the same rounding points reproduce diffusers' results
+ * there. */
 /* k->x0 = the denoised estimate from the model output evaluated at sigma. */
 lh_status kdpm2_x0(kdpm2 *k, const lh_tensor *model_output, const lh_tensor *sample, float sigma,
                    char *err, size_t err_size);
 /* prev = base + (sample - k->x0) / sigma * dt: the derivative at sigma times dt. */
 lh_status kdpm2_advance(kdpm2 *k, lh_tensor *prev, const lh_tensor *base, const lh_tensor *sample,
                         float sigma, float dt, char *err, size_t err_size);
-/* Remember a first-order step's input sample for its correction step. */
-lh_status kdpm2_keep_first(kdpm2 *k, const lh_tensor *sample, char *err, size_t err_size);
 /* out = original + sigma * noise, sigma that of the schedule entry holding
  * `timestep` (its second entry if it occurs twice, like diffusers). */
 lh_status kdpm2_add_noise(void *state, lh_tensor *out, const lh_tensor *original,

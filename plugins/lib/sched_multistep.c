@@ -6,6 +6,8 @@
 
 #include <math.h>
 
+#include "sched_predict.h"
+
 /* Keys whose feature is not offered: they must stay false. */
 static const struct {
     const char *key, *why;
@@ -30,11 +32,8 @@ static lh_status read_common(ms_sched *s, const lh_config *cfg, int zero_snr, ch
     lh_status st = h->config_int(cfg, "solver_order", 2, &order, err, err_size);
     if (st == LH_OK)
         st = h->config_bool(cfg, "lower_order_final", 1, &s->lower_order_final, err, err_size);
-    if (st == LH_OK) st = h->config_bool(cfg, "use_karras_sigmas", 0, &karras, err, err_size);
-    if (st == LH_OK)
-        st = h->config_bool(cfg, "use_exponential_sigmas", 0, &exponential, err, err_size);
-    if (st == LH_OK)
-        st = h->config_bool(cfg, "rescale_betas_zero_snr", 0, &rescale, err, err_size);
+    if (st == LH_OK) st = sched_read_sigma_kind(&s->b, cfg, &karras, &exponential, err, err_size);
+    if (st == LH_OK) st = sched_read_zero_snr(&s->b, cfg, zero_snr, &rescale, err, err_size);
     for (size_t i = 0; st == LH_OK && i < sizeof UNSUPPORTED / sizeof UNSUPPORTED[0]; i++) {
         st = h->config_bool(cfg, UNSUPPORTED[i].key, 0, &flag, err, err_size);
         if (st == LH_OK && flag)
@@ -49,14 +48,6 @@ static lh_status read_common(ms_sched *s, const lh_config *cfg, int zero_snr, ch
     if (order < 1 || order > MS_MAX_ORDER)
         return sched_fail(err, err_size, LH_ERR_CONFIG,
                           "%s: solver_order must be 1, 2 or 3, got %lld", id, (long long)order);
-    if (karras && exponential)
-        return sched_fail(err, err_size, LH_ERR_CONFIG,
-                          "%s: use_karras_sigmas and use_exponential_sigmas exclude each other",
-                          id);
-    if (rescale && !zero_snr)
-        return sched_fail(err, err_size, LH_ERR_CONFIG,
-                          "%s: rescale_betas_zero_snr is not an option of this diffusers scheduler",
-                          id);
     s->order = (int)order;
     s->kind = karras ? MS_SIGMAS_KARRAS : exponential ? MS_SIGMAS_EXPONENTIAL : MS_SIGMAS_TRAIN;
     /* diffusers keeps the last alpha_bar just above zero so the first sigma is finite */
@@ -177,20 +168,17 @@ lh_status ms_begin_step(ms_sched *s, int32_t index, const lh_tensor *sample, cha
     if (s->n == 0)
         return sched_fail(err, err_size, LH_ERR_INVALID, "%s: set_timesteps was not called",
                           s->b.id);
-    if (index < 0 || index >= s->n)
-        return sched_fail(err, err_size, LH_ERR_INVALID, "%s: step index %d outside 0..%d",
-                          s->b.id, index, s->n - 1);
+    lh_status st = sched_check_index(&s->b, "step index", index, s->n, err, err_size);
+    if (st != LH_OK) return st;
     int32_t expect = s->next >= 0 ? s->next : s->begin;
     if (expect >= 0 && index != expect)
         return sched_fail(err, err_size, LH_ERR_INVALID,
                           "%s: step index %d out of order (expected %d): a multistep solver "
                           "steps through its timesteps in sequence",
                           s->b.id, index, expect);
-    for (int k = 0; k <= s->order; k++) {
-        lh_status st = sched_scratch(&s->b, &s->m[k], sample, err, err_size);
-        if (st != LH_OK) return st;
-    }
-    return LH_OK;
+    for (int k = 0; k <= s->order && st == LH_OK; k++)
+        st = sched_scratch(&s->b, &s->m[k], sample, err, err_size);
+    return st;
 }
 
 void ms_push(ms_sched *s) {
@@ -239,53 +227,25 @@ float ms_np_logf(float x) {
 
 lh_status ms_to_x0(const ms_sched *s, lh_tensor *out, const lh_tensor *model_output,
                    const lh_tensor *sample, float sigma, char *err, size_t err_size) {
-    const lh_host_api *h = s->b.host;
     float a, st;
     ms_alpha_sigma(sigma, &a, &st);
-    lh_status rc;
-    switch (s->b.prediction_type) {
-    case SCHED_PRED_EPSILON:
-        rc = h->tensor_axpby(out, 1.0 / a, sample, -(double)st / a, model_output);
-        break;
-    case SCHED_PRED_SAMPLE:
-        rc = h->tensor_copy(out, model_output);
-        break;
-    default: /* v_prediction */
-        rc = h->tensor_axpby(out, a, sample, -st, model_output);
-        break;
-    }
-    return rc == LH_OK ? rc : sched_host_fail(&s->b, rc, "predicted x0", err, err_size);
+    return sched_predict_x0(&s->b, out, model_output, sample, a, st, err, err_size);
 }
 
 lh_status ms_to_eps(const ms_sched *s, lh_tensor *out, const lh_tensor *model_output,
                     const lh_tensor *sample, float sigma, char *err, size_t err_size) {
-    const lh_host_api *h = s->b.host;
     float a, st;
     ms_alpha_sigma(sigma, &a, &st);
-    lh_status rc;
-    switch (s->b.prediction_type) {
-    case SCHED_PRED_EPSILON:
-        rc = h->tensor_copy(out, model_output);
-        break;
-    case SCHED_PRED_SAMPLE:
-        rc = h->tensor_axpby(out, 1.0 / st, sample, -(double)a / st, model_output);
-        break;
-    default: /* v_prediction */
-        rc = h->tensor_axpby(out, a, model_output, st, sample);
-        break;
-    }
-    return rc == LH_OK ? rc : sched_host_fail(&s->b, rc, "predicted noise", err, err_size);
+    return sched_predict_eps(&s->b, out, model_output, sample, a, st, err, err_size);
 }
 
 /* ---- Descriptor functions ---- */
 
 lh_status ms_set_begin_index(void *p, int32_t k, char *err, size_t err_size) {
     ms_sched *s = p;
-    if (k < 0 || k >= s->n)
-        return sched_fail(err, err_size, LH_ERR_INVALID, "%s: begin index %d outside 0..%d",
-                          s->b.id, k, s->n - 1);
-    s->begin = k;
-    return LH_OK;
+    lh_status st = sched_check_index(&s->b, "begin index", k, s->n, err, err_size);
+    if (st == LH_OK) s->begin = k;
+    return st;
 }
 
 int32_t ms_timesteps(void *p, const double **out) {
@@ -300,15 +260,6 @@ int32_t ms_sigmas(void *p, const double **out) {
     return s->n ? s->n + 1 : 0;
 }
 
-double ms_init_noise_sigma(void *p) { return 1.0; }
-
-lh_status ms_scale_model_input(void *p, lh_tensor *out, const lh_tensor *sample, int32_t index,
-                               char *err, size_t err_size) {
-    ms_sched *s = p;
-    lh_status st = s->b.host->tensor_copy(out, sample);
-    return st == LH_OK ? st : sched_host_fail(&s->b, st, "scale_model_input", err, err_size);
-}
-
 /* diffusers' add_noise: the sigma at the current step when a begin index is
  * set, else at the timestep's place in the schedule (the second of
  * repeated timesteps, the last sigma for an unknown timestep). */
@@ -318,16 +269,12 @@ lh_status ms_add_noise(void *p, lh_tensor *out, const lh_tensor *x, const lh_ten
     if (s->n == 0)
         return sched_fail(err, err_size, LH_ERR_INVALID,
                           "%s: add_noise needs set_timesteps first", s->b.id);
-    int32_t idx = s->n - 1;
+    int32_t idx;
     if (s->begin >= 0) {
         idx = s->next >= 0 ? s->next : s->begin;
     } else {
-        int found = 0;
-        for (int32_t i = 0; i < s->n && found < 2; i++)
-            if (s->ts[i] == timestep) {
-                idx = i;
-                found++;
-            }
+        idx = sched_find_timestep(s->ts, s->n, timestep, 0.0);
+        if (idx < 0) idx = s->n - 1;
     }
     float a, st;
     ms_alpha_sigma((float)s->sigmas[idx], &a, &st);

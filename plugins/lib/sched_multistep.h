@@ -95,13 +95,11 @@ lh_status ms_to_x0(const ms_sched *s, lh_tensor *out, const lh_tensor *model_out
 lh_status ms_to_eps(const ms_sched *s, lh_tensor *out, const lh_tensor *model_output,
                     const lh_tensor *sample, float sigma, char *err, size_t err_size);
 
-/* lh_scheduler_desc functions shared by the three plugins. */
+/* lh_scheduler_desc functions shared by the three plugins (init_noise_sigma
+ * and scale_model_input are sched_common's unit / identity ones). */
 lh_status ms_set_begin_index(void *p, int32_t k, char *err, size_t err_size);
 int32_t ms_timesteps(void *p, const double **out);
 int32_t ms_sigmas(void *p, const double **out);
-double ms_init_noise_sigma(void *p);
-lh_status ms_scale_model_input(void *p, lh_tensor *out, const lh_tensor *sample, int32_t index,
-                               char *err, size_t err_size);
 lh_status ms_add_noise(void *p, lh_tensor *out, const lh_tensor *x, const lh_tensor *noise,
                        double timestep, char *err, size_t err_size);
 
