@@ -19,6 +19,9 @@ typedef struct lh_backend lh_backend;
 typedef struct lh_backend_ops {
     const char *name; /* "cpu", "cuda" */
 
+    /* Frees the backend and everything it owns (lh_backend_destroy calls it). */
+    void (*destroy)(lh_backend *be);
+
     /* ---- Memory ---- */
     /* NULL on failure. Memory is not zeroed. */
     void *(*alloc)(lh_backend *be, size_t bytes);
@@ -87,7 +90,7 @@ typedef struct lh_backend_ops {
     /* out = alpha * a + beta * b. */
     lh_status (*axpby)(lh_backend *be, float *out, float alpha, const float *a, float beta,
                        const float *b, int64_t n);
-    /* out[i, j, :] = x[i, j, :] + bias[i, j']: adds bias [outer, inner_c] broadcast
+    /* (out may alias x.) out[i, j, :] = x[i, j, :] + bias[i, j]: adds bias [outer, c] broadcast
      * over `inner` elements: out[(o * c + j) * inner + k] += bias[o * c + j]
      * (time embeddings into NCHW: outer = n, c = channels, inner = h * w). */
     lh_status (*add_channel_bias)(lh_backend *be, float *out, const float *x, const float *bias,
@@ -118,7 +121,8 @@ struct lh_backend {
 };
 
 /* The cpu backend (OpenBLAS GEMM, OpenMP across `threads`, 0 = all cores). */
-lh_status lh_backend_cpu_create(lh_backend **out, int threads, char *err, size_t err_size);
-void lh_backend_destroy(lh_backend *be);
+LH_API lh_status lh_backend_cpu_create(lh_backend **out, int threads, char *err,
+                                       size_t err_size);
+LH_API void lh_backend_destroy(lh_backend *be);
 
 #endif

@@ -1,0 +1,229 @@
+/* Scaled dot-product attention, flash style: a task is (batch, head, tile
+ * of ATT_BQ queries); it walks the keys in tiles of ATT_BK with an online
+ * softmax (running max m, running sum l, output rescaled by exp(m_old -
+ * m_new)), so memory is a few tiles per thread whatever nq and nk are -
+ * never a [heads, nq, nk] matrix. Tasks are spread over OpenMP threads.
+ *
+ * Everything is vectorised across the task's queries: it keeps Q (times
+ * `scale`) and its output transposed, [d, ATT_BQ], and the scores of a key
+ * tile as S^T [ATT_BK, ATT_BQ]; K and V are read in place. The two products
+ * are register-blocked in attention_tiles.h, instantiated for AVX-512,
+ * AVX2+FMA and baseline vectors and picked from the CPU's features; the
+ * softmax steps are plain loops over queries that vectorise. */
+#include "cpu.h"
+
+#include <omp.h>
+#include <stdlib.h>
+
+#define ATT_BQ 64 /* queries per task: a multiple of every kernel's query block */
+#define ATT_BK 64 /* keys per tile */
+
+/* Per-thread floats: qt and ot [d, BQ], st [BK, BQ], m, l, corr [BQ]. */
+static int64_t per_thread_floats(int64_t d) { return (2 * d + ATT_BK + 3) * ATT_BQ; }
+
+size_t lh__cpu_attention_scratch_bytes(int64_t d, int threads) {
+    int64_t all;
+    if (d < 0 || d > ((int64_t)1 << 40) ||
+        !lh__mul2(&all, per_thread_floats(d), threads > 0 ? threads : 1) ||
+        !lh__bytes_ok(all))
+        return SIZE_MAX;
+    return (size_t)all * sizeof(float);
+}
+
+/* ---- Micro-kernels: one instantiation per instruction set ---- */
+
+#define AT_NAME(x) x##_generic
+#define AT_ATTR
+#define AT_VL 4
+#define AT_NV 4
+#define AT_RB 2
+#include "attention_tiles.h"
+#undef AT_NAME
+#undef AT_ATTR
+#undef AT_VL
+#undef AT_NV
+#undef AT_RB
+
+#if LH_X86_DISPATCH
+#define AT_NAME(x) x##_avx2
+#define AT_ATTR __attribute__((target("arch=x86-64-v3")))
+#define AT_VL 8
+#define AT_NV 2
+#define AT_RB 4
+#include "attention_tiles.h"
+#undef AT_NAME
+#undef AT_ATTR
+#undef AT_VL
+#undef AT_NV
+#undef AT_RB
+
+#define AT_NAME(x) x##_avx512
+#define AT_ATTR __attribute__((target("arch=x86-64-v4")))
+#define AT_VL 16
+#define AT_NV 2
+#define AT_RB 8 /* 16 accumulators of 32 registers */
+#include "attention_tiles.h"
+#undef AT_NAME
+#undef AT_ATTR
+#undef AT_VL
+#undef AT_NV
+#undef AT_RB
+#endif
+
+typedef void (*qk_fn)(float *restrict st, const float *restrict qt, const float *restrict k,
+                      int64_t ld, int64_t kv, int64_t qcols, int64_t d);
+typedef void (*pv_fn)(float *restrict ot, const float *restrict pt, const float *restrict v,
+                      int64_t ld, int64_t kv, int64_t qcols, int64_t d);
+
+typedef struct att_kernels {
+    qk_fn qk;
+    pv_fn pv;
+} att_kernels;
+
+static int g_isa_forced; /* lh__cpu_attention_force_isa, for tests */
+
+static int isa_available(int isa) {
+    if (isa == LH_CPU_ISA_GENERIC) return 1;
+#if LH_X86_DISPATCH
+    __builtin_cpu_init();
+    if (isa == LH_CPU_ISA_AVX2) return __builtin_cpu_supports("x86-64-v3");
+    if (isa == LH_CPU_ISA_AVX512) return __builtin_cpu_supports("x86-64-v4");
+#endif
+    return 0;
+}
+
+lh_status lh__cpu_attention_force_isa(int isa) {
+    if (isa != LH_CPU_ISA_AUTO && !isa_available(isa)) return LH_ERR_UNSUPPORTED;
+    g_isa_forced = isa;
+    return LH_OK;
+}
+
+static att_kernels pick_kernels(void) {
+    int isa = g_isa_forced;
+    if (isa == LH_CPU_ISA_AUTO)
+        isa = isa_available(LH_CPU_ISA_AVX512) ? LH_CPU_ISA_AVX512
+              : isa_available(LH_CPU_ISA_AVX2) ? LH_CPU_ISA_AVX2
+                                               : LH_CPU_ISA_GENERIC;
+#if LH_X86_DISPATCH
+    if (isa == LH_CPU_ISA_AVX512) return (att_kernels){qk_tile_avx512, pv_tile_avx512};
+    if (isa == LH_CPU_ISA_AVX2) return (att_kernels){qk_tile_avx2, pv_tile_avx2};
+#endif
+    return (att_kernels){qk_tile_generic, pv_tile_generic};
+}
+
+/* ---- Online softmax over one key tile ---- */
+
+/* st [kv, BQ] scores -> exp(st - m_new); per query: m = m_new, l = l * corr
+ * + sum, and ot [d, BQ] scaled by corr = exp(m_old - m_new). Masked scores
+ * are -inf. A query that has seen only masked keys keeps m = -inf, l = 0. */
+LH_HOT static void softmax_tile(float *restrict st, float *restrict ot, float *restrict m,
+                                float *restrict l, float *restrict corr, int64_t kv, int64_t d) {
+    float mx[ATT_BQ], sum[ATT_BQ];
+    for (int64_t i = 0; i < ATT_BQ; i++) mx[i] = m[i];
+    for (int64_t j = 0; j < kv; j++)
+        for (int64_t i = 0; i < ATT_BQ; i++) mx[i] = st[j * ATT_BQ + i] > mx[i] ? st[j * ATT_BQ + i] : mx[i];
+    for (int64_t i = 0; i < ATT_BQ; i++) {
+        float base = mx[i] == -INFINITY ? 0.0f : mx[i]; /* all masked: every p is 0 */
+        corr[i] = lh__expf(m[i] - base);                 /* m = -inf gives 0 */
+        m[i] = mx[i];
+        mx[i] = base;
+        sum[i] = 0.0f;
+    }
+    for (int64_t j = 0; j < kv; j++)
+        for (int64_t i = 0; i < ATT_BQ; i++) {
+            float p = lh__expf(st[j * ATT_BQ + i] - mx[i]);
+            st[j * ATT_BQ + i] = p;
+            sum[i] += p;
+        }
+    for (int64_t i = 0; i < ATT_BQ; i++) l[i] = l[i] * corr[i] + sum[i];
+    for (int64_t c = 0; c < d; c++)
+        for (int64_t i = 0; i < ATT_BQ; i++) ot[c * ATT_BQ + i] *= corr[i];
+}
+
+/* ---- One task: queries [i0, i0 + qrows) of (batch bi, head h) ---- */
+
+typedef struct att_args {
+    const float *q, *k, *v;
+    float *out;
+    att_kernels kern;
+    int64_t heads, nq, nk, d;
+    float scale;
+    int causal;
+} att_args;
+
+static void attention_task(const att_args *a, float *scratch, int64_t bi, int64_t h, int64_t i0) {
+    const int64_t d = a->d, hd = a->heads * d;
+    float *qt = scratch, *ot = qt + d * ATT_BQ, *st = ot + d * ATT_BQ;
+    float *m = st + ATT_BK * ATT_BQ, *l = m + ATT_BQ, *corr = l + ATT_BQ;
+    int64_t qrows = a->nq - i0 < ATT_BQ ? a->nq - i0 : ATT_BQ;
+
+    /* a short last tile is padded with zero queries: loops keep constant bounds */
+    if (qrows < ATT_BQ) memset(qt, 0, (size_t)(d * ATT_BQ) * sizeof(float));
+    memset(ot, 0, (size_t)(d * ATT_BQ) * sizeof(float));
+    for (int64_t i = 0; i < qrows; i++) {
+        const float *src = a->q + (bi * a->nq + i0 + i) * hd + h * d;
+        for (int64_t c = 0; c < d; c++) qt[c * ATT_BQ + i] = src[c] * a->scale;
+    }
+    for (int64_t i = 0; i < ATT_BQ; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+    }
+
+    /* causal: query i sees keys j <= i, so keys past the last query end it */
+    int64_t key_end = a->causal && i0 + qrows < a->nk ? i0 + qrows : a->nk;
+    const float *kb = a->k + bi * a->nk * hd + h * d, *vb = a->v + bi * a->nk * hd + h * d;
+    for (int64_t j0 = 0; j0 < key_end; j0 += ATT_BK) {
+        int64_t kv = key_end - j0 < ATT_BK ? key_end - j0 : ATT_BK;
+        a->kern.qk(st, qt, kb + j0 * hd, hd, kv, ATT_BQ, d);
+        if (a->causal && j0 + kv - 1 > i0) /* mask key j0 + j > query i0 + i */
+            for (int64_t j = 0; j < kv; j++) {
+                int64_t first = j0 + j - i0; /* queries below this index cannot see key j */
+                for (int64_t i = 0; i < ATT_BQ && i < first; i++) st[j * ATT_BQ + i] = -INFINITY;
+            }
+        softmax_tile(st, ot, m, l, corr, kv, d);
+        a->kern.pv(ot, st, vb + j0 * hd, hd, kv, ATT_BQ, d);
+    }
+
+    for (int64_t i = 0; i < qrows; i++) {
+        float *dst = a->out + (bi * a->nq + i0 + i) * hd + h * d;
+        float inv = 1.0f / l[i];
+        for (int64_t c = 0; c < d; c++) dst[c] = ot[c * ATT_BQ + i] * inv;
+    }
+}
+
+/* ---- The op ---- */
+
+lh_status lh__cpu_attention(lh_backend *be, float *out, const float *q, const float *k,
+                            const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk,
+                            int64_t d, float scale, int causal) {
+    int64_t qn, kn;
+    if (b < 0 || heads < 0 || nq < 0 || nk < 0 || d < 0 || !isfinite(scale)) return LH_ERR_INVALID;
+    if (!lh__mul4(&qn, b, nq, heads, d) || !lh__mul4(&kn, b, nk, heads, d) || !lh__bytes_ok(qn) ||
+        !lh__bytes_ok(kn))
+        return LH_ERR_OVERFLOW;
+    if (qn == 0) return LH_OK;
+    if (nk == 0) return LH_ERR_INVALID; /* softmax over no keys */
+    if (!out || !q || !k || !v) return LH_ERR_INVALID;
+
+    int threads = lh__cpu_threads(be);
+    int64_t n_qt = (nq + ATT_BQ - 1) / ATT_BQ, tasks = b * heads * n_qt;
+    if (tasks < threads) threads = (int)tasks;
+    size_t bytes = lh__cpu_attention_scratch_bytes(d, threads);
+    if (bytes == SIZE_MAX) return LH_ERR_OVERFLOW;
+    float *scratch = malloc(bytes);
+    if (!scratch) return LH_ERR_NOMEM;
+    att_args a = {q, k, v, out, pick_kernels(), heads, nq, nk, d, scale, causal != 0};
+    int64_t per = per_thread_floats(d);
+
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        float *mine = scratch + (int64_t)omp_get_thread_num() * per;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < tasks; t++) {
+            int64_t bh = t / n_qt, qt = t % n_qt;
+            attention_task(&a, mine, bh / heads, bh % heads, qt * ATT_BQ);
+        }
+    }
+    free(scratch);
+    return LH_OK;
+}
