@@ -1,0 +1,123 @@
+/* The Stable Diffusion 1.x / 2.x denoising U-Net: diffusers'
+ * UNet2DConditionModel read from a diffusers `unet/` directory (config.json +
+ * diffusion_pytorch_model.safetensors, tensors by their real keys) and run on
+ * a compute backend. unet.c parses the config and loads the weights;
+ * unet_blocks.c holds the forward pass and its activation plan. */
+#ifndef LH_HOST_UNET_H
+#define LH_HOST_UNET_H
+
+#include <stdint.h>
+
+#include "../kernels/backend.h"
+#include "error.h"
+#include "weights.h"
+
+#define LH_UNET_MAX_BLOCKS 6 /* len(block_out_channels) */
+#define LH_UNET_MAX_LAYERS 8 /* resnets in one block (up blocks have layers_per_block + 1) */
+
+/* ---- Configuration (the config.json fields SD 1.x and 2.x use) ---- */
+
+typedef struct lh_unet_config {
+    int64_t in_channels, out_channels;
+    int n_blocks;                                  /* len(block_out_channels) */
+    int64_t block_out_channels[LH_UNET_MAX_BLOCKS];
+    int layers_per_block[LH_UNET_MAX_BLOCKS];      /* per down block */
+    int64_t heads[LH_UNET_MAX_BLOCKS];             /* diffusers' `attention_head_dim` */
+    int down_cross[LH_UNET_MAX_BLOCKS];            /* 1: CrossAttnDownBlock2D, 0: DownBlock2D */
+    int up_cross[LH_UNET_MAX_BLOCKS];              /* 1: CrossAttnUpBlock2D, 0: UpBlock2D */
+    int64_t cross_attention_dim;
+    int64_t norm_num_groups;
+    float norm_eps;
+    int use_linear_projection; /* SD 2.x: proj_in/proj_out are Linear, not 1x1 Conv2d */
+    int upcast_attention;      /* accepted; attention is float32 anyway */
+    int flip_sin_to_cos;
+    float freq_shift;
+} lh_unet_config;
+
+/* Parse a diffusers UNet2DConditionModel config.json. Missing fields take
+ * diffusers' defaults; a field outside what SD 1.x / 2.x use (class_embed_type,
+ * addition_embed_type, time_cond_proj_dim, ...) is refused with a message
+ * naming it. `name` labels messages (usually the path). */
+LH_API lh_status lh_unet_config_parse(lh_unet_config *cfg, const char *json_text,
+                                      const char *name, lh_error *err);
+LH_API lh_status lh_unet_config_read(lh_unet_config *cfg, const char *path, lh_error *err);
+
+/* ---- Weights, one struct per diffusers module (pointers into backend memory) ---- */
+
+typedef struct lh_unet_resnet { /* ResnetBlock2D */
+    char name[48];              /* key prefix, e.g. "down_blocks.0.resnets.1" */
+    int64_t c_in, c_out;
+    float *norm1_w, *norm1_b, *conv1_w, *conv1_b;
+    float *temb_w, *temb_b; /* time_emb_proj */
+    float *norm2_w, *norm2_b, *conv2_w, *conv2_b;
+    float *short_w, *short_b; /* conv_shortcut (1x1), NULL when c_in == c_out */
+} lh_unet_resnet;
+
+typedef struct lh_unet_tblock { /* BasicTransformerBlock */
+    float *norm1_w, *norm1_b, *q1, *k1, *v1, *o1_w, *o1_b; /* self-attention (attn1) */
+    float *norm2_w, *norm2_b, *q2, *k2, *v2, *o2_w, *o2_b; /* cross-attention (attn2) */
+    float *norm3_w, *norm3_b, *ff1_w, *ff1_b, *ff2_w, *ff2_b; /* GEGLU feed-forward */
+} lh_unet_tblock;
+
+typedef struct lh_unet_attn { /* Transformer2DModel with one transformer block */
+    char name[48];
+    int64_t c, heads;
+    float *norm_w, *norm_b;
+    float *proj_in_w, *proj_in_b;   /* [c, c] (linear) or [c, c, 1, 1] (conv): same numbers */
+    lh_unet_tblock block;
+    float *proj_out_w, *proj_out_b;
+} lh_unet_attn;
+
+typedef struct lh_unet_block { /* a down, mid or up block */
+    int n_layers, cross;
+    int64_t c_out;
+    lh_unet_resnet res[LH_UNET_MAX_LAYERS];
+    lh_unet_attn attn[LH_UNET_MAX_LAYERS]; /* [0, n_layers) if cross (mid: 1) */
+    float *sample_w, *sample_b; /* downsamplers.0.conv / upsamplers.0.conv, or NULL */
+} lh_unet_block;
+
+typedef struct lh_unet {
+    lh_unet_config cfg;
+    lh_backend *be;
+    lh_wstore ws;
+    float *conv_in_w, *conv_in_b;
+    float *time1_w, *time1_b, *time2_w, *time2_b; /* time_embedding.linear_1 / linear_2 */
+    lh_unet_block down[LH_UNET_MAX_BLOCKS], mid, up[LH_UNET_MAX_BLOCKS];
+    float *norm_out_w, *norm_out_b, *conv_out_w, *conv_out_b;
+} lh_unet;
+
+/* ---- Loading ---- */
+
+/* Load `dir`/config.json and `dir`/diffusion_pytorch_model.safetensors (a
+ * diffusers `unet/` folder) into backend memory. Keys are diffusers' names:
+ * conv_in.weight, time_embedding.linear_1.weight,
+ * down_blocks.0.resnets.0.norm1.weight,
+ * down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight, ...
+ * Weights may be F32, F16 or BF16. Errors name the file and the field or
+ * tensor at fault (a mis-shaped tensor: both shapes). */
+LH_API lh_status lh_unet_load(lh_unet **out, lh_backend *be, const char *dir, lh_error *err);
+/* The same from an open file whose tensors are `<prefix><diffusers key>`
+ * (prefix "" for a diffusers file). `f` is only read during the call. */
+LH_API lh_status lh_unet_load_st(lh_unet **out, lh_backend *be, const lh_unet_config *cfg,
+                                 const lh_st_file *f, const char *prefix, lh_error *err);
+LH_API void lh_unet_free(lh_unet *m);
+LH_API const lh_unet_config *lh_unet_get_config(const lh_unet *m);
+
+/* ---- Forward ---- */
+
+/* Bytes of backend memory lh_unet_forward allocates for these sizes (0 if
+ * they are invalid or overflow). */
+LH_API size_t lh_unet_forward_workspace(lh_unet *m, int64_t b, int64_t h, int64_t w,
+                                        int64_t n_ctx);
+
+/* The predicted noise (or v) for latents x at `timesteps` given text
+ * embeddings `context`. h and w must be multiples of 2^(n_blocks - 1). The
+ * activations are planned and allocated once per call, then freed. */
+LH_API lh_status lh_unet_forward(lh_unet *m,
+                                 float *out,             /* backend [b, out_channels, h, w] */
+                                 const float *x,         /* backend [b, in_channels, h, w] */
+                                 const float *timesteps, /* host [b] */
+                                 const float *context,   /* backend [b, n_ctx, cross_attention_dim] */
+                                 int64_t b, int64_t h, int64_t w, int64_t n_ctx, lh_error *err);
+
+#endif
