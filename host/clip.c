@@ -112,7 +112,8 @@ lh_status lh_clip_config_read(lh_clip_config *cfg, const char *path, lh_error *e
     v = json_object_get(root, "layer_norm_eps");
     if (v) {
         double eps = json_is_number(v) ? json_number_value(v) : -1.0;
-        if (!(eps > 0.0 && eps < 1.0)) {
+        /* in (0, 1) once it is a float too: 1e-50 would become 0 */
+        if (!(eps > 0.0 && eps < 1.0 && (float)eps > 0.0f && (float)eps < 1.0f)) {
             st = lh_error_set(err, LH_ERR_CONFIG,
                               "%s: field 'layer_norm_eps' must be a number in (0, 1)", path);
             goto done;
@@ -178,17 +179,17 @@ static lh_status make_key(char *key, size_t size, const char *prefix, const char
 
 /* A table kept in host memory: loaded (and checked) through a temporary
  * store so shape, dtype and finiteness errors read as for every weight. */
-static lh_status load_host(float **out, lh_backend *be, const lh_st_file *f, const char *key,
+static lh_status load_host(float **out, lh_backend *be, const lh_wsource *f, const char *key,
                            int64_t rows, int64_t cols, lh_error *err) {
     *out = NULL;
     size_t n;
     if (lh_mul_size((size_t)rows, (size_t)cols, &n) || lh_mul_size(n, sizeof(float), &n))
-        return lh_error_set(err, LH_ERR_OVERFLOW, "%s: '%s' is too large", lh_st_name(f), key);
+        return lh_error_set(err, LH_ERR_OVERFLOW, "%s: '%s' is too large", f->name, key);
     lh_wstore tmp;
     lh_wstore_init(&tmp, be);
     float *dev = NULL;
     int64_t shape[2] = {rows, cols};
-    lh_status st = lh_wstore_load(&dev, &tmp, f, key, 2, shape, err);
+    lh_status st = lh_wstore_load_src(&dev, &tmp, f, key, 2, shape, err);
     if (st == LH_OK) {
         *out = malloc(n);
         if (!*out)
@@ -196,7 +197,7 @@ static lh_status load_host(float **out, lh_backend *be, const lh_st_file *f, con
     }
     if (st == LH_OK) {
         st = be->ops->download(be, *out, dev, n);
-        if (st != LH_OK) lh_error_set(err, st, "%s: downloading '%s' failed", lh_st_name(f), key);
+        if (st != LH_OK) lh_error_set(err, st, "%s: downloading '%s' failed", f->name, key);
     }
     if (st != LH_OK) {
         free(*out);
@@ -215,15 +216,29 @@ void lh_clip_free(lh_clip *m) {
     free(m);
 }
 
+static lh_status load_from(lh_clip **out, lh_backend *be, const lh_clip_config *cfg,
+                           const lh_wsource *f, const char *prefix, lh_error *err);
+
 lh_status lh_clip_load_st(lh_clip **out, lh_backend *be, const lh_clip_config *cfg,
                           const lh_st_file *f, const char *prefix, lh_error *err) {
+    lh_wsource src = lh_wsource_file(f);
+    return load_from(out, be, cfg, &src, prefix, err);
+}
+
+lh_status lh_clip_load_src(lh_clip **out, lh_backend *be, const lh_clip_config *cfg,
+                           const lh_wsource *src, lh_error *err) {
+    return load_from(out, be, cfg, src, "", err);
+}
+
+static lh_status load_from(lh_clip **out, lh_backend *be, const lh_clip_config *cfg,
+                           const lh_wsource *f, const char *prefix, lh_error *err) {
     *out = NULL;
     if (cfg->vocab_size < 1 || cfg->hidden_size < 1 || cfg->intermediate_size < 1 ||
         cfg->num_hidden_layers < 1 || cfg->num_attention_heads < 1 ||
         cfg->max_position_embeddings < 1 || cfg->hidden_size % cfg->num_attention_heads != 0 ||
         !(cfg->layer_norm_eps > 0.0f) || (unsigned)cfg->hidden_act >= LH_CLIP_ACT_COUNT)
         return lh_error_set(err, LH_ERR_INVALID, "%s: invalid text encoder configuration",
-                            lh_st_name(f));
+                            f->name);
     lh_clip *m = calloc(1, sizeof *m);
     if (!m) return lh_error_set(err, LH_ERR_NOMEM, "out of memory for the text encoder");
     m->cfg = *cfg;
@@ -254,14 +269,14 @@ lh_status lh_clip_load_st(lh_clip **out, lh_backend *be, const lh_clip_config *c
                      CLIP_LAYER_TENSORS[t].name);
             float **dst = (float **)((char *)&m->layers[l] + CLIP_LAYER_TENSORS[t].offset);
             if ((st = make_key(key, sizeof key, prefix, name, err)) ||
-                (st = lh_wstore_load(dst, &m->ws, f, key, ndim, shape, err)))
+                (st = lh_wstore_load_src(dst, &m->ws, f, key, ndim, shape, err)))
                 goto fail;
         }
     }
     if ((st = make_key(key, sizeof key, prefix, "final_layer_norm.weight", err)) ||
-        (st = lh_wstore_load(&m->final_w, &m->ws, f, key, 1, &H, err)) ||
+        (st = lh_wstore_load_src(&m->final_w, &m->ws, f, key, 1, &H, err)) ||
         (st = make_key(key, sizeof key, prefix, "final_layer_norm.bias", err)) ||
-        (st = lh_wstore_load(&m->final_b, &m->ws, f, key, 1, &H, err)))
+        (st = lh_wstore_load_src(&m->final_b, &m->ws, f, key, 1, &H, err)))
         goto fail;
     *out = m;
     return LH_OK;

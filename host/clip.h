@@ -59,6 +59,12 @@ LH_API lh_status lh_clip_load(lh_clip **out, lh_backend *be, const char *compone
 LH_API lh_status lh_clip_load_st(lh_clip **out, lh_backend *be, const lh_clip_config *cfg,
                                  const lh_st_file *f, const char *prefix, lh_error *err);
 
+/* The same from a weight source that answers the names above without
+ * "text_model." (e.g. the single-file view of host/ldm_keys.h). */
+struct lh_wsource; /* host/weights.h */
+LH_API lh_status lh_clip_load_src(lh_clip **out, lh_backend *be, const lh_clip_config *cfg,
+                                  const struct lh_wsource *src, lh_error *err);
+
 LH_API void lh_clip_free(lh_clip *m);
 
 LH_API const lh_clip_config *lh_clip_get_config(const lh_clip *m);

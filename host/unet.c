@@ -376,7 +376,7 @@ lh_status lh_unet_config_read(lh_unet_config *cfg, const char *path, lh_error *e
 
 typedef struct loader {
     lh_wstore *ws;
-    const lh_st_file *f;
+    const lh_wsource *src;
     const char *file_prefix; /* in front of every key ("" for a diffusers file) */
     lh_error *err;
     size_t n_loaded;
@@ -388,7 +388,7 @@ static lh_status ld(loader *l, float **out, const char *prefix, const char *suff
     char key[512];
     snprintf(key, sizeof key, "%s%s.%s", l->file_prefix, prefix, suffix);
     const int64_t shape[4] = {d0, d1, d2, d3};
-    lh_status st = lh_wstore_load(out, l->ws, l->f, key, ndim, shape, l->err);
+    lh_status st = lh_wstore_load_src(out, l->ws, l->src, key, ndim, shape, l->err);
     if (st == LH_OK) l->n_loaded++;
     return st;
 }
@@ -549,8 +549,8 @@ static lh_status load_all(lh_unet *m, loader *l) {
     return ld_vec(l, &m->conv_out_b, "conv_out", "bias", c->out_channels);
 }
 
-lh_status lh_unet_load_st(lh_unet **out, lh_backend *be, const lh_unet_config *cfg,
-                         const lh_st_file *f, const char *prefix, lh_error *err) {
+static lh_status load_from(lh_unet **out, lh_backend *be, const lh_unet_config *cfg,
+                           const lh_wsource *src, const char *prefix, lh_error *err) {
     *out = NULL;
     /* cfg normally comes from lh_unet_config_parse; guard the array bounds anyway */
     int ok = cfg->n_blocks >= 1 && cfg->n_blocks <= LH_UNET_MAX_BLOCKS &&
@@ -561,23 +561,36 @@ lh_status lh_unet_load_st(lh_unet **out, lh_backend *be, const lh_unet_config *c
              cfg->block_out_channels[i] > 0 && cfg->heads[i] > 0;
     if (!ok)
         return lh_error_set(err, LH_ERR_INVALID, "%s: the U-Net config is not valid (use "
-                            "lh_unet_config_parse)", lh_st_name(f));
+                            "lh_unet_config_parse)", src->name);
     lh_unet *m = calloc(1, sizeof *m);
     if (!m) return lh_error_set(err, LH_ERR_NOMEM, "out of memory for the U-Net");
     m->cfg = *cfg;
     m->be = be;
     lh_wstore_init(&m->ws, be);
-    loader l = {&m->ws, f, prefix ? prefix : "", err, 0};
+    loader l = {&m->ws, src, prefix ? prefix : "", err, 0};
     lh_status st = load_all(m, &l);
     if (st != LH_OK) {
         lh_unet_free(m);
         return st;
     }
-    if (!*l.file_prefix && l.n_loaded < lh_st_count(f))
-        lh_log(LH_LOG_WARN, "unet", "%s: %zu of %zu tensors are not part of the U-Net",
-               lh_st_name(f), lh_st_count(f) - l.n_loaded, lh_st_count(f));
+    if (!*l.file_prefix && l.n_loaded < src->count)
+        lh_log(LH_LOG_WARN, "unet", "%s: %zu of %zu tensors are not part of the U-Net", src->name,
+               src->count - l.n_loaded, src->count);
     *out = m;
     return LH_OK;
+}
+
+lh_status lh_unet_load_st(lh_unet **out, lh_backend *be, const lh_unet_config *cfg,
+                         const lh_st_file *f, const char *prefix, lh_error *err) {
+    lh_wsource src = lh_wsource_file(f);
+    return load_from(out, be, cfg, &src, prefix, err);
+}
+
+lh_status lh_unet_load_src(lh_unet **out, lh_backend *be, const lh_unet_config *cfg,
+                          const lh_wsource *src, lh_error *err) {
+    lh_wsource s = *src;
+    s.count = 0; /* a mapped source: unused tensors are the mapper's business */
+    return load_from(out, be, cfg, &s, "", err);
 }
 
 lh_status lh_unet_load(lh_unet **out, lh_backend *be, const char *dir, lh_error *err) {

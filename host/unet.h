@@ -100,6 +100,10 @@ LH_API lh_status lh_unet_load(lh_unet **out, lh_backend *be, const char *dir, lh
  * (prefix "" for a diffusers file). `f` is only read during the call. */
 LH_API lh_status lh_unet_load_st(lh_unet **out, lh_backend *be, const lh_unet_config *cfg,
                                  const lh_st_file *f, const char *prefix, lh_error *err);
+/* The same from a weight source that answers diffusers' names (e.g. the
+ * single-file view of host/ldm_keys.h). */
+LH_API lh_status lh_unet_load_src(lh_unet **out, lh_backend *be, const lh_unet_config *cfg,
+                                  const lh_wsource *src, lh_error *err);
 LH_API void lh_unet_free(lh_unet *m);
 LH_API const lh_unet_config *lh_unet_get_config(const lh_unet *m);
 

@@ -317,7 +317,7 @@ lh_status lh_vae_config_read(lh_vae_config *cfg, const char *path, lh_error *err
 
 typedef struct loader {
     lh_vae *m;
-    const lh_st_file *f;
+    const lh_wsource *src;
     const char *prefix;
     lh_error *err;
 } loader;
@@ -329,8 +329,8 @@ static lh_status load(loader *L, float **out, const char *path, const char *leaf
     int n = snprintf(key, sizeof key, "%s%s.%s", L->prefix, path, leaf);
     if (n < 0 || (size_t)n >= sizeof key)
         return lh_error_set(L->err, LH_ERR_INVALID, "%s: tensor key prefix too long",
-                            lh_st_name(L->f));
-    return lh_wstore_load(out, &L->m->ws, L->f, key, ndim, shape, L->err);
+                            L->src->name);
+    return lh_wstore_load_src(out, &L->m->ws, L->src, key, ndim, shape, L->err);
 }
 
 static lh_status load_conv(loader *L, vae_conv *c, const char *path, int64_t c_in, int64_t c_out,
@@ -391,15 +391,15 @@ static lh_status load_attn(loader *L, vae_attn *a, const char *path, int64_t c) 
     for (size_t i = 0; st == LH_OK && i < sizeof VAE_ATTN_PROJ / sizeof *VAE_ATTN_PROJ; i++) {
         const char *name = VAE_ATTN_PROJ[i].name;
         snprintf(key, sizeof key, "%s%s.%s.weight", L->prefix, path, name);
-        if (!lh_st_find(L->f, key)) {
+        if (!lh_wsource_find(L->src, key)) {
             snprintf(key, sizeof key, "%s%s.%s.weight", L->prefix, path,
                      VAE_ATTN_PROJ[i].deprecated);
-            if (lh_st_find(L->f, key)) name = VAE_ATTN_PROJ[i].deprecated;
+            if (lh_wsource_find(L->src, key)) name = VAE_ATTN_PROJ[i].deprecated;
         }
         /* A linear layer, stored as [c, c] or, from converted LDM files, as a
          * 1x1 convolution [c, c, 1, 1]: the same numbers. */
         snprintf(key, sizeof key, "%s%s.%s.weight", L->prefix, path, name);
-        const lh_st_tensor *t = lh_st_find(L->f, key);
+        const lh_st_tensor *t = lh_wsource_find(L->src, key);
         int ndim = t && t->ndim == 4 ? 4 : 2;
         snprintf(sub, sizeof sub, "%s.%s", path, name);
         st = load(L, (float **)((char *)a + VAE_ATTN_PROJ[i].w), sub, "weight", ndim,
@@ -478,17 +478,31 @@ static lh_status load_all(loader *L) {
     return st;
 }
 
+static lh_status load_from(lh_vae **out, lh_backend *be, const lh_vae_config *cfg,
+                           const lh_wsource *src, const char *prefix, lh_error *err);
+
 lh_status lh_vae_load_st(lh_vae **out, lh_backend *be, const lh_vae_config *cfg,
                          const lh_st_file *f, const char *prefix, lh_error *err) {
+    lh_wsource src = lh_wsource_file(f);
+    return load_from(out, be, cfg, &src, prefix, err);
+}
+
+lh_status lh_vae_load_src(lh_vae **out, lh_backend *be, const lh_vae_config *cfg,
+                          const lh_wsource *src, lh_error *err) {
+    return load_from(out, be, cfg, src, "", err);
+}
+
+static lh_status load_from(lh_vae **out, lh_backend *be, const lh_vae_config *cfg,
+                           const lh_wsource *src, const char *prefix, lh_error *err) {
     *out = NULL;
-    lh_status st = check_config(cfg, lh_st_name(f), err);
+    lh_status st = check_config(cfg, src->name, err);
     if (st != LH_OK) return st;
     lh_vae *m = calloc(1, sizeof *m);
     if (!m) return lh_error_set(err, LH_ERR_NOMEM, "out of memory loading the VAE");
     m->cfg = *cfg;
     m->be = be;
     lh_wstore_init(&m->ws, be);
-    loader L = {m, f, prefix ? prefix : "", err};
+    loader L = {m, src, prefix ? prefix : "", err};
     st = load_all(&L);
     /* diffusers' tiling defaults: tile_sample_min_size = sample_size (whole
      * latents, at least two so the 0.25 overlap leaves a stride), overlap 0.25. */

@@ -46,6 +46,7 @@ typedef struct lh_vae_config {
 } lh_vae_config;
 
 typedef struct lh_vae lh_vae;
+struct lh_wsource; /* host/weights.h */
 
 /* Read and check a vae config.json. Errors (LH_ERR_CONFIG for a bad value or
  * type, LH_ERR_UNSUPPORTED for a valid option lorahost lacks) name the file
@@ -69,6 +70,11 @@ LH_API lh_status lh_vae_load(lh_vae **out, lh_backend *be, const char *component
  * (prefix "" for a vae/ directory). `f` is only read during the call. */
 LH_API lh_status lh_vae_load_st(lh_vae **out, lh_backend *be, const lh_vae_config *cfg,
                                 const lh_st_file *f, const char *prefix, lh_error *err);
+
+/* The same from a weight source that answers diffusers' names (e.g. the
+ * single-file view of host/ldm_keys.h). */
+LH_API lh_status lh_vae_load_src(lh_vae **out, lh_backend *be, const lh_vae_config *cfg,
+                                 const struct lh_wsource *src, lh_error *err);
 
 LH_API void lh_vae_free(lh_vae *m);
 

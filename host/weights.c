@@ -55,38 +55,66 @@ static int64_t first_non_finite(const lh_st_tensor *t) {
     return -1;
 }
 
+/* ---- Sources ---- */
+
+static const lh_st_tensor *file_find(void *ctx, const char *key) {
+    return lh_st_find((const lh_st_file *)ctx, key);
+}
+
+lh_wsource lh_wsource_file(const lh_st_file *f) {
+    lh_wsource s = {lh_st_name(f), file_find, NULL, (void *)(uintptr_t)f, lh_st_count(f)};
+    return s;
+}
+
+/* 'key' for a file's own keys; 'file key' (as 'key') for a mapped source. */
+static void key_text(char *out, size_t size, const lh_wsource *src, const char *key) {
+    char fk[256] = "";
+    if (src->file_key) src->file_key(src->ctx, key, fk, sizeof fk);
+    if (fk[0] && strcmp(fk, key) != 0) snprintf(out, size, "'%s' (as '%s')", fk, key);
+    else snprintf(out, size, "'%s'", key);
+}
+
+/* ---- Loading ---- */
+
 lh_status lh_wstore_load(float **out, lh_wstore *ws, const lh_st_file *f, const char *key,
                          int ndim, const int64_t *shape, lh_error *err) {
+    lh_wsource src = lh_wsource_file(f);
+    return lh_wstore_load_src(out, ws, &src, key, ndim, shape, err);
+}
+
+lh_status lh_wstore_load_src(float **out, lh_wstore *ws, const lh_wsource *src, const char *key,
+                             int ndim, const int64_t *shape, lh_error *err) {
     *out = NULL;
-    const lh_st_tensor *t = lh_st_find(f, key);
-    char want[128], got[128];
+    const lh_st_tensor *t = lh_wsource_find(src, key);
+    char want[128], got[128], kt[600];
     shape_text(want, sizeof want, ndim, shape);
+    key_text(kt, sizeof kt, src, key);
     if (!t)
-        return lh_error_set(err, LH_ERR_NOT_FOUND, "%s: tensor '%s' %s is missing", lh_st_name(f),
-                            key, want);
+        return lh_error_set(err, LH_ERR_NOT_FOUND, "%s: tensor %s %s is missing", src->name, kt,
+                            want);
     shape_text(got, sizeof got, t->ndim, t->shape);
     int same = t->ndim == ndim;
     for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
     if (!same)
-        return lh_error_set(err, LH_ERR_SHAPE, "%s: tensor '%s' has shape %s, the model needs %s",
-                            lh_st_name(f), key, got, want);
+        return lh_error_set(err, LH_ERR_SHAPE, "%s: tensor %s has shape %s, the model needs %s",
+                            src->name, kt, got, want);
     if (t->dtype != LH_DTYPE_F32 && t->dtype != LH_DTYPE_F16 && t->dtype != LH_DTYPE_BF16)
         return lh_error_set(err, LH_ERR_UNSUPPORTED,
-                            "%s: tensor '%s' is %s; weights must be F32, F16 or BF16",
-                            lh_st_name(f), key, lh_dtype_name(t->dtype));
+                            "%s: tensor %s is %s; weights must be F32, F16 or BF16", src->name, kt,
+                            lh_dtype_name(t->dtype));
     int64_t bad = first_non_finite(t);
     if (bad >= 0)
-        return lh_error_set(err, LH_ERR_NUMERIC, "%s: tensor '%s' has a NaN or Inf at element %lld",
-                            lh_st_name(f), key, (long long)bad);
+        return lh_error_set(err, LH_ERR_NUMERIC, "%s: tensor %s has a NaN or Inf at element %lld",
+                            src->name, kt, (long long)bad);
     size_t n = (size_t)t->numel;
     float *p = ws->be->ops->alloc(ws->be, (n ? n : 1) * sizeof(float));
     if (!p)
-        return lh_error_set(err, LH_ERR_NOMEM, "%s: out of backend memory for '%s' (%zu bytes)",
-                            lh_st_name(f), key, n * sizeof(float));
+        return lh_error_set(err, LH_ERR_NOMEM, "%s: out of backend memory for %s (%zu bytes)",
+                            src->name, kt, n * sizeof(float));
     lh_status st = ws->be->ops->upload_weights(ws->be, p, t->data, t->dtype, n);
     if (st != LH_OK) {
         ws->be->ops->free(ws->be, p);
-        return lh_error_set(err, st, "%s: uploading '%s' failed", lh_st_name(f), key);
+        return lh_error_set(err, st, "%s: uploading %s failed", src->name, kt);
     }
     st = track(ws, p, err);
     if (st != LH_OK) return st;

@@ -18,6 +18,27 @@ typedef struct lh_wstore {
     size_t bytes; /* uploaded so far */
 } lh_wstore;
 
+/* Where weights are looked up: an open safetensors file (lh_wsource_file),
+ * or a view that presents another layout under the names the loaders ask
+ * for (host/ldm_keys.h: single-file LDM checkpoints). find returns the
+ * tensor called `key` or NULL; the tensor may be a view (data inside a
+ * larger tensor, shape reinterpreted) that stays valid until the next find
+ * on the same source. file_key, if not NULL, writes the key `key` has in
+ * the file, so that messages name what the user can look for. */
+typedef struct lh_wsource {
+    const char *name; /* labels messages: the file path */
+    const lh_st_tensor *(*find)(void *ctx, const char *key);
+    void (*file_key)(void *ctx, const char *key, char *buf, size_t size);
+    void *ctx;
+    size_t count; /* tensors in the file, 0 if not meaningful */
+} lh_wsource;
+
+/* A source that reads `f` by its own keys. */
+lh_wsource lh_wsource_file(const lh_st_file *f);
+static inline const lh_st_tensor *lh_wsource_find(const lh_wsource *src, const char *key) {
+    return src->find(src->ctx, key);
+}
+
 void lh_wstore_init(lh_wstore *ws, lh_backend *be);
 void lh_wstore_free(lh_wstore *ws);
 
@@ -25,6 +46,11 @@ void lh_wstore_free(lh_wstore *ws);
  * dtype (F32, F16, BF16) and finite values; *out gets the backend copy. */
 lh_status lh_wstore_load(float **out, lh_wstore *ws, const lh_st_file *f, const char *key,
                          int ndim, const int64_t *shape, lh_error *err);
+
+/* The same from any source; messages name the key as it is in the file
+ * (and the name asked for, when they differ). */
+lh_status lh_wstore_load_src(float **out, lh_wstore *ws, const lh_wsource *src, const char *key,
+                             int ndim, const int64_t *shape, lh_error *err);
 
 /* Backend scratch memory owned by the store (zeroed); *out NULL on failure. */
 lh_status lh_wstore_alloc(float **out, lh_wstore *ws, size_t n_floats, lh_error *err);
