@@ -8,5 +8,6 @@ int lh_cmd_inspect(int argc, char **argv);
 int lh_cmd_plugins(int argc, char **argv);
 int lh_cmd_config(int argc, char **argv);
 int lh_cmd_schedulers(int argc, char **argv);
+int lh_cmd_generate(int argc, char **argv);
 
 #endif

@@ -17,6 +17,7 @@ static const lh_command COMMANDS[] = {
     {"plugins", lh_cmd_plugins, "list the plugins found, with id, kind, version and path"},
     {"config", lh_cmd_config, "check a config file and print the settings in effect"},
     {"schedulers", lh_cmd_schedulers, "list schedulers, or print one's timesteps and sigmas"},
+    {"generate", lh_cmd_generate, "txt2img / img2img from a diffusers model directory to PNG"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

@@ -1,0 +1,455 @@
+/* `lorahost generate`: txt2img (or img2img with --init-image) from a diffusers
+ * model directory to PNG files carrying A1111-style "parameters" text.
+ * Options override the [generate], [model], [plugins] and [backend] keys of
+ * --config FILE; `lorahost generate --help` lists them (docs/generate.md). */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "lorahost/lorahost.h"
+#include "model.h"
+#include "pipeline.h"
+#include "png.h"
+
+#define MAX_OVERRIDES 64
+#define MAX_DIRS 16
+#define NAME "lorahost generate"
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: lorahost generate --model PATH --prompt TEXT [options]\n"
+            "\n"
+            "  --model PATH            diffusers model directory            [model] path\n"
+            "  --prompt TEXT           what to draw (UTF-8)                 [generate] prompt\n"
+            "  --negative-prompt TEXT  what to avoid                        [generate] negative_prompt\n"
+            "  --steps N               denoising steps, 1..1000 (30)        [generate] steps\n"
+            "  --cfg-scale X           guidance scale; <= 1 is off (7.5)    [generate] cfg_scale\n"
+            "  --scheduler NAME        plugin id, alias or A1111 name; default: the model's\n"
+            "                          own scheduler_config.json class      [plugins] scheduler\n"
+            "  --seed N                torch-compatible seed; -1 random     [generate] seed\n"
+            "  --width W --height H    multiples of 8 (512)                 [generate] width/height\n"
+            "  --batch-size B          images from one noise draw (1)       [generate] batch_size\n"
+            "  --init-image FILE.png   img2img input (its size is the output size)\n"
+            "  --strength S            img2img: 0 keeps, 1 replaces (0.75)  [generate] strength\n"
+            "  --init-noise FILE       safetensors tensor 'noise' [B, 4, H/8, W/8] instead of\n"
+            "                          drawing it from the seed\n"
+            "  --save-latents FILE     write the final latents (tensor 'latents') as safetensors\n"
+            "  --clip-skip N           skip the last N text-encoder layers (A1111 'Clip skip' N+1)\n"
+            "  --vae-tiling            decode in tiles (large images, bounded memory)\n"
+            "  --output FILE.png       (out.png); a batch writes out.png, out-1.png, ...\n"
+            "  --device cpu|cuda       compute device (cpu)                 [backend] device\n"
+            "  --threads N             CPU threads, 0 = all                 [backend] threads\n"
+            "  --plugin-dir DIR        also load plugins from DIR           [plugins] dirs\n"
+            "  --quiet                 no progress output\n"
+            "  --config FILE.ini       settings file; --set SECTION.KEY=VALUE overrides a key,\n"
+            "                          --set KEY=VALUE sets a scheduler key (use_karras_sigmas=true)\n");
+}
+
+/* ---- Option values ---- */
+
+static int parse_i64(const char *opt, const char *s, int64_t *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end) {
+        fprintf(stderr, NAME ": %s: expected an integer, got '%s'\n", opt, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_f64(const char *opt, const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) {
+        fprintf(stderr, NAME ": %s: expected a number, got '%s'\n", opt, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* out.png, out-1.png, out-2.png, ... */
+static void batch_path(char *buf, size_t size, const char *base, int64_t i) {
+    if (i == 0) {
+        snprintf(buf, size, "%s", base);
+        return;
+    }
+    const char *dot = strrchr(base, '.'), *slash = strrchr(base, '/');
+    if (!dot || (slash && dot < slash)) dot = base + strlen(base);
+    snprintf(buf, size, "%.*s-%lld%s", (int)(dot - base), base, (long long)i, dot);
+}
+
+typedef struct progress {
+    int tty, quiet;
+    struct timespec t0;
+} progress;
+
+static void on_step(void *user, int32_t i, int32_t n) {
+    progress *pr = user;
+    if (pr->quiet) return;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    double el = (double)(t.tv_sec - pr->t0.tv_sec) + 1e-9 * (double)(t.tv_nsec - pr->t0.tv_nsec);
+    if (pr->tty) {
+        fprintf(stderr, "\r" NAME ": step %d/%d  %.1fs%s", (int)i, (int)n, el, i == n ? "\n" : "");
+    } else if (i < n) {
+        fprintf(stderr, NAME ": step %d/%d (%.1fs)\n", (int)i + 1, (int)n, el);
+    }
+    fflush(stderr);
+}
+
+static uint64_t random_seed(void) {
+    uint32_t v = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&v, sizeof v, 1, f) != 1) v = (uint32_t)time(NULL) ^ (uint32_t)getpid();
+    if (f) fclose(f);
+    return v;
+}
+
+static int read_noise(const char *path, float **out, const lh_gen_params *p) {
+    lh_st_file *f;
+    lh_error err = {0};
+    if (lh_st_open(&f, path, &err) != LH_OK) {
+        fprintf(stderr, NAME ": --init-noise: %s\n", err.msg);
+        return 1;
+    }
+    const lh_st_tensor *t = lh_st_find(f, "noise");
+    int64_t want[4] = {p->batch_size, 4, p->height / 8, p->width / 8};
+    int rc = 0;
+    if (!t) {
+        fprintf(stderr, NAME ": --init-noise %s: no tensor 'noise'\n", path);
+        rc = 1;
+    } else if (t->ndim != 4 || t->shape[0] != want[0] || t->shape[1] != want[1] ||
+               t->shape[2] != want[2] || t->shape[3] != want[3]) {
+        char got[128] = "", *g = got;
+        for (int i = 0; i < t->ndim && i < 8; i++)
+            g += snprintf(g, (size_t)(got + sizeof got - g), "%s%lld", i ? ", " : "",
+                          (long long)t->shape[i]);
+        fprintf(stderr,
+                NAME ": --init-noise %s: tensor 'noise' has shape [%s], expected [%lld, %lld, "
+                "%lld, %lld] (batch, 4, height / 8, width / 8)\n",
+                path, got, (long long)want[0], (long long)want[1], (long long)want[2],
+                (long long)want[3]);
+        rc = 1;
+    } else {
+        *out = malloc(sizeof(float) * (size_t)t->numel);
+        if (!*out || lh_st_read_f32(*out, (size_t)t->numel, f, "noise", &err) != LH_OK) {
+            fprintf(stderr, NAME ": --init-noise: %s\n", *out ? err.msg : "out of memory");
+            rc = 1;
+        }
+    }
+    lh_st_close(f);
+    return rc;
+}
+
+static int save_latents(const char *path, const lh_gen_result *r, const char *params) {
+    lh_st_writer *w;
+    lh_error err = {0};
+    int64_t shape[4] = {r->batch, r->channels, r->latent_h, r->latent_w};
+    lh_status st = lh_st_writer_create(&w, &err);
+    if (st == LH_OK) st = lh_st_writer_add(w, "latents", LH_DTYPE_F32, 4, shape, r->latents, &err);
+    if (st == LH_OK && params) st = lh_st_writer_add_meta(w, "parameters", params, &err);
+    if (st == LH_OK) st = lh_st_save(w, path, &err);
+    lh_st_writer_destroy(w);
+    if (st != LH_OK) fprintf(stderr, NAME ": --save-latents: %s\n", err.msg);
+    return st == LH_OK ? 0 : 1;
+}
+
+/* ---- The command ---- */
+
+typedef struct opts {
+    const char *model, *init_image, *init_noise, *save_latents, *output, *device;
+    const char *dirs[MAX_DIRS];
+    size_t n_dirs;
+    int64_t threads;
+    int quiet, size_given;
+} opts;
+
+static int settings_defaults(lh_gen_params *p, opts *o, const lh_settings *s) {
+    lh_error err = {0};
+    int64_t steps, seed;
+    const lh_setting *sched;
+    const char *const *dirs;
+    size_t n_dirs;
+    if (lh_settings_get_string(&p->prompt, s, "generate.prompt", &err) != LH_OK ||
+        lh_settings_get_string(&p->negative_prompt, s, "generate.negative_prompt", &err) ||
+        lh_settings_get_int(&steps, s, "generate.steps", &err) ||
+        lh_settings_get_double(&p->cfg_scale, s, "generate.cfg_scale", &err) ||
+        lh_settings_get_int(&p->width, s, "generate.width", &err) ||
+        lh_settings_get_int(&p->height, s, "generate.height", &err) ||
+        lh_settings_get_int(&seed, s, "generate.seed", &err) ||
+        lh_settings_get_int(&p->batch_size, s, "generate.batch_size", &err) ||
+        lh_settings_get_double(&p->strength, s, "generate.strength", &err) ||
+        lh_settings_get_string(&o->output, s, "generate.output", &err) ||
+        lh_settings_get_string(&o->model, s, "model.path", &err) ||
+        lh_settings_get_string(&o->device, s, "backend.device", &err) ||
+        lh_settings_get_int(&o->threads, s, "backend.threads", &err) ||
+        lh_settings_get(&sched, s, "plugins.scheduler", &err) ||
+        lh_settings_get_list(&dirs, &n_dirs, s, "plugins.dirs", &err)) {
+        fprintf(stderr, NAME ": %s\n", err.msg);
+        return 1;
+    }
+    p->steps = (int32_t)steps;
+    p->seed = (uint64_t)seed;
+    if (seed < 0) p->seed = UINT64_MAX; /* marker: pick one */
+    /* the schema's default scheduler stands aside for the model's own */
+    if (sched->origin != LH_ORIGIN_DEFAULT) p->scheduler = sched->text;
+    for (size_t i = 0; i < n_dirs && o->n_dirs < MAX_DIRS; i++) o->dirs[o->n_dirs++] = dirs[i];
+    p->settings = s;
+    return 0;
+}
+
+static int parse_args(lh_gen_params *p, opts *o, int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int64_t n;
+        int takes = 1;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return -1;
+        } else if (!strcmp(a, "--quiet")) {
+            o->quiet = 1;
+            takes = 0;
+        } else if (!strcmp(a, "--vae-tiling")) {
+            p->vae_tiling = 1;
+            takes = 0;
+        } else if (!v) {
+            fprintf(stderr, NAME ": unknown or incomplete option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        } else if (!strcmp(a, "--model")) {
+            o->model = v;
+        } else if (!strcmp(a, "--prompt")) {
+            p->prompt = v;
+        } else if (!strcmp(a, "--negative-prompt")) {
+            p->negative_prompt = v;
+        } else if (!strcmp(a, "--steps")) {
+            if (parse_i64(a, v, &n)) return 2;
+            if (n < 1 || n > LH_PIPELINE_MAX_STEPS) {
+                fprintf(stderr, NAME ": steps must be in 1..%d, got %lld\n",
+                        LH_PIPELINE_MAX_STEPS, (long long)n);
+                return 1;
+            }
+            p->steps = (int32_t)n;
+        } else if (!strcmp(a, "--cfg-scale")) {
+            if (parse_f64(a, v, &p->cfg_scale)) return 2;
+        } else if (!strcmp(a, "--scheduler") || !strcmp(a, "--sampler")) {
+            p->scheduler = v;
+        } else if (!strcmp(a, "--seed")) {
+            if (parse_i64(a, v, &n)) return 2;
+            p->seed = n < 0 ? UINT64_MAX : (uint64_t)n;
+        } else if (!strcmp(a, "--width")) {
+            if (parse_i64(a, v, &p->width)) return 2;
+            o->size_given = 1;
+        } else if (!strcmp(a, "--height")) {
+            if (parse_i64(a, v, &p->height)) return 2;
+            o->size_given = 1;
+        } else if (!strcmp(a, "--batch-size")) {
+            if (parse_i64(a, v, &p->batch_size)) return 2;
+        } else if (!strcmp(a, "--strength")) {
+            if (parse_f64(a, v, &p->strength)) return 2;
+        } else if (!strcmp(a, "--clip-skip")) {
+            if (parse_i64(a, v, &n)) return 2;
+            if (n < 0 || n > 1000) {
+                fprintf(stderr, NAME ": --clip-skip must be in 0..1000, got %lld\n", (long long)n);
+                return 1;
+            }
+            p->clip_skip = (int)n;
+        } else if (!strcmp(a, "--threads")) {
+            if (parse_i64(a, v, &o->threads)) return 2;
+        } else if (!strcmp(a, "--init-image")) {
+            o->init_image = v;
+        } else if (!strcmp(a, "--init-noise")) {
+            o->init_noise = v;
+        } else if (!strcmp(a, "--save-latents")) {
+            o->save_latents = v;
+        } else if (!strcmp(a, "--output") || !strcmp(a, "-o")) {
+            o->output = v;
+        } else if (!strcmp(a, "--device")) {
+            o->device = v;
+        } else if (!strcmp(a, "--plugin-dir")) {
+            if (o->n_dirs >= MAX_DIRS) {
+                fprintf(stderr, NAME ": at most %d --plugin-dir\n", MAX_DIRS);
+                return 2;
+            }
+            o->dirs[o->n_dirs++] = v;
+        } else {
+            fprintf(stderr, NAME ": unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        i += takes;
+    }
+    return 0;
+}
+
+static int generate(lh_settings *settings, int argc, char **argv, const char **overrides,
+                    size_t n_overrides) {
+    lh_gen_params p;
+    lh_gen_params_init(&p);
+    opts o = {0};
+    if (settings_defaults(&p, &o, settings)) return 1;
+    p.overrides = overrides;
+    p.n_overrides = n_overrides;
+    int rc = parse_args(&p, &o, argc, argv);
+    if (rc) return rc < 0 ? 0 : rc;
+    if (!o.model || !*o.model) {
+        fprintf(stderr, NAME ": no model: give --model PATH (or [model] path in --config)\n");
+        return 2;
+    }
+    if (!strcmp(o.device, "cuda")) {
+        fprintf(stderr, NAME ": --device cuda: this lorahost is not built with a CUDA backend "
+                        "yet; use --device cpu\n");
+        return 1;
+    }
+    if (strcmp(o.device, "cpu")) {
+        fprintf(stderr, NAME ": --device: unknown device '%s' (cpu or cuda)\n", o.device);
+        return 2;
+    }
+    if (o.threads < 0 || o.threads > 1024) {
+        fprintf(stderr, NAME ": --threads must be in 0..1024, got %lld\n", (long long)o.threads);
+        return 1;
+    }
+    if (p.seed == UINT64_MAX) p.seed = random_seed();
+
+    lh_error err = {0};
+    uint8_t *image = NULL;
+    float *noise = NULL;
+    lh_backend *be = NULL;
+    lh_registry *reg = NULL;
+    lh_model *m = NULL;
+    lh_gen_result r = {0};
+    char *params = NULL;
+    rc = 1;
+    if (o.init_image) {
+        int64_t w, h;
+        if (lh_png_read(o.init_image, &image, &w, &h, &err) != LH_OK) {
+            fprintf(stderr, NAME ": --init-image: %s\n", err.msg);
+            goto done;
+        }
+        if (o.size_given && (w != p.width || h != p.height)) {
+            fprintf(stderr,
+                    NAME ": --init-image %s is %lldx%lld but --width/--height ask for %lldx%lld "
+                    "(images are not resized; leave out --width/--height to use the image's "
+                    "size)\n",
+                    o.init_image, (long long)w, (long long)h, (long long)p.width,
+                    (long long)p.height);
+            goto done;
+        }
+        p.width = w;
+        p.height = h;
+        p.init_image = image;
+    }
+    char msg[LH_ERROR_MAX] = "";
+    if (lh_backend_cpu_create(&be, (int)o.threads, msg, sizeof msg) != LH_OK) {
+        fprintf(stderr, NAME ": cpu backend: %s\n", msg);
+        goto done;
+    }
+    if (lh_model_open(&m, be, o.model, &err) != LH_OK) {
+        fprintf(stderr, NAME ": %s\n", err.msg);
+        goto done;
+    }
+    if (lh_pipeline_check(m, &p, image != NULL, &err) != LH_OK) {
+        fprintf(stderr, NAME ": %s\n", err.msg);
+        goto done;
+    }
+    if (o.init_noise && read_noise(o.init_noise, &noise, &p)) goto done;
+    p.init_noise = noise;
+    if (lh_registry_create(&reg, &err) != LH_OK ||
+        lh_registry_scan(reg, o.dirs, o.n_dirs, 1, 1, &err) != LH_OK) {
+        fprintf(stderr, NAME ": %s\n", err.msg);
+        goto done;
+    }
+    progress pr = {isatty(STDERR_FILENO), o.quiet, {0, 0}};
+    clock_gettime(CLOCK_MONOTONIC, &pr.t0);
+    p.progress = on_step;
+    p.progress_user = &pr;
+    if (!o.quiet)
+        fprintf(stderr, NAME ": %s model %s, %lldx%lld, seed %llu\n",
+                lh_model_arch_name(m->info.arch), m->info.name, (long long)p.width,
+                (long long)p.height, (unsigned long long)p.seed);
+    lh_status st = image ? lh_pipeline_img2img(m, reg, &p, &r, &err)
+                         : lh_pipeline_txt2img(m, reg, &p, &r, &err);
+    if (st != LH_OK) {
+        fprintf(stderr, NAME ": %s\n", err.msg);
+        goto done;
+    }
+    const char *sampler = p.scheduler && *p.scheduler ? p.scheduler
+                          : m->info.scheduler_class[0] ? m->info.scheduler_class
+                                                       : r.scheduler_id;
+    params = lh_pipeline_parameters_text(&p, sampler, m->info.name, image != NULL);
+    if (!params) {
+        fprintf(stderr, NAME ": out of memory\n");
+        goto done;
+    }
+    if (o.save_latents && save_latents(o.save_latents, &r, params)) goto done;
+    size_t plen = strlen(o.output) + 32;
+    char *path = malloc(plen);
+    if (!path) goto done;
+    int64_t img_bytes = r.width * r.height * 3;
+    for (int64_t i = 0; i < r.batch; i++) {
+        batch_path(path, plen, o.output, i);
+        if (lh_png_write(path, r.images + i * img_bytes, r.width, r.height, "parameters", params,
+                         &err) != LH_OK) {
+            fprintf(stderr, NAME ": %s\n", err.msg);
+            free(path);
+            goto done;
+        }
+        printf("%s\n", path);
+    }
+    free(path);
+    rc = 0;
+done:
+    free(params);
+    lh_gen_result_free(&r);
+    lh_model_close(m);
+    lh_registry_destroy(reg);
+    if (be) lh_backend_destroy(be);
+    free(image);
+    free(noise);
+    return rc;
+}
+
+int lh_cmd_generate(int argc, char **argv) {
+    /* `--set KEY=VALUE` without a section is a scheduler key (as for
+     * `lorahost schedulers`); the rest goes to the settings. */
+    const char *overrides[MAX_OVERRIDES];
+    size_t n_overrides = 0;
+    int k = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *kv = NULL;
+        if (!strcmp(argv[i], "--set") && i + 1 < argc) kv = argv[i + 1];
+        else if (!strncmp(argv[i], "--set=", 6)) kv = argv[i] + 6;
+        const char *eq = kv ? strchr(kv, '=') : NULL;
+        if (kv && eq && !memchr(kv, '.', (size_t)(eq - kv)) && n_overrides < MAX_OVERRIDES) {
+            overrides[n_overrides++] = kv;
+            if (argv[i][5] != '=') i++;
+            continue;
+        }
+        argv[k++] = argv[i];
+    }
+    argc = k;
+    lh_error err = {0};
+    lh_settings *settings = NULL;
+    if (lh_settings_create(&settings, &err) != LH_OK) {
+        fprintf(stderr, NAME ": %s\n", err.msg);
+        return 1;
+    }
+    lh_status st = lh_settings_apply_args(settings, &argc, argv, &err);
+    if (st != LH_OK) {
+        fprintf(stderr, NAME ": %s\n", err.msg);
+        lh_settings_destroy(settings);
+        return st == LH_ERR_INVALID ? 2 : 1;
+    }
+    int rc = generate(settings, argc, argv, overrides, n_overrides);
+    lh_settings_destroy(settings);
+    return rc;
+}

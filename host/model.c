@@ -1,0 +1,300 @@
+/* Opening a Stable Diffusion model: diffusers directory layout, architecture
+ * detection from the configs, and loading of its four components. */
+#include "model.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* ---- Small helpers ---- */
+
+const char *lh_model_arch_name(lh_model_arch arch) {
+    switch (arch) {
+    case LH_MODEL_ARCH_SD1: return "SD 1.x";
+    case LH_MODEL_ARCH_SD2: return "SD 2.x";
+    case LH_MODEL_ARCH_SDXL: return "SDXL";
+    default: return "unknown";
+    }
+}
+
+static int is_file(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static lh_status join(char *out, size_t size, const char *dir, const char *rel, lh_error *err) {
+    int n = snprintf(out, size, "%s/%s", dir, rel);
+    if (n < 0 || (size_t)n >= size)
+        return lh_error_set(err, LH_ERR_INVALID, "model path too long: %s/%s", dir, rel);
+    return LH_OK;
+}
+
+/* A required file of a component: LH_ERR_NOT_FOUND naming both if absent. */
+static lh_status need(char *out, size_t size, const char *dir, const char *component,
+                      const char *file, lh_error *err) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "%s/%s", component, file);
+    lh_status st = join(out, size, dir, rel, err);
+    if (st != LH_OK) return st;
+    if (!is_file(out))
+        return lh_error_set(err, LH_ERR_NOT_FOUND,
+                            "model %s: component '%s' is missing (no %s)", dir, component, out);
+    return LH_OK;
+}
+
+static json_t *load_json(const char *path, lh_error *err) {
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    if (!j) {
+        lh_error_set(err, LH_ERR_FORMAT, "%s:%d: %s", path, je.line, je.text);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        lh_error_set(err, LH_ERR_FORMAT, "%s: not a JSON object", path);
+        return NULL;
+    }
+    return j;
+}
+
+/* A token in a tokenizer config: a string or an AddedToken {"content": ...}. */
+static const char *token_text(json_t *v) {
+    if (json_is_string(v)) return json_string_value(v);
+    if (json_is_object(v) && json_is_string(json_object_get(v, "content")))
+        return json_string_value(json_object_get(v, "content"));
+    return NULL;
+}
+
+static void read_pad_token(lh_model_info *info) {
+    static const char *const FILES[] = {"tokenizer/special_tokens_map.json",
+                                        "tokenizer/tokenizer_config.json"};
+    for (size_t i = 0; i < 2; i++) {
+        char p[LH_MODEL_PATH_MAX + 64];
+        snprintf(p, sizeof p, "%s/%s", info->path, FILES[i]);
+        if (!is_file(p)) continue;
+        json_t *j = json_load_file(p, 0, NULL);
+        const char *t = j ? token_text(json_object_get(j, "pad_token")) : NULL;
+        if (t && strlen(t) < sizeof info->pad_token) {
+            snprintf(info->pad_token, sizeof info->pad_token, "%s", t);
+            json_decref(j);
+            return;
+        }
+        json_decref(j);
+    }
+    snprintf(info->pad_token, sizeof info->pad_token, "%s",
+             info->arch == LH_MODEL_ARCH_SD2 ? "!" : "<|endoftext|>");
+}
+
+/* ---- Detection ---- */
+
+static lh_status detect_unet(lh_model_info *info, json_t *index, const char *unet_cfg,
+                             lh_error *err) {
+    json_t *u = load_json(unet_cfg, err);
+    if (!u) return err ? err->code : LH_ERR_FORMAT;
+    lh_status st = LH_OK;
+    const char *cls = json_string_value(json_object_get(index, "_class_name"));
+    const char *add = json_string_value(json_object_get(u, "addition_embed_type"));
+    const char *ucls = json_string_value(json_object_get(u, "_class_name"));
+    json_t *in_ch = json_object_get(u, "in_channels");
+    json_t *cad = json_object_get(u, "cross_attention_dim");
+    char te2[LH_MODEL_PATH_MAX + 32];
+    snprintf(te2, sizeof te2, "%s/text_encoder_2", info->path);
+    if ((add && !strcmp(add, "text_time")) || json_object_get(index, "text_encoder_2") ||
+        is_dir(te2) || (cls && strstr(cls, "XL"))) {
+        info->arch = LH_MODEL_ARCH_SDXL;
+        st = lh_error_set(err, LH_ERR_UNSUPPORTED,
+                          "model %s is SDXL (%s): lorahost generates with SD 1.x and SD 2.x "
+                          "models only for now",
+                          info->path,
+                          add && !strcmp(add, "text_time") ? "unet addition_embed_type "
+                                                             "\"text_time\""
+                                                           : "a second text encoder");
+    } else if (ucls && strcmp(ucls, "UNet2DConditionModel")) {
+        st = lh_error_set(err, LH_ERR_UNSUPPORTED,
+                          "model %s: unknown architecture: %s has _class_name \"%s\" "
+                          "(lorahost runs UNet2DConditionModel)",
+                          info->path, unet_cfg, ucls);
+    } else if (in_ch && json_integer_value(in_ch) != 4) {
+        st = lh_error_set(err, LH_ERR_UNSUPPORTED,
+                          "model %s: unknown architecture: %s: in_channels %lld (inpainting or "
+                          "depth models are not supported; SD 1.x/2.x text-to-image has 4)",
+                          info->path, unet_cfg, (long long)json_integer_value(in_ch));
+    } else if (!json_is_null(json_object_get(u, "class_embed_type")) &&
+               json_object_get(u, "class_embed_type")) {
+        st = lh_error_set(err, LH_ERR_UNSUPPORTED,
+                          "model %s: unknown architecture: %s sets class_embed_type "
+                          "(upscaler or unCLIP models are not supported)",
+                          info->path, unet_cfg);
+    } else if (cad && !json_is_integer(cad)) {
+        st = lh_error_set(err, LH_ERR_UNSUPPORTED,
+                          "model %s: unknown architecture: %s: cross_attention_dim is not one "
+                          "number",
+                          info->path, unet_cfg);
+    } else {
+        info->cross_attention_dim = cad ? (int64_t)json_integer_value(cad) : 1280;
+        int linear = json_is_true(json_object_get(u, "use_linear_projection"));
+        info->arch = (linear || info->cross_attention_dim == 1024) ? LH_MODEL_ARCH_SD2
+                                                                    : LH_MODEL_ARCH_SD1;
+    }
+    json_decref(u);
+    return st;
+}
+
+static lh_status detect_scheduler(lh_model_info *info, lh_error *err) {
+    json_t *s = load_json(info->scheduler_config, err);
+    if (!s) return err ? err->code : LH_ERR_FORMAT;
+    const char *cls = json_string_value(json_object_get(s, "_class_name"));
+    const char *pt = json_string_value(json_object_get(s, "prediction_type"));
+    snprintf(info->scheduler_class, sizeof info->scheduler_class, "%s", cls ? cls : "");
+    snprintf(info->prediction_type, sizeof info->prediction_type, "%s", pt ? pt : "epsilon");
+    json_decref(s);
+    return LH_OK;
+}
+
+lh_status lh_model_detect(lh_model_info *info, const char *path, lh_error *err) {
+    memset(info, 0, sizeof *info);
+    if (!path || !*path) return lh_error_set(err, LH_ERR_INVALID, "no model path given");
+    if (is_file(path)) {
+        lh_model *m = NULL;
+        return lh_model_open_single_file(&m, NULL, path, err);
+    }
+    if (!is_dir(path))
+        return lh_error_set(err, LH_ERR_NOT_FOUND, "model %s: no such file or directory", path);
+    if (strlen(path) >= sizeof info->path - 64)
+        return lh_error_set(err, LH_ERR_INVALID, "model path too long: %s", path);
+    snprintf(info->path, sizeof info->path, "%s", path);
+    size_t len = strlen(info->path);
+    while (len > 1 && info->path[len - 1] == '/') info->path[--len] = 0;
+    const char *base = strrchr(info->path, '/');
+    snprintf(info->name, sizeof info->name, "%s", base ? base + 1 : info->path);
+
+    char p[LH_MODEL_PATH_MAX + 64];
+    lh_status st = join(p, sizeof p, info->path, "model_index.json", err);
+    if (st != LH_OK) return st;
+    if (!is_file(p))
+        return lh_error_set(err, LH_ERR_NOT_FOUND,
+                            "model %s: not a diffusers model directory (no model_index.json)",
+                            info->path);
+    json_t *index = load_json(p, err);
+    if (!index) return err ? err->code : LH_ERR_FORMAT;
+
+    char unet_cfg[LH_MODEL_PATH_MAX + 64];
+    static const char *const NEED[][2] = {
+        {"unet", "config.json"},         {"unet", "diffusion_pytorch_model.safetensors"},
+        {"text_encoder", "config.json"}, {"text_encoder", "model.safetensors"},
+        {"vae", "config.json"},          {"vae", "diffusion_pytorch_model.safetensors"},
+        {"tokenizer", "vocab.json"},     {"tokenizer", "merges.txt"},
+        {"scheduler", "scheduler_config.json"},
+    };
+    /* The SDXL check comes first so that an SDXL directory gets its own message. */
+    if ((st = need(unet_cfg, sizeof unet_cfg, info->path, "unet", "config.json", err)) == LH_OK)
+        st = detect_unet(info, index, unet_cfg, err);
+    json_decref(index);
+    for (size_t i = 1; st == LH_OK && i < sizeof NEED / sizeof NEED[0]; i++)
+        st = need(p, sizeof p, info->path, NEED[i][0], NEED[i][1], err);
+    if (st != LH_OK) return st;
+    if ((st = join(info->scheduler_config, sizeof info->scheduler_config, info->path,
+                   "scheduler/scheduler_config.json", err)) != LH_OK ||
+        (st = detect_scheduler(info, err)) != LH_OK)
+        return st;
+    read_pad_token(info);
+    return LH_OK;
+}
+
+/* ---- Loading ---- */
+
+lh_status lh_model_open_single_file(lh_model **out, lh_backend *be, const char *path,
+                                    lh_error *err) {
+    (void)be;
+    *out = NULL;
+    /* Hook for host/ldm_keys.*: map model.diffusion_model.*, first_stage_model.*
+     * and cond_stage_model.* keys onto the diffusers names the loaders read
+     * (lh_unet_load_st / lh_vae_load_st / lh_clip_load_st take a prefix or
+     * an lh_wsource view), detect the architecture from the keys, then fill
+     * an lh_model as lh_model_open does. */
+    return lh_error_set(err, LH_ERR_UNSUPPORTED,
+                        "model %s: single-file checkpoints are not supported yet; use a "
+                        "diffusers model directory (model_index.json, unet/, text_encoder/, "
+                        "vae/, tokenizer/, scheduler/)",
+                        path);
+}
+
+lh_status lh_model_open(lh_model **out, lh_backend *be, const char *path, lh_error *err) {
+    *out = NULL;
+    if (path && is_file(path)) return lh_model_open_single_file(out, be, path, err);
+    lh_model *m = calloc(1, sizeof *m);
+    if (!m) return lh_error_set(err, LH_ERR_NOMEM, "out of memory opening model %s", path);
+    m->be = be;
+    lh_status st = lh_model_detect(&m->info, path, err);
+    char a[LH_MODEL_PATH_MAX + 64], b[LH_MODEL_PATH_MAX + 64];
+    const char *dir = m->info.path;
+    if (st == LH_OK) {
+        snprintf(a, sizeof a, "%s/tokenizer/vocab.json", dir);
+        snprintf(b, sizeof b, "%s/tokenizer/merges.txt", dir);
+        st = lh_tokenizer_open(&m->tok, a, b, err);
+    }
+    if (st == LH_OK) {
+        m->pad_id = lh_tokenizer_token_id(m->tok, m->info.pad_token);
+        if (m->pad_id < 0)
+            st = lh_error_set(err, LH_ERR_CONFIG,
+                              "model %s: tokenizer pad token '%s' is not in tokenizer/vocab.json",
+                              dir, m->info.pad_token);
+        else if (!strcmp(m->info.pad_token, "!"))
+            /* SD 2.x: transformers makes the pad token "!" special (tokenizer.h) */
+            st = lh_tokenizer_add_special(m->tok, "!", 0, err);
+    }
+    if (st == LH_OK) {
+        snprintf(a, sizeof a, "%s/text_encoder", dir);
+        st = lh_clip_load(&m->clip, be, a, err);
+    }
+    if (st == LH_OK) {
+        const lh_clip_config *cc = lh_clip_get_config(m->clip);
+        if ((int64_t)lh_tokenizer_vocab_size(m->tok) > cc->vocab_size)
+            st = lh_error_set(err, LH_ERR_SHAPE,
+                              "model %s: tokenizer/vocab.json has %zu tokens but the text "
+                              "encoder's vocab_size is %lld",
+                              dir, lh_tokenizer_vocab_size(m->tok), (long long)cc->vocab_size);
+        else if (cc->hidden_size != m->info.cross_attention_dim)
+            st = lh_error_set(err, LH_ERR_SHAPE,
+                              "model %s: text encoder hidden_size %lld does not match the "
+                              "U-Net's cross_attention_dim %lld",
+                              dir, (long long)cc->hidden_size,
+                              (long long)m->info.cross_attention_dim);
+    }
+    if (st == LH_OK) {
+        snprintf(a, sizeof a, "%s/unet", dir);
+        st = lh_unet_load(&m->unet, be, a, err);
+    }
+    if (st == LH_OK) {
+        snprintf(a, sizeof a, "%s/vae", dir);
+        st = lh_vae_load(&m->vae, be, a, err);
+    }
+    if (st == LH_OK && lh_vae_get_config(m->vae)->latent_channels !=
+                           lh_unet_get_config(m->unet)->in_channels)
+        st = lh_error_set(err, LH_ERR_SHAPE,
+                          "model %s: the VAE has %lld latent channels, the U-Net takes %lld",
+                          dir, (long long)lh_vae_get_config(m->vae)->latent_channels,
+                          (long long)lh_unet_get_config(m->unet)->in_channels);
+    if (st != LH_OK) {
+        lh_model_close(m);
+        return st;
+    }
+    *out = m;
+    return LH_OK;
+}
+
+void lh_model_close(lh_model *m) {
+    if (!m) return;
+    lh_vae_free(m->vae);
+    lh_unet_free(m->unet);
+    lh_clip_free(m->clip);
+    lh_tokenizer_close(m->tok);
+    free(m);
+}

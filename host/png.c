@@ -1,0 +1,258 @@
+/* PNG writing (RGB8 + a text chunk, atomic) and reading (any PNG as RGB8)
+ * with libspng. */
+#include "png.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <spng.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MAX_FILE_BYTES ((size_t)1 << 30)
+
+/* ---- Writing ---- */
+
+static int is_ascii(const char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80) return 0;
+    return 1;
+}
+
+static lh_status write_all(int fd, const void *buf, size_t n) {
+    const char *p = buf;
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return LH_ERR_IO;
+        p += w;
+        n -= (size_t)w;
+    }
+    return LH_OK;
+}
+
+/* temp + fsync + rename + fsync of the directory */
+static lh_status save_atomic(const char *path, const void *buf, size_t n, lh_error *err) {
+    size_t len = strlen(path);
+    char *tmp = malloc(len + 32), *dir = malloc(len + 2);
+    if (!tmp || !dir) {
+        free(tmp);
+        free(dir);
+        return lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory", path);
+    }
+    snprintf(tmp, len + 32, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    lh_status st = LH_OK;
+    if (fd < 0) {
+        st = lh_error_set(err, LH_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+        goto out;
+    }
+    if (write_all(fd, buf, n) != LH_OK || fsync(fd) != 0) {
+        st = lh_error_set(err, LH_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        goto out;
+    }
+    if (close(fd) != 0 || rename(tmp, path) != 0) {
+        st = lh_error_set(err, LH_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+        unlink(tmp);
+        goto out;
+    }
+    memcpy(dir, path, len + 1);
+    char *slash = strrchr(dir, '/');
+    if (slash) *(slash == dir ? slash + 1 : slash) = 0;
+    else strcpy(dir, ".");
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd); /* best effort: some file systems refuse fsync on directories */
+        close(dfd);
+    }
+out:
+    free(tmp);
+    free(dir);
+    return st;
+}
+
+lh_status lh_png_write(const char *path, const uint8_t *rgb, int64_t width, int64_t height,
+                       const char *key, const char *text, lh_error *err) {
+    if (width < 1 || height < 1 || width > LH_PNG_MAX_SIDE || height > LH_PNG_MAX_SIDE)
+        return lh_error_set(err, LH_ERR_INVALID, "%s: image size %lldx%lld out of range", path,
+                            (long long)width, (long long)height);
+    if (key && (strlen(key) < 1 || strlen(key) > 79))
+        return lh_error_set(err, LH_ERR_INVALID, "%s: PNG text key must be 1..79 bytes", path);
+    spng_ctx *ctx = spng_ctx_new(SPNG_CTX_ENCODER);
+    if (!ctx) return lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory", path);
+    lh_status st = LH_OK;
+    int rc = spng_set_option(ctx, SPNG_ENCODE_TO_BUFFER, 1);
+    struct spng_ihdr ihdr = {(uint32_t)width, (uint32_t)height, 8, SPNG_COLOR_TYPE_TRUECOLOR, 0, 0, 0};
+    if (!rc) rc = spng_set_ihdr(ctx, &ihdr);
+    if (!rc && key && text) {
+        struct spng_text t;
+        memset(&t, 0, sizeof t);
+        snprintf(t.keyword, sizeof t.keyword, "%s", key);
+        t.type = is_ascii(text) ? SPNG_TEXT : SPNG_ITXT;
+        t.length = strlen(text);
+        t.text = (char *)text;
+        t.language_tag = (char *)"";
+        t.translated_keyword = (char *)"";
+        rc = spng_set_text(ctx, &t, 1);
+    }
+    size_t n = (size_t)width * (size_t)height * 3;
+    if (!rc) rc = spng_encode_image(ctx, rgb, n, SPNG_FMT_PNG, SPNG_ENCODE_FINALIZE);
+    if (rc) {
+        st = lh_error_set(err, LH_ERR_FORMAT, "%s: PNG encoding failed: %s", path,
+                          spng_strerror(rc));
+    } else {
+        size_t len = 0;
+        void *buf = spng_get_png_buffer(ctx, &len, &rc);
+        if (!buf)
+            st = lh_error_set(err, LH_ERR_FORMAT, "%s: PNG encoding failed: %s", path,
+                              spng_strerror(rc));
+        else
+            st = save_atomic(path, buf, len, err);
+        free(buf);
+    }
+    spng_ctx_free(ctx);
+    return st;
+}
+
+/* ---- Reading ---- */
+
+static lh_status slurp(const char *path, void **buf, size_t *n, lh_error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return lh_error_set(err, errno == ENOENT ? LH_ERR_NOT_FOUND : LH_ERR_IO,
+                            "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        fclose(f);
+        return lh_error_set(err, LH_ERR_IO, "%s: not a regular file", path);
+    }
+    if ((size_t)sb.st_size > MAX_FILE_BYTES) {
+        fclose(f);
+        return lh_error_set(err, LH_ERR_UNSUPPORTED, "%s: file too large (%lld bytes)", path,
+                            (long long)sb.st_size);
+    }
+    *n = (size_t)sb.st_size;
+    *buf = malloc(*n ? *n : 1);
+    if (!*buf) {
+        fclose(f);
+        return lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory", path);
+    }
+    size_t got = fread(*buf, 1, *n, f);
+    fclose(f);
+    if (got != *n) {
+        free(*buf);
+        *buf = NULL;
+        return lh_error_set(err, LH_ERR_IO, "%s: read failed", path);
+    }
+    return LH_OK;
+}
+
+static lh_status open_decoder(spng_ctx **out, const char *path, void **buf, lh_error *err) {
+    size_t n = 0;
+    lh_status st = slurp(path, buf, &n, err);
+    if (st != LH_OK) return st;
+    static const unsigned char SIG[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    if (n < 8 || memcmp(*buf, SIG, 8)) {
+        free(*buf);
+        *buf = NULL;
+        return lh_error_set(err, LH_ERR_FORMAT, "%s: not a PNG file", path);
+    }
+    spng_ctx *ctx = spng_ctx_new(0);
+    if (!ctx) {
+        free(*buf);
+        *buf = NULL;
+        return lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory", path);
+    }
+    spng_set_image_limits(ctx, LH_PNG_MAX_SIDE, LH_PNG_MAX_SIDE);
+    spng_set_chunk_limits(ctx, 64u << 20, 64u << 20);
+    spng_set_png_buffer(ctx, *buf, n);
+    *out = ctx;
+    return LH_OK;
+}
+
+lh_status lh_png_read(const char *path, uint8_t **rgb, int64_t *width, int64_t *height,
+                      lh_error *err) {
+    *rgb = NULL;
+    void *buf = NULL;
+    spng_ctx *ctx;
+    lh_status st = open_decoder(&ctx, path, &buf, err);
+    if (st != LH_OK) return st;
+    struct spng_ihdr ihdr;
+    size_t size = 0;
+    int rc = spng_get_ihdr(ctx, &ihdr);
+    if (rc == SPNG_EWIDTH || rc == SPNG_EHEIGHT || rc == SPNG_EUSER_WIDTH ||
+        rc == SPNG_EUSER_HEIGHT) {
+        st = lh_error_set(err, LH_ERR_UNSUPPORTED, "%s: image larger than %dx%d", path,
+                          LH_PNG_MAX_SIDE, LH_PNG_MAX_SIDE);
+        goto done;
+    }
+    if (!rc) rc = spng_decoded_image_size(ctx, SPNG_FMT_RGB8, &size);
+    if (!rc) {
+        *rgb = malloc(size);
+        if (!*rgb) {
+            st = lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory for %zu bytes", path, size);
+            goto done;
+        }
+        rc = spng_decode_image(ctx, *rgb, size, SPNG_FMT_RGB8, 0);
+    }
+    if (rc) {
+        st = lh_error_set(err, LH_ERR_FORMAT, "%s: unreadable PNG: %s", path, spng_strerror(rc));
+        goto done;
+    }
+    *width = ihdr.width;
+    *height = ihdr.height;
+done:
+    if (st != LH_OK) {
+        free(*rgb);
+        *rgb = NULL;
+    }
+    spng_ctx_free(ctx);
+    free(buf);
+    return st;
+}
+
+lh_status lh_png_read_text(const char *path, const char *key, char **text, lh_error *err) {
+    *text = NULL;
+    void *buf = NULL;
+    spng_ctx *ctx;
+    lh_status st = open_decoder(&ctx, path, &buf, err);
+    if (st != LH_OK) return st;
+    uint32_t n = 0;
+    int rc = spng_get_text(ctx, NULL, &n);
+    struct spng_text *t = NULL;
+    if (rc == SPNG_ECHUNKAVAIL) {
+        rc = 0;
+        n = 0;
+    }
+    if (!rc && n) {
+        t = calloc(n, sizeof *t);
+        if (!t) rc = SPNG_EMEM;
+        else rc = spng_get_text(ctx, t, &n);
+    }
+    if (rc) {
+        st = lh_error_set(err, LH_ERR_FORMAT, "%s: unreadable PNG: %s", path, spng_strerror(rc));
+    } else {
+        st = lh_error_set(err, LH_ERR_NOT_FOUND, "%s: no text chunk '%s'", path, key);
+        for (uint32_t i = 0; i < n; i++)
+            if (!strcmp(t[i].keyword, key)) {
+                *text = malloc(t[i].length + 1);
+                if (!*text) {
+                    st = lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory", path);
+                    break;
+                }
+                memcpy(*text, t[i].text, t[i].length);
+                (*text)[t[i].length] = 0;
+                lh_error_clear(err);
+                st = LH_OK;
+                break;
+            }
+    }
+    free(t);
+    spng_ctx_free(ctx);
+    free(buf);
+    return st;
+}

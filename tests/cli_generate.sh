@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# `lorahost generate` end to end on the tiny SD 1.x model: txt2img, batches,
+# PNG parameters, --init-noise, --save-latents, img2img, --config defaults,
+# and exit status plus a one-line message for each kind of bad input.
+# Usage: cli_generate.sh SOURCE_DIR BUILD_DIR
+set -euo pipefail
+src="$1"
+lh="$2/bin/lorahost"
+model="$src/tests/fixtures/models/sd1_tiny"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+pass=0
+check() { # check NAME EXPECTED_STATUS EXPECTED_TEXT -- command...
+  local name="$1" want="$2" text="$3"; shift 4
+  local out rc=0
+  out="$("$@" 2>&1)" || rc=$?
+  if [[ $rc -ne $want ]] || ! grep -qF -- "$text" <<<"$out"; then
+    echo "FAIL $name: status $rc (want $want), output:"; echo "$out"; exit 1
+  fi
+  pass=$((pass + 1))
+}
+has() { # has NAME FILE TEXT: FILE (binary) contains TEXT
+  if ! grep -aqF -- "$3" "$2"; then echo "FAIL $1: $2 lacks '$3'"; exit 1; fi
+  pass=$((pass + 1))
+}
+# a safetensors file with one F32 tensor `noise` of shape $2 (zeros, $3 floats)
+noise_file() {
+  local hdr="{\"noise\":{\"dtype\":\"F32\",\"shape\":[$2],\"data_offsets\":[0,$(($3 * 4))]}}"
+  while (( ${#hdr} % 8 )); do hdr+=" "; done
+  local n=${#hdr}
+  printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x\\x00\\x00\\x00\\x00' $((n & 255)) $((n >> 8 & 255)) \
+    $((n >> 16 & 255)) $((n >> 24 & 255)))" > "$1"
+  printf '%s' "$hdr" >> "$1"
+  head -c $(($3 * 4)) /dev/zero >> "$1"
+}
+gen=("$lh" generate --model "$model" --width 32 --height 32 --steps 3 --threads 1)
+
+check txt2img 0 "out.png" -- "${gen[@]}" --prompt "a red house" --negative-prompt "blurry" --seed 42
+has params out.png $'a red house\nNegative prompt: blurry\nSteps: 3, Sampler: PNDMScheduler, CFG scale: 7.5, Seed: 42, Size: 32x32, Model: sd1_tiny'
+check progress 0 "step 3/3" -- "${gen[@]}" --prompt "a red house" --seed 42 -o p.png --scheduler ddim
+check quiet 0 "q.png" -- "${gen[@]}" --prompt x --quiet -o q.png
+check batch 0 "b-1.png" -- "${gen[@]}" --prompt "a cat" --batch-size 2 --scheduler "Euler a" -o b.png
+has batch_params b-1.png "Sampler: Euler a, CFG scale: 7.5"
+[[ -f b.png ]] && pass=$((pass + 1))
+check karras 0 "k.png" -- "${gen[@]}" --prompt x --scheduler euler --set use_karras_sigmas=true -o k.png
+noise_file n.safetensors "1,4,4,4" 64
+check init_noise 0 "n.png" -- "${gen[@]}" --prompt x --init-noise n.safetensors -o n.png \
+  --save-latents lat.safetensors --scheduler ddim
+check latents_file 0 "latents" -- "$lh" inspect lat.safetensors
+check img2img 0 "i.png" -- "$lh" generate --model "$model" --steps 4 --threads 1 --prompt "a cat" \
+  --init-image out.png --strength 0.6 -o i.png
+has img2img_params i.png "Denoising strength: 0.6"
+cat > cfg.ini <<'INI'
+[generate]
+prompt = a boat
+steps = 2
+width = 64
+height = 64
+seed = 5
+output = c.png
+[plugins]
+scheduler = ddim
+INI
+check config 0 "c.png" -- "$lh" generate --model "$model" --config cfg.ini --threads 1
+has config_params c.png "Steps: 2, Sampler: ddim, CFG scale: 7.5, Seed: 5, Size: 64x64"
+check config_set 0 "c.png" -- "$lh" generate --model "$model" --config cfg.ini --threads 1 \
+  --set generate.steps=1
+has config_set_params c.png "Steps: 1,"
+
+# bad input
+mkdir -p novae && for c in unet text_encoder tokenizer scheduler model_index.json; do
+  ln -s "$model/$c" "novae/$c"; done
+check missing_component 1 "component 'vae' is missing" -- "$lh" generate --model novae --prompt x
+check no_model 2 "no model" -- "$lh" generate --prompt x
+check not_a_model 1 "no such file or directory" -- "$lh" generate --model nope --prompt x
+check single_file 1 "single-file checkpoints are not supported yet" -- \
+  "$lh" generate --model "$model/unet/diffusion_pytorch_model.safetensors" --prompt x
+check width 1 "width must be a multiple of 8 in 8..8192, got 36" -- "${gen[@]}" --prompt x --width 36
+check height_factor 1 "height 40: this model needs a multiple of 16" -- "${gen[@]}" --prompt x --height 40
+check steps_zero 1 "steps must be in 1..1000, got 0" -- "${gen[@]}" --prompt x --steps 0
+check steps_huge 1 "steps must be in 1..1000, got 1001" -- "${gen[@]}" --prompt x --steps 1001
+check steps_text 2 "--steps: expected an integer, got 'ten'" -- "${gen[@]}" --prompt x --steps ten
+check utf8 1 "prompt is not valid UTF-8 (byte 4)" -- "${gen[@]}" --prompt $'cat \xff'
+check cfg_nan 2 "--cfg-scale: expected a number, got 'nan'" -- "${gen[@]}" --prompt x --cfg-scale nan
+echo "not a png" > bad.png
+check bad_image 1 "--init-image: bad.png: not a PNG file" -- "${gen[@]}" --prompt x --init-image bad.png
+check missing_image 1 "--init-image: none.png: cannot open" -- "${gen[@]}" --prompt x --init-image none.png
+check image_size 1 "is 32x32 but --width/--height ask for 64x64" -- \
+  "$lh" generate --model "$model" --prompt x --init-image out.png --width 64 --height 64
+check strength 1 "leaves no step to run" -- "${gen[@]}" --prompt x --init-image out.png --strength 0.1 --scheduler ddim
+noise_file n2.safetensors "1,4,8,8" 256
+check noise_shape 1 "tensor 'noise' has shape [1, 4, 8, 8], expected [1, 4, 4, 4]" -- \
+  "${gen[@]}" --prompt x --init-noise n2.safetensors
+check noise_batch 1 "expected [2, 4, 4, 4]" -- "${gen[@]}" --prompt x --init-noise n.safetensors --batch-size 2
+check cuda 1 "not built with a CUDA backend yet" -- "${gen[@]}" --prompt x --device cuda
+check unknown_sched 1 "unknown scheduler 'Euler b'" -- "${gen[@]}" --prompt x --scheduler "Euler b"
+check unknown_key 1 "unknown key 'etta' for plugin 'ddim'" -- "${gen[@]}" --prompt x --scheduler ddim --set etta=1
+check unknown_opt 2 "unknown option '--colour'" -- "${gen[@]}" --prompt x --colour red
+check bad_output 1 "cannot create" -- "${gen[@]}" --prompt x -o nodir/x.png
+[[ ! -e nodir ]] && pass=$((pass + 1))
+echo "cli generate: $pass passed, 0 failed"
