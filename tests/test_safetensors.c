@@ -1157,7 +1157,7 @@ START_TEST(test_inspect_bad_input) {
     spit(path.s, buf, len);
     free(buf);
     run_result r = run_cli(pathf("inspect '%s'", path.s).s);
-    ck_assert_int_eq(r.status, 1);
+    ck_assert_msg(r.status == 1, "%s: exit status %d, stderr: %s", c->name, r.status, r.err);
     ck_assert_str_eq(r.out, "");
     lh_path head = pathf("lorahost inspect: %s: ", path.s);
     ck_assert_msg(!strncmp(r.err, head.s, strlen(head.s)), "stderr: %s", r.err);
