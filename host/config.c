@@ -300,6 +300,10 @@ static lh_status open_set(lh_settings *s, const char *section, const char *key,
             return lh_error_set(err, LH_ERR_CONFIG,
                                 "%s: key '%s' in [%s] must be lower-case letters, digits and '_'",
                                 where, clip(c, key), section);
+    long bad = utf8_invalid_at(value); /* the plugin reads it as text, like any value */
+    if (bad >= 0)
+        return lh_error_set(err, LH_ERR_CONFIG, "%s: %s.%s: not valid UTF-8 at byte %ld", where,
+                            section, key, bad + 1);
     lh__open *o = NULL;
     for (size_t i = 0; i < s->n_open; i++)
         if (s->open[i].section == section && !strcmp(s->open[i].key, key)) o = &s->open[i];

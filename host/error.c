@@ -27,12 +27,20 @@ const char *lh_strerror(lh_status code) {
     return "unknown status";
 }
 
+/* Control characters (from names and values in the input) become '?', so
+ * that every message is one line. */
+static void one_line(char *msg) {
+    for (char *p = msg; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
+}
+
 lh_status lh_error_set(lh_error *err, lh_status code, const char *fmt, ...) {
     if (err) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(err->msg, sizeof err->msg, fmt, ap);
         va_end(ap);
+        one_line(err->msg);
         err->code = code;
     }
     return code;
@@ -47,6 +55,7 @@ lh_status lh_error_prefix(lh_error *err, const char *fmt, ...) {
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
     snprintf(err->msg, sizeof err->msg, "%s: %s", head, old);
+    one_line(err->msg);
     return err->code;
 }
 

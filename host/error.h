@@ -8,7 +8,8 @@
 
 #include "lorahost/lorahost.h"
 
-/* Fill err (may be NULL) with code and a printf-style message; returns code. */
+/* Fill err (may be NULL) with code and a printf-style message; returns code.
+ * Control characters in the message become '?': every message is one line. */
 lh_status lh_error_set(lh_error *err, lh_status code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

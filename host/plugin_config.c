@@ -176,8 +176,9 @@ static int parse_double(const char *s, double *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
+    if (end == s) return -1; /* no number (a blank value is not 0) */
     while (isspace((unsigned char)*end)) end++;
-    if (end == s || *end || errno == ERANGE) return -1;
+    if (*end || errno == ERANGE) return -1;
     *out = v;
     return 0;
 }

@@ -286,7 +286,19 @@ lh_status sched_base_init(sched_base *b, const lh_host_api *host, const char *id
         sched_base_free(b);
         return st;
     }
-    if (rescale) rescale_zero_terminal_snr(b->betas, n);
+    if (rescale) {
+        rescale_zero_terminal_snr(b->betas, n);
+        /* 0/0 where sqrt(alphas_cumprod) stops falling before the end
+         * (betas that round to 0 in float32, or a product that underflows) */
+        for (int64_t i = 0; i < n; i++)
+            if (!isfinite(b->betas[i])) {
+                sched_base_free(b);
+                return sched_fail(err, err_size, LH_ERR_CONFIG,
+                                  "%s: rescale_betas_zero_snr: this beta schedule cannot be "
+                                  "rescaled (float32 alphas_cumprod reaches its last value "
+                                  "before the last timestep)", id);
+            }
+    }
     double acc = 1.0;
     for (int64_t i = 0; i < n; i++) {
         acc *= (double)(1.0f - b->betas[i]);
