@@ -1,5 +1,5 @@
 /* `lorahost generate`: txt2img (or img2img with --init-image) from a diffusers
- * model directory to PNG files carrying A1111-style "parameters" text.
+ * model directory or a single-file checkpoint to PNG files carrying A1111-style "parameters" text.
  * Options override the [generate], [model], [plugins] and [backend] keys of
  * --config FILE; `lorahost generate --help` lists them (docs/generate.md). */
 #include <errno.h>
@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,7 +26,12 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: lorahost generate --model PATH --prompt TEXT [options]\n"
             "\n"
-            "  --model PATH            diffusers model directory            [model] path\n"
+            "  --model PATH            diffusers model directory or single-file\n"
+            "                          checkpoint (.safetensors, SD 1.x/2.x)  [model] path\n"
+            "  --tokenizer DIR         single file: vocab.json + merges.txt (default: the\n"
+            "                          CLIP vocabulary lorahost ships)\n"
+            "  --model-config DIR      single file: a diffusers model directory whose unet/,\n"
+            "                          vae/, text_encoder/ config.json describe the file\n"
             "  --prompt TEXT           what to draw (UTF-8)                 [generate] prompt\n"
             "  --negative-prompt TEXT  what to avoid                        [generate] negative_prompt\n"
             "  --steps N               denoising steps, 1..1000 (30)        [generate] steps\n"
@@ -46,6 +53,8 @@ static void usage(FILE *out) {
             "  --threads N             CPU threads, 0 = all                 [backend] threads\n"
             "  --plugin-dir DIR        also load plugins from DIR           [plugins] dirs\n"
             "  --quiet                 no progress output\n"
+            "  --timings               print stage timings and peak RSS as one JSON line\n"
+            "                          on standard error\n"
             "  --config FILE.ini       settings file; --set SECTION.KEY=VALUE overrides a key,\n"
             "                          --set KEY=VALUE sets a scheduler key (use_karras_sigmas=true)\n");
 }
@@ -106,6 +115,26 @@ static void on_step(void *user, int32_t i, int32_t n) {
     fflush(stderr);
 }
 
+static double mono_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* --timings: one JSON line on stderr (docs/generate.md, "Timings"). */
+static void print_timings(const lh_gen_result *r, double load_s, double total_s, int img2img) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru); /* ru_maxrss: KiB on Linux */
+    fprintf(stderr, "{\"load_s\": %.4f, \"text_encoder_s\": %.4f, \"unet_steps_s\": [", load_s,
+            r->text_encoder_s);
+    for (int32_t i = 0; r->step_s && i < r->steps_run; i++)
+        fprintf(stderr, "%s%.4f", i ? ", " : "", r->step_s[i]);
+    fprintf(stderr, "], ");
+    if (img2img) fprintf(stderr, "\"vae_encode_s\": %.4f, ", r->vae_encode_s);
+    fprintf(stderr, "\"vae_decode_s\": %.4f, \"total_s\": %.4f, \"peak_rss_mb\": %.1f}\n",
+            r->vae_decode_s, total_s, (double)ru.ru_maxrss / 1024.0);
+}
+
 static uint64_t random_seed(void) {
     uint32_t v = 0;
     FILE *f = fopen("/dev/urandom", "rb");
@@ -163,14 +192,25 @@ static int save_latents(const char *path, const lh_gen_result *r, const char *pa
     return st == LH_OK ? 0 : 1;
 }
 
+/* Whether the user chose a prediction_type (--set [scheduler.]prediction_type=...). */
+static int prediction_given(const lh_gen_params *p) {
+    for (size_t i = 0; i < p->n_overrides; i++)
+        if (!strncmp(p->overrides[i], "prediction_type=", 16)) return 1;
+    const char *section, *key;
+    for (size_t i = 0; p->settings && lh_settings_open_at(p->settings, i, &section, &key); i++)
+        if (!strcmp(section, "scheduler") && !strcmp(key, "prediction_type")) return 1;
+    return 0;
+}
+
 /* ---- The command ---- */
 
 typedef struct opts {
     const char *model, *init_image, *init_noise, *save_latents, *output, *device;
+    const char *tokenizer, *model_config;
     const char *dirs[MAX_DIRS];
     size_t n_dirs;
     int64_t threads;
-    int quiet, size_given;
+    int quiet, size_given, timings;
 } opts;
 
 static int settings_defaults(lh_gen_params *p, opts *o, const lh_settings *s) {
@@ -218,6 +258,9 @@ static int parse_args(lh_gen_params *p, opts *o, int argc, char **argv) {
         } else if (!strcmp(a, "--quiet")) {
             o->quiet = 1;
             takes = 0;
+        } else if (!strcmp(a, "--timings")) {
+            o->timings = 1;
+            takes = 0;
         } else if (!strcmp(a, "--vae-tiling")) {
             p->vae_tiling = 1;
             takes = 0;
@@ -227,6 +270,10 @@ static int parse_args(lh_gen_params *p, opts *o, int argc, char **argv) {
             return 2;
         } else if (!strcmp(a, "--model")) {
             o->model = v;
+        } else if (!strcmp(a, "--tokenizer")) {
+            o->tokenizer = v;
+        } else if (!strcmp(a, "--model-config")) {
+            o->model_config = v;
         } else if (!strcmp(a, "--prompt")) {
             p->prompt = v;
         } else if (!strcmp(a, "--negative-prompt")) {
@@ -353,10 +400,30 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
         fprintf(stderr, NAME ": cpu backend: %s\n", msg);
         goto done;
     }
-    if (lh_model_open(&m, be, o.model, &err) != LH_OK) {
+    double t_load = mono_s();
+    struct stat sb;
+    lh_model_opts mo = {o.tokenizer, o.model_config};
+    if (stat(o.model, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        if (lh_model_open_single_file(&m, be, o.model, &mo, &err) != LH_OK) {
+            fprintf(stderr, NAME ": %s\n", err.msg);
+            goto done;
+        }
+        if (m->info.prediction_guessed && !o.quiet && !prediction_given(&p))
+            fprintf(stderr,
+                    NAME ": %s: an SD 2.x checkpoint whose metadata does not say what it "
+                    "predicts: assuming epsilon (512-base); a 768-v model needs --set "
+                    "scheduler.prediction_type=v_prediction\n",
+                    m->info.name);
+    } else if (o.tokenizer || o.model_config) {
+        fprintf(stderr, NAME ": %s is for single-file checkpoints; %s is not a file\n",
+                o.tokenizer ? "--tokenizer" : "--model-config", o.model);
+        rc = 2;
+        goto done;
+    } else if (lh_model_open(&m, be, o.model, &err) != LH_OK) {
         fprintf(stderr, NAME ": %s\n", err.msg);
         goto done;
     }
+    t_load = mono_s() - t_load;
     if (lh_pipeline_check(m, &p, image != NULL, &err) != LH_OK) {
         fprintf(stderr, NAME ": %s\n", err.msg);
         goto done;
@@ -376,12 +443,14 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
         fprintf(stderr, NAME ": %s model %s, %lldx%lld, seed %llu\n",
                 lh_model_arch_name(m->info.arch), m->info.name, (long long)p.width,
                 (long long)p.height, (unsigned long long)p.seed);
+    double t_gen = mono_s();
     lh_status st = image ? lh_pipeline_img2img(m, reg, &p, &r, &err)
                          : lh_pipeline_txt2img(m, reg, &p, &r, &err);
     if (st != LH_OK) {
         fprintf(stderr, NAME ": %s\n", err.msg);
         goto done;
     }
+    if (o.timings) print_timings(&r, t_load, mono_s() - t_gen, image != NULL);
     const char *sampler = p.scheduler && *p.scheduler ? p.scheduler
                           : m->info.scheduler_class[0] ? m->info.scheduler_class
                                                        : r.scheduler_id;

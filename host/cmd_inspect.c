@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "ldm_keys.h"
 #include "lorahost/lorahost.h"
 
 static const char USAGE[] =
@@ -68,6 +69,26 @@ static const lh_kind_rule *looks_like(const lh_st_tensor *const *tensors, size_t
 
 /* ---- Gathering ---- */
 
+/* "SD 2.x (U-Net, VAE, text encoder), prediction v" or why lorahost refuses it. */
+static void describe_checkpoint(char buf[LH_ERROR_MAX], const lh_st_file *f) {
+    lh_ldm_info ldm;
+    lh_error err = {0};
+    if (lh_ldm_detect(f, &ldm, &err) != LH_OK) {
+        snprintf(buf, LH_ERROR_MAX, "not usable: %s", err.msg);
+        return;
+    }
+    static const char *const PART[LH_LDM_PART_COUNT] = {"U-Net", "VAE", "text encoder"};
+    static const char *const PRED[LH_LDM_PRED_COUNT] = {
+        "epsilon", "v", "not in the metadata (epsilon assumed)"};
+    char parts[64] = "";
+    for (int i = 0; i < LH_LDM_PART_COUNT; i++)
+        if (ldm.has[i])
+            snprintf(parts + strlen(parts), sizeof parts - strlen(parts), "%s%s",
+                     parts[0] ? ", " : "", PART[i]);
+    snprintf(buf, LH_ERROR_MAX, "%s (%s), prediction %s",
+             ldm.arch == LH_LDM_ARCH_SD2 ? "SD 2.x" : "SD 1.x", parts, PRED[ldm.prediction]);
+}
+
 typedef struct lh_inspect {
     const lh_st_file *file;
     const lh_st_tensor **sorted; /* by name */
@@ -77,6 +98,7 @@ typedef struct lh_inspect {
         dtype_bytes[LH_DTYPE_COUNT];
     const lh_kind_rule *kind;
     const char *network_dim, *network_alpha; /* kohya metadata, or NULL */
+    char checkpoint[LH_ERROR_MAX]; /* single-file SD checkpoint: lh_ldm_detect's verdict */
 } lh_inspect;
 
 static int cmp_names(const void *a, const void *b) {
@@ -103,6 +125,7 @@ static int gather(lh_inspect *in, const lh_st_file *f) {
     in->kind = looks_like(in->sorted, in->n);
     in->network_dim = lh_st_meta_find(f, "ss_network_dim");
     in->network_alpha = lh_st_meta_find(f, "ss_network_alpha");
+    if (!strcmp(in->kind->kind, "sd_checkpoint")) describe_checkpoint(in->checkpoint, f);
     return 0;
 }
 
@@ -200,6 +223,10 @@ static void print_text(const lh_inspect *in) {
                    (long long)in->dtype_params[d], (long long)in->dtype_bytes[d]);
 
     printf("\nlooks like: %s", in->kind->label);
+    if (in->checkpoint[0]) {
+        printf(": ");
+        put_text(stdout, in->checkpoint, SIZE_MAX);
+    }
     if (in->network_dim) {
         printf(", network_dim ");
         put_text(stdout, in->network_dim, META_VALUE_MAX);
@@ -266,6 +293,8 @@ static json_t *to_json(const lh_inspect *in) {
     bad |= json_object_set(root, "looks_like", kind);
     bad |= json_object_set_new(kind, "kind", json_string(in->kind->kind));
     bad |= json_object_set_new(kind, "label", json_string(in->kind->label));
+    if (in->checkpoint[0])
+        bad |= json_object_set_new(kind, "checkpoint", json_string(in->checkpoint));
     if (in->network_dim)
         bad |= json_object_set_new(kind, "network_dim", json_string(in->network_dim));
     if (in->network_alpha)

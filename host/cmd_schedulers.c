@@ -165,7 +165,7 @@ static int run(lh_settings *settings, int argc, char **argv, const char **overri
             print_list(reg, json);
         }
     } else {
-        lh_scheduler_opts o = {name, config_json, settings, overrides, n_overrides};
+        lh_scheduler_opts o = {name, config_json, settings, overrides, n_overrides, NULL, NULL};
         lh_scheduler *s = NULL;
         if (steps < 0) steps = 30;
         if (steps > 100000) {

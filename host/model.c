@@ -1,12 +1,16 @@
-/* Opening a Stable Diffusion model: diffusers directory layout, architecture
- * detection from the configs, and loading of its four components. */
+/* Opening a Stable Diffusion model: diffusers directory layout or LDM single
+ * file, architecture detection, and loading of its four components. */
 #include "model.h"
 
+#include <dlfcn.h>
 #include <jansson.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include "ldm_keys.h"
 
 /* ---- Small helpers ---- */
 
@@ -72,12 +76,13 @@ static const char *token_text(json_t *v) {
     return NULL;
 }
 
-static void read_pad_token(lh_model_info *info) {
-    static const char *const FILES[] = {"tokenizer/special_tokens_map.json",
-                                        "tokenizer/tokenizer_config.json"};
+/* The pad token: tok_dir's special_tokens_map.json, else its
+ * tokenizer_config.json, else the architecture's default. */
+static void read_pad_token(lh_model_info *info, const char *tok_dir) {
+    static const char *const FILES[] = {"special_tokens_map.json", "tokenizer_config.json"};
     for (size_t i = 0; i < 2; i++) {
         char p[LH_MODEL_PATH_MAX + 64];
-        snprintf(p, sizeof p, "%s/%s", info->path, FILES[i]);
+        snprintf(p, sizeof p, "%s/%s", tok_dir, FILES[i]);
         if (!is_file(p)) continue;
         json_t *j = json_load_file(p, 0, NULL);
         const char *t = j ? token_text(json_object_get(j, "pad_token")) : NULL;
@@ -161,10 +166,7 @@ static lh_status detect_scheduler(lh_model_info *info, lh_error *err) {
 lh_status lh_model_detect(lh_model_info *info, const char *path, lh_error *err) {
     memset(info, 0, sizeof *info);
     if (!path || !*path) return lh_error_set(err, LH_ERR_INVALID, "no model path given");
-    if (is_file(path)) {
-        lh_model *m = NULL;
-        return lh_model_open_single_file(&m, NULL, path, err);
-    }
+    if (is_file(path)) return lh_model_detect_single_file(info, path, NULL, err);
     if (!is_dir(path))
         return lh_error_set(err, LH_ERR_NOT_FOUND, "model %s: no such file or directory", path);
     if (strlen(path) >= sizeof info->path - 64)
@@ -204,70 +206,238 @@ lh_status lh_model_detect(lh_model_info *info, const char *path, lh_error *err) 
                    "scheduler/scheduler_config.json", err)) != LH_OK ||
         (st = detect_scheduler(info, err)) != LH_OK)
         return st;
-    read_pad_token(info);
+    if ((st = join(info->tokenizer, sizeof info->tokenizer, info->path, "tokenizer", err)))
+        return st;
+    read_pad_token(info, info->tokenizer);
     return LH_OK;
+}
+
+/* ---- Single files ---- */
+
+const char *lh_model_tokenizer_dir(void) {
+    static char dir[PATH_MAX];
+    if (dir[0]) return dir;
+    char p[PATH_MAX + 64];
+    Dl_info dl;
+    if (dladdr((void *)lh_model_tokenizer_dir, &dl) && dl.dli_fname) {
+        char lib[PATH_MAX];
+        char *slash = realpath(dl.dli_fname, lib) ? strrchr(lib, '/') : NULL;
+        if (slash) {
+            *slash = '\0';
+            snprintf(p, sizeof p, "%s/%s", lib, LH_TOKENIZER_REL_DIR);
+            char vocab[PATH_MAX + 64];
+            snprintf(vocab, sizeof vocab, "%s/vocab.json", p);
+            if (is_file(vocab) && realpath(p, dir)) return dir;
+            dir[0] = '\0';
+        }
+    }
+    snprintf(p, sizeof p, "%s/vocab.json", LH_TOKENIZER_INSTALL_DIR);
+    snprintf(dir, sizeof dir, "%s",
+             is_file(p) ? LH_TOKENIZER_INSTALL_DIR : LH_TOKENIZER_SOURCE_DIR);
+    return dir;
+}
+
+/* diffusers' from_single_file schedulers: the scheduler_config.json of
+ * stable-diffusion-v1-5 (SD 1.x) and stable-diffusion-2-1 (SD 2.x; its
+ * prediction_type is what the file says, see lh_model_detect_single_file). */
+static void default_scheduler(lh_model_info *info) {
+    snprintf(info->scheduler_class, sizeof info->scheduler_class, "%s",
+             info->arch == LH_MODEL_ARCH_SD2 ? "DDIMScheduler" : "PNDMScheduler");
+    snprintf(info->scheduler_json, sizeof info->scheduler_json,
+             "{\"_class_name\": \"%s\", \"beta_end\": 0.012, \"beta_schedule\": \"scaled_linear\", "
+             "\"beta_start\": 0.00085, \"clip_sample\": false, \"num_train_timesteps\": 1000, "
+             "\"prediction_type\": \"%s\", \"set_alpha_to_one\": false, \"skip_prk_steps\": true, "
+             "\"steps_offset\": 1}",
+             info->scheduler_class, info->prediction_type);
+}
+
+/* opts->config's component configs over the ones the shapes imply. */
+static lh_status read_configs(lh_ldm_info *ldm, const char *dir, lh_error *err) {
+    char p[LH_MODEL_PATH_MAX + 64];
+    lh_status st = LH_OK;
+    if (!is_dir(dir))
+        return lh_error_set(err, LH_ERR_NOT_FOUND, "model config %s: not a directory", dir);
+    snprintf(p, sizeof p, "%s/unet/config.json", dir);
+    if (is_file(p) && (st = lh_unet_config_read(&ldm->unet, p, err))) return st;
+    snprintf(p, sizeof p, "%s/vae/config.json", dir);
+    if (is_file(p) && (st = lh_vae_config_read(&ldm->vae, p, err))) return st;
+    snprintf(p, sizeof p, "%s/text_encoder/config.json", dir);
+    if (is_file(p) && (st = lh_clip_config_read(&ldm->clip, p, err))) return st;
+    return LH_OK;
+}
+
+/* Header and configs of a single file; *f stays open for loading if asked. */
+static lh_status detect_file(lh_model_info *info, lh_ldm_info *ldm, lh_st_file **keep,
+                             const char *path, const lh_model_opts *opts, lh_error *err) {
+    memset(info, 0, sizeof *info);
+    if (strlen(path) >= sizeof info->path - 64)
+        return lh_error_set(err, LH_ERR_INVALID, "model path too long: %s", path);
+    snprintf(info->path, sizeof info->path, "%s", path);
+    info->single_file = 1;
+    const char *base = strrchr(path, '/');
+    snprintf(info->name, sizeof info->name, "%s", base ? base + 1 : path);
+    char *dot = strrchr(info->name, '.');
+    if (dot && dot != info->name) *dot = '\0';
+
+    lh_st_file *f = NULL;
+    lh_status st = lh_st_open(&f, path, err);
+    if (st != LH_OK) return st;
+    if ((st = lh_ldm_detect(f, ldm, err)) != LH_OK) {
+        lh_st_close(f);
+        return st;
+    }
+    static const char *const PART[LH_LDM_PART_COUNT] = {
+        "U-Net (model.diffusion_model.*)", "VAE (first_stage_model.*)",
+        "text encoder (cond_stage_model.*)"};
+    for (int i = 0; i < LH_LDM_PART_COUNT; i++)
+        if (!ldm->has[i]) {
+            lh_st_close(f);
+            return lh_error_set(err, LH_ERR_UNSUPPORTED,
+                                "model %s: the file has no %s; lorahost needs a full checkpoint "
+                                "(U-Net, VAE and text encoder in one file)",
+                                path, PART[i]);
+        }
+    if (opts && opts->config && (st = read_configs(ldm, opts->config, err)) != LH_OK) {
+        lh_st_close(f);
+        return st;
+    }
+    info->arch = ldm->arch == LH_LDM_ARCH_SD2 ? LH_MODEL_ARCH_SD2 : LH_MODEL_ARCH_SD1;
+    info->cross_attention_dim = ldm->unet.cross_attention_dim;
+    info->prediction_guessed = ldm->prediction == LH_LDM_PRED_UNKNOWN;
+    snprintf(info->prediction_type, sizeof info->prediction_type, "%s",
+             ldm->prediction == LH_LDM_PRED_V ? "v_prediction" : "epsilon");
+    default_scheduler(info);
+
+    const char *tok = opts && opts->tokenizer ? opts->tokenizer : lh_model_tokenizer_dir();
+    snprintf(info->tokenizer, sizeof info->tokenizer, "%s", tok);
+    static const char *const TOK_FILES[] = {"vocab.json", "merges.txt"};
+    for (size_t i = 0; i < 2; i++) {
+        char p[LH_MODEL_PATH_MAX + 64];
+        snprintf(p, sizeof p, "%s/%s", tok, TOK_FILES[i]);
+        if (!is_file(p)) {
+            lh_st_close(f);
+            return lh_error_set(err, LH_ERR_NOT_FOUND,
+                                "model %s: tokenizer %s has no %s (a single-file checkpoint holds "
+                                "no tokenizer: --tokenizer DIR names a directory with vocab.json "
+                                "and merges.txt)",
+                                path, tok, TOK_FILES[i]);
+        }
+    }
+    read_pad_token(info, tok);
+    if (keep)
+        *keep = f;
+    else
+        lh_st_close(f);
+    return LH_OK;
+}
+
+lh_status lh_model_detect_single_file(lh_model_info *info, const char *path,
+                                      const lh_model_opts *opts, lh_error *err) {
+    lh_ldm_info ldm;
+    return detect_file(info, &ldm, NULL, path, opts, err);
 }
 
 /* ---- Loading ---- */
 
+/* The tokenizer of m->info (and its pad token). */
+static lh_status open_tokenizer(lh_model *m, lh_error *err) {
+    char a[LH_MODEL_PATH_MAX + 64], b[LH_MODEL_PATH_MAX + 64];
+    const char *dir = m->info.tokenizer;
+    snprintf(a, sizeof a, "%s/vocab.json", dir);
+    snprintf(b, sizeof b, "%s/merges.txt", dir);
+    lh_status st = lh_tokenizer_open(&m->tok, a, b, err);
+    if (st != LH_OK) return st;
+    m->pad_id = lh_tokenizer_token_id(m->tok, m->info.pad_token);
+    if (m->pad_id < 0)
+        return lh_error_set(err, LH_ERR_CONFIG, "model %s: tokenizer pad token '%s' is not in %s",
+                            m->info.path, m->info.pad_token, a);
+    if (!strcmp(m->info.pad_token, "!"))
+        /* SD 2.x: transformers makes the pad token "!" special (tokenizer.h) */
+        return lh_tokenizer_add_special(m->tok, "!", 0, err);
+    return LH_OK;
+}
+
+/* After the text encoder: the tokenizer must fit it, it the U-Net. */
+static lh_status check_text_encoder(lh_model *m, lh_error *err) {
+    const lh_clip_config *cc = lh_clip_get_config(m->clip);
+    if ((int64_t)lh_tokenizer_vocab_size(m->tok) > cc->vocab_size)
+        return lh_error_set(err, LH_ERR_SHAPE,
+                            "model %s: %s/vocab.json has %zu tokens but the text encoder's "
+                            "vocab_size is %lld%s",
+                            m->info.path, m->info.tokenizer, lh_tokenizer_vocab_size(m->tok),
+                            (long long)cc->vocab_size,
+                            m->info.single_file ? " (give the model's own tokenizer with "
+                                                  "--tokenizer DIR)"
+                                                : "");
+    if (cc->hidden_size != m->info.cross_attention_dim)
+        return lh_error_set(err, LH_ERR_SHAPE,
+                            "model %s: text encoder hidden_size %lld does not match the U-Net's "
+                            "cross_attention_dim %lld",
+                            m->info.path, (long long)cc->hidden_size,
+                            (long long)m->info.cross_attention_dim);
+    return LH_OK;
+}
+
+static lh_status check_vae(lh_model *m, lh_error *err) {
+    if (lh_vae_get_config(m->vae)->latent_channels != lh_unet_get_config(m->unet)->in_channels)
+        return lh_error_set(err, LH_ERR_SHAPE,
+                            "model %s: the VAE has %lld latent channels, the U-Net takes %lld",
+                            m->info.path, (long long)lh_vae_get_config(m->vae)->latent_channels,
+                            (long long)lh_unet_get_config(m->unet)->in_channels);
+    return LH_OK;
+}
+
+/* A component that does not load with the configs implied by the shapes
+ * (heads or group-norm groups other than SD's): say how to give real ones. */
+static lh_status config_hint(lh_status st, const lh_model_opts *opts, lh_error *err) {
+    if (st == LH_OK || st == LH_ERR_NOMEM || !err || (opts && opts->config)) return st;
+    char msg[LH_ERROR_MAX];
+    snprintf(msg, sizeof msg, "%s", err->msg);
+    return lh_error_set(err, st,
+                        "%s (configs implied by the file's shapes and SD defaults; "
+                        "--model-config DIR reads a diffusers model directory's)",
+                        msg);
+}
+
 lh_status lh_model_open_single_file(lh_model **out, lh_backend *be, const char *path,
-                                    lh_error *err) {
-    (void)be;
+                                    const lh_model_opts *opts, lh_error *err) {
     *out = NULL;
-    /* Hook for host/ldm_keys.*: map model.diffusion_model.*, first_stage_model.*
-     * and cond_stage_model.* keys onto the diffusers names the loaders read
-     * (lh_unet_load_st / lh_vae_load_st / lh_clip_load_st take a prefix or
-     * an lh_wsource view), detect the architecture from the keys, then fill
-     * an lh_model as lh_model_open does. */
-    return lh_error_set(err, LH_ERR_UNSUPPORTED,
-                        "model %s: single-file checkpoints are not supported yet; use a "
-                        "diffusers model directory (model_index.json, unet/, text_encoder/, "
-                        "vae/, tokenizer/, scheduler/)",
-                        path);
+    lh_model *m = calloc(1, sizeof *m);
+    if (!m) return lh_error_set(err, LH_ERR_NOMEM, "out of memory opening model %s", path);
+    m->be = be;
+    lh_ldm_info ldm;
+    lh_st_file *f = NULL;
+    lh_status st = detect_file(&m->info, &ldm, &f, path, opts, err);
+    if (st == LH_OK) st = open_tokenizer(m, err);
+    if (st == LH_OK) st = config_hint(lh_ldm_load_clip(&m->clip, be, f, &ldm, err), opts, err);
+    if (st == LH_OK) st = check_text_encoder(m, err);
+    if (st == LH_OK) st = config_hint(lh_ldm_load_unet(&m->unet, be, f, &ldm, err), opts, err);
+    if (st == LH_OK) st = config_hint(lh_ldm_load_vae(&m->vae, be, f, &ldm, err), opts, err);
+    if (st == LH_OK) st = check_vae(m, err);
+    lh_st_close(f);
+    if (st != LH_OK) {
+        lh_model_close(m);
+        return st;
+    }
+    *out = m;
+    return LH_OK;
 }
 
 lh_status lh_model_open(lh_model **out, lh_backend *be, const char *path, lh_error *err) {
     *out = NULL;
-    if (path && is_file(path)) return lh_model_open_single_file(out, be, path, err);
+    if (path && is_file(path)) return lh_model_open_single_file(out, be, path, NULL, err);
     lh_model *m = calloc(1, sizeof *m);
     if (!m) return lh_error_set(err, LH_ERR_NOMEM, "out of memory opening model %s", path);
     m->be = be;
     lh_status st = lh_model_detect(&m->info, path, err);
-    char a[LH_MODEL_PATH_MAX + 64], b[LH_MODEL_PATH_MAX + 64];
+    char a[LH_MODEL_PATH_MAX + 64];
     const char *dir = m->info.path;
-    if (st == LH_OK) {
-        snprintf(a, sizeof a, "%s/tokenizer/vocab.json", dir);
-        snprintf(b, sizeof b, "%s/tokenizer/merges.txt", dir);
-        st = lh_tokenizer_open(&m->tok, a, b, err);
-    }
-    if (st == LH_OK) {
-        m->pad_id = lh_tokenizer_token_id(m->tok, m->info.pad_token);
-        if (m->pad_id < 0)
-            st = lh_error_set(err, LH_ERR_CONFIG,
-                              "model %s: tokenizer pad token '%s' is not in tokenizer/vocab.json",
-                              dir, m->info.pad_token);
-        else if (!strcmp(m->info.pad_token, "!"))
-            /* SD 2.x: transformers makes the pad token "!" special (tokenizer.h) */
-            st = lh_tokenizer_add_special(m->tok, "!", 0, err);
-    }
+    if (st == LH_OK) st = open_tokenizer(m, err);
     if (st == LH_OK) {
         snprintf(a, sizeof a, "%s/text_encoder", dir);
         st = lh_clip_load(&m->clip, be, a, err);
     }
-    if (st == LH_OK) {
-        const lh_clip_config *cc = lh_clip_get_config(m->clip);
-        if ((int64_t)lh_tokenizer_vocab_size(m->tok) > cc->vocab_size)
-            st = lh_error_set(err, LH_ERR_SHAPE,
-                              "model %s: tokenizer/vocab.json has %zu tokens but the text "
-                              "encoder's vocab_size is %lld",
-                              dir, lh_tokenizer_vocab_size(m->tok), (long long)cc->vocab_size);
-        else if (cc->hidden_size != m->info.cross_attention_dim)
-            st = lh_error_set(err, LH_ERR_SHAPE,
-                              "model %s: text encoder hidden_size %lld does not match the "
-                              "U-Net's cross_attention_dim %lld",
-                              dir, (long long)cc->hidden_size,
-                              (long long)m->info.cross_attention_dim);
-    }
+    if (st == LH_OK) st = check_text_encoder(m, err);
     if (st == LH_OK) {
         snprintf(a, sizeof a, "%s/unet", dir);
         st = lh_unet_load(&m->unet, be, a, err);
@@ -276,12 +446,7 @@ lh_status lh_model_open(lh_model **out, lh_backend *be, const char *path, lh_err
         snprintf(a, sizeof a, "%s/vae", dir);
         st = lh_vae_load(&m->vae, be, a, err);
     }
-    if (st == LH_OK && lh_vae_get_config(m->vae)->latent_channels !=
-                           lh_unet_get_config(m->unet)->in_channels)
-        st = lh_error_set(err, LH_ERR_SHAPE,
-                          "model %s: the VAE has %lld latent channels, the U-Net takes %lld",
-                          dir, (long long)lh_vae_get_config(m->vae)->latent_channels,
-                          (long long)lh_unet_get_config(m->unet)->in_channels);
+    if (st == LH_OK) st = check_vae(m, err);
     if (st != LH_OK) {
         lh_model_close(m);
         return st;

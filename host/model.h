@@ -1,9 +1,9 @@
 /* A Stable Diffusion model as users have it on disk, opened for generation:
  * the architecture read off its configs, then tokenizer, text encoder, U-Net
- * and VAE loaded onto a backend. Today: diffusers model directories
- * (model_index.json, unet/, text_encoder/, vae/, tokenizer/, scheduler/).
- * Single-file checkpoints (.safetensors with model.diffusion_model.* keys)
- * come through lh_model_open_single_file once host/ldm_keys.* lands. */
+ * and VAE loaded onto a backend. Two layouts: diffusers model directories
+ * (model_index.json, unet/, text_encoder/, vae/, tokenizer/, scheduler/) and
+ * single-file LDM checkpoints (.safetensors with model.diffusion_model.*,
+ * first_stage_model.*, cond_stage_model.* keys: host/ldm_keys.*). */
 #ifndef LH_HOST_MODEL_H
 #define LH_HOST_MODEL_H
 
@@ -30,14 +30,37 @@ typedef enum lh_model_arch {
  * relative as `path` was given. */
 typedef struct lh_model_info {
     lh_model_arch arch;
-    char path[LH_MODEL_PATH_MAX];             /* the directory */
-    char name[256];                           /* its base name, for PNG metadata */
-    char scheduler_config[LH_MODEL_PATH_MAX]; /* scheduler/scheduler_config.json */
+    char path[LH_MODEL_PATH_MAX];             /* the directory or single file */
+    char name[256];                           /* its base name (a file's without
+                                                 extension), for PNG metadata */
+    char scheduler_config[LH_MODEL_PATH_MAX]; /* scheduler/scheduler_config.json,
+                                                 "" for a single file */
+    char scheduler_json[512];                 /* a single file: the built-in
+                                                 scheduler config (JSON text) */
     char scheduler_class[64];                 /* its _class_name, "" if none */
     char prediction_type[32];                 /* epsilon (default), v_prediction, sample */
+    char tokenizer[LH_MODEL_PATH_MAX];        /* the directory with vocab.json + merges.txt */
     char pad_token[64];                       /* the tokenizer's pad token */
     int64_t cross_attention_dim;              /* the U-Net's */
+    int single_file;                          /* 1: an LDM single-file checkpoint */
+    int prediction_guessed;                   /* 1: an SD 2.x single file whose metadata
+                                                 does not say epsilon or v: epsilon assumed */
 } lh_model_info;
+
+/* What a single-file checkpoint does not hold (a model directory has its
+ * own; giving these for one is LH_ERR_INVALID). NULL fields take defaults. */
+typedef struct lh_model_opts {
+    /* Directory with vocab.json + merges.txt (+ special_tokens_map.json or
+     * tokenizer_config.json for the pad token). Default: the CLIP BPE
+     * vocabulary lorahost ships, lh_model_tokenizer_dir(). */
+    const char *tokenizer;
+    /* A diffusers model directory whose unet/, vae/ and text_encoder/
+     * config.json replace the configs implied by the file's shapes (the
+     * numbers weights do not hold: attention heads, group-norm groups,
+     * scaling factor), as diffusers' from_single_file(config=DIR). Only the
+     * configs present are used; its tokenizer/ and scheduler/ are not. */
+    const char *config;
+} lh_model_opts;
 
 typedef struct lh_model {
     lh_model_info info;
@@ -68,20 +91,43 @@ LH_API const char *lh_model_arch_name(lh_model_arch arch);
  *     SD 2.x 768-v models); the scheduler plugins read it from there too;
  *   - the pad token is tokenizer/special_tokens_map.json's pad_token, else
  *     tokenizer_config.json's, else <|endoftext|> (SD 1.x) or "!" (SD 2.x).
- * A path to a file goes to lh_model_open_single_file's check instead. */
+ * A path to a file is read as a single-file checkpoint with default options
+ * (lh_model_detect_single_file). */
 LH_API lh_status lh_model_detect(lh_model_info *info, const char *path, lh_error *err);
+
+/* A single-file checkpoint's header, loading no weights: lh_ldm_detect
+ * decides the architecture (SDXL, inpainting and files lacking the U-Net,
+ * VAE or text encoder are refused with its message or one naming the part);
+ * the scheduler is diffusers' from_single_file default for it:
+ *   SD 1.x: stable-diffusion-v1-5's PNDMScheduler (scaled_linear
+ *           0.00085..0.012, steps_offset 1, skip_prk_steps);
+ *   SD 2.x: stable-diffusion-2-1's DDIMScheduler (same betas), with
+ *           prediction_type v_prediction only if the file's metadata says
+ *           so (modelspec.prediction_type "v", ss_v_parameterization);
+ *           without such metadata epsilon and prediction_guessed = 1;
+ * and the tokenizer opts->tokenizer or the shipped one, which must hold
+ * vocab.json and merges.txt (LH_ERR_NOT_FOUND naming the directory). */
+LH_API lh_status lh_model_detect_single_file(lh_model_info *info, const char *path,
+                                            const lh_model_opts *opts, lh_error *err);
 
 /* lh_model_detect, then load tokenizer, text encoder, U-Net and VAE onto
  * `be` (which must outlive the model). The tokenizer's vocabulary must fit
  * the text encoder's (vocab_size), and the text encoder's width the U-Net's
- * cross_attention_dim: mismatches are LH_ERR_SHAPE naming both. */
+ * cross_attention_dim: mismatches are LH_ERR_SHAPE naming both. A file goes
+ * to lh_model_open_single_file with default options. */
 LH_API lh_status lh_model_open(lh_model **out, lh_backend *be, const char *path, lh_error *err);
 LH_API void lh_model_close(lh_model *m);
 
-/* The hook for single-file checkpoints (a .safetensors with LDM keys): the
- * key maps are host/ldm_keys.*. Until they land this returns
- * LH_ERR_UNSUPPORTED with a message saying so and naming the file. */
+/* lh_model_detect_single_file, then load as lh_model_open does, the
+ * weights through ldm_keys' views (the file is closed again before
+ * returning). opts may be NULL. */
 LH_API lh_status lh_model_open_single_file(lh_model **out, lh_backend *be, const char *path,
-                                           lh_error *err);
+                                           const lh_model_opts *opts, lh_error *err);
+
+/* Where the shipped CLIP BPE vocabulary (vocab.json, merges.txt) is:
+ * <libdir>/../share/lorahost/tokenizer beside the installed library, else
+ * the install prefix's, else (a build tree) the source tree's copy,
+ * tests/fixtures/tokenizer. */
+LH_API const char *lh_model_tokenizer_dir(void);
 
 #endif

@@ -18,11 +18,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "rng.h"
 #include "tensor.h"
 
 #define LATENT_SCALE 8 /* checked against the VAE's downscale at run time */
+
+/* Monotonic seconds, for the stage timings of lh_gen_result. */
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 void lh_gen_params_init(lh_gen_params *p) {
     memset(p, 0, sizeof *p);
@@ -38,6 +46,7 @@ void lh_gen_result_free(lh_gen_result *r) {
     if (!r) return;
     free(r->latents);
     free(r->images);
+    free(r->step_s);
     memset(r, 0, sizeof *r);
 }
 
@@ -213,6 +222,7 @@ typedef struct run_state {
     const lh_scheduler_desc *d;
     void *ss;
     lh_rng *rng;
+    lh_gen_result *out;    /* where the stage timings go */
     int64_t b, c, h, w, n; /* latents [b, c, h, w], n elements */
     float *sample;         /* host [n] */
 } run_state;
@@ -230,10 +240,14 @@ static lh_status denoise(run_state *r, const lh_gen_params *p, int32_t begin, lh
     int64_t ub = r->b * (cfg ? 2 : 1), n = r->n;
     float *ctx = NULL;
     int64_t n_ctx = 0;
+    double t0 = now_s();
     lh_status st = encode_prompts(m, p, cfg, &ctx, &n_ctx, err);
+    r->out->text_encoder_s = now_s() - t0;
     if (st != LH_OK) return st;
     const double *ts;
     int32_t n_ts = lh_scheduler_timesteps(r->sched, &ts);
+    free(r->out->step_s);
+    r->out->step_s = n_ts > begin ? calloc((size_t)(n_ts - begin), sizeof(double)) : NULL;
     float *x_in = malloc(sizeof(float) * (size_t)n), *eps = malloc(sizeof(float) * (size_t)n);
     float *prev = malloc(sizeof(float) * (size_t)n), *out = malloc(sizeof(float) * (size_t)n * (cfg ? 2 : 1));
     float *tsb = malloc(sizeof(float) * (size_t)ub);
@@ -254,6 +268,7 @@ static lh_status denoise(run_state *r, const lh_gen_params *p, int32_t begin, lh
     char msg[LH_ERROR_MAX];
     for (int32_t i = begin; i < n_ts; i++) {
         if (p->progress) p->progress(p->progress_user, i - begin, n_ts - begin);
+        t0 = now_s();
         msg[0] = 0;
         if ((st = r->d->scale_model_input(r->ss, &t_in, &t_sample, i, msg, sizeof msg)) != LH_OK) {
             st = plugin_fail(r, st, "scale_model_input", msg, err);
@@ -292,6 +307,7 @@ static lh_status denoise(run_state *r, const lh_gen_params *p, int32_t begin, lh
             goto done;
         }
         memcpy(r->sample, prev, sizeof(float) * (size_t)n);
+        if (r->out->step_s) r->out->step_s[i - begin] = now_s() - t0;
     }
     if (p->progress) p->progress(p->progress_user, n_ts - begin, n_ts - begin);
 done:
@@ -360,8 +376,14 @@ done:
 
 static lh_status open_scheduler(run_state *r, lh_registry *reg, const lh_gen_params *p,
                                 lh_gen_result *out, lh_error *err) {
-    lh_scheduler_opts o = {p->scheduler, r->m->info.scheduler_config, p->settings, p->overrides,
-                           p->n_overrides};
+    const lh_model_info *mi = &r->m->info;
+    lh_scheduler_opts o = {p->scheduler,
+                           mi->scheduler_config[0] ? mi->scheduler_config : NULL,
+                           p->settings,
+                           p->overrides,
+                           p->n_overrides,
+                           mi->scheduler_json[0] ? mi->scheduler_json : NULL,
+                           mi->single_file ? "the single file's default scheduler config" : NULL};
     lh_status st = lh_scheduler_open(&r->sched, reg, &o, err);
     if (st != LH_OK) return st;
     r->d = lh_scheduler_descriptor(r->sched);
@@ -375,6 +397,7 @@ static lh_status setup(run_state *r, lh_model *m, const lh_gen_params *p, lh_gen
     memset(r, 0, sizeof *r);
     memset(out, 0, sizeof *out);
     r->m = m;
+    r->out = out;
     r->b = p->batch_size;
     r->c = lh_unet_get_config(m->unet)->in_channels;
     r->h = p->height / LATENT_SCALE;
@@ -397,7 +420,11 @@ static lh_status finish(run_state *r, const lh_gen_params *p, lh_gen_result *out
     if (st == LH_OK) {
         out->latents = r->sample;
         r->sample = NULL;
-        if (!p->skip_decode) st = decode(r->m, p, out, err);
+        if (!p->skip_decode) {
+            double t0 = now_s();
+            st = decode(r->m, p, out, err);
+            out->vae_decode_s = now_s() - t0;
+        }
     }
     free(r->sample);
     lh_rng_destroy(r->rng);
@@ -526,7 +553,11 @@ lh_status lh_pipeline_img2img(lh_model *m, lh_registry *reg, const lh_gen_params
         noise = malloc(sizeof(float) * (size_t)r.n);
         if (st == LH_OK && (!init || !noise))
             st = lh_error_set(err, LH_ERR_NOMEM, "out of memory for img2img latents");
-        if (st == LH_OK) st = image_latents(&r, p, init, err);
+        if (st == LH_OK) {
+            double t0 = now_s();
+            st = image_latents(&r, p, init, err);
+            out->vae_encode_s = now_s() - t0;
+        }
         if (st == LH_OK) {
             /* noise = randn(shape, generator) (after the posterior's draw) */
             if (p->init_noise)

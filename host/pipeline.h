@@ -62,6 +62,13 @@ typedef struct lh_gen_result {
     uint8_t *images; /* host [batch][height][width][3], NULL with skip_decode */
     char scheduler_id[64];
     int32_t steps_run; /* U-Net evaluations (img2img runs fewer than steps) */
+    /* Wall-clock seconds (CLOCK_MONOTONIC) of the stages, for --timings:
+     * prompt encoding (tokenizer + text encoder, uncond and cond), each step
+     * (U-Net + guidance + scheduler step; malloc'd, steps_run entries, NULL
+     * if that allocation failed), img2img's VAE encode, and the VAE decode
+     * (0 with skip_decode). */
+    double text_encoder_s, vae_encode_s, vae_decode_s;
+    double *step_s;
 } lh_gen_result;
 
 /* Defaults: steps 30, cfg 7.5, 512x512, batch 1, seed 0, strength 0.75,

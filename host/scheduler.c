@@ -177,11 +177,16 @@ lh_status lh_scheduler_open(lh_scheduler **out, lh_registry *reg, const lh_sched
                             lh_error *err) {
     *out = NULL;
     char *json = NULL, *class_name = NULL;
+    const char *json_origin = o->config_json;
     if (o->config_json) {
         json = read_text(o->config_json, err);
         if (!json) return err ? err->code : LH_ERR_IO;
-        class_name = json_class_name(json);
+    } else if (o->config_text) {
+        if (!(json = strdup(o->config_text)))
+            return lh_error_set(err, LH_ERR_NOMEM, "out of memory for a scheduler config");
+        json_origin = o->config_origin ? o->config_origin : "built-in scheduler config";
     }
+    if (json) class_name = json_class_name(json);
     /* name -> plugin id (+ implied overrides) */
     const char *name = o->name && *o->name ? o->name : NULL;
     const char *plugin = NULL, *implied = "";
@@ -222,7 +227,7 @@ lh_status lh_scheduler_open(lh_scheduler **out, lh_registry *reg, const lh_sched
 
     lh_config *cfg = lh_config_create(d->info.id, err);
     lh_status st = cfg ? LH_OK : LH_ERR_NOMEM;
-    if (st == LH_OK && json) st = add_json_layer(cfg, d, json, o->config_json, err);
+    if (st == LH_OK && json) st = add_json_layer(cfg, d, json, json_origin, err);
     free(json);
     /* the name's implied keys, e.g. use_karras_sigmas for "... Karras" */
     char buf[256];

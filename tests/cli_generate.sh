@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `lorahost generate` end to end on the tiny SD 1.x model: txt2img, batches,
 # PNG parameters, --init-noise, --save-latents, img2img, --config defaults,
+# single-file checkpoints (SD 1.x and 2.x: the same PNG as their directories),
 # and exit status plus a one-line message for each kind of bad input.
 # Usage: cli_generate.sh SOURCE_DIR BUILD_DIR
 set -euo pipefail
@@ -25,8 +26,10 @@ has() { # has NAME FILE TEXT: FILE (binary) contains TEXT
   pass=$((pass + 1))
 }
 # a safetensors file with one F32 tensor `noise` of shape $2 (zeros, $3 floats)
-noise_file() {
-  local hdr="{\"noise\":{\"dtype\":\"F32\",\"shape\":[$2],\"data_offsets\":[0,$(($3 * 4))]}}"
+noise_file() { tensor_file "$1" "$2" "$3" noise; }
+# the same with the tensor named $4
+tensor_file() {
+  local hdr="{\"$4\":{\"dtype\":\"F32\",\"shape\":[$2],\"data_offsets\":[0,$(($3 * 4))]}}"
   while (( ${#hdr} % 8 )); do hdr+=" "; done
   local n=${#hdr}
   printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x\\x00\\x00\\x00\\x00' $((n & 255)) $((n >> 8 & 255)) \
@@ -68,14 +71,43 @@ check config_set 0 "c.png" -- "$lh" generate --model "$model" --config cfg.ini -
   --set generate.steps=1
 has config_set_params c.png "Steps: 1,"
 
+# single files: the tiny models need their directories' tokenizer and configs
+sf=("$lh" generate --model "$src/tests/fixtures/models/sd1_tiny.safetensors" --width 32 --height 32
+    --steps 3 --threads 1)
+check sf_txt2img 0 "sf.png" -- "${sf[@]}" --tokenizer "$model/tokenizer" --model-config "$model" \
+  --prompt "a red house" --negative-prompt "blurry" --seed 42 -o sf.png
+cmp -s out.png sf.png && pass=$((pass + 1)) || { echo "FAIL sf_same: sf.png differs from out.png"; exit 1; }
+sd2="$src/tests/fixtures/models/sd2_tiny"
+gen2=(generate --width 32 --height 32 --steps 3 --threads 1 --prompt "a cat" --seed 3
+      --tokenizer "$sd2/tokenizer" --model-config "$sd2" --model "$sd2.safetensors")
+check sd2_guess 0 "assuming epsilon" -- "$lh" "${gen2[@]}" -o e.png
+check sd2_v 0 "v.png" -- "$lh" "${gen2[@]}" --set scheduler.prediction_type=v_prediction -o v.png
+if "$lh" "${gen2[@]}" --set scheduler.prediction_type=v_prediction -o v.png 2>&1 | grep -q assuming; then
+  echo "FAIL sd2_v_quiet: the epsilon notice after --set prediction_type"; exit 1; fi
+"$lh" generate --model "$sd2" --width 32 --height 32 --steps 3 --threads 1 --prompt "a cat" \
+  --seed 3 -o d2.png --quiet >/dev/null
+cmp -s v.png d2.png && pass=$((pass + 1)) || { echo "FAIL sd2_same: v.png differs from d2.png"; exit 1; }
+cmp -s v.png e.png && { echo "FAIL sd2_pred: v_prediction changed nothing"; exit 1; }
+pass=$((pass + 1))
+check sf_inspect 0 "SD 2.x (U-Net, VAE, text encoder)" -- "$lh" inspect "$sd2.safetensors"
+
 # bad input
 mkdir -p novae && for c in unet text_encoder tokenizer scheduler model_index.json; do
   ln -s "$model/$c" "novae/$c"; done
 check missing_component 1 "component 'vae' is missing" -- "$lh" generate --model novae --prompt x
 check no_model 2 "no model" -- "$lh" generate --prompt x
 check not_a_model 1 "no such file or directory" -- "$lh" generate --model nope --prompt x
-check single_file 1 "single-file checkpoints are not supported yet" -- \
+check component_file 1 "diffusers names" -- \
   "$lh" generate --model "$model/unet/diffusion_pytorch_model.safetensors" --prompt x
+tensor_file xl.safetensors 1 1 conditioner.embedders.0.transformer.text_model.x
+check sdxl_file 1 "an SDXL checkpoint" -- "$lh" generate --model xl.safetensors --prompt x
+check big_vocab 1 "vocab.json has 49408 tokens but the text encoder's vocab_size is 1000" -- \
+  "${sf[@]}" --model-config "$model" --prompt x
+check no_tokenizer 1 "tokenizer nodir has no vocab.json" -- \
+  "${sf[@]}" --model-config "$model" --tokenizer nodir --prompt x
+check no_model_config 1 "--model-config DIR" -- "${sf[@]}" --tokenizer "$model/tokenizer" --prompt x
+check tokenizer_dir 2 "--tokenizer is for single-file checkpoints" -- \
+  "${gen[@]}" --tokenizer "$model/tokenizer" --prompt x
 check width 1 "width must be a multiple of 8 in 8..8192, got 36" -- "${gen[@]}" --prompt x --width 36
 check height_factor 1 "height 40: this model needs a multiple of 16" -- "${gen[@]}" --prompt x --height 40
 check steps_zero 1 "steps must be in 1..1000, got 0" -- "${gen[@]}" --prompt x --steps 0

@@ -4,8 +4,12 @@
  * written by tests/golden/pipeline.py): final latents within relative L2
  * 1e-5 after 20 steps with CFG 7.5 (measured: 1e-9 .. 1.1e-6 on x86-64 with
  * OpenBLAS), decoded images within 1 per channel (measured: identical; a
- * value at x.5 may round either way under other BLAS builds).
- * Also: model directory detection and its errors, parameter checks, PNG I/O. */
+ * value at x.5 may round either way under other BLAS builds). The same for
+ * the tiny SD 2.x directory with v-prediction (pipeline_sd2_reference).
+ * The single-file checkpoints sd1_tiny.safetensors / sd2_tiny.safetensors
+ * (with the tiny tokenizer and configs) give bit-identical latents and
+ * images to their directories, case for case.
+ * Also: model detection and its errors, parameter checks, PNG I/O. */
 #include <check.h>
 #include <jansson.h>
 #include <math.h>
@@ -28,8 +32,8 @@
 static char g_src[4096], g_model[4200], g_ref_path[4200];
 static lh_backend *g_be;
 static lh_registry *g_reg;
-static lh_st_file *g_ref;
-static json_t *g_cases;
+static lh_st_file *g_ref, *g_ref2; /* SD 1.x and SD 2.x references */
+static json_t *g_cases, *g_cases2;
 static char g_tmp[64];
 
 static double rel_l2(const float *got, const float *want, int64_t n) {
@@ -42,24 +46,34 @@ static double rel_l2(const float *got, const float *want, int64_t n) {
     return sqrt(num) / fmax(sqrt(den), 1e-12);
 }
 
-static float *ref_f32(const char *name, int64_t *numel) {
-    const lh_st_tensor *t = lh_st_find(g_ref, name);
+static float *ref_f32(const lh_st_file *ref, const char *name, int64_t *numel) {
+    const lh_st_tensor *t = lh_st_find(ref, name);
     ck_assert_msg(t != NULL, "fixture tensor %s missing", name);
     float *v = malloc((size_t)t->numel * sizeof *v);
     lh_error err = {0};
-    ck_assert_msg(lh_st_read_f32(v, (size_t)t->numel, g_ref, name, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_st_read_f32(v, (size_t)t->numel, ref, name, &err) == LH_OK, "%s", err.msg);
     if (numel) *numel = t->numel;
     return v;
 }
 
-static const uint8_t *ref_u8(const char *name, int64_t *numel) {
-    const lh_st_tensor *t = lh_st_find(g_ref, name);
+static const uint8_t *ref_u8(const lh_st_file *ref, const char *name, int64_t *numel) {
+    const lh_st_tensor *t = lh_st_find(ref, name);
     ck_assert_msg(t != NULL && t->dtype == LH_DTYPE_U8, "fixture tensor %s missing", name);
     *numel = t->numel;
     return t->data;
 }
 
 static void run(const char *cmd) { ck_assert_msg(system(cmd) == 0, "%s", cmd); }
+
+static json_t *ref_cases(lh_st_file **ref, const char *path) {
+    lh_error err = {0};
+    ck_assert_msg(lh_st_open(ref, path, &err) == LH_OK, "%s", err.msg);
+    const char *cases = lh_st_meta_find(*ref, "cases");
+    ck_assert(cases != NULL);
+    json_t *j = json_loads(cases, 0, NULL);
+    ck_assert(json_is_array(j));
+    return j;
+}
 
 static void setup(void) {
     const char *src = getenv("LH_SOURCE_DIR");
@@ -73,11 +87,10 @@ static void setup(void) {
     ck_assert_msg(lh_registry_create(&g_reg, &err) == LH_OK &&
                       lh_registry_scan(g_reg, NULL, 0, 1, 1, &err) == LH_OK,
                   "%s", err.msg);
-    ck_assert_msg(lh_st_open(&g_ref, g_ref_path, &err) == LH_OK, "%s", err.msg);
-    const char *cases = lh_st_meta_find(g_ref, "cases");
-    ck_assert(cases != NULL);
-    g_cases = json_loads(cases, 0, NULL);
-    ck_assert(json_is_array(g_cases));
+    g_cases = ref_cases(&g_ref, g_ref_path);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tests/fixtures/pipeline_sd2_reference.safetensors", g_src);
+    g_cases2 = ref_cases(&g_ref2, path);
     snprintf(g_tmp, sizeof g_tmp, "/tmp/lh_test_pipeline_XXXXXX");
     ck_assert(mkdtemp(g_tmp) != NULL);
 }
@@ -87,21 +100,20 @@ static void teardown(void) {
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_tmp);
     json_decref(g_cases);
+    json_decref(g_cases2);
     lh_st_close(g_ref);
+    lh_st_close(g_ref2);
     lh_registry_destroy(g_reg);
     lh_backend_destroy(g_be);
 }
 
 /* ---- Against diffusers ---- */
 
-START_TEST(test_reference_case) {
-    ck_assert_int_lt(_i, (int)json_array_size(g_cases));
-    json_t *c = json_array_get(g_cases, (size_t)_i);
+/* Run case c of `ref` on m (scheduler overrides `ov`, may be NULL). */
+static void run_case(lh_gen_result *r, lh_model *m, const lh_st_file *ref, json_t *c,
+                     const char *const *ov, size_t n_ov) {
     const char *name = json_string_value(json_object_get(c, "name"));
     lh_error err = {0};
-    lh_model *m;
-    ck_assert_msg(lh_model_open(&m, g_be, g_model, &err) == LH_OK, "%s", err.msg);
-    ck_assert_int_eq(m->info.arch, LH_MODEL_ARCH_SD1);
     lh_gen_params p;
     lh_gen_params_init(&p);
     p.prompt = json_string_value(json_object_get(c, "prompt"));
@@ -112,6 +124,8 @@ START_TEST(test_reference_case) {
     p.height = json_integer_value(json_object_get(c, "height"));
     p.batch_size = json_integer_value(json_object_get(c, "batch_size"));
     p.scheduler = json_string_value(json_object_get(c, "scheduler"));
+    p.overrides = ov;
+    p.n_overrides = n_ov;
     json_t *seed = json_object_get(c, "seed");
     char key[128];
     float *noise = NULL;
@@ -119,46 +133,249 @@ START_TEST(test_reference_case) {
         p.seed = (uint64_t)json_integer_value(seed);
     } else {
         snprintf(key, sizeof key, "%s.noise", name);
-        noise = ref_f32(key, NULL);
+        noise = ref_f32(ref, key, NULL);
         p.init_noise = noise;
     }
-    int want_image = json_is_true(json_object_get(c, "image"));
-    p.skip_decode = !want_image;
+    p.skip_decode = !json_is_true(json_object_get(c, "image"));
     json_t *strength = json_object_get(c, "strength");
     int64_t n_init;
-    lh_gen_result r;
     lh_status st;
     if (json_is_number(strength)) {
         p.strength = json_number_value(strength);
-        p.init_image = ref_u8("init_image", &n_init);
+        p.init_image = ref_u8(ref, "init_image", &n_init);
         ck_assert_int_eq(n_init, p.width * p.height * 3);
-        st = lh_pipeline_img2img(m, g_reg, &p, &r, &err);
+        st = lh_pipeline_img2img(m, g_reg, &p, r, &err);
     } else {
-        st = lh_pipeline_txt2img(m, g_reg, &p, &r, &err);
+        st = lh_pipeline_txt2img(m, g_reg, &p, r, &err);
     }
     ck_assert_msg(st == LH_OK, "%s: %s", name, err.msg);
+    free(noise);
+}
+
+/* r against case c of `ref`: latents within TOL_LATENTS, images within 1. */
+static void check_case(const lh_gen_result *r, const lh_st_file *ref, json_t *c) {
+    const char *name = json_string_value(json_object_get(c, "name"));
+    char key[128];
     int64_t n;
     snprintf(key, sizeof key, "%s.latents", name);
-    float *want = ref_f32(key, &n);
-    ck_assert_int_eq(n, r.batch * r.channels * r.latent_h * r.latent_w);
-    double e = rel_l2(r.latents, want, n);
+    float *want = ref_f32(ref, key, &n);
+    ck_assert_int_eq(n, r->batch * r->channels * r->latent_h * r->latent_w);
+    double e = rel_l2(r->latents, want, n);
     ck_assert_msg(e <= TOL_LATENTS, "%s: latents relative L2 %.3g > %g", name, e, TOL_LATENTS);
-    if (want_image) {
+    free(want);
+    if (json_is_true(json_object_get(c, "image"))) {
         int64_t ni;
         snprintf(key, sizeof key, "%s.image", name);
-        const uint8_t *img = ref_u8(key, &ni);
-        ck_assert_int_eq(ni, r.batch * r.height * r.width * 3);
+        const uint8_t *img = ref_u8(ref, key, &ni);
+        ck_assert_int_eq(ni, r->batch * r->height * r->width * 3);
         int worst = 0;
         for (int64_t i = 0; i < ni; i++) {
-            int d = abs((int)r.images[i] - (int)img[i]);
+            int d = abs((int)r->images[i] - (int)img[i]);
             if (d > worst) worst = d;
         }
         ck_assert_msg(worst <= 1, "%s: image differs by %d > 1", name, worst);
     }
-    free(want);
-    free(noise);
+}
+
+START_TEST(test_reference_case) {
+    ck_assert_int_lt(_i, (int)json_array_size(g_cases));
+    json_t *c = json_array_get(g_cases, (size_t)_i);
+    lh_error err = {0};
+    lh_model *m;
+    ck_assert_msg(lh_model_open(&m, g_be, g_model, &err) == LH_OK, "%s", err.msg);
+    ck_assert_int_eq(m->info.arch, LH_MODEL_ARCH_SD1);
+    lh_gen_result r;
+    run_case(&r, m, g_ref, c, NULL, 0);
+    check_case(&r, g_ref, c);
     lh_gen_result_free(&r);
     lh_model_close(m);
+}
+END_TEST
+
+START_TEST(test_sd2_reference_case) {
+    ck_assert_int_lt(_i, (int)json_array_size(g_cases2));
+    json_t *c = json_array_get(g_cases2, (size_t)_i);
+    char dir[4300];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/sd2_tiny", g_src);
+    lh_error err = {0};
+    lh_model *m;
+    ck_assert_msg(lh_model_open(&m, g_be, dir, &err) == LH_OK, "%s", err.msg);
+    ck_assert_int_eq(m->info.arch, LH_MODEL_ARCH_SD2);
+    ck_assert_str_eq(m->info.prediction_type, "v_prediction");
+    ck_assert_str_eq(m->info.scheduler_class, "DDIMScheduler");
+    ck_assert_int_eq(m->pad_id, 0);
+    lh_gen_result r;
+    run_case(&r, m, g_ref2, c, NULL, 0);
+    check_case(&r, g_ref2, c);
+    lh_gen_result_free(&r);
+    lh_model_close(m);
+}
+END_TEST
+
+/* ---- Single-file checkpoints ---- */
+
+/* A copy of src with metadata key=value (the tensors are rewritten as they are). */
+static void copy_with_meta(const char *dst, const char *src, const char *key, const char *value) {
+    lh_st_file *f;
+    lh_st_writer *w;
+    lh_error err = {0};
+    ck_assert_msg(lh_st_open(&f, src, &err) == LH_OK, "%s", err.msg);
+    ck_assert(lh_st_writer_create(&w, &err) == LH_OK);
+    for (size_t i = 0; i < lh_st_count(f); i++) {
+        const lh_st_tensor *t = lh_st_get(f, i);
+        ck_assert_msg(lh_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data, &err) ==
+                          LH_OK,
+                      "%s", err.msg);
+    }
+    ck_assert(lh_st_writer_add_meta(w, key, value, &err) == LH_OK);
+    ck_assert_msg(lh_st_save(w, dst, &err) == LH_OK, "%s", err.msg);
+    lh_st_writer_destroy(w);
+    lh_st_close(f);
+}
+
+/* Case _i of a reference through the directory and through the single file
+ * (the directory's tokenizer and configs, the file's built-in scheduler
+ * config): bit-identical latents and images, and both match diffusers. */
+static void single_file_case(int i, const char *variant, const char *file, lh_st_file *ref,
+                             json_t *cases, const char *const *ov, size_t n_ov) {
+    ck_assert_int_lt(i, (int)json_array_size(cases));
+    json_t *c = json_array_get(cases, (size_t)i);
+    char dir[4300], tok[4400];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", g_src, variant);
+    snprintf(tok, sizeof tok, "%s/tokenizer", dir);
+    lh_model_opts o = {tok, dir};
+    lh_error err = {0};
+    lh_model *md, *mf;
+    ck_assert_msg(lh_model_open(&md, g_be, dir, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_model_open_single_file(&mf, g_be, file, &o, &err) == LH_OK, "%s", err.msg);
+    ck_assert_int_eq(mf->info.arch, md->info.arch);
+    ck_assert_int_eq(mf->info.single_file, 1);
+    ck_assert_int_eq(mf->pad_id, md->pad_id);
+    lh_gen_result rd, rf;
+    run_case(&rd, md, ref, c, NULL, 0);
+    run_case(&rf, mf, ref, c, ov, n_ov);
+    const char *name = json_string_value(json_object_get(c, "name"));
+    int64_t n = rd.batch * rd.channels * rd.latent_h * rd.latent_w;
+    ck_assert_int_eq(n, rf.batch * rf.channels * rf.latent_h * rf.latent_w);
+    ck_assert_msg(!memcmp(rd.latents, rf.latents, sizeof(float) * (size_t)n),
+                  "%s: single-file latents differ from the directory's (rel L2 %.3g)", name,
+                  rel_l2(rf.latents, rd.latents, n));
+    ck_assert_int_eq(!rd.images, !rf.images);
+    if (rd.images)
+        ck_assert_msg(!memcmp(rd.images, rf.images, (size_t)(rd.batch * rd.height * rd.width * 3)),
+                      "%s: single-file image differs", name);
+    check_case(&rf, ref, c);
+    lh_gen_result_free(&rd);
+    lh_gen_result_free(&rf);
+    lh_model_close(md);
+    lh_model_close(mf);
+}
+
+START_TEST(test_single_file_sd1_case) {
+    char file[4300];
+    snprintf(file, sizeof file, "%s/tests/fixtures/models/sd1_tiny.safetensors", g_src);
+    single_file_case(_i, "sd1_tiny", file, g_ref, g_cases, NULL, 0);
+}
+END_TEST
+
+/* SD 2.x: the file says nothing of v-prediction: the override says it. */
+START_TEST(test_single_file_sd2_case) {
+    char file[4300];
+    snprintf(file, sizeof file, "%s/tests/fixtures/models/sd2_tiny.safetensors", g_src);
+    const char *ov[] = {"prediction_type=v_prediction"};
+    single_file_case(_i, "sd2_tiny", file, g_ref2, g_cases2, ov, 1);
+}
+END_TEST
+
+/* ... or its metadata does (modelspec.prediction_type "v"). */
+START_TEST(test_single_file_sd2_metadata) {
+    char file[4300], src[4300];
+    snprintf(src, sizeof src, "%s/tests/fixtures/models/sd2_tiny.safetensors", g_src);
+    snprintf(file, sizeof file, "%s/sd2_v.safetensors", g_tmp);
+    copy_with_meta(file, src, "modelspec.prediction_type", "v");
+    lh_model_info info;
+    lh_error err = {0};
+    ck_assert_msg(lh_model_detect(&info, file, &err) == LH_OK, "%s", err.msg);
+    ck_assert_str_eq(info.prediction_type, "v_prediction");
+    ck_assert_int_eq(info.prediction_guessed, 0);
+    ck_assert_str_eq(info.name, "sd2_v");
+    single_file_case(0, "sd2_tiny", file, g_ref2, g_cases2, NULL, 0);
+}
+END_TEST
+
+START_TEST(test_single_file_detect) {
+    char file[4300], dir[4300], cmd[16384];
+    lh_model_info info;
+    lh_error err = {0};
+    /* SD 1.x: PNDM defaults, the shipped tokenizer */
+    snprintf(file, sizeof file, "%s/tests/fixtures/models/sd1_tiny.safetensors", g_src);
+    ck_assert_msg(lh_model_detect(&info, file, &err) == LH_OK, "%s", err.msg);
+    ck_assert_int_eq(info.arch, LH_MODEL_ARCH_SD1);
+    ck_assert_int_eq(info.single_file, 1);
+    ck_assert_str_eq(info.name, "sd1_tiny");
+    ck_assert_str_eq(info.scheduler_config, "");
+    ck_assert_str_eq(info.scheduler_class, "PNDMScheduler");
+    ck_assert_str_eq(info.prediction_type, "epsilon");
+    ck_assert_int_eq(info.prediction_guessed, 0);
+    ck_assert_str_eq(info.pad_token, "<|endoftext|>");
+    ck_assert_str_eq(info.tokenizer, lh_model_tokenizer_dir());
+    ck_assert_int_eq(info.cross_attention_dim, 32);
+    json_t *j = json_loads(info.scheduler_json, 0, NULL);
+    ck_assert_msg(j != NULL, "%s", info.scheduler_json);
+    ck_assert_str_eq(json_string_value(json_object_get(j, "beta_schedule")), "scaled_linear");
+    ck_assert_double_eq_tol(json_real_value(json_object_get(j, "beta_start")), 0.00085, 1e-12);
+    ck_assert_double_eq_tol(json_real_value(json_object_get(j, "beta_end")), 0.012, 1e-12);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "steps_offset")), 1);
+    json_decref(j);
+    /* the shipped vocabulary: the real one, too big for the tiny encoder */
+    snprintf(cmd, sizeof cmd, "%s/vocab.json", lh_model_tokenizer_dir());
+    struct stat sb;
+    ck_assert_msg(stat(cmd, &sb) == 0 && sb.st_size > 900000, "%s", cmd);
+    lh_model *m = (lh_model *)1;
+    ck_assert_int_eq(lh_model_open(&m, g_be, file, &err), LH_ERR_SHAPE);
+    ck_assert_ptr_null(m);
+    ck_assert_msg(strstr(err.msg, "49408 tokens") && strstr(err.msg, "--tokenizer"), "%s",
+                  err.msg);
+    /* without the directory's configs the tiny U-Net's groups do not fit */
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/sd1_tiny/tokenizer", g_src);
+    lh_model_opts o = {dir, NULL};
+    ck_assert_int_ne(lh_model_open_single_file(&m, g_be, file, &o, &err), LH_OK);
+    ck_assert_msg(strstr(err.msg, "--model-config"), "%s", err.msg);
+    /* a tokenizer directory without vocab.json */
+    o.tokenizer = g_tmp;
+    ck_assert_int_eq(lh_model_detect_single_file(&info, file, &o, &err), LH_ERR_NOT_FOUND);
+    ck_assert_msg(strstr(err.msg, "has no vocab.json"), "%s", err.msg);
+    o.tokenizer = NULL;
+    o.config = "/nonexistent";
+    ck_assert_int_eq(lh_model_detect_single_file(&info, file, &o, &err), LH_ERR_NOT_FOUND);
+    /* SD 2.x: DDIM, pad "!", epsilon assumed without metadata */
+    snprintf(file, sizeof file, "%s/tests/fixtures/models/sd2_tiny.safetensors", g_src);
+    ck_assert_msg(lh_model_detect(&info, file, &err) == LH_OK, "%s", err.msg);
+    ck_assert_int_eq(info.arch, LH_MODEL_ARCH_SD2);
+    ck_assert_str_eq(info.scheduler_class, "DDIMScheduler");
+    ck_assert_str_eq(info.prediction_type, "epsilon");
+    ck_assert_int_eq(info.prediction_guessed, 1);
+    ck_assert_str_eq(info.pad_token, "!");
+    ck_assert_int_eq(info.cross_attention_dim, 48);
+    /* SDXL is refused with ldm_keys' message */
+    snprintf(file, sizeof file, "%s/xl.safetensors", g_tmp);
+    {
+        lh_st_writer *w;
+        float one = 1;
+        int64_t shape[1] = {1};
+        ck_assert(lh_st_writer_create(&w, &err) == LH_OK);
+        ck_assert(lh_st_writer_add(w, "conditioner.embedders.0.transformer.text_model.x",
+                                   LH_DTYPE_F32, 1, shape, &one, &err) == LH_OK);
+        ck_assert(lh_st_save(w, file, &err) == LH_OK);
+        lh_st_writer_destroy(w);
+    }
+    ck_assert_int_eq(lh_model_detect(&info, file, &err), LH_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(err.msg, "SDXL"), "%s", err.msg);
+    /* a diffusers component file is not a checkpoint */
+    snprintf(file, sizeof file, "%s/unet/diffusion_pytorch_model.safetensors", g_model);
+    ck_assert_int_eq(lh_model_open(&m, g_be, file, &err), LH_ERR_FORMAT);
+    ck_assert_ptr_null(m);
+    ck_assert_msg(strstr(err.msg, "diffusers names"), "%s", err.msg);
 }
 END_TEST
 
@@ -274,13 +491,6 @@ START_TEST(test_detect_errors) {
     make_model(dir, sizeof dir, "inpaint", unet, te, NULL);
     ck_assert_int_eq(lh_model_detect(&info, dir, &err), LH_ERR_UNSUPPORTED);
     ck_assert_msg(strstr(err.msg, "unknown architecture"), "%s", err.msg);
-    /* single files: the hook says not yet */
-    snprintf(dir, sizeof dir, "%s/unet/diffusion_pytorch_model.safetensors", g_model);
-    lh_model *m = (lh_model *)1;
-    ck_assert_int_eq(lh_model_open(&m, g_be, dir, &err), LH_ERR_UNSUPPORTED);
-    ck_assert_ptr_null(m);
-    ck_assert_msg(strstr(err.msg, "single-file checkpoints are not supported yet"), "%s",
-                  err.msg);
     ck_assert_int_eq(lh_model_detect(&info, "/nonexistent/model", &err), LH_ERR_NOT_FOUND);
 }
 END_TEST
@@ -456,12 +666,21 @@ START_TEST(test_png) {
 }
 END_TEST
 
-static Suite *pipeline_suite(int n_cases) {
+static Suite *pipeline_suite(int n_cases, int n_cases2) {
     Suite *s = suite_create("pipeline");
     TCase *tc = tcase_create("reference");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 600);
     tcase_add_loop_test(tc, test_reference_case, 0, n_cases);
+    tcase_add_loop_test(tc, test_sd2_reference_case, 0, n_cases2);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("single_file");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 600);
+    tcase_add_loop_test(tc, test_single_file_sd1_case, 0, n_cases);
+    tcase_add_loop_test(tc, test_single_file_sd2_case, 0, n_cases2);
+    tcase_add_test(tc, test_single_file_sd2_metadata);
+    tcase_add_test(tc, test_single_file_detect);
     suite_add_tcase(s, tc);
     tc = tcase_create("model");
     tcase_add_checked_fixture(tc, setup, teardown);
@@ -476,17 +695,16 @@ static Suite *pipeline_suite(int n_cases) {
     return s;
 }
 
-int main(void) {
-    /* the number of cases, read once outside the fixtures */
+/* The number of cases in a reference file, or -1. */
+static int count_cases(const char *file) {
     const char *src = getenv("LH_SOURCE_DIR");
     char path[4200];
-    snprintf(path, sizeof path, "%s/tests/fixtures/pipeline_reference.safetensors",
-             src ? src : "../..");
+    snprintf(path, sizeof path, "%s/tests/fixtures/%s", src ? src : "../..", file);
     lh_st_file *f;
     lh_error err = {0};
     if (lh_st_open(&f, path, &err) != LH_OK) {
         fprintf(stderr, "%s\n", err.msg);
-        return 1;
+        return -1;
     }
     json_t *cases = json_loads(lh_st_meta_find(f, "cases"), 0, NULL);
     int n = cases ? (int)json_array_size(cases) : 0;
@@ -494,9 +712,17 @@ int main(void) {
     lh_st_close(f);
     if (n < 1 || n > MAX_CASES) {
         fprintf(stderr, "%s: bad case list\n", path);
-        return 1;
+        return -1;
     }
-    SRunner *sr = srunner_create(pipeline_suite(n));
+    return n;
+}
+
+int main(void) {
+    /* the number of cases, read once outside the fixtures */
+    int n = count_cases("pipeline_reference.safetensors");
+    int n2 = count_cases("pipeline_sd2_reference.safetensors");
+    if (n < 0 || n2 < 0) return 1;
+    SRunner *sr = srunner_create(pipeline_suite(n, n2));
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

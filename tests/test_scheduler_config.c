@@ -22,7 +22,7 @@ static void write_file(const char *path, const char *text) {
 static lh_status open_sched(lh_scheduler **s, const char *name, const char *json,
                             const lh_settings *settings, const char *const *ov, size_t n_ov,
                             lh_error *err) {
-    lh_scheduler_opts o = {name, json, settings, ov, n_ov};
+    lh_scheduler_opts o = {name, json, settings, ov, n_ov, NULL, NULL};
     return lh_scheduler_open(s, g_reg, &o, err);
 }
 

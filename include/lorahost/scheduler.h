@@ -42,6 +42,11 @@ typedef struct lh_scheduler_opts {
     /* "key=value" overrides applied last (may be NULL). */
     const char *const *overrides;
     size_t n_overrides;
+    /* The scheduler config as JSON text, used when config_json is NULL (a
+     * single-file checkpoint's built-in defaults), or NULL; config_origin
+     * names it in messages. */
+    const char *config_text;
+    const char *config_origin;
 } lh_scheduler_opts;
 
 LH_API lh_status lh_scheduler_open(lh_scheduler **out, lh_registry *reg,

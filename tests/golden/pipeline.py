@@ -31,9 +31,21 @@ case passes prompt_embeds built from 77-token windows of a > 75-token prompt
 (AUTOMATIC1111's chunking without commas: plain 75-token chunks), the
 negative prompt padded to the same number of windows.
 Metadata "reference" names the torch, diffusers and transformers versions.
+
+SD 2.x: completes tests/fixtures/models/sd2_tiny/ (unet/ and text_encoder/
+from models_*.py) the same way, with
+  vae/                             a copy of sd1_tiny/vae (the tiny SD 2.x file,
+      sd2_tiny.safetensors, carries sd1_tiny's VAE too)
+  scheduler/scheduler_config.json  SD 2.1's DDIMScheduler config (v_prediction)
+  tokenizer/                       the same 1000-token vocabulary, pad "!" as
+      SD 2.x's tokenizer (special_tokens_map.json)
+and writes tests/fixtures/pipeline_sd2_reference.safetensors (same layout,
+cases SD2_CASES: v-prediction with DDIM and Euler, 20 steps, seed and given
+noise), leaving pipeline_reference.safetensors' cases as they were.
 """
 import json
 import os
+import shutil
 
 import diffusers
 import numpy as np
@@ -85,25 +97,39 @@ CASES = [
 ]
 STEPS, SIZE = 20, 32
 
+SD2 = os.path.join(FIX, "models", "sd2_tiny")
+SD21_SCHEDULER = {
+    "_class_name": "DDIMScheduler", "_diffusers_version": "0.8.0", "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False,
+    "num_train_timesteps": 1000, "prediction_type": "v_prediction", "set_alpha_to_one": False,
+    "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+}
+SD2_CASES = [
+    ("sd2_ddim_v_seed_b1", "ddim", 1, 31, 7.5, {}),
+    ("sd2_ddim_v_noise_b2", "ddim", 2, None, 7.5, {"image": True}),
+    ("sd2_euler_v_seed_b1", "euler", 1, 32, 7.5, {"prompt": "a cat! on a red house!"}),
+    ("sd2_euler_v_noise_b1", "euler", 1, None, 7.5, {}),
+]
 
-def write_model_dir():
-    with open(os.path.join(MODEL, "model_index.json"), "w") as f:
+
+def write_model_dir(model=MODEL, scheduler=SD15_SCHEDULER, pad="<|endoftext|>"):
+    with open(os.path.join(model, "model_index.json"), "w") as f:
         json.dump({
             "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
             "feature_extractor": [None, None], "image_encoder": [None, None],
             "requires_safety_checker": False, "safety_checker": [None, None],
-            "scheduler": ["diffusers", "PNDMScheduler"],
+            "scheduler": ["diffusers", scheduler["_class_name"]],
             "text_encoder": ["transformers", "CLIPTextModel"],
             "tokenizer": ["transformers", "CLIPTokenizer"],
             "unet": ["diffusers", "UNet2DConditionModel"],
             "vae": ["diffusers", "AutoencoderKL"],
         }, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.makedirs(os.path.join(MODEL, "scheduler"), exist_ok=True)
-    with open(os.path.join(MODEL, "scheduler", "scheduler_config.json"), "w") as f:
-        json.dump(SD15_SCHEDULER, f, indent=2, sort_keys=True)
+    os.makedirs(os.path.join(model, "scheduler"), exist_ok=True)
+    with open(os.path.join(model, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump(scheduler, f, indent=2, sort_keys=True)
         f.write("\n")
-    tok = os.path.join(MODEL, "tokenizer")
+    tok = os.path.join(model, "tokenizer")
     os.makedirs(tok, exist_ok=True)
     full = json.load(open(os.path.join(FIX, "tokenizer", "vocab.json"), encoding="utf-8"))
     keep = VOCAB - 2
@@ -117,22 +143,22 @@ def write_model_dir():
     with open(os.path.join(tok, "merges.txt"), "w", encoding="utf-8") as f:
         f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
     special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-               "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+               "pad_token": pad, "unk_token": "<|endoftext|>"}
     with open(os.path.join(tok, "special_tokens_map.json"), "w") as f:
         json.dump(special, f, indent=2)
     with open(os.path.join(tok, "tokenizer_config.json"), "w") as f:
         json.dump(dict(special, model_max_length=77, tokenizer_class="CLIPTokenizer"), f, indent=2)
 
 
-def load_pipe():
-    tok = CLIPTokenizer(os.path.join(MODEL, "tokenizer", "vocab.json"),
-                        os.path.join(MODEL, "tokenizer", "merges.txt"),
-                        pad_token="<|endoftext|>", model_max_length=77)
+def load_pipe(model=MODEL, pad="<|endoftext|>", sched_cls=PNDMScheduler):
+    tok = CLIPTokenizer(os.path.join(model, "tokenizer", "vocab.json"),
+                        os.path.join(model, "tokenizer", "merges.txt"),
+                        pad_token=pad, model_max_length=77)
     assert len(tok) == VOCAB, len(tok)
-    te = CLIPTextModel.from_pretrained(os.path.join(MODEL, "text_encoder"), dtype=torch.float32)
-    unet = UNet2DConditionModel.from_pretrained(os.path.join(MODEL, "unet"), torch_dtype=torch.float32)
-    vae = AutoencoderKL.from_pretrained(os.path.join(MODEL, "vae"), torch_dtype=torch.float32)
-    sched = PNDMScheduler.from_pretrained(os.path.join(MODEL, "scheduler"))
+    te = CLIPTextModel.from_pretrained(os.path.join(model, "text_encoder"), dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(os.path.join(model, "unet"), torch_dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(os.path.join(model, "vae"), torch_dtype=torch.float32)
+    sched = sched_cls.from_pretrained(os.path.join(model, "scheduler"))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet,
                                    scheduler=sched, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -163,17 +189,15 @@ def init_image():
     return img
 
 
-def main():
-    write_model_dir()
-    pipe = load_pipe()
+def run_cases(pipe, cases, fixture):
     base_config = pipe.scheduler.config
     out, meta = {}, []
     img = init_image()
     out["init_image"] = torch.from_numpy(img.copy())
-    for name, sched, batch, seed, cfg, extra in CASES:
+    for name, sched, batch, seed, cfg, extra in cases:
         pipe.scheduler = SCHEDULERS[sched].from_config(base_config)
         neg = extra.get("negative_prompt", NEG)
-        prompt = LONG if extra.get("long") else PROMPT
+        prompt = LONG if extra.get("long") else extra.get("prompt", PROMPT)
         kw = dict(num_inference_steps=STEPS, guidance_scale=cfg, output_type="latent",
                   num_images_per_prompt=batch)
         if extra.get("long"):
@@ -211,8 +235,18 @@ def main():
         print(name, tuple(lat.shape), float(lat.abs().mean()))
     ref = {"torch": torch.__version__, "diffusers": diffusers.__version__,
            "transformers": transformers.__version__}
-    save_file(out, os.path.join(FIX, "pipeline_reference.safetensors"),
+    save_file(out, os.path.join(FIX, fixture),
               metadata={"cases": json.dumps(meta), "reference": json.dumps(ref)})
+
+
+def main():
+    write_model_dir()
+    run_cases(load_pipe(), CASES, "pipeline_reference.safetensors")
+    shutil.copytree(os.path.join(MODEL, "vae"), os.path.join(SD2, "vae"), dirs_exist_ok=True)
+    write_model_dir(SD2, SD21_SCHEDULER, "!")
+    pipe = load_pipe(SD2, "!", DDIMScheduler)
+    assert pipe.tokenizer.pad_token_id == 0
+    run_cases(pipe, SD2_CASES, "pipeline_sd2_reference.safetensors")
 
 
 if __name__ == "__main__":
