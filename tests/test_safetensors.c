@@ -1080,7 +1080,7 @@ START_TEST(test_inspect_text) {
     run_free(&r);
 
     r = run_cli(pathf("inspect '%s'", fixture("meta_py.safetensors").s).s);
-    ck_assert_int_eq(r.status, 0);
+    ck_assert_msg(r.status == 0, "exit status %d, stderr: %s", r.status, r.err);
     ASSERT_HAS(r.out, "looks like: LoRA adapter (kohya), network_dim 8, network_alpha 4.0\n");
     ASSERT_HAS(r.out, "  format = pt\n");
     ck_assert(strstr(r.out, "  empty = \n") < strstr(r.out, "  format = pt\n"));
@@ -1100,7 +1100,7 @@ START_TEST(test_inspect_long_metadata) {
     ck_assert_int_eq(lh_st_save(w, path.s, &err), LH_OK);
     lh_st_writer_destroy(w);
     run_result r = run_cli(pathf("inspect '%s'", path.s).s);
-    ck_assert_int_eq(r.status, 0);
+    ck_assert_msg(r.status == 0, "exit status %d, stderr: %s", r.status, r.err);
     value[160] = '\0';
     ASSERT_HAS(r.out, pathf("  long = %s...\n", value).s);
     ASSERT_HAS(r.out, "tensors: 0\n\ntotals: 0 tensors, 0 parameters, 0 bytes\n");
@@ -1137,7 +1137,7 @@ START_TEST(test_inspect_json) {
     run_free(&r);
 
     r = run_cli(pathf("inspect '%s' --json", fixture("meta_py.safetensors").s).s);
-    ck_assert_int_eq(r.status, 0);
+    ck_assert_msg(r.status == 0, "exit status %d, stderr: %s", r.status, r.err);
     root = json_loads(r.out, 0, &je);
     ck_assert_ptr_nonnull(root);
     json_t *kind = json_object_get(root, "looks_like");
@@ -1170,23 +1170,23 @@ END_TEST
 
 START_TEST(test_inspect_usage) {
     run_result r = run_cli("inspect");
-    ck_assert_int_eq(r.status, 2);
+    ck_assert_msg(r.status == 2, "exit status %d, stderr: %s", r.status, r.err);
     ASSERT_HAS(r.err, "no FILE given");
     run_free(&r);
     r = run_cli("inspect --bogus x");
-    ck_assert_int_eq(r.status, 2);
+    ck_assert_msg(r.status == 2, "exit status %d, stderr: %s", r.status, r.err);
     ASSERT_HAS(r.err, "unknown option '--bogus'");
     run_free(&r);
     r = run_cli("inspect a b");
-    ck_assert_int_eq(r.status, 2);
+    ck_assert_msg(r.status == 2, "exit status %d, stderr: %s", r.status, r.err);
     ASSERT_HAS(r.err, "one FILE only");
     run_free(&r);
     r = run_cli("inspect --help");
-    ck_assert_int_eq(r.status, 0);
+    ck_assert_msg(r.status == 0, "exit status %d, stderr: %s", r.status, r.err);
     ck_assert_msg(!strncmp(r.out, "usage: lorahost inspect FILE [--json]", 37), "%s", r.out);
     run_free(&r);
     r = run_cli(pathf("inspect '%s'", tmp("missing.safetensors").s).s);
-    ck_assert_int_eq(r.status, 1);
+    ck_assert_msg(r.status == 1, "exit status %d, stderr: %s", r.status, r.err);
     ASSERT_HAS(r.err, "missing.safetensors: cannot open: No such file or directory\n");
     run_free(&r);
 }
@@ -1223,7 +1223,7 @@ START_TEST(test_inspect_looks_like) {
     ck_assert_int_eq(lh_st_save(w, path.s, &err), LH_OK);
     lh_st_writer_destroy(w);
     run_result r = run_cli(pathf("inspect --json '%s'", path.s).s);
-    ck_assert_int_eq(r.status, 0);
+    ck_assert_msg(r.status == 0, "exit status %d, stderr: %s", r.status, r.err);
     json_error_t je;
     json_t *root = json_loads(r.out, 0, &je);
     ck_assert_ptr_nonnull(root);
