@@ -188,21 +188,7 @@ int lh_cmd_schedulers(int argc, char **argv) {
     /* `--set KEY=VALUE` without a section is a scheduler key: take it here;
      * the rest (--config, --set section.key=value) goes to the settings. */
     const char *overrides[MAX_OVERRIDES];
-    size_t n_overrides = 0;
-    int k = 1;
-    for (int i = 1; i < argc; i++) {
-        const char *kv = NULL;
-        if (!strcmp(argv[i], "--set") && i + 1 < argc) kv = argv[i + 1];
-        else if (!strncmp(argv[i], "--set=", 6)) kv = argv[i] + 6;
-        const char *eq = kv ? strchr(kv, '=') : NULL;
-        if (kv && eq && !memchr(kv, '.', (size_t)(eq - kv)) && n_overrides < MAX_OVERRIDES) {
-            overrides[n_overrides++] = kv;
-            if (argv[i][5] != '=') i++;
-            continue;
-        }
-        argv[k++] = argv[i];
-    }
-    argc = k;
+    size_t n_overrides = lh_take_scheduler_sets(&argc, argv, overrides, MAX_OVERRIDES);
     lh_error err = {0};
     lh_settings *settings = NULL;
     if (lh_settings_create(&settings, &err) != LH_OK) {
