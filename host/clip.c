@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "layers.h"
 #include "weights.h"
 
 typedef struct clip_layer {
@@ -27,7 +28,18 @@ struct lh_clip {
     float *pos_emb;        /* host [max_position_embeddings, hidden] */
     clip_layer *layers;    /* [num_hidden_layers], backend pointers */
     float *final_w, *final_b; /* backend [hidden] */
+    const struct lh_layers *adapt; /* runtime adapters, NULL: none */
 };
+
+void lh_clip_linear(const lh_clip *m, int64_t layer, int which, float **w, float **b) {
+    const clip_layer *L = &m->layers[layer];
+    float *const ws[LH_CLIP_LINEARS] = {L->q_w, L->k_w, L->v_w, L->o_w, L->fc1_w, L->fc2_w};
+    float *const bs[LH_CLIP_LINEARS] = {L->q_b, L->k_b, L->v_b, L->o_b, L->fc1_b, L->fc2_b};
+    *w = ws[which];
+    *b = bs[which];
+}
+
+void lh_clip_set_adapt(lh_clip *m, const struct lh_layers *adapt) { m->adapt = adapt; }
 
 /* ---- config.json ---- */
 
@@ -325,6 +337,13 @@ int64_t lh_clip_hidden_size(const lh_clip *m) { return m->cfg.hidden_size; }
         }                                                                                      \
     } while (0)
 
+/* Runtime adapter terms on the layer whose weight is w (host/layers.h). */
+#define LH_CLIP_ADAPT(w, y, x)                                                                    \
+    do {                                                                                           \
+        st = lh_layers_runtime(m->adapt, (w), (y), (x), R, 1, 1, err);                            \
+        if (st != LH_OK) goto done;                                                                \
+    } while (0)
+
 lh_status lh_clip_encode(lh_clip *m, float *out, const int32_t *ids, int64_t b, int64_t n,
                          int clip_skip, lh_error *err) {
     if (!m || !out || !ids)
@@ -396,14 +415,19 @@ lh_status lh_clip_encode(lh_clip *m, float *out, const int32_t *ids, int64_t b, 
         /* x += out_proj(attention(layer_norm1(x))), causal */
         LH_CLIP_OP(layer_norm, h, x, L->ln1_w, L->ln1_b, R, H, c->layer_norm_eps);
         LH_CLIP_OP(linear, q, h, L->q_w, L->q_b, R, H, H);
+        LH_CLIP_ADAPT(L->q_w, q, h);
         LH_CLIP_OP(linear, k, h, L->k_w, L->k_b, R, H, H);
+        LH_CLIP_ADAPT(L->k_w, k, h);
         LH_CLIP_OP(linear, v, h, L->v_w, L->v_b, R, H, H);
+        LH_CLIP_ADAPT(L->v_w, v, h);
         LH_CLIP_OP(attention, a, q, k, v, b, heads, n, n, d_head, scale, 1);
         LH_CLIP_OP(linear, h, a, L->o_w, L->o_b, R, H, H);
+        LH_CLIP_ADAPT(L->o_w, h, a);
         LH_CLIP_OP(add, x, x, h, R * H);
         /* x += fc2(act(fc1(layer_norm2(x)))) */
         LH_CLIP_OP(layer_norm, h, x, L->ln2_w, L->ln2_b, R, H, c->layer_norm_eps);
         LH_CLIP_OP(linear, f1, h, L->fc1_w, L->fc1_b, R, H, F);
+        LH_CLIP_ADAPT(L->fc1_w, f1, h);
         st = act(be, f2, f1, R * F);
         if (st != LH_OK) {
             lh_error_set(err, st, "text encoder layer %lld: backend %s failed (%s)", (long long)l,
@@ -411,6 +435,7 @@ lh_status lh_clip_encode(lh_clip *m, float *out, const int32_t *ids, int64_t b, 
             goto done;
         }
         LH_CLIP_OP(linear, h, f2, L->fc2_w, L->fc2_b, R, F, H);
+        LH_CLIP_ADAPT(L->fc2_w, h, f2);
         LH_CLIP_OP(add, x, x, h, R * H);
     }
     /* final_layer_norm, also after a clip_skip (as diffusers applies it) */

@@ -67,6 +67,14 @@ LH_API lh_status lh_clip_load_src(lh_clip **out, lh_backend *be, const lh_clip_c
 
 LH_API void lh_clip_free(lh_clip *m);
 
+/* The linear layers adapters may change, per encoder layer, in this order:
+ * self_attn.q_proj, k_proj, v_proj, out_proj, mlp.fc1, mlp.fc2. */
+#define LH_CLIP_LINEARS 6
+void lh_clip_linear(const lh_clip *m, int64_t layer, int which, float **w, float **b);
+/* Runtime adapters applied after each adapted layer (host/layers.h); NULL: none. */
+struct lh_layers;
+void lh_clip_set_adapt(lh_clip *m, const struct lh_layers *adapt);
+
 LH_API const lh_clip_config *lh_clip_get_config(const lh_clip *m);
 LH_API int64_t lh_clip_hidden_size(const lh_clip *m);
 

@@ -15,6 +15,7 @@
 #include "commands.h"
 #include "lorahost/lorahost.h"
 #include "model.h"
+#include "adapter_prompt.h"
 #include "pipeline.h"
 #include "png.h"
 
@@ -52,6 +53,12 @@ static void usage(FILE *out) {
             "  --device cpu|cuda       compute device (cpu)                 [backend] device\n"
             "  --threads N             CPU threads, 0 = all                 [backend] threads\n"
             "  --plugin-dir DIR        also load plugins from DIR           [plugins] dirs\n"
+            "  --lora PATH[:SCALE]     apply an adapter (repeatable); <lora:NAME:SCALE> in the\n"
+            "                          prompt finds NAME[.safetensors] in    [adapters] dirs\n"
+            "  --lora-mode runtime|merged  add adapter outputs on the fly, or fold them into\n"
+            "                          the weights                          [adapters] mode\n"
+            "  --lora-policy warn|strict  adapter keys matching no layer: skip or fail\n"
+            "                                                               [adapters] policy\n"
             "  --quiet                 no progress output\n"
             "  --timings               print stage timings and peak RSS as one JSON line\n"
             "                          on standard error\n"
@@ -202,16 +209,99 @@ static int prediction_given(const lh_gen_params *p) {
     return 0;
 }
 
-/* ---- The command ---- */
+#define MAX_LORAS 16
 
 typedef struct opts {
     const char *model, *init_image, *init_noise, *save_latents, *output, *device;
+    const char *loras[MAX_LORAS], *lora_mode, *lora_policy;
+    size_t n_loras;
+    const char *const *adapter_dirs;
+    size_t n_adapter_dirs;
     const char *tokenizer, *model_config;
     const char *dirs[MAX_DIRS];
     size_t n_dirs;
     int64_t threads;
     int quiet, size_given, timings;
 } opts;
+
+/* ---- Adapters: --lora and <lora:NAME:SCALE> ---- */
+
+typedef struct loaded {
+    lh_adapter *a[2 * MAX_LORAS];
+    size_t n;
+    char *clean_prompt; /* the prompt without its tags */
+} loaded;
+
+static void print_report(const lh_adapter *a) {
+    const lh_adapter_report *r = lh_adapter_get_report(a);
+    fprintf(stderr, NAME ": adapter %s (%s; alpha: %s): %d U-Net + %d text-encoder layers (",
+            lh_adapter_name(a), r->format, r->alpha_source, (int)r->layers_unet,
+            (int)r->layers_te);
+    for (int i = 0; i < r->n_kinds; i++)
+        fprintf(stderr, "%s%s/%s %d", i ? ", " : "", r->kinds[i].kind, r->kinds[i].form,
+                (int)r->kinds[i].layers);
+    fprintf(stderr, "), %zu of %zu tensors used, %zu unmatched\n", r->n_used, r->n_keys,
+            r->n_unmatched);
+}
+
+static int load_adapters(loaded *L, lh_model *m, lh_registry *reg, lh_gen_params *p,
+                         const opts *o) {
+    lh_error err = {0};
+    int mode = !strcmp(o->lora_mode, "merged") ? 1 : !strcmp(o->lora_mode, "runtime") ? 0 : -1;
+    int policy = !strcmp(o->lora_policy, "strict") ? 1 : !strcmp(o->lora_policy, "warn") ? 0 : -1;
+    if (mode < 0 || policy < 0) {
+        fprintf(stderr, NAME ": %s '%s': expected %s\n", mode < 0 ? "--lora-mode" : "--lora-policy",
+                mode < 0 ? o->lora_mode : o->lora_policy,
+                mode < 0 ? "runtime or merged" : "warn or strict");
+        return 2;
+    }
+    lh_adapter_ref *tags = NULL, refs[2 * MAX_LORAS];
+    size_t n_tags = 0, n = 0;
+    if (lh_prompt_adapters(&L->clean_prompt, &tags, &n_tags, p->prompt, &err) != LH_OK) {
+        fprintf(stderr, NAME ": %s\n", err.msg);
+        return 2;
+    }
+    int rc = 2;
+    for (size_t i = 0; i < o->n_loras; i++)
+        if (lh_adapter_ref_parse(&refs[n++], o->loras[i], &err) != LH_OK) goto bad;
+    for (size_t i = 0; i < n_tags; i++) {
+        if (n == 2 * MAX_LORAS) {
+            fprintf(stderr, NAME ": at most %d adapters in all\n", 2 * MAX_LORAS);
+            goto out;
+        }
+        refs[n++] = tags[i];
+    }
+    rc = 1;
+    lh_adapter_weights w[2 * MAX_LORAS];
+    lh_adapter_load_opts lo = {policy ? LH_ADAPTER_STRICT : LH_ADAPTER_WARN, NULL};
+    for (size_t i = 0; i < n; i++) {
+        char path[4096];
+        if (lh_adapter_resolve(path, sizeof path, refs[i].name, o->adapter_dirs,
+                               o->n_adapter_dirs, &err) != LH_OK ||
+            lh_adapter_load(&L->a[L->n], m, reg, path, &lo, &err) != LH_OK)
+            goto bad;
+        if (!o->quiet) print_report(L->a[L->n]);
+        lh_adapter_weights_init(&w[L->n++], refs[i].scale);
+    }
+    if (n && lh_adapter_set_ex(m, L->a, w, L->n, mode ? LH_ADAPTER_MERGED : LH_ADAPTER_RUNTIME,
+                               &err) != LH_OK)
+        goto bad;
+    rc = 0;
+    goto out;
+bad:
+    fprintf(stderr, NAME ": %s\n", err.msg);
+out:
+    free(tags);
+    return rc;
+}
+
+static void unload_adapters(loaded *L) {
+    for (size_t i = 0; i < L->n; i++) lh_adapter_unload(L->a[i]);
+    free(L->clean_prompt);
+}
+
+/* ---- The command ---- */
+
 
 static int settings_defaults(lh_gen_params *p, opts *o, const lh_settings *s) {
     lh_error err = {0};
@@ -233,7 +323,10 @@ static int settings_defaults(lh_gen_params *p, opts *o, const lh_settings *s) {
         lh_settings_get_string(&o->device, s, "backend.device", &err) ||
         lh_settings_get_int(&o->threads, s, "backend.threads", &err) ||
         lh_settings_get(&sched, s, "plugins.scheduler", &err) ||
-        lh_settings_get_list(&dirs, &n_dirs, s, "plugins.dirs", &err)) {
+        lh_settings_get_list(&dirs, &n_dirs, s, "plugins.dirs", &err) ||
+        lh_settings_get_list(&o->adapter_dirs, &o->n_adapter_dirs, s, "adapters.dirs", &err) ||
+        lh_settings_get_string(&o->lora_mode, s, "adapters.mode", &err) ||
+        lh_settings_get_string(&o->lora_policy, s, "adapters.policy", &err)) {
         fprintf(stderr, NAME ": %s\n", err.msg);
         return 1;
     }
@@ -322,6 +415,16 @@ static int parse_args(lh_gen_params *p, opts *o, int argc, char **argv) {
             o->output = v;
         } else if (!strcmp(a, "--device")) {
             o->device = v;
+        } else if (!strcmp(a, "--lora")) {
+            if (o->n_loras == MAX_LORAS) {
+                fprintf(stderr, NAME ": at most %d --lora\n", MAX_LORAS);
+                return 2;
+            }
+            o->loras[o->n_loras++] = v;
+        } else if (!strcmp(a, "--lora-mode")) {
+            o->lora_mode = v;
+        } else if (!strcmp(a, "--lora-policy")) {
+            o->lora_policy = v;
         } else if (!strcmp(a, "--plugin-dir")) {
             if (o->n_dirs >= MAX_DIRS) {
                 fprintf(stderr, NAME ": at most %d --plugin-dir\n", MAX_DIRS);
@@ -374,6 +477,7 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
     lh_registry *reg = NULL;
     lh_model *m = NULL;
     lh_gen_result r = {0};
+    loaded ad = {0};
     char *params = NULL;
     rc = 1;
     if (o.init_image) {
@@ -435,6 +539,11 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
         fprintf(stderr, NAME ": %s\n", err.msg);
         goto done;
     }
+    const char *prompt = p.prompt;
+    rc = load_adapters(&ad, m, reg, &p, &o);
+    if (rc) goto done;
+    rc = 1;
+    p.prompt = ad.clean_prompt;
     progress pr = {isatty(STDERR_FILENO), o.quiet, {0, 0}};
     clock_gettime(CLOCK_MONOTONIC, &pr.t0);
     p.progress = on_step;
@@ -450,6 +559,7 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
         fprintf(stderr, NAME ": %s\n", err.msg);
         goto done;
     }
+    p.prompt = prompt; /* A1111 keeps the tags in the parameters text */
     if (o.timings) print_timings(&r, t_load, mono_s() - t_gen, image != NULL);
     const char *sampler = p.scheduler && *p.scheduler ? p.scheduler
                           : m->info.scheduler_class[0] ? m->info.scheduler_class
@@ -479,6 +589,7 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
 done:
     free(params);
     lh_gen_result_free(&r);
+    unload_adapters(&ad);
     lh_model_close(m);
     lh_registry_destroy(reg);
     if (be) lh_backend_destroy(be);

@@ -2,6 +2,8 @@
  * file, architecture detection, and loading of its four components. */
 #include "model.h"
 
+#include "adapter.h"
+
 #include <dlfcn.h>
 #include <jansson.h>
 #include <limits.h>
@@ -457,6 +459,7 @@ lh_status lh_model_open(lh_model **out, lh_backend *be, const char *path, lh_err
 
 void lh_model_close(lh_model *m) {
     if (!m) return;
+    lh_adapt_free(m);
     lh_vae_free(m->vae);
     lh_unet_free(m->unet);
     lh_clip_free(m->clip);

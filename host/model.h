@@ -70,6 +70,7 @@ typedef struct lh_model {
     lh_unet *unet;
     lh_vae *vae;
     int32_t pad_id; /* id of info.pad_token */
+    struct lh_adapt *adapt; /* adapters loaded for the model (host/adapter.h), NULL: none yet */
 } lh_model;
 
 /* "SD 1.x", "SD 2.x", "SDXL", "unknown". */

@@ -2,9 +2,35 @@
  * GEMM and conv2d on host tensors, computed in float32 (accumulated in
  * double) whatever the storage type. The compute backends replace these. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 
+#include "../kernels/backend.h"
 #include "tensor.h"
+
+/* ---- The compute backend for float32 tensors ----
+ * Host tensors live in host memory, so the cpu backend's GEMM and conv2d
+ * (OpenBLAS) serve them when every operand is F32; other dtypes take the
+ * reference loops below. Created on first use, kept for the process. */
+
+static lh_backend *g_backend;
+static pthread_once_t g_backend_once = PTHREAD_ONCE_INIT;
+
+static void backend_init(void) {
+    char msg[256];
+    if (lh_backend_cpu_create(&g_backend, 0, msg, sizeof msg) != LH_OK) g_backend = NULL;
+}
+
+static lh_backend *f32_backend(void) {
+    pthread_once(&g_backend_once, backend_init);
+    return g_backend;
+}
+
+static int all_f32(const lh_tensor *a, const lh_tensor *b, const lh_tensor *c,
+                   const lh_tensor *d) {
+    return a->dtype == LH_DTYPE_F32 && b->dtype == LH_DTYPE_F32 && c->dtype == LH_DTYPE_F32 &&
+           (!d || d->dtype == LH_DTYPE_F32);
+}
 
 /* ---- Checks ---- */
 
@@ -125,6 +151,15 @@ lh_status lh_op_gemm(lh_tensor *out, const lh_tensor *a, const lh_tensor *b, int
                             "[%lld, %lld]",
                             (long long)m, (long long)k, (long long)kb, (long long)n,
                             (long long)orows, (long long)ocols);
+    lh_backend *be = all_f32(out, a, b, NULL) ? f32_backend() : NULL;
+    if (be) {
+        if (m == 0 || n == 0) return LH_OK;
+        if (k == 0) return lh_op_axpby(out, beta, out, 0.0, NULL, err);
+        st = be->ops->gemm(be, out->data, a->data, b->data, trans_a, trans_b, m, n, k,
+                           (float)alpha, (float)beta, 1, 0, 0, 0);
+        if (st != LH_OK) return lh_error_set(err, st, "gemm: the cpu backend failed");
+        return LH_OK;
+    }
     for (int64_t i = 0; i < m; i++) {
         for (int64_t j = 0; j < n; j++) {
             double acc = 0.0;
@@ -177,6 +212,17 @@ lh_status lh_op_conv2d(lh_tensor *out, const lh_tensor *x, const lh_tensor *w,
     if (bias && bias->numel != cout)
         return lh_error_set(err, LH_ERR_SHAPE, "conv2d: bias has %lld elements, expected %lld",
                             (long long)bias->numel, (long long)cout);
+    lh_backend *be = all_f32(out, x, w, bias) && groups == 1 && dil_h == 1 && dil_w == 1 &&
+                             stride_h == stride_w && pad_h == pad_w
+                         ? f32_backend()
+                         : NULL;
+    if (be) {
+        if (out->numel == 0) return LH_OK;
+        st = be->ops->conv2d(be, out->data, x->data, w->data, bias ? bias->data : NULL, nb, cin,
+                             h, wd, cout, kh, kw, stride_h, pad_h);
+        if (st != LH_OK) return lh_error_set(err, st, "conv2d: the cpu backend failed");
+        return LH_OK;
+    }
     int64_t opg = cout / groups;
     for (int64_t n = 0; n < nb; n++)
         for (int64_t co = 0; co < cout; co++) {

@@ -84,6 +84,8 @@ typedef struct lh_unet {
     float *time1_w, *time1_b, *time2_w, *time2_b; /* time_embedding.linear_1 / linear_2 */
     lh_unet_block down[LH_UNET_MAX_BLOCKS], mid, up[LH_UNET_MAX_BLOCKS];
     float *norm_out_w, *norm_out_b, *conv_out_w, *conv_out_b;
+    /* Runtime adapters (host/layers.h), applied after each adapted layer; NULL: none. */
+    const struct lh_layers *adapt;
 } lh_unet;
 
 /* ---- Loading ---- */

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "unet.h"
+#include "layers.h"
 
 /* ---- The activation plan ---- */
 
@@ -108,6 +109,9 @@ static lh_status skip_pop(run *r, float **out, int64_t *c, const char *who) {
         if (st_ != LH_OK) return st_;                                                              \
     } while (0)
 
+/* Runtime adapter terms on the layer whose weight is w (host/layers.h). */
+#define ADAPT(w, y, x, n, h, w_) TRY(lh_layers_runtime(r->m->adapt, (w), (y), (x), (n), (h), (w_), r->err))
+
 /* ---- Blocks ---- */
 
 /* ResnetBlock2D: out = shortcut(x) + conv2(silu(gn2(conv1(silu(gn1(x))) + temb_proj))).
@@ -129,14 +133,18 @@ static lh_status resnet(run *r, float *out, /* [b, c_out, h, w] */
     OP(ops->group_norm(be, t1, x, p->norm1_w, p->norm1_b, b, ci, hw, c->norm_num_groups,
                        c->norm_eps, 1), who);
     OP(ops->conv2d(be, t2, t1, p->conv1_w, p->conv1_b, b, ci, h, w, co, 3, 3, 1, 1), who);
+    ADAPT(p->conv1_w, t2, t1, b, h, w);
     OP(ops->linear(be, tres, S(r, SLOT_TEMB), p->temb_w, p->temb_b, b, 4 * c->block_out_channels[0],
                    co), who);
+    ADAPT(p->temb_w, tres, S(r, SLOT_TEMB), b, 1, 1);
     OP(ops->add_channel_bias(be, t2, t2, tres, b, co, hw), who);
     OP(ops->group_norm(be, t1, t2, p->norm2_w, p->norm2_b, b, co, hw, c->norm_num_groups,
                        c->norm_eps, 1), who);
     OP(ops->conv2d(be, out, t1, p->conv2_w, p->conv2_b, b, co, h, w, co, 3, 3, 1, 1), who);
+    ADAPT(p->conv2_w, out, t1, b, h, w);
     if (p->short_w) {
         OP(ops->conv2d(be, t2, x, p->short_w, p->short_b, b, ci, h, w, co, 1, 1, 1, 0), who);
+        ADAPT(p->short_w, t2, x, b, h, w);
         OP(ops->add(be, out, out, t2, b * co * hw), who);
     } else {
         OP(ops->add(be, out, out, x, b * co * hw), who);
@@ -158,10 +166,14 @@ static lh_status attention(run *r, float *stream, /* [b, hw, c] */
     float *q = S(r, SLOT_Q), *k = S(r, SLOT_K), *v = S(r, SLOT_V), *att = S(r, SLOT_ATT);
     float *proj = S(r, SLOT_LN); /* ln is consumed once q, k and v exist */
     OP(ops->linear(be, q, ln, wq, NULL, b * hw, c, c), who);
+    ADAPT(wq, q, ln, b * hw, 1, 1);
     OP(ops->linear(be, k, kv, wk, NULL, b * n_kv, c_kv, c), who);
+    ADAPT(wk, k, kv, b * n_kv, 1, 1);
     OP(ops->linear(be, v, kv, wv, NULL, b * n_kv, c_kv, c), who);
+    ADAPT(wv, v, kv, b * n_kv, 1, 1);
     OP(ops->attention(be, att, q, k, v, b, heads, hw, n_kv, d, 1.0f / sqrtf((float)d), 0), who);
     OP(ops->linear(be, proj, att, wo, bo, b * hw, c, c), who);
+    ADAPT(wo, proj, att, b * hw, 1, 1);
     OP(ops->add(be, stream, stream, proj, b * hw * c), who);
     return LH_OK;
 }
@@ -197,6 +209,7 @@ static lh_status transformer(run *r, float *out, /* [b, c, h, w] */
        who);
     OP(ops->transpose_c_hw(be, t2, t1, b, c, hw), who);
     OP(ops->linear(be, stream, t2, a->proj_in_w, a->proj_in_b, n, c, c), who);
+    ADAPT(a->proj_in_w, stream, t2, n, 1, 1);
 
     OP(ops->layer_norm(be, ln, stream, t->norm1_w, t->norm1_b, n, c, 1e-5f), who);
     TRY(attention(r, stream, ln, ln, t->q1, t->k1, t->v1, t->o1_w, t->o1_b, c, heads, hw, hw, c,
@@ -206,11 +219,14 @@ static lh_status transformer(run *r, float *out, /* [b, c, h, w] */
                   r->n_ctx, cfg->cross_attention_dim, who));
     OP(ops->layer_norm(be, ln, stream, t->norm3_w, t->norm3_b, n, c, 1e-5f), who);
     OP(ops->linear(be, S(r, SLOT_FF), ln, t->ff1_w, t->ff1_b, n, c, 8 * c), who);
+    ADAPT(t->ff1_w, S(r, SLOT_FF), ln, n, 1, 1);
     OP(ops->geglu(be, S(r, SLOT_GEGLU), S(r, SLOT_FF), n, 4 * c), who);
     OP(ops->linear(be, ln, S(r, SLOT_GEGLU), t->ff2_w, t->ff2_b, n, 4 * c, c), who);
+    ADAPT(t->ff2_w, ln, S(r, SLOT_GEGLU), n, 1, 1);
     OP(ops->add(be, stream, stream, ln, n * c), who);
 
     OP(ops->linear(be, t2, stream, a->proj_out_w, a->proj_out_b, n, c, c), who);
+    ADAPT(a->proj_out_w, t2, stream, n, 1, 1);
     OP(ops->transpose_c_hw(be, out, t2, b, hw, c), who);
     OP(ops->add(be, out, out, x, n * c), who);
     return LH_OK;
@@ -236,9 +252,11 @@ static lh_status down_block(run *r, const float **cur, const lh_unet_block *blk,
     }
     if (blk->sample_w) { /* Downsample2D: 3x3 conv, stride 2, padding 1 */
         float *s = skip_push(r, c, elems(r, b, c, *h / 2, *w / 2));
-        if (!r->dry)
+        if (!r->dry) {
             OP(r->ops->conv2d(r->m->be, s, *cur, blk->sample_w, blk->sample_b, b, c, *h, *w, c, 3,
                               3, 2, 1), "downsamplers.0");
+            ADAPT(blk->sample_w, s, *cur, b, *h, *w);
+        }
         *cur = s;
         *h /= 2;
         *w /= 2;
@@ -305,6 +323,7 @@ static lh_status up_block(run *r, const float **cur, const lh_unet_block *blk, i
             OP(ops->upsample_nearest2x(be, t1, *cur, b, c, *h, *w), "upsamplers.0");
             OP(ops->conv2d(be, o, t1, blk->sample_w, blk->sample_b, b, c, 2 * *h, 2 * *w, c, 3, 3,
                            1, 1), "upsamplers.0");
+            ADAPT(blk->sample_w, o, t1, b, 2 * *h, 2 * *w);
         }
         *cur = o;
         *h *= 2;
@@ -333,15 +352,19 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
         OP(ops->timestep_embedding(be, tp, timesteps, b, c0, c->flip_sin_to_cos, c->freq_shift,
                                    10000.0f), "time_proj");
         OP(ops->linear(be, th, tp, m->time1_w, m->time1_b, b, c0, 4 * c0), "time_embedding");
+        ADAPT(m->time1_w, th, tp, b, 1, 1);
         OP(ops->silu(be, th, th, b * 4 * c0), "time_embedding");
         OP(ops->linear(be, te, th, m->time2_w, m->time2_b, b, 4 * c0, 4 * c0), "time_embedding");
+        ADAPT(m->time2_w, te, th, b, 1, 1);
         OP(ops->silu(be, te, te, b * 4 * c0), "time_embedding");
     }
 
     float *first = skip_push(r, c0, elems(r, b, c0, h, w));
-    if (!r->dry)
+    if (!r->dry) {
         OP(ops->conv2d(be, first, x, m->conv_in_w, m->conv_in_b, b, c->in_channels, h, w,
                        c0, 3, 3, 1, 1), "conv_in");
+        ADAPT(m->conv_in_w, first, x, b, h, w);
+    }
     const float *cur = first;
     for (int i = 0; i < c->n_blocks; i++) TRY(down_block(r, &cur, &m->down[i], &h, &w));
     TRY(mid_block(r, &cur, &m->mid, h, w));
@@ -354,6 +377,7 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
                            c->norm_num_groups, c->norm_eps, 1), "conv_norm_out");
         OP(ops->conv2d(be, out, t1, m->conv_out_w, m->conv_out_b, b, c0, h, w, c->out_channels, 3,
                        3, 1, 1), "conv_out");
+        ADAPT(m->conv_out_w, out, t1, b, h, w);
     }
     return LH_OK;
 }

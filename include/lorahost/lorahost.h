@@ -8,6 +8,7 @@
 #include "lorahost/registry.h"
 #include "lorahost/scheduler.h"
 #include "lorahost/config.h"
+#include "lorahost/adapters.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -238,43 +238,83 @@ typedef struct lh_scheduler_desc {
 } lh_scheduler_desc;
 
 /* ---- Adapter-kind plugins (LoRA, LoHa, LoKr, ...) ----
- * The host groups an adapter file's tensors by target layer and offers each
- * group to every adapter kind's `recognise`. The matching kind then creates
- * one layer instance from the group. */
+ * The host reads an adapter file (kohya/A1111, LyCORIS, PEFT/diffusers, old
+ * diffusers), groups its tensors by the base layer they modify and offers
+ * each group to every adapter kind's `recognise`; the first kind that claims
+ * it creates one instance for that layer. Suffixes are normalised to the
+ * kohya/LyCORIS names whatever the file's format:
+ *   lora_down.weight, lora_up.weight, lora_mid.weight  (PEFT lora_A/lora_B,
+ *       old diffusers to_q_lora.down/up are renamed to these)
+ *   dora_scale             LyCORIS/kohya DoRA magnitude
+ *   lora_magnitude_vector  PEFT DoRA magnitude (PEFT's formula, see below)
+ *   hada_w1_a, hada_w1_b, hada_w2_a, hada_w2_b, hada_t1, hada_t2
+ *   lokr_w1, lokr_w1_a, lokr_w1_b, lokr_w2, lokr_w2_a, lokr_w2_b, lokr_t2
+ *   diff, diff_b
+ * The `alpha` tensor is not among them: its value is in `alpha`.
+ *
+ * Layer forms. base_ndim 2: a linear layer, x [rows, in] -> y [rows, out],
+ * weight [out, in]. 1x1 convolutions the host runs as linears on tokens
+ * (SD 1.x proj_in/proj_out) are offered as base_ndim 2 too: adapter tensors
+ * for them may carry trailing 1x1 axes ([r, in, 1, 1]), which the kind must
+ * accept as the 2-D matrix. base_ndim 4: a convolution, x [n, in, h, w] ->
+ * y [n, out, ho, wo], weight [out, in, kh, kw], with `stride` and `padding`
+ * (square, dilation 1, groups 1).
+ *
+ * Scale. `scale` in weight_delta/forward/backward is the user's multiplier
+ * (with any per-component or per-block factor folded in). The kind applies
+ * its own alpha / rank (alpha = rank when the file gives none, i.e. `alpha`
+ * is NaN). Deltas are linear in `scale` except DoRA's. */
 
 typedef struct lh_adapter_tensor {
-    const char *suffix;       /* key after the layer prefix, e.g. "lora_down.weight" */
+    const char *suffix;       /* normalised key after the layer prefix, e.g. "lora_down.weight" */
     const lh_tensor *tensor;  /* host-owned, valid for the instance's lifetime */
 } lh_adapter_tensor;
 
 typedef struct lh_adapter_layer {
-    const char *name;               /* target layer key, for messages */
+    const char *name;               /* target layer (diffusers module path), for messages */
     int base_ndim;                  /* 2 (linear) or 4 (conv) */
     int64_t base_shape[LH_MAX_DIMS];/* [out, in] or [out, in, kh, kw] */
     const lh_adapter_tensor *tensors;
     int32_t n_tensors;
     double alpha;                   /* NaN when the file gives none */
+    int32_t stride, padding;        /* base_ndim 4: the base convolution's */
+    /* The base weight [base_shape] as loaded, float32; valid only during
+     * create() (DoRA needs it: copy what you keep). */
+    const lh_tensor *base_weight;
 } lh_adapter_layer;
 
 typedef struct lh_adapter_desc {
     lh_plugin_info info;
-    /* 1 if this kind owns the tensor group, else 0. */
+    /* 1 if this kind owns the tensor group, else 0. Looks only at suffixes
+     * (and ndims); create() checks shapes and values. */
     int (*recognise)(const lh_adapter_layer *layer);
+    /* Check every tensor against base_shape and each other (errors name the
+     * layer, the tensor and both shapes), and prepare float32 working copies. */
     lh_status (*create)(void **state, const lh_host_api *host, const lh_adapter_layer *layer,
                         char *err, size_t err_size);
     void (*destroy)(void *state);
-    /* delta += scale * dW, delta shaped like the base weight. */
+    /* delta += dW(scale), delta float32 [base_shape]: the merged weight is
+     * base + the sum of every adapter's delta. DoRA's delta is its whole
+     * decomposed weight minus the base. */
     lh_status (*weight_delta)(void *state, lh_tensor *delta, double scale, char *err,
                               size_t err_size);
-    /* y += scale * f(x): runtime mode, base weights untouched. */
+    /* y += f(x, scale): runtime mode, base weights untouched; y holds the
+     * base layer's output (bias included). Equal, up to rounding, to adding
+     * x times the transposed weight_delta(scale) (for a convolution: convolving
+     * with it). */
     lh_status (*forward)(void *state, lh_tensor *y, const lh_tensor *x, double scale,
                          char *err, size_t err_size);
-    /* Training: dx += scale * df/dx^T dy (dx may be NULL); the parameter
-     * gradients accumulate into the host buffers given by `grads`, in the
-     * order of the layer's tensors. */
+    /* Training: given dy = dL/dy for the forward above at input x,
+     *   dx += (d f / d x)^T dy        (dx may be NULL),
+     *   grads[i] += dL / d tensors[i] (float32, shaped like tensors[i];
+     *                                  a NULL entry is not trained). */
     lh_status (*backward)(void *state, lh_tensor *dx, lh_tensor *const *grads,
                           const lh_tensor *dy, const lh_tensor *x, double scale, char *err,
                           size_t err_size);
+    /* delta += the change of the layer's bias [out] (full-diff `diff_b`);
+     * NULL for kinds that never touch the bias. forward() includes it. */
+    lh_status (*bias_delta)(void *state, lh_tensor *delta, double scale, char *err,
+                            size_t err_size);
 
     void *reserved[LH_RESERVED_SLOTS];
 } lh_adapter_desc;

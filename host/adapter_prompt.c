@@ -1,0 +1,142 @@
+/* Adapter names in prompts and on the command line (see adapter_prompt.h). */
+#include "adapter_prompt.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char *const TAGS[] = {"<lora:", "<lyco:"};
+
+static int parse_scale(double *out, const char *s, size_t len) {
+    char buf[64];
+    if (len == 0 || len >= sizeof buf) return -1;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    char *end;
+    double v = strtod(buf, &end);
+    if (*end || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+/* One tag body "NAME[:MULT]" (between "<lora:" and ">"). */
+static lh_status parse_tag(lh_adapter_ref *r, const char *body, size_t len, lh_error *err) {
+    const char *colon = memchr(body, ':', len);
+    size_t name_len = colon ? (size_t)(colon - body) : len;
+    r->scale = 1.0;
+    if (name_len == 0 || name_len >= sizeof r->name)
+        return lh_error_set(err, LH_ERR_INVALID, "prompt: adapter tag <lora:%.*s> needs a name "
+                            "of 1..%d bytes", (int)len, body, LH_ADAPTER_NAME_MAX - 1);
+    memcpy(r->name, body, name_len);
+    r->name[name_len] = '\0';
+    if (colon && parse_scale(&r->scale, colon + 1, len - name_len - 1))
+        return lh_error_set(err, LH_ERR_INVALID,
+                            "prompt: adapter tag <lora:%.*s>: '%.*s' is not a multiplier", (int)len,
+                            body, (int)(len - name_len - 1), colon + 1);
+    return LH_OK;
+}
+
+static const char *next_tag(const char *s, size_t *tag_len) {
+    const char *best = NULL;
+    for (size_t i = 0; i < sizeof TAGS / sizeof TAGS[0]; i++) {
+        const char *p = strstr(s, TAGS[i]);
+        if (p && (!best || p < best)) best = p;
+    }
+    *tag_len = 6;
+    return best;
+}
+
+lh_status lh_prompt_adapters(char **clean, lh_adapter_ref **refs, size_t *n, const char *prompt,
+                             lh_error *err) {
+    *clean = NULL;
+    *refs = NULL;
+    *n = 0;
+    if (!prompt) prompt = "";
+    size_t len = strlen(prompt), cap = 0;
+    char *out = malloc(len + 1);
+    if (!out) return lh_error_set(err, LH_ERR_NOMEM, "out of memory reading the prompt");
+    size_t o = 0, tag_len;
+    const char *s = prompt, *t;
+    lh_status st = LH_OK;
+    while ((t = next_tag(s, &tag_len))) {
+        const char *end = strchr(t + tag_len, '>');
+        if (!end) {
+            st = lh_error_set(err, LH_ERR_INVALID, "prompt: adapter tag '%.40s' has no closing '>'", t);
+            break;
+        }
+        memcpy(out + o, s, (size_t)(t - s));
+        o += (size_t)(t - s);
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 4;
+            lh_adapter_ref *r = realloc(*refs, cap * sizeof *r);
+            if (!r) {
+                st = lh_error_set(err, LH_ERR_NOMEM, "out of memory reading the prompt");
+                break;
+            }
+            *refs = r;
+        }
+        st = parse_tag(&(*refs)[*n], t + tag_len, (size_t)(end - t - (ptrdiff_t)tag_len), err);
+        if (st != LH_OK) break;
+        (*n)++;
+        s = end + 1;
+    }
+    if (st != LH_OK) {
+        free(out);
+        free(*refs);
+        *refs = NULL;
+        *n = 0;
+        return st;
+    }
+    strcpy(out + o, s);
+    *clean = out;
+    return LH_OK;
+}
+
+lh_status lh_adapter_ref_parse(lh_adapter_ref *out, const char *arg, lh_error *err) {
+    out->scale = 1.0;
+    const char *colon = strrchr(arg, ':');
+    size_t len = strlen(arg);
+    if (colon && parse_scale(&out->scale, colon + 1, strlen(colon + 1)) == 0)
+        len = (size_t)(colon - arg);
+    else
+        out->scale = 1.0;
+    if (len == 0 || len >= sizeof out->name)
+        return lh_error_set(err, LH_ERR_INVALID, "--lora '%s': needs PATH[:SCALE] with a path of "
+                            "1..%d bytes", arg, LH_ADAPTER_NAME_MAX - 1);
+    memcpy(out->name, arg, len);
+    out->name[len] = '\0';
+    return LH_OK;
+}
+
+static int is_file(const char *p) {
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+lh_status lh_adapter_resolve(char *out, size_t size, const char *name, const char *const *dirs,
+                             size_t n_dirs, lh_error *err) {
+    if (is_file(name)) {
+        if ((size_t)snprintf(out, size, "%s", name) >= size)
+            return lh_error_set(err, LH_ERR_INVALID, "adapter path too long: %s", name);
+        return LH_OK;
+    }
+    if (!strstr(name, ".."))
+        for (size_t i = 0; i < n_dirs; i++) {
+            static const char *const EXT[] = {"", ".safetensors"};
+            for (size_t e = 0; e < 2; e++)
+                if ((size_t)snprintf(out, size, "%s/%s%s", dirs[i], name, EXT[e]) < size &&
+                    is_file(out))
+                    return LH_OK;
+        }
+    char where[512] = "";
+    size_t len = 0;
+    for (size_t i = 0; i < n_dirs && len < sizeof where; i++)
+        len += (size_t)snprintf(where + len, sizeof where - len, "%s%s", i ? ", " : "", dirs[i]);
+    out[0] = '\0';
+    return lh_error_set(err, LH_ERR_NOT_FOUND,
+                        "adapter '%s': no such file%s%s%s", name,
+                        n_dirs ? " here or in [adapters] dirs (" : " (no [adapters] dirs configured)",
+                        where, n_dirs ? ")" : "");
+}
