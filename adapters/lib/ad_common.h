@@ -1,8 +1,8 @@
-/* Shared code of the adapter-kind plugins (one adapters/<kind>.c each), compiled into each
- * one; plugin-side, so it sees only lorahost/plugin.h: checking and loading
- * an adapter's tensors, matrices stored whole or as low-rank (Tucker)
- * products, DoRA's weight decomposition, and the runtime forward/backward of
- * a chain of linear or convolution stages. */
+/* Shared code of the adapter-kind plugins (adapters/<kind>.c), compiled
+ * into each one; plugin-side, so it sees only lorahost/plugin.h: checking
+ * and loading an adapter's tensors, matrices stored whole or as low-rank
+ * (Tucker) products, DoRA's weight decomposition, dense deltas, and the
+ * runtime forward/backward of a chain of linear or convolution stages. */
 #ifndef LH_AD_COMMON_H
 #define LH_AD_COMMON_H
 
