@@ -51,8 +51,7 @@ static lh_status forward(void *p, lh_tensor *y, const lh_tensor *x, double scale
     return lh_ad_forward(&s->d.b, y, x, &one, 1, scale, s->bias, err, err_size);
 }
 
-static lh_status bias_delta(void *p, lh_tensor *delta, double scale, char *err,
-                            size_t err_size) {
+static lh_status bias_delta(void *p, lh_tensor *delta, double scale, char *err, size_t err_size) {
     full *s = p;
     if (!s->bias) return LH_OK;
     lh_status st = s->d.b.host->tensor_axpby(delta, 1.0, delta, scale, s->bias);

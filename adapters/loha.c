@@ -42,9 +42,16 @@ static lh_status load_factor(const lh_ad_ctx *c, lh_ad_factor *q, int n, int tuc
     int64_t r;
     lh_status st = lh_ad_rank(c, &r, a, tucker ? 0 : 1, b, 0);
     if (st != LH_OK) return st;
-    *q = (lh_ad_factor){.rows = f->out, .r = r, .r2 = r, .in = f->in, .k = f->k, .up_t = tucker,
-                        .gi_w = -1, .gi_up = lh_ad_index(c->layer, a),
-                        .gi_down = lh_ad_index(c->layer, b), .gi_mid = lh_ad_index(c->layer, t)};
+    *q = (lh_ad_factor){.rows = f->out,
+                        .r = r,
+                        .r2 = r,
+                        .in = f->in,
+                        .k = f->k,
+                        .up_t = tucker,
+                        .gi_w = -1,
+                        .gi_up = lh_ad_index(c->layer, a),
+                        .gi_down = lh_ad_index(c->layer, b),
+                        .gi_mid = lh_ad_index(c->layer, t)};
     const int64_t up[2] = {tucker ? r : f->out, tucker ? f->out : r};
     const int64_t down[2] = {r, tucker ? f->in : f->in * f->k};
     const int64_t mid[4] = {r, r, f->kh, f->kw};
@@ -116,9 +123,9 @@ static lh_status backward(void *p, lh_tensor *dx, lh_tensor *const *grads, const
 }
 
 static const lh_adapter_desc DESC = {
-    .info = LH_PLUGIN_INFO(LH_PLUGIN_ADAPTER, lh_adapter_desc, "loha", "1.0.0",
-                           "LyCORIS LoHa: Hadamard product of two low-rank (or Tucker) factors",
-                           NULL),
+    .info =
+        LH_PLUGIN_INFO(LH_PLUGIN_ADAPTER, lh_adapter_desc, "loha", "1.0.0",
+                       "LyCORIS LoHa: Hadamard product of two low-rank (or Tucker) factors", NULL),
     .recognise = recognise,
     .create = create,
     .destroy = destroy,

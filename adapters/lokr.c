@@ -87,8 +87,8 @@ static lh_status load_w1(const lh_ad_ctx *c, lh_ad_factor *q) {
         return lh_ad_fail(c->b, c->err, c->err_size, LH_ERR_SHAPE,
                           "%s gives W1 [%lld, %lld], which does not divide the base weight's "
                           "[%lld, %lld]",
-                          whole ? "lokr_w1" : "lokr_w1_a/_b", (long long)q->rows,
-                          (long long)q->in, (long long)f->out, (long long)f->in);
+                          whole ? "lokr_w1" : "lokr_w1_a/_b", (long long)q->rows, (long long)q->in,
+                          (long long)f->out, (long long)f->in);
     const int64_t w[2] = {q->rows, q->in}, up[2] = {q->rows, q->r}, down[2] = {q->r, q->in};
     if (whole) {
         q->gi_w = lh_ad_index(c->layer, "lokr_w1");
@@ -104,8 +104,8 @@ static lh_status load_w1(const lh_ad_ctx *c, lh_ad_factor *q) {
 static lh_status load_w2(const lh_ad_ctx *c, lh_ad_factor *q, const lh_ad_factor *q1) {
     const lh_ad_form *f = &c->b->form;
     int64_t o2 = f->out / q1->rows, i2 = f->in / q1->in;
-    *q = (lh_ad_factor){.rows = o2, .in = i2, .k = f->k, .gi_w = -1, .gi_up = -1,
-                        .gi_down = -1, .gi_mid = -1};
+    *q = (lh_ad_factor){
+        .rows = o2, .in = i2, .k = f->k, .gi_w = -1, .gi_up = -1, .gi_down = -1, .gi_mid = -1};
     if (lh_ad_index(c->layer, "lokr_w2") >= 0) {
         const int64_t w[4] = {o2, i2, f->kh, f->kw};
         q->gi_w = lh_ad_index(c->layer, "lokr_w2");
@@ -190,9 +190,9 @@ static lh_status backward(void *p, lh_tensor *dx, lh_tensor *const *grads, const
 }
 
 static const lh_adapter_desc DESC = {
-    .info = LH_PLUGIN_INFO(LH_PLUGIN_ADAPTER, lh_adapter_desc, "lokr", "1.0.0",
-                           "LyCORIS LoKr: Kronecker product of a small and a low-rank factor",
-                           NULL),
+    .info =
+        LH_PLUGIN_INFO(LH_PLUGIN_ADAPTER, lh_adapter_desc, "lokr", "1.0.0",
+                       "LyCORIS LoKr: Kronecker product of a small and a low-rank factor", NULL),
     .recognise = recognise,
     .create = create,
     .destroy = destroy,

@@ -10,22 +10,23 @@
  * channel ([1, in, ..]); `lora_magnitude_vector` with PEFT's, W' = m /
  * ||W + dW|| * (W + dW) per output row. DoRA runs forward and backward on
  * the dense delta (cached per scale); its gradients hold the norm constant,
- * as PEFT and LyCORIS do (they detach it). */
+ * as PEFT and LyCORIS do (they detach it). The cache makes forward and
+ * backward update the instance: one thread per instance at a time. */
 #include "lib/ad_common.h"
 
 typedef struct lora {
-    lh_ad_base b;                          /* first: lh_ad_create */
-    lh_ad_factor f;                        /* up @ down, or the Tucker product */
-    lh_ad_stage st[LH_AD_MAX_STAGES];      /* runtime chain: down [mid] up */
-    int gi[LH_AD_MAX_STAGES];              /* each stage's tensor in layer->tensors */
+    lh_ad_base b;                     /* first: lh_ad_create */
+    lh_ad_factor f;                   /* up @ down, or the Tucker product */
+    lh_ad_stage st[LH_AD_MAX_STAGES]; /* runtime chain: down [mid] up */
+    int gi[LH_AD_MAX_STAGES];         /* each stage's tensor in layer->tensors */
     int n_st;
-    double ratio;                          /* alpha / rank */
+    double ratio; /* alpha / rank */
     int dora_on;
     lh_ad_dora dora;
 } lora;
 
-static const char *const KNOWN[] = {"lora_down.weight", "lora_up.weight", "lora_mid.weight",
-                                    "dora_scale", "lora_magnitude_vector", NULL};
+static const char *const KNOWN[] = {"lora_down.weight", "lora_up.weight",        "lora_mid.weight",
+                                    "dora_scale",       "lora_magnitude_vector", NULL};
 static const char *const ALIASES[] = {"locon", "dora", NULL};
 
 static int recognise(const lh_adapter_layer *layer) {
@@ -71,8 +72,13 @@ static lh_status load_factors(const lh_ad_ctx *c, lora *s) {
         return lh_ad_fail(c->b, c->err, c->err_size, LH_ERR_SHAPE,
                           "lora_mid.weight (Tucker) applies to convolutions only");
     if (st != LH_OK) return st;
-    *q = (lh_ad_factor){.rows = f->out, .r = r, .r2 = r, .in = f->in, .k = f->k,
-                        .gi_w = -1, .gi_mid = -1,
+    *q = (lh_ad_factor){.rows = f->out,
+                        .r = r,
+                        .r2 = r,
+                        .in = f->in,
+                        .k = f->k,
+                        .gi_w = -1,
+                        .gi_mid = -1,
                         .gi_up = lh_ad_index(c->layer, "lora_up.weight"),
                         .gi_down = lh_ad_index(c->layer, "lora_down.weight")};
     const int64_t down[4] = {r, f->in, tucker ? 1 : f->kh, tucker ? 1 : f->kw};
@@ -118,16 +124,14 @@ static lh_status create(void **out, const lh_host_api *host, const lh_adapter_la
 /* ---- Applying ---- */
 
 /* The single dense stage DoRA runs on, at `scale`. */
-static lh_status dora_stage(lora *s, lh_ad_stage *one, double scale, char *err,
-                            size_t err_size) {
+static lh_status dora_stage(lora *s, lh_ad_stage *one, double scale, char *err, size_t err_size) {
     lh_tensor *d = NULL;
     lh_status st = lh_ad_dora_delta(&s->b, &s->dora, scale, &d, err, err_size);
     *one = (lh_ad_stage){d, s->b.form.stride, s->b.form.pad};
     return st;
 }
 
-static lh_status weight_delta(void *p, lh_tensor *delta, double scale, char *err,
-                              size_t err_size) {
+static lh_status weight_delta(void *p, lh_tensor *delta, double scale, char *err, size_t err_size) {
     lora *s = p;
     if (s->dora_on) {
         lh_ad_stage one;
@@ -165,8 +169,7 @@ static lh_status chain_backward(lora *s, lh_tensor *dx, lh_tensor *const *grads,
         if (lh_ad_grad(grads, s->gi[k]))
             st = lh_ad_zeros(&s->b, &gw[k], h->tensor_numel(s->st[k].w), err, err_size);
     if (st == LH_OK)
-        st = lh_ad_backward(&s->b, gw, dx, dy, x, s->st, s->n_st, scale * s->ratio, err,
-                            err_size);
+        st = lh_ad_backward(&s->b, gw, dx, dy, x, s->st, s->n_st, scale * s->ratio, err, err_size);
     for (int k = 0; k < s->n_st; k++) {
         if (st == LH_OK && gw[k])
             st = lh_ad_add(&s->b, grads[s->gi[k]], gw[k], h->tensor_numel(s->st[k].w), 1.0, err,
@@ -177,9 +180,8 @@ static lh_status chain_backward(lora *s, lh_tensor *dx, lh_tensor *const *grads,
 }
 
 /* DoRA: dense gradient of the delta, through the decomposition, to the factors. */
-static lh_status dora_backward(lora *s, lh_tensor *dx, lh_tensor *const *grads,
-                               const lh_tensor *dy, const lh_tensor *x, double scale, char *err,
-                               size_t err_size) {
+static lh_status dora_backward(lora *s, lh_tensor *dx, lh_tensor *const *grads, const lh_tensor *dy,
+                               const lh_tensor *x, double scale, char *err, size_t err_size) {
     const lh_ad_base *b = &s->b;
     int64_t n = b->form.numel;
     float *g = NULL, *gunit = NULL, *gmag = NULL;

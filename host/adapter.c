@@ -430,11 +430,21 @@ lh_status lh_adapter_load(lh_adapter **out, lh_model *model, lh_registry *reg, c
     if (out) *out = NULL;
     if (!out || !model || !reg || !path)
         return lh_error_set(err, LH_ERR_INVALID, "adapter load: NULL model, registry or path");
+    lh_st_file *f = NULL;
+    lh_status st = lh_st_open(&f, path, err);
+    if (st != LH_OK) return st;
+    st = lh_adapter_load_st(out, model, reg, f, path, opts, err);
+    lh_st_close(f);
+    return st;
+}
+
+lh_status lh_adapter_load_st(lh_adapter **out, lh_model *model, lh_registry *reg,
+                             const lh_st_file *f, const char *path,
+                             const lh_adapter_load_opts *opts, lh_error *err) {
+    *out = NULL;
     lh_adapt *ad;
     lh_status st = lh_adapt_get(&ad, model, err);
     if (st != LH_OK) return st;
-    lh_st_file *f = NULL;
-    if ((st = lh_st_open(&f, path, err)) != LH_OK) return st;
     lh_adapter *a = calloc(1, sizeof *a);
     loader L;
     memset(&L, 0, sizeof L);
@@ -473,7 +483,6 @@ done:
     adapter_free(a);
     free(L.groups);
     json_decref(L.al.meta);
-    lh_st_close(f);
     return st;
 }
 

@@ -60,6 +60,12 @@ void lh_adapt_forget(lh_model *m, lh_adapter *a);
  * float32 host memory [numel]; caller frees. NULL on failure. */
 float *lh_adapt_base_weight(lh_adapt *ad, size_t i, lh_error *err);
 
+/* lh_adapter_load from an open file (only read during the call); `path`
+ * names it. */
+LH_API lh_status lh_adapter_load_st(lh_adapter **out, lh_model *model, lh_registry *reg,
+                                    const lh_st_file *f, const char *path,
+                                    const lh_adapter_load_opts *opts, lh_error *err);
+
 /* dW of one adapter on layer `name` at `scale` (tests and tools):
  * out float32 [numel of the layer], zeroed first; bias_out [out] or NULL. */
 LH_API lh_status lh_adapter_layer_delta(const lh_adapter *a, lh_layer_part part, const char *name,

@@ -58,6 +58,7 @@ static int split(tokens *tk, const char *s) {
     for (char *p = tk->buf; tk->n < MAX_TOKENS;) {
         tk->t[tk->n++] = p;
         char *dot = strchr(p, '.');
+        if (dot == p || !*p) return -1; /* an empty name part */
         if (!dot) return 0;
         *dot = '\0';
         p = dot + 1;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "clip.h"
+#include "ldm_keys.h"
 #include "tensor.h"
 #include "unet.h"
 
@@ -117,8 +118,32 @@ static void add_block(builder *bd, const lh_unet_block *blk, const char *prefix,
     }
 }
 
+/* kohya spelling of each U-Net layer's LDM name (ldm_keys.h's table). */
+static void add_ldm_names(builder *bd, size_t from, const lh_unet_config *c) {
+    lh_ldm_info info;
+    memset(&info, 0, sizeof info);
+    info.arch = c->use_linear_projection ? LH_LDM_ARCH_SD2 : LH_LDM_ARCH_SD1;
+    info.unet = *c;
+    info.has[LH_LDM_PART_UNET] = 1;
+    static const char PREFIX[] = "model.diffusion_model.";
+    for (size_t i = from; bd->st == LH_OK && i < bd->t->n; i++) {
+        lh_layer *l = &bd->t->v[i];
+        char key[160], ldm[200];
+        snprintf(key, sizeof key, "%s.weight", l->name);
+        if (lh_ldm_file_key(ldm, sizeof ldm, &info, LH_LDM_PART_UNET, key) != 0 ||
+            strncmp(ldm, PREFIX, sizeof PREFIX - 1))
+            continue;
+        const char *s = ldm + sizeof PREFIX - 1;
+        size_t n = strlen(s) - strlen(".weight");
+        if (n >= sizeof l->kohya_ldm) continue;
+        for (size_t j = 0; j < n; j++) l->kohya_ldm[j] = s[j] == '.' ? '_' : s[j];
+        l->kohya_ldm[n] = '\0';
+    }
+}
+
 static void add_unet(builder *bd, lh_unet *u) {
     const lh_unet_config *c = &u->cfg;
+    size_t first = bd->t->n;
     int64_t c0 = c->block_out_channels[0], temb = 4 * c0, ctx = c->cross_attention_dim;
     char n[64];
     add(bd, LH_LAYER_UNET, "conv_in", u->conv_in_w, u->conv_in_b, 4, c0, c->in_channels, 3);
@@ -142,6 +167,7 @@ static void add_unet(builder *bd, lh_unet *u) {
         if (u->up[i].cross) set_block(bd, from, LH_BLOCK_UP, i);
     }
     add(bd, LH_LAYER_UNET, "conv_out", u->conv_out_w, u->conv_out_b, 4, c->out_channels, c0, 3);
+    add_ldm_names(bd, first, c);
 }
 
 /* ---- Text encoder ---- */
@@ -225,7 +251,9 @@ int64_t lh_layers_find(const lh_layers *t, lh_layer_part part, const char *name)
 
 int64_t lh_layers_find_kohya(const lh_layers *t, lh_layer_part part, const char *name) {
     for (size_t i = 0; i < t->n; i++)
-        if (t->v[i].part == part && !strcmp(t->v[i].kohya, name)) return (int64_t)i;
+        if (t->v[i].part == part &&
+            (!strcmp(t->v[i].kohya, name) || !strcmp(t->v[i].kohya_ldm, name)))
+            return (int64_t)i;
     return -1;
 }
 

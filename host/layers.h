@@ -44,6 +44,8 @@ typedef struct lh_layer {
     char name[112];        /* "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
                               "text_model.encoder.layers.0.self_attn.q_proj" */
     char kohya[112];       /* name with '.' -> '_', as kohya files spell it */
+    char kohya_ldm[112];   /* U-Net: the LDM name (input_blocks_1_1_proj_in), as files
+                              made from single-file checkpoints (ComfyUI) spell it; "" if none */
     lh_layer_part part;
     lh_layer_block block;
     int block_index;       /* i of down_blocks.i / up_blocks.i, 0 otherwise */
@@ -73,7 +75,8 @@ void lh_layers_free(lh_layers *t);
 
 /* The layer called `name` (diffusers module name) in `part`, or -1. */
 LH_API int64_t lh_layers_find(const lh_layers *t, lh_layer_part part, const char *name);
-/* The same by kohya spelling (dots as underscores), or -1. */
+/* The same by kohya spelling (dots as underscores; for the U-Net also its
+ * LDM name spelt so), or -1. */
 LH_API int64_t lh_layers_find_kohya(const lh_layers *t, lh_layer_part part, const char *name);
 LH_API size_t lh_layer_numel(const lh_layer *l);
 

@@ -673,6 +673,8 @@ START_TEST(test_key_families) {
         {"lora_unet_.alpha", LH_AKEY_UNKNOWN, 0, 0, "", ""},
         {"unet.lora_A.weight", LH_AKEY_UNKNOWN, 0, 0, "", ""},
         {"unet.x.lora_A.a.b.weight", LH_AKEY_UNKNOWN, 0, 0, "", ""},
+        {".lora_mid.weight", LH_AKEY_UNKNOWN, 0, 0, "", ""},
+        {"unet.down_blocks..lora_A.weight", LH_AKEY_UNKNOWN, 0, 0, "", ""},
     };
     for (size_t i = 0; i < sizeof K / sizeof K[0]; i++) {
         lh_akey k;
@@ -684,6 +686,40 @@ START_TEST(test_key_families) {
         ck_assert_str_eq(k.module, K[i].module);
         ck_assert_str_eq(k.suffix, K[i].suffix);
     }
+}
+END_TEST
+
+/* kohya names built on LDM module names (files made from single-file
+ * checkpoints, e.g. by ComfyUI) find the same layers. */
+START_TEST(test_ldm_spelling) {
+    fixture f;
+    fixture_open(&f, "sd1_tiny", "sd1_expected.safetensors");
+    lh_adapt *ad;
+    lh_error err = {0};
+    ck_assert(lh_adapt_get(&ad, f.m, &err) == LH_OK);
+    static const char *const PAIRS[][2] = {
+        {"input_blocks_0_0", "conv_in"},
+        {"time_embed_0", "time_embedding.linear_1"},
+        {"input_blocks_1_0_in_layers_2", "down_blocks.0.resnets.0.conv1"},
+        {"input_blocks_1_0_emb_layers_1", "down_blocks.0.resnets.0.time_emb_proj"},
+        {"input_blocks_1_1_proj_in", "down_blocks.0.attentions.0.proj_in"},
+        {"input_blocks_2_1_transformer_blocks_0_attn2_to_k",
+         "down_blocks.0.attentions.1.transformer_blocks.0.attn2.to_k"},
+        {"input_blocks_3_0_op", "down_blocks.0.downsamplers.0.conv"},
+        {"input_blocks_4_0_skip_connection", "down_blocks.1.resnets.0.conv_shortcut"},
+        {"middle_block_1_transformer_blocks_0_ff_net_2",
+         "mid_block.attentions.0.transformer_blocks.0.ff.net.2"},
+        {"middle_block_2_out_layers_3", "mid_block.resnets.1.conv2"},
+        {"output_blocks_2_1_conv", "up_blocks.0.upsamplers.0.conv"},
+        {"output_blocks_5_1_proj_out", "up_blocks.1.attentions.2.proj_out"},
+        {"out_2", "conv_out"},
+    };
+    for (size_t i = 0; i < sizeof PAIRS / sizeof PAIRS[0]; i++) {
+        int64_t li = lh_layers_find_kohya(&ad->layers, LH_LAYER_UNET, PAIRS[i][0]);
+        ck_assert_msg(li >= 0, "%s: no layer", PAIRS[i][0]);
+        ck_assert_str_eq(ad->layers.v[li].name, PAIRS[i][1]);
+    }
+    fixture_close(&f);
 }
 END_TEST
 
@@ -736,6 +772,7 @@ static Suite *suite(void) {
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_key_families);
     tcase_add_test(tc, test_prompt_tags);
+    tcase_add_test(tc, test_ldm_spelling);
     tcase_add_test(tc, test_sd1_single_lora_every_format);
     tcase_add_test(tc, test_sd1_two_adapters_and_weights);
     tcase_add_test(tc, test_sd1_peft_dora);

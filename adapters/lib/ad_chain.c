@@ -74,8 +74,7 @@ static lh_status out_shape(const lh_ad_base *b, int64_t *shape, const lh_tensor 
         if (nd < 1 || h->tensor_dim(in, nd - 1) != cin)
             return lh_ad_fail(b, err, err_size, LH_ERR_SHAPE,
                               "input's last axis is %lld, expected %lld",
-                              nd < 1 ? -1LL : (long long)h->tensor_dim(in, nd - 1),
-                              (long long)cin);
+                              nd < 1 ? -1LL : (long long)h->tensor_dim(in, nd - 1), (long long)cin);
         shape[0] = h->tensor_numel(in) / cin;
         return LH_OK;
     }
@@ -151,8 +150,8 @@ lh_status lh_ad_forward(const lh_ad_base *b, lh_tensor *y, const lh_tensor *x,
     if (s == LH_OK && b->form.ndim == 2) {
         if ((s = linear_last(b, y, in, &st[n - 1], a, bias)) != LH_OK)
             s = lh_ad_host_fail(b, err, err_size, s, "adapter forward");
-    } else if (s == LH_OK && (s = new_output(b, &hs[n - 1], in, &st[n - 1], err, err_size)) ==
-                                   LH_OK) {
+    } else if (s == LH_OK &&
+               (s = new_output(b, &hs[n - 1], in, &st[n - 1], err, err_size)) == LH_OK) {
         s = run_stage(b, hs[n - 1], in, &st[n - 1], bias);
         if (s == LH_OK) s = b->host->tensor_axpby(y, 1.0, y, a, hs[n - 1]);
         if (s != LH_OK) s = lh_ad_host_fail(b, err, err_size, s, "adapter forward");
@@ -174,17 +173,19 @@ static lh_status add_tensor(const lh_ad_base *b, float *dst, const lh_tensor *t,
 }
 
 /* One linear stage backward: gw += a * g^T in; *gin = g @ w (k > 0) or dx += a * g @ w. */
-static lh_status linear_stage_back(const lh_ad_base *b, float *gw, lh_tensor **gin,
-                                   lh_tensor *dx, const lh_tensor *g, const lh_tensor *in,
-                                   const lh_ad_stage *s, double a, char *err, size_t err_size) {
+static lh_status linear_stage_back(const lh_ad_base *b, float *gw, lh_tensor **gin, lh_tensor *dx,
+                                   const lh_tensor *g, const lh_tensor *in, const lh_ad_stage *s,
+                                   double a, char *err, size_t err_size) {
     const lh_host_api *h = b->host;
     const int64_t wshape[2] = {h->tensor_dim(s->w, 0), h->tensor_dim(s->w, 1)};
     lh_status st = LH_OK;
     if (gw) {
         lh_tensor *t = h->tensor_new(LH_DTYPE_F32, 2, wshape);
         st = t ? h->gemm(t, g, in, 1, 0, a, 0.0) : LH_ERR_NOMEM;
-        if (st == LH_OK) st = add_tensor(b, gw, t, err, err_size);
-        else st = lh_ad_host_fail(b, err, err_size, st, "weight gradient");
+        if (st == LH_OK)
+            st = add_tensor(b, gw, t, err, err_size);
+        else
+            st = lh_ad_host_fail(b, err, err_size, st, "weight gradient");
         h->tensor_free(t);
     }
     if (st != LH_OK) return st;
@@ -212,9 +213,17 @@ static lh_status linear_backward(const lh_ad_base *b, float *const *gw, lh_tenso
 }
 
 static conv_dims dims_of(const lh_host_api *h, const lh_tensor *in, const lh_ad_stage *s) {
-    conv_dims c = {h->tensor_dim(in, 0), h->tensor_dim(in, 1), h->tensor_dim(in, 2),
-                   h->tensor_dim(in, 3), h->tensor_dim(s->w, 0), h->tensor_dim(s->w, 2),
-                   h->tensor_dim(s->w, 3), 0, 0, s->stride, s->pad};
+    conv_dims c = {h->tensor_dim(in, 0),
+                   h->tensor_dim(in, 1),
+                   h->tensor_dim(in, 2),
+                   h->tensor_dim(in, 3),
+                   h->tensor_dim(s->w, 0),
+                   h->tensor_dim(s->w, 2),
+                   h->tensor_dim(s->w, 3),
+                   0,
+                   0,
+                   s->stride,
+                   s->pad};
     c.ho = (c.h + 2 * c.pad - c.kh) / c.stride + 1;
     c.wo = (c.w + 2 * c.pad - c.kw) / c.stride + 1;
     return c;
@@ -245,13 +254,11 @@ static lh_status conv_stage_back(const lh_ad_base *b, float *gw, float **g, int 
 
 static lh_status conv_backward(const lh_ad_base *b, float *const *gw, lh_tensor *dx,
                                const lh_tensor *dy, lh_tensor *const *hs, const lh_tensor *x,
-                               const lh_ad_stage *st, int n, double a, char *err,
-                               size_t err_size) {
+                               const lh_ad_stage *st, int n, double a, char *err, size_t err_size) {
     float *g = NULL;
     lh_status s = lh_ad_read(b, &g, dy, err, err_size);
     for (int k = n - 1; s == LH_OK && k >= 0; k--)
-        s = conv_stage_back(b, gw[k], &g, k > 0 || dx, k ? hs[k - 1] : x, &st[k], a, err,
-                            err_size);
+        s = conv_stage_back(b, gw[k], &g, k > 0 || dx, k ? hs[k - 1] : x, &st[k], a, err, err_size);
     if (s == LH_OK && dx) s = lh_ad_add(b, dx, g, b->host->tensor_numel(x), a, err, err_size);
     b->host->free(g);
     return s;
@@ -274,9 +281,9 @@ static lh_status check_grads(const lh_ad_base *b, const lh_tensor *dx, const lh_
     return st;
 }
 
-lh_status lh_ad_backward(const lh_ad_base *b, float *const *gw, lh_tensor *dx,
-                         const lh_tensor *dy, const lh_tensor *x, const lh_ad_stage *st, int n,
-                         double a, char *err, size_t err_size) {
+lh_status lh_ad_backward(const lh_ad_base *b, float *const *gw, lh_tensor *dx, const lh_tensor *dy,
+                         const lh_tensor *x, const lh_ad_stage *st, int n, double a, char *err,
+                         size_t err_size) {
     lh_tensor *hs[LH_AD_MAX_STAGES] = {0};
     lh_status s = acts(b, hs, x, st, n - 1, err, err_size);
     if (s == LH_OK) s = check_grads(b, dx, dy, x, n > 1 ? hs[n - 2] : x, &st[n - 1], err, err_size);

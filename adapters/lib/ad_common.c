@@ -9,8 +9,8 @@
 
 /* ---- Messages ---- */
 
-lh_status lh_ad_fail(const lh_ad_base *b, char *err, size_t err_size, lh_status st,
-                     const char *fmt, ...) {
+lh_status lh_ad_fail(const lh_ad_base *b, char *err, size_t err_size, lh_status st, const char *fmt,
+                     ...) {
     if (!err || err_size == 0) return st;
     int n = snprintf(err, err_size, "layer %s: ", b->name ? b->name : "?");
     if (n < 0 || (size_t)n >= err_size) return st;
@@ -74,8 +74,9 @@ static lh_status form_init(lh_ad_base *b, const lh_adapter_layer *layer, char *e
         return lh_ad_fail(b, err, err_size, LH_ERR_UNSUPPORTED,
                           "base weight has %d axes; adapters apply to linear (2) or conv (4)",
                           layer->base_ndim);
-    *f = (lh_ad_form){layer->base_ndim, s[0], s[1], conv ? s[2] : 1, conv ? s[3] : 1, 0, 0,
-                      conv ? layer->stride : 1, conv ? layer->padding : 0};
+    *f = (lh_ad_form){layer->base_ndim,         s[0], s[1], conv ? s[2] : 1,
+                      conv ? s[3] : 1,          0,    0,    conv ? layer->stride : 1,
+                      conv ? layer->padding : 0};
     char buf[96];
     if (f->out < 1 || f->in < 1 || f->kh < 1 || f->kw < 1 ||
         __builtin_mul_overflow(f->kh, f->kw, &f->k) ||
@@ -138,8 +139,7 @@ static int tensor_shape(const lh_ad_ctx *c, const char *suffix, int64_t *shape) 
 lh_status lh_ad_require(const lh_ad_ctx *c, const char *const *names) {
     for (; *names; names++)
         if (lh_ad_index(c->layer, *names) < 0)
-            return lh_ad_fail(c->b, c->err, c->err_size, LH_ERR_NOT_FOUND, "%s is missing",
-                              *names);
+            return lh_ad_fail(c->b, c->err, c->err_size, LH_ERR_NOT_FOUND, "%s is missing", *names);
     return LH_OK;
 }
 

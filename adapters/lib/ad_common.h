@@ -34,8 +34,8 @@ typedef struct lh_ad_ctx {
 } lh_ad_ctx;
 
 /* "layer <name>: <message>" into err; returns st. */
-lh_status lh_ad_fail(const lh_ad_base *b, char *err, size_t err_size, lh_status st,
-                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+lh_status lh_ad_fail(const lh_ad_base *b, char *err, size_t err_size, lh_status st, const char *fmt,
+                     ...) __attribute__((format(printf, 5, 6)));
 /* The same for a failed host call, with the host's last error. */
 lh_status lh_ad_host_fail(const lh_ad_base *b, char *err, size_t err_size, lh_status st,
                           const char *what);
@@ -115,12 +115,12 @@ lh_status lh_ad_factor_grad(const lh_ad_base *b, lh_tensor *const *grads, const 
  * dora_scale (A1111/ComfyUI/LyCORIS): kf = scale, cv = 1, eps = FLT_EPSILON;
  * lora_magnitude_vector (PEFT): kf = 1, cv = scale, eps = 0, axis 0. */
 typedef struct lh_ad_dora {
-    float *base;   /* W [numel] */
-    float *unit;   /* the adapter's dW at multiplier 1 [numel] */
-    float *mag;    /* [out] (axis 0) or [in] (axis 1) */
+    float *base; /* W [numel] */
+    float *unit; /* the adapter's dW at multiplier 1 [numel] */
+    float *mag;  /* [out] (axis 0) or [in] (axis 1) */
     int axis, peft;
-    int64_t n_mag; /* out or in */
-    int gi_mag;    /* position of the magnitude in layer->tensors */
+    int64_t n_mag;    /* out or in */
+    int gi_mag;       /* position of the magnitude in layer->tensors */
     lh_tensor *delta; /* forward cache: delta at delta_scale, base shape */
     double delta_scale;
 } lh_ad_dora;
@@ -133,8 +133,8 @@ lh_status lh_ad_dora_delta(const lh_ad_base *b, lh_ad_dora *d, double scale, lh_
                            char *err, size_t err_size);
 /* gunit = dL/d(unit), gmag += dL/d(mag), given g = dL/d(delta), with the
  * norm held constant (PEFT and LyCORIS detach it when training). */
-lh_status lh_ad_dora_grad(const lh_ad_base *b, float *gunit, // [numel]
-                          float *gmag,                        // [out] or [in]
+lh_status lh_ad_dora_grad(const lh_ad_base *b, float *gunit,   // [numel]
+                          float *gmag,                         // [out] or [in]
                           const lh_ad_dora *d, const float *g, // [numel]
                           double scale, char *err, size_t err_size);
 
@@ -157,9 +157,9 @@ lh_status lh_ad_forward(const lh_ad_base *b, lh_tensor *y, const lh_tensor *x,
  * Linear chains run on the host's GEMM; conv chains compute the weight
  * gradient and the transposed convolution in plain loops on host arrays
  * (each O(n * c_out * c_in * kh * kw * ho * wo), the forward's cost). */
-lh_status lh_ad_backward(const lh_ad_base *b, float *const *gw, lh_tensor *dx,
-                         const lh_tensor *dy, const lh_tensor *x, const lh_ad_stage *st, int n,
-                         double a, char *err, size_t err_size);
+lh_status lh_ad_backward(const lh_ad_base *b, float *const *gw, lh_tensor *dx, const lh_tensor *dy,
+                         const lh_tensor *x, const lh_ad_stage *st, int n, double a, char *err,
+                         size_t err_size);
 
 /* ---- Kinds that run on a dense delta (LoHa, LoKr, full) ----
  * The state starts with lh_ad_dense; dW(scale) = scale * unit. */

@@ -25,11 +25,13 @@ static lh_status load_base(const lh_ad_ctx *c, lh_ad_dora *d, const char *suffix
 
 lh_status lh_ad_dora_init(const lh_ad_ctx *c, lh_ad_dora *d, const char *suffix, float *unit) {
     const lh_ad_form *f = &c->b->form;
-    *d = (lh_ad_dora){.unit = unit, .peft = !strcmp(suffix, "lora_magnitude_vector"),
-                      .gi_mag = lh_ad_index(c->layer, suffix), .delta_scale = NAN};
+    *d = (lh_ad_dora){.unit = unit,
+                      .peft = !strcmp(suffix, "lora_magnitude_vector"),
+                      .gi_mag = lh_ad_index(c->layer, suffix),
+                      .delta_scale = NAN};
     /* [1, in, 1, ...] spans the input axis; [out, 1, ...] the output axis. */
-    d->axis = !d->peft && f->in > 1 && lh_ad_dim(c, suffix, 0) == 1 &&
-              lh_ad_dim(c, suffix, 1) == f->in;
+    d->axis =
+        !d->peft && f->in > 1 && lh_ad_dim(c, suffix, 0) == 1 && lh_ad_dim(c, suffix, 1) == f->in;
     d->n_mag = d->axis ? f->in : f->out;
     const int64_t shape[2] = {d->axis ? 1 : f->out, f->in};
     lh_tensor *t = NULL;
@@ -77,8 +79,8 @@ static lh_status norms(const lh_ad_base *b, double **nrm, const lh_ad_dora *d, c
     return LH_OK;
 }
 
-static lh_status compute_delta(const lh_ad_base *b, float *delta, const lh_ad_dora *d,
-                               double scale, char *err, size_t err_size) {
+static lh_status compute_delta(const lh_ad_base *b, float *delta, const lh_ad_dora *d, double scale,
+                               char *err, size_t err_size) {
     const lh_ad_form *f = &b->form;
     coef c = coef_at(d, scale);
     double *nrm = NULL;
