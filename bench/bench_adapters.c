@@ -79,7 +79,7 @@ static void set(bench *B, const char *key, lh_adapter *const *a, const double *s
     double t0 = now();
     if (lh_adapter_set_ex(&B->m, a, w, n, mode, &err) != LH_OK) die(key, err.msg);
     B->be->ops->sync(B->be);
-    printf(", \"%s\": %.4f", key, now() - t0);
+    printf(", \"%s\": %.6f", key, now() - t0);
     fflush(stdout);
 }
 
@@ -147,7 +147,7 @@ int main(int argc, char **argv) {
         t0 = now();
         if (lh_adapter_load(&ab[k], &B.m, reg, argv[2 + k], NULL, &err) != LH_OK)
             die(argv[2 + k], err.msg);
-        printf(", \"load_%c_s\": %.4f", "AB"[k], now() - t0);
+        printf(", \"load_%c_s\": %.6f", "AB"[k], now() - t0);
     }
     const lh_adapter_report *r = lh_adapter_get_report(ab[0]);
     printf(", \"format\": \"%s\", \"alpha_source\": \"%s\", \"n_keys\": %zu, \"n_used\": %zu, "

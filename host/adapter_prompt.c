@@ -21,20 +21,57 @@ static int parse_scale(double *out, const char *s, size_t len) {
     return 0;
 }
 
-/* One tag body "NAME[:MULT]" (between "<lora:" and ">"). */
+/* One tag argument: a number (positional) or te=X / unet=X. */
+static lh_status parse_arg(lh_adapter_ref *r, int *positional, const char *arg, size_t len,
+                           const char *body, size_t body_len, lh_error *err) {
+    double v;
+    const char *eq = memchr(arg, '=', len);
+    size_t key_len = eq ? (size_t)(eq - arg) : 0;
+    const char *num = eq ? eq + 1 : arg;
+    size_t num_len = len - (eq ? key_len + 1 : 0);
+    if (parse_scale(&v, num, num_len))
+        return lh_error_set(err, LH_ERR_INVALID,
+                            "prompt: adapter tag <lora:%.*s>: '%.*s' is not a multiplier",
+                            (int)body_len, body, (int)num_len, num);
+    if (!eq) {
+        if (*positional == 2)
+            return lh_error_set(err, LH_ERR_INVALID,
+                                "prompt: adapter tag <lora:%.*s>: at most two multipliers "
+                                "(text encoder, U-Net)", (int)body_len, body);
+        if (*positional == 0) r->te = v;
+        r->unet = v;
+        ++*positional;
+    } else if (key_len == 2 && !memcmp(arg, "te", 2)) {
+        r->te = v;
+    } else if (key_len == 4 && !memcmp(arg, "unet", 4)) {
+        r->unet = v;
+    } else {
+        return lh_error_set(err, LH_ERR_INVALID,
+                            "prompt: adapter tag <lora:%.*s>: '%.*s' is not supported (te=, "
+                            "unet= or a number)", (int)body_len, body, (int)key_len, arg);
+    }
+    return LH_OK;
+}
+
+/* One tag body "NAME[:ARG[:ARG]]" (between "<lora:" and ">"). */
 static lh_status parse_tag(lh_adapter_ref *r, const char *body, size_t len, lh_error *err) {
     const char *colon = memchr(body, ':', len);
     size_t name_len = colon ? (size_t)(colon - body) : len;
-    r->scale = 1.0;
+    r->te = r->unet = 1.0;
     if (name_len == 0 || name_len >= sizeof r->name)
         return lh_error_set(err, LH_ERR_INVALID, "prompt: adapter tag <lora:%.*s> needs a name "
                             "of 1..%d bytes", (int)len, body, LH_ADAPTER_NAME_MAX - 1);
     memcpy(r->name, body, name_len);
     r->name[name_len] = '\0';
-    if (colon && parse_scale(&r->scale, colon + 1, len - name_len - 1))
-        return lh_error_set(err, LH_ERR_INVALID,
-                            "prompt: adapter tag <lora:%.*s>: '%.*s' is not a multiplier", (int)len,
-                            body, (int)(len - name_len - 1), colon + 1);
+    int positional = 0;
+    for (const char *a = colon; a; ) {
+        const char *start = a + 1, *end = body + len;
+        const char *next = memchr(start, ':', (size_t)(end - start));
+        lh_status st = parse_arg(r, &positional, start, (size_t)((next ? next : end) - start),
+                                 body, len, err);
+        if (st != LH_OK) return st;
+        a = next;
+    }
     return LH_OK;
 }
 
@@ -95,13 +132,14 @@ lh_status lh_prompt_adapters(char **clean, lh_adapter_ref **refs, size_t *n, con
 }
 
 lh_status lh_adapter_ref_parse(lh_adapter_ref *out, const char *arg, lh_error *err) {
-    out->scale = 1.0;
+    double scale = 1.0;
     const char *colon = strrchr(arg, ':');
     size_t len = strlen(arg);
-    if (colon && parse_scale(&out->scale, colon + 1, strlen(colon + 1)) == 0)
+    if (colon && parse_scale(&scale, colon + 1, strlen(colon + 1)) == 0)
         len = (size_t)(colon - arg);
     else
-        out->scale = 1.0;
+        scale = 1.0;
+    out->te = out->unet = scale;
     if (len == 0 || len >= sizeof out->name)
         return lh_error_set(err, LH_ERR_INVALID, "--lora '%s': needs PATH[:SCALE] with a path of "
                             "1..%d bytes", arg, LH_ADAPTER_NAME_MAX - 1);

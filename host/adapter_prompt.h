@@ -1,5 +1,7 @@
 /* Choosing adapters by name: AUTOMATIC1111's prompt syntax
- * <lora:NAME:MULTIPLIER> (also <lyco:...>; MULTIPLIER defaults to 1), the
+ * <lora:NAME[:TE[:UNET]]> (also <lyco:...>): one multiplier sets both the
+ * text encoder's and the U-Net's, a second the U-Net's alone; named forms
+ * te=X and unet=X work in any order; the default is 1. Then the
  * CLI's --lora PATH[:SCALE], and finding NAME in the configured adapter
  * directories ([adapters] dirs). The tags are taken out of the prompt, as
  * A1111 does, before it is encoded. */
@@ -15,17 +17,18 @@
 
 typedef struct lh_adapter_ref {
     char name[LH_ADAPTER_NAME_MAX]; /* as written: a name or a path */
-    double scale;
+    double te, unet;                /* multipliers for the text encoder and the U-Net */
 } lh_adapter_ref;
 
 /* Split `prompt` into the text without tags (*clean, malloc'd) and the tags
  * (*refs, malloc'd, *n of them; NULL when none). A malformed tag (no name,
- * a multiplier that is not a finite number) is LH_ERR_INVALID quoting it. */
+ * a multiplier that is not a finite number, a named argument other than te
+ * and unet, more than two positional ones) is LH_ERR_INVALID quoting it. */
 LH_API lh_status lh_prompt_adapters(char **clean, lh_adapter_ref **refs, size_t *n,
                                     const char *prompt, lh_error *err);
 
 /* "PATH[:SCALE]" (the last ':' starts the scale only if what follows is a
- * number). */
+ * number); SCALE sets both multipliers. */
 LH_API lh_status lh_adapter_ref_parse(lh_adapter_ref *out, const char *arg, lh_error *err);
 
 /* The file `name` refers to: a path that exists as given, else

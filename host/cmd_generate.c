@@ -55,6 +55,7 @@ static void usage(FILE *out) {
             "  --plugin-dir DIR        also load plugins from DIR           [plugins] dirs\n"
             "  --lora PATH[:SCALE]     apply an adapter (repeatable); <lora:NAME:SCALE> in the\n"
             "                          prompt finds NAME[.safetensors] in    [adapters] dirs\n"
+            "                          (<lora:NAME:TE:UNET>, te=X, unet=X: per-part scales)\n"
             "  --lora-mode runtime|merged  add adapter outputs on the fly, or fold them into\n"
             "                          the weights                          [adapters] mode\n"
             "  --lora-policy warn|strict  adapter keys matching no layer: skip or fail\n"
@@ -281,7 +282,9 @@ static int load_adapters(loaded *L, lh_model *m, lh_registry *reg, lh_gen_params
             lh_adapter_load(&L->a[L->n], m, reg, path, &lo, &err) != LH_OK)
             goto bad;
         if (!o->quiet) print_report(L->a[L->n]);
-        lh_adapter_weights_init(&w[L->n++], refs[i].scale);
+        lh_adapter_weights_init(&w[L->n], 1.0);
+        w[L->n].text_encoder = refs[i].te;
+        w[L->n++].unet = refs[i].unet;
     }
     if (n && lh_adapter_set_ex(m, L->a, w, L->n, mode ? LH_ADAPTER_MERGED : LH_ADAPTER_RUNTIME,
                                &err) != LH_OK)

@@ -729,18 +729,23 @@ START_TEST(test_prompt_tags) {
     size_t n;
     lh_error err = {0};
     ck_assert(lh_prompt_adapters(&clean, &refs, &n,
-                                 "a cat <lora:style:0.8>, oil <lyco:detail> paint", &err) == LH_OK);
-    ck_assert_str_eq(clean, "a cat , oil  paint");
-    ck_assert_uint_eq(n, 2);
+                                 "a cat <lora:style:0.8>, oil <lyco:detail> paint "
+                                 "<lora:two:0.5:1.5><lora:named:unet=0.25:te=2>",
+                                 &err) == LH_OK);
+    ck_assert_str_eq(clean, "a cat , oil  paint ");
+    ck_assert_uint_eq(n, 4);
     ck_assert_str_eq(refs[0].name, "style");
-    ck_assert(refs[0].scale == 0.8);
+    ck_assert(refs[0].te == 0.8 && refs[0].unet == 0.8);
     ck_assert_str_eq(refs[1].name, "detail");
-    ck_assert(refs[1].scale == 1.0);
+    ck_assert(refs[1].te == 1.0 && refs[1].unet == 1.0);
+    ck_assert(refs[2].te == 0.5 && refs[2].unet == 1.5);
+    ck_assert(refs[3].te == 2.0 && refs[3].unet == 0.25);
     free(clean);
     free(refs);
-    static const char *const BAD[] = {"x <lora:a:big>", "x <lora::1>", "x <lora:a:0.5",
-                                      "<lora:a:nan>"};
-    for (size_t i = 0; i < 4; i++) {
+    static const char *const BAD[] = {"x <lora:a:big>", "x <lora::1>",     "x <lora:a:0.5",
+                                      "<lora:a:nan>",   "<lora:a:1:2:3>", "<lora:a:lbw=1>",
+                                      "<lora:a:te=>"};
+    for (size_t i = 0; i < sizeof BAD / sizeof BAD[0]; i++) {
         ck_assert_msg(lh_prompt_adapters(&clean, &refs, &n, BAD[i], &err) == LH_ERR_INVALID, "%s",
                       BAD[i]);
         ck_assert(clean == NULL && refs == NULL && n == 0 && err.msg[0]);
@@ -748,10 +753,10 @@ START_TEST(test_prompt_tags) {
     lh_adapter_ref r;
     ck_assert(lh_adapter_ref_parse(&r, "dir/a:b.safetensors:0.25", &err) == LH_OK);
     ck_assert_str_eq(r.name, "dir/a:b.safetensors");
-    ck_assert(r.scale == 0.25);
+    ck_assert(r.te == 0.25 && r.unet == 0.25);
     ck_assert(lh_adapter_ref_parse(&r, "c:/x.safetensors", &err) == LH_OK);
     ck_assert_str_eq(r.name, "c:/x.safetensors");
-    ck_assert(r.scale == 1.0);
+    ck_assert(r.te == 1.0 && r.unet == 1.0);
     ck_assert(lh_adapter_ref_parse(&r, ":0.5", &err) == LH_ERR_INVALID);
     /* names resolve in the configured directories, never outside them */
     char out[4096];

@@ -57,14 +57,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lh_error err;
     if (lh_prompt_adapters(&clean, &refs, &n, text, &err) == LH_OK) {
         CHECK(strlen(clean) <= strlen(text));
-        for (size_t i = 0; i < n; i++) CHECK(isfinite(refs[i].scale) && refs[i].name[0]);
+        for (size_t i = 0; i < n; i++) CHECK(isfinite(refs[i].te) && isfinite(refs[i].unet) && refs[i].name[0]);
         free(clean);
         free(refs);
     } else {
         CHECK(err.msg[0]);
     }
     lh_adapter_ref r;
-    if (lh_adapter_ref_parse(&r, text, &err) == LH_OK) CHECK(isfinite(r.scale) && r.name[0]);
+    if (lh_adapter_ref_parse(&r, text, &err) == LH_OK) CHECK(isfinite(r.te) && r.te == r.unet && r.name[0]);
     free(text);
     return 0;
 }
