@@ -177,6 +177,12 @@ def step(v):
     return v[len(v) // 2]
 
 
+def secs(v):
+    if v < 0.01:
+        return f"{v * 1e3:.3f} ms"
+    return f"{v * 1e3:.1f} ms" if v < 1.0 else f"{v:.3f} s"
+
+
 def overhead(d):
     return 100.0 * (step(d["rt_s"]) - step(d["mg_s"])) / step(d["mg_s"])
 
@@ -188,10 +194,11 @@ def table(rank, args, o, r, la0, la1):
     print("| | lorahost | diffusers + PEFT | ratio (diffusers / ours) |")
     print("|---|---|---|---|")
 
-    def row(label, key, fmt="{:.3f} s"):
+    def row(label, key):
         a = o[key] if isinstance(key, str) else key(o)
         b = r[key] if isinstance(key, str) else key(r)
-        print(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {b / a:.2f}x |")
+        ratio = f"{b / a:.2f}x" if a > 0 else "n/a"
+        print(f"| {label} | {secs(a)} | {secs(b)} | {ratio} |")
 
     row("load A (from disk)", "load_A_s")
     row("load B (from disk)", "load_B_s")
@@ -216,8 +223,8 @@ def table(rank, args, o, r, la0, la1):
     one = step(o["base_s"])
     for label, key in (("runtime", "rt_switch_B_s"), ("merged", "mg_switch_B_s")):
         ok = o[key] < one
-        print(f"Target (lorahost): switch ({label}) {o[key]:.3f} s < one U-Net step "
-              f"{one:.3f} s: {'met' if ok else 'NOT met'}")
+        print(f"Target (lorahost): switch ({label}) {secs(o[key])} < one U-Net step "
+              f"{secs(one)}: {'met' if ok else 'NOT met'}")
     print()
 
 

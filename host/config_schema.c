@@ -70,8 +70,9 @@ static const lh_setting_def SCHEMA[] = {
     ENUM("adapters", "policy", "warn", POLICIES, ALL,
          "adapter tensors that match no model layer: strict fails, warn logs and skips them"),
     ENUM("adapters", "mode", "runtime", MODES, GEN,
-         "runtime adds adapter outputs on the fly (hot-swappable); merged folds them into "
-         "the weights (faster; changing adapters reloads)"),
+         "runtime adds adapter outputs after each layer (switching is free); merged folds "
+         "them into the weights (full speed; a switch re-merges only the layers it changes, "
+         "originals come back bit for bit)"),
 
     STRING("server", "host", "127.0.0.1", "serve", "address to listen on; 0.0.0.0 for all"),
     INT("server", "port", "8501", 1, 65535, "serve", "TCP port"),
