@@ -8,7 +8,8 @@
  * Tucker/DoRA/full deltas against float64 formulas; a 3-step pipeline run
  * with adapters; merge/unmerge 1000 times restoring every base weight bit
  * for bit; a switch re-applying only the layers it changes; bad files
- * refused with the model still usable; key parsing and prompt tags. */
+ * refused with the model still usable; models from directories and from
+ * single-file checkpoints; LDM-named keys; key parsing and prompt tags. */
 #include <check.h>
 #include <jansson.h>
 #include <math.h>
@@ -213,6 +214,33 @@ START_TEST(test_sd1_single_lora_every_format) {
         check_outputs(&f, "B", "sd1_B_attnprocs", 0, 1);
         lh_adapter_unload(a);
     }
+    fixture_close(&f);
+}
+END_TEST
+
+/* The same files on the model loaded from its single-file checkpoint (LDM
+ * keys), in both modes. */
+START_TEST(test_single_file_model) {
+    fixture f;
+    fixture_open(&f, "sd1_tiny", "sd1_expected.safetensors");
+    lh_model_close(f.m);
+    char path[4400], tok[4400], cfg[4400];
+    snprintf(path, sizeof path, "%s/tests/fixtures/models/sd1_tiny.safetensors", g_src);
+    snprintf(cfg, sizeof cfg, "%s/tests/fixtures/models/sd1_tiny", g_src);
+    snprintf(tok, sizeof tok, "%s/tokenizer", cfg);
+    lh_model_opts o = {tok, cfg};
+    lh_error err = {0};
+    ck_assert_msg(lh_model_open_single_file(&f.m, g_be, path, &o, &err) == LH_OK, "%s", err.msg);
+    check_outputs(&f, "base", "single file", 1, 1);
+    lh_adapter *ab[2] = {load(f.m, "sd1_A_kohya.safetensors"), load(f.m, "sd1_B_olddiff.safetensors")};
+    const double s[2] = {0.7, 0.4};
+    for (int mode = 0; mode < 2; mode++) {
+        set_scales(f.m, ab, s, 2, MODES[mode]);
+        check_outputs(&f, "AB", MODE_NAMES[mode], 1, 1);
+    }
+    lh_adapter_unload(ab[0]);
+    lh_adapter_unload(ab[1]);
+    check_outputs(&f, "base", "single file after unload", 1, 1);
     fixture_close(&f);
 }
 END_TEST
@@ -780,6 +808,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_ldm_spelling);
     tcase_add_test(tc, test_sd1_single_lora_every_format);
     tcase_add_test(tc, test_sd1_two_adapters_and_weights);
+    tcase_add_test(tc, test_single_file_model);
     tcase_add_test(tc, test_sd1_peft_dora);
     tcase_add_test(tc, test_sd2_lora);
     tcase_add_test(tc, test_sd1_pipeline_with_adapters);
