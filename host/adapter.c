@@ -322,11 +322,18 @@ static lh_status make_part(loader *L, size_t li, group *g) {
         }
         return LH_OK;
     }
-    float *base = lh_adapt_base_weight(L->ad, li, L->err);
-    if (!base) return L->err ? L->err->code : LH_ERR_NOMEM;
+    /* the base weight only where a DoRA magnitude needs it (a copy of it) */
+    float *base = NULL;
     lh_tensor bt;
-    lh_status st = lh_tensor_view(&bt, base, LH_DTYPE_F32, l->ndim, l->shape, L->err);
-    al.base_weight = &bt;
+    lh_status st = LH_OK;
+    for (int i = 0; i < g->n; i++)
+        if (!strcmp(g->suffix[i], "dora_scale") || !strcmp(g->suffix[i], "lora_magnitude_vector")) {
+            if (!(base = lh_adapt_base_weight(L->ad, li, L->err)))
+                return L->err ? L->err->code : LH_ERR_NOMEM;
+            st = lh_tensor_view(&bt, base, LH_DTYPE_F32, l->ndim, l->shape, L->err);
+            al.base_weight = &bt;
+            break;
+        }
     char msg[LH_ERROR_MAX] = "";
     if (st == LH_OK) st = d->create(&p->state, lh_host_api_get(), &al, msg, sizeof msg);
     free(base);

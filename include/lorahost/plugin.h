@@ -278,8 +278,9 @@ typedef struct lh_adapter_layer {
     int32_t n_tensors;
     double alpha;                   /* NaN when the file gives none */
     int32_t stride, padding;        /* base_ndim 4: the base convolution's */
-    /* The base weight [base_shape] as loaded, float32; valid only during
-     * create() (DoRA needs it: copy what you keep). */
+    /* The base weight [base_shape] as loaded, float32, for groups with a
+     * DoRA magnitude (dora_scale, lora_magnitude_vector); NULL otherwise.
+     * Valid only during create(): copy what you keep. */
     const lh_tensor *base_weight;
 } lh_adapter_layer;
 
