@@ -469,6 +469,13 @@ lh_status lh_adapter_load_st(lh_adapter **out, lh_model *model, lh_registry *reg
     a->model = model;
     a->report.n_keys = lh_st_count(f);
     if ((st = load_groups(&L)) != LH_OK || (st = check_report(&L)) != LH_OK) goto done;
+    /* the kinds hold their own copies now */
+    for (size_t i = 0; i < a->n_parts; i++)
+        for (int j = 0; j < a->parts[i].n_tensors; j++) a->parts[i].tensors[j].tensor = NULL;
+    for (size_t i = 0; i < a->n_owned; i++) lh_tensor_destroy(a->owned[i]);
+    free(a->owned);
+    a->owned = NULL;
+    a->n_owned = 0;
     join_format(a->report.format, sizeof a->report.format, L.families);
     join_alpha(a->report.alpha_source, sizeof a->report.alpha_source, L.alpha_sources);
     if (ad->n_loaded == ad->cap_loaded) {

@@ -15,7 +15,7 @@ typedef struct lh_adapter_part {
     size_t layer;                /* index in the model's layer table */
     const lh_adapter_desc *desc; /* the kind that owns it */
     void *state;
-    lh_adapter_tensor *tensors;  /* suffixes and tensors handed to create() */
+    lh_adapter_tensor *tensors;  /* suffixes handed to create() (tensors NULL after it) */
     int32_t n_tensors;
 } lh_adapter_part;
 
@@ -24,7 +24,7 @@ struct lh_adapter {
     char *path, *name;
     lh_adapter_part *parts;
     size_t n_parts;
-    lh_tensor **owned; /* float32 copies of the file's tensors */
+    lh_tensor **owned; /* float32 copies of the file's tensors, while loading */
     size_t n_owned;
     char **unmatched;
     lh_adapter_report report;

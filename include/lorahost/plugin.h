@@ -267,7 +267,7 @@ typedef struct lh_scheduler_desc {
 
 typedef struct lh_adapter_tensor {
     const char *suffix;       /* normalised key after the layer prefix, e.g. "lora_down.weight" */
-    const lh_tensor *tensor;  /* host-owned, valid for the instance's lifetime */
+    const lh_tensor *tensor;  /* host-owned float32, valid during create() only: copy what you keep */
 } lh_adapter_tensor;
 
 typedef struct lh_adapter_layer {
