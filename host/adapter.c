@@ -136,6 +136,44 @@ static lh_status check_alpha(loader *L, double v, const char *where) {
                         lh_st_name(L->f), where, v);
 }
 
+/* PEFT's lora_alpha and alpha_pattern for `part`, as "<prefix>lora_alpha"
+ * in obj (diffusers' metadata: "unet.", PEFT's adapter_config.json: ""). */
+static lh_status peft_alpha(loader *L, int part, json_t *obj, const char *prefix,
+                            const char *where) {
+    char k[64], what[128];
+    snprintf(k, sizeof k, "%slora_alpha", prefix);
+    json_t *v = json_object_get(obj, k);
+    if (json_is_number(v)) L->al.peft[part] = json_number_value(v);
+    snprintf(what, sizeof what, "%s %s", where, k);
+    lh_status st = check_alpha(L, L->al.peft[part], what);
+    snprintf(k, sizeof k, "%salpha_pattern", prefix);
+    v = json_object_get(obj, k);
+    if (json_is_object(v) && json_object_size(v)) L->al.pattern[part] = v;
+    return st;
+}
+
+/* A PEFT save_pretrained directory: adapter_config.json beside the file. */
+static lh_status peft_config(loader *L) {
+    char dir[4096], path[4200];
+    snprintf(dir, sizeof dir, "%s", L->a->path);
+    char *slash = strrchr(dir, '/');
+    if (slash) slash[1] = '\0';
+    else dir[0] = '\0';
+    snprintf(path, sizeof path, "%sadapter_config.json", dir);
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return LH_OK;
+    json_error_t je;
+    L->al.meta = json_loadf(fp, 0, &je);
+    fclose(fp);
+    if (!json_is_object(L->al.meta))
+        return lh_error_set(L->err, LH_ERR_FORMAT, "%s:%d: not a PEFT adapter config (%s)", path,
+                            je.line, je.text);
+    lh_status st = LH_OK;
+    for (int p = 0; st == LH_OK && p < LH_LAYER_PART_COUNT; p++)
+        st = peft_alpha(L, p, L->al.meta, "", path);
+    return st;
+}
+
 static lh_status read_alphas(loader *L) {
     alphas *al = &L->al;
     al->kohya = meta_number(L->f, "ss_network_alpha");
@@ -153,25 +191,19 @@ static lh_status read_alphas(loader *L) {
         if ((st = check_alpha(L, al->kohya_conv, "metadata ss_network_args conv_alpha"))) return st;
     }
     const char *meta = meta_text(L->f, "lora_adapter_metadata");
-    if (!meta) return LH_OK;
-    json_error_t je;
-    al->meta = json_loads(meta, 0, &je);
-    if (!json_is_object(al->meta))
-        return lh_error_set(L->err, LH_ERR_FORMAT,
-                            "%s: metadata lora_adapter_metadata is not a JSON object (%s)",
-                            lh_st_name(L->f), je.text);
-    static const char *const PART[LH_LAYER_PART_COUNT] = {"unet", "text_encoder"};
-    for (int p = 0; p < LH_LAYER_PART_COUNT; p++) {
-        char k[64];
-        snprintf(k, sizeof k, "%s.lora_alpha", PART[p]);
-        json_t *v = json_object_get(al->meta, k);
-        if (json_is_number(v)) al->peft[p] = json_number_value(v);
-        if ((st = check_alpha(L, al->peft[p], k))) return st;
-        snprintf(k, sizeof k, "%s.alpha_pattern", PART[p]);
-        v = json_object_get(al->meta, k);
-        if (json_is_object(v) && json_object_size(v)) al->pattern[p] = v;
+    if (meta) {
+        json_error_t je;
+        al->meta = json_loads(meta, 0, &je);
+        if (!json_is_object(al->meta))
+            return lh_error_set(L->err, LH_ERR_FORMAT,
+                                "%s: metadata lora_adapter_metadata is not a JSON object (%s)",
+                                lh_st_name(L->f), je.text);
+        static const char *const PART[LH_LAYER_PART_COUNT] = {"unet.", "text_encoder."};
+        for (int p = 0; p < LH_LAYER_PART_COUNT; p++)
+            if ((st = peft_alpha(L, p, al->meta, PART[p], "lora_adapter_metadata"))) return st;
+        return LH_OK;
     }
-    return LH_OK;
+    return peft_config(L);
 }
 
 /* PEFT alpha_pattern: a key matches a module whose name ends with it. */
@@ -379,7 +411,7 @@ static void join_format(char *out, size_t size, unsigned families) {
 
 static void join_alpha(char *out, size_t size, unsigned sources) {
     static const char *const NAMES[] = {".alpha tensors", "ss_network_alpha",
-                                        "lora_adapter_metadata", "none (alpha = rank)"};
+                                        "PEFT config", "none (alpha = rank)"};
     out[0] = '\0';
     for (int i = 0; i < 4; i++)
         if (sources & (1u << i)) {

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "adapter.h"
@@ -241,6 +242,62 @@ START_TEST(test_single_file_model) {
     lh_adapter_unload(ab[0]);
     lh_adapter_unload(ab[1]);
     check_outputs(&f, "base", "single file after unload", 1, 1);
+    fixture_close(&f);
+}
+END_TEST
+
+/* A PEFT save_pretrained directory: base_model.model.<module> keys, alpha
+ * from adapter_config.json beside the file (A's U-Net half, alpha 8). */
+START_TEST(test_peft_directory) {
+    fixture f;
+    fixture_open(&f, "sd1_tiny", "sd1_expected.safetensors");
+    char path[4400];
+    snprintf(path, sizeof path, "%s/sd1_A_peft.safetensors", g_dir);
+    lh_st_file *src = NULL;
+    lh_st_writer *w = NULL;
+    lh_error err = {0};
+    ck_assert(lh_st_open(&src, path, &err) == LH_OK && lh_st_writer_create(&w, &err) == LH_OK);
+    for (size_t i = 0; i < lh_st_count(src); i++) {
+        const lh_st_tensor *t = lh_st_get(src, i);
+        if (strncmp(t->name, "unet.", 5)) continue;
+        char name[512];
+        snprintf(name, sizeof name, "base_model.model.%s", t->name + 5);
+        ck_assert(lh_st_writer_add(w, name, t->dtype, t->ndim, t->shape, t->data, &err) == LH_OK);
+    }
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s/peft", g_tmp);
+    ck_assert(mkdir(dir, 0755) == 0);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    ck_assert_msg(lh_st_save(w, path, &err) == LH_OK, "%s", err.msg);
+    lh_st_writer_destroy(w);
+    lh_st_close(src);
+    double one = 1.0;
+    lh_adapter *a = NULL;
+    /* without its config: alpha = rank, not A */
+    ck_assert_msg(lh_adapter_load(&a, f.m, g_reg, path, NULL, &err) == LH_OK, "%s", err.msg);
+    ck_assert_str_eq(lh_adapter_get_report(a)->alpha_source, "none (alpha = rank)");
+    lh_adapter_unload(a);
+    char cfg[300];
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", dir);
+    FILE *fp = fopen(cfg, "w");
+    fputs("{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"alpha_pattern\": {}}", fp);
+    fclose(fp);
+    ck_assert_msg(lh_adapter_load(&a, f.m, g_reg, path, NULL, &err) == LH_OK, "%s", err.msg);
+    ck_assert_str_eq(lh_adapter_get_report(a)->alpha_source, "PEFT config");
+    ck_assert_str_eq(lh_adapter_get_report(a)->format, "peft");
+    set_scales(f.m, &a, &one, 1, LH_ADAPTER_RUNTIME);
+    check_outputs(&f, "A", "PEFT directory", 0, 1);
+    lh_adapter_unload(a);
+    fp = fopen(cfg, "w");
+    fputs("{\"lora_alpha\": -1}", fp);
+    fclose(fp);
+    ck_assert(lh_adapter_load(&a, f.m, g_reg, path, NULL, &err) == LH_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "adapter_config.json lora_alpha is -1"), "%s", err.msg);
+    fp = fopen(cfg, "w");
+    fputs("{\"lora_alpha\": ", fp);
+    fclose(fp);
+    ck_assert(lh_adapter_load(&a, f.m, g_reg, path, NULL, &err) == LH_ERR_FORMAT);
+    ck_assert_msg(strstr(err.msg, "adapter_config.json:1"), "%s", err.msg);
     fixture_close(&f);
 }
 END_TEST
@@ -809,6 +866,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_sd1_single_lora_every_format);
     tcase_add_test(tc, test_sd1_two_adapters_and_weights);
     tcase_add_test(tc, test_single_file_model);
+    tcase_add_test(tc, test_peft_directory);
     tcase_add_test(tc, test_sd1_peft_dora);
     tcase_add_test(tc, test_sd2_lora);
     tcase_add_test(tc, test_sd1_pipeline_with_adapters);

@@ -54,8 +54,9 @@ typedef struct lh_adapter_load_opts {
 #define LH_ADAPTER_MAX_KINDS 16
 typedef struct lh_adapter_report {
     char format[48];         /* key families seen: "kohya", "peft", "old diffusers", joined by '+' */
-    char alpha_source[64];   /* ".alpha tensors", "ss_network_alpha", "lora_adapter_metadata",
-                                "none (alpha = rank)", or several joined by '+' */
+    char alpha_source[64];   /* ".alpha tensors", "ss_network_alpha", "PEFT config" (diffusers'
+                                lora_adapter_metadata or an adapter_config.json beside the
+                                file), "none (alpha = rank)", or several joined by '+' */
     size_t n_keys;           /* tensors in the file */
     size_t n_used;           /* tensors that went into a layer */
     int32_t layers_unet, layers_te;
