@@ -1,6 +1,7 @@
 /* Adapter names in prompts and on the command line (see adapter_prompt.h). */
 #include "adapter_prompt.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -153,6 +154,36 @@ static int is_file(const char *p) {
     return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
 }
 
+#define SEARCH_DEPTH 8
+
+/* Files called name or name.safetensors under dir's subdirectories (depth
+ * first, at most SEARCH_DEPTH deep): the first goes to out, *n counts them,
+ * the second to other. */
+static void search(const char *dir, const char *name, int depth, char *out, size_t size,
+                   char *other, size_t other_size, int *n) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char path[4096];
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= sizeof path) continue;
+        struct stat sb;
+        if (stat(path, &sb) != 0) continue;
+        if (S_ISDIR(sb.st_mode)) {
+            if (depth < SEARCH_DEPTH) search(path, name, depth + 1, out, size, other, other_size, n);
+            continue;
+        }
+        size_t len = strlen(name);
+        int hit = !strcmp(e->d_name, name) ||
+                  (!strncmp(e->d_name, name, len) && !strcmp(e->d_name + len, ".safetensors"));
+        if (!hit || !S_ISREG(sb.st_mode)) continue;
+        snprintf(*n ? other : out, *n ? other_size : size, "%s", path);
+        ++*n;
+    }
+    closedir(d);
+}
+
 lh_status lh_adapter_resolve(char *out, size_t size, const char *name, const char *const *dirs,
                              size_t n_dirs, lh_error *err) {
     if (is_file(name)) {
@@ -160,7 +191,7 @@ lh_status lh_adapter_resolve(char *out, size_t size, const char *name, const cha
             return lh_error_set(err, LH_ERR_INVALID, "adapter path too long: %s", name);
         return LH_OK;
     }
-    if (!strstr(name, ".."))
+    if (!strstr(name, "..")) {
         for (size_t i = 0; i < n_dirs; i++) {
             static const char *const EXT[] = {"", ".safetensors"};
             for (size_t e = 0; e < 2; e++)
@@ -168,6 +199,19 @@ lh_status lh_adapter_resolve(char *out, size_t size, const char *name, const cha
                     is_file(out))
                     return LH_OK;
         }
+        /* as A1111: a bare name anywhere below a directory, if only once */
+        for (size_t i = 0; !strchr(name, '/') && i < n_dirs; i++) {
+            char other[4096] = "";
+            int n = 0;
+            search(dirs[i], name, 1, out, size, other, sizeof other, &n);
+            if (n == 1) return LH_OK;
+            if (n > 1)
+                return lh_error_set(err, LH_ERR_INVALID,
+                                    "adapter '%s' is ambiguous: %d files below %s match, e.g. "
+                                    "%s and %s; give a path relative to it",
+                                    name, n, dirs[i], out, other);
+        }
+    }
     char where[512] = "";
     size_t len = 0;
     for (size_t i = 0; i < n_dirs && len < sizeof where; i++)

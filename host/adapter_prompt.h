@@ -32,9 +32,11 @@ LH_API lh_status lh_prompt_adapters(char **clean, lh_adapter_ref **refs, size_t 
 LH_API lh_status lh_adapter_ref_parse(lh_adapter_ref *out, const char *arg, lh_error *err);
 
 /* The file `name` refers to: a path that exists as given, else
- * <dir>/<name>, <dir>/<name>.safetensors for each dir in order. Names
- * found in dirs may not contain "..". LH_ERR_NOT_FOUND lists where it
- * looked. */
+ * <dir>/<name>, <dir>/<name>.safetensors for each dir in order, else (a
+ * name without '/', as A1111 finds them) the one file called <name> or
+ * <name>.safetensors anywhere below a dir (8 levels). Names with ".." are
+ * not looked up in dirs. LH_ERR_NOT_FOUND lists where it looked;
+ * LH_ERR_INVALID names two of several files a bare name matches. */
 LH_API lh_status lh_adapter_resolve(char *out, size_t size, const char *name,
                                     const char *const *dirs, size_t n_dirs, lh_error *err);
 

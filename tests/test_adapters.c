@@ -852,6 +852,28 @@ START_TEST(test_prompt_tags) {
               LH_ERR_NOT_FOUND);
     ck_assert(lh_adapter_resolve(out, sizeof out, "nope", dirs, 2, &err) == LH_ERR_NOT_FOUND);
     ck_assert(strstr(err.msg, "nope") && strstr(err.msg, "/nonexistent"));
+    /* a bare name below a directory, found once; twice is ambiguous */
+    char sub[300], file[400];
+    snprintf(sub, sizeof sub, "%s/styles", g_tmp);
+    ck_assert(mkdir(sub, 0755) == 0);
+    snprintf(sub, sizeof sub, "%s/styles/oil", g_tmp);
+    ck_assert(mkdir(sub, 0755) == 0);
+    snprintf(file, sizeof file, "%s/paint.safetensors", sub);
+    FILE *fp = fopen(file, "w");
+    ck_assert(fp != NULL);
+    fclose(fp);
+    const char *tmp_dirs[] = {g_tmp};
+    ck_assert_msg(lh_adapter_resolve(out, sizeof out, "paint", tmp_dirs, 1, &err) == LH_OK, "%s",
+                  err.msg);
+    ck_assert_str_eq(out, file);
+    snprintf(file, sizeof file, "%s/styles/paint", g_tmp);
+    fp = fopen(file, "w");
+    fclose(fp);
+    ck_assert(lh_adapter_resolve(out, sizeof out, "paint", tmp_dirs, 1, &err) == LH_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "ambiguous"), "%s", err.msg);
+    ck_assert(lh_adapter_resolve(out, sizeof out, "oil/paint", tmp_dirs, 1, &err) ==
+              LH_ERR_NOT_FOUND);
+    ck_assert(lh_adapter_resolve(out, sizeof out, "styles/oil/paint", tmp_dirs, 1, &err) == LH_OK);
 }
 END_TEST
 
