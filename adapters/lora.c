@@ -140,12 +140,7 @@ static lh_status weight_delta(void *p, lh_tensor *delta, double scale, char *err
             st = lh_ad_host_fail(&s->b, err, err_size, st, "weight_delta");
         return st;
     }
-    float *w = NULL;
-    lh_status st = lh_ad_factor_dense(&s->b, &w, &s->f, err, err_size);
-    if (st == LH_OK)
-        st = lh_ad_add(&s->b, delta, w, s->b.form.numel, scale * s->ratio, err, err_size);
-    s->b.host->free(w);
-    return st;
+    return lh_ad_factor_add_to(&s->b, delta, &s->f, scale * s->ratio, err, err_size);
 }
 
 static lh_status forward(void *p, lh_tensor *y, const lh_tensor *x, double scale, char *err,

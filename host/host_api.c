@@ -122,6 +122,29 @@ static lh_status svc_conv2d(lh_tensor *out, const lh_tensor *x, const lh_tensor 
     return keep(lh_op_conv2d(out, x, w, bias, sh, sw, ph, pw, dh, dw, groups, &t_last));
 }
 
+static lh_tensor *svc_tensor_reshape(const lh_tensor *t, int ndim, const int64_t *shape) {
+    if (!t) {
+        keep(lh_error_set(&t_last, LH_ERR_INVALID, "tensor_reshape: NULL tensor"));
+        return NULL;
+    }
+    lh_tensor *v = malloc(sizeof *v);
+    if (!v) {
+        keep(lh_error_set(&t_last, LH_ERR_NOMEM, "tensor_reshape: out of memory"));
+        return NULL;
+    }
+    lh_status st = lh_tensor_view(v, t->data, t->dtype, ndim, shape, &t_last);
+    if (st == LH_OK && v->numel != t->numel)
+        st = lh_error_set(&t_last, LH_ERR_SHAPE,
+                          "tensor_reshape: %lld elements cannot be viewed as %lld",
+                          (long long)t->numel, (long long)v->numel);
+    if (st != LH_OK) {
+        keep(st);
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
 static const lh_host_api HOST_API = {
     .abi_version = LH_PLUGIN_ABI_VERSION,
     .size = sizeof(lh_host_api),
@@ -153,6 +176,7 @@ static const lh_host_api HOST_API = {
     .tensor_randn = svc_randn,
     .gemm = svc_gemm,
     .conv2d = svc_conv2d,
+    .tensor_reshape = svc_tensor_reshape,
 };
 
 const lh_host_api *lh_host_api_get(void) { return &HOST_API; }

@@ -80,6 +80,15 @@ lh_status lh_op_axpby(lh_tensor *out, double a, const lh_tensor *x, double b,
     lh_status st = check_same_numel(out, x, "axpby", err);
     if (st == LH_OK && y) st = check_same_numel(out, y, "axpby", err);
     if (st != LH_OK) return st;
+    if (all_f32(out, x, out, y)) { /* the same arithmetic without the dtype switch */
+        float *o = out->data;
+        const float *xv = x->data, *yv = y ? y->data : NULL;
+        if (yv)
+            for (int64_t i = 0; i < out->numel; i++) o[i] = (float)(a * xv[i] + b * yv[i]);
+        else
+            for (int64_t i = 0; i < out->numel; i++) o[i] = (float)(a * xv[i]);
+        return LH_OK;
+    }
     for (int64_t i = 0; i < out->numel; i++) {
         double v = a * lh_tensor_get(x, i);
         if (y) v += b * lh_tensor_get(y, i);

@@ -100,6 +100,10 @@ typedef struct lh_ad_factor {
 
 void lh_ad_factor_init(lh_ad_factor *f);
 void lh_ad_factor_free(const lh_ad_base *b, lh_ad_factor *f);
+/* delta += alpha * the dense matrix (delta shaped like the base weight),
+ * through the host's GEMM where it can. */
+lh_status lh_ad_factor_add_to(const lh_ad_base *b, lh_tensor *delta, const lh_ad_factor *f,
+                              double alpha, char *err, size_t err_size);
 /* *out = new array [rows, in * k] holding the dense value. */
 lh_status lh_ad_factor_dense(const lh_ad_base *b, float **out, const lh_ad_factor *f, char *err,
                              size_t err_size);

@@ -4,6 +4,8 @@
  * double accumulation. */
 #include "ad_common.h"
 
+#include <stddef.h>
+
 /* c [m, n] (+)= op(a) op(b); op(a) [m, k] is a^T when ta, op(b) [k, n] b^T when tb. */
 static void mm(float *c, const float *a, const float *b, int64_t m, int64_t k, int64_t n, int ta,
                int tb, int acc) {
@@ -60,9 +62,55 @@ static lh_status arrays_read(const lh_ad_base *b, arrays *a, const lh_ad_factor 
     return LH_OK;
 }
 
+/* out (+)= alpha * up @ down through the host's GEMM: out viewed as
+ * [rows, in * k]. LH_ERR_UNSUPPORTED for Tucker factors or a host without
+ * tensor_reshape (the callers then take the loops). */
+static lh_status gemm_dense(const lh_ad_base *b, lh_tensor *out, const lh_ad_factor *f,
+                            double alpha, double beta) {
+    const lh_host_api *h = b->host;
+    if (f->mid || h->size <= offsetof(lh_host_api, tensor_reshape) || !h->tensor_reshape)
+        return LH_ERR_UNSUPPORTED;
+    int64_t cols = f->in * f->k;
+    const int64_t so[2] = {f->rows, cols}, sd[2] = {f->r, cols};
+    const int64_t su[2] = {f->up_t ? f->r : f->rows, f->up_t ? f->rows : f->r};
+    lh_tensor *o = h->tensor_reshape(out, 2, so), *u = h->tensor_reshape(f->up, 2, su);
+    lh_tensor *d = h->tensor_reshape(f->down, 2, sd);
+    lh_status st = o && u && d ? h->gemm(o, u, d, f->up_t, 0, alpha, beta) : LH_ERR_NOMEM;
+    h->tensor_free(o);
+    h->tensor_free(u);
+    h->tensor_free(d);
+    return st;
+}
+
+lh_status lh_ad_factor_add_to(const lh_ad_base *b, lh_tensor *delta, const lh_ad_factor *f,
+                              double alpha, char *err, size_t err_size) {
+    lh_status st;
+    if (f->w) {
+        st = b->host->tensor_axpby(delta, 1.0, delta, alpha, f->w);
+        return st == LH_OK ? st : lh_ad_host_fail(b, err, err_size, st, "weight_delta");
+    }
+    st = gemm_dense(b, delta, f, alpha, 1.0);
+    if (st != LH_ERR_UNSUPPORTED)
+        return st == LH_OK ? st : lh_ad_host_fail(b, err, err_size, st, "gemm");
+    float *w = NULL;
+    st = lh_ad_factor_dense(b, &w, f, err, err_size);
+    if (st == LH_OK) st = lh_ad_add(b, delta, w, b->form.numel, alpha, err, err_size);
+    b->host->free(w);
+    return st;
+}
+
 lh_status lh_ad_factor_dense(const lh_ad_base *b, float **out, const lh_ad_factor *f, char *err,
                              size_t err_size) {
     if (f->w) return lh_ad_read(b, out, f->w, err, err_size);
+    if (!f->mid) { /* the host's GEMM into a scratch tensor */
+        int64_t n = f->rows * f->in * f->k;
+        lh_tensor *t = b->host->tensor_new(LH_DTYPE_F32, 1, &n);
+        lh_status st = t ? gemm_dense(b, t, f, 1.0, 0.0) : LH_ERR_NOMEM;
+        if (st == LH_OK) st = lh_ad_read(b, out, t, err, err_size);
+        b->host->tensor_free(t);
+        if (st != LH_ERR_UNSUPPORTED)
+            return st == LH_OK ? st : lh_ad_host_fail(b, err, err_size, st, "gemm");
+    }
     arrays a;
     int64_t cols = f->in * f->k;
     lh_status st = arrays_read(b, &a, f, err, err_size);

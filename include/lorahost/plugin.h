@@ -171,6 +171,11 @@ typedef struct lh_host_api {
     lh_status (*conv2d)(lh_tensor *out, const lh_tensor *x, const lh_tensor *w,
                         const lh_tensor *bias, int stride_h, int stride_w, int pad_h,
                         int pad_w, int dil_h, int dil_w, int groups);
+    /* A view of t's data under another shape with the same number of
+     * elements (no copy), e.g. a [out, in, kh, kw] weight as [out, in*kh*kw]
+     * for gemm. Free it with tensor_free; the data stays t's and must
+     * outlive the view. NULL (see last_error) if the counts differ. */
+    lh_tensor *(*tensor_reshape)(const lh_tensor *t, int ndim, const int64_t *shape);
 
     void *reserved[LH_RESERVED_SLOTS];
 } lh_host_api;
