@@ -118,7 +118,9 @@ static lh_status save_orig(lh_adapt *ad, size_t i, lh_error *err) {
     return LH_OK;
 }
 
-/* W = W0 + sum of the terms' deltas (bias likewise), from the saved W0. */
+/* W = W0 + the terms' deltas (bias likewise), starting from the saved W0.
+ * The cpu backend's weights are host memory: the deltas accumulate there in
+ * place; other backends get a host buffer uploaded at the end. */
 static lh_status merge(lh_adapt *ad, size_t i, const lh_layer_term *terms, int n, lh_error *err) {
     const lh_layer *l = &ad->layers.v[i];
     lh_adapt_layer *s = &ad->ls[i];
@@ -127,32 +129,30 @@ static lh_status merge(lh_adapt *ad, size_t i, const lh_layer_term *terms, int n
     if (st != LH_OK) return st;
     s->merged = 1; /* from here on a failure restores the saved bits */
     size_t numel = lh_layer_numel(l), nout = (size_t)l->shape[0];
-    float *w = calloc(numel + nout, sizeof *w), *b = w ? w + numel : NULL;
+    int in_place = !strcmp(be->ops->name, "cpu");
+    float *w = in_place ? l->w : malloc((numel + nout) * sizeof *w);
     if (!w) return lh_error_set(err, LH_ERR_NOMEM, "out of memory merging layer %s", l->name);
+    float *b = in_place ? l->b : w + numel;
+    memcpy(w, s->orig_w, numel * sizeof *w);
+    if (s->orig_b) memcpy(b, s->orig_b, nout * sizeof *b);
     lh_tensor wt, bt;
     int64_t nb = (int64_t)nout;
     st = lh_tensor_view(&wt, w, LH_DTYPE_F32, l->ndim, l->shape, err);
     if (st == LH_OK) st = lh_tensor_view(&bt, b, LH_DTYPE_F32, 1, &nb, err);
-    int bias_changed = 0;
     for (int k = 0; st == LH_OK && k < n; k++) {
         const lh_adapter_desc *d = terms[k].desc;
         char msg[LH_ERROR_MAX] = "";
         st = d->weight_delta(terms[k].state, &wt, terms[k].scale, msg, sizeof msg);
-        if (st == LH_OK && d->bias_delta && l->b) {
+        if (st == LH_OK && d->bias_delta && s->orig_b)
             st = d->bias_delta(terms[k].state, &bt, terms[k].scale, msg, sizeof msg);
-            bias_changed = 1;
-        }
-        if (st != LH_OK) st = lh_error_set(err, st, "adapter %s on layer %s: %s", d->info.id, l->name, msg);
+        if (st != LH_OK)
+            st = lh_error_set(err, st, "adapter %s on layer %s: %s", d->info.id, l->name, msg);
     }
-    if (st == LH_OK) {
-        for (size_t j = 0; j < numel; j++) w[j] = s->orig_w[j] + w[j];
-        st = be->ops->upload(be, l->w, w, numel * sizeof(float));
+    if (!in_place) {
+        if (st == LH_OK) st = be->ops->upload(be, l->w, w, numel * sizeof(float));
+        if (st == LH_OK && s->orig_b) st = be->ops->upload(be, l->b, b, nout * sizeof(float));
+        free(w);
     }
-    if (st == LH_OK && s->orig_b) {
-        for (size_t j = 0; j < nout; j++) b[j] = bias_changed ? s->orig_b[j] + b[j] : s->orig_b[j];
-        st = be->ops->upload(be, l->b, b, nout * sizeof(float));
-    }
-    free(w);
     return st;
 }
 
