@@ -613,6 +613,67 @@ static lh_status try_lora(fixture *f, const char *tag, const int64_t down[2],
     return st;
 }
 
+/* kohya alphas from metadata: ss_network_alpha for linears, ss_network_args'
+ * conv_alpha for 3x3 convs, the same deltas as per-module .alpha tensors. */
+START_TEST(test_kohya_metadata_alphas) {
+    fixture f;
+    fixture_open(&f, "sd1_tiny", "sd1_expected.safetensors");
+    static const char *const LIN = "lora_unet_down_blocks_0_attentions_0_proj_out";
+    static const char *const CONV = "lora_unet_down_blocks_0_resnets_0_conv1";
+    char names[6][128];
+    snprintf(names[0], sizeof names[0], "%s.lora_down.weight", LIN);
+    snprintf(names[1], sizeof names[1], "%s.lora_up.weight", LIN);
+    snprintf(names[2], sizeof names[2], "%s.lora_down.weight", CONV);
+    snprintf(names[3], sizeof names[3], "%s.lora_up.weight", CONV);
+    snprintf(names[4], sizeof names[4], "%s.alpha", LIN);
+    snprintf(names[5], sizeof names[5], "%s.alpha", CONV);
+    const char *np[6] = {names[0], names[1], names[2], names[3], names[4], names[5]};
+    int64_t shapes[6][4] = {{2, 8}, {8, 2}, {2, 8, 3, 3}, {8, 2, 1, 1}, {0}, {0}};
+    int nd[6] = {2, 2, 4, 4, 0, 0};
+    static float v[4][144];
+    for (int i = 0; i < 144; i++)
+        for (int j = 0; j < 4; j++) v[j][i] = 0.01f * (float)((i * (j + 3)) % 11) - 0.05f;
+    float a_lin = 16.0f, a_conv = 2.0f;
+    float *data[6] = {v[0], v[1], v[2], v[3], &a_lin, &a_conv};
+    char p1[256], p2[256];
+    snprintf(p1, sizeof p1, "%s/tensors.safetensors", g_tmp);
+    snprintf(p2, sizeof p2, "%s/meta.safetensors", g_tmp);
+    write_file(p1, np, (const int64_t(*)[4])shapes, nd, data, 6, NULL, NULL);
+    lh_st_writer *w = NULL;
+    lh_error err = {0};
+    ck_assert(lh_st_writer_create(&w, &err) == LH_OK);
+    for (int i = 0; i < 4; i++)
+        ck_assert(lh_st_writer_add(w, np[i], LH_DTYPE_F32, nd[i], shapes[i], data[i], &err) ==
+                  LH_OK);
+    ck_assert(lh_st_writer_add_meta(w, "ss_network_alpha", "16.0", &err) == LH_OK);
+    ck_assert(lh_st_writer_add_meta(w, "ss_network_args",
+                                    "{\"conv_dim\": \"2\", \"conv_alpha\": \"2\"}", &err) == LH_OK);
+    ck_assert(lh_st_save(w, p2, &err) == LH_OK);
+    lh_st_writer_destroy(w);
+    lh_adapter *a = NULL, *b = NULL;
+    ck_assert_msg(lh_adapter_load(&a, f.m, g_reg, p1, NULL, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_adapter_load(&b, f.m, g_reg, p2, NULL, &err) == LH_OK, "%s", err.msg);
+    ck_assert_str_eq(lh_adapter_get_report(b)->alpha_source, "ss_network_alpha");
+    static const char *const LAYERS[2] = {"down_blocks.0.attentions.0.proj_out",
+                                          "down_blocks.0.resnets.0.conv1"};
+    for (int l = 0; l < 2; l++) {
+        size_t n = l ? 8 * 8 * 9 : 64;
+        float da[576], db[576];
+        ck_assert(lh_adapter_layer_delta(a, LH_LAYER_UNET, LAYERS[l], 0.9, da, n, NULL, &err) ==
+                  LH_OK);
+        ck_assert(lh_adapter_layer_delta(b, LH_LAYER_UNET, LAYERS[l], 0.9, db, n, NULL, &err) ==
+                  LH_OK);
+        ck_assert_msg(!memcmp(da, db, n * sizeof *da), "%s: metadata alpha differs", LAYERS[l]);
+        double norm = 0;
+        for (size_t i = 0; i < n; i++) norm += fabs(da[i]);
+        ck_assert(norm > 0);
+    }
+    lh_adapter_unload(a);
+    lh_adapter_unload(b);
+    fixture_close(&f);
+}
+END_TEST
+
 START_TEST(test_bad_files_refused_model_usable) {
     fixture f;
     fixture_open(&f, "sd1_tiny", "sd1_expected.safetensors");
@@ -895,6 +956,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_lycoris_deltas);
     tcase_add_test(tc, test_merge_unmerge_1000_times_bit_exact);
     tcase_add_test(tc, test_switch_touches_only_changed_layers);
+    tcase_add_test(tc, test_kohya_metadata_alphas);
     tcase_add_test(tc, test_bad_files_refused_model_usable);
     tcase_add_test(tc, test_lifetimes);
     suite_add_tcase(s, tc);
