@@ -18,6 +18,7 @@ static const lh_command COMMANDS[] = {
     {"config", lh_cmd_config, "check a config file and print the settings in effect"},
     {"schedulers", lh_cmd_schedulers, "list schedulers, or print one's timesteps and sigmas"},
     {"generate", lh_cmd_generate, "txt2img / img2img from a diffusers model directory to PNG"},
+    {"adapters", lh_cmd_adapters, "load adapter files against a model and report what matched"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

@@ -77,4 +77,15 @@ check other_model 1 "for base weight" -- \
 check not_adapter 1 "matches a layer" -- \
   "${gen[@]}" --prompt x --lora "$src/tests/fixtures/models/sd1_tiny.safetensors"
 check traversal 1 "no such file" -- "${gen[@]}" --config cfg.ini --prompt "x <lora:../adapters/sd1_B_peft>"
+# `lorahost adapters`: the load report without generating
+check report_cmd 0 "kinds: loha/linear 1, lora/conv 3" -- \
+  "$lh" adapters --model "$model" "$ad/sd1_lycoris.safetensors" "$ad/sd1_B_olddiff.safetensors"
+check report_old 0 "sd1_B_olddiff.safetensors: old diffusers keys; alpha: none (alpha = rank)" -- \
+  "$lh" adapters --model "$model" "$ad/sd1_B_olddiff.safetensors"
+check report_json 0 '"alpha_source":"PEFT config"' -- \
+  "$lh" adapters --model "$model" --json "$ad/sd1_A_peft.safetensors"
+check report_bad 1 '"error":' -- "$lh" adapters --model "$model" --json "$ad/sd2_C_kohya.safetensors"
+check report_usage 2 "needs --model PATH and at least one adapter FILE" -- "$lh" adapters --model "$model"
+printf 'x' > notlora.safetensors
+check report_garbage 1 "notlora.safetensors" -- "$lh" adapters --model "$model" notlora.safetensors
 echo "cli_adapters: $pass checks passed"
