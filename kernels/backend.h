@@ -113,6 +113,64 @@ typedef struct lh_backend_ops {
     lh_status (*timestep_embedding)(lh_backend *be, float *out, const float *timesteps,
                                     int64_t n, int64_t dim, int flip_sin_to_cos,
                                     float downscale_freq_shift, float max_period);
+
+    /* ---- Backward (training) ----
+     * Each op takes the gradient of its forward's output (dy) and what the
+     * forward read, and gives the gradients of its inputs. Input gradients
+     * (dx, dq, ...) are WRITTEN; parameter gradients (dw, db, dgamma,
+     * dbeta) are ACCUMULATED (+=) so a frozen weight simply passes NULL and
+     * costs nothing. Any output pointer may be NULL (not wanted). Statistics
+     * and softmax are recomputed from the inputs in float32, two-pass, as
+     * the forwards do; memory stays bounded as in the forwards. */
+    /* linear: dx [rows, n_in] = dy w; dw [n_out, n_in] += dy^T x; db [n_out] += sum_rows dy. */
+    lh_status (*linear_backward)(lh_backend *be, float *dx, float *dw, float *db,
+                                 const float *dy, /* [rows, n_out] */
+                                 const float *x,  /* [rows, n_in] (for dw) */
+                                 const float *w,  /* [n_out, n_in] (for dx) */
+                                 int64_t rows, int64_t n_in, int64_t n_out);
+    /* conv2d (as the forward: groups 1, square stride/pad): dx [n, c_in, h, w],
+     * dw [c_out, c_in, kh, kw] +=, db [c_out] +=. */
+    lh_status (*conv2d_backward)(lh_backend *be, float *dx, float *dw, float *db,
+                                 const float *dy, /* [n, c_out, h_out, w_out] */
+                                 const float *x,  /* [n, c_in, h, w] (for dw) */
+                                 const float *w,  /* [c_out, c_in, kh, kw] (for dx) */
+                                 int64_t n, int64_t c_in, int64_t h, int64_t wd, int64_t c_out,
+                                 int64_t kh, int64_t kw, int stride, int pad);
+    /* group_norm (+ SiLU if `silu`): dx [n, c, hw], dgamma/dbeta [c] +=. */
+    lh_status (*group_norm_backward)(lh_backend *be, float *dx, float *dgamma, float *dbeta,
+                                     const float *dy, const float *x, const float *gamma,
+                                     const float *beta, int64_t n, int64_t c, int64_t hw,
+                                     int64_t groups, float eps, int silu);
+    /* layer_norm over the last axis: dx [rows, cols], dgamma/dbeta [cols] +=. */
+    lh_status (*layer_norm_backward)(lh_backend *be, float *dx, float *dgamma, float *dbeta,
+                                     const float *dy, const float *x, const float *gamma,
+                                     int64_t rows, int64_t cols, float eps);
+    /* attention (layout and masking as the forward; `out` is the forward's
+     * output): dq [b, nq, heads*d], dk and dv [b, nk, heads*d]. */
+    lh_status (*attention_backward)(lh_backend *be, float *dq, float *dk, float *dv,
+                                    const float *dout, const float *out, const float *q,
+                                    const float *k, const float *v, int64_t b, int64_t heads,
+                                    int64_t nq, int64_t nk, int64_t d, float scale, int causal);
+    /* Elementwise activations: dx = dy * f'(x). dx may alias dy. */
+    lh_status (*silu_backward)(lh_backend *be, float *dx, const float *dy, const float *x,
+                               int64_t n);
+    lh_status (*gelu_backward)(lh_backend *be, float *dx, const float *dy, const float *x,
+                               int64_t n);
+    lh_status (*quick_gelu_backward)(lh_backend *be, float *dx, const float *dy, const float *x,
+                                     int64_t n);
+    /* GEGLU: dx [rows, 2f] from dy [rows, f] and x [rows, 2f]. */
+    lh_status (*geglu_backward)(lh_backend *be, float *dx, const float *dy, const float *x,
+                                int64_t rows, int64_t f);
+    /* add_channel_bias: dbias [outer, c] (WRITTEN) = sum over `inner` of dy. */
+    lh_status (*channel_bias_backward)(lh_backend *be, float *dbias, const float *dy,
+                                       int64_t outer, int64_t c, int64_t inner);
+    /* upsample_nearest2x: dx [n, c, h, w] = sum of each 2x2 block of dy [n, c, 2h, 2w]. */
+    lh_status (*upsample_nearest2x_backward)(lh_backend *be, float *dx, const float *dy,
+                                             int64_t n, int64_t c, int64_t h, int64_t w);
+    /* concat_channels' backward: split x [n, ca + cb, hw] into a [n, ca, hw]
+     * and b [n, cb, hw] (either may be NULL). */
+    lh_status (*split_channels)(lh_backend *be, float *a, float *b, const float *x, int64_t n,
+                                int64_t ca, int64_t cb, int64_t hw);
 } lh_backend_ops;
 
 struct lh_backend {

@@ -21,44 +21,7 @@ static lh_backend *g_be[3];
 static const int g_threads[3] = {0, 3, 1};
 #define N_BE 3
 
-static void backends_up(void) {
-    char err[256];
-    for (int i = 0; i < N_BE; i++)
-        ck_assert_msg(lh_backend_cpu_create(&g_be[i], g_threads[i], err, sizeof err) == LH_OK,
-                      "%s", err);
-}
-
-static void backends_down(void) {
-    for (int i = 0; i < N_BE; i++) {
-        lh_backend_destroy(g_be[i]);
-        g_be[i] = NULL;
-    }
-}
-
-/* ---- Random data (splitmix64) ---- */
-
-static uint64_t g_rng;
-static void seed(uint64_t s) { g_rng = s; }
-static double urand(void) { /* [-1, 1) */
-    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (double)(z >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-}
-
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    ck_assert_ptr_nonnull(p);
-    return p;
-}
-
-/* n values uniform in [offset - amp, offset + amp) */
-static float *rand_f(int64_t n, double amp, double offset) {
-    float *p = xmalloc((size_t)n * sizeof *p);
-    for (int64_t i = 0; i < n; i++) p[i] = (float)(offset + amp * urand());
-    return p;
-}
+#include "kernel_test.h"
 
 static double *dvec(int64_t n) { return xmalloc((size_t)n * sizeof(double)); }
 

@@ -32,43 +32,7 @@ size_t lh__cpu_attention_scratch_bytes(int64_t d, int threads) {
 
 /* ---- Micro-kernels: one instantiation per instruction set ---- */
 
-#define AT_NAME(x) x##_generic
-#define AT_ATTR
-#define AT_VL 4
-#define AT_NV 4
-#define AT_RB 2
-#include "attention_tiles.h"
-#undef AT_NAME
-#undef AT_ATTR
-#undef AT_VL
-#undef AT_NV
-#undef AT_RB
-
-#if LH_X86_DISPATCH
-#define AT_NAME(x) x##_avx2
-#define AT_ATTR __attribute__((target("arch=x86-64-v3")))
-#define AT_VL 8
-#define AT_NV 2
-#define AT_RB 4
-#include "attention_tiles.h"
-#undef AT_NAME
-#undef AT_ATTR
-#undef AT_VL
-#undef AT_NV
-#undef AT_RB
-
-#define AT_NAME(x) x##_avx512
-#define AT_ATTR __attribute__((target("arch=x86-64-v4")))
-#define AT_VL 16
-#define AT_NV 2
-#define AT_RB 8 /* 16 accumulators of 32 registers */
-#include "attention_tiles.h"
-#undef AT_NAME
-#undef AT_ATTR
-#undef AT_VL
-#undef AT_NV
-#undef AT_RB
-#endif
+#include "attention_isa.h"
 
 typedef void (*qk_fn)(float *restrict st, const float *restrict qt, const float *restrict k,
                       int64_t ld, int64_t kv, int64_t qcols, int64_t d);

@@ -116,6 +116,18 @@ static const lh_backend_ops cpu_ops = {
     .concat_channels = lh__cpu_concat_channels,
     .transpose_c_hw = lh__cpu_transpose_c_hw,
     .timestep_embedding = lh__cpu_timestep_embedding,
+    .linear_backward = lh__cpu_linear_backward,
+    .conv2d_backward = lh__cpu_conv2d_backward,
+    .group_norm_backward = lh__cpu_group_norm_backward,
+    .layer_norm_backward = lh__cpu_layer_norm_backward,
+    .attention_backward = lh__cpu_attention_backward,
+    .silu_backward = lh__cpu_silu_backward,
+    .gelu_backward = lh__cpu_gelu_backward,
+    .quick_gelu_backward = lh__cpu_quick_gelu_backward,
+    .geglu_backward = lh__cpu_geglu_backward,
+    .channel_bias_backward = lh__cpu_channel_bias_backward,
+    .upsample_nearest2x_backward = lh__cpu_upsample_nearest2x_backward,
+    .split_channels = lh__cpu_split_channels,
 };
 
 /* ---- Create / destroy ---- */

@@ -121,6 +121,40 @@ lh_status lh__cpu_timestep_embedding(lh_backend *be, float *out, const float *ti
 
 /* ---- For tests: scratch sizes and kernel choice ---- */
 
+/* ---- Backward (backend.h) ---- */
+lh_status lh__cpu_linear_backward(lh_backend *be, float *dx, float *dw, float *db, const float *dy,
+                                  const float *x, const float *w, int64_t rows, int64_t n_in,
+                                  int64_t n_out);
+lh_status lh__cpu_conv2d_backward(lh_backend *be, float *dx, float *dw, float *db,
+                                  const float *dy, const float *x, const float *w, int64_t n,
+                                  int64_t c_in, int64_t h, int64_t wd, int64_t c_out, int64_t kh,
+                                  int64_t kw, int stride, int pad);
+lh_status lh__cpu_group_norm_backward(lh_backend *be, float *dx, float *dgamma, float *dbeta,
+                                      const float *dy, const float *x, const float *gamma,
+                                      const float *beta, int64_t n, int64_t c, int64_t hw,
+                                      int64_t groups, float eps, int silu);
+lh_status lh__cpu_layer_norm_backward(lh_backend *be, float *dx, float *dgamma, float *dbeta,
+                                      const float *dy, const float *x, const float *gamma,
+                                      int64_t rows, int64_t cols, float eps);
+lh_status lh__cpu_attention_backward(lh_backend *be, float *dq, float *dk, float *dv,
+                                     const float *dout, const float *out, const float *q,
+                                     const float *k, const float *v, int64_t b, int64_t heads,
+                                     int64_t nq, int64_t nk, int64_t d, float scale, int causal);
+lh_status lh__cpu_silu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
+                                int64_t n);
+lh_status lh__cpu_gelu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
+                                int64_t n);
+lh_status lh__cpu_quick_gelu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
+                                      int64_t n);
+lh_status lh__cpu_geglu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
+                                 int64_t rows, int64_t f);
+lh_status lh__cpu_channel_bias_backward(lh_backend *be, float *dbias, const float *dy,
+                                        int64_t outer, int64_t c, int64_t inner);
+lh_status lh__cpu_upsample_nearest2x_backward(lh_backend *be, float *dx, const float *dy,
+                                              int64_t n, int64_t c, int64_t h, int64_t w);
+lh_status lh__cpu_split_channels(lh_backend *be, float *a, float *b, const float *x, int64_t n,
+                                 int64_t ca, int64_t cb, int64_t hw);
+
 /* Attention: per-thread tiles only, independent of nq and nk. */
 size_t lh__cpu_attention_scratch_bytes(int64_t d, int threads);
 /* Attention micro-kernels to use from now on (process-wide; LH_CPU_ISA_AUTO

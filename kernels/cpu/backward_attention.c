@@ -1,0 +1,244 @@
+/* Backward of scaled dot-product attention (layout and causal mask as
+ * attention.c), FlashAttention-2 style. A task is one (batch, head), so it
+ * owns that head's columns of dq, dk and dv and needs no locks. It first
+ * walks the query tiles for the row logsumexp and D = rowsum(dO * O) (O is
+ * the forward's output), then, for each tile of ATB_BK keys, every query
+ * tile that can see it: P = exp(scale S - lse) recomputed, and
+ *   dV += P^T dO,  dS = scale P (dO V^T - D),  dQ += dS K,  dK += dS^T Q
+ * with dK, dV held for the key tile. Scratch is a few tiles plus two floats
+ * per query, per thread - never [nq, nk].
+ *
+ * The products reuse the forward's register-blocked micro-kernels
+ * (attention_tiles.h), vectorised across the tile's queries for S^T, dP^T
+ * and dQ^T, and across the tile's keys (P and dS transposed) for dK^T and
+ * dV^T. */
+#include "cpu.h"
+
+#include <omp.h>
+#include <stdlib.h>
+
+#define ATT_BQ 64 /* queries per tile; the templates' row stride */
+#define ATB_BK ATT_BQ /* keys per tile: dK^T and dV^T use keys as the query axis */
+
+/* ---- Micro-kernels (attention_tiles.h), one instantiation per instruction set ---- */
+
+#include "attention_isa.h"
+
+typedef void (*qk_fn)(float *restrict st, const float *restrict qt, const float *restrict k,
+                      int64_t ld, int64_t kv, int64_t qcols, int64_t d);
+typedef void (*pv_fn)(float *restrict ot, const float *restrict pt, const float *restrict v,
+                      int64_t ld, int64_t kv, int64_t qcols, int64_t d);
+
+typedef struct atb_kernels {
+    qk_fn qk;
+    pv_fn pv;
+} atb_kernels;
+
+static atb_kernels pick_kernels(void) {
+#if LH_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return (atb_kernels){qk_tile_avx512, pv_tile_avx512};
+    if (__builtin_cpu_supports("x86-64-v3")) return (atb_kernels){qk_tile_avx2, pv_tile_avx2};
+#endif
+    return (atb_kernels){qk_tile_generic, pv_tile_generic};
+}
+
+/* ---- Per-thread scratch ---- */
+
+typedef struct atb_scratch {
+    float *qt, *dot, *dqt;  /* [d, BQ]: Q^T, dO^T (zero-padded), dQ^T of a tile */
+    float *dkt, *dvt;       /* [d, BK]: dK^T, dV^T of a key tile */
+    float *st, *dst, *tr;   /* [BK, BQ]: S^T then P^T, dP^T then dS^T; [BQ, BK]: P or dS */
+    float *lse, *dd;        /* [nq]: row logsumexp, rowsum(dO * O) */
+} atb_scratch;
+
+static int64_t per_thread_floats(int64_t d, int64_t nq) {
+    return 5 * d * ATT_BQ + 3 * ATB_BK * ATT_BQ + 2 * nq;
+}
+
+static atb_scratch carve(float *p, int64_t d, int64_t nq) {
+    atb_scratch s;
+    s.qt = p, s.dot = s.qt + d * ATT_BQ, s.dqt = s.dot + d * ATT_BQ;
+    s.dkt = s.dqt + d * ATT_BQ, s.dvt = s.dkt + d * ATB_BK;
+    s.st = s.dvt + d * ATB_BK, s.dst = s.st + ATB_BK * ATT_BQ, s.tr = s.dst + ATB_BK * ATT_BQ;
+    s.lse = s.tr + ATT_BQ * ATB_BK, s.dd = s.lse + nq;
+    return s;
+}
+
+typedef struct atb_args {
+    float *dq, *dk, *dv;                 /* [b, nq | nk, heads * d] or NULL */
+    const float *dout, *out, *q, *k, *v; /* as the forward */
+    atb_kernels kern;
+    int64_t heads, nq, nk, d;
+    float scale;
+    int causal;
+} atb_args;
+
+/* ---- Steps of one (batch, head) ---- */
+
+/* xt [d, BQ] = rows [0, qr) of x (ld apart, d wide) transposed, zero-padded. */
+static void pack_t(float *xt, const float *x, int64_t ld, int64_t qr, int64_t d) {
+    if (qr < ATT_BQ) memset(xt, 0, (size_t)(d * ATT_BQ) * sizeof(float));
+    for (int64_t i = 0; i < qr; i++)
+        for (int64_t c = 0; c < d; c++) xt[c * ATT_BQ + i] = x[i * ld + c];
+}
+
+/* lse and D of queries [i0, i0 + qr) (rows from row0): an online softmax
+ * over the keys they see. Key 0 is never masked, so every l > 0. */
+LH_HOT static void row_stats(const atb_args *a, atb_scratch *s, const float *kb, int64_t row0,
+                             int64_t i0, int64_t qr) {
+    const int64_t d = a->d, hd = a->heads * d;
+    int64_t key_end = a->causal && i0 + qr < a->nk ? i0 + qr : a->nk;
+    float m[ATT_BQ], l[ATT_BQ], mx[ATT_BQ];
+    for (int64_t i = 0; i < ATT_BQ; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+    }
+    pack_t(s->qt, a->q + row0, hd, qr, d);
+    for (int64_t j0 = 0; j0 < key_end; j0 += ATB_BK) {
+        int64_t kv = key_end - j0 < ATB_BK ? key_end - j0 : ATB_BK;
+        float *st = s->st;
+        a->kern.qk(st, s->qt, kb + j0 * hd, hd, kv, ATT_BQ, d);
+        for (int64_t i = 0; i < ATT_BQ; i++) mx[i] = m[i];
+        for (int64_t j = 0; j < kv; j++)
+            for (int64_t i = 0; i < ATT_BQ; i++) {
+                float x = a->causal && j0 + j > i0 + i ? -INFINITY : st[j * ATT_BQ + i] * a->scale;
+                st[j * ATT_BQ + i] = x;
+                mx[i] = x > mx[i] ? x : mx[i];
+            }
+        for (int64_t i = 0; i < ATT_BQ; i++) {
+            float base = mx[i] == -INFINITY ? 0.0f : mx[i]; /* all masked so far */
+            l[i] *= lh__expf(m[i] - base);                  /* m = -inf gives 0 */
+            m[i] = mx[i];
+            mx[i] = base;
+        }
+        for (int64_t j = 0; j < kv; j++)
+            for (int64_t i = 0; i < ATT_BQ; i++) l[i] += lh__expf(st[j * ATT_BQ + i] - mx[i]);
+    }
+    for (int64_t i = 0; i < qr; i++) {
+        const float *o = a->out + row0 + i * hd, *g = a->dout + row0 + i * hd;
+        double acc = 0.0;
+        for (int64_t c = 0; c < d; c++) acc += (double)g[c] * o[c];
+        s->lse[i0 + i] = m[i] + logf(l[i]);
+        s->dd[i0 + i] = (float)acc;
+    }
+}
+
+/* tr [BQ, BK] = x^T for x [kv, BQ] (rows i < qr), zero past kv. */
+static void transpose_tile(float *tr, const float *x, int64_t kv, int64_t qr) {
+    for (int64_t i = 0; i < qr; i++) {
+        for (int64_t j = 0; j < kv; j++) tr[i * ATB_BK + j] = x[j * ATT_BQ + i];
+        for (int64_t j = kv; j < ATB_BK; j++) tr[i * ATB_BK + j] = 0.0f;
+    }
+}
+
+/* st [kv, BQ]: S^T -> P^T = exp(scale S - lse), 0 where masked or padded. */
+LH_HOT static void probs(float *st, const float *lse, const float *dd, float *lt, float *dt,
+                         int64_t i0, int64_t qr, int64_t j0, int64_t kv, float scale,
+                         int causal) {
+    for (int64_t i = 0; i < ATT_BQ; i++) {
+        lt[i] = i < qr ? lse[i0 + i] : INFINITY; /* padded queries: p = 0 */
+        dt[i] = i < qr ? dd[i0 + i] : 0.0f;
+    }
+    for (int64_t j = 0; j < kv; j++)
+        for (int64_t i = 0; i < ATT_BQ; i++) {
+            float p = lh__expf(st[j * ATT_BQ + i] * scale - lt[i]);
+            st[j * ATT_BQ + i] = causal && j0 + j > i0 + i ? 0.0f : p;
+        }
+}
+
+/* One (key tile, query tile) pair: accumulates dV^T, dK^T of the key tile
+ * and dQ of the query rows. */
+static void pair(const atb_args *a, atb_scratch *s, const float *kb, const float *vb,
+                 int64_t row0, int64_t i0, int64_t qr, int64_t j0, int64_t kv) {
+    const int64_t d = a->d, hd = a->heads * d;
+    float lt[ATT_BQ], dt[ATT_BQ];
+    pack_t(s->qt, a->q + row0, hd, qr, d);
+    a->kern.qk(s->st, s->qt, kb, hd, kv, ATT_BQ, d);
+    probs(s->st, s->lse, s->dd, lt, dt, i0, qr, j0, kv, a->scale, a->causal);
+    if (a->dv) { /* dV^T [d, keys] += dO^T P: keys are the kernel's vector axis */
+        transpose_tile(s->tr, s->st, kv, qr);
+        a->kern.pv(s->dvt, s->tr, a->dout + row0, hd, qr, ATB_BK, d);
+    }
+    if (!a->dq && !a->dk) return;
+    pack_t(s->dot, a->dout + row0, hd, qr, d);
+    a->kern.qk(s->dst, s->dot, vb, hd, kv, ATT_BQ, d); /* dP^T */
+    for (int64_t j = 0; j < kv; j++)
+        for (int64_t i = 0; i < ATT_BQ; i++)
+            s->dst[j * ATT_BQ + i] = s->st[j * ATT_BQ + i] * (s->dst[j * ATT_BQ + i] - dt[i]) * a->scale;
+    if (a->dq) {
+        memset(s->dqt, 0, (size_t)(d * ATT_BQ) * sizeof(float));
+        a->kern.pv(s->dqt, s->dst, kb, hd, kv, ATT_BQ, d);
+        for (int64_t i = 0; i < qr; i++)
+            for (int64_t c = 0; c < d; c++) a->dq[row0 + i * hd + c] += s->dqt[c * ATT_BQ + i];
+    }
+    if (a->dk) {
+        transpose_tile(s->tr, s->dst, kv, qr);
+        a->kern.pv(s->dkt, s->tr, a->q + row0, hd, qr, ATB_BK, d);
+    }
+}
+
+/* x rows [0, kv) (ld apart, d wide) = xt [d, BK] transposed. */
+static void unpack_t(float *x, const float *xt, int64_t ld, int64_t kv, int64_t d) {
+    for (int64_t j = 0; j < kv; j++)
+        for (int64_t c = 0; c < d; c++) x[j * ld + c] = xt[c * ATB_BK + j];
+}
+
+/* One task: (batch bi, head h). */
+static void head_task(const atb_args *a, atb_scratch *s, int64_t bi, int64_t h) {
+    const int64_t d = a->d, hd = a->heads * d, kvo = bi * a->nk * hd + h * d;
+    const int64_t q0 = bi * a->nq * hd + h * d;
+    const float *kb = a->k + kvo, *vb = a->v + kvo;
+    for (int64_t i0 = 0; i0 < a->nq; i0 += ATT_BQ) {
+        int64_t qr = a->nq - i0 < ATT_BQ ? a->nq - i0 : ATT_BQ;
+        row_stats(a, s, kb, q0 + i0 * hd, i0, qr);
+        if (a->dq)
+            for (int64_t i = 0; i < qr; i++)
+                memset(a->dq + q0 + (i0 + i) * hd, 0, (size_t)d * sizeof(float));
+    }
+    for (int64_t j0 = 0; j0 < a->nk; j0 += ATB_BK) {
+        int64_t kv = a->nk - j0 < ATB_BK ? a->nk - j0 : ATB_BK;
+        memset(s->dkt, 0, (size_t)(2 * d * ATB_BK) * sizeof(float)); /* dkt and dvt */
+        /* causal: queries before j0 see none of these keys */
+        for (int64_t i0 = a->causal ? j0 / ATT_BQ * ATT_BQ : 0; i0 < a->nq; i0 += ATT_BQ) {
+            int64_t qr = a->nq - i0 < ATT_BQ ? a->nq - i0 : ATT_BQ;
+            pair(a, s, kb + j0 * hd, vb + j0 * hd, q0 + i0 * hd, i0, qr, j0, kv);
+        }
+        if (a->dk) unpack_t(a->dk + kvo + j0 * hd, s->dkt, hd, kv, d);
+        if (a->dv) unpack_t(a->dv + kvo + j0 * hd, s->dvt, hd, kv, d);
+    }
+}
+
+/* ---- The op ---- */
+
+lh_status lh__cpu_attention_backward(lh_backend *be, float *dq, float *dk, float *dv,
+                                     const float *dout, const float *out, const float *q,
+                                     const float *k, const float *v, int64_t b, int64_t heads,
+                                     int64_t nq, int64_t nk, int64_t d, float scale, int causal) {
+    int64_t qn, kn, per_all;
+    if (b < 0 || heads < 0 || nq < 0 || nk < 0 || d < 0 || !isfinite(scale)) return LH_ERR_INVALID;
+    if (!lh__mul4(&qn, b, nq, heads, d) || !lh__mul4(&kn, b, nk, heads, d) || !lh__bytes_ok(qn) ||
+        !lh__bytes_ok(kn) || d > ((int64_t)1 << 40) || nq > ((int64_t)1 << 40))
+        return LH_ERR_OVERFLOW;
+    if ((qn == 0 && kn == 0) || (!dq && !dk && !dv)) return LH_OK;
+    if (qn > 0 && nk == 0) return LH_ERR_INVALID; /* softmax over no keys */
+    if (!dout || !out || !q || !k || !v) return LH_ERR_INVALID;
+
+    int threads = lh__cpu_threads(be);
+    int64_t tasks = b * heads, per = per_thread_floats(d, nq);
+    if (tasks < threads) threads = (int)tasks;
+    if (!lh__mul2(&per_all, per, threads) || !lh__bytes_ok(per_all)) return LH_ERR_OVERFLOW;
+    float *scratch = malloc((size_t)per_all * sizeof(float));
+    if (!scratch) return LH_ERR_NOMEM;
+    atb_args a = {dq, dk, dv, dout, out, q, k, v, pick_kernels(), heads, nq, nk, d, scale,
+                  causal != 0};
+
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        atb_scratch s = carve(scratch + (int64_t)omp_get_thread_num() * per, d, nq);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < tasks; t++) head_task(&a, &s, t / heads, t % heads);
+    }
+    free(scratch);
+    return LH_OK;
+}
