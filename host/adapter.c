@@ -327,8 +327,13 @@ static lh_status make_part(loader *L, size_t li, group *g) {
         p->tensors[i].suffix = sfx;
         p->tensors[i].tensor = g->tensor[i];
     }
+    p->keys = calloc((size_t)g->n, sizeof *p->keys);
+    for (int i = 0; p->keys && i < g->n; i++)
+        if (!(p->keys[i] = dup_str(lh_st_get(L->f, g->key[i])->name))) break;
     p->n_tensors = g->n;
     a->n_parts++; /* owned from here: freed with the adapter */
+    if (!p->keys || !p->keys[g->n - 1])
+        return lh_error_set(L->err, LH_ERR_NOMEM, "out of memory loading adapters");
 
     lh_adapter_layer al;
     memset(&al, 0, sizeof al);
@@ -344,8 +349,12 @@ static lh_status make_part(loader *L, size_t li, group *g) {
     const lh_adapter_desc *d = find_kind(L->reg, &al);
     if (!d) {
         a->n_parts--;
-        for (int i = 0; i < p->n_tensors; i++) free((char *)p->tensors[i].suffix);
+        for (int i = 0; i < p->n_tensors; i++) {
+            free((char *)p->tensors[i].suffix);
+            free(p->keys[i]);
+        }
         free(p->tensors);
+        free(p->keys);
         for (int i = 0; i < g->n; i++) {
             lh_status st = add_unmatched(L, lh_st_get(L->f, g->key[i])->name,
                                          "no adapter kind (lora, loha, lokr, full) recognises "
@@ -387,8 +396,14 @@ static void adapter_free(lh_adapter *a) {
     for (size_t i = 0; i < a->n_parts; i++) {
         lh_adapter_part *p = &a->parts[i];
         if (p->desc) p->desc->destroy(p->state);
-        for (int j = 0; j < p->n_tensors; j++) free((char *)p->tensors[j].suffix);
+        for (int j = 0; j < p->n_tensors; j++) {
+            free((char *)p->tensors[j].suffix);
+            if (p->keys) free(p->keys[j]);
+            if (p->grads) lh_tensor_destroy(p->grads[j]);
+        }
         free(p->tensors);
+        free(p->keys);
+        free(p->grads);
     }
     free(a->parts);
     for (size_t i = 0; i < a->n_owned; i++) lh_tensor_destroy(a->owned[i]);
@@ -501,13 +516,12 @@ lh_status lh_adapter_load_st(lh_adapter **out, lh_model *model, lh_registry *reg
     a->model = model;
     a->report.n_keys = lh_st_count(f);
     if ((st = load_groups(&L)) != LH_OK || (st = check_report(&L)) != LH_OK) goto done;
-    /* the kinds hold their own copies now */
-    for (size_t i = 0; i < a->n_parts; i++)
-        for (int j = 0; j < a->parts[i].n_tensors; j++) a->parts[i].tensors[j].tensor = NULL;
-    for (size_t i = 0; i < a->n_owned; i++) lh_tensor_destroy(a->owned[i]);
-    free(a->owned);
-    a->owned = NULL;
-    a->n_owned = 0;
+    /* the kinds hold their own copies now: keep only the shapes */
+    for (size_t i = 0; i < a->n_owned; i++) {
+        free(a->owned[i]->data);
+        a->owned[i]->data = NULL;
+        a->owned[i]->owns_data = 0;
+    }
     join_format(a->report.format, sizeof a->report.format, L.families);
     join_alpha(a->report.alpha_source, sizeof a->report.alpha_source, L.alpha_sources);
     if (ad->n_loaded == ad->cap_loaded) {
@@ -570,4 +584,35 @@ lh_status lh_adapter_layer_delta(const lh_adapter *a, lh_layer_part part, const 
         return LH_OK;
     }
     return lh_error_set(err, LH_ERR_NOT_FOUND, "adapter %s does not change layer %s", a->name, name);
+}
+
+/* ---- Training ---- */
+
+lh_status lh_adapter_grads_enable(lh_adapter *a, lh_error *err) {
+    for (size_t i = 0; i < a->n_parts; i++) {
+        lh_adapter_part *p = &a->parts[i];
+        if (p->grads) continue;
+        if (!(p->grads = calloc((size_t)p->n_tensors, sizeof *p->grads)))
+            return lh_error_set(err, LH_ERR_NOMEM, "out of memory for adapter gradients");
+        for (int j = 0; j < p->n_tensors; j++) {
+            const lh_tensor *t = p->tensors[j].tensor;
+            if (!(p->grads[j] = lh_tensor_create(LH_DTYPE_F32, t->ndim, t->shape, err)))
+                return err ? err->code : LH_ERR_NOMEM;
+        }
+    }
+    return LH_OK;
+}
+
+void lh_adapter_grads_zero(lh_adapter *a) {
+    for (size_t i = 0; i < a->n_parts; i++)
+        for (int j = 0; a->parts[i].grads && j < a->parts[i].n_tensors; j++)
+            memset(a->parts[i].grads[j]->data, 0,
+                   (size_t)a->parts[i].grads[j]->numel * sizeof(float));
+}
+
+const lh_tensor *lh_adapter_grad(const lh_adapter *a, const char *key) {
+    for (size_t i = 0; i < a->n_parts; i++)
+        for (int j = 0; a->parts[i].grads && j < a->parts[i].n_tensors; j++)
+            if (!strcmp(a->parts[i].keys[j], key)) return a->parts[i].grads[j];
+    return NULL;
 }

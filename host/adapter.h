@@ -15,7 +15,10 @@ typedef struct lh_adapter_part {
     size_t layer;                /* index in the model's layer table */
     const lh_adapter_desc *desc; /* the kind that owns it */
     void *state;
-    lh_adapter_tensor *tensors;  /* suffixes handed to create() (tensors NULL after it) */
+    lh_adapter_tensor *tensors;  /* suffixes and tensors handed to create(); after it the
+                                    tensors keep their shapes but no data */
+    char **keys;                 /* each tensor's key in the file */
+    lh_tensor **grads;           /* training: float32 gradients, one per tensor, or NULL */
     int32_t n_tensors;
 } lh_adapter_part;
 
@@ -59,6 +62,14 @@ void lh_adapt_forget(lh_model *m, lh_adapter *a);
 /* The base weight of layer i as loaded (the saved original while merged),
  * float32 host memory [numel]; caller frees. NULL on failure. */
 float *lh_adapt_base_weight(lh_adapt *ad, size_t i, lh_error *err);
+
+/* Training: zeroed float32 gradient buffers for every tensor of every part
+ * (the file's shapes), picked up by the runtime terms at the next set;
+ * lh_layers_runtime_backward accumulates into them. Idempotent. */
+LH_API lh_status lh_adapter_grads_enable(lh_adapter *a, lh_error *err);
+LH_API void lh_adapter_grads_zero(lh_adapter *a);
+/* The gradient of the tensor the file calls `key`, or NULL. */
+LH_API const lh_tensor *lh_adapter_grad(const lh_adapter *a, const char *key);
 
 /* lh_adapter_load from an open file (only read during the call); `path`
  * names it. */

@@ -160,7 +160,7 @@ static int same_terms(const lh_adapt_layer *s, const lh_layer_term *t, int n, in
     if (s->n_applied != n || s->merged != (merged && n)) return 0;
     for (int k = 0; k < n; k++)
         if (s->applied[k].desc != t[k].desc || s->applied[k].state != t[k].state ||
-            s->applied[k].scale != t[k].scale)
+            s->applied[k].scale != t[k].scale || s->applied[k].grads != t[k].grads)
             return 0;
     return 1;
 }
@@ -256,6 +256,7 @@ static lh_status apply(lh_adapt *ad, lh_adapter *const *adapters,
             lh_layer_term *t = &want[part->layer * per + (size_t)count[part->layer]++];
             t->desc = part->desc;
             t->state = part->state;
+            t->grads = part->grads;
             t->scale = layer_scale(&ad->layers.v[part->layer], &weights[j]);
         }
     for (size_t i = 0; st == LH_OK && i < nl; i++)

@@ -263,31 +263,59 @@ size_t lh_layer_numel(const lh_layer *l) {
     return n;
 }
 
+/* Tensor headers over a layer's input and output (2-D for linears, NCHW
+ * for convolutions). */
+static lh_status io_views(lh_tensor *yt, lh_tensor *xt, const lh_layer *l, const float *y,
+                          const float *x, int64_t n, int64_t h, int64_t w_, lh_error *err) {
+    if (l->ndim == 2) {
+        int64_t ys[2] = {n, l->shape[0]}, xs[2] = {n, l->shape[1]};
+        lh_status st = lh_tensor_view(yt, (void *)y, LH_DTYPE_F32, 2, ys, err);
+        return st == LH_OK ? lh_tensor_view(xt, (void *)x, LH_DTYPE_F32, 2, xs, err) : st;
+    }
+    int64_t ho = (h + 2 * l->pad - l->shape[2]) / l->stride + 1;
+    int64_t wo = (w_ + 2 * l->pad - l->shape[3]) / l->stride + 1;
+    int64_t ys[4] = {n, l->shape[0], ho, wo}, xs[4] = {n, l->shape[1], h, w_};
+    lh_status st = lh_tensor_view(yt, (void *)y, LH_DTYPE_F32, 4, ys, err);
+    return st == LH_OK ? lh_tensor_view(xt, (void *)x, LH_DTYPE_F32, 4, xs, err) : st;
+}
+
 lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const float *x,
                             int64_t n, int64_t h, int64_t w_, lh_error *err) {
     if (!t || !t->n_runtime) return LH_OK;
     const lh_layer *l = find_w(t, w);
     if (!l || !l->n_terms) return LH_OK;
     lh_tensor yt, xt;
-    lh_status st;
-    if (l->ndim == 2) {
-        int64_t ys[2] = {n, l->shape[0]}, xs[2] = {n, l->shape[1]};
-        st = lh_tensor_view(&yt, y, LH_DTYPE_F32, 2, ys, err);
-        if (st == LH_OK) st = lh_tensor_view(&xt, (void *)x, LH_DTYPE_F32, 2, xs, err);
-    } else {
-        int64_t ho = (h + 2 * l->pad - l->shape[2]) / l->stride + 1;
-        int64_t wo = (w_ + 2 * l->pad - l->shape[3]) / l->stride + 1;
-        int64_t ys[4] = {n, l->shape[0], ho, wo}, xs[4] = {n, l->shape[1], h, w_};
-        st = lh_tensor_view(&yt, y, LH_DTYPE_F32, 4, ys, err);
-        if (st == LH_OK) st = lh_tensor_view(&xt, (void *)x, LH_DTYPE_F32, 4, xs, err);
-    }
-    if (st != LH_OK) return st;
-    for (int i = 0; i < l->n_terms; i++) {
+    lh_status st = io_views(&yt, &xt, l, y, x, n, h, w_, err);
+    for (int i = 0; st == LH_OK && i < l->n_terms; i++) {
         const lh_adapter_desc *d = l->terms[i].desc;
         char msg[512] = "";
         st = d->forward(l->terms[i].state, &yt, &xt, l->terms[i].scale, msg, sizeof msg);
         if (st != LH_OK)
             return lh_error_set(err, st, "adapter %s on layer %s: %s", d->info.id, l->name, msg);
     }
-    return LH_OK;
+    return st;
+}
+
+lh_status lh_layers_runtime_backward(const lh_layers *t, const float *w, float *dx,
+                                     const float *dy, const float *x, int64_t n, int64_t h,
+                                     int64_t w_, lh_error *err) {
+    if (!t || !t->n_runtime) return LH_OK;
+    const lh_layer *l = find_w(t, w);
+    if (!l || !l->n_terms) return LH_OK;
+    lh_tensor dyt, xt, dxt;
+    lh_status st = io_views(&dyt, &xt, l, dy, x, n, h, w_, err);
+    if (st == LH_OK && dx) st = lh_tensor_view(&dxt, dx, LH_DTYPE_F32, xt.ndim, xt.shape, err);
+    for (int i = 0; st == LH_OK && i < l->n_terms; i++) {
+        const lh_adapter_desc *d = l->terms[i].desc;
+        char msg[512] = "";
+        if (!d->backward)
+            return lh_error_set(err, LH_ERR_UNSUPPORTED, "adapter kind %s on layer %s has no "
+                                "backward: it cannot be trained through", d->info.id, l->name);
+        st = d->backward(l->terms[i].state, dx ? &dxt : NULL, l->terms[i].grads, &dyt, &xt,
+                         l->terms[i].scale, msg, sizeof msg);
+        if (st != LH_OK)
+            return lh_error_set(err, st, "adapter %s on layer %s (backward): %s", d->info.id,
+                                l->name, msg);
+    }
+    return st;
 }

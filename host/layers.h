@@ -12,6 +12,7 @@
 
 #include "../kernels/backend.h"
 #include "error.h"
+#include "lorahost/plugin.h"
 
 typedef struct lh_clip lh_clip;
 typedef struct lh_unet lh_unet;
@@ -38,6 +39,7 @@ typedef struct lh_layer_term {
     const void *desc; /* const lh_adapter_desc * */
     void *state;
     double scale;
+    lh_tensor *const *grads; /* training: the adapter part's gradient buffers, NULL: none */
 } lh_layer_term;
 
 typedef struct lh_layer {
@@ -86,5 +88,13 @@ LH_API size_t lh_layer_numel(const lh_layer *l);
  * y [n, out, ho, wo], x [n, in, h, w_]. */
 lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const float *x,
                             int64_t n, int64_t h, int64_t w_, lh_error *err);
+
+/* Training, the backward of lh_layers_runtime for the same layer and
+ * shapes: dx += sum of the terms' (df/dx)^T dy (dx may be NULL), and each
+ * term's parameter gradients accumulate into its grads (if any). dy has
+ * y's shape, x is the layer input the forward saw. */
+lh_status lh_layers_runtime_backward(const lh_layers *t, const float *w, float *dx,
+                                     const float *dy, const float *x, int64_t n, int64_t h,
+                                     int64_t w_, lh_error *err);
 
 #endif
