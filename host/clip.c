@@ -344,10 +344,66 @@ int64_t lh_clip_hidden_size(const lh_clip *m) { return m->cfg.hidden_size; }
         if (st != LH_OK) goto done;                                                                \
     } while (0)
 
-lh_status lh_clip_encode(lh_clip *m, float *out, const int32_t *ids, int64_t b, int64_t n,
-                         int clip_skip, lh_error *err) {
-    if (!m || !out || !ids)
-        return lh_error_set(err, LH_ERR_INVALID, "text encoder: NULL model, output or ids");
+/* One encoder layer's buffers, backend memory. Inference aliases them onto
+ * two rows (x = x2 = out, h1 = o = h2 = y) and adds in place; training gives
+ * each saved intermediate its own storage for the backward. */
+typedef struct clip_acts {
+    const float *x; /* [R, H] layer input */
+    float *h1;      /* [R, H] layer_norm1(x) */
+    float *q, *k, *v; /* [R, H] projections of h1 */
+    float *a;       /* [R, H] causal attention output */
+    float *o;       /* [R, H] out_proj(a) */
+    float *x2;      /* [R, H] x + o */
+    float *h2;      /* [R, H] layer_norm2(x2) */
+    float *f1, *f2; /* [R, F] fc1(h2), act(f1) */
+    float *y;       /* [R, H] fc2(f2) */
+    float *out;     /* [R, H] x2 + y: the layer output */
+} clip_acts;
+
+/* Encoder layer l: out = x2 + fc2(act(fc1(ln2(x2)))), x2 = x + out_proj(attn(ln1(x))). */
+static lh_status layer_forward(lh_clip *m, int64_t l, const clip_acts *s, int64_t b, int64_t n,
+                               lh_error *err) {
+    const lh_clip_config *c = &m->cfg;
+    const clip_layer *L = &m->layers[l];
+    lh_backend *be = m->be;
+    const lh_backend_ops *ops = be->ops;
+    const int64_t H = c->hidden_size, F = c->intermediate_size, heads = c->num_attention_heads;
+    const int64_t R = b * n, d_head = H / heads;
+    const float scale = 1.0f / sqrtf((float)d_head);
+    lh_status st = LH_OK;
+    /* x2 = x + out_proj(attention(layer_norm1(x))), causal */
+    LH_CLIP_OP(layer_norm, s->h1, s->x, L->ln1_w, L->ln1_b, R, H, c->layer_norm_eps);
+    LH_CLIP_OP(linear, s->q, s->h1, L->q_w, L->q_b, R, H, H);
+    LH_CLIP_ADAPT(L->q_w, s->q, s->h1);
+    LH_CLIP_OP(linear, s->k, s->h1, L->k_w, L->k_b, R, H, H);
+    LH_CLIP_ADAPT(L->k_w, s->k, s->h1);
+    LH_CLIP_OP(linear, s->v, s->h1, L->v_w, L->v_b, R, H, H);
+    LH_CLIP_ADAPT(L->v_w, s->v, s->h1);
+    LH_CLIP_OP(attention, s->a, s->q, s->k, s->v, b, heads, n, n, d_head, scale, 1);
+    LH_CLIP_OP(linear, s->o, s->a, L->o_w, L->o_b, R, H, H);
+    LH_CLIP_ADAPT(L->o_w, s->o, s->a);
+    LH_CLIP_OP(add, s->x2, s->x, s->o, R * H);
+    /* out = x2 + fc2(act(fc1(layer_norm2(x2)))) */
+    LH_CLIP_OP(layer_norm, s->h2, s->x2, L->ln2_w, L->ln2_b, R, H, c->layer_norm_eps);
+    LH_CLIP_OP(linear, s->f1, s->h2, L->fc1_w, L->fc1_b, R, H, F);
+    LH_CLIP_ADAPT(L->fc1_w, s->f1, s->h2);
+    st = (c->hidden_act == LH_CLIP_ACT_GELU ? ops->gelu : ops->quick_gelu)(be, s->f2, s->f1,
+                                                                          R * F);
+    if (st != LH_OK) {
+        lh_error_set(err, st, "text encoder layer %lld: backend %s failed (%s)", (long long)l,
+                     CLIP_ACT_NAMES[c->hidden_act], lh_strerror(st));
+        goto done;
+    }
+    LH_CLIP_OP(linear, s->y, s->f2, L->fc2_w, L->fc2_b, R, F, H);
+    LH_CLIP_ADAPT(L->fc2_w, s->y, s->f2);
+    LH_CLIP_OP(add, s->out, s->x2, s->y, R * H);
+done:
+    return st;
+}
+
+/* Check encode's sizes and clip_skip. */
+static lh_status check_args(const lh_clip *m, int64_t b, int64_t n, int clip_skip,
+                            lh_error *err) {
     const lh_clip_config *c = &m->cfg;
     if (b < 1 || n < 1 || n > c->max_position_embeddings)
         return lh_error_set(err, LH_ERR_INVALID,
@@ -358,18 +414,18 @@ lh_status lh_clip_encode(lh_clip *m, float *out, const int32_t *ids, int64_t b, 
         return lh_error_set(err, LH_ERR_INVALID,
                             "text encoder: clip_skip %d is outside 0..%lld (num_hidden_layers)",
                             clip_skip, (long long)c->num_hidden_layers);
-    const int64_t H = c->hidden_size, F = c->intermediate_size, heads = c->num_attention_heads;
-    const int64_t d_head = H / heads, n_layers = c->num_hidden_layers - clip_skip;
-    size_t rows, row_floats, total, emb_bytes;
-    if (lh_mul_size((size_t)b, (size_t)n, &rows) ||
-        lh_mul_size((size_t)H, 6, &row_floats) || /* x, h, q, k, v, attention */
-        lh_add_size(row_floats, 2 * (size_t)F, &row_floats) || /* fc1, activation */
-        lh_mul_size(rows, row_floats, &total) || lh_mul_size(total, sizeof(float), &total) ||
-        lh_mul_size(rows, (size_t)H * sizeof(float), &emb_bytes))
-        return lh_error_set(err, LH_ERR_OVERFLOW, "text encoder: batch %lld x %lld is too large",
-                            (long long)b, (long long)n);
+    return LH_OK;
+}
 
-    /* embeddings on the host: token row + position row */
+/* The embeddings (token row + position row) on the host, ids checked:
+ * *emb [b * n, hidden], the caller frees it. Sizes were checked for
+ * overflow by the caller. */
+static lh_status embed(const lh_clip *m, float **emb, const int32_t *ids, int64_t b, int64_t n,
+                       lh_error *err) {
+    *emb = NULL;
+    const lh_clip_config *c = &m->cfg;
+    const int64_t H = c->hidden_size;
+    const size_t emb_bytes = (size_t)b * (size_t)n * (size_t)H * sizeof(float);
     for (int64_t i = 0; i < b; i++)
         for (int64_t t = 0; t < n; t++) {
             int32_t id = ids[i * n + t];
@@ -379,65 +435,59 @@ lh_status lh_clip_encode(lh_clip *m, float *out, const int32_t *ids, int64_t b, 
                                     "vocabulary (vocab_size %lld)",
                                     (int)id, (long long)i, (long long)t, (long long)c->vocab_size);
         }
-    float *emb = malloc(emb_bytes);
-    if (!emb) return lh_error_set(err, LH_ERR_NOMEM, "text encoder: out of memory for embeddings");
+    float *e = malloc(emb_bytes);
+    if (!e) return lh_error_set(err, LH_ERR_NOMEM, "text encoder: out of memory for embeddings");
     for (int64_t i = 0; i < b; i++)
         for (int64_t t = 0; t < n; t++) {
-            float *dst = emb + (i * n + t) * H;
+            float *dst = e + (i * n + t) * H;
             const float *tok = m->tok_emb + (int64_t)ids[i * n + t] * H, *pos = m->pos_emb + t * H;
             for (int64_t j = 0; j < H; j++) dst[j] = tok[j] + pos[j];
         }
+    *emb = e;
+    return LH_OK;
+}
+
+lh_status lh_clip_encode(lh_clip *m, float *out, const int32_t *ids, int64_t b, int64_t n,
+                         int clip_skip, lh_error *err) {
+    if (!m || !out || !ids)
+        return lh_error_set(err, LH_ERR_INVALID, "text encoder: NULL model, output or ids");
+    const lh_clip_config *c = &m->cfg;
+    lh_status st = check_args(m, b, n, clip_skip, err);
+    if (st != LH_OK) return st;
+    const int64_t H = c->hidden_size, F = c->intermediate_size;
+    const int64_t n_layers = c->num_hidden_layers - clip_skip, R = b * n;
+    size_t rows, row_floats, total, emb_bytes;
+    if (lh_mul_size((size_t)b, (size_t)n, &rows) ||
+        lh_mul_size((size_t)H, 6, &row_floats) || /* x, h, q, k, v, attention */
+        lh_add_size(row_floats, 2 * (size_t)F, &row_floats) || /* fc1, activation */
+        lh_mul_size(rows, row_floats, &total) || lh_mul_size(total, sizeof(float), &total) ||
+        lh_mul_size(rows, (size_t)H * sizeof(float), &emb_bytes))
+        return lh_error_set(err, LH_ERR_OVERFLOW, "text encoder: batch %lld x %lld is too large",
+                            (long long)b, (long long)n);
+    float *emb = NULL;
+    if ((st = embed(m, &emb, ids, b, n, err)) != LH_OK) return st;
 
     lh_backend *be = m->be;
     const lh_backend_ops *ops = be->ops;
-    lh_status st = LH_OK;
-    int64_t l = 0;
     float *buf = ops->alloc(be, total);
     if (!buf) {
         free(emb);
         return lh_error_set(err, LH_ERR_NOMEM, "text encoder: out of backend memory (%zu bytes)",
                             total);
     }
-    const int64_t R = (int64_t)rows;
     float *x = buf, *h = x + R * H, *q = h + R * H, *k = q + R * H, *v = k + R * H;
     float *a = v + R * H, *f1 = a + R * H, *f2 = f1 + R * F;
-    lh_status (*act)(lh_backend *, float *, const float *, int64_t) =
-        c->hidden_act == LH_CLIP_ACT_GELU ? ops->gelu : ops->quick_gelu;
-    const float scale = 1.0f / sqrtf((float)d_head);
+    /* in place: the residual stream x and one scratch h, nothing kept */
+    const clip_acts s = {.x = x, .h1 = h, .q = q, .k = k, .v = v, .a = a, .o = h, .x2 = x,
+                         .h2 = h, .f1 = f1, .f2 = f2, .y = h, .out = x};
 
     st = ops->upload(be, x, emb, emb_bytes);
     if (st != LH_OK) {
         lh_error_set(err, st, "text encoder: uploading the embeddings failed");
         goto done;
     }
-    for (l = 0; l < n_layers; l++) {
-        const clip_layer *L = &m->layers[l];
-        /* x += out_proj(attention(layer_norm1(x))), causal */
-        LH_CLIP_OP(layer_norm, h, x, L->ln1_w, L->ln1_b, R, H, c->layer_norm_eps);
-        LH_CLIP_OP(linear, q, h, L->q_w, L->q_b, R, H, H);
-        LH_CLIP_ADAPT(L->q_w, q, h);
-        LH_CLIP_OP(linear, k, h, L->k_w, L->k_b, R, H, H);
-        LH_CLIP_ADAPT(L->k_w, k, h);
-        LH_CLIP_OP(linear, v, h, L->v_w, L->v_b, R, H, H);
-        LH_CLIP_ADAPT(L->v_w, v, h);
-        LH_CLIP_OP(attention, a, q, k, v, b, heads, n, n, d_head, scale, 1);
-        LH_CLIP_OP(linear, h, a, L->o_w, L->o_b, R, H, H);
-        LH_CLIP_ADAPT(L->o_w, h, a);
-        LH_CLIP_OP(add, x, x, h, R * H);
-        /* x += fc2(act(fc1(layer_norm2(x)))) */
-        LH_CLIP_OP(layer_norm, h, x, L->ln2_w, L->ln2_b, R, H, c->layer_norm_eps);
-        LH_CLIP_OP(linear, f1, h, L->fc1_w, L->fc1_b, R, H, F);
-        LH_CLIP_ADAPT(L->fc1_w, f1, h);
-        st = act(be, f2, f1, R * F);
-        if (st != LH_OK) {
-            lh_error_set(err, st, "text encoder layer %lld: backend %s failed (%s)", (long long)l,
-                         CLIP_ACT_NAMES[c->hidden_act], lh_strerror(st));
-            goto done;
-        }
-        LH_CLIP_OP(linear, h, f2, L->fc2_w, L->fc2_b, R, F, H);
-        LH_CLIP_ADAPT(L->fc2_w, h, f2);
-        LH_CLIP_OP(add, x, x, h, R * H);
-    }
+    for (int64_t l = 0; l < n_layers; l++)
+        if ((st = layer_forward(m, l, &s, b, n, err)) != LH_OK) goto done;
     /* final_layer_norm, also after a clip_skip (as diffusers applies it) */
     st = ops->layer_norm(be, out, x, m->final_w, m->final_b, R, H, c->layer_norm_eps);
     if (st == LH_OK) st = ops->sync(be);
@@ -446,6 +496,167 @@ lh_status lh_clip_encode(lh_clip *m, float *out, const int32_t *ids, int64_t b, 
                      lh_strerror(st));
 done:
     ops->free(be, buf);
+    free(emb);
+    return st;
+}
+
+/* ---- Training ---- */
+
+/* Adapter terms' backward on the layer whose weight is w: dx += their input
+ * gradient, their parameter gradients accumulate (host/layers.h). */
+#define LH_CLIP_ADAPT_BACKWARD(w, dx, dy, x)                                                     \
+    do {                                                                                        \
+        st = lh_layers_runtime_backward(m->adapt, (w), (dx), (dy), (x), R, 1, 1, err);          \
+        if (st != LH_OK) goto done;                                                             \
+    } while (0)
+
+/* Gradient buffers of one layer's backward, backend memory. */
+typedef struct clip_grads {
+    float *dx;         /* [R, H] dL/d(residual stream), += per branch */
+    float *dh;         /* [R, H] dL/d(layer norm output) */
+    float *dt;         /* [R, H] scratch: a branch's input gradient before it is added */
+    float *dq, *dk, *dv; /* [R, H] */
+    float *da;         /* [R, H] dL/d(attention output) */
+    float *df;         /* [R, F] dL/d(fc2 input), then dL/d(fc1 output) in place */
+} clip_grads;
+
+/* Backward of layer_forward for layer l from the activations it saved in s:
+ * g->dx holds dL/d(s->out) on entry and dL/d(s->x) on return. Base weights
+ * are frozen (no gradients); adapter terms accumulate theirs. */
+static lh_status layer_backward(lh_clip *m, int64_t l, const clip_grads *g, const clip_acts *s,
+                                int64_t b, int64_t n, lh_error *err) {
+    const lh_clip_config *c = &m->cfg;
+    const clip_layer *L = &m->layers[l];
+    lh_backend *be = m->be;
+    const lh_backend_ops *ops = be->ops;
+    const int64_t H = c->hidden_size, F = c->intermediate_size, heads = c->num_attention_heads;
+    const int64_t R = b * n, d_head = H / heads;
+    const float scale = 1.0f / sqrtf((float)d_head), eps = c->layer_norm_eps;
+    lh_status st = LH_OK;
+    /* out = x2 + fc2(act(fc1(layer_norm2(x2)))): dx reaches x2 directly and
+     * through the MLP */
+    LH_CLIP_OP(linear_backward, g->df, NULL, NULL, g->dx, s->f2, L->fc2_w, R, F, H);
+    LH_CLIP_ADAPT_BACKWARD(L->fc2_w, g->df, g->dx, s->f2);
+    st = (c->hidden_act == LH_CLIP_ACT_GELU ? ops->gelu_backward : ops->quick_gelu_backward)(
+        be, g->df, g->df, s->f1, R * F);
+    if (st != LH_OK) {
+        lh_error_set(err, st, "text encoder layer %lld: backend %s backward failed (%s)",
+                     (long long)l, CLIP_ACT_NAMES[c->hidden_act], lh_strerror(st));
+        goto done;
+    }
+    LH_CLIP_OP(linear_backward, g->dh, NULL, NULL, g->df, s->h2, L->fc1_w, R, H, F);
+    LH_CLIP_ADAPT_BACKWARD(L->fc1_w, g->dh, g->df, s->h2);
+    LH_CLIP_OP(layer_norm_backward, g->dt, NULL, NULL, g->dh, s->x2, L->ln2_w, R, H, eps);
+    LH_CLIP_OP(add, g->dx, g->dx, g->dt, R * H);
+    /* x2 = x + out_proj(attention(layer_norm1(x))) */
+    LH_CLIP_OP(linear_backward, g->da, NULL, NULL, g->dx, s->a, L->o_w, R, H, H);
+    LH_CLIP_ADAPT_BACKWARD(L->o_w, g->da, g->dx, s->a);
+    LH_CLIP_OP(attention_backward, g->dq, g->dk, g->dv, g->da, s->a, s->q, s->k, s->v, b, heads,
+               n, n, d_head, scale, 1);
+    /* h1 feeds q, k and v: dh sums the three */
+    LH_CLIP_OP(linear_backward, g->dh, NULL, NULL, g->dq, s->h1, L->q_w, R, H, H);
+    LH_CLIP_ADAPT_BACKWARD(L->q_w, g->dh, g->dq, s->h1);
+    LH_CLIP_OP(linear_backward, g->dt, NULL, NULL, g->dk, s->h1, L->k_w, R, H, H);
+    LH_CLIP_OP(add, g->dh, g->dh, g->dt, R * H);
+    LH_CLIP_ADAPT_BACKWARD(L->k_w, g->dh, g->dk, s->h1);
+    LH_CLIP_OP(linear_backward, g->dt, NULL, NULL, g->dv, s->h1, L->v_w, R, H, H);
+    LH_CLIP_OP(add, g->dh, g->dh, g->dt, R * H);
+    LH_CLIP_ADAPT_BACKWARD(L->v_w, g->dh, g->dv, s->h1);
+    LH_CLIP_OP(layer_norm_backward, g->dt, NULL, NULL, g->dh, s->x, L->ln1_w, R, H, eps);
+    LH_CLIP_OP(add, g->dx, g->dx, g->dt, R * H);
+done:
+    return st;
+}
+
+lh_status lh_clip_encode_backward(lh_clip *m, float *out, float *d_emb, const float *dout,
+                                  const int32_t *ids, int64_t b, int64_t n, int clip_skip,
+                                  lh_error *err) {
+    if (!m || !dout || !ids)
+        return lh_error_set(err, LH_ERR_INVALID,
+                            "text encoder backward: NULL model, output gradient or ids");
+    const lh_clip_config *c = &m->cfg;
+    lh_backend *be = m->be;
+    const lh_backend_ops *ops = be->ops;
+    if (!ops->linear_backward || !ops->layer_norm_backward || !ops->attention_backward ||
+        !ops->gelu_backward || !ops->quick_gelu_backward)
+        return lh_error_set(err, LH_ERR_UNSUPPORTED,
+                            "text encoder backward: the %s backend has no backward ops",
+                            ops->name);
+    lh_status st = check_args(m, b, n, clip_skip, err);
+    if (st != LH_OK) return st;
+    const int64_t H = c->hidden_size, F = c->intermediate_size;
+    const int64_t n_layers = c->num_hidden_layers - clip_skip, R = b * n;
+    /* Activations: the residual stream before every layer and after the
+     * last, per layer h1, q, k, v, a, x2, h2 [R, H] and f1, f2 [R, F], and
+     * one scratch row [R, H] for o, y and an unwanted output. Gradients:
+     * dx, dh, dt, dq, dk, dv, da [R, H] and df [R, F]. */
+    size_t rows, layer_floats, act_floats, grad_floats, act_bytes, grad_bytes, emb_bytes;
+    if (lh_mul_size((size_t)b, (size_t)n, &rows) ||
+        lh_mul_size((size_t)H, 7, &layer_floats) ||
+        lh_add_size(layer_floats, 2 * (size_t)F, &layer_floats) ||
+        lh_add_size(layer_floats, (size_t)H, &layer_floats) || /* this layer's input */
+        lh_mul_size(layer_floats, (size_t)n_layers, &act_floats) ||
+        lh_add_size(act_floats, 2 * (size_t)H, &act_floats) || /* last x, scratch */
+        lh_mul_size(act_floats, rows, &act_floats) ||
+        lh_mul_size(act_floats, sizeof(float), &act_bytes) ||
+        lh_mul_size((size_t)H, 7, &grad_floats) ||
+        lh_add_size(grad_floats, (size_t)F, &grad_floats) ||
+        lh_mul_size(grad_floats, rows, &grad_floats) ||
+        lh_mul_size(grad_floats, sizeof(float), &grad_bytes) ||
+        lh_mul_size(rows, (size_t)H * sizeof(float), &emb_bytes))
+        return lh_error_set(err, LH_ERR_OVERFLOW,
+                            "text encoder backward: batch %lld x %lld is too large",
+                            (long long)b, (long long)n);
+    float *emb = NULL;
+    if ((st = embed(m, &emb, ids, b, n, err)) != LH_OK) return st;
+    float *acts = ops->alloc(be, act_bytes), *grads = ops->alloc(be, grad_bytes);
+    clip_acts *s = calloc((size_t)(n_layers > 0 ? n_layers : 1), sizeof *s);
+    if (!acts || !grads || !s) {
+        st = lh_error_set(err, LH_ERR_NOMEM,
+                          "text encoder backward: out of memory (%zu + %zu backend bytes)",
+                          act_bytes, grad_bytes);
+        goto done;
+    }
+    /* layer i's activations start at acts + i * stride: x, h1, q, k, v, a,
+     * x2, h2, f1, f2; after the last layer's, the last x and the scratch */
+    const int64_t RH = R * H, RF = R * F, stride = (int64_t)layer_floats * R;
+    float *x_last = acts + n_layers * stride, *tmp = x_last + RH;
+    const clip_grads g = {.dx = d_emb ? d_emb : grads, .dh = grads + RH, .dt = grads + 2 * RH,
+                          .dq = grads + 3 * RH, .dk = grads + 4 * RH, .dv = grads + 5 * RH,
+                          .da = grads + 6 * RH, .df = grads + 7 * RH};
+
+    st = ops->upload(be, n_layers > 0 ? acts : x_last, emb, emb_bytes);
+    if (st != LH_OK) {
+        lh_error_set(err, st, "text encoder backward: uploading the embeddings failed");
+        goto done;
+    }
+    for (int64_t l = 0; l < n_layers; l++) {
+        float *p = acts + l * stride;
+        s[l] = (clip_acts){.x = p, .h1 = p + RH, .q = p + 2 * RH, .k = p + 3 * RH,
+                           .v = p + 4 * RH, .a = p + 5 * RH, .o = tmp, .x2 = p + 6 * RH,
+                           .h2 = p + 7 * RH, .f1 = p + 8 * RH, .f2 = p + 8 * RH + RF, .y = tmp,
+                           .out = l + 1 < n_layers ? p + stride : x_last};
+        if ((st = layer_forward(m, l, &s[l], b, n, err)) != LH_OK) goto done;
+    }
+    /* final_layer_norm, then its backward into dx (gamma and beta frozen) */
+    st = ops->layer_norm(be, out ? out : tmp, x_last, m->final_w, m->final_b, R, H,
+                         c->layer_norm_eps);
+    if (st == LH_OK)
+        st = ops->layer_norm_backward(be, g.dx, NULL, NULL, dout, x_last, m->final_w, R, H,
+                                      c->layer_norm_eps);
+    if (st != LH_OK) {
+        lh_error_set(err, st, "text encoder backward: backend final layer_norm failed (%s)",
+                     lh_strerror(st));
+        goto done;
+    }
+    for (int64_t l = n_layers - 1; l >= 0; l--)
+        if ((st = layer_backward(m, l, &g, &s[l], b, n, err)) != LH_OK) goto done;
+    if ((st = ops->sync(be)) != LH_OK)
+        lh_error_set(err, st, "text encoder backward: backend sync failed (%s)", lh_strerror(st));
+done:
+    if (acts) ops->free(be, acts);
+    if (grads) ops->free(be, grads);
+    free(s);
     free(emb);
     return st;
 }

@@ -102,4 +102,16 @@ LH_API int64_t lh_clip_hidden_size(const lh_clip *m);
 LH_API lh_status lh_clip_encode(lh_clip *m, float *out, const int32_t *ids, int64_t b, int64_t n,
                                 int clip_skip, lh_error *err);
 
+/* Training: run the text encoder forward as lh_clip_encode does (clip_skip
+ * as there), keeping each layer's activations, then backpropagate
+ * dout = dL/d(out) [b, n, hidden] (backend memory): the runtime adapters'
+ * parameter gradients accumulate (lh_layers_runtime_backward on every
+ * adapted linear; enable them with lh_adapter_grads_enable before
+ * lh_adapter_set), frozen base weights get none, and d_emb (backend
+ * [b, n, hidden], may be NULL) receives dL/d(token + position embeddings).
+ * out (backend [b, n, hidden], may be NULL) receives the forward output. */
+LH_API lh_status lh_clip_encode_backward(lh_clip *m, float *out, float *d_emb, const float *dout,
+                                         const int32_t *ids, int64_t b, int64_t n, int clip_skip,
+                                         lh_error *err);
+
 #endif

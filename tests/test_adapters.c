@@ -24,6 +24,7 @@
 #include "adapter_prompt.h"
 #include "lorahost/lorahost.h"
 #include "model.h"
+#include "test_util.h"
 #include "pipeline.h"
 
 #define TOL 1e-4
@@ -31,16 +32,6 @@
 static char g_src[4096], g_dir[4200], g_tmp[64];
 static lh_backend *g_be;
 static lh_registry *g_reg;
-
-static double rel_l2(const float *got, const float *want, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)got[i] - want[i];
-        num += d * d;
-        den += (double)want[i] * want[i];
-    }
-    return sqrt(num) / fmax(sqrt(den), 1e-12);
-}
 
 static void setup(void) {
     const char *src = getenv("LH_SOURCE_DIR");
