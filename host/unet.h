@@ -126,4 +126,28 @@ LH_API lh_status lh_unet_forward(lh_unet *m,
                                  const float *context,   /* backend [b, n_ctx, cross_attention_dim] */
                                  int64_t b, int64_t h, int64_t w, int64_t n_ctx, lh_error *err);
 
+/* ---- Training ---- */
+
+/* The forward of lh_unet_forward keeping what the backward needs (every
+ * unit's activations, or with `checkpointing` only each resnet's,
+ * transformer's and upsampler's input, recomputing the unit during the
+ * backward with the same forward code), then, given dout = dL/d(out):
+ * runtime adapter parameter gradients accumulate (enable them with
+ * lh_adapter_grads_enable), frozen base weights get none, d_context receives
+ * dL/d(context) (written). out and d_context may be NULL. */
+LH_API lh_status lh_unet_backward(lh_unet *m,
+                                  float *out,             /* backend [b, out_channels, h, w] */
+                                  float *d_context, /* backend [b, n_ctx, cross_attention_dim] */
+                                  const float *dout,      /* backend [b, out_channels, h, w] */
+                                  const float *x,         /* backend [b, in_channels, h, w] */
+                                  const float *timesteps, /* host [b] */
+                                  const float *context, /* backend, as for lh_unet_forward */
+                                  int64_t b, int64_t h, int64_t w, int64_t n_ctx,
+                                  int checkpointing, lh_error *err);
+
+/* Bytes of backend memory lh_unet_backward allocates (activations and
+ * activation gradients; 0 if the sizes are invalid). */
+LH_API size_t lh_unet_backward_workspace(lh_unet *m, int64_t b, int64_t h, int64_t w,
+                                         int64_t n_ctx, int checkpointing);
+
 #endif

@@ -2,9 +2,13 @@
  * 2.x) and its activation plan. The forward runs twice: a sizing pass that
  * only records how much scratch each slot and each skip connection needs,
  * then, after one backend allocation carved into those buffers, the real
- * pass. So the plan cannot drift from what the code uses. */
+ * pass. So the plan cannot drift from what the code uses. Training
+ * (lh_unet_backward, at the end) runs the same forward with activation
+ * records that keep what the backward reads, then walks a tape of units
+ * backwards; checkpointing reruns each unit's forward from its kept input. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "unet.h"
@@ -25,11 +29,81 @@ enum {
     SLOT_THID,        /* time_embedding hidden [b, 4 c0] */
     SLOT_TEMB,        /* silu(time embedding) [b, 4 c0]: every resnet's input */
     SLOT_TRES,        /* one resnet's time_emb_proj output [b, c] */
+    /* Training only (zero bytes in inference). The recompute record of
+     * gradient checkpointing: one unit's saved activations, recomputed
+     * from its input during the backward. */
+    SLOT_R_H1, SLOT_R_A, SLOT_R_H2,
+    SLOT_X_TOK, SLOT_X_S0, SLOT_X_S1, SLOT_X_S2, SLOT_X_S3, SLOT_X_LN1, SLOT_X_LN2, SLOT_X_LN3,
+    SLOT_X_Q1, SLOT_X_K1, SLOT_X_V1, SLOT_X_ATT1, SLOT_X_Q2, SLOT_X_K2, SLOT_X_V2, SLOT_X_ATT2,
+    SLOT_X_FF, SLOT_X_GG, SLOT_X_UP,
+    /* gradients: the hidden state's (ping-pong), one unit's backward scratch,
+     * dL/d(silu(time embedding)) */
+    SLOT_G_CUR0, SLOT_G_CUR1,
+    SLOT_GA, SLOT_GB, SLOT_GC, SLOT_GD, SLOT_GE, SLOT_GF, SLOT_GQ, SLOT_GK, SLOT_GV, SLOT_GCTX,
+    SLOT_GDT, SLOT_DTEMB,
     SLOT_COUNT
 };
 
 #define MAX_SKIPS (1 + LH_UNET_MAX_BLOCKS * LH_UNET_MAX_LAYERS)
 #define ALIGN_FLOATS 64 /* 256-byte alignment for every carved buffer */
+#define MAX_UNITS (8 + 2 * LH_UNET_MAX_BLOCKS * (3 * LH_UNET_MAX_LAYERS + 1))
+
+/* ---- Activation records ----
+ * Each unit's forward writes its intermediates into a record. Inference
+ * aliases the record onto the scratch slots; training gives every field
+ * that the backward reads its own storage (or, with checkpointing, the
+ * shared recompute slots). Scratch fields are never read by the backward. */
+
+typedef struct res_acts {
+    float *h1;   /* [b, c_in, hw] silu(gn1(x)) */
+    float *a;    /* [b, c_out, hw] conv1(h1) + temb_proj */
+    float *h2;   /* [b, c_out, hw] silu(gn2(a)) */
+    float *tres; /* [b, c_out] scratch */
+    float *sc;   /* [b, c_out, hw] scratch: the shortcut */
+} res_acts;
+
+typedef struct attn_acts {
+    float *q;    /* [b, hw, c] */
+    float *k, *v; /* [b, n_kv, c] */
+    float *att;  /* [b, hw, c] attention output */
+    float *proj; /* [b, hw, c] scratch: to_out(att) */
+} attn_acts;
+
+typedef struct tf_acts {
+    float *t1;  /* [b, c, hw] scratch: gn(x) */
+    float *tok; /* [b, hw, c] gn(x) as tokens: proj_in's input */
+    float *s0, *s1, *s2, *s3; /* [b, hw, c] the stream after proj_in, attn1, attn2, ff */
+    float *ln1, *ln2, *ln3;   /* [b, hw, c] layer norms of s0, s1, s2 */
+    attn_acts a1, a2;
+    float *ff;  /* [b * hw, 8c] GEGLU input */
+    float *gg;  /* [b * hw, 4c] GEGLU output */
+    float *ffo; /* [b * hw, c] scratch: ff2 output */
+    float *t2;  /* [b, hw, c] scratch: proj_out output */
+} tf_acts;
+
+typedef struct time_acts {
+    float *tp;  /* [b, c0] sinusoidal features */
+    float *th;  /* [b, 4c0] linear_1 output */
+    float *ths; /* [b, 4c0] silu(th) */
+    float *tep; /* [b, 4c0] linear_2 output */
+    float *te;  /* [b, 4c0] silu(tep): every resnet's input */
+} time_acts;
+
+/* One step of the training tape, in forward order. */
+enum { U_CONV_IN, U_RES, U_TF, U_DOWN, U_CAT, U_UP, U_OUT };
+
+typedef struct unit {
+    int kind;
+    const void *p; /* lh_unet_resnet, lh_unet_attn or lh_unet_block */
+    int64_t h, w, ca, cb; /* input size; U_CAT: the two channel counts */
+    const float *in;
+    float *out;
+    int skip_out; /* out is skip connection skip_out, or -1 */
+    int skip_in;  /* U_CAT: the skip connection it read */
+    res_acts ra;
+    tf_acts ta;
+    float *buf;   /* U_UP: upsampled input; U_OUT: silu(norm_out(in)) */
+} unit;
 
 typedef struct run {
     lh_unet *m;
@@ -45,7 +119,16 @@ typedef struct run {
     int64_t skip_c[MAX_SKIPS];
     float *skip[MAX_SKIPS];
     int64_t b, n_ctx;
-    const float *ctx; /* [b, n_ctx, cross_attention_dim] */
+    const float *ctx;  /* [b, n_ctx, cross_attention_dim] */
+    const float *temb; /* [b, 4 c0] silu(time embedding) */
+    time_acts ta;
+    /* training */
+    int train, ckpt;
+    size_t taken, toff; /* floats of saved activations (sizing / carving) */
+    float *tbase;
+    float *dskip[MAX_SKIPS];
+    unit *tape;
+    int n_units;
 } run;
 
 /* a * b * c * d elements as size_t, flagging overflow. */
@@ -66,9 +149,52 @@ static void need(run *r, int slot, size_t n) {
 
 static float *S(run *r, int slot) { return r->slot[slot]; }
 
+static size_t align_up(size_t n) { return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS; }
+
+/* Training: a buffer of n floats that lives until the backward is done. */
+static float *take(run *r, size_t n) {
+    if (r->dry) {
+        if (lh_add_size(r->taken, align_up(n), &r->taken)) r->overflow = 1;
+        return NULL;
+    }
+    float *p = r->tbase + r->toff;
+    r->toff += align_up(n);
+    return p;
+}
+
+/* The next tape entry (NULL in inference). */
+static unit *record(run *r, int kind, const void *p, int64_t h, int64_t w, const float *in,
+                    float *out) {
+    if (!r->train) return NULL;
+    if (r->n_units == MAX_UNITS) { /* cannot happen within the config limits */
+        r->overflow = 1;
+        return NULL;
+    }
+    unit *u = &r->tape[r->n_units++];
+    memset(u, 0, sizeof *u);
+    u->kind = kind;
+    u->p = p;
+    u->h = h;
+    u->w = w;
+    u->in = in;
+    u->out = out;
+    u->skip_out = -1;
+    u->skip_in = -1;
+    return u;
+}
+
 /* A ping-pong buffer that is not `busy` (busy may be a skip buffer). */
 static float *spare(run *r, const float *busy) {
     return busy == r->slot[SLOT_H0] ? r->slot[SLOT_H1] : r->slot[SLOT_H0];
+}
+
+/* The next hidden state of n floats: a ping-pong slot in inference, kept
+ * storage in training (the next unit's saved input). */
+static float *next(run *r, const float *busy, size_t n) {
+    if (r->train) return take(r, n);
+    need(r, SLOT_H0, n);
+    need(r, SLOT_H1, n);
+    return spare(r, busy);
 }
 
 /* The next skip buffer (its size and channel count recorded in the sizing
@@ -112,124 +238,249 @@ static lh_status skip_pop(run *r, float **out, int64_t *c, const char *who) {
 /* Runtime adapter terms on the layer whose weight is w (host/layers.h). */
 #define ADAPT(w, y, x, n, h, w_) TRY(lh_layers_runtime(r->m->adapt, (w), (y), (x), (n), (h), (w_), r->err))
 
-/* ---- Blocks ---- */
+/* ---- Units: one forward per layer group, shared by inference and training ---- */
+
+/* The resnet record: scratch slots in inference; kept storage in training,
+ * or the shared recompute slots with checkpointing. */
+static res_acts res_record(run *r, int64_t ci, int64_t co, int64_t h, int64_t w) {
+    int64_t b = r->b;
+    size_t ni = elems(r, b, ci, h, w), no = elems(r, b, co, h, w), nt = elems(r, b, co, 1, 1);
+    need(r, SLOT_T2, no);
+    need(r, SLOT_TRES, nt);
+    if (!r->train) {
+        need(r, SLOT_T1, ni > no ? ni : no);
+        return (res_acts){S(r, SLOT_T1), S(r, SLOT_T2), S(r, SLOT_T1), S(r, SLOT_TRES),
+                          S(r, SLOT_T2)};
+    }
+    size_t nx = ni > no ? ni : no;
+    need(r, SLOT_GA, no);
+    need(r, SLOT_GB, no);
+    need(r, SLOT_GC, ni);
+    need(r, SLOT_GD, ni);
+    need(r, SLOT_GE, nt);
+    need(r, SLOT_G_CUR0, nx);
+    need(r, SLOT_G_CUR1, nx);
+    res_acts a = {NULL, NULL, NULL, S(r, SLOT_TRES), S(r, SLOT_T2)};
+    if (r->ckpt) {
+        need(r, SLOT_R_H1, ni);
+        need(r, SLOT_R_A, no);
+        need(r, SLOT_R_H2, no);
+        a.h1 = S(r, SLOT_R_H1);
+        a.a = S(r, SLOT_R_A);
+        a.h2 = S(r, SLOT_R_H2);
+    } else {
+        a.h1 = take(r, ni);
+        a.a = take(r, no);
+        a.h2 = take(r, no);
+    }
+    return a;
+}
 
 /* ResnetBlock2D: out = shortcut(x) + conv2(silu(gn2(conv1(silu(gn1(x))) + temb_proj))).
  * out must not be x. */
-static lh_status resnet(run *r, float *out, /* [b, c_out, h, w] */
-                        const float *x,     /* [b, c_in, h, w] */
-                        const lh_unet_resnet *p, int64_t h, int64_t w) {
+static lh_status resnet_fwd(run *r, const res_acts *a,
+                            float *out,     /* [b, c_out, h, w] */
+                            const float *x, /* [b, c_in, h, w] */
+                            const lh_unet_resnet *p, int64_t h, int64_t w) {
     const lh_unet_config *c = &r->m->cfg;
     const lh_backend_ops *ops = r->ops;
     lh_backend *be = r->m->be;
     int64_t b = r->b, hw = h * w, ci = p->c_in, co = p->c_out;
-    need(r, SLOT_T1, elems(r, b, ci > co ? ci : co, h, w));
-    need(r, SLOT_T2, elems(r, b, co, h, w));
-    need(r, SLOT_TRES, elems(r, b, co, 1, 1));
-    if (r->dry) return LH_OK;
-    float *t1 = S(r, SLOT_T1), *t2 = S(r, SLOT_T2), *tres = S(r, SLOT_TRES);
     const char *who = p->name;
 
-    OP(ops->group_norm(be, t1, x, p->norm1_w, p->norm1_b, b, ci, hw, c->norm_num_groups,
+    OP(ops->group_norm(be, a->h1, x, p->norm1_w, p->norm1_b, b, ci, hw, c->norm_num_groups,
                        c->norm_eps, 1), who);
-    OP(ops->conv2d(be, t2, t1, p->conv1_w, p->conv1_b, b, ci, h, w, co, 3, 3, 1, 1), who);
-    ADAPT(p->conv1_w, t2, t1, b, h, w);
-    OP(ops->linear(be, tres, S(r, SLOT_TEMB), p->temb_w, p->temb_b, b, 4 * c->block_out_channels[0],
+    OP(ops->conv2d(be, a->a, a->h1, p->conv1_w, p->conv1_b, b, ci, h, w, co, 3, 3, 1, 1), who);
+    ADAPT(p->conv1_w, a->a, a->h1, b, h, w);
+    OP(ops->linear(be, a->tres, r->temb, p->temb_w, p->temb_b, b, 4 * c->block_out_channels[0],
                    co), who);
-    ADAPT(p->temb_w, tres, S(r, SLOT_TEMB), b, 1, 1);
-    OP(ops->add_channel_bias(be, t2, t2, tres, b, co, hw), who);
-    OP(ops->group_norm(be, t1, t2, p->norm2_w, p->norm2_b, b, co, hw, c->norm_num_groups,
+    ADAPT(p->temb_w, a->tres, r->temb, b, 1, 1);
+    OP(ops->add_channel_bias(be, a->a, a->a, a->tres, b, co, hw), who);
+    OP(ops->group_norm(be, a->h2, a->a, p->norm2_w, p->norm2_b, b, co, hw, c->norm_num_groups,
                        c->norm_eps, 1), who);
-    OP(ops->conv2d(be, out, t1, p->conv2_w, p->conv2_b, b, co, h, w, co, 3, 3, 1, 1), who);
-    ADAPT(p->conv2_w, out, t1, b, h, w);
+    OP(ops->conv2d(be, out, a->h2, p->conv2_w, p->conv2_b, b, co, h, w, co, 3, 3, 1, 1), who);
+    ADAPT(p->conv2_w, out, a->h2, b, h, w);
     if (p->short_w) {
-        OP(ops->conv2d(be, t2, x, p->short_w, p->short_b, b, ci, h, w, co, 1, 1, 1, 0), who);
-        ADAPT(p->short_w, t2, x, b, h, w);
-        OP(ops->add(be, out, out, t2, b * co * hw), who);
+        OP(ops->conv2d(be, a->sc, x, p->short_w, p->short_b, b, ci, h, w, co, 1, 1, 1, 0), who);
+        ADAPT(p->short_w, a->sc, x, b, h, w);
+        OP(ops->add(be, out, out, a->sc, b * co * hw), who);
     } else {
         OP(ops->add(be, out, out, x, b * co * hw), who);
     }
     return LH_OK;
 }
 
-/* One attention of a BasicTransformerBlock: stream += to_out(attn(q(ln), k(kv), v(kv))).
+static lh_status resnet(run *r, float *out, const float *x, const lh_unet_resnet *p, int64_t h,
+                        int64_t w) {
+    res_acts a = res_record(r, p->c_in, p->c_out, h, w);
+    unit *u = record(r, U_RES, p, h, w, x, out);
+    if (u) u->ra = a;
+    if (r->dry) return LH_OK;
+    return resnet_fwd(r, &a, out, x, p, h, w);
+}
+
+/* One attention of a BasicTransformerBlock: s_out = s_in + to_out(attn(q(ln), k(kv), v(kv))).
  * kv is ln itself (self-attention, n_kv = hw) or the text context. */
-static lh_status attention(run *r, float *stream, /* [b, hw, c] */
-                           const float *ln,       /* [b, hw, c] */
-                           const float *kv,       /* [b, n_kv, c_kv] */
+static lh_status attention(run *r, const attn_acts *A,
+                           float *s_out,      /* [b, hw, c] (may be s_in) */
+                           const float *s_in, /* [b, hw, c] */
+                           const float *ln,   /* [b, hw, c] */
+                           const float *kv,   /* [b, n_kv, c_kv] */
                            const float *wq, const float *wk, const float *wv, const float *wo,
                            const float *bo, int64_t c, int64_t heads, int64_t hw, int64_t n_kv,
                            int64_t c_kv, const char *who) {
     const lh_backend_ops *ops = r->ops;
     lh_backend *be = r->m->be;
     int64_t b = r->b, d = c / heads;
-    float *q = S(r, SLOT_Q), *k = S(r, SLOT_K), *v = S(r, SLOT_V), *att = S(r, SLOT_ATT);
-    float *proj = S(r, SLOT_LN); /* ln is consumed once q, k and v exist */
-    OP(ops->linear(be, q, ln, wq, NULL, b * hw, c, c), who);
-    ADAPT(wq, q, ln, b * hw, 1, 1);
-    OP(ops->linear(be, k, kv, wk, NULL, b * n_kv, c_kv, c), who);
-    ADAPT(wk, k, kv, b * n_kv, 1, 1);
-    OP(ops->linear(be, v, kv, wv, NULL, b * n_kv, c_kv, c), who);
-    ADAPT(wv, v, kv, b * n_kv, 1, 1);
-    OP(ops->attention(be, att, q, k, v, b, heads, hw, n_kv, d, 1.0f / sqrtf((float)d), 0), who);
-    OP(ops->linear(be, proj, att, wo, bo, b * hw, c, c), who);
-    ADAPT(wo, proj, att, b * hw, 1, 1);
-    OP(ops->add(be, stream, stream, proj, b * hw * c), who);
+    OP(ops->linear(be, A->q, ln, wq, NULL, b * hw, c, c), who);
+    ADAPT(wq, A->q, ln, b * hw, 1, 1);
+    OP(ops->linear(be, A->k, kv, wk, NULL, b * n_kv, c_kv, c), who);
+    ADAPT(wk, A->k, kv, b * n_kv, 1, 1);
+    OP(ops->linear(be, A->v, kv, wv, NULL, b * n_kv, c_kv, c), who);
+    ADAPT(wv, A->v, kv, b * n_kv, 1, 1);
+    OP(ops->attention(be, A->att, A->q, A->k, A->v, b, heads, hw, n_kv, d,
+                      1.0f / sqrtf((float)d), 0), who);
+    /* inference: proj is ln's slot (ln is consumed once q, k and v exist) */
+    OP(ops->linear(be, A->proj, A->att, wo, bo, b * hw, c, c), who);
+    ADAPT(wo, A->proj, A->att, b * hw, 1, 1);
+    OP(ops->add(be, s_out, s_in, A->proj, b * hw * c), who);
     return LH_OK;
+}
+
+/* The transformer record (see res_record). */
+static tf_acts tf_record(run *r, int64_t c, int64_t h, int64_t w) {
+    int64_t b = r->b, n = b * h * w;
+    size_t tok = elems(r, b, h * w, c, 1), ctx = elems(r, b, r->n_ctx, c, 1);
+    size_t kv = tok > ctx ? tok : ctx, f8 = elems(r, n, 8, c, 1), f4 = elems(r, n, 4, c, 1);
+    need(r, SLOT_T1, tok);
+    need(r, SLOT_T2, tok);
+    need(r, SLOT_LN, tok);
+    if (!r->train) {
+        need(r, SLOT_TOK, tok);
+        need(r, SLOT_Q, tok);
+        need(r, SLOT_K, kv);
+        need(r, SLOT_V, kv);
+        need(r, SLOT_ATT, tok);
+        need(r, SLOT_FF, f8);
+        need(r, SLOT_GEGLU, f4);
+        float *st = S(r, SLOT_TOK), *ln = S(r, SLOT_LN);
+        attn_acts at = {S(r, SLOT_Q), S(r, SLOT_K), S(r, SLOT_V), S(r, SLOT_ATT), ln};
+        return (tf_acts){.t1 = S(r, SLOT_T1), .tok = S(r, SLOT_T2), .s0 = st, .s1 = st,
+                         .s2 = st, .s3 = st, .ln1 = ln, .ln2 = ln, .ln3 = ln, .a1 = at,
+                         .a2 = at, .ff = S(r, SLOT_FF), .gg = S(r, SLOT_GEGLU), .ffo = ln,
+                         .t2 = S(r, SLOT_T2)};
+    }
+    need(r, SLOT_GA, tok);
+    need(r, SLOT_GB, tok);
+    need(r, SLOT_GC, f4);
+    need(r, SLOT_GD, tok);
+    need(r, SLOT_GE, tok);
+    need(r, SLOT_GF, f8);
+    need(r, SLOT_GQ, tok);
+    need(r, SLOT_GK, kv);
+    need(r, SLOT_GV, kv);
+    need(r, SLOT_GCTX, elems(r, b, r->n_ctx, r->m->cfg.cross_attention_dim, 1));
+    need(r, SLOT_G_CUR0, tok);
+    need(r, SLOT_G_CUR1, tok);
+    tf_acts a = {.t1 = S(r, SLOT_T1), .t2 = S(r, SLOT_T2), .ffo = S(r, SLOT_LN)};
+    a.a1.proj = a.a2.proj = S(r, SLOT_LN);
+    /* field, slot, size: the saved activations */
+    struct { float **f; int slot; size_t n; } keep[] = {
+        {&a.tok, SLOT_X_TOK, tok}, {&a.s0, SLOT_X_S0, tok}, {&a.s1, SLOT_X_S1, tok},
+        {&a.s2, SLOT_X_S2, tok}, {&a.s3, SLOT_X_S3, tok}, {&a.ln1, SLOT_X_LN1, tok},
+        {&a.ln2, SLOT_X_LN2, tok}, {&a.ln3, SLOT_X_LN3, tok}, {&a.a1.q, SLOT_X_Q1, tok},
+        {&a.a1.k, SLOT_X_K1, tok}, {&a.a1.v, SLOT_X_V1, tok}, {&a.a1.att, SLOT_X_ATT1, tok},
+        {&a.a2.q, SLOT_X_Q2, tok}, {&a.a2.k, SLOT_X_K2, ctx}, {&a.a2.v, SLOT_X_V2, ctx},
+        {&a.a2.att, SLOT_X_ATT2, tok}, {&a.ff, SLOT_X_FF, f8}, {&a.gg, SLOT_X_GG, f4},
+    };
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
+        if (r->ckpt) {
+            need(r, keep[i].slot, keep[i].n);
+            *keep[i].f = S(r, keep[i].slot);
+        } else {
+            *keep[i].f = take(r, keep[i].n);
+        }
+    }
+    return a;
 }
 
 /* Transformer2DModel (continuous input, one BasicTransformerBlock):
  * out = x + proj_out(block(proj_in(gn(x)))). proj_in/proj_out are 1x1 convs
  * (SD 1.x) or linears (SD 2.x); on tokens both are the same matrix product.
  * out must not be x. */
-static lh_status transformer(run *r, float *out, /* [b, c, h, w] */
-                             const float *x,     /* [b, c, h, w] */
-                             const lh_unet_attn *a, int64_t h, int64_t w) {
+static lh_status transformer_fwd(run *r, const tf_acts *A,
+                                 float *out,     /* [b, c, h, w] */
+                                 const float *x, /* [b, c, h, w] */
+                                 const lh_unet_attn *a, int64_t h, int64_t w) {
     const lh_unet_config *cfg = &r->m->cfg;
     int64_t b = r->b, c = a->c, hw = h * w, n = b * hw, heads = a->heads;
-    size_t tok = elems(r, b, hw, c, 1), ctx = elems(r, b, r->n_ctx, c, 1);
-    need(r, SLOT_T1, tok);
-    need(r, SLOT_T2, tok);
-    need(r, SLOT_TOK, tok);
-    need(r, SLOT_LN, tok);
-    need(r, SLOT_Q, tok);
-    need(r, SLOT_K, tok > ctx ? tok : ctx);
-    need(r, SLOT_V, tok > ctx ? tok : ctx);
-    need(r, SLOT_ATT, tok);
-    need(r, SLOT_FF, elems(r, n, 8, c, 1));
-    need(r, SLOT_GEGLU, elems(r, n, 4, c, 1));
-    if (r->dry) return LH_OK;
     const lh_backend_ops *ops = r->ops;
     lh_backend *be = r->m->be;
-    float *t1 = S(r, SLOT_T1), *t2 = S(r, SLOT_T2), *stream = S(r, SLOT_TOK), *ln = S(r, SLOT_LN);
     const lh_unet_tblock *t = &a->block;
     const char *who = a->name;
 
-    OP(ops->group_norm(be, t1, x, a->norm_w, a->norm_b, b, c, hw, cfg->norm_num_groups, 1e-6f, 0),
-       who);
-    OP(ops->transpose_c_hw(be, t2, t1, b, c, hw), who);
-    OP(ops->linear(be, stream, t2, a->proj_in_w, a->proj_in_b, n, c, c), who);
-    ADAPT(a->proj_in_w, stream, t2, n, 1, 1);
+    OP(ops->group_norm(be, A->t1, x, a->norm_w, a->norm_b, b, c, hw, cfg->norm_num_groups, 1e-6f,
+                       0), who);
+    OP(ops->transpose_c_hw(be, A->tok, A->t1, b, c, hw), who);
+    OP(ops->linear(be, A->s0, A->tok, a->proj_in_w, a->proj_in_b, n, c, c), who);
+    ADAPT(a->proj_in_w, A->s0, A->tok, n, 1, 1);
 
-    OP(ops->layer_norm(be, ln, stream, t->norm1_w, t->norm1_b, n, c, 1e-5f), who);
-    TRY(attention(r, stream, ln, ln, t->q1, t->k1, t->v1, t->o1_w, t->o1_b, c, heads, hw, hw, c,
-                  who));
-    OP(ops->layer_norm(be, ln, stream, t->norm2_w, t->norm2_b, n, c, 1e-5f), who);
-    TRY(attention(r, stream, ln, r->ctx, t->q2, t->k2, t->v2, t->o2_w, t->o2_b, c, heads, hw,
-                  r->n_ctx, cfg->cross_attention_dim, who));
-    OP(ops->layer_norm(be, ln, stream, t->norm3_w, t->norm3_b, n, c, 1e-5f), who);
-    OP(ops->linear(be, S(r, SLOT_FF), ln, t->ff1_w, t->ff1_b, n, c, 8 * c), who);
-    ADAPT(t->ff1_w, S(r, SLOT_FF), ln, n, 1, 1);
-    OP(ops->geglu(be, S(r, SLOT_GEGLU), S(r, SLOT_FF), n, 4 * c), who);
-    OP(ops->linear(be, ln, S(r, SLOT_GEGLU), t->ff2_w, t->ff2_b, n, 4 * c, c), who);
-    ADAPT(t->ff2_w, ln, S(r, SLOT_GEGLU), n, 1, 1);
-    OP(ops->add(be, stream, stream, ln, n * c), who);
+    OP(ops->layer_norm(be, A->ln1, A->s0, t->norm1_w, t->norm1_b, n, c, 1e-5f), who);
+    TRY(attention(r, &A->a1, A->s1, A->s0, A->ln1, A->ln1, t->q1, t->k1, t->v1, t->o1_w, t->o1_b,
+                  c, heads, hw, hw, c, who));
+    OP(ops->layer_norm(be, A->ln2, A->s1, t->norm2_w, t->norm2_b, n, c, 1e-5f), who);
+    TRY(attention(r, &A->a2, A->s2, A->s1, A->ln2, r->ctx, t->q2, t->k2, t->v2, t->o2_w, t->o2_b,
+                  c, heads, hw, r->n_ctx, cfg->cross_attention_dim, who));
+    OP(ops->layer_norm(be, A->ln3, A->s2, t->norm3_w, t->norm3_b, n, c, 1e-5f), who);
+    OP(ops->linear(be, A->ff, A->ln3, t->ff1_w, t->ff1_b, n, c, 8 * c), who);
+    ADAPT(t->ff1_w, A->ff, A->ln3, n, 1, 1);
+    OP(ops->geglu(be, A->gg, A->ff, n, 4 * c), who);
+    OP(ops->linear(be, A->ffo, A->gg, t->ff2_w, t->ff2_b, n, 4 * c, c), who);
+    ADAPT(t->ff2_w, A->ffo, A->gg, n, 1, 1);
+    OP(ops->add(be, A->s3, A->s2, A->ffo, n * c), who);
 
-    OP(ops->linear(be, t2, stream, a->proj_out_w, a->proj_out_b, n, c, c), who);
-    ADAPT(a->proj_out_w, t2, stream, n, 1, 1);
-    OP(ops->transpose_c_hw(be, out, t2, b, hw, c), who);
+    OP(ops->linear(be, A->t2, A->s3, a->proj_out_w, a->proj_out_b, n, c, c), who);
+    ADAPT(a->proj_out_w, A->t2, A->s3, n, 1, 1);
+    OP(ops->transpose_c_hw(be, out, A->t2, b, hw, c), who);
     OP(ops->add(be, out, out, x, n * c), who);
     return LH_OK;
+}
+
+static lh_status transformer(run *r, float *out, const float *x, const lh_unet_attn *a,
+                             int64_t h, int64_t w) {
+    tf_acts A = tf_record(r, a->c, h, w);
+    unit *u = record(r, U_TF, a, h, w, x, out);
+    if (u) u->ta = A;
+    if (r->dry) return LH_OK;
+    return transformer_fwd(r, &A, out, x, a, h, w);
+}
+
+/* Downsample2D: 3x3 conv, stride 2, padding 1. */
+static lh_status down_fwd(run *r, float *out, const float *x, const lh_unet_block *blk,
+                          int64_t h, int64_t w) {
+    int64_t c = blk->c_out;
+    OP(r->ops->conv2d(r->m->be, out, x, blk->sample_w, blk->sample_b, r->b, c, h, w, c, 3, 3, 2,
+                      1), "downsamplers.0");
+    ADAPT(blk->sample_w, out, x, r->b, h, w);
+    return LH_OK;
+}
+
+/* Upsample2D: nearest 2x into up, then a 3x3 conv. */
+static lh_status up_fwd(run *r, float *up, float *out, const float *x, const lh_unet_block *blk,
+                        int64_t h, int64_t w) {
+    const lh_backend_ops *ops = r->ops;
+    lh_backend *be = r->m->be;
+    int64_t b = r->b, c = blk->c_out;
+    OP(ops->upsample_nearest2x(be, up, x, b, c, h, w), "upsamplers.0");
+    OP(ops->conv2d(be, out, up, blk->sample_w, blk->sample_b, b, c, 2 * h, 2 * w, c, 3, 3, 1, 1),
+       "upsamplers.0");
+    ADAPT(blk->sample_w, out, up, b, 2 * h, 2 * w);
+    return LH_OK;
+}
+
+/* Training: the last unit's output is the newest skip connection. */
+static void mark_skip(run *r) {
+    if (r->train && r->n_units > 0) r->tape[r->n_units - 1].skip_out = r->top - 1;
 }
 
 /* CrossAttnDownBlock2D / DownBlock2D: every layer's output and the
@@ -239,24 +490,28 @@ static lh_status down_block(run *r, const float **cur, const lh_unet_block *blk,
     int64_t b = r->b, c = blk->c_out;
     for (int j = 0; j < blk->n_layers; j++) {
         size_t n = elems(r, b, c, *h, *w);
-        float *res_out = blk->cross ? spare(r, *cur) : skip_push(r, c, n);
-        need(r, SLOT_H0, n);
-        need(r, SLOT_H1, n);
+        if (!r->train) {
+            need(r, SLOT_H0, n);
+            need(r, SLOT_H1, n);
+        }
+        float *res_out = blk->cross ? next(r, *cur, n) : skip_push(r, c, n);
         TRY(resnet(r, res_out, *cur, &blk->res[j], *h, *w));
+        if (!blk->cross) mark_skip(r);
         *cur = res_out;
         if (blk->cross) {
             float *attn_out = skip_push(r, c, n);
             TRY(transformer(r, attn_out, *cur, &blk->attn[j], *h, *w));
+            mark_skip(r);
             *cur = attn_out;
         }
     }
-    if (blk->sample_w) { /* Downsample2D: 3x3 conv, stride 2, padding 1 */
+    if (blk->sample_w) {
         float *s = skip_push(r, c, elems(r, b, c, *h / 2, *w / 2));
-        if (!r->dry) {
-            OP(r->ops->conv2d(r->m->be, s, *cur, blk->sample_w, blk->sample_b, b, c, *h, *w, c, 3,
-                              3, 2, 1), "downsamplers.0");
-            ADAPT(blk->sample_w, s, *cur, b, *h, *w);
-        }
+        if (r->train) need(r, SLOT_G_CUR0, elems(r, b, c, *h, *w));
+        if (r->train) need(r, SLOT_G_CUR1, elems(r, b, c, *h, *w));
+        record(r, U_DOWN, blk, *h, *w, *cur, s);
+        mark_skip(r);
+        if (!r->dry) TRY(down_fwd(r, s, *cur, blk, *h, *w));
         *cur = s;
         *h /= 2;
         *w /= 2;
@@ -268,13 +523,11 @@ static lh_status down_block(run *r, const float **cur, const lh_unet_block *blk,
 static lh_status mid_block(run *r, const float **cur, const lh_unet_block *blk, int64_t h,
                            int64_t w) {
     size_t n = elems(r, r->b, blk->c_out, h, w);
-    need(r, SLOT_H0, n);
-    need(r, SLOT_H1, n);
-    float *a = spare(r, *cur);
+    float *a = next(r, *cur, n);
     TRY(resnet(r, a, *cur, &blk->res[0], h, w));
-    float *bb = spare(r, a);
+    float *bb = next(r, a, n);
     TRY(transformer(r, bb, a, &blk->attn[0], h, w));
-    a = spare(r, bb);
+    a = next(r, bb, n);
     TRY(resnet(r, a, bb, &blk->res[1], h, w));
     *cur = a;
     return LH_OK;
@@ -298,37 +551,73 @@ static lh_status up_block(run *r, const float **cur, const lh_unet_block *blk, i
                                 "channels, the resnet takes %lld", p->name, (long long)c_skip,
                                 (long long)p->c_in);
         size_t n_cat = elems(r, b, p->c_in, *h, *w), n = elems(r, b, blk->c_out, *h, *w);
-        need(r, SLOT_H0, n_cat > n ? n_cat : n);
-        need(r, SLOT_H1, n_cat > n ? n_cat : n);
-        float *cat = spare(r, *cur);
+        if (!r->train) {
+            need(r, SLOT_H0, n_cat > n ? n_cat : n);
+            need(r, SLOT_H1, n_cat > n ? n_cat : n);
+        }
+        float *cat = next(r, *cur, n_cat);
+        unit *u = record(r, U_CAT, blk, *h, *w, *cur, cat);
+        if (u) {
+            u->ca = c_cur;
+            u->cb = c_skip;
+            u->skip_in = r->top;
+        }
         if (!r->dry) OP(ops->concat_channels(be, cat, *cur, skip, b, c_cur, c_skip, hw), p->name);
-        float *res_out = spare(r, cat);
+        float *res_out = next(r, cat, n);
         TRY(resnet(r, res_out, cat, p, *h, *w));
         *cur = res_out;
         if (blk->cross) {
-            float *attn_out = spare(r, res_out);
+            float *attn_out = next(r, res_out, n);
             TRY(transformer(r, attn_out, res_out, &blk->attn[j], *h, *w));
             *cur = attn_out;
         }
     }
-    if (blk->sample_w) { /* Upsample2D: nearest 2x, then a 3x3 conv */
+    if (blk->sample_w) {
         int64_t c = blk->c_out;
         size_t n = elems(r, b, c, 2 * *h, 2 * *w);
-        need(r, SLOT_T1, n);
-        need(r, SLOT_H0, n);
-        need(r, SLOT_H1, n);
-        float *o = spare(r, *cur);
-        if (!r->dry) {
-            float *t1 = S(r, SLOT_T1);
-            OP(ops->upsample_nearest2x(be, t1, *cur, b, c, *h, *w), "upsamplers.0");
-            OP(ops->conv2d(be, o, t1, blk->sample_w, blk->sample_b, b, c, 2 * *h, 2 * *w, c, 3, 3,
-                           1, 1), "upsamplers.0");
-            ADAPT(blk->sample_w, o, t1, b, 2 * *h, 2 * *w);
+        float *up;
+        if (!r->train) {
+            need(r, SLOT_T1, n);
+            up = S(r, SLOT_T1);
+        } else if (r->ckpt) {
+            need(r, SLOT_X_UP, n);
+            up = S(r, SLOT_X_UP);
+        } else {
+            up = take(r, n);
         }
+        if (r->train) {
+            need(r, SLOT_GA, n);
+            need(r, SLOT_G_CUR0, n);
+            need(r, SLOT_G_CUR1, n);
+        }
+        float *o = next(r, *cur, n);
+        unit *u = record(r, U_UP, blk, *h, *w, *cur, o);
+        if (u) u->buf = up;
+        if (!r->dry) TRY(up_fwd(r, up, o, *cur, blk, *h, *w));
         *cur = o;
         *h *= 2;
         *w *= 2;
     }
+    return LH_OK;
+}
+
+/* time_proj (sinusoidal) + time_embedding (linear_1, SiLU, linear_2), then
+ * the SiLU every resnet applies before its time_emb_proj. */
+static lh_status time_fwd(run *r, const time_acts *a, const float *timesteps) {
+    lh_unet *m = r->m;
+    const lh_unet_config *c = &m->cfg;
+    const lh_backend_ops *ops = r->ops;
+    lh_backend *be = m->be;
+    int64_t b = r->b, c0 = c->block_out_channels[0];
+    OP(ops->timestep_embedding(be, a->tp, timesteps, b, c0, c->flip_sin_to_cos, c->freq_shift,
+                               10000.0f), "time_proj");
+    OP(ops->linear(be, a->th, a->tp, m->time1_w, m->time1_b, b, c0, 4 * c0), "time_embedding");
+    ADAPT(m->time1_w, a->th, a->tp, b, 1, 1);
+    OP(ops->silu(be, a->ths, a->th, b * 4 * c0), "time_embedding");
+    OP(ops->linear(be, a->tep, a->ths, m->time2_w, m->time2_b, b, 4 * c0, 4 * c0),
+       "time_embedding");
+    ADAPT(m->time2_w, a->tep, a->ths, b, 1, 1);
+    OP(ops->silu(be, a->te, a->tep, b * 4 * c0), "time_embedding");
     return LH_OK;
 }
 
@@ -341,25 +630,34 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
     lh_backend *be = m->be;
     int64_t b = r->b, c0 = c->block_out_channels[0];
     r->top = 0;
+    r->n_units = 0;
+    r->toff = 0;
 
-    /* time_proj (sinusoidal) + time_embedding (linear_1, SiLU, linear_2), then
-     * the SiLU every resnet applies before its time_emb_proj */
-    need(r, SLOT_TPROJ, elems(r, b, c0, 1, 1));
-    need(r, SLOT_THID, elems(r, b, 4, c0, 1));
-    need(r, SLOT_TEMB, elems(r, b, 4, c0, 1));
-    if (!r->dry) {
-        float *tp = S(r, SLOT_TPROJ), *th = S(r, SLOT_THID), *te = S(r, SLOT_TEMB);
-        OP(ops->timestep_embedding(be, tp, timesteps, b, c0, c->flip_sin_to_cos, c->freq_shift,
-                                   10000.0f), "time_proj");
-        OP(ops->linear(be, th, tp, m->time1_w, m->time1_b, b, c0, 4 * c0), "time_embedding");
-        ADAPT(m->time1_w, th, tp, b, 1, 1);
-        OP(ops->silu(be, th, th, b * 4 * c0), "time_embedding");
-        OP(ops->linear(be, te, th, m->time2_w, m->time2_b, b, 4 * c0, 4 * c0), "time_embedding");
-        ADAPT(m->time2_w, te, th, b, 1, 1);
-        OP(ops->silu(be, te, te, b * 4 * c0), "time_embedding");
+    size_t ntp = elems(r, b, c0, 1, 1), nte = elems(r, b, 4, c0, 1);
+    time_acts ta;
+    if (!r->train) {
+        need(r, SLOT_TPROJ, ntp);
+        need(r, SLOT_THID, nte);
+        need(r, SLOT_TEMB, nte);
+        ta = (time_acts){S(r, SLOT_TPROJ), S(r, SLOT_THID), S(r, SLOT_THID), S(r, SLOT_TEMB),
+                         S(r, SLOT_TEMB)};
+    } else {
+        ta.tp = take(r, ntp);
+        ta.th = take(r, nte);
+        ta.ths = take(r, nte);
+        ta.tep = take(r, nte);
+        ta.te = take(r, nte);
+        need(r, SLOT_DTEMB, nte);
+        need(r, SLOT_GDT, nte);
+        need(r, SLOT_GA, nte);
     }
+    r->ta = ta;
+    r->temb = ta.te;
+    if (!r->dry) TRY(time_fwd(r, &ta, timesteps));
 
     float *first = skip_push(r, c0, elems(r, b, c0, h, w));
+    record(r, U_CONV_IN, NULL, h, w, x, first);
+    mark_skip(r);
     if (!r->dry) {
         OP(ops->conv2d(be, first, x, m->conv_in_w, m->conv_in_b, b, c->in_channels, h, w,
                        c0, 3, 3, 1, 1), "conv_in");
@@ -370,21 +668,32 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
     TRY(mid_block(r, &cur, &m->mid, h, w));
     for (int i = 0; i < c->n_blocks; i++) TRY(up_block(r, &cur, &m->up[i], &h, &w));
 
-    need(r, SLOT_T1, elems(r, b, c0, h, w));
+    size_t n = elems(r, b, c0, h, w);
+    float *g;
+    if (!r->train) {
+        need(r, SLOT_T1, n);
+        g = S(r, SLOT_T1);
+    } else {
+        g = take(r, n);
+        float *o = take(r, elems(r, b, c->out_channels, h, w));
+        if (!out) out = o;
+        need(r, SLOT_GA, n);
+        need(r, SLOT_G_CUR0, n);
+        need(r, SLOT_G_CUR1, n);
+    }
+    unit *u = record(r, U_OUT, NULL, h, w, cur, out);
+    if (u) u->buf = g;
     if (!r->dry) {
-        float *t1 = S(r, SLOT_T1);
-        OP(ops->group_norm(be, t1, cur, m->norm_out_w, m->norm_out_b, b, c0, h * w,
+        OP(ops->group_norm(be, g, cur, m->norm_out_w, m->norm_out_b, b, c0, h * w,
                            c->norm_num_groups, c->norm_eps, 1), "conv_norm_out");
-        OP(ops->conv2d(be, out, t1, m->conv_out_w, m->conv_out_b, b, c0, h, w, c->out_channels, 3,
+        OP(ops->conv2d(be, out, g, m->conv_out_w, m->conv_out_b, b, c0, h, w, c->out_channels, 3,
                        3, 1, 1), "conv_out");
-        ADAPT(m->conv_out_w, out, t1, b, h, w);
+        ADAPT(m->conv_out_w, out, g, b, h, w);
     }
     return LH_OK;
 }
 
 /* ---- Entry ---- */
-
-static size_t align_up(size_t n) { return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS; }
 
 static lh_status check_sizes(const lh_unet *m, int64_t b, int64_t h, int64_t w, int64_t n_ctx,
                              lh_error *err) {
@@ -412,9 +721,11 @@ static lh_status check_sizes(const lh_unet *m, int64_t b, int64_t h, int64_t w, 
     return LH_OK;
 }
 
-/* The sizing pass: fills r's needs; *floats gets the arena size. */
+/* The sizing pass: fills r's needs; *floats gets the arena size. Training
+ * (tape non-NULL) adds the skip connections' gradients and the kept
+ * activations. */
 static lh_status plan(run *r, lh_unet *m, int64_t b, int64_t h, int64_t w, int64_t n_ctx,
-                      size_t *floats, lh_error *err) {
+                      unit *tape, int ckpt, size_t *floats, lh_error *err) {
     memset(r, 0, sizeof *r);
     r->m = m;
     r->ops = m->be->ops;
@@ -422,13 +733,18 @@ static lh_status plan(run *r, lh_unet *m, int64_t b, int64_t h, int64_t w, int64
     r->b = b;
     r->n_ctx = n_ctx;
     r->dry = 1;
+    r->train = tape != NULL;
+    r->ckpt = tape && ckpt;
+    r->tape = tape;
     lh_status st = forward(r, NULL, NULL, NULL, h, w);
     if (st != LH_OK) return st;
     size_t total = 0;
     for (int i = 0; i < SLOT_COUNT && !r->overflow; i++)
         if (lh_add_size(total, align_up(r->need[i]), &total)) r->overflow = 1;
-    for (int i = 0; i < r->n_skips && !r->overflow; i++)
-        if (lh_add_size(total, align_up(r->skip_need[i]), &total)) r->overflow = 1;
+    for (int pass = 0; pass < (r->train ? 2 : 1); pass++)
+        for (int i = 0; i < r->n_skips && !r->overflow; i++)
+            if (lh_add_size(total, align_up(r->skip_need[i]), &total)) r->overflow = 1;
+    if (!r->overflow && lh_add_size(total, r->taken, &total)) r->overflow = 1;
     size_t bytes;
     if (r->overflow || lh_mul_size(total, sizeof(float), &bytes))
         return lh_error_set(err, LH_ERR_OVERFLOW, "unet forward: activations for batch %lld at "
@@ -437,11 +753,31 @@ static lh_status plan(run *r, lh_unet *m, int64_t b, int64_t h, int64_t w, int64
     return LH_OK;
 }
 
+/* Carve the arena into r's slots, skips (and in training the skips'
+ * gradients and the kept activations) as plan() sized them. */
+static void carve(run *r, float *arena) {
+    float *p = arena;
+    for (int i = 0; i < SLOT_COUNT; i++) {
+        r->slot[i] = p;
+        p += align_up(r->need[i]);
+    }
+    for (int i = 0; i < r->n_skips; i++) {
+        r->skip[i] = p;
+        p += align_up(r->skip_need[i]);
+    }
+    if (!r->train) return;
+    for (int i = 0; i < r->n_skips; i++) {
+        r->dskip[i] = p;
+        p += align_up(r->skip_need[i]);
+    }
+    r->tbase = p;
+}
+
 size_t lh_unet_forward_workspace(lh_unet *m, int64_t b, int64_t h, int64_t w, int64_t n_ctx) {
     run r;
     size_t floats;
     if (!m || check_sizes(m, b, h, w, n_ctx, NULL) != LH_OK ||
-        plan(&r, m, b, h, w, n_ctx, &floats, NULL) != LH_OK)
+        plan(&r, m, b, h, w, n_ctx, NULL, 0, &floats, NULL) != LH_OK)
         return 0;
     return floats * sizeof(float);
 }
@@ -461,22 +797,14 @@ lh_status lh_unet_forward(lh_unet *m, float *out, const float *x, const float *t
     /* Sizing pass, then one allocation carved into slots and skips. */
     run r;
     size_t floats;
-    st = plan(&r, m, b, h, w, n_ctx, &floats, err);
+    st = plan(&r, m, b, h, w, n_ctx, NULL, 0, &floats, err);
     if (st != LH_OK) return st;
     float *arena = m->be->ops->alloc(m->be, (floats ? floats : 1) * sizeof(float));
     if (!arena)
         return lh_error_set(err, LH_ERR_NOMEM, "unet forward: cannot allocate %zu MiB of "
                             "activations (batch %lld, %lldx%lld)", (floats * sizeof(float)) >> 20,
                             (long long)b, (long long)h, (long long)w);
-    float *p = arena;
-    for (int i = 0; i < SLOT_COUNT; i++) {
-        r.slot[i] = p;
-        p += align_up(r.need[i]);
-    }
-    for (int i = 0; i < r.n_skips; i++) {
-        r.skip[i] = p;
-        p += align_up(r.skip_need[i]);
-    }
+    carve(&r, arena);
 
     r.dry = 0;
     r.ctx = context;
@@ -489,5 +817,295 @@ lh_status lh_unet_forward(lh_unet *m, float *out, const float *x, const float *t
         if (st != LH_OK) lh_error_set(err, st, "unet forward: backend sync failed");
     }
     m->be->ops->free(m->be, arena);
+    return st;
+}
+
+/* ---- Training ----
+ * lh_unet_backward runs forward() with r->train set: every unit keeps its
+ * input, output and (without checkpointing) its activation record, and
+ * appends itself to a tape. The backward walks the tape in reverse; with
+ * checkpointing it first reruns the unit's forward into the shared
+ * recompute record. Base weights are frozen (NULL gradients); runtime
+ * adapter terms accumulate theirs. */
+
+/* Adapter terms' backward on the layer whose weight is w (host/layers.h). */
+#define ADAPT_BW(w, dx, dy, x, n, h, w_)                                                           \
+    TRY(lh_layers_runtime_backward(r->m->adapt, (w), (dx), (dy), (x), (n), (h), (w_), r->err))
+
+/* Backward of resnet_fwd: din [b, c_in, hw] = dL/dx from dout [b, c_out, hw];
+ * dL/d(temb) accumulates into SLOT_DTEMB. */
+static lh_status resnet_bw(run *r, const res_acts *a, float *din, const float *dout,
+                           const float *x, const lh_unet_resnet *p, int64_t h, int64_t w) {
+    const lh_unet_config *c = &r->m->cfg;
+    const lh_backend_ops *ops = r->ops;
+    lh_backend *be = r->m->be;
+    int64_t b = r->b, hw = h * w, ci = p->c_in, co = p->c_out, ct = 4 * c->block_out_channels[0];
+    float *dh2 = S(r, SLOT_GA), *da = S(r, SLOT_GB), *dh1 = S(r, SLOT_GC), *dt = S(r, SLOT_GD);
+    float *dtres = S(r, SLOT_GE), *dte = S(r, SLOT_GDT);
+    const char *who = p->name;
+
+    OP(ops->conv2d_backward(be, dh2, NULL, NULL, dout, a->h2, p->conv2_w, b, co, h, w, co, 3, 3,
+                            1, 1), who);
+    ADAPT_BW(p->conv2_w, dh2, dout, a->h2, b, h, w);
+    OP(ops->group_norm_backward(be, da, NULL, NULL, dh2, a->a, p->norm2_w, p->norm2_b, b, co, hw,
+                                c->norm_num_groups, c->norm_eps, 1), who);
+    /* a = conv1(h1) + temb_proj broadcast over hw */
+    OP(ops->channel_bias_backward(be, dtres, da, b, co, hw), who);
+    OP(ops->linear_backward(be, dte, NULL, NULL, dtres, r->temb, p->temb_w, b, ct, co), who);
+    ADAPT_BW(p->temb_w, dte, dtres, r->temb, b, 1, 1);
+    OP(ops->add(be, S(r, SLOT_DTEMB), S(r, SLOT_DTEMB), dte, b * ct), who);
+    OP(ops->conv2d_backward(be, dh1, NULL, NULL, da, a->h1, p->conv1_w, b, ci, h, w, co, 3, 3, 1,
+                            1), who);
+    ADAPT_BW(p->conv1_w, dh1, da, a->h1, b, h, w);
+    OP(ops->group_norm_backward(be, din, NULL, NULL, dh1, x, p->norm1_w, p->norm1_b, b, ci, hw,
+                                c->norm_num_groups, c->norm_eps, 1), who);
+    if (p->short_w) {
+        OP(ops->conv2d_backward(be, dt, NULL, NULL, dout, x, p->short_w, b, ci, h, w, co, 1, 1, 1,
+                                0), who);
+        ADAPT_BW(p->short_w, dt, dout, x, b, h, w);
+        OP(ops->add(be, din, din, dt, b * ci * hw), who);
+    } else {
+        OP(ops->add(be, din, din, dout, b * ci * hw), who);
+    }
+    return LH_OK;
+}
+
+/* Backward of attention(): ds = dL/d(s_out) (it reaches s_in unchanged);
+ * dln = dL/d(ln) is written. Self-attention adds the k and v input
+ * gradients into dln; cross-attention adds them into d_ctx (may be NULL). */
+static lh_status attention_bw(run *r, const attn_acts *A, float *dln, float *d_ctx,
+                              const float *ds, const float *ln, const float *kv, const float *wq,
+                              const float *wk, const float *wv, const float *wo, int64_t c,
+                              int64_t heads, int64_t hw, int64_t n_kv, int64_t c_kv, int self,
+                              const char *who) {
+    const lh_backend_ops *ops = r->ops;
+    lh_backend *be = r->m->be;
+    int64_t b = r->b, d = c / heads, n = b * hw;
+    float *datt = S(r, SLOT_GA), *dq = S(r, SLOT_GQ), *dk = S(r, SLOT_GK), *dv = S(r, SLOT_GV);
+    OP(ops->linear_backward(be, datt, NULL, NULL, ds, A->att, wo, n, c, c), who);
+    ADAPT_BW(wo, datt, ds, A->att, n, 1, 1);
+    OP(ops->attention_backward(be, dq, dk, dv, datt, A->att, A->q, A->k, A->v, b, heads, hw, n_kv,
+                               d, 1.0f / sqrtf((float)d), 0), who);
+    OP(ops->linear_backward(be, dln, NULL, NULL, dq, ln, wq, n, c, c), who);
+    ADAPT_BW(wq, dln, dq, ln, n, 1, 1);
+    const float *wkv[2] = {wk, wv}, *dkv[2] = {dk, dv};
+    for (int i = 0; i < 2; i++) {
+        if (self) {
+            float *dt = S(r, SLOT_GE);
+            OP(ops->linear_backward(be, dt, NULL, NULL, dkv[i], ln, wkv[i], n, c, c), who);
+            OP(ops->add(be, dln, dln, dt, n * c), who);
+            ADAPT_BW(wkv[i], dln, dkv[i], ln, n, 1, 1);
+        } else {
+            float *dc = d_ctx ? S(r, SLOT_GCTX) : NULL;
+            if (dc)
+                OP(ops->linear_backward(be, dc, NULL, NULL, dkv[i], kv, wkv[i], b * n_kv, c_kv,
+                                        c), who);
+            ADAPT_BW(wkv[i], dc, dkv[i], kv, b * n_kv, 1, 1);
+            if (dc) OP(ops->add(be, d_ctx, d_ctx, dc, b * n_kv * c_kv), who);
+        }
+    }
+    return LH_OK;
+}
+
+/* Backward of transformer_fwd: din [b, c, hw] from dout [b, c, hw]. */
+static lh_status transformer_bw(run *r, const tf_acts *A, float *din, float *d_ctx,
+                                const float *dout, const float *x, const lh_unet_attn *a,
+                                int64_t h, int64_t w) {
+    const lh_unet_config *cfg = &r->m->cfg;
+    const lh_backend_ops *ops = r->ops;
+    lh_backend *be = r->m->be;
+    int64_t b = r->b, c = a->c, hw = h * w, n = b * hw, heads = a->heads;
+    const lh_unet_tblock *t = &a->block;
+    const char *who = a->name;
+    float *dt2 = S(r, SLOT_GA), *ds = S(r, SLOT_GB), *dgg = S(r, SLOT_GC), *dff = S(r, SLOT_GF);
+    float *dln = S(r, SLOT_GD), *dt = S(r, SLOT_GE);
+
+    /* out = x + transpose(proj_out(s3)) */
+    OP(ops->transpose_c_hw(be, dt2, dout, b, c, hw), who);
+    OP(ops->linear_backward(be, ds, NULL, NULL, dt2, A->s3, a->proj_out_w, n, c, c), who);
+    ADAPT_BW(a->proj_out_w, ds, dt2, A->s3, n, 1, 1);
+    /* s3 = s2 + ff2(geglu(ff1(ln3(s2)))) */
+    OP(ops->linear_backward(be, dgg, NULL, NULL, ds, A->gg, t->ff2_w, n, 4 * c, c), who);
+    ADAPT_BW(t->ff2_w, dgg, ds, A->gg, n, 1, 1);
+    OP(ops->geglu_backward(be, dff, dgg, A->ff, n, 4 * c), who);
+    OP(ops->linear_backward(be, dln, NULL, NULL, dff, A->ln3, t->ff1_w, n, c, 8 * c), who);
+    ADAPT_BW(t->ff1_w, dln, dff, A->ln3, n, 1, 1);
+    OP(ops->layer_norm_backward(be, dt, NULL, NULL, dln, A->s2, t->norm3_w, n, c, 1e-5f), who);
+    OP(ops->add(be, ds, ds, dt, n * c), who);
+    /* s2 = s1 + attn2(ln2(s1), context) */
+    TRY(attention_bw(r, &A->a2, dln, d_ctx, ds, A->ln2, r->ctx, t->q2, t->k2, t->v2, t->o2_w, c,
+                     heads, hw, r->n_ctx, cfg->cross_attention_dim, 0, who));
+    OP(ops->layer_norm_backward(be, dt, NULL, NULL, dln, A->s1, t->norm2_w, n, c, 1e-5f), who);
+    OP(ops->add(be, ds, ds, dt, n * c), who);
+    /* s1 = s0 + attn1(ln1(s0)) */
+    TRY(attention_bw(r, &A->a1, dln, NULL, ds, A->ln1, A->ln1, t->q1, t->k1, t->v1, t->o1_w, c,
+                     heads, hw, hw, c, 1, who));
+    OP(ops->layer_norm_backward(be, dt, NULL, NULL, dln, A->s0, t->norm1_w, n, c, 1e-5f), who);
+    OP(ops->add(be, ds, ds, dt, n * c), who);
+    /* s0 = proj_in(transpose(gn(x))) */
+    float *dtok = S(r, SLOT_GC), *dt1 = S(r, SLOT_GD);
+    OP(ops->linear_backward(be, dtok, NULL, NULL, ds, A->tok, a->proj_in_w, n, c, c), who);
+    ADAPT_BW(a->proj_in_w, dtok, ds, A->tok, n, 1, 1);
+    OP(ops->transpose_c_hw(be, dt1, dtok, b, hw, c), who);
+    OP(ops->group_norm_backward(be, din, NULL, NULL, dt1, x, a->norm_w, a->norm_b, b, c, hw,
+                                cfg->norm_num_groups, 1e-6f, 0), who);
+    OP(ops->add(be, din, din, dout, n * c), who);
+    return LH_OK;
+}
+
+/* The time embedding's backward from dL/d(te) in SLOT_DTEMB (consumed). */
+static lh_status time_bw(run *r) {
+    lh_unet *m = r->m;
+    const lh_backend_ops *ops = r->ops;
+    lh_backend *be = m->be;
+    const time_acts *a = &r->ta;
+    int64_t b = r->b, c0 = m->cfg.block_out_channels[0], n = b * 4 * c0;
+    float *dte = S(r, SLOT_DTEMB), *dh = S(r, SLOT_GA);
+    OP(ops->silu_backward(be, dte, dte, a->tep, n), "time_embedding");
+    OP(ops->linear_backward(be, dh, NULL, NULL, dte, a->ths, m->time2_w, b, 4 * c0, 4 * c0),
+       "time_embedding");
+    ADAPT_BW(m->time2_w, dh, dte, a->ths, b, 1, 1);
+    OP(ops->silu_backward(be, dh, dh, a->th, n), "time_embedding");
+    ADAPT_BW(m->time1_w, NULL, dh, a->tp, b, 1, 1);
+    return LH_OK;
+}
+
+/* Walk the tape backwards from dout = dL/d(out). */
+static lh_status backward(run *r, float *d_ctx, const float *dout) {
+    lh_unet *m = r->m;
+    const lh_unet_config *c = &m->cfg;
+    const lh_backend_ops *ops = r->ops;
+    lh_backend *be = m->be;
+    int64_t b = r->b, c0 = c->block_out_channels[0];
+    OP(ops->memset0(be, S(r, SLOT_DTEMB), (size_t)(b * 4 * c0) * sizeof(float)), "backward");
+    if (d_ctx)
+        OP(ops->memset0(be, d_ctx, (size_t)(b * r->n_ctx * c->cross_attention_dim) *
+                                       sizeof(float)), "backward");
+    float *g0 = S(r, SLOT_G_CUR0), *g1 = S(r, SLOT_G_CUR1), *dc = NULL;
+    for (int i = r->n_units - 1; i >= 0; i--) {
+        const unit *u = &r->tape[i];
+        int64_t h = u->h, w = u->w;
+        const float *dy = u->kind == U_OUT ? dout : dc;
+        float *dx = dc == g0 ? g1 : g0;
+        if (u->skip_out >= 0) /* out also fed an up block */
+            OP(ops->add(be, dc, dc, r->dskip[u->skip_out], (int64_t)r->skip_need[u->skip_out]),
+               "skip connection");
+        switch (u->kind) {
+        case U_OUT:
+            OP(ops->conv2d_backward(be, S(r, SLOT_GA), NULL, NULL, dy, u->buf, m->conv_out_w, b,
+                                    c0, h, w, c->out_channels, 3, 3, 1, 1), "conv_out");
+            ADAPT_BW(m->conv_out_w, S(r, SLOT_GA), dy, u->buf, b, h, w);
+            OP(ops->group_norm_backward(be, dx, NULL, NULL, S(r, SLOT_GA), u->in, m->norm_out_w,
+                                        m->norm_out_b, b, c0, h * w, c->norm_num_groups,
+                                        c->norm_eps, 1), "conv_norm_out");
+            break;
+        case U_UP: {
+            const lh_unet_block *blk = u->p;
+            int64_t ch = blk->c_out;
+            if (r->ckpt) TRY(up_fwd(r, u->buf, u->out, u->in, blk, h, w));
+            OP(ops->conv2d_backward(be, S(r, SLOT_GA), NULL, NULL, dy, u->buf, blk->sample_w, b,
+                                    ch, 2 * h, 2 * w, ch, 3, 3, 1, 1), "upsamplers.0");
+            ADAPT_BW(blk->sample_w, S(r, SLOT_GA), dy, u->buf, b, 2 * h, 2 * w);
+            OP(ops->upsample_nearest2x_backward(be, dx, S(r, SLOT_GA), b, ch, h, w),
+               "upsamplers.0");
+            break;
+        }
+        case U_TF: {
+            const lh_unet_attn *a = u->p;
+            if (r->ckpt) TRY(transformer_fwd(r, &u->ta, u->out, u->in, a, h, w));
+            TRY(transformer_bw(r, &u->ta, dx, d_ctx, dy, u->in, a, h, w));
+            break;
+        }
+        case U_RES: {
+            const lh_unet_resnet *p = u->p;
+            if (r->ckpt) TRY(resnet_fwd(r, &u->ra, u->out, u->in, p, h, w));
+            TRY(resnet_bw(r, &u->ra, dx, dy, u->in, p, h, w));
+            break;
+        }
+        case U_CAT:
+            OP(ops->split_channels(be, dx, r->dskip[u->skip_in], dy, b, u->ca, u->cb, h * w),
+               "skip connection");
+            break;
+        case U_DOWN: {
+            const lh_unet_block *blk = u->p;
+            int64_t ch = blk->c_out;
+            OP(ops->conv2d_backward(be, dx, NULL, NULL, dy, u->in, blk->sample_w, b, ch, h, w, ch,
+                                    3, 3, 2, 1), "downsamplers.0");
+            ADAPT_BW(blk->sample_w, dx, dy, u->in, b, h, w);
+            break;
+        }
+        case U_CONV_IN:
+            ADAPT_BW(m->conv_in_w, NULL, dy, u->in, b, h, w);
+            break;
+        default:
+            return lh_error_set(r->err, LH_ERR_INTERNAL, "unet backward: bad tape entry %d", i);
+        }
+        dc = dx;
+    }
+    return time_bw(r);
+}
+
+size_t lh_unet_backward_workspace(lh_unet *m, int64_t b, int64_t h, int64_t w, int64_t n_ctx,
+                                  int checkpointing) {
+    run r;
+    size_t floats = 0;
+    if (!m || check_sizes(m, b, h, w, n_ctx, NULL) != LH_OK) return 0;
+    unit *tape = malloc(MAX_UNITS * sizeof *tape);
+    if (!tape) return 0;
+    if (plan(&r, m, b, h, w, n_ctx, tape, checkpointing, &floats, NULL) != LH_OK) floats = 0;
+    free(tape);
+    return floats * sizeof(float);
+}
+
+lh_status lh_unet_backward(lh_unet *m, float *out, float *d_context, const float *dout,
+                           const float *x, const float *timesteps, const float *context,
+                           int64_t b, int64_t h, int64_t w, int64_t n_ctx, int checkpointing,
+                           lh_error *err) {
+    if (!m || !dout || !x || !timesteps || !context)
+        return lh_error_set(err, LH_ERR_INVALID, "unet backward: a NULL tensor argument");
+    const lh_backend_ops *ops = m->be->ops;
+    if (!ops->linear_backward || !ops->conv2d_backward || !ops->group_norm_backward ||
+        !ops->layer_norm_backward || !ops->attention_backward || !ops->silu_backward ||
+        !ops->geglu_backward || !ops->channel_bias_backward ||
+        !ops->upsample_nearest2x_backward || !ops->split_channels)
+        return lh_error_set(err, LH_ERR_UNSUPPORTED,
+                            "unet backward: the %s backend has no backward ops", ops->name);
+    lh_status st = check_sizes(m, b, h, w, n_ctx, err);
+    if (st != LH_OK) return st;
+    for (int64_t i = 0; i < b; i++)
+        if (!isfinite(timesteps[i]))
+            return lh_error_set(err, LH_ERR_NUMERIC, "unet backward: timestep %lld is not finite",
+                                (long long)i);
+    unit *tape = malloc(MAX_UNITS * sizeof *tape);
+    if (!tape) return lh_error_set(err, LH_ERR_NOMEM, "unet backward: out of host memory");
+    run r;
+    size_t floats;
+    st = plan(&r, m, b, h, w, n_ctx, tape, checkpointing, &floats, err);
+    if (st != LH_OK) {
+        free(tape);
+        return st;
+    }
+    float *arena = ops->alloc(m->be, (floats ? floats : 1) * sizeof(float));
+    if (!arena) {
+        free(tape);
+        return lh_error_set(err, LH_ERR_NOMEM, "unet backward: cannot allocate %zu MiB of "
+                            "activations (batch %lld, %lldx%lld, checkpointing %d)",
+                            (floats * sizeof(float)) >> 20, (long long)b, (long long)h,
+                            (long long)w, checkpointing);
+    }
+    carve(&r, arena);
+    r.dry = 0;
+    r.ctx = context;
+    st = forward(&r, out, x, timesteps, h, w);
+    if (st == LH_OK && r.top != 0)
+        st = lh_error_set(err, LH_ERR_INTERNAL, "unet backward: %d skip connections left unused",
+                          r.top);
+    if (st == LH_OK) st = backward(&r, d_context, dout);
+    if (st == LH_OK) {
+        st = ops->sync(m->be);
+        if (st != LH_OK) lh_error_set(err, st, "unet backward: backend sync failed");
+    }
+    ops->free(m->be, arena);
+    free(tape);
     return st;
 }

@@ -1,0 +1,365 @@
+/* U-Net backward suite: lh_unet_backward on the tiny SD 1.x model with runtime
+ * PEFT LoRA adapters (LoCon 3x3 on conv1/conv2) against torch autograd in
+ * float64 (tests/fixtures/gradients/, written by tests/golden/gradients.py):
+ * loss = mse(pred, target) within 1e-5, d loss / d every U-Net LoRA tensor and
+ * d loss / d context within relative L2 1e-4; gradient checkpointing gives
+ * bit-identical gradients in a smaller workspace.
+ * Run from <build>/tests with LH_SOURCE_DIR set (ctest does this). */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "adapter.h"
+#include "lorahost/lorahost.h"
+#include "model.h"
+#include "test_util.h"
+#include "tensor.h"
+#include "unet.h"
+
+#define TOL 1e-4      /* relative L2 of each gradient, float32 against float64 */
+#define LOSS_TOL 1e-5 /* relative error of the loss */
+#define PREFIX "unet.grad."
+
+static char g_src[4096];
+static lh_backend *g_be;
+static lh_registry *g_reg;
+
+static void setup(void) {
+    const char *src = getenv("LH_SOURCE_DIR");
+    snprintf(g_src, sizeof g_src, "%s", src ? src : "../..");
+    char msg[512] = "";
+    ck_assert_msg(lh_backend_cpu_create(&g_be, 0, msg, sizeof msg) == LH_OK, "%s", msg);
+    lh_error err = {0};
+    ck_assert_msg(lh_registry_create(&g_reg, &err) == LH_OK &&
+                      lh_registry_scan(g_reg, NULL, 0, 1, 1, &err) == LH_OK,
+                  "%s", err.msg);
+}
+
+static void teardown(void) {
+    lh_registry_destroy(g_reg);
+    lh_backend_destroy(g_be);
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- Fixture ---- */
+
+typedef struct fixture {
+    lh_model *m;
+    lh_adapter *a;
+    lh_st_file *ref;
+    float *x, *t, *ctx, *target; /* host */
+    float *dev_x, *dev_ctx, *dev_pred, *dev_out, *dev_dout, *dev_dctx;
+    int64_t b, c, h, w, n_ctx, d_ctx;
+    size_t n_out, n_ctx_all;
+} fixture;
+
+static float *read_host(const lh_st_file *f, const char *key, size_t n) {
+    const lh_st_tensor *t = lh_st_find(f, key);
+    ck_assert_msg(t && (size_t)t->numel == n, "%s missing or mis-sized", key);
+    float *p = malloc(n * sizeof *p);
+    ck_assert(p);
+    lh_error err = {0};
+    ck_assert_msg(lh_st_read_f32(p, n, f, key, &err) == LH_OK, "%s", err.msg);
+    return p;
+}
+
+static float *to_dev(const float *host, size_t n) {
+    float *d = g_be->ops->alloc(g_be, n * sizeof(float));
+    ck_assert(d);
+    if (host) ck_assert(g_be->ops->upload(g_be, d, host, n * sizeof(float)) == LH_OK);
+    return d;
+}
+
+static float *download(const float *dev, size_t n) {
+    float *host = malloc(n * sizeof *host);
+    ck_assert(host);
+    ck_assert(g_be->ops->download(g_be, host, dev, n * sizeof *host) == LH_OK);
+    return host;
+}
+
+static void fixture_open(fixture *f) {
+    memset(f, 0, sizeof *f);
+    char path[4400];
+    lh_error err = {0};
+    snprintf(path, sizeof path, "%s/tests/fixtures/models/sd1_tiny", g_src);
+    ck_assert_msg(lh_model_open(&f->m, g_be, path, &err) == LH_OK, "%s", err.msg);
+    snprintf(path, sizeof path, "%s/tests/fixtures/gradients/sd1_grads.safetensors", g_src);
+    ck_assert_msg(lh_st_open(&f->ref, path, &err) == LH_OK, "%s", err.msg);
+    snprintf(path, sizeof path, "%s/tests/fixtures/gradients/sd1_lora.safetensors", g_src);
+    ck_assert_msg(lh_adapter_load(&f->a, f->m, g_reg, path, NULL, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_adapter_grads_enable(f->a, &err) == LH_OK, "%s", err.msg);
+    lh_adapter_weights w;
+    lh_adapter_weights_init(&w, 1.0);
+    ck_assert_msg(lh_adapter_set_ex(f->m, &f->a, &w, 1, LH_ADAPTER_RUNTIME, &err) == LH_OK, "%s",
+                  err.msg);
+
+    const lh_st_tensor *x = lh_st_find(f->ref, "unet.x"), *c = lh_st_find(f->ref, "unet.context");
+    ck_assert(x && x->ndim == 4 && c && c->ndim == 3);
+    f->b = x->shape[0];
+    f->c = x->shape[1];
+    f->h = x->shape[2];
+    f->w = x->shape[3];
+    f->n_ctx = c->shape[1];
+    f->d_ctx = c->shape[2];
+    const lh_unet_config *cfg = lh_unet_get_config(f->m->unet);
+    ck_assert(cfg->in_channels == f->c && cfg->out_channels == f->c &&
+              cfg->cross_attention_dim == f->d_ctx && c->shape[0] == f->b);
+    f->n_out = (size_t)(f->b * f->c * f->h * f->w);
+    f->n_ctx_all = (size_t)(f->b * f->n_ctx * f->d_ctx);
+    f->x = read_host(f->ref, "unet.x", f->n_out);
+    f->t = read_host(f->ref, "unet.t", (size_t)f->b);
+    f->ctx = read_host(f->ref, "unet.context", f->n_ctx_all);
+    f->target = read_host(f->ref, "unet.target", f->n_out);
+    f->dev_x = to_dev(f->x, f->n_out);
+    f->dev_ctx = to_dev(f->ctx, f->n_ctx_all);
+    f->dev_pred = to_dev(NULL, f->n_out);
+    f->dev_out = to_dev(NULL, f->n_out);
+    f->dev_dout = to_dev(NULL, f->n_out);
+    f->dev_dctx = to_dev(NULL, f->n_ctx_all);
+}
+
+static void fixture_close(fixture *f) {
+    float *dev[] = {f->dev_x, f->dev_ctx, f->dev_pred, f->dev_out, f->dev_dout, f->dev_dctx};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) g_be->ops->free(g_be, dev[i]);
+    lh_adapter_unload(f->a);
+    lh_model_close(f->m);
+    lh_st_close(f->ref);
+    free(f->x);
+    free(f->t);
+    free(f->ctx);
+    free(f->target);
+}
+
+static double l2sq(const float *p, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)p[i] * p[i];
+    return s;
+}
+
+/* Every "unet.grad.<key>" against lh_adapter_grad(a, key); returns the
+ * largest relative L2. A reference whose norm is below ZERO_REL times the
+ * largest reference norm is an exact zero in exact arithmetic (in the tiny
+ * model the first level has 8 channels in 8 groups, so GroupNorm cancels the
+ * per-channel time_emb_proj term): there the float32 result must be below
+ * ZERO_REL times that largest norm in absolute terms. */
+#define ZERO_REL 1e-6
+static double check_grads(const fixture *f) {
+    size_t n_keys = 0, n_compared = 0, n_zero = 0;
+    double worst = 0, norm2 = 0, scale = 0;
+    for (size_t i = 0; i < lh_st_count(f->ref); i++) {
+        const lh_st_tensor *t = lh_st_get(f->ref, i);
+        if (strncmp(t->name, PREFIX, strlen(PREFIX)) != 0) continue;
+        float *want = read_host(f->ref, t->name, (size_t)t->numel);
+        scale = fmax(scale, sqrt(l2sq(want, (size_t)t->numel)));
+        free(want);
+    }
+    ck_assert(scale > 0);
+    for (size_t i = 0; i < lh_st_count(f->ref); i++) {
+        const lh_st_tensor *t = lh_st_get(f->ref, i);
+        if (strncmp(t->name, PREFIX, strlen(PREFIX)) != 0) continue;
+        n_keys++;
+        const char *key = t->name + strlen(PREFIX);
+        const lh_tensor *g = lh_adapter_grad(f->a, key);
+        ck_assert_msg(g != NULL, "no gradient for %s", key);
+        ck_assert_msg(g->numel == t->numel && g->dtype == LH_DTYPE_F32,
+                      "%s: %lld elements, want %lld", key, (long long)g->numel,
+                      (long long)t->numel);
+        float *want = read_host(f->ref, t->name, (size_t)t->numel);
+        const float *got = g->data;
+        size_t n = (size_t)t->numel;
+        double gn = sqrt(l2sq(got, n)), wn = sqrt(l2sq(want, n));
+        if (wn < ZERO_REL * scale) {
+            ck_assert_msg(gn < ZERO_REL * scale, "%s: norm %g, want 0 (scale %g)", key, gn,
+                          scale);
+            n_zero++;
+        } else {
+            double r = rel_l2(got, want, n);
+            ck_assert_msg(r < TOL, "%s: relative L2 %g", key, r);
+            worst = fmax(worst, r);
+        }
+        norm2 += gn * gn;
+        n_compared++;
+        free(want);
+    }
+    ck_assert_msg(n_keys > 0 && n_compared == n_keys, "compared %zu of %zu unet.grad keys",
+                  n_compared, n_keys);
+    ck_assert_msg(n_zero < n_keys / 4, "%zu of %zu references are zero", n_zero, n_keys);
+    ck_assert_msg(norm2 > 0, "every gradient is zero");
+    fprintf(stderr, "compared %zu unet.grad keys (%zu exact zeros)\n", n_compared, n_zero);
+    return worst;
+}
+
+/* A host copy of every U-Net adapter gradient, in fixture key order. */
+static float **snapshot(const fixture *f, size_t *count) {
+    float **s = calloc(lh_st_count(f->ref), sizeof *s);
+    ck_assert(s);
+    size_t k = 0;
+    for (size_t i = 0; i < lh_st_count(f->ref); i++) {
+        const lh_st_tensor *t = lh_st_get(f->ref, i);
+        if (strncmp(t->name, PREFIX, strlen(PREFIX)) != 0) continue;
+        const lh_tensor *g = lh_adapter_grad(f->a, t->name + strlen(PREFIX));
+        ck_assert(g);
+        s[k] = malloc((size_t)g->numel * sizeof(float));
+        ck_assert(s[k]);
+        memcpy(s[k++], g->data, (size_t)g->numel * sizeof(float));
+    }
+    *count = k;
+    return s;
+}
+
+static void run_backward(fixture *f, int checkpointing) {
+    lh_error err = {0};
+    double t0 = now();
+    ck_assert_msg(lh_unet_backward(f->m->unet, f->dev_out, f->dev_dctx, f->dev_dout, f->dev_x,
+                                   f->t, f->dev_ctx, f->b, f->h, f->w, f->n_ctx, checkpointing,
+                                   &err) == LH_OK,
+                  "%s", err.msg);
+    fprintf(stderr, "unet backward (checkpointing %d): %.3f s\n", checkpointing, now() - t0);
+}
+
+/* ---- Tests ---- */
+
+START_TEST(test_lora_grads_match_autograd) {
+    fixture f;
+    fixture_open(&f);
+    lh_error err = {0};
+    /* dout = d mse / d pred depends on pred: the inference forward first */
+    double t0 = now();
+    ck_assert_msg(lh_unet_forward(f.m->unet, f.dev_pred, f.dev_x, f.t, f.dev_ctx, f.b, f.h, f.w,
+                                  f.n_ctx, &err) == LH_OK,
+                  "%s", err.msg);
+    fprintf(stderr, "unet forward: %.3f s\n", now() - t0);
+    float *pred = download(f.dev_pred, f.n_out), *dout = malloc(f.n_out * sizeof *dout);
+    ck_assert(dout);
+    double loss = 0;
+    for (size_t i = 0; i < f.n_out; i++) {
+        double d = (double)pred[i] - f.target[i];
+        loss += d * d;
+        dout[i] = (float)(2.0 * d / (double)f.n_out);
+    }
+    loss /= (double)f.n_out;
+    double want_loss;
+    const lh_st_tensor *lt = lh_st_find(f.ref, "unet.loss");
+    ck_assert(lt && lt->dtype == LH_DTYPE_F64 && lt->numel == 1);
+    memcpy(&want_loss, lt->data, sizeof want_loss);
+    ck_assert_msg(fabs(loss - want_loss) <= LOSS_TOL * fabs(want_loss), "loss %.10g, want %.10g",
+                  loss, want_loss);
+    ck_assert(g_be->ops->upload(g_be, f.dev_dout, dout, f.n_out * sizeof *dout) == LH_OK);
+
+    run_backward(&f, 0);
+    /* the training forward is the inference forward */
+    float *out = download(f.dev_out, f.n_out);
+    ck_assert_msg(memcmp(out, pred, f.n_out * sizeof *out) == 0,
+                  "backward's out differs from lh_unet_forward (relative L2 %g)",
+                  rel_l2(out, pred, f.n_out));
+    double worst = check_grads(&f);
+    float *dctx = download(f.dev_dctx, f.n_ctx_all);
+    float *want_dctx = read_host(f.ref, "unet.grad_context", f.n_ctx_all);
+    double rc = rel_l2(dctx, want_dctx, f.n_ctx_all);
+    ck_assert_msg(rc < TOL, "d_context: relative L2 %g", rc);
+    fprintf(stderr, "unet LoRA gradients: max relative L2 %.3g, d_context %.3g\n", worst, rc);
+
+    /* checkpointing: the same numbers, bit for bit, in less memory */
+    size_t n_saved = 0;
+    float **saved = snapshot(&f, &n_saved);
+    lh_adapter_grads_zero(f.a);
+    ck_assert(g_be->ops->memset0(g_be, f.dev_dctx, f.n_ctx_all * sizeof(float)) == LH_OK);
+    run_backward(&f, 1);
+    size_t n_ck = 0;
+    float **ck = snapshot(&f, &n_ck);
+    ck_assert(n_ck == n_saved && n_ck > 0);
+    size_t k = 0;
+    for (size_t i = 0; i < lh_st_count(f.ref); i++) {
+        const lh_st_tensor *t = lh_st_get(f.ref, i);
+        if (strncmp(t->name, PREFIX, strlen(PREFIX)) != 0) continue;
+        ck_assert_msg(memcmp(saved[k], ck[k], (size_t)t->numel * sizeof(float)) == 0,
+                      "%s differs with checkpointing", t->name);
+        k++;
+    }
+    float *dctx_ck = download(f.dev_dctx, f.n_ctx_all), *out_ck = download(f.dev_out, f.n_out);
+    ck_assert_msg(memcmp(dctx, dctx_ck, f.n_ctx_all * sizeof(float)) == 0,
+                  "d_context differs with checkpointing");
+    ck_assert(memcmp(out, out_ck, f.n_out * sizeof(float)) == 0);
+    /* out and d_context not wanted: the same adapter gradients */
+    lh_adapter_grads_zero(f.a);
+    ck_assert_msg(lh_unet_backward(f.m->unet, NULL, NULL, f.dev_dout, f.dev_x, f.t, f.dev_ctx, f.b,
+                                   f.h, f.w, f.n_ctx, 1, &err) == LH_OK,
+                  "%s", err.msg);
+    size_t n_null = 0;
+    float **nul = snapshot(&f, &n_null);
+    ck_assert(n_null == n_saved);
+    k = 0;
+    for (size_t i = 0; i < lh_st_count(f.ref); i++) {
+        const lh_st_tensor *t = lh_st_get(f.ref, i);
+        if (strncmp(t->name, PREFIX, strlen(PREFIX)) != 0) continue;
+        ck_assert_msg(memcmp(saved[k], nul[k], (size_t)t->numel * sizeof(float)) == 0,
+                      "%s differs without out and d_context", t->name);
+        free(nul[k]);
+        k++;
+    }
+    free(nul);
+
+    size_t ws0 = lh_unet_backward_workspace(f.m->unet, f.b, f.h, f.w, f.n_ctx, 0);
+    size_t ws1 = lh_unet_backward_workspace(f.m->unet, f.b, f.h, f.w, f.n_ctx, 1);
+    size_t wsf = lh_unet_forward_workspace(f.m->unet, f.b, f.h, f.w, f.n_ctx);
+    fprintf(stderr, "workspace bytes: inference %zu, backward %zu, with checkpointing %zu\n", wsf,
+            ws0, ws1);
+    ck_assert(wsf > 0 && ws1 > 0 && ws1 < ws0);
+
+    for (size_t i = 0; i < n_saved; i++) {
+        free(saved[i]);
+        free(ck[i]);
+    }
+    free(saved);
+    free(ck);
+    free(dctx_ck);
+    free(out_ck);
+    free(want_dctx);
+    free(dctx);
+    free(out);
+    free(dout);
+    free(pred);
+    fixture_close(&f);
+}
+END_TEST
+
+START_TEST(test_bad_arguments) {
+    fixture f;
+    fixture_open(&f);
+    lh_error err = {0};
+    lh_unet *u = f.m->unet;
+    ck_assert(lh_unet_backward(u, NULL, NULL, NULL, f.dev_x, f.t, f.dev_ctx, f.b, f.h, f.w,
+                               f.n_ctx, 0, &err) == LH_ERR_INVALID);
+    ck_assert(lh_unet_backward(u, NULL, NULL, f.dev_dout, f.dev_x, f.t, f.dev_ctx, f.b, 7, f.w,
+                               f.n_ctx, 0, &err) == LH_ERR_UNSUPPORTED);
+    ck_assert(lh_unet_backward_workspace(u, 0, f.h, f.w, f.n_ctx, 1) == 0);
+    fixture_close(&f);
+}
+END_TEST
+
+static Suite *unet_backward_suite(void) {
+    Suite *s = suite_create("unet_backward");
+    TCase *tc = tcase_create("lora");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_lora_grads_match_autograd);
+    tcase_add_test(tc, test_bad_arguments);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(unet_backward_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
