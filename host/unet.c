@@ -380,6 +380,9 @@ typedef struct loader {
     const char *file_prefix; /* in front of every key ("" for a diffusers file) */
     lh_error *err;
     size_t n_loaded;
+    /* Walk mode (lh__unet_params): name each loaded parameter instead of loading it. */
+    void (*walk)(void *ctx, const char *key, const float *w, size_t numel);
+    void *walk_ctx;
 } loader;
 
 /* Upload tensor "<file_prefix><prefix>.<suffix>" with the given shape. */
@@ -388,6 +391,12 @@ static lh_status ld(loader *l, float **out, const char *prefix, const char *suff
     char key[512];
     snprintf(key, sizeof key, "%s%s.%s", l->file_prefix, prefix, suffix);
     const int64_t shape[4] = {d0, d1, d2, d3};
+    if (l->walk) {
+        size_t numel = 1;
+        for (int i = 0; i < ndim; i++) numel *= (size_t)shape[i]; /* sizes were checked on load */
+        l->walk(l->walk_ctx, key, *out, numel);
+        return LH_OK;
+    }
     lh_status st = lh_wstore_load_src(out, l->ws, l->src, key, ndim, shape, l->err);
     if (st == LH_OK) l->n_loaded++;
     return st;
@@ -549,6 +558,15 @@ static lh_status load_all(lh_unet *m, loader *l) {
     return ld_vec(l, &m->conv_out_b, "conv_out", "bias", c->out_channels);
 }
 
+void lh__unet_params(lh_unet *m, void (*fn)(void *ctx, const char *key, const float *w,
+                                            size_t numel),
+                     void *ctx) {
+    /* load_all in walk mode: it rewrites the block names and sizes it set on
+     * load (the same values) and reports every tensor in loading order */
+    loader l = {.file_prefix = "", .walk = fn, .walk_ctx = ctx};
+    (void)load_all(m, &l);
+}
+
 static lh_status load_from(lh_unet **out, lh_backend *be, const lh_unet_config *cfg,
                            const lh_wsource *src, const char *prefix, lh_error *err) {
     *out = NULL;
@@ -567,7 +585,7 @@ static lh_status load_from(lh_unet **out, lh_backend *be, const lh_unet_config *
     m->cfg = *cfg;
     m->be = be;
     lh_wstore_init(&m->ws, be);
-    loader l = {&m->ws, src, prefix ? prefix : "", err, 0};
+    loader l = {.ws = &m->ws, .src = src, .file_prefix = prefix ? prefix : "", .err = err};
     lh_status st = load_all(m, &l);
     if (st != LH_OK) {
         lh_unet_free(m);

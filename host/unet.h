@@ -145,6 +145,41 @@ LH_API lh_status lh_unet_backward(lh_unet *m,
                                   int64_t b, int64_t h, int64_t w, int64_t n_ctx,
                                   int checkpointing, lh_error *err);
 
+/* Full-parameter training: one float32 gradient buffer (backend memory) per
+ * U-Net parameter, named by its diffusers key ("conv_in.weight",
+ * "down_blocks.0.resnets.0.conv1.weight", ...). lh_unet_backward_full
+ * accumulates (+=) dL/d(parameter) into them; zero them between steps. */
+typedef struct lh_unet_grads lh_unet_grads;
+LH_API lh_status lh_unet_grads_create(lh_unet_grads **out, lh_unet *m, lh_error *err);
+LH_API void lh_unet_grads_free(lh_unet_grads *g);
+LH_API lh_status lh_unet_grads_zero(lh_unet_grads *g);
+/* The gradient of parameter `key` (backend memory, *numel elements; a
+ * proj_in / proj_out weight has c*c whether stored [c, c] or [c, c, 1, 1]),
+ * or NULL if the U-Net has no such parameter. */
+LH_API const float *lh_unet_grad(const lh_unet_grads *g, const char *key, size_t *numel);
+/* The number of parameters, and the key of the i-th in loading order (NULL
+ * past the end). */
+LH_API size_t lh_unet_grads_count(const lh_unet_grads *g);
+LH_API const char *lh_unet_grads_key(const lh_unet_grads *g, size_t i);
+
+/* lh_unet_backward that also accumulates every base weight's gradient into
+ * `g` (created for this U-Net; NULL: frozen base, as lh_unet_backward). */
+LH_API lh_status lh_unet_backward_full(lh_unet *m, lh_unet_grads *g,
+                                       float *out,             /* backend [b, out_channels, h, w] */
+                                       float *d_context, /* backend [b, n_ctx, cross_attention_dim] */
+                                       const float *dout,      /* backend [b, out_channels, h, w] */
+                                       const float *x,         /* backend [b, in_channels, h, w] */
+                                       const float *timesteps, /* host [b] */
+                                       const float *context,   /* backend */
+                                       int64_t b, int64_t h, int64_t w, int64_t n_ctx,
+                                       int checkpointing, lh_error *err);
+
+/* Private to the host: call fn for every parameter of m with its diffusers
+ * key, its backend data and element count, in loading order. */
+void lh__unet_params(lh_unet *m, void (*fn)(void *ctx, const char *key, const float *w,
+                                            size_t numel),
+                     void *ctx);
+
 /* Bytes of backend memory lh_unet_backward allocates (activations and
  * activation gradients; 0 if the sizes are invalid). */
 LH_API size_t lh_unet_backward_workspace(lh_unet *m, int64_t b, int64_t h, int64_t w,

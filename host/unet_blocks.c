@@ -129,6 +129,7 @@ typedef struct run {
     float *dskip[MAX_SKIPS];
     unit *tape;
     int n_units;
+    lh_unet_grads *grads; /* full-parameter gradients, or NULL: frozen base */
 } run;
 
 /* a * b * c * d elements as size_t, flagging overflow. */
@@ -825,8 +826,116 @@ lh_status lh_unet_forward(lh_unet *m, float *out, const float *x, const float *t
  * input, output and (without checkpointing) its activation record, and
  * appends itself to a tape. The backward walks the tape in reverse; with
  * checkpointing it first reruns the unit's forward into the shared
- * recompute record. Base weights are frozen (NULL gradients); runtime
- * adapter terms accumulate theirs. */
+ * recompute record. Base weights are frozen (NULL gradients) unless a
+ * gradient store is given (lh_unet_backward_full); runtime adapter terms
+ * accumulate theirs. */
+
+/* ---- Full-parameter gradients ----
+ * One backend allocation holding a gradient per parameter, carved in the
+ * loader's order; the backward finds a parameter's by its weight pointer. */
+
+typedef struct grad_param {
+    char key[128];     /* diffusers key */
+    const float *w;    /* the parameter (backend memory) */
+    float *g;          /* its gradient (backend memory) */
+    size_t numel, off; /* off: floats into the arena */
+} grad_param;
+
+struct lh_unet_grads {
+    lh_backend *be;
+    grad_param *p;
+    size_t n, cap, floats;
+    int overflow;
+    float *arena;
+};
+
+static void grads_add(void *ctx, const char *key, const float *w, size_t numel) {
+    lh_unet_grads *g = ctx;
+    if (g->overflow) return;
+    if (g->n == g->cap) {
+        size_t cap = g->cap ? 2 * g->cap : 512;
+        grad_param *p = realloc(g->p, cap * sizeof *p);
+        if (!p) {
+            g->overflow = 1;
+            return;
+        }
+        g->p = p;
+        g->cap = cap;
+    }
+    grad_param *e = &g->p[g->n++];
+    snprintf(e->key, sizeof e->key, "%s", key);
+    e->w = w;
+    e->g = NULL;
+    e->numel = numel;
+    e->off = g->floats;
+    if (lh_add_size(g->floats, align_up(numel), &g->floats)) g->overflow = 1;
+}
+
+lh_status lh_unet_grads_create(lh_unet_grads **out, lh_unet *m, lh_error *err) {
+    if (!out || !m) return lh_error_set(err, LH_ERR_INVALID, "unet grads: NULL argument");
+    *out = NULL;
+    lh_unet_grads *g = calloc(1, sizeof *g);
+    if (!g) return lh_error_set(err, LH_ERR_NOMEM, "unet grads: out of host memory");
+    g->be = m->be;
+    /* the walk rewrites only what loading set, to the same values */
+    lh__unet_params(m, grads_add, g);
+    size_t bytes = 0;
+    if (g->overflow || g->n == 0 || lh_mul_size(g->floats, sizeof(float), &bytes)) {
+        lh_unet_grads_free(g);
+        return lh_error_set(err, LH_ERR_NOMEM, "unet grads: cannot size the parameter list");
+    }
+    g->arena = m->be->ops->alloc(m->be, bytes);
+    if (!g->arena) {
+        lh_unet_grads_free(g);
+        return lh_error_set(err, LH_ERR_NOMEM, "unet grads: cannot allocate %zu MiB for %zu "
+                            "parameter gradients", bytes >> 20, g->n);
+    }
+    for (size_t i = 0; i < g->n; i++) g->p[i].g = g->arena + g->p[i].off;
+    lh_status st = lh_unet_grads_zero(g);
+    if (st != LH_OK) {
+        lh_unet_grads_free(g);
+        return lh_error_set(err, st, "unet grads: cannot zero the gradients");
+    }
+    *out = g;
+    return LH_OK;
+}
+
+void lh_unet_grads_free(lh_unet_grads *g) {
+    if (!g) return;
+    if (g->arena) g->be->ops->free(g->be, g->arena);
+    free(g->p);
+    free(g);
+}
+
+lh_status lh_unet_grads_zero(lh_unet_grads *g) {
+    if (!g || !g->arena) return LH_ERR_INVALID;
+    return g->be->ops->memset0(g->be, g->arena, g->floats * sizeof(float));
+}
+
+const float *lh_unet_grad(const lh_unet_grads *g, const char *key, size_t *numel) {
+    if (!g || !key) return NULL;
+    for (size_t i = 0; i < g->n; i++)
+        if (!strcmp(g->p[i].key, key)) {
+            if (numel) *numel = g->p[i].numel;
+            return g->p[i].g;
+        }
+    return NULL;
+}
+
+size_t lh_unet_grads_count(const lh_unet_grads *g) { return g ? g->n : 0; }
+
+const char *lh_unet_grads_key(const lh_unet_grads *g, size_t i) {
+    return g && i < g->n ? g->p[i].key : NULL;
+}
+
+/* The gradient of the parameter whose data is w, or NULL (frozen base). */
+static float *G(const run *r, const float *w) {
+    const lh_unet_grads *g = r->grads;
+    if (!g || !w) return NULL;
+    for (size_t i = 0; i < g->n; i++)
+        if (g->p[i].w == w) return g->p[i].g;
+    return NULL;
+}
 
 /* Adapter terms' backward on the layer whose weight is w (host/layers.h). */
 #define ADAPT_BW(w, dx, dy, x, n, h, w_)                                                           \
@@ -844,24 +953,25 @@ static lh_status resnet_bw(run *r, const res_acts *a, float *din, const float *d
     float *dtres = S(r, SLOT_GE), *dte = S(r, SLOT_GDT);
     const char *who = p->name;
 
-    OP(ops->conv2d_backward(be, dh2, NULL, NULL, dout, a->h2, p->conv2_w, b, co, h, w, co, 3, 3,
-                            1, 1), who);
+    OP(ops->conv2d_backward(be, dh2, G(r, p->conv2_w), G(r, p->conv2_b), dout, a->h2, p->conv2_w,
+                            b, co, h, w, co, 3, 3, 1, 1), who);
     ADAPT_BW(p->conv2_w, dh2, dout, a->h2, b, h, w);
-    OP(ops->group_norm_backward(be, da, NULL, NULL, dh2, a->a, p->norm2_w, p->norm2_b, b, co, hw,
+    OP(ops->group_norm_backward(be, da, G(r, p->norm2_w), G(r, p->norm2_b), dh2, a->a, p->norm2_w, p->norm2_b, b, co, hw,
                                 c->norm_num_groups, c->norm_eps, 1), who);
     /* a = conv1(h1) + temb_proj broadcast over hw */
     OP(ops->channel_bias_backward(be, dtres, da, b, co, hw), who);
-    OP(ops->linear_backward(be, dte, NULL, NULL, dtres, r->temb, p->temb_w, b, ct, co), who);
+    OP(ops->linear_backward(be, dte, G(r, p->temb_w), G(r, p->temb_b), dtres, r->temb, p->temb_w,
+                            b, ct, co), who);
     ADAPT_BW(p->temb_w, dte, dtres, r->temb, b, 1, 1);
     OP(ops->add(be, S(r, SLOT_DTEMB), S(r, SLOT_DTEMB), dte, b * ct), who);
-    OP(ops->conv2d_backward(be, dh1, NULL, NULL, da, a->h1, p->conv1_w, b, ci, h, w, co, 3, 3, 1,
-                            1), who);
+    OP(ops->conv2d_backward(be, dh1, G(r, p->conv1_w), G(r, p->conv1_b), da, a->h1, p->conv1_w, b,
+                            ci, h, w, co, 3, 3, 1, 1), who);
     ADAPT_BW(p->conv1_w, dh1, da, a->h1, b, h, w);
-    OP(ops->group_norm_backward(be, din, NULL, NULL, dh1, x, p->norm1_w, p->norm1_b, b, ci, hw,
+    OP(ops->group_norm_backward(be, din, G(r, p->norm1_w), G(r, p->norm1_b), dh1, x, p->norm1_w, p->norm1_b, b, ci, hw,
                                 c->norm_num_groups, c->norm_eps, 1), who);
     if (p->short_w) {
-        OP(ops->conv2d_backward(be, dt, NULL, NULL, dout, x, p->short_w, b, ci, h, w, co, 1, 1, 1,
-                                0), who);
+        OP(ops->conv2d_backward(be, dt, G(r, p->short_w), G(r, p->short_b), dout, x, p->short_w,
+                                b, ci, h, w, co, 1, 1, 1, 0), who);
         ADAPT_BW(p->short_w, dt, dout, x, b, h, w);
         OP(ops->add(be, din, din, dt, b * ci * hw), who);
     } else {
@@ -875,31 +985,33 @@ static lh_status resnet_bw(run *r, const res_acts *a, float *din, const float *d
  * gradients into dln; cross-attention adds them into d_ctx (may be NULL). */
 static lh_status attention_bw(run *r, const attn_acts *A, float *dln, float *d_ctx,
                               const float *ds, const float *ln, const float *kv, const float *wq,
-                              const float *wk, const float *wv, const float *wo, int64_t c,
+                              const float *wk, const float *wv, const float *wo,
+                              const float *bo, int64_t c,
                               int64_t heads, int64_t hw, int64_t n_kv, int64_t c_kv, int self,
                               const char *who) {
     const lh_backend_ops *ops = r->ops;
     lh_backend *be = r->m->be;
     int64_t b = r->b, d = c / heads, n = b * hw;
     float *datt = S(r, SLOT_GA), *dq = S(r, SLOT_GQ), *dk = S(r, SLOT_GK), *dv = S(r, SLOT_GV);
-    OP(ops->linear_backward(be, datt, NULL, NULL, ds, A->att, wo, n, c, c), who);
+    OP(ops->linear_backward(be, datt, G(r, wo), G(r, bo), ds, A->att, wo, n, c, c), who);
     ADAPT_BW(wo, datt, ds, A->att, n, 1, 1);
     OP(ops->attention_backward(be, dq, dk, dv, datt, A->att, A->q, A->k, A->v, b, heads, hw, n_kv,
                                d, 1.0f / sqrtf((float)d), 0), who);
-    OP(ops->linear_backward(be, dln, NULL, NULL, dq, ln, wq, n, c, c), who);
+    OP(ops->linear_backward(be, dln, G(r, wq), NULL, dq, ln, wq, n, c, c), who);
     ADAPT_BW(wq, dln, dq, ln, n, 1, 1);
     const float *wkv[2] = {wk, wv}, *dkv[2] = {dk, dv};
     for (int i = 0; i < 2; i++) {
         if (self) {
             float *dt = S(r, SLOT_GE);
-            OP(ops->linear_backward(be, dt, NULL, NULL, dkv[i], ln, wkv[i], n, c, c), who);
+            OP(ops->linear_backward(be, dt, G(r, wkv[i]), NULL, dkv[i], ln, wkv[i], n, c, c),
+               who);
             OP(ops->add(be, dln, dln, dt, n * c), who);
             ADAPT_BW(wkv[i], dln, dkv[i], ln, n, 1, 1);
         } else {
-            float *dc = d_ctx ? S(r, SLOT_GCTX) : NULL;
-            if (dc)
-                OP(ops->linear_backward(be, dc, NULL, NULL, dkv[i], kv, wkv[i], b * n_kv, c_kv,
-                                        c), who);
+            float *dc = d_ctx ? S(r, SLOT_GCTX) : NULL, *dw = G(r, wkv[i]);
+            if (dc || dw)
+                OP(ops->linear_backward(be, dc, dw, NULL, dkv[i], kv, wkv[i], b * n_kv, c_kv, c),
+                   who);
             ADAPT_BW(wkv[i], dc, dkv[i], kv, b * n_kv, 1, 1);
             if (dc) OP(ops->add(be, d_ctx, d_ctx, dc, b * n_kv * c_kv), who);
         }
@@ -922,32 +1034,40 @@ static lh_status transformer_bw(run *r, const tf_acts *A, float *din, float *d_c
 
     /* out = x + transpose(proj_out(s3)) */
     OP(ops->transpose_c_hw(be, dt2, dout, b, c, hw), who);
-    OP(ops->linear_backward(be, ds, NULL, NULL, dt2, A->s3, a->proj_out_w, n, c, c), who);
+    OP(ops->linear_backward(be, ds, G(r, a->proj_out_w), G(r, a->proj_out_b), dt2, A->s3,
+                            a->proj_out_w, n, c, c), who);
     ADAPT_BW(a->proj_out_w, ds, dt2, A->s3, n, 1, 1);
     /* s3 = s2 + ff2(geglu(ff1(ln3(s2)))) */
-    OP(ops->linear_backward(be, dgg, NULL, NULL, ds, A->gg, t->ff2_w, n, 4 * c, c), who);
+    OP(ops->linear_backward(be, dgg, G(r, t->ff2_w), G(r, t->ff2_b), ds, A->gg, t->ff2_w, n,
+                            4 * c, c), who);
     ADAPT_BW(t->ff2_w, dgg, ds, A->gg, n, 1, 1);
     OP(ops->geglu_backward(be, dff, dgg, A->ff, n, 4 * c), who);
-    OP(ops->linear_backward(be, dln, NULL, NULL, dff, A->ln3, t->ff1_w, n, c, 8 * c), who);
+    OP(ops->linear_backward(be, dln, G(r, t->ff1_w), G(r, t->ff1_b), dff, A->ln3, t->ff1_w, n, c,
+                            8 * c), who);
     ADAPT_BW(t->ff1_w, dln, dff, A->ln3, n, 1, 1);
-    OP(ops->layer_norm_backward(be, dt, NULL, NULL, dln, A->s2, t->norm3_w, n, c, 1e-5f), who);
+    OP(ops->layer_norm_backward(be, dt, G(r, t->norm3_w), G(r, t->norm3_b), dln, A->s2,
+                                t->norm3_w, n, c, 1e-5f), who);
     OP(ops->add(be, ds, ds, dt, n * c), who);
     /* s2 = s1 + attn2(ln2(s1), context) */
-    TRY(attention_bw(r, &A->a2, dln, d_ctx, ds, A->ln2, r->ctx, t->q2, t->k2, t->v2, t->o2_w, c,
+    TRY(attention_bw(r, &A->a2, dln, d_ctx, ds, A->ln2, r->ctx, t->q2, t->k2, t->v2, t->o2_w, t->o2_b, c,
                      heads, hw, r->n_ctx, cfg->cross_attention_dim, 0, who));
-    OP(ops->layer_norm_backward(be, dt, NULL, NULL, dln, A->s1, t->norm2_w, n, c, 1e-5f), who);
+    OP(ops->layer_norm_backward(be, dt, G(r, t->norm2_w), G(r, t->norm2_b), dln, A->s1,
+                                t->norm2_w, n, c, 1e-5f), who);
     OP(ops->add(be, ds, ds, dt, n * c), who);
     /* s1 = s0 + attn1(ln1(s0)) */
-    TRY(attention_bw(r, &A->a1, dln, NULL, ds, A->ln1, A->ln1, t->q1, t->k1, t->v1, t->o1_w, c,
+    TRY(attention_bw(r, &A->a1, dln, NULL, ds, A->ln1, A->ln1, t->q1, t->k1, t->v1, t->o1_w, t->o1_b, c,
                      heads, hw, hw, c, 1, who));
-    OP(ops->layer_norm_backward(be, dt, NULL, NULL, dln, A->s0, t->norm1_w, n, c, 1e-5f), who);
+    OP(ops->layer_norm_backward(be, dt, G(r, t->norm1_w), G(r, t->norm1_b), dln, A->s0,
+                                t->norm1_w, n, c, 1e-5f), who);
     OP(ops->add(be, ds, ds, dt, n * c), who);
     /* s0 = proj_in(transpose(gn(x))) */
     float *dtok = S(r, SLOT_GC), *dt1 = S(r, SLOT_GD);
-    OP(ops->linear_backward(be, dtok, NULL, NULL, ds, A->tok, a->proj_in_w, n, c, c), who);
+    OP(ops->linear_backward(be, dtok, G(r, a->proj_in_w), G(r, a->proj_in_b), ds, A->tok,
+                            a->proj_in_w, n, c, c), who);
     ADAPT_BW(a->proj_in_w, dtok, ds, A->tok, n, 1, 1);
     OP(ops->transpose_c_hw(be, dt1, dtok, b, hw, c), who);
-    OP(ops->group_norm_backward(be, din, NULL, NULL, dt1, x, a->norm_w, a->norm_b, b, c, hw,
+    OP(ops->group_norm_backward(be, din, G(r, a->norm_w), G(r, a->norm_b), dt1, x, a->norm_w,
+                                a->norm_b, b, c, hw,
                                 cfg->norm_num_groups, 1e-6f, 0), who);
     OP(ops->add(be, din, din, dout, n * c), who);
     return LH_OK;
@@ -962,10 +1082,13 @@ static lh_status time_bw(run *r) {
     int64_t b = r->b, c0 = m->cfg.block_out_channels[0], n = b * 4 * c0;
     float *dte = S(r, SLOT_DTEMB), *dh = S(r, SLOT_GA);
     OP(ops->silu_backward(be, dte, dte, a->tep, n), "time_embedding");
-    OP(ops->linear_backward(be, dh, NULL, NULL, dte, a->ths, m->time2_w, b, 4 * c0, 4 * c0),
-       "time_embedding");
+    OP(ops->linear_backward(be, dh, G(r, m->time2_w), G(r, m->time2_b), dte, a->ths, m->time2_w,
+                            b, 4 * c0, 4 * c0), "time_embedding");
     ADAPT_BW(m->time2_w, dh, dte, a->ths, b, 1, 1);
     OP(ops->silu_backward(be, dh, dh, a->th, n), "time_embedding");
+    if (r->grads)
+        OP(ops->linear_backward(be, NULL, G(r, m->time1_w), G(r, m->time1_b), dh, a->tp,
+                                m->time1_w, b, c0, 4 * c0), "time_embedding");
     ADAPT_BW(m->time1_w, NULL, dh, a->tp, b, 1, 1);
     return LH_OK;
 }
@@ -992,10 +1115,12 @@ static lh_status backward(run *r, float *d_ctx, const float *dout) {
                "skip connection");
         switch (u->kind) {
         case U_OUT:
-            OP(ops->conv2d_backward(be, S(r, SLOT_GA), NULL, NULL, dy, u->buf, m->conv_out_w, b,
-                                    c0, h, w, c->out_channels, 3, 3, 1, 1), "conv_out");
+            OP(ops->conv2d_backward(be, S(r, SLOT_GA), G(r, m->conv_out_w), G(r, m->conv_out_b),
+                                    dy, u->buf, m->conv_out_w, b, c0, h, w, c->out_channels, 3,
+                                    3, 1, 1), "conv_out");
             ADAPT_BW(m->conv_out_w, S(r, SLOT_GA), dy, u->buf, b, h, w);
-            OP(ops->group_norm_backward(be, dx, NULL, NULL, S(r, SLOT_GA), u->in, m->norm_out_w,
+            OP(ops->group_norm_backward(be, dx, G(r, m->norm_out_w), G(r, m->norm_out_b),
+                                        S(r, SLOT_GA), u->in, m->norm_out_w,
                                         m->norm_out_b, b, c0, h * w, c->norm_num_groups,
                                         c->norm_eps, 1), "conv_norm_out");
             break;
@@ -1003,8 +1128,9 @@ static lh_status backward(run *r, float *d_ctx, const float *dout) {
             const lh_unet_block *blk = u->p;
             int64_t ch = blk->c_out;
             if (r->ckpt) TRY(up_fwd(r, u->buf, u->out, u->in, blk, h, w));
-            OP(ops->conv2d_backward(be, S(r, SLOT_GA), NULL, NULL, dy, u->buf, blk->sample_w, b,
-                                    ch, 2 * h, 2 * w, ch, 3, 3, 1, 1), "upsamplers.0");
+            OP(ops->conv2d_backward(be, S(r, SLOT_GA), G(r, blk->sample_w), G(r, blk->sample_b),
+                                    dy, u->buf, blk->sample_w, b, ch, 2 * h, 2 * w, ch, 3, 3, 1,
+                                    1), "upsamplers.0");
             ADAPT_BW(blk->sample_w, S(r, SLOT_GA), dy, u->buf, b, 2 * h, 2 * w);
             OP(ops->upsample_nearest2x_backward(be, dx, S(r, SLOT_GA), b, ch, h, w),
                "upsamplers.0");
@@ -1029,12 +1155,16 @@ static lh_status backward(run *r, float *d_ctx, const float *dout) {
         case U_DOWN: {
             const lh_unet_block *blk = u->p;
             int64_t ch = blk->c_out;
-            OP(ops->conv2d_backward(be, dx, NULL, NULL, dy, u->in, blk->sample_w, b, ch, h, w, ch,
-                                    3, 3, 2, 1), "downsamplers.0");
+            OP(ops->conv2d_backward(be, dx, G(r, blk->sample_w), G(r, blk->sample_b), dy, u->in,
+                                    blk->sample_w, b, ch, h, w, ch, 3, 3, 2, 1), "downsamplers.0");
             ADAPT_BW(blk->sample_w, dx, dy, u->in, b, h, w);
             break;
         }
         case U_CONV_IN:
+            if (r->grads)
+                OP(ops->conv2d_backward(be, NULL, G(r, m->conv_in_w), G(r, m->conv_in_b), dy,
+                                        u->in, m->conv_in_w, b, c->in_channels, h, w, c0, 3, 3, 1,
+                                        1), "conv_in");
             ADAPT_BW(m->conv_in_w, NULL, dy, u->in, b, h, w);
             break;
         default:
@@ -1061,8 +1191,19 @@ lh_status lh_unet_backward(lh_unet *m, float *out, float *d_context, const float
                            const float *x, const float *timesteps, const float *context,
                            int64_t b, int64_t h, int64_t w, int64_t n_ctx, int checkpointing,
                            lh_error *err) {
+    return lh_unet_backward_full(m, NULL, out, d_context, dout, x, timesteps, context, b, h, w,
+                                 n_ctx, checkpointing, err);
+}
+
+lh_status lh_unet_backward_full(lh_unet *m, lh_unet_grads *g, float *out, float *d_context,
+                                const float *dout, const float *x, const float *timesteps,
+                                const float *context, int64_t b, int64_t h, int64_t w,
+                                int64_t n_ctx, int checkpointing, lh_error *err) {
     if (!m || !dout || !x || !timesteps || !context)
         return lh_error_set(err, LH_ERR_INVALID, "unet backward: a NULL tensor argument");
+    if (g && (g->be != m->be || !g->arena))
+        return lh_error_set(err, LH_ERR_INVALID, "unet backward: the gradient store belongs to "
+                            "another U-Net");
     const lh_backend_ops *ops = m->be->ops;
     if (!ops->linear_backward || !ops->conv2d_backward || !ops->group_norm_backward ||
         !ops->layer_norm_backward || !ops->attention_backward || !ops->silu_backward ||
@@ -1096,6 +1237,7 @@ lh_status lh_unet_backward(lh_unet *m, float *out, float *d_context, const float
     carve(&r, arena);
     r.dry = 0;
     r.ctx = context;
+    r.grads = g;
     st = forward(&r, out, x, timesteps, h, w);
     if (st == LH_OK && r.top != 0)
         st = lh_error_set(err, LH_ERR_INTERNAL, "unet backward: %d skip connections left unused",
