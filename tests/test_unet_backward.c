@@ -25,6 +25,8 @@
 
 static char g_src[4096];
 static lh_backend *g_be;
+
+#include "backend_test.h"
 static lh_registry *g_reg;
 
 static void setup(void) {
@@ -43,12 +45,6 @@ static void teardown(void) {
     lh_backend_destroy(g_be);
 }
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* ---- Fixture ---- */
 
 typedef struct fixture {
@@ -60,30 +56,6 @@ typedef struct fixture {
     int64_t b, c, h, w, n_ctx, d_ctx;
     size_t n_out, n_ctx_all;
 } fixture;
-
-static float *read_host(const lh_st_file *f, const char *key, size_t n) {
-    const lh_st_tensor *t = lh_st_find(f, key);
-    ck_assert_msg(t && (size_t)t->numel == n, "%s missing or mis-sized", key);
-    float *p = malloc(n * sizeof *p);
-    ck_assert(p);
-    lh_error err = {0};
-    ck_assert_msg(lh_st_read_f32(p, n, f, key, &err) == LH_OK, "%s", err.msg);
-    return p;
-}
-
-static float *to_dev(const float *host, size_t n) {
-    float *d = g_be->ops->alloc(g_be, n * sizeof(float));
-    ck_assert(d);
-    if (host) ck_assert(g_be->ops->upload(g_be, d, host, n * sizeof(float)) == LH_OK);
-    return d;
-}
-
-static float *download(const float *dev, size_t n) {
-    float *host = malloc(n * sizeof *host);
-    ck_assert(host);
-    ck_assert(g_be->ops->download(g_be, host, dev, n * sizeof *host) == LH_OK);
-    return host;
-}
 
 static void fixture_open(fixture *f) {
     memset(f, 0, sizeof *f);

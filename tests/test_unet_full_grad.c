@@ -25,6 +25,8 @@
 static char g_src[4096];
 static lh_backend *g_be;
 
+#include "backend_test.h"
+
 static void setup(void) {
     const char *src = getenv("LH_SOURCE_DIR");
     snprintf(g_src, sizeof g_src, "%s", src ? src : "../..");
@@ -33,12 +35,6 @@ static void setup(void) {
 }
 
 static void teardown(void) { lh_backend_destroy(g_be); }
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- Fixture ---- */
 
@@ -51,30 +47,6 @@ typedef struct fixture {
     int64_t b, h, w, n_ctx;
     size_t n_out;
 } fixture;
-
-static float *read_host(const lh_st_file *f, const char *key, size_t n) {
-    const lh_st_tensor *t = lh_st_find(f, key);
-    ck_assert_msg(t && (size_t)t->numel == n, "%s missing or mis-sized", key);
-    float *p = malloc(n * sizeof *p);
-    ck_assert(p);
-    lh_error err = {0};
-    ck_assert_msg(lh_st_read_f32(p, n, f, key, &err) == LH_OK, "%s", err.msg);
-    return p;
-}
-
-static float *to_dev(const float *host, size_t n) {
-    float *d = g_be->ops->alloc(g_be, n * sizeof(float));
-    ck_assert(d);
-    if (host) ck_assert(g_be->ops->upload(g_be, d, host, n * sizeof(float)) == LH_OK);
-    return d;
-}
-
-static float *download(const float *dev, size_t n) {
-    float *host = malloc(n * sizeof *host);
-    ck_assert(host);
-    ck_assert(g_be->ops->download(g_be, host, dev, n * sizeof *host) == LH_OK);
-    return host;
-}
 
 static void fixture_open(fixture *f) {
     memset(f, 0, sizeof *f);
