@@ -610,6 +610,19 @@ void lh_adapter_grads_zero(lh_adapter *a) {
                    (size_t)a->parts[i].grads[j]->numel * sizeof(float));
 }
 
+int64_t lh_adapter_grads_unscale(lh_adapter *a, float inv_scale) {
+    int64_t bad = 0;
+    for (size_t i = 0; i < a->n_parts; i++)
+        for (int j = 0; a->parts[i].grads && j < a->parts[i].n_tensors; j++) {
+            float *g = a->parts[i].grads[j]->data;
+            for (int64_t k = 0; k < a->parts[i].grads[j]->numel; k++) {
+                g[k] *= inv_scale;
+                bad += !isfinite(g[k]);
+            }
+        }
+    return bad;
+}
+
 const lh_tensor *lh_adapter_grad(const lh_adapter *a, const char *key) {
     for (size_t i = 0; i < a->n_parts; i++)
         for (int j = 0; a->parts[i].grads && j < a->parts[i].n_tensors; j++)

@@ -68,6 +68,9 @@ float *lh_adapt_base_weight(lh_adapt *ad, size_t i, lh_error *err);
  * lh_layers_runtime_backward accumulates into them. Idempotent. */
 LH_API lh_status lh_adapter_grads_enable(lh_adapter *a, lh_error *err);
 LH_API void lh_adapter_grads_zero(lh_adapter *a);
+/* Multiply every gradient by inv_scale (1 / loss scale) and return how many
+ * are NaN or Inf afterwards (torch's GradScaler.unscale_ and found_inf). */
+LH_API int64_t lh_adapter_grads_unscale(lh_adapter *a, float inv_scale);
 /* The gradient of the tensor the file calls `key`, or NULL. */
 LH_API const lh_tensor *lh_adapter_grad(const lh_adapter *a, const char *key);
 

@@ -340,7 +340,7 @@ int64_t lh_clip_hidden_size(const lh_clip *m) { return m->cfg.hidden_size; }
 /* Runtime adapter terms on the layer whose weight is w (host/layers.h). */
 #define LH_CLIP_ADAPT(w, y, x)                                                                    \
     do {                                                                                           \
-        st = lh_layers_runtime(m->adapt, (w), (y), (x), R, 1, 1, err);                            \
+        st = lh_layers_runtime(m->adapt, (w), (y), (x), R, 1, 1, LH_DTYPE_F32, err);                            \
         if (st != LH_OK) goto done;                                                                \
     } while (0)
 
@@ -506,7 +506,7 @@ done:
  * gradient, their parameter gradients accumulate (host/layers.h). */
 #define LH_CLIP_ADAPT_BACKWARD(w, dx, dy, x)                                                     \
     do {                                                                                        \
-        st = lh_layers_runtime_backward(m->adapt, (w), (dx), (dy), (x), R, 1, 1, err);          \
+        st = lh_layers_runtime_backward(m->adapt, (w), (dx), (dy), (x), R, 1, 1, LH_DTYPE_F32, err);          \
         if (st != LH_OK) goto done;                                                             \
     } while (0)
 

@@ -279,8 +279,20 @@ static lh_status io_views(lh_tensor *yt, lh_tensor *xt, const lh_layer *l, const
     return st == LH_OK ? lh_tensor_view(xt, (void *)x, LH_DTYPE_F32, 4, xs, err) : st;
 }
 
+/* Round the n floats of an adapted layer's output to the activation precision. */
+static lh_status round_act(const lh_layers *t, const lh_layer *l, float *y, const lh_tensor *v,
+                           lh_dtype act, lh_error *err) {
+    if (act == LH_DTYPE_F32 || !y) return LH_OK;
+    if (!t->be->ops->round)
+        return lh_error_set(err, LH_ERR_UNSUPPORTED, "layer %s: the %s backend cannot round to "
+                            "half precision", l->name, t->be->ops->name);
+    lh_status st = t->be->ops->round(t->be, y, v->numel, act);
+    if (st != LH_OK) return lh_error_set(err, st, "layer %s: rounding to half failed", l->name);
+    return LH_OK;
+}
+
 lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const float *x,
-                            int64_t n, int64_t h, int64_t w_, lh_error *err) {
+                            int64_t n, int64_t h, int64_t w_, lh_dtype act, lh_error *err) {
     if (!t || !t->n_runtime) return LH_OK;
     const lh_layer *l = find_w(t, w);
     if (!l || !l->n_terms) return LH_OK;
@@ -293,12 +305,13 @@ lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const 
         if (st != LH_OK)
             return lh_error_set(err, st, "adapter %s on layer %s: %s", d->info.id, l->name, msg);
     }
+    if (st == LH_OK) st = round_act(t, l, y, &yt, act, err);
     return st;
 }
 
 lh_status lh_layers_runtime_backward(const lh_layers *t, const float *w, float *dx,
                                      const float *dy, const float *x, int64_t n, int64_t h,
-                                     int64_t w_, lh_error *err) {
+                                     int64_t w_, lh_dtype act, lh_error *err) {
     if (!t || !t->n_runtime) return LH_OK;
     const lh_layer *l = find_w(t, w);
     if (!l || !l->n_terms) return LH_OK;
@@ -317,5 +330,6 @@ lh_status lh_layers_runtime_backward(const lh_layers *t, const float *w, float *
             return lh_error_set(err, st, "adapter %s on layer %s (backward): %s", d->info.id,
                                 l->name, msg);
     }
+    if (st == LH_OK && dx) st = round_act(t, l, dx, &xt, act, err);
     return st;
 }

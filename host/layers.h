@@ -85,9 +85,11 @@ LH_API size_t lh_layer_numel(const lh_layer *l);
 /* Runtime mode, called by the forward passes after computing a layer's
  * base output. Does nothing unless the layer whose weight is `w` has terms.
  * Linear: y [rows, out], x [rows, in] (n = rows, h = w_ = 1). Conv:
- * y [n, out, ho, wo], x [n, in, h, w_]. */
+ * y [n, out, ho, wo], x [n, in, h, w_]. With `act` F16 or BF16 (mixed
+ * precision) y is rounded to it after the terms, as the base op rounded its
+ * output; the backward so rounds dx. */
 lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const float *x,
-                            int64_t n, int64_t h, int64_t w_, lh_error *err);
+                            int64_t n, int64_t h, int64_t w_, lh_dtype act, lh_error *err);
 
 /* Training, the backward of lh_layers_runtime for the same layer and
  * shapes: dx += sum of the terms' (df/dx)^T dy (dx may be NULL), and each
@@ -95,6 +97,6 @@ lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const 
  * y's shape, x is the layer input the forward saw. */
 lh_status lh_layers_runtime_backward(const lh_layers *t, const float *w, float *dx,
                                      const float *dy, const float *x, int64_t n, int64_t h,
-                                     int64_t w_, lh_error *err);
+                                     int64_t w_, lh_dtype act, lh_error *err);
 
 #endif

@@ -86,6 +86,10 @@ typedef struct lh_unet {
     float *norm_out_w, *norm_out_b, *conv_out_w, *conv_out_b;
     /* Runtime adapters (host/layers.h), applied after each adapted layer; NULL: none. */
     const struct lh_layers *adapt;
+    /* What the base weights are exactly representable in: F32 as loaded
+     * (F16/BF16 files are widened exactly), or the half type a mixed
+     * precision step rounded them to. */
+    lh_dtype weight_precision;
 } lh_unet;
 
 /* ---- Loading ---- */
@@ -173,6 +177,70 @@ LH_API lh_status lh_unet_backward_full(lh_unet *m, lh_unet_grads *g,
                                        const float *context,   /* backend */
                                        int64_t b, int64_t h, int64_t w, int64_t n_ctx,
                                        int checkpointing, lh_error *err);
+
+/* ---- Training steps: forward, loss, backward in one pass ---- */
+
+/* Given the forward's prediction `out` (backend memory, numel floats),
+ * write dL/d(out) into dout (backend memory) and L into *loss (host). */
+typedef lh_status (*lh_unet_loss_fn)(void *ctx, float *dout, float *loss, const float *out,
+                                     int64_t numel, lh_error *err);
+
+/* The loss of diffusers' training scripts: F.mse_loss(out, target), the
+ * mean over every element, computed in float64 on the host. ctx is an
+ * lh_unet_mse. */
+typedef struct lh_unet_mse {
+    lh_backend *be;
+    const float *target; /* backend memory, numel floats */
+} lh_unet_mse;
+LH_API lh_status lh_unet_mse_loss(void *ctx, float *dout, float *loss, const float *out,
+                                  int64_t numel, lh_error *err);
+
+typedef struct lh_unet_train_opts {
+    int checkpointing;
+    /* Mixed precision: F32 (default when 0-initialised), F16 or BF16.
+     * Activations and activation gradients are rounded to it after every
+     * op (the backend's set_precision); GEMM inputs are therefore half, and
+     * the frozen base weights are rounded to it in place once, as
+     * diffusers' unet.to(weight_dtype) does; norm statistics, softmax and
+     * accumulations stay float32, and so do adapter parameters and every
+     * gradient that accumulates (the master copies). */
+    lh_dtype precision;
+    /* dL/d(out) is multiplied by this before the backward (0 means 1):
+     * fp16 loss scaling. Gradients come out scaled by it. */
+    float loss_scale;
+    lh_unet_grads *grads; /* full-parameter gradients, or NULL: frozen base */
+} lh_unet_train_opts;
+
+/* Where NaN or Inf appeared during a step, in the order they did: a unit's
+ * output in the forward, or its input gradient in the backward. Checked in
+ * F16/BF16 steps (in F32 the caller's gradient check suffices). */
+#define LH_UNET_OVERFLOW_MAX 8
+typedef struct lh_unet_overflow_at {
+    char unit[64]; /* "time_embedding", "conv_in", "down_blocks.1.resnets.0",
+                      "up_blocks.2.upsamplers.0", "conv_out", ... */
+    int backward;  /* 0: its forward output, 1: the gradient of its input */
+    int64_t n_bad; /* NaN/Inf elements there */
+} lh_unet_overflow_at;
+typedef struct lh_unet_overflow {
+    int count; /* units with NaN/Inf; the first LH_UNET_OVERFLOW_MAX are in `at` */
+    lh_unet_overflow_at at[LH_UNET_OVERFLOW_MAX];
+} lh_unet_overflow;
+
+/* One training step: the forward keeping what the backward needs, then
+ * loss_fn on its prediction, then the backward from the forward's own
+ * activations (the forward runs once; with checkpointing units are
+ * recomputed from their inputs). Adapter gradients accumulate (scaled by
+ * loss_scale), d_context (may be NULL) receives dL/d(context) (also scaled),
+ * *loss the unscaled loss, *report (may be NULL) where non-finite values
+ * appeared. */
+LH_API lh_status lh_unet_train_step(lh_unet *m, const lh_unet_train_opts *opts,
+                                    lh_unet_loss_fn loss_fn, void *loss_ctx, float *loss,
+                                    float *d_context, /* backend [b, n_ctx, cross_attention_dim] */
+                                    const float *x,   /* backend [b, in_channels, h, w] */
+                                    const float *timesteps, /* host [b] */
+                                    const float *context,   /* backend */
+                                    int64_t b, int64_t h, int64_t w, int64_t n_ctx,
+                                    lh_unet_overflow *report, lh_error *err);
 
 /* Private to the host: call fn for every parameter of m with its diffusers
  * key, its backend data and element count, in loading order. */

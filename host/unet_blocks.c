@@ -130,6 +130,8 @@ typedef struct run {
     unit *tape;
     int n_units;
     lh_unet_grads *grads; /* full-parameter gradients, or NULL: frozen base */
+    lh_dtype act;         /* activation precision (the backend's set_precision) */
+    lh_unet_overflow *ovf; /* half precision: where NaN/Inf appeared, or NULL */
 } run;
 
 /* a * b * c * d elements as size_t, flagging overflow. */
@@ -237,7 +239,8 @@ static lh_status skip_pop(run *r, float **out, int64_t *c, const char *who) {
     } while (0)
 
 /* Runtime adapter terms on the layer whose weight is w (host/layers.h). */
-#define ADAPT(w, y, x, n, h, w_) TRY(lh_layers_runtime(r->m->adapt, (w), (y), (x), (n), (h), (w_), r->err))
+#define ADAPT(w, y, x, n, h, w_)                                                                   \
+    TRY(lh_layers_runtime(r->m->adapt, (w), (y), (x), (n), (h), (w_), r->act, r->err))
 
 /* ---- Units: one forward per layer group, shared by inference and training ---- */
 
@@ -939,7 +942,8 @@ static float *G(const run *r, const float *w) {
 
 /* Adapter terms' backward on the layer whose weight is w (host/layers.h). */
 #define ADAPT_BW(w, dx, dy, x, n, h, w_)                                                           \
-    TRY(lh_layers_runtime_backward(r->m->adapt, (w), (dx), (dy), (x), (n), (h), (w_), r->err))
+    TRY(lh_layers_runtime_backward(r->m->adapt, (w), (dx), (dy), (x), (n), (h), (w_), r->act,     \
+                                   r->err))
 
 /* Backward of resnet_fwd: din [b, c_in, hw] = dL/dx from dout [b, c_out, hw];
  * dL/d(temb) accumulates into SLOT_DTEMB. */
@@ -1093,6 +1097,79 @@ static lh_status time_bw(run *r) {
     return LH_OK;
 }
 
+/* ---- Overflow report (half precision) ---- */
+
+/* The unit's module name and its input / output element counts. */
+static void unit_info(const run *r, const unit *u, char *name, size_t size, size_t *n_in,
+                      size_t *n_out) {
+    const lh_unet_config *c = &r->m->cfg;
+    size_t hw = (size_t)u->h * (size_t)u->w, b = (size_t)r->b;
+    size_t c0 = (size_t)c->block_out_channels[0], ci = 0, co = 0, hwo = hw;
+    const char *base = NULL, *tail = "";
+    switch (u->kind) {
+    case U_CONV_IN: base = "conv_in", ci = (size_t)c->in_channels, co = c0; break;
+    case U_OUT: base = "conv_out", ci = c0, co = (size_t)c->out_channels; break;
+    case U_RES: {
+        const lh_unet_resnet *p = u->p;
+        base = p->name, ci = (size_t)p->c_in, co = (size_t)p->c_out;
+        break;
+    }
+    case U_TF: {
+        const lh_unet_attn *a = u->p;
+        base = a->name, ci = co = (size_t)a->c;
+        break;
+    }
+    default: { /* U_DOWN, U_UP, U_CAT: named after the block's first resnet */
+        const lh_unet_block *blk = u->p;
+        base = blk->res[0].name;
+        ci = co = (size_t)blk->c_out;
+        if (u->kind == U_DOWN) tail = ".downsamplers.0", hwo = hw / 4;
+        if (u->kind == U_UP) tail = ".upsamplers.0", hwo = hw * 4;
+        if (u->kind == U_CAT) tail = " (skip concat)", ci = (size_t)u->ca,
+                               co = (size_t)(u->ca + u->cb);
+        break;
+    }
+    }
+    int len = (int)strcspn(base, "");
+    const char *cut = u->kind == U_DOWN || u->kind == U_UP || u->kind == U_CAT
+                          ? strstr(base, ".resnets.") : NULL;
+    if (cut) len = (int)(cut - base);
+    snprintf(name, size, "%.*s%s", len, base, tail);
+    *n_in = b * ci * hw;
+    *n_out = b * co * hwo;
+}
+
+/* Count NaN/Inf in x [n]; note them in the report under `name`. */
+static lh_status check_finite(run *r, const char *name, const float *x, size_t n, int backward) {
+    if (!r->ovf || !x || n == 0) return LH_OK;
+    int64_t bad = 0;
+    OP(r->ops->count_nonfinite(r->m->be, &bad, x, (int64_t)n), name);
+    if (bad == 0) return LH_OK;
+    lh_unet_overflow *o = r->ovf;
+    if (o->count < LH_UNET_OVERFLOW_MAX) {
+        lh_unet_overflow_at *a = &o->at[o->count];
+        snprintf(a->unit, sizeof a->unit, "%s", name);
+        a->backward = backward;
+        a->n_bad = bad;
+    }
+    o->count++;
+    return LH_OK;
+}
+
+/* After the training forward: every unit's output, in forward order. */
+static lh_status check_forward(run *r) {
+    if (!r->ovf) return LH_OK;
+    TRY(check_finite(r, "time_embedding", r->ta.te,
+                     (size_t)r->b * 4 * (size_t)r->m->cfg.block_out_channels[0], 0));
+    for (int i = 0; i < r->n_units; i++) {
+        char name[64];
+        size_t n_in, n_out;
+        unit_info(r, &r->tape[i], name, sizeof name, &n_in, &n_out);
+        TRY(check_finite(r, name, r->tape[i].out, n_out, 0));
+    }
+    return LH_OK;
+}
+
 /* Walk the tape backwards from dout = dL/d(out). */
 static lh_status backward(run *r, float *d_ctx, const float *dout) {
     lh_unet *m = r->m;
@@ -1170,6 +1247,12 @@ static lh_status backward(run *r, float *d_ctx, const float *dout) {
         default:
             return lh_error_set(r->err, LH_ERR_INTERNAL, "unet backward: bad tape entry %d", i);
         }
+        if (r->ovf && u->kind != U_CONV_IN) {
+            char name[64];
+            size_t n_in, n_out;
+            unit_info(r, u, name, sizeof name, &n_in, &n_out);
+            TRY(check_finite(r, name, dx, n_in, 1));
+        }
         dc = dx;
     }
     return time_bw(r);
@@ -1187,6 +1270,163 @@ size_t lh_unet_backward_workspace(lh_unet *m, int64_t b, int64_t h, int64_t w, i
     return floats * sizeof(float);
 }
 
+/* Round every base weight to `prec` once (the first half-precision step). */
+static void round_param(void *ctx, const char *key, const float *w, size_t numel) {
+    (void)key;
+    lh_unet *m = ctx;
+    if (m->be->ops->round(m->be, (float *)w, (int64_t)numel, m->weight_precision) != LH_OK)
+        m->weight_precision = LH_DTYPE_F32; /* flags the failure to the caller */
+}
+
+static lh_status set_weight_precision(lh_unet *m, lh_dtype prec, lh_error *err) {
+    if (prec == LH_DTYPE_F32 || m->weight_precision == prec) return LH_OK;
+    m->weight_precision = prec;
+    lh__unet_params(m, round_param, m);
+    if (m->weight_precision != prec)
+        return lh_error_set(err, LH_ERR_INTERNAL, "unet train: rounding the base weights to %s "
+                            "failed", lh_dtype_name(prec));
+    return LH_OK;
+}
+
+lh_status lh_unet_mse_loss(void *ctx, float *dout, float *loss, const float *out, int64_t numel,
+                           lh_error *err) {
+    const lh_unet_mse *t = ctx;
+    if (!t || !t->be || !t->target || !dout || !loss || !out || numel < 1)
+        return lh_error_set(err, LH_ERR_INVALID, "mse loss: NULL target or backend");
+    size_t n = (size_t)numel;
+    float *ho = malloc(n * sizeof *ho), *ht = malloc(n * sizeof *ht);
+    lh_status st = ho && ht ? LH_OK : LH_ERR_NOMEM;
+    if (st == LH_OK) st = t->be->ops->download(t->be, ho, out, n * sizeof *ho);
+    if (st == LH_OK) st = t->be->ops->download(t->be, ht, t->target, n * sizeof *ht);
+    double sum = 0.0;
+    if (st == LH_OK) {
+        float k = 2.0f / (float)numel;
+        for (size_t i = 0; i < n; i++) {
+            double d = (double)ho[i] - (double)ht[i];
+            sum += d * d;
+            ho[i] = k * (ho[i] - ht[i]);
+        }
+        st = t->be->ops->upload(t->be, dout, ho, n * sizeof *ho);
+    }
+    free(ho);
+    free(ht);
+    if (st != LH_OK) return lh_error_set(err, st, "mse loss: %s", lh_strerror(st));
+    *loss = (float)(sum / (double)numel);
+    return LH_OK;
+}
+
+/* The shared body of the training entry points. out_keep: where to copy the
+ * prediction (may be NULL); dout_fixed: lh_unet_backward's given gradient,
+ * used when loss_fn is NULL. */
+static lh_status train(lh_unet *m, const lh_unet_train_opts *o, lh_unet_loss_fn loss_fn,
+                       void *loss_ctx, const float *dout_fixed, float *loss, float *out_keep,
+                       float *d_context, const float *x, const float *timesteps,
+                       const float *context, int64_t b, int64_t h, int64_t w, int64_t n_ctx,
+                       lh_unet_overflow *report, lh_error *err) {
+    if (!m || !x || !timesteps || !context || (!loss_fn && !dout_fixed))
+        return lh_error_set(err, LH_ERR_INVALID, "unet backward: a NULL tensor argument");
+    lh_unet_grads *g = o->grads;
+    if (g && (g->be != m->be || !g->arena))
+        return lh_error_set(err, LH_ERR_INVALID, "unet backward: the gradient store belongs to "
+                            "another U-Net");
+    const lh_backend_ops *ops = m->be->ops;
+    if (!ops->linear_backward || !ops->conv2d_backward || !ops->group_norm_backward ||
+        !ops->layer_norm_backward || !ops->attention_backward || !ops->silu_backward ||
+        !ops->geglu_backward || !ops->channel_bias_backward ||
+        !ops->upsample_nearest2x_backward || !ops->split_channels)
+        return lh_error_set(err, LH_ERR_UNSUPPORTED,
+                            "unet backward: the %s backend has no backward ops", ops->name);
+    lh_dtype prec = o->precision;
+    if (prec != LH_DTYPE_F32 && prec != LH_DTYPE_F16 && prec != LH_DTYPE_BF16)
+        return lh_error_set(err, LH_ERR_INVALID, "unet train: precision must be fp32, fp16 or "
+                            "bf16, not %s", lh_dtype_name(prec));
+    if (prec != LH_DTYPE_F32 && (!ops->set_precision || !ops->round || !ops->count_nonfinite))
+        return lh_error_set(err, LH_ERR_UNSUPPORTED, "unet train: the %s backend has no mixed "
+                            "precision", ops->name);
+    float scale = o->loss_scale == 0.0f ? 1.0f : o->loss_scale;
+    if (!isfinite(scale) || scale < 0.0f)
+        return lh_error_set(err, LH_ERR_INVALID, "unet train: loss scale %g must be a positive "
+                            "finite number", (double)scale);
+    lh_status st = check_sizes(m, b, h, w, n_ctx, err);
+    if (st != LH_OK) return st;
+    for (int64_t i = 0; i < b; i++)
+        if (!isfinite(timesteps[i]))
+            return lh_error_set(err, LH_ERR_NUMERIC, "unet backward: timestep %lld is not finite",
+                                (long long)i);
+    if (report) memset(report, 0, sizeof *report);
+    st = set_weight_precision(m, prec, err);
+    if (st != LH_OK) return st;
+    unit *tape = malloc(MAX_UNITS * sizeof *tape);
+    if (!tape) return lh_error_set(err, LH_ERR_NOMEM, "unet backward: out of host memory");
+    run r;
+    size_t floats;
+    st = plan(&r, m, b, h, w, n_ctx, tape, o->checkpointing, &floats, err);
+    if (st != LH_OK) {
+        free(tape);
+        return st;
+    }
+    int64_t n_out = b * m->cfg.out_channels * h * w;
+    float *arena = ops->alloc(m->be, (floats ? floats : 1) * sizeof(float));
+    float *dout = ops->alloc(m->be, (size_t)n_out * sizeof(float));
+    if (!arena || !dout) {
+        if (arena) ops->free(m->be, arena);
+        if (dout) ops->free(m->be, dout);
+        free(tape);
+        return lh_error_set(err, LH_ERR_NOMEM, "unet backward: cannot allocate %zu MiB of "
+                            "activations (batch %lld, %lldx%lld, checkpointing %d)",
+                            (floats * sizeof(float)) >> 20, (long long)b, (long long)h,
+                            (long long)w, o->checkpointing);
+    }
+    carve(&r, arena);
+    r.dry = 0;
+    r.ctx = context;
+    r.grads = g;
+    r.act = prec;
+    r.ovf = prec != LH_DTYPE_F32 ? report : NULL;
+    if (prec != LH_DTYPE_F32) {
+        st = ops->set_precision(m->be, prec);
+        if (st != LH_OK) lh_error_set(err, st, "unet train: set_precision failed");
+    }
+    if (st == LH_OK) st = forward(&r, out_keep, x, timesteps, h, w);
+    if (st == LH_OK && r.top != 0)
+        st = lh_error_set(err, LH_ERR_INTERNAL, "unet backward: %d skip connections left unused",
+                          r.top);
+    if (st == LH_OK) st = check_forward(&r);
+    const float *pred = r.n_units > 0 ? r.tape[r.n_units - 1].out : NULL;
+    float l = 0.0f;
+    /* The loss and its gradient in float32 (as autocast runs mse_loss), the
+     * scale applied, then one rounding to half: the backward's seed. */
+    if (st == LH_OK && prec != LH_DTYPE_F32) st = ops->set_precision(m->be, LH_DTYPE_F32);
+    if (st == LH_OK) {
+        if (loss_fn) {
+            st = loss_fn(loss_ctx, dout, &l, pred, n_out, err);
+        } else {
+            st = ops->upload(m->be, dout, dout_fixed, (size_t)n_out * sizeof(float));
+            if (st != LH_OK) lh_error_set(err, st, "unet backward: copying dout failed");
+        }
+    }
+    if (st == LH_OK && scale != 1.0f) {
+        st = ops->axpby(m->be, dout, scale, dout, 0.0f, dout, n_out);
+        if (st != LH_OK) lh_error_set(err, st, "unet train: loss scaling failed");
+    }
+    if (st == LH_OK && prec != LH_DTYPE_F32) {
+        st = ops->set_precision(m->be, prec);
+        if (st == LH_OK) st = ops->round(m->be, dout, n_out, prec);
+        if (st != LH_OK) lh_error_set(err, st, "unet train: rounding dL/d(out) failed");
+    }
+    if (st == LH_OK) st = backward(&r, d_context, dout);
+    if (st == LH_OK) {
+        st = ops->sync(m->be);
+        if (st != LH_OK) lh_error_set(err, st, "unet backward: backend sync failed");
+    }
+    if (prec != LH_DTYPE_F32) ops->set_precision(m->be, LH_DTYPE_F32);
+    if (loss) *loss = l;
+    ops->free(m->be, dout);
+    ops->free(m->be, arena);
+    free(tape);
+    return st;
+}
+
 lh_status lh_unet_backward(lh_unet *m, float *out, float *d_context, const float *dout,
                            const float *x, const float *timesteps, const float *context,
                            int64_t b, int64_t h, int64_t w, int64_t n_ctx, int checkpointing,
@@ -1199,55 +1439,18 @@ lh_status lh_unet_backward_full(lh_unet *m, lh_unet_grads *g, float *out, float 
                                 const float *dout, const float *x, const float *timesteps,
                                 const float *context, int64_t b, int64_t h, int64_t w,
                                 int64_t n_ctx, int checkpointing, lh_error *err) {
-    if (!m || !dout || !x || !timesteps || !context)
-        return lh_error_set(err, LH_ERR_INVALID, "unet backward: a NULL tensor argument");
-    if (g && (g->be != m->be || !g->arena))
-        return lh_error_set(err, LH_ERR_INVALID, "unet backward: the gradient store belongs to "
-                            "another U-Net");
-    const lh_backend_ops *ops = m->be->ops;
-    if (!ops->linear_backward || !ops->conv2d_backward || !ops->group_norm_backward ||
-        !ops->layer_norm_backward || !ops->attention_backward || !ops->silu_backward ||
-        !ops->geglu_backward || !ops->channel_bias_backward ||
-        !ops->upsample_nearest2x_backward || !ops->split_channels)
-        return lh_error_set(err, LH_ERR_UNSUPPORTED,
-                            "unet backward: the %s backend has no backward ops", ops->name);
-    lh_status st = check_sizes(m, b, h, w, n_ctx, err);
-    if (st != LH_OK) return st;
-    for (int64_t i = 0; i < b; i++)
-        if (!isfinite(timesteps[i]))
-            return lh_error_set(err, LH_ERR_NUMERIC, "unet backward: timestep %lld is not finite",
-                                (long long)i);
-    unit *tape = malloc(MAX_UNITS * sizeof *tape);
-    if (!tape) return lh_error_set(err, LH_ERR_NOMEM, "unet backward: out of host memory");
-    run r;
-    size_t floats;
-    st = plan(&r, m, b, h, w, n_ctx, tape, checkpointing, &floats, err);
-    if (st != LH_OK) {
-        free(tape);
-        return st;
-    }
-    float *arena = ops->alloc(m->be, (floats ? floats : 1) * sizeof(float));
-    if (!arena) {
-        free(tape);
-        return lh_error_set(err, LH_ERR_NOMEM, "unet backward: cannot allocate %zu MiB of "
-                            "activations (batch %lld, %lldx%lld, checkpointing %d)",
-                            (floats * sizeof(float)) >> 20, (long long)b, (long long)h,
-                            (long long)w, checkpointing);
-    }
-    carve(&r, arena);
-    r.dry = 0;
-    r.ctx = context;
-    r.grads = g;
-    st = forward(&r, out, x, timesteps, h, w);
-    if (st == LH_OK && r.top != 0)
-        st = lh_error_set(err, LH_ERR_INTERNAL, "unet backward: %d skip connections left unused",
-                          r.top);
-    if (st == LH_OK) st = backward(&r, d_context, dout);
-    if (st == LH_OK) {
-        st = ops->sync(m->be);
-        if (st != LH_OK) lh_error_set(err, st, "unet backward: backend sync failed");
-    }
-    ops->free(m->be, arena);
-    free(tape);
-    return st;
+    if (!dout) return lh_error_set(err, LH_ERR_INVALID, "unet backward: a NULL tensor argument");
+    lh_unet_train_opts o = {.checkpointing = checkpointing, .grads = g};
+    return train(m, &o, NULL, NULL, dout, NULL, out, d_context, x, timesteps, context, b, h, w,
+                 n_ctx, NULL, err);
+}
+
+lh_status lh_unet_train_step(lh_unet *m, const lh_unet_train_opts *opts, lh_unet_loss_fn loss_fn,
+                             void *loss_ctx, float *loss, float *d_context, const float *x,
+                             const float *timesteps, const float *context, int64_t b, int64_t h,
+                             int64_t w, int64_t n_ctx, lh_unet_overflow *report, lh_error *err) {
+    if (!opts || !loss_fn)
+        return lh_error_set(err, LH_ERR_INVALID, "unet train: NULL options or loss function");
+    return train(m, opts, loss_fn, loss_ctx, NULL, loss, NULL, d_context, x, timesteps, context,
+                 b, h, w, n_ctx, report, err);
 }

@@ -171,6 +171,20 @@ typedef struct lh_backend_ops {
      * and b [n, cb, hw] (either may be NULL). */
     lh_status (*split_channels)(lh_backend *be, float *a, float *b, const float *x, int64_t n,
                                 int64_t ca, int64_t cb, int64_t hw);
+
+    /* ---- Mixed precision ----
+     * set_precision: from now on every op's activations and activation
+     * gradients (what it WRITES) are in `act`: F32 (the default), F16 (IEEE
+     * half: a value past 65504 becomes +-Inf) or BF16. Ops still compute in
+     * float32 inside (GEMM accumulation, norm statistics, softmax) from
+     * inputs that are already rounded; accumulated parameter gradients stay
+     * float32. The cpu backend keeps the rounded values in float32 buffers,
+     * so only the numbers change, not the memory. */
+    lh_status (*set_precision)(lh_backend *be, lh_dtype act);
+    /* x [n] rounded in place to dtype (F16, BF16; F32 leaves it). */
+    lh_status (*round)(lh_backend *be, float *x, int64_t n, lh_dtype dtype);
+    /* *count (host memory) = how many of x [n] are NaN or +-Inf. */
+    lh_status (*count_nonfinite)(lh_backend *be, int64_t *count, const float *x, int64_t n);
 } lh_backend_ops;
 
 struct lh_backend {

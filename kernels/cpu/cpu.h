@@ -11,7 +11,8 @@
 #include "../backend.h"
 
 typedef struct lh_cpu {
-    int threads; /* OpenMP threads every parallel region uses (>= 1) */
+    int threads;  /* OpenMP threads every parallel region uses (>= 1) */
+    lh_dtype act; /* activation precision (set_precision): F32, F16 or BF16 */
 } lh_cpu;
 
 static inline int lh__cpu_threads(const lh_backend *be) {
@@ -154,6 +155,39 @@ lh_status lh__cpu_upsample_nearest2x_backward(lh_backend *be, float *dx, const f
                                               int64_t n, int64_t c, int64_t h, int64_t w);
 lh_status lh__cpu_split_channels(lh_backend *be, float *a, float *b, const float *x, int64_t n,
                                  int64_t ca, int64_t cb, int64_t hw);
+
+/* ---- Mixed precision (precision.c) ----
+ * set_precision, round and count_nonfinite, and lh__cpu_r_<op>: <op> followed
+ * by rounding what it writes to the activation precision. The table points
+ * at the lh__cpu_r_ fronts; tests call the bare ops. */
+lh_status lh__cpu_set_precision(lh_backend *be, lh_dtype act);
+lh_status lh__cpu_round(lh_backend *be, float *x, int64_t n, lh_dtype dtype);
+lh_status lh__cpu_count_nonfinite(lh_backend *be, int64_t *count, const float *x, int64_t n);
+lh_status lh__cpu_r_gemm(lh_backend *be, float *c, const float *a, const float *b, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, float beta, int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c);
+lh_status lh__cpu_r_linear(lh_backend *be, float *out, const float *x, const float *w, const float *bias, int64_t rows, int64_t n_in, int64_t n_out);
+lh_status lh__cpu_r_conv2d(lh_backend *be, float *out, const float *x, const float *w, const float *bias, int64_t n, int64_t c_in, int64_t h, int64_t wd, int64_t c_out, int64_t kh, int64_t kw, int stride, int pad);
+lh_status lh__cpu_r_group_norm(lh_backend *be, float *out, const float *x, const float *gamma, const float *beta, int64_t n, int64_t c, int64_t hw, int64_t groups, float eps, int silu);
+lh_status lh__cpu_r_layer_norm(lh_backend *be, float *out, const float *x, const float *gamma, const float *beta, int64_t rows, int64_t cols, float eps);
+lh_status lh__cpu_r_attention(lh_backend *be, float *out, const float *q, const float *k, const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk, int64_t d, float scale, int causal);
+lh_status lh__cpu_r_silu(lh_backend *be, float *out, const float *x, int64_t n);
+lh_status lh__cpu_r_gelu(lh_backend *be, float *out, const float *x, int64_t n);
+lh_status lh__cpu_r_quick_gelu(lh_backend *be, float *out, const float *x, int64_t n);
+lh_status lh__cpu_r_geglu(lh_backend *be, float *out, const float *x, int64_t rows, int64_t f);
+lh_status lh__cpu_r_add(lh_backend *be, float *out, const float *a, const float *b, int64_t n);
+lh_status lh__cpu_r_axpby(lh_backend *be, float *out, float alpha, const float *a, float beta, const float *b, int64_t n);
+lh_status lh__cpu_r_add_channel_bias(lh_backend *be, float *out, const float *x, const float *bias, int64_t outer, int64_t c, int64_t inner);
+lh_status lh__cpu_r_timestep_embedding(lh_backend *be, float *out, const float *timesteps, int64_t n, int64_t dim, int flip_sin_to_cos, float downscale_freq_shift, float max_period);
+lh_status lh__cpu_r_linear_backward(lh_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int64_t rows, int64_t n_in, int64_t n_out);
+lh_status lh__cpu_r_conv2d_backward(lh_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int64_t n, int64_t c_in, int64_t h, int64_t wd, int64_t c_out, int64_t kh, int64_t kw, int stride, int pad);
+lh_status lh__cpu_r_group_norm_backward(lh_backend *be, float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *gamma, const float *beta, int64_t n, int64_t c, int64_t hw, int64_t groups, float eps, int silu);
+lh_status lh__cpu_r_layer_norm_backward(lh_backend *be, float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *gamma, int64_t rows, int64_t cols, float eps);
+lh_status lh__cpu_r_attention_backward(lh_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q, const float *k, const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk, int64_t d, float scale, int causal);
+lh_status lh__cpu_r_silu_backward(lh_backend *be, float *dx, const float *dy, const float *x, int64_t n);
+lh_status lh__cpu_r_gelu_backward(lh_backend *be, float *dx, const float *dy, const float *x, int64_t n);
+lh_status lh__cpu_r_quick_gelu_backward(lh_backend *be, float *dx, const float *dy, const float *x, int64_t n);
+lh_status lh__cpu_r_geglu_backward(lh_backend *be, float *dx, const float *dy, const float *x, int64_t rows, int64_t f);
+lh_status lh__cpu_r_channel_bias_backward(lh_backend *be, float *dbias, const float *dy, int64_t outer, int64_t c, int64_t inner);
+lh_status lh__cpu_r_upsample_nearest2x_backward(lh_backend *be, float *dx, const float *dy, int64_t n, int64_t c, int64_t h, int64_t w);
 
 /* Attention: per-thread tiles only, independent of nq and nk. */
 size_t lh__cpu_attention_scratch_bytes(int64_t d, int threads);
