@@ -1,11 +1,13 @@
 /* bench_train: time one LoRA training step (forward + backward to the adapter
- * gradients, no optimizer) on the CPU backend, fp32.
- * Usage: bench_train UNET_DIR LORA [BATCH H W N_CTX ITERS CHECKPOINTING THREADS]
- *        (defaults 1 32 32 77 3 0 0)
- * One step = lh_unet_forward (pred) + dout = 2 (pred - target) / numel +
- * lh_unet_backward (which keeps the activations it needs and accumulates the
- * adapter gradients). Prints one JSON object. Driven by bench/train_cpu.py,
- * which runs diffusers + PEFT beside it. */
+ * gradients, no optimizer) on the CPU backend.
+ * Usage: bench_train UNET_DIR LORA [BATCH H W N_CTX ITERS CHECKPOINTING THREADS PRECISION]
+ *        (defaults 1 32 32 77 3 0 0 fp32; PRECISION fp32, fp16 or bf16)
+ * One step = lh_unet_train_step: the forward keeping its activations, the
+ * mse loss against a target (its gradient seeds the backward), the backward
+ * accumulating the adapter gradients; in fp16 the loss is scaled by the
+ * lh_loss_scaler and the gradients unscaled and checked after. The forward
+ * part is the time until the loss function is called. Prints one JSON
+ * object. Driven by bench/train_cpu.py, which runs diffusers + PEFT beside it. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +19,7 @@
 #include "adapter.h"
 #include "error.h"
 #include "lorahost/adapters.h"
+#include "lorahost/train.h"
 #include "model.h"
 #include "tensor.h"
 #include "unet.h"
@@ -43,6 +46,19 @@ static void die(const char *what, const char *msg) {
     exit(1);
 }
 
+/* The mse loss, noting when the forward ended. */
+typedef struct timed_loss {
+    lh_unet_mse mse;
+    double t_forward_end;
+} timed_loss;
+
+static lh_status timed_mse(void *ctx, float *dout, float *loss, const float *out, int64_t numel,
+                           lh_error *err) {
+    timed_loss *t = ctx;
+    t->t_forward_end = now();
+    return lh_unet_mse_loss(&t->mse, dout, loss, out, numel, err);
+}
+
 /* L2 norm over every adapter gradient (a sanity check that they are non-zero). */
 static double grad_norm(const lh_adapter *a) {
     double s = 0.0;
@@ -62,7 +78,7 @@ static double grad_norm(const lh_adapter *a) {
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: bench_train UNET_DIR LORA "
-                        "[BATCH H W N_CTX ITERS CHECKPOINTING THREADS]\n");
+                        "[BATCH H W N_CTX ITERS CHECKPOINTING THREADS PRECISION]\n");
         return 2;
     }
     int64_t b = argc > 3 ? atoll(argv[3]) : 1;
@@ -72,6 +88,12 @@ int main(int argc, char **argv) {
     int iters = argc > 7 ? atoi(argv[7]) : 3;
     int ckpt = argc > 8 ? atoi(argv[8]) : 0;
     int threads = argc > 9 ? atoi(argv[9]) : 0;
+    const char *prec_name = argc > 10 ? argv[10] : "fp32";
+    lh_dtype prec = !strcmp(prec_name, "fp16")   ? LH_DTYPE_F16
+                    : !strcmp(prec_name, "bf16") ? LH_DTYPE_BF16
+                                                 : LH_DTYPE_F32;
+    if (prec == LH_DTYPE_F32 && strcmp(prec_name, "fp32"))
+        die("arguments", "PRECISION must be fp32, fp16 or bf16");
     if (b < 1 || b > 64 || iters < 1) die("arguments", "BATCH must be 1..64, ITERS >= 1");
     char msg[1024];
     lh_error err = {0};
@@ -94,19 +116,17 @@ int main(int argc, char **argv) {
     size_t nctx = (size_t)(b * n_ctx * cfg->cross_attention_dim);
     size_t nout = (size_t)(b * cfg->out_channels * h * w);
     float *hx = malloc(nx * sizeof *hx), *hc = malloc(nctx * sizeof *hc);
-    float *target = malloc(nout * sizeof *target), *pred = malloc(nout * sizeof *pred);
-    float *dout = malloc(nout * sizeof *dout);
+    float *target = malloc(nout * sizeof *target);
     float *x = be->ops->alloc(be, nx * sizeof(float));
     float *ctx = be->ops->alloc(be, nctx * sizeof(float));
-    float *dpred = be->ops->alloc(be, nout * sizeof(float));
-    float *ddout = be->ops->alloc(be, nout * sizeof(float));
-    if (!hx || !hc || !target || !pred || !dout || !x || !ctx || !dpred || !ddout)
-        die("buffers", "out of memory");
+    float *dtarget = be->ops->alloc(be, nout * sizeof(float));
+    if (!hx || !hc || !target || !x || !ctx || !dtarget) die("buffers", "out of memory");
     fill(hx, nx, 1);
     fill(hc, nctx, 2);
     fill(target, nout, 3);
     be->ops->upload(be, x, hx, nx * sizeof(float));
     be->ops->upload(be, ctx, hc, nctx * sizeof(float));
+    be->ops->upload(be, dtarget, target, nout * sizeof(float));
     float ts[64];
     for (int64_t i = 0; i < b; i++) ts[i] = 999.0f - 37.0f * (float)i;
 
@@ -125,37 +145,33 @@ int main(int argc, char **argv) {
     size_t wsf = lh_unet_forward_workspace(unet, b, h, w, n_ctx);
     size_t ws0 = lh_unet_backward_workspace(unet, b, h, w, n_ctx, 0);
     size_t ws1 = lh_unet_backward_workspace(unet, b, h, w, n_ctx, 1);
+    printf(", \"precision\": \"%s\"", prec_name);
     printf(", \"checkpointing\": %d, \"ws_forward_mb\": %.2f, \"ws_backward_mb\": %.2f, "
            "\"ws_backward_ckpt_mb\": %.2f",
            ckpt, (double)wsf / 1048576.0, (double)ws0 / 1048576.0, (double)ws1 / 1048576.0);
     fflush(stdout);
 
     /* ---- Training steps ---- */
-    double loss = 0.0;
+    float loss = 0.0f;
     char steps[4096] = "", fwds[4096] = "", bwds[4096] = "";
     size_t ls = 0, lf = 0, lb = 0;
+    lh_loss_scaler scaler;
+    lh_loss_scaler_init(&scaler, prec);
+    timed_loss tl = {{be, dtarget}, 0.0};
     for (int it = 0; it < iters; it++) {
         lh_adapter_grads_zero(a);
+        lh_unet_train_opts o = {.checkpointing = ckpt, .precision = prec,
+                                .loss_scale = scaler.scale};
+        lh_unet_overflow rep;
         double s0 = now();
-        if (lh_unet_forward(unet, dpred, x, ts, ctx, b, h, w, n_ctx, &err) != LH_OK)
-            die("forward", err.msg);
-        if (be->ops->download(be, pred, dpred, nout * sizeof(float)) != LH_OK)
-            die("download", "failed");
-        loss = 0.0;
-        for (size_t i = 0; i < nout; i++) {
-            double d = (double)pred[i] - (double)target[i];
-            loss += d * d;
-            dout[i] = (float)(2.0 * d / (double)nout);
-        }
-        loss /= (double)nout;
-        if (be->ops->upload(be, ddout, dout, nout * sizeof(float)) != LH_OK)
-            die("upload", "failed");
-        double s1 = now();
-        if (lh_unet_backward(unet, NULL, NULL, ddout, x, ts, ctx, b, h, w, n_ctx, ckpt, &err) !=
-            LH_OK)
-            die("backward", err.msg);
-        be->ops->sync(be);
-        double s2 = now();
+        if (lh_unet_train_step(unet, &o, timed_mse, &tl, &loss, NULL, x, ts, ctx, b, h, w, n_ctx,
+                               &rep, &err) != LH_OK)
+            die("train step", err.msg);
+        int64_t bad = lh_adapter_grads_unscale(a, 1.0f / scaler.scale);
+        if (!lh_loss_scaler_update(&scaler, bad > 0 || rep.count > 0))
+            fprintf(stderr, "bench_train: step %d overflowed (first at %s); skipped\n", it,
+                    rep.count ? rep.at[0].unit : "the adapter gradients");
+        double s2 = now(), s1 = tl.t_forward_end;
         ls += (size_t)snprintf(steps + ls, sizeof steps - ls, "%s%.4f", it ? ", " : "", s2 - s0);
         lf += (size_t)snprintf(fwds + lf, sizeof fwds - lf, "%s%.4f", it ? ", " : "", s1 - s0);
         lb += (size_t)snprintf(bwds + lb, sizeof bwds - lb, "%s%.4f", it ? ", " : "", s2 - s1);
@@ -164,7 +180,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_train: step %d: %.3f s\n", it, s2 - s0);
     }
     printf(", \"step_s\": [%s], \"forward_s\": [%s], \"backward_s\": [%s]", steps, fwds, bwds);
-    printf(", \"loss\": %.8g, \"grad_norm\": %.6g", loss, grad_norm(a));
+    printf(", \"loss\": %.8g, \"grad_norm\": %.6g, \"skipped\": %lld", (double)loss,
+           grad_norm(a), (long long)scaler.skipped);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf(", \"peak_rss_mb\": %.1f}\n", (double)ru.ru_maxrss / 1024.0);
@@ -174,13 +191,10 @@ int main(int argc, char **argv) {
     lh_adapter_unload(a);
     be->ops->free(be, x);
     be->ops->free(be, ctx);
-    be->ops->free(be, dpred);
-    be->ops->free(be, ddout);
+    be->ops->free(be, dtarget);
     free(hx);
     free(hc);
     free(target);
-    free(pred);
-    free(dout);
     lh_unet_free(unet);
     lh_registry_destroy(reg);
     lh_backend_destroy(be);

@@ -2,7 +2,7 @@
 """One LoRA training step on the CPU: lorahost beside diffusers + PEFT, same run.
 
 Usage: ~/ref/bin/python bench/train_cpu.py [--configs tiny mid] [--iters 3]
-           [--rank 8] [--build build]
+           [--rank 8] [--build build] [--precisions fp32 fp16]
 Configs:
   tiny: tests/fixtures/models/sd1_tiny/unet, batch 2, 8x8 latents, 8 context
         tokens (the goldens' shape)
@@ -13,14 +13,20 @@ Configs:
         /tmp/lh-bench/sd15), batch 1, 32x32 latents, 77 context tokens
 A rank-r LoRA (PEFT format, lora_alpha = r, randn * 0.05, F32) on to_q, to_k,
 to_v and to_out.0 of every attention (attn1 and attn2), cached under
-/tmp/lh-bench/loras/. One step, fp32, each side in its own process per
-checkpointing setting, all cores: forward, mse loss against a random target,
-backward to the LoRA gradients (no optimizer).
-  ours:      bench_train (lh_unet_forward for pred and dL/dpred, then
-             lh_unet_backward with / without checkpointing)
-  diffusers: UNet2DConditionModel float32 + load_lora_adapter, base frozen,
+/tmp/lh-bench/loras/. One step, each side in its own process per precision
+and checkpointing setting, all cores: forward, mse loss against a random
+target, backward to the LoRA gradients (no optimizer).
+  ours:      bench_train (lh_unet_train_step: one forward keeping its
+             activations, the loss, the backward; with / without
+             checkpointing; fp16: loss scale 65536 from lh_loss_scaler,
+             gradients unscaled and checked)
+  diffusers: UNet2DConditionModel + load_lora_adapter, base frozen,
              F.mse_loss(...).backward(); unet.train() and
-             enable_gradient_checkpointing() for the checkpointed run
+             enable_gradient_checkpointing() for the checkpointed run.
+             fp16 as diffusers' LoRA scripts with --mixed_precision fp16:
+             the frozen U-Net cast to float16, LoRA parameters float32,
+             the forward under torch.autocast("cpu", float16), the loss on
+             pred.float(), torch.amp.GradScaler (scale 65536).
 Prints a table per config and whether the issue's targets are met.
 """
 import argparse
@@ -111,11 +117,17 @@ def torch_worker(args):
         pass
     torch.set_num_threads(os.cpu_count())
     res = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-           "checkpointing": args.ckpt}
+           "checkpointing": args.ckpt, "precision": args.precision}
+    half = args.precision == "fp16"
     m = UNet2DConditionModel.from_pretrained(args.dir, torch_dtype=torch.float32)
+    if half:
+        m.to(torch.float16)
     m.load_lora_adapter(args.lora, prefix="unet", adapter_name="A")
     for n, p in m.named_parameters():
         p.requires_grad_(".lora_" in n)
+        if half and ".lora_" in n:
+            p.data = p.data.float()  # diffusers' cast_training_params
+    scaler = torch.amp.GradScaler("cpu", init_scale=65536.0) if half else None
     n_lora = sum(1 for n, _ in m.named_modules() if n.endswith(".lora_A.A"))
     res["layers_unet"] = n_lora
     m.train()  # diffusers checkpoints only in train mode; no dropout in this config
@@ -139,6 +151,14 @@ def torch_worker(args):
             pass
         return tn
 
+    def forward():
+        if not half:
+            return F.mse_loss(m(x, t, encoder_hidden_states=ctx).sample, target)
+        with torch.autocast("cpu", dtype=torch.float16):
+            pred = m(x.half(), t, encoder_hidden_states=ctx.half()).sample
+        return F.mse_loss(pred.float(), target)
+
+    opt = torch.optim.SGD(params, lr=0.0)  # GradScaler.unscale_ works per optimizer
     steps, fwds, bwds = [], [], []
     for it in range(args.iters):
         for p in params:
@@ -147,13 +167,16 @@ def torch_worker(args):
         t0 = time.perf_counter()
         if hooks:
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda tn: tn):
-                pred = m(x, t, encoder_hidden_states=ctx).sample
-                loss = F.mse_loss(pred, target)
+                loss = forward()
         else:
-            pred = m(x, t, encoder_hidden_states=ctx).sample
-            loss = F.mse_loss(pred, target)
+            loss = forward()
         t1 = time.perf_counter()
-        loss.backward()
+        if half:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            scaler.update()
+        else:
+            loss.backward()
         t2 = time.perf_counter()
         steps.append(t2 - t0)
         fwds.append(t1 - t0)
@@ -188,11 +211,11 @@ def secs(v):
     return f"{v * 1e3:.1f} ms" if v < 1.0 else f"{v:.3f} s"
 
 
-def table(name, args, iters, sh, o, r, la0, la1):
+def table(name, args, iters, sh, o, r, la0, la1, prec):
     print(f"Config {name}: {sh['dir']}, batch {sh['batch']}, {sh['size']}x{sh['size']} latents, "
           f"{sh['ctx']} context tokens, LoRA rank {args.rank} (alpha {args.rank}) on "
           f"to_q/to_k/to_v/to_out.0 ({o[0]['layers_unet']} layers ours, "
-          f"{r[0]['layers_unet']} diffusers), fp32, {os.cpu_count()} cores, torch "
+          f"{r[0]['layers_unet']} diffusers), {prec}, {os.cpu_count()} cores, torch "
           f"{r[0]['torch']}, {iters} iterations, load average {la0} -> {la1}")
     print("| | lorahost | diffusers + PEFT | ratio (diffusers / ours) |")
     print("|---|---|---|---|")
@@ -243,6 +266,8 @@ def main():
     ap.add_argument("--size", type=int)
     ap.add_argument("--ctx", type=int)
     ap.add_argument("--ckpt", type=int, default=0)
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "fp16"])
+    ap.add_argument("--precision", default="fp32")
     args = ap.parse_args()
     if args.torch_worker:
         return torch_worker(args)
@@ -252,20 +277,22 @@ def main():
         sh["dir"] = os.path.relpath(d, ROOT) if d.startswith(ROOT) else d
         lora = build_lora(name, d, args.rank)
         iters = args.iters_tiny if name == "tiny" else args.iters
-        la0 = loadavg()
-        o, r = {}, {}
-        for ck in (0, 1):
-            o[ck] = run_json([os.path.join(args.build, "bench", "bench_train"), d, lora,
-                              str(sh["batch"]), str(sh["size"]), str(sh["size"]), str(sh["ctx"]),
-                              str(iters), str(ck)])
-            print(f"{name} ckpt {ck}: ours {json.dumps(o[ck])}", file=sys.stderr)
-            r[ck] = run_json([sys.executable, __file__, "--torch-worker", "--dir", d,
-                              "--lora", lora, "--batch", str(sh["batch"]),
-                              "--size", str(sh["size"]), "--ctx", str(sh["ctx"]),
-                              "--iters", str(iters), "--ckpt", str(ck)])
-            print(f"{name} ckpt {ck}: diffusers {json.dumps(r[ck])}", file=sys.stderr)
-        la1 = loadavg()
-        table(name, args, iters, sh, o, r, la0, la1)
+        for prec in args.precisions:
+            la0 = loadavg()
+            o, r = {}, {}
+            for ck in (0, 1):
+                o[ck] = run_json([os.path.join(args.build, "bench", "bench_train"), d, lora,
+                                  str(sh["batch"]), str(sh["size"]), str(sh["size"]),
+                                  str(sh["ctx"]), str(iters), str(ck), "0", prec])
+                print(f"{name} {prec} ckpt {ck}: ours {json.dumps(o[ck])}", file=sys.stderr)
+                r[ck] = run_json([sys.executable, __file__, "--torch-worker", "--dir", d,
+                                  "--lora", lora, "--batch", str(sh["batch"]),
+                                  "--size", str(sh["size"]), "--ctx", str(sh["ctx"]),
+                                  "--iters", str(iters), "--ckpt", str(ck),
+                                  "--precision", prec])
+                print(f"{name} {prec} ckpt {ck}: diffusers {json.dumps(r[ck])}", file=sys.stderr)
+            la1 = loadavg()
+            table(name, args, iters, sh, o, r, la0, la1, prec)
 
 
 if __name__ == "__main__":

@@ -379,7 +379,7 @@ static lh_status layer_forward(lh_clip *m, int64_t l, const clip_acts *s, int64_
     LH_CLIP_ADAPT(L->k_w, s->k, s->h1);
     LH_CLIP_OP(linear, s->v, s->h1, L->v_w, L->v_b, R, H, H);
     LH_CLIP_ADAPT(L->v_w, s->v, s->h1);
-    LH_CLIP_OP(attention, s->a, s->q, s->k, s->v, b, heads, n, n, d_head, scale, 1);
+    LH_CLIP_OP(attention, s->a, NULL, s->q, s->k, s->v, b, heads, n, n, d_head, scale, 1);
     LH_CLIP_OP(linear, s->o, s->a, L->o_w, L->o_b, R, H, H);
     LH_CLIP_ADAPT(L->o_w, s->o, s->a);
     LH_CLIP_OP(add, s->x2, s->x, s->o, R * H);
@@ -551,8 +551,8 @@ static lh_status layer_backward(lh_clip *m, int64_t l, const clip_grads *g, cons
     /* x2 = x + out_proj(attention(layer_norm1(x))) */
     LH_CLIP_OP(linear_backward, g->da, NULL, NULL, g->dx, s->a, L->o_w, R, H, H);
     LH_CLIP_ADAPT_BACKWARD(L->o_w, g->da, g->dx, s->a);
-    LH_CLIP_OP(attention_backward, g->dq, g->dk, g->dv, g->da, s->a, s->q, s->k, s->v, b, heads,
-               n, n, d_head, scale, 1);
+    LH_CLIP_OP(attention_backward, g->dq, g->dk, g->dv, g->da, s->a, NULL, s->q, s->k, s->v, b,
+               heads, n, n, d_head, scale, 1);
     /* h1 feeds q, k and v: dh sums the three */
     LH_CLIP_OP(linear_backward, g->dh, NULL, NULL, g->dq, s->h1, L->q_w, R, H, H);
     LH_CLIP_ADAPT_BACKWARD(L->q_w, g->dh, g->dq, s->h1);

@@ -635,6 +635,7 @@ const lh_unet_config *lh_unet_get_config(const lh_unet *m) { return &m->cfg; }
 
 void lh_unet_free(lh_unet *m) {
     if (!m) return;
+    lh_unet_release_workspace(m);
     lh_wstore_free(&m->ws);
     free(m);
 }

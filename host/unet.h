@@ -90,6 +90,10 @@ typedef struct lh_unet {
      * (F16/BF16 files are widened exactly), or the half type a mixed
      * precision step rounded them to. */
     lh_dtype weight_precision;
+    /* The training steps' activation arena, kept between steps (backend
+     * memory; lh_unet_release_workspace frees it). */
+    float *train_ws;
+    size_t train_ws_floats;
 } lh_unet;
 
 /* ---- Loading ---- */
@@ -241,6 +245,11 @@ LH_API lh_status lh_unet_train_step(lh_unet *m, const lh_unet_train_opts *opts,
                                     const float *context,   /* backend */
                                     int64_t b, int64_t h, int64_t w, int64_t n_ctx,
                                     lh_unet_overflow *report, lh_error *err);
+
+/* Training steps keep their activation arena in the U-Net for the next
+ * step (no allocation or page faults per step): a U-Net trains one step at
+ * a time. This frees it (lh_unet_free does too). */
+LH_API void lh_unet_release_workspace(lh_unet *m);
 
 /* Private to the host: call fn for every parameter of m with its diffusers
  * key, its backend data and element count, in loading order. */

@@ -35,7 +35,7 @@ enum {
     SLOT_R_H1, SLOT_R_A, SLOT_R_H2,
     SLOT_X_TOK, SLOT_X_S0, SLOT_X_S1, SLOT_X_S2, SLOT_X_S3, SLOT_X_LN1, SLOT_X_LN2, SLOT_X_LN3,
     SLOT_X_Q1, SLOT_X_K1, SLOT_X_V1, SLOT_X_ATT1, SLOT_X_Q2, SLOT_X_K2, SLOT_X_V2, SLOT_X_ATT2,
-    SLOT_X_FF, SLOT_X_GG, SLOT_X_UP,
+    SLOT_X_FF, SLOT_X_GG, SLOT_X_UP, SLOT_X_LSE1, SLOT_X_LSE2,
     /* gradients: the hidden state's (ping-pong), one unit's backward scratch,
      * dL/d(silu(time embedding)) */
     SLOT_G_CUR0, SLOT_G_CUR1,
@@ -66,6 +66,7 @@ typedef struct attn_acts {
     float *q;    /* [b, hw, c] */
     float *k, *v; /* [b, n_kv, c] */
     float *att;  /* [b, hw, c] attention output */
+    float *lse;  /* [b, heads, hw] its row logsumexp (training; NULL in inference) */
     float *proj; /* [b, hw, c] scratch: to_out(att) */
 } attn_acts;
 
@@ -342,7 +343,7 @@ static lh_status attention(run *r, const attn_acts *A,
     ADAPT(wk, A->k, kv, b * n_kv, 1, 1);
     OP(ops->linear(be, A->v, kv, wv, NULL, b * n_kv, c_kv, c), who);
     ADAPT(wv, A->v, kv, b * n_kv, 1, 1);
-    OP(ops->attention(be, A->att, A->q, A->k, A->v, b, heads, hw, n_kv, d,
+    OP(ops->attention(be, A->att, A->lse, A->q, A->k, A->v, b, heads, hw, n_kv, d,
                       1.0f / sqrtf((float)d), 0), who);
     /* inference: proj is ln's slot (ln is consumed once q, k and v exist) */
     OP(ops->linear(be, A->proj, A->att, wo, bo, b * hw, c, c), who);
@@ -352,8 +353,9 @@ static lh_status attention(run *r, const attn_acts *A,
 }
 
 /* The transformer record (see res_record). */
-static tf_acts tf_record(run *r, int64_t c, int64_t h, int64_t w) {
+static tf_acts tf_record(run *r, int64_t c, int64_t heads, int64_t h, int64_t w) {
     int64_t b = r->b, n = b * h * w;
+    size_t lse = elems(r, b, heads, h * w, 1);
     size_t tok = elems(r, b, h * w, c, 1), ctx = elems(r, b, r->n_ctx, c, 1);
     size_t kv = tok > ctx ? tok : ctx, f8 = elems(r, n, 8, c, 1), f4 = elems(r, n, 4, c, 1);
     need(r, SLOT_T1, tok);
@@ -368,7 +370,7 @@ static tf_acts tf_record(run *r, int64_t c, int64_t h, int64_t w) {
         need(r, SLOT_FF, f8);
         need(r, SLOT_GEGLU, f4);
         float *st = S(r, SLOT_TOK), *ln = S(r, SLOT_LN);
-        attn_acts at = {S(r, SLOT_Q), S(r, SLOT_K), S(r, SLOT_V), S(r, SLOT_ATT), ln};
+        attn_acts at = {S(r, SLOT_Q), S(r, SLOT_K), S(r, SLOT_V), S(r, SLOT_ATT), NULL, ln};
         return (tf_acts){.t1 = S(r, SLOT_T1), .tok = S(r, SLOT_T2), .s0 = st, .s1 = st,
                          .s2 = st, .s3 = st, .ln1 = ln, .ln2 = ln, .ln3 = ln, .a1 = at,
                          .a2 = at, .ff = S(r, SLOT_FF), .gg = S(r, SLOT_GEGLU), .ffo = ln,
@@ -396,6 +398,7 @@ static tf_acts tf_record(run *r, int64_t c, int64_t h, int64_t w) {
         {&a.a1.k, SLOT_X_K1, tok}, {&a.a1.v, SLOT_X_V1, tok}, {&a.a1.att, SLOT_X_ATT1, tok},
         {&a.a2.q, SLOT_X_Q2, tok}, {&a.a2.k, SLOT_X_K2, ctx}, {&a.a2.v, SLOT_X_V2, ctx},
         {&a.a2.att, SLOT_X_ATT2, tok}, {&a.ff, SLOT_X_FF, f8}, {&a.gg, SLOT_X_GG, f4},
+        {&a.a1.lse, SLOT_X_LSE1, lse}, {&a.a2.lse, SLOT_X_LSE2, lse},
     };
     for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
         if (r->ckpt) {
@@ -452,7 +455,7 @@ static lh_status transformer_fwd(run *r, const tf_acts *A,
 
 static lh_status transformer(run *r, float *out, const float *x, const lh_unet_attn *a,
                              int64_t h, int64_t w) {
-    tf_acts A = tf_record(r, a->c, h, w);
+    tf_acts A = tf_record(r, a->c, a->heads, h, w);
     unit *u = record(r, U_TF, a, h, w, x, out);
     if (u) u->ta = A;
     if (r->dry) return LH_OK;
@@ -999,8 +1002,8 @@ static lh_status attention_bw(run *r, const attn_acts *A, float *dln, float *d_c
     float *datt = S(r, SLOT_GA), *dq = S(r, SLOT_GQ), *dk = S(r, SLOT_GK), *dv = S(r, SLOT_GV);
     OP(ops->linear_backward(be, datt, G(r, wo), G(r, bo), ds, A->att, wo, n, c, c), who);
     ADAPT_BW(wo, datt, ds, A->att, n, 1, 1);
-    OP(ops->attention_backward(be, dq, dk, dv, datt, A->att, A->q, A->k, A->v, b, heads, hw, n_kv,
-                               d, 1.0f / sqrtf((float)d), 0), who);
+    OP(ops->attention_backward(be, dq, dk, dv, datt, A->att, A->lse, A->q, A->k, A->v, b, heads, hw,
+                               n_kv, d, 1.0f / sqrtf((float)d), 0), who);
     OP(ops->linear_backward(be, dln, G(r, wq), NULL, dq, ln, wq, n, c, c), who);
     ADAPT_BW(wq, dln, dq, ln, n, 1, 1);
     const float *wkv[2] = {wk, wv}, *dkv[2] = {dk, dv};
@@ -1366,17 +1369,20 @@ static lh_status train(lh_unet *m, const lh_unet_train_opts *o, lh_unet_loss_fn 
         return st;
     }
     int64_t n_out = b * m->cfg.out_channels * h * w;
-    float *arena = ops->alloc(m->be, (floats ? floats : 1) * sizeof(float));
-    float *dout = ops->alloc(m->be, (size_t)n_out * sizeof(float));
-    if (!arena || !dout) {
-        if (arena) ops->free(m->be, arena);
-        if (dout) ops->free(m->be, dout);
-        free(tape);
-        return lh_error_set(err, LH_ERR_NOMEM, "unet backward: cannot allocate %zu MiB of "
-                            "activations (batch %lld, %lldx%lld, checkpointing %d)",
-                            (floats * sizeof(float)) >> 20, (long long)b, (long long)h,
-                            (long long)w, o->checkpointing);
+    size_t need = floats + align_up((size_t)n_out); /* the activations, then dL/d(out) */
+    if (m->train_ws_floats < need) {
+        lh_unet_release_workspace(m);
+        m->train_ws = ops->alloc(m->be, need * sizeof(float));
+        if (!m->train_ws) {
+            free(tape);
+            return lh_error_set(err, LH_ERR_NOMEM, "unet backward: cannot allocate %zu MiB of "
+                                "activations (batch %lld, %lldx%lld, checkpointing %d)",
+                                (need * sizeof(float)) >> 20, (long long)b, (long long)h,
+                                (long long)w, o->checkpointing);
+        }
+        m->train_ws_floats = need;
     }
+    float *arena = m->train_ws, *dout = arena + floats;
     carve(&r, arena);
     r.dry = 0;
     r.ctx = context;
@@ -1421,10 +1427,15 @@ static lh_status train(lh_unet *m, const lh_unet_train_opts *o, lh_unet_loss_fn 
     }
     if (prec != LH_DTYPE_F32) ops->set_precision(m->be, LH_DTYPE_F32);
     if (loss) *loss = l;
-    ops->free(m->be, dout);
-    ops->free(m->be, arena);
     free(tape);
     return st;
+}
+
+void lh_unet_release_workspace(lh_unet *m) {
+    if (!m || !m->train_ws) return;
+    m->be->ops->free(m->be, m->train_ws);
+    m->train_ws = NULL;
+    m->train_ws_floats = 0;
 }
 
 lh_status lh_unet_backward(lh_unet *m, float *out, float *d_context, const float *dout,

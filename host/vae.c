@@ -765,7 +765,7 @@ static lh_status attention(vae_fwd *F, const vae_attn *a, int64_t b, int64_t c, 
     TRY(ops->linear(F->be, F->q, u, a->q_w, a->q_b, b * hw, c, c), "linear", a->name);
     TRY(ops->linear(F->be, F->k, u, a->k_w, a->k_b, b * hw, c, c), "linear", a->name);
     TRY(ops->linear(F->be, F->v, u, a->v_w, a->v_b, b * hw, c, c), "linear", a->name);
-    TRY(ops->attention(F->be, F->o, F->q, F->k, F->v, b, 1, hw, hw, c,
+    TRY(ops->attention(F->be, F->o, NULL, F->q, F->k, F->v, b, 1, hw, hw, c,
                        (float)(1.0 / sqrt((double)c)), 0),
         "attention", a->name);
     TRY(ops->linear(F->be, u, F->o, a->o_w, a->o_b, b * hw, c, c), "linear", a->name);

@@ -74,10 +74,15 @@ typedef struct lh_backend_ops {
      * as linear projections produce them: q [b, nq, heads * d], k and v
      * [b, nk, heads * d], out [b, nq, heads * d]. softmax(scale q k^T) v per
      * head; `causal` masks key j > query i (CLIP's text encoder). Never
-     * materialises a full [heads, nq, nk] matrix for large sizes. */
-    lh_status (*attention)(lh_backend *be, float *out, const float *q, const float *k,
-                           const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk,
-                           int64_t d, float scale, int causal);
+     * materialises a full [heads, nq, nk] matrix for large sizes. `lse`,
+     * when not NULL, receives each row's float32 logsumexp, log sum_j
+     * exp(scale q.k_j) over the keys the query sees, at ((batch * heads) +
+     * head) * nq + query: what attention_backward needs (NULL costs nothing). */
+    lh_status (*attention)(lh_backend *be, float *out, /* [b, nq, heads * d] */
+                           float *lse,                 /* [b, heads, nq] or NULL */
+                           const float *q, const float *k, const float *v, int64_t b,
+                           int64_t heads, int64_t nq, int64_t nk, int64_t d, float scale,
+                           int causal);
 
     /* ---- Elementwise ---- */
     lh_status (*silu)(lh_backend *be, float *out, const float *x, int64_t n);
@@ -146,11 +151,15 @@ typedef struct lh_backend_ops {
                                      const float *dy, const float *x, const float *gamma,
                                      int64_t rows, int64_t cols, float eps);
     /* attention (layout and masking as the forward; `out` is the forward's
-     * output): dq [b, nq, heads*d], dk and dv [b, nk, heads*d]. */
+     * output): dq [b, nq, heads*d], dk and dv [b, nk, heads*d]. `lse`, the
+     * forward's row logsumexp [b, heads, nq], spares recomputing it; NULL
+     * recomputes it. */
     lh_status (*attention_backward)(lh_backend *be, float *dq, float *dk, float *dv,
-                                    const float *dout, const float *out, const float *q,
-                                    const float *k, const float *v, int64_t b, int64_t heads,
-                                    int64_t nq, int64_t nk, int64_t d, float scale, int causal);
+                                    const float *dout, const float *out,
+                                    const float *lse, /* [b, heads, nq] or NULL */
+                                    const float *q, const float *k, const float *v, int64_t b,
+                                    int64_t heads, int64_t nq, int64_t nk, int64_t d, float scale,
+                                    int causal);
     /* Elementwise activations: dx = dy * f'(x). dx may alias dy. */
     lh_status (*silu_backward)(lh_backend *be, float *dx, const float *dy, const float *x,
                                int64_t n);

@@ -481,10 +481,11 @@ static void check_attention(lh_backend *be, int64_t b, int64_t heads, int64_t nq
     float scale = (float)(1.0 / sqrt((double)d));
     float *q = rand_f(qn, 2.0, 0.0), *k = rand_f(kn, 1.5, 0.0), *v = rand_f(kn, 1.0, 0.2);
     float *dout = rand_f(qn, 1.0, 0.0), *out = nan_f(qn);
-    float *dq = nan_f(qn), *dk = nan_f(kn), *dv = nan_f(kn);
-    ck_assert_int_eq(be->ops->attention(be, out, q, k, v, b, heads, nq, nk, d, scale, causal), LH_OK);
-    ck_assert_int_eq(be->ops->attention_backward(be, dq, dk, dv, dout, out, q, k, v, b, heads, nq,
-                                                 nk, d, scale, causal),
+    float *dq = nan_f(qn), *dk = nan_f(kn), *dv = nan_f(kn), *lse = nan_f(b * heads * nq);
+    ck_assert_int_eq(be->ops->attention(be, out, lse, q, k, v, b, heads, nq, nk, d, scale, causal),
+                     LH_OK);
+    ck_assert_int_eq(be->ops->attention_backward(be, dq, dk, dv, dout, out, NULL, q, k, v, b, heads,
+                                                 nq, nk, d, scale, causal),
                      LH_OK);
 
     att_case a = {widen(q, qn), widen(k, kn), widen(v, kn), widen(dout, qn), b, heads, nq, nk, d,
@@ -501,19 +502,30 @@ static void check_attention(lh_backend *be, int64_t b, int64_t heads, int64_t nq
     check_fd(dk, rdk, a.k, kn, att_loss_kv, &a, what);
     check_fd(dv, rdv, a.v, kn, att_loss_kv, &a, what);
 
+    /* the forward's row logsumexp in place of the backward's own pass: that
+     * pass does the forward's arithmetic, so the gradients agree bit for bit */
+    float *with[3] = {nan_f(qn), nan_f(kn), nan_f(kn)};
+    ck_assert_int_eq(be->ops->attention_backward(be, with[0], with[1], with[2], dout, out, lse, q, k,
+                                                 v, b, heads, nq, nk, d, scale, causal),
+                     LH_OK);
+    ck_assert_msg(!memcmp(with[0], dq, (size_t)qn * sizeof(float)), "%s: dq with lse differs", what);
+    ck_assert_msg(!memcmp(with[1], dk, (size_t)kn * sizeof(float)), "%s: dk with lse differs", what);
+    ck_assert_msg(!memcmp(with[2], dv, (size_t)kn * sizeof(float)), "%s: dv with lse differs", what);
+
     /* each output alone (the others NULL) gives the same values, written over NaN */
     float *one[3] = {nan_f(qn), nan_f(kn), nan_f(kn)};
     for (int o = 0; o < 3; o++)
         ck_assert_int_eq(be->ops->attention_backward(be, o == 0 ? one[0] : NULL,
                                                      o == 1 ? one[1] : NULL, o == 2 ? one[2] : NULL,
-                                                     dout, out, q, k, v, b, heads, nq, nk, d, scale,
-                                                     causal),
+                                                     dout, out, NULL, q, k, v, b, heads, nq, nk, d,
+                                                     scale, causal),
                          LH_OK);
     ck_assert_mem_eq(one[0], dq, (size_t)qn * sizeof(float));
     ck_assert_mem_eq(one[1], dk, (size_t)kn * sizeof(float));
     ck_assert_mem_eq(one[2], dv, (size_t)kn * sizeof(float));
 
-    float *to_free[] = {q, k, v, dout, out, dq, dk, dv, one[0], one[1], one[2]};
+    float *to_free[] = {q, k, v, dout, out, dq, dk, dv, lse, one[0], one[1], one[2],
+                        with[0], with[1], with[2]};
     for (size_t i = 0; i < sizeof to_free / sizeof to_free[0]; i++) free(to_free[i]);
     double *to_free64[] = {a.q, a.k, a.v, a.w, rdq, rdk, rdv};
     for (size_t i = 0; i < sizeof to_free64 / sizeof to_free64[0]; i++) free(to_free64[i]);
@@ -544,12 +556,12 @@ START_TEST(test_attention_backward_threads_agree) {
     seed(14);
     float *q = rand_f(qn, 2, 0), *k = rand_f(kn, 1, 0), *v = rand_f(kn, 1, 0), *dout = rand_f(qn, 1, 0);
     float *out = nan_f(qn), *g[N_BE][3];
-    ck_assert_int_eq(g_be[0]->ops->attention(g_be[0], out, q, k, v, b, heads, nq, nk, d, 0.2f, 1), LH_OK);
+    ck_assert_int_eq(g_be[0]->ops->attention(g_be[0], out, NULL, q, k, v, b, heads, nq, nk, d, 0.2f, 1), LH_OK);
     for (int bi = 0; bi < N_BE; bi++) {
         g[bi][0] = nan_f(qn), g[bi][1] = nan_f(kn), g[bi][2] = nan_f(kn);
         ck_assert_int_eq(g_be[bi]->ops->attention_backward(g_be[bi], g[bi][0], g[bi][1], g[bi][2],
-                                                           dout, out, q, k, v, b, heads, nq, nk, d,
-                                                           0.2f, 1),
+                                                           dout, out, NULL, q, k, v, b, heads, nq, nk,
+                                                           d, 0.2f, 1),
                          LH_OK);
     }
     ck_assert_mem_eq(g[0][0], g[1][0], (size_t)qn * sizeof(float));
@@ -591,18 +603,18 @@ START_TEST(test_backward_errors) {
     ck_assert_int_eq(o->layer_norm_backward(be, z, z, z, z, z, NULL, 1, 4, 1e-5f), LH_ERR_INVALID);
     ck_assert_int_eq(o->layer_norm_backward(be, NULL, NULL, NULL, NULL, NULL, NULL, 0, 4, 1e-5f), LH_OK);
     /* attention */
-    ck_assert_int_eq(o->attention_backward(be, z, z, z, z, z, z, z, z, 1, -1, 1, 1, 1, 1.0f, 0), LH_ERR_INVALID);
-    ck_assert_int_eq(o->attention_backward(be, z, z, z, z, z, z, z, z, 1, 1, 1, 1, 1, NAN, 0), LH_ERR_INVALID);
-    ck_assert_int_eq(o->attention_backward(be, z, z, z, z, z, z, z, z, 1, 1, 1, 0, 1, 1.0f, 0), LH_ERR_INVALID);
-    ck_assert_int_eq(o->attention_backward(be, z, z, z, z, z, z, z, z, big, 4, 1, 1, 4, 1.0f, 0), LH_ERR_OVERFLOW);
-    ck_assert_int_eq(o->attention_backward(be, z, z, z, z, NULL, z, z, z, 1, 1, 1, 1, 1, 1.0f, 0), LH_ERR_INVALID);
-    ck_assert_int_eq(o->attention_backward(be, z, z, z, NULL, z, z, z, z, 1, 1, 1, 1, 1, 1.0f, 0), LH_ERR_INVALID);
-    ck_assert_int_eq(o->attention_backward(be, z, z, z, z, z, z, NULL, z, 1, 1, 1, 1, 1, 1.0f, 0), LH_ERR_INVALID);
-    ck_assert_int_eq(o->attention_backward(be, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 1, 1, 1, 1, 1.0f, 0), LH_OK);
+    ck_assert_int_eq(o->attention_backward(be, z, z, z, z, z, NULL, z, z, z, 1, -1, 1, 1, 1, 1.0f, 0), LH_ERR_INVALID);
+    ck_assert_int_eq(o->attention_backward(be, z, z, z, z, z, NULL, z, z, z, 1, 1, 1, 1, 1, NAN, 0), LH_ERR_INVALID);
+    ck_assert_int_eq(o->attention_backward(be, z, z, z, z, z, NULL, z, z, z, 1, 1, 1, 0, 1, 1.0f, 0), LH_ERR_INVALID);
+    ck_assert_int_eq(o->attention_backward(be, z, z, z, z, z, NULL, z, z, z, big, 4, 1, 1, 4, 1.0f, 0), LH_ERR_OVERFLOW);
+    ck_assert_int_eq(o->attention_backward(be, z, z, z, z, NULL, NULL, z, z, z, 1, 1, 1, 1, 1, 1.0f, 0), LH_ERR_INVALID);
+    ck_assert_int_eq(o->attention_backward(be, z, z, z, NULL, z, NULL, z, z, z, 1, 1, 1, 1, 1, 1.0f, 0), LH_ERR_INVALID);
+    ck_assert_int_eq(o->attention_backward(be, z, z, z, z, z, NULL, z, NULL, z, 1, 1, 1, 1, 1, 1.0f, 0), LH_ERR_INVALID);
+    ck_assert_int_eq(o->attention_backward(be, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 1, 1, 1, 1, 1.0f, 0), LH_OK);
     /* no queries: dk and dv are zero */
     float dk[8], dv[8];
     for (int i = 0; i < 8; i++) dk[i] = dv[i] = NAN;
-    ck_assert_int_eq(o->attention_backward(be, NULL, dk, dv, z, z, z, one, one, 1, 2, 0, 2, 2, 1.0f, 1), LH_OK);
+    ck_assert_int_eq(o->attention_backward(be, NULL, dk, dv, z, z, NULL, z, one, one, 1, 2, 0, 2, 2, 1.0f, 1), LH_OK);
     for (int i = 0; i < 8; i++) {
         ck_assert_float_eq(dk[i], 0.0f);
         ck_assert_float_eq(dv[i], 0.0f);

@@ -473,8 +473,9 @@ END_TEST
 
 /* ---- Attention ---- */
 
-/* Reference output row i of (batch bi, head h): o [d]. */
-static void ref_attention_row(double *o, const float *q, const float *k, const float *v,
+/* Reference output row i of (batch bi, head h): o [d]; returns the row's
+ * logsumexp, log sum_j exp(scale q_i.k_j) over the keys it sees. */
+static double ref_attention_row(double *o, const float *q, const float *k, const float *v,
                               int64_t heads, int64_t nq, int64_t nk, int64_t d, double scale,
                               int causal, int64_t bi, int64_t h, int64_t i) {
     int64_t hd = heads * d, last = causal && i < nk - 1 ? i : nk - 1;
@@ -494,37 +495,48 @@ static void ref_attention_row(double *o, const float *q, const float *k, const f
         for (int64_t c = 0; c < d; c++) o[c] += s[j] / sum * vr[c];
     }
     free(s);
+    return mx + log(sum);
 }
 
 /* Runs attention and compares rows i = 0, row_step, 2 row_step, ... and the
- * last row of every (batch, head) with the reference. q is drawn with
- * amplitude q_amp: larger makes the softmax peakier. */
+ * last row of every (batch, head), output and logsumexp, with the
+ * reference. q is drawn with amplitude q_amp: larger makes the softmax
+ * peakier. */
 static void check_attention(lh_backend *be, const char *tag, int64_t b, int64_t heads, int64_t nq,
                             int64_t nk, int64_t d, int causal, int64_t row_step, double q_amp) {
     int64_t nqe = b * nq * heads * d, nke = b * nk * heads * d;
     float *q = rand_f(nqe, q_amp, 0), *k = rand_f(nke, 1, 0), *v = rand_f(nke, 1, 0);
     float *dq = dev_up(be, q, nqe), *dk = dev_up(be, k, nke), *dv = dev_up(be, v, nke);
-    float *dout = dev_nan(be, nqe);
+    float *dout = dev_nan(be, nqe), *dlse = dev_nan(be, b * heads * nq);
     double scale = 1.0 / sqrt((double)d);
-    ck_assert_int_eq(be->ops->attention(be, dout, dq, dk, dv, b, heads, nq, nk, d, (float)scale, causal),
+    ck_assert_int_eq(be->ops->attention(be, dout, dlse, dq, dk, dv, b, heads, nq, nk, d, (float)scale,
+                                        causal),
                      LH_OK);
-    float *got = down(be, dout, nqe);
-    int64_t rows_per = (nq - 1) / row_step + 2, cap = b * heads * rows_per * d, n = 0;
-    double *ref = dvec(cap);
-    float *sel = xmalloc((size_t)cap * sizeof *sel);
+    float *got = down(be, dout, nqe), *got_lse = down(be, dlse, b * heads * nq);
+    int64_t rows_per = (nq - 1) / row_step + 2, cap = b * heads * rows_per * d, n = 0, nl = 0;
+    double *ref = dvec(cap), *ref_lse = dvec(b * heads * rows_per);
+    float *sel = xmalloc((size_t)cap * sizeof *sel), *sel_lse = xmalloc((size_t)(b * heads * rows_per) * sizeof *sel_lse);
     for (int64_t bi = 0; bi < b; bi++)
         for (int64_t h = 0; h < heads; h++)
             for (int64_t i = 0; i < nq; i = i == nq - 1 ? nq : (i + row_step < nq ? i + row_step : nq - 1)) {
-                ref_attention_row(ref + n, q, k, v, heads, nq, nk, d, scale, causal, bi, h, i);
+                ref_lse[nl] = ref_attention_row(ref + n, q, k, v, heads, nq, nk, d, scale, causal, bi, h, i);
+                sel_lse[nl++] = got_lse[(bi * heads + h) * nq + i];
                 memcpy(sel + n, got + (bi * nq + i) * heads * d + h * d, (size_t)d * sizeof(float));
                 n += d;
             }
     CHECK_REL(sel, ref, n, TOL, "attention %s b=%lld heads=%lld nq=%lld nk=%lld d=%lld causal=%d", tag,
               (long long)b, (long long)heads, (long long)nq, (long long)nk, (long long)d, causal);
+    CHECK_REL(sel_lse, ref_lse, nl, TOL, "attention lse %s b=%lld heads=%lld nq=%lld nk=%lld d=%lld causal=%d",
+              tag, (long long)b, (long long)heads, (long long)nq, (long long)nk, (long long)d, causal);
     for (int64_t i = 0; i < nqe; i++) ck_assert_msg(isfinite(got[i]), "attention %s: out[%lld] not finite", tag, (long long)i);
+    for (int64_t i = 0; i < b * heads * nq; i++)
+        ck_assert_msg(isfinite(got_lse[i]), "attention %s: lse[%lld] not finite", tag, (long long)i);
     free(sel);
+    free(sel_lse);
     free(ref);
+    free(ref_lse);
     free(got);
+    free(got_lse);
     free(q);
     free(k);
     free(v);
@@ -532,6 +544,7 @@ static void check_attention(lh_backend *be, const char *tag, int64_t b, int64_t 
     dfree(be, dk);
     dfree(be, dv);
     dfree(be, dout);
+    dfree(be, dlse);
 }
 
 START_TEST(test_attention) {
@@ -561,8 +574,8 @@ START_TEST(test_attention) {
         }
     }
     float z[4] = {0};
-    ck_assert_int_eq(g_be[0]->ops->attention(g_be[0], z, z, z, z, 1, 1, 1, 0, 1, 1.0f, 0), LH_ERR_INVALID);
-    ck_assert_int_eq(g_be[0]->ops->attention(g_be[0], z, z, z, z, 1, -1, 1, 1, 1, 1.0f, 0), LH_ERR_INVALID);
+    ck_assert_int_eq(g_be[0]->ops->attention(g_be[0], z, NULL, z, z, z, 1, 1, 1, 0, 1, 1.0f, 0), LH_ERR_INVALID);
+    ck_assert_int_eq(g_be[0]->ops->attention(g_be[0], z, NULL, z, z, z, 1, -1, 1, 1, 1, 1.0f, 0), LH_ERR_INVALID);
 }
 END_TEST
 
@@ -584,7 +597,7 @@ START_TEST(test_attention_threads_agree) {
     for (int bi = 0; bi < N_BE; bi++) {
         lh_backend *be = g_be[bi];
         float *dq = dev_up(be, q, ne), *dk = dev_up(be, k, nke), *dv = dev_up(be, v, nke), *dout = dev_nan(be, ne);
-        ck_assert_int_eq(be->ops->attention(be, dout, dq, dk, dv, b, heads, nq, nk, d, 0.2f, 1), LH_OK);
+        ck_assert_int_eq(be->ops->attention(be, dout, NULL, dq, dk, dv, b, heads, nq, nk, d, 0.2f, 1), LH_OK);
         out[bi] = down(be, dout, ne);
         dfree(be, dq);
         dfree(be, dk);
@@ -625,7 +638,7 @@ START_TEST(test_attention_16384) {
     memset(out, 0, (size_t)ne * sizeof *out); /* touch all pages before measuring */
     double scale = 1.0 / sqrt((double)d);
     long before = max_rss_kib();
-    ck_assert_int_eq(be->ops->attention(be, out, q, k, v, b, heads, n, n, d, (float)scale, 0), LH_OK);
+    ck_assert_int_eq(be->ops->attention(be, out, NULL, q, k, v, b, heads, n, n, d, (float)scale, 0), LH_OK);
     long grew = max_rss_kib() - before;
     ck_assert_msg(grew < 64 * 1024, "peak RSS grew by %ld KiB during attention", grew);
     static const int64_t rows[] = {0, 1, 63, 64, 127, 4097, 8191, 12345, 16320, 16383};

@@ -9,7 +9,9 @@
  * tile as S^T [ATT_BK, ATT_BQ]; K and V are read in place. The two products
  * are register-blocked in attention_tiles.h, instantiated for AVX-512,
  * AVX2+FMA and baseline vectors and picked from the CPU's features; the
- * softmax steps are plain loops over queries that vectorise. */
+ * softmax steps are plain loops over queries that vectorise. Asked for
+ * `lse`, a task ends by writing m + log l of its queries: the backward's
+ * row logsumexp, at no extra pass. */
 #include "cpu.h"
 
 #include <omp.h>
@@ -108,7 +110,7 @@ LH_HOT static void softmax_tile(float *restrict st, float *restrict ot, float *r
 
 typedef struct att_args {
     const float *q, *k, *v;
-    float *out;
+    float *out, *lse; /* lse [b, heads, nq] or NULL */
     att_kernels kern;
     int64_t heads, nq, nk, d;
     float scale;
@@ -153,13 +155,16 @@ static void attention_task(const att_args *a, float *scratch, int64_t bi, int64_
         float inv = 1.0f / l[i];
         for (int64_t c = 0; c < d; c++) dst[c] = ot[c * ATT_BQ + i] * inv;
     }
+    if (a->lse) /* m is already scaled (qt holds scale q); key 0 is never masked, so l > 0 */
+        for (int64_t i = 0; i < qrows; i++)
+            a->lse[(bi * a->heads + h) * a->nq + i0 + i] = m[i] + logf(l[i]);
 }
 
 /* ---- The op ---- */
 
-lh_status lh__cpu_attention(lh_backend *be, float *out, const float *q, const float *k,
-                            const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk,
-                            int64_t d, float scale, int causal) {
+lh_status lh__cpu_attention(lh_backend *be, float *out, float *lse, const float *q,
+                            const float *k, const float *v, int64_t b, int64_t heads, int64_t nq,
+                            int64_t nk, int64_t d, float scale, int causal) {
     int64_t qn, kn;
     if (b < 0 || heads < 0 || nq < 0 || nk < 0 || d < 0 || !isfinite(scale)) return LH_ERR_INVALID;
     if (!lh__mul4(&qn, b, nq, heads, d) || !lh__mul4(&kn, b, nk, heads, d) || !lh__bytes_ok(qn) ||
@@ -176,7 +181,7 @@ lh_status lh__cpu_attention(lh_backend *be, float *out, const float *q, const fl
     if (bytes == SIZE_MAX) return LH_ERR_OVERFLOW;
     float *scratch = malloc(bytes);
     if (!scratch) return LH_ERR_NOMEM;
-    att_args a = {q, k, v, out, pick_kernels(), heads, nq, nk, d, scale, causal != 0};
+    att_args a = {q, k, v, out, lse, pick_kernels(), heads, nq, nk, d, scale, causal != 0};
     int64_t per = per_thread_floats(d);
 
 #pragma omp parallel num_threads(threads) if (threads > 1)

@@ -1,9 +1,11 @@
 /* Backward of scaled dot-product attention (layout and causal mask as
  * attention.c), FlashAttention-2 style. A task is one (batch, head), so it
  * owns that head's columns of dq, dk and dv and needs no locks. It first
- * walks the query tiles for the row logsumexp and D = rowsum(dO * O) (O is
- * the forward's output), then, for each tile of ATB_BK keys, every query
- * tile that can see it: P = exp(scale S - lse) recomputed, and
+ * walks the query tiles for D = rowsum(dO * O) (O is the forward's output)
+ * and, unless the forward supplied it, the row logsumexp (an online
+ * softmax over every key: the costly part), then, for each tile of ATB_BK
+ * keys, every query tile that can see it: P = exp(scale S - lse)
+ * recomputed, and
  *   dV += P^T dO,  dS = scale P (dO V^T - D),  dQ += dS K,  dK += dS^T Q
  * with dK, dV held for the key tile. Scratch is a few tiles plus two floats
  * per query, per thread - never [nq, nk].
@@ -49,7 +51,7 @@ typedef struct atb_scratch {
     float *qt, *dot, *dqt;  /* [d, BQ]: Q^T, dO^T (zero-padded), dQ^T of a tile */
     float *dkt, *dvt;       /* [d, BK]: dK^T, dV^T of a key tile */
     float *st, *dst, *tr;   /* [BK, BQ]: S^T then P^T, dP^T then dS^T; [BQ, BK]: P or dS */
-    float *lse, *dd;        /* [nq]: row logsumexp, rowsum(dO * O) */
+    float *lse, *dd;        /* [nq]: row logsumexp (unless given), rowsum(dO * O) */
 } atb_scratch;
 
 static int64_t per_thread_floats(int64_t d, int64_t nq) {
@@ -68,6 +70,7 @@ static atb_scratch carve(float *p, int64_t d, int64_t nq) {
 typedef struct atb_args {
     float *dq, *dk, *dv;                 /* [b, nq | nk, heads * d] or NULL */
     const float *dout, *out, *q, *k, *v; /* as the forward */
+    const float *lse;                    /* [b, heads, nq] from the forward, or NULL */
     atb_kernels kern;
     int64_t heads, nq, nk, d;
     float scale;
@@ -83,43 +86,55 @@ static void pack_t(float *xt, const float *x, int64_t ld, int64_t qr, int64_t d)
         for (int64_t c = 0; c < d; c++) xt[c * ATT_BQ + i] = x[i * ld + c];
 }
 
-/* lse and D of queries [i0, i0 + qr) (rows from row0): an online softmax
- * over the keys they see. Key 0 is never masked, so every l > 0. */
-LH_HOT static void row_stats(const atb_args *a, atb_scratch *s, const float *kb, int64_t row0,
-                             int64_t i0, int64_t qr) {
+/* lse of queries [i0, i0 + qr) (rows from row0): an online softmax over
+ * the keys they see. Key 0 is never masked, so every l > 0. The arithmetic
+ * is the forward's (attention.c: Q scaled before the product, each key
+ * tile's sum added at once, the same micro-kernel), so this is the lse it
+ * returns, bit for bit. */
+LH_HOT static void row_lse(const atb_args *a, atb_scratch *s, const float *kb, int64_t row0,
+                           int64_t i0, int64_t qr) {
     const int64_t d = a->d, hd = a->heads * d;
     int64_t key_end = a->causal && i0 + qr < a->nk ? i0 + qr : a->nk;
-    float m[ATT_BQ], l[ATT_BQ], mx[ATT_BQ];
+    float m[ATT_BQ], l[ATT_BQ], mx[ATT_BQ], corr[ATT_BQ], sum[ATT_BQ];
     for (int64_t i = 0; i < ATT_BQ; i++) {
         m[i] = -INFINITY;
         l[i] = 0.0f;
     }
     pack_t(s->qt, a->q + row0, hd, qr, d);
+    for (int64_t x = 0; x < d * ATT_BQ; x++) s->qt[x] *= a->scale;
     for (int64_t j0 = 0; j0 < key_end; j0 += ATB_BK) {
         int64_t kv = key_end - j0 < ATB_BK ? key_end - j0 : ATB_BK;
         float *st = s->st;
         a->kern.qk(st, s->qt, kb + j0 * hd, hd, kv, ATT_BQ, d);
+        if (a->causal)
+            for (int64_t j = 0; j < kv; j++)
+                for (int64_t i = 0; i < ATT_BQ; i++)
+                    if (j0 + j > i0 + i) st[j * ATT_BQ + i] = -INFINITY;
         for (int64_t i = 0; i < ATT_BQ; i++) mx[i] = m[i];
         for (int64_t j = 0; j < kv; j++)
-            for (int64_t i = 0; i < ATT_BQ; i++) {
-                float x = a->causal && j0 + j > i0 + i ? -INFINITY : st[j * ATT_BQ + i] * a->scale;
-                st[j * ATT_BQ + i] = x;
-                mx[i] = x > mx[i] ? x : mx[i];
-            }
+            for (int64_t i = 0; i < ATT_BQ; i++)
+                mx[i] = st[j * ATT_BQ + i] > mx[i] ? st[j * ATT_BQ + i] : mx[i];
         for (int64_t i = 0; i < ATT_BQ; i++) {
             float base = mx[i] == -INFINITY ? 0.0f : mx[i]; /* all masked so far */
-            l[i] *= lh__expf(m[i] - base);                  /* m = -inf gives 0 */
+            corr[i] = lh__expf(m[i] - base);                 /* m = -inf gives 0 */
             m[i] = mx[i];
             mx[i] = base;
+            sum[i] = 0.0f;
         }
         for (int64_t j = 0; j < kv; j++)
-            for (int64_t i = 0; i < ATT_BQ; i++) l[i] += lh__expf(st[j * ATT_BQ + i] - mx[i]);
+            for (int64_t i = 0; i < ATT_BQ; i++) sum[i] += lh__expf(st[j * ATT_BQ + i] - mx[i]);
+        for (int64_t i = 0; i < ATT_BQ; i++) l[i] = l[i] * corr[i] + sum[i];
     }
+    for (int64_t i = 0; i < qr; i++) s->lse[i0 + i] = m[i] + logf(l[i]);
+}
+
+/* D of queries [i0, i0 + qr) (rows from row0) = rowsum(dO * O). */
+static void row_dd(const atb_args *a, atb_scratch *s, int64_t row0, int64_t i0, int64_t qr) {
+    const int64_t d = a->d, hd = a->heads * d;
     for (int64_t i = 0; i < qr; i++) {
         const float *o = a->out + row0 + i * hd, *g = a->dout + row0 + i * hd;
         double acc = 0.0;
         for (int64_t c = 0; c < d; c++) acc += (double)g[c] * o[c];
-        s->lse[i0 + i] = m[i] + logf(l[i]);
         s->dd[i0 + i] = (float)acc;
     }
 }
@@ -148,14 +163,14 @@ LH_HOT static void probs(float *st, const float *lse, const float *dd, float *lt
 }
 
 /* One (key tile, query tile) pair: accumulates dV^T, dK^T of the key tile
- * and dQ of the query rows. */
-static void pair(const atb_args *a, atb_scratch *s, const float *kb, const float *vb,
-                 int64_t row0, int64_t i0, int64_t qr, int64_t j0, int64_t kv) {
+ * and dQ of the query rows; lse [nq] is the head's row logsumexp. */
+static void pair(const atb_args *a, atb_scratch *s, const float *lse, const float *kb,
+                 const float *vb, int64_t row0, int64_t i0, int64_t qr, int64_t j0, int64_t kv) {
     const int64_t d = a->d, hd = a->heads * d;
     float lt[ATT_BQ], dt[ATT_BQ];
     pack_t(s->qt, a->q + row0, hd, qr, d);
     a->kern.qk(s->st, s->qt, kb, hd, kv, ATT_BQ, d);
-    probs(s->st, s->lse, s->dd, lt, dt, i0, qr, j0, kv, a->scale, a->causal);
+    probs(s->st, lse, s->dd, lt, dt, i0, qr, j0, kv, a->scale, a->causal);
     if (a->dv) { /* dV^T [d, keys] += dO^T P: keys are the kernel's vector axis */
         transpose_tile(s->tr, s->st, kv, qr);
         a->kern.pv(s->dvt, s->tr, a->dout + row0, hd, qr, ATB_BK, d);
@@ -189,9 +204,11 @@ static void head_task(const atb_args *a, atb_scratch *s, int64_t bi, int64_t h) 
     const int64_t d = a->d, hd = a->heads * d, kvo = bi * a->nk * hd + h * d;
     const int64_t q0 = bi * a->nq * hd + h * d;
     const float *kb = a->k + kvo, *vb = a->v + kvo;
+    const float *lse = a->lse ? a->lse + (bi * a->heads + h) * a->nq : s->lse;
     for (int64_t i0 = 0; i0 < a->nq; i0 += ATT_BQ) {
         int64_t qr = a->nq - i0 < ATT_BQ ? a->nq - i0 : ATT_BQ;
-        row_stats(a, s, kb, q0 + i0 * hd, i0, qr);
+        if (!a->lse) row_lse(a, s, kb, q0 + i0 * hd, i0, qr);
+        row_dd(a, s, q0 + i0 * hd, i0, qr);
         if (a->dq)
             for (int64_t i = 0; i < qr; i++)
                 memset(a->dq + q0 + (i0 + i) * hd, 0, (size_t)d * sizeof(float));
@@ -202,7 +219,7 @@ static void head_task(const atb_args *a, atb_scratch *s, int64_t bi, int64_t h) 
         /* causal: queries before j0 see none of these keys */
         for (int64_t i0 = a->causal ? j0 / ATT_BQ * ATT_BQ : 0; i0 < a->nq; i0 += ATT_BQ) {
             int64_t qr = a->nq - i0 < ATT_BQ ? a->nq - i0 : ATT_BQ;
-            pair(a, s, kb + j0 * hd, vb + j0 * hd, q0 + i0 * hd, i0, qr, j0, kv);
+            pair(a, s, lse, kb + j0 * hd, vb + j0 * hd, q0 + i0 * hd, i0, qr, j0, kv);
         }
         if (a->dk) unpack_t(a->dk + kvo + j0 * hd, s->dkt, hd, kv, d);
         if (a->dv) unpack_t(a->dv + kvo + j0 * hd, s->dvt, hd, kv, d);
@@ -212,9 +229,10 @@ static void head_task(const atb_args *a, atb_scratch *s, int64_t bi, int64_t h) 
 /* ---- The op ---- */
 
 lh_status lh__cpu_attention_backward(lh_backend *be, float *dq, float *dk, float *dv,
-                                     const float *dout, const float *out, const float *q,
-                                     const float *k, const float *v, int64_t b, int64_t heads,
-                                     int64_t nq, int64_t nk, int64_t d, float scale, int causal) {
+                                     const float *dout, const float *out, const float *lse,
+                                     const float *q, const float *k, const float *v, int64_t b,
+                                     int64_t heads, int64_t nq, int64_t nk, int64_t d, float scale,
+                                     int causal) {
     int64_t qn, kn, per_all;
     if (b < 0 || heads < 0 || nq < 0 || nk < 0 || d < 0 || !isfinite(scale)) return LH_ERR_INVALID;
     if (!lh__mul4(&qn, b, nq, heads, d) || !lh__mul4(&kn, b, nk, heads, d) || !lh__bytes_ok(qn) ||
@@ -230,7 +248,7 @@ lh_status lh__cpu_attention_backward(lh_backend *be, float *dq, float *dk, float
     if (!lh__mul2(&per_all, per, threads) || !lh__bytes_ok(per_all)) return LH_ERR_OVERFLOW;
     float *scratch = malloc((size_t)per_all * sizeof(float));
     if (!scratch) return LH_ERR_NOMEM;
-    atb_args a = {dq, dk, dv, dout, out, q, k, v, pick_kernels(), heads, nq, nk, d, scale,
+    atb_args a = {dq, dk, dv, dout, out, q, k, v, lse, pick_kernels(), heads, nq, nk, d, scale,
                   causal != 0};
 
 #pragma omp parallel num_threads(threads) if (threads > 1)

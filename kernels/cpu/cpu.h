@@ -98,9 +98,9 @@ lh_status lh__cpu_group_norm(lh_backend *be, float *out, const float *x, const f
                              float eps, int silu);
 lh_status lh__cpu_layer_norm(lh_backend *be, float *out, const float *x, const float *gamma,
                              const float *beta, int64_t rows, int64_t cols, float eps);
-lh_status lh__cpu_attention(lh_backend *be, float *out, const float *q, const float *k,
-                            const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk,
-                            int64_t d, float scale, int causal);
+lh_status lh__cpu_attention(lh_backend *be, float *out, float *lse, const float *q,
+                            const float *k, const float *v, int64_t b, int64_t heads, int64_t nq,
+                            int64_t nk, int64_t d, float scale, int causal);
 lh_status lh__cpu_silu(lh_backend *be, float *out, const float *x, int64_t n);
 lh_status lh__cpu_gelu(lh_backend *be, float *out, const float *x, int64_t n);
 lh_status lh__cpu_quick_gelu(lh_backend *be, float *out, const float *x, int64_t n);
@@ -138,9 +138,10 @@ lh_status lh__cpu_layer_norm_backward(lh_backend *be, float *dx, float *dgamma, 
                                       const float *dy, const float *x, const float *gamma,
                                       int64_t rows, int64_t cols, float eps);
 lh_status lh__cpu_attention_backward(lh_backend *be, float *dq, float *dk, float *dv,
-                                     const float *dout, const float *out, const float *q,
-                                     const float *k, const float *v, int64_t b, int64_t heads,
-                                     int64_t nq, int64_t nk, int64_t d, float scale, int causal);
+                                     const float *dout, const float *out, const float *lse,
+                                     const float *q, const float *k, const float *v, int64_t b,
+                                     int64_t heads, int64_t nq, int64_t nk, int64_t d, float scale,
+                                     int causal);
 lh_status lh__cpu_silu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
                                 int64_t n);
 lh_status lh__cpu_gelu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
@@ -168,7 +169,7 @@ lh_status lh__cpu_r_linear(lh_backend *be, float *out, const float *x, const flo
 lh_status lh__cpu_r_conv2d(lh_backend *be, float *out, const float *x, const float *w, const float *bias, int64_t n, int64_t c_in, int64_t h, int64_t wd, int64_t c_out, int64_t kh, int64_t kw, int stride, int pad);
 lh_status lh__cpu_r_group_norm(lh_backend *be, float *out, const float *x, const float *gamma, const float *beta, int64_t n, int64_t c, int64_t hw, int64_t groups, float eps, int silu);
 lh_status lh__cpu_r_layer_norm(lh_backend *be, float *out, const float *x, const float *gamma, const float *beta, int64_t rows, int64_t cols, float eps);
-lh_status lh__cpu_r_attention(lh_backend *be, float *out, const float *q, const float *k, const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk, int64_t d, float scale, int causal);
+lh_status lh__cpu_r_attention(lh_backend *be, float *out, float *lse, const float *q, const float *k, const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk, int64_t d, float scale, int causal);
 lh_status lh__cpu_r_silu(lh_backend *be, float *out, const float *x, int64_t n);
 lh_status lh__cpu_r_gelu(lh_backend *be, float *out, const float *x, int64_t n);
 lh_status lh__cpu_r_quick_gelu(lh_backend *be, float *out, const float *x, int64_t n);
@@ -181,7 +182,7 @@ lh_status lh__cpu_r_linear_backward(lh_backend *be, float *dx, float *dw, float 
 lh_status lh__cpu_r_conv2d_backward(lh_backend *be, float *dx, float *dw, float *db, const float *dy, const float *x, const float *w, int64_t n, int64_t c_in, int64_t h, int64_t wd, int64_t c_out, int64_t kh, int64_t kw, int stride, int pad);
 lh_status lh__cpu_r_group_norm_backward(lh_backend *be, float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *gamma, const float *beta, int64_t n, int64_t c, int64_t hw, int64_t groups, float eps, int silu);
 lh_status lh__cpu_r_layer_norm_backward(lh_backend *be, float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *gamma, int64_t rows, int64_t cols, float eps);
-lh_status lh__cpu_r_attention_backward(lh_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *q, const float *k, const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk, int64_t d, float scale, int causal);
+lh_status lh__cpu_r_attention_backward(lh_backend *be, float *dq, float *dk, float *dv, const float *dout, const float *out, const float *lse, const float *q, const float *k, const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk, int64_t d, float scale, int causal);
 lh_status lh__cpu_r_silu_backward(lh_backend *be, float *dx, const float *dy, const float *x, int64_t n);
 lh_status lh__cpu_r_gelu_backward(lh_backend *be, float *dx, const float *dy, const float *x, int64_t n);
 lh_status lh__cpu_r_quick_gelu_backward(lh_backend *be, float *dx, const float *dy, const float *x, int64_t n);

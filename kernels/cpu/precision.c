@@ -134,11 +134,13 @@ lh_status lh__cpu_r_layer_norm(lh_backend *be, float *out, const float *x, const
                  rows * cols);
 }
 
-lh_status lh__cpu_r_attention(lh_backend *be, float *out, const float *q, const float *k,
-                              const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk,
-                              int64_t d, float scale, int causal) {
-    return after(be, lh__cpu_attention(be, out, q, k, v, b, heads, nq, nk, d, scale, causal), out,
-                 b * nq * heads * d);
+/* lse is float32 statistics for the backward: never rounded. */
+lh_status lh__cpu_r_attention(lh_backend *be, float *out, float *lse, const float *q,
+                              const float *k, const float *v, int64_t b, int64_t heads, int64_t nq,
+                              int64_t nk, int64_t d, float scale, int causal) {
+    return after(be,
+                 lh__cpu_attention(be, out, lse, q, k, v, b, heads, nq, nk, d, scale, causal),
+                 out, b * nq * heads * d);
 }
 
 lh_status lh__cpu_r_silu(lh_backend *be, float *out, const float *x, int64_t n) {
@@ -217,12 +219,12 @@ lh_status lh__cpu_r_layer_norm_backward(lh_backend *be, float *dx, float *dgamma
 }
 
 lh_status lh__cpu_r_attention_backward(lh_backend *be, float *dq, float *dk, float *dv,
-                                       const float *dout, const float *out, const float *q,
-                                       const float *k, const float *v, int64_t b, int64_t heads,
-                                       int64_t nq, int64_t nk, int64_t d, float scale,
-                                       int causal) {
-    lh_status st = lh__cpu_attention_backward(be, dq, dk, dv, dout, out, q, k, v, b, heads, nq,
-                                              nk, d, scale, causal);
+                                       const float *dout, const float *out, const float *lse,
+                                       const float *q, const float *k, const float *v, int64_t b,
+                                       int64_t heads, int64_t nq, int64_t nk, int64_t d,
+                                       float scale, int causal) {
+    lh_status st = lh__cpu_attention_backward(be, dq, dk, dv, dout, out, lse, q, k, v, b, heads,
+                                              nq, nk, d, scale, causal);
     st = after(be, st, dq, b * nq * heads * d);
     st = after(be, st, dk, b * nk * heads * d);
     return after(be, st, dv, b * nk * heads * d);
