@@ -19,6 +19,8 @@ static const lh_command COMMANDS[] = {
     {"schedulers", lh_cmd_schedulers, "list schedulers, or print one's timesteps and sigmas"},
     {"generate", lh_cmd_generate, "txt2img / img2img from a diffusers model directory to PNG"},
     {"adapters", lh_cmd_adapters, "load adapter files against a model and report what matched"},
+    {"dataset", lh_cmd_dataset, "import images and captions into an HDF5 dataset; info; cache"},
+    {"train", lh_cmd_train, "train an adapter from a train.ini (lorahost train --config FILE)"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

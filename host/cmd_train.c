@@ -1,0 +1,10 @@
+/* lorahost train: placeholder until the command lands (being written now). */
+#include <stdio.h>
+
+#include "commands.h"
+
+int lh_cmd_train(int argc, char **argv) {
+    (void)argc, (void)argv;
+    fprintf(stderr, "lorahost train: not built yet\n");
+    return 1;
+}
