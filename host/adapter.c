@@ -309,6 +309,45 @@ static void count_kind(lh_adapter_report *r, const char *kind, const char *form)
     r->kinds[r->n_kinds++].layers = 1;
 }
 
+/* The description create() gets for part p of layer l. */
+static void layer_desc(lh_adapter_layer *al, const lh_layer *l, const lh_adapter_part *p,
+                       double alpha) {
+    memset(al, 0, sizeof *al);
+    al->name = l->name;
+    al->base_ndim = l->ndim;
+    for (int i = 0; i < l->ndim; i++) al->base_shape[i] = l->shape[i];
+    al->tensors = p->tensors;
+    al->n_tensors = p->n_tensors;
+    al->alpha = alpha;
+    al->stride = l->stride;
+    al->padding = l->pad;
+}
+
+/* d->create for part p, with a copy of the base weight where a DoRA
+ * magnitude needs it. */
+static lh_status create_state(void **state, lh_adapt *ad, const lh_adapter_part *p,
+                              const lh_adapter_desc *d, lh_adapter_layer *al, lh_error *err) {
+    const lh_layer *l = &ad->layers.v[p->layer];
+    float *base = NULL;
+    lh_tensor bt;
+    lh_status st = LH_OK;
+    for (int i = 0; i < p->n_tensors; i++)
+        if (!strcmp(p->tensors[i].suffix, "dora_scale") ||
+            !strcmp(p->tensors[i].suffix, "lora_magnitude_vector")) {
+            if (!(base = lh_adapt_base_weight(ad, p->layer, err)))
+                return err ? err->code : LH_ERR_NOMEM;
+            st = lh_tensor_view(&bt, base, LH_DTYPE_F32, l->ndim, l->shape, err);
+            al->base_weight = &bt;
+            break;
+        }
+    char msg[LH_ERROR_MAX] = "";
+    if (st == LH_OK) st = d->create(state, lh_host_api_get(), al, msg, sizeof msg);
+    free(base);
+    if (st != LH_OK && msg[0]) return lh_error_set(err, st, "%s", msg);
+    if (st != LH_OK) return lh_error_set(err, st, "the adapter kind refused layer %s", l->name);
+    return LH_OK;
+}
+
 static lh_status make_part(loader *L, size_t li, group *g) {
     lh_adapter *a = L->a;
     const lh_layer *l = &L->ad->layers.v[li];
@@ -335,17 +374,10 @@ static lh_status make_part(loader *L, size_t li, group *g) {
     if (!p->keys || !p->keys[g->n - 1])
         return lh_error_set(L->err, LH_ERR_NOMEM, "out of memory loading adapters");
 
+    double alpha = isnan(g->alpha) ? file_alpha(L, l, g->family) : g->alpha;
+    if (isnan(g->alpha) && isnan(alpha)) L->alpha_sources |= ALPHA_NONE;
     lh_adapter_layer al;
-    memset(&al, 0, sizeof al);
-    al.name = l->name;
-    al.base_ndim = l->ndim;
-    for (int i = 0; i < l->ndim; i++) al.base_shape[i] = l->shape[i];
-    al.tensors = p->tensors;
-    al.n_tensors = p->n_tensors;
-    al.alpha = isnan(g->alpha) ? file_alpha(L, l, g->family) : g->alpha;
-    if (isnan(g->alpha) && isnan(al.alpha)) L->alpha_sources |= ALPHA_NONE;
-    al.stride = l->stride;
-    al.padding = l->pad;
+    layer_desc(&al, l, p, alpha);
     const lh_adapter_desc *d = find_kind(L->reg, &al);
     if (!d) {
         a->n_parts--;
@@ -363,24 +395,14 @@ static lh_status make_part(loader *L, size_t li, group *g) {
         }
         return LH_OK;
     }
-    /* the base weight only where a DoRA magnitude needs it (a copy of it) */
-    float *base = NULL;
-    lh_tensor bt;
-    lh_status st = LH_OK;
-    for (int i = 0; i < g->n; i++)
-        if (!strcmp(g->suffix[i], "dora_scale") || !strcmp(g->suffix[i], "lora_magnitude_vector")) {
-            if (!(base = lh_adapt_base_weight(L->ad, li, L->err)))
-                return L->err ? L->err->code : LH_ERR_NOMEM;
-            st = lh_tensor_view(&bt, base, LH_DTYPE_F32, l->ndim, l->shape, L->err);
-            al.base_weight = &bt;
-            break;
-        }
-    char msg[LH_ERROR_MAX] = "";
-    if (st == LH_OK) st = d->create(&p->state, lh_host_api_get(), &al, msg, sizeof msg);
-    free(base);
-    if (st != LH_OK)
-        return lh_error_set(L->err, st, "%s: %s", lh_st_name(L->f),
-                            msg[0] ? msg : "the adapter kind refused the layer");
+    p->alpha = alpha;
+    lh_status st = create_state(&p->state, L->ad, p, d, &al, L->err);
+    if (st != LH_OK && L->err) {
+        char msg[LH_ERROR_MAX];
+        snprintf(msg, sizeof msg, "%s", L->err->msg);
+        return lh_error_set(L->err, st, "%s: %s", lh_st_name(L->f), msg);
+    }
+    if (st != LH_OK) return st;
     p->desc = d;
     a->report.n_used += (size_t)g->n;
     if (l->part == LH_LAYER_TE) a->report.layers_te++;
@@ -516,8 +538,9 @@ lh_status lh_adapter_load_st(lh_adapter **out, lh_model *model, lh_registry *reg
     a->model = model;
     a->report.n_keys = lh_st_count(f);
     if ((st = load_groups(&L)) != LH_OK || (st = check_report(&L)) != LH_OK) goto done;
-    /* the kinds hold their own copies now: keep only the shapes */
-    for (size_t i = 0; i < a->n_owned; i++) {
+    /* the kinds hold their own copies now: keep only the shapes (unless trainable) */
+    a->trainable = opts && opts->trainable;
+    for (size_t i = 0; !a->trainable && i < a->n_owned; i++) {
         free(a->owned[i]->data);
         a->owned[i]->data = NULL;
         a->owned[i]->owns_data = 0;
@@ -628,4 +651,63 @@ const lh_tensor *lh_adapter_grad(const lh_adapter *a, const char *key) {
         for (int j = 0; a->parts[i].grads && j < a->parts[i].n_tensors; j++)
             if (!strcmp(a->parts[i].keys[j], key)) return a->parts[i].grads[j];
     return NULL;
+}
+
+size_t lh_adapter_n_params(const lh_adapter *a) {
+    size_t n = 0;
+    for (size_t i = 0; a && i < a->n_parts; i++) n += (size_t)a->parts[i].n_tensors;
+    return n;
+}
+
+lh_status lh_adapter_param(lh_adapter *a, size_t i, const char **key, lh_tensor **value,
+                           lh_tensor **grad) {
+    for (size_t k = 0; a && k < a->n_parts; k++) {
+        lh_adapter_part *p = &a->parts[k];
+        if (i >= (size_t)p->n_tensors) {
+            i -= (size_t)p->n_tensors;
+            continue;
+        }
+        if (key) *key = p->keys[i];
+        if (value) *value = a->trainable ? (lh_tensor *)p->tensors[i].tensor : NULL;
+        if (grad) *grad = p->grads ? p->grads[i] : NULL;
+        return a->trainable ? LH_OK : LH_ERR_INVALID;
+    }
+    return LH_ERR_NOT_FOUND;
+}
+
+/* Replace state `old` by `now` wherever layer li holds it. */
+static void swap_state(lh_adapt *ad, size_t li, const void *old, void *now) {
+    lh_layer *l = &ad->layers.v[li];
+    for (int k = 0; k < l->n_terms; k++)
+        if (l->terms[k].state == old) l->terms[k].state = now;
+    lh_adapt_layer *s = &ad->ls[li];
+    for (int k = 0; k < s->n_applied; k++)
+        if (s->applied[k].state == old) s->applied[k].state = now;
+}
+
+lh_status lh_adapter_refresh(lh_adapter *a, lh_error *err) {
+    if (!a || !a->model)
+        return lh_error_set(err, LH_ERR_INVALID, "adapter refresh: no adapter or no model");
+    if (!a->trainable)
+        return lh_error_set(err, LH_ERR_INVALID, "adapter %s was not loaded trainable", a->name);
+    lh_adapt *ad;
+    lh_status st = lh_adapt_get(&ad, a->model, err);
+    if (st != LH_OK) return st;
+    for (size_t i = 0; i < a->n_parts; i++)
+        if (ad->ls[a->parts[i].layer].merged)
+            return lh_error_set(err, LH_ERR_INVALID, "adapter %s is merged into layer %s: "
+                                "training needs runtime mode", a->name,
+                                ad->layers.v[a->parts[i].layer].name);
+    for (size_t i = 0; i < a->n_parts; i++) {
+        lh_adapter_part *p = &a->parts[i];
+        lh_adapter_layer al;
+        layer_desc(&al, &ad->layers.v[p->layer], p, p->alpha);
+        void *now = NULL;
+        st = create_state(&now, ad, p, p->desc, &al, err);
+        if (st != LH_OK) return st;
+        swap_state(ad, p->layer, p->state, now);
+        p->desc->destroy(p->state);
+        p->state = now;
+    }
+    return LH_OK;
 }

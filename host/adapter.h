@@ -20,6 +20,7 @@ typedef struct lh_adapter_part {
     char **keys;                 /* each tensor's key in the file */
     lh_tensor **grads;           /* training: float32 gradients, one per tensor, or NULL */
     int32_t n_tensors;
+    double alpha;                /* what create() was given (NaN: none) */
 } lh_adapter_part;
 
 struct lh_adapter {
@@ -27,8 +28,10 @@ struct lh_adapter {
     char *path, *name;
     lh_adapter_part *parts;
     size_t n_parts;
-    lh_tensor **owned; /* float32 copies of the file's tensors, while loading */
+    lh_tensor **owned; /* float32 copies of the file's tensors: while loading, or for
+                          good when trainable (the master weights) */
     size_t n_owned;
+    int trainable;
     char **unmatched;
     lh_adapter_report report;
 };
@@ -73,6 +76,17 @@ LH_API void lh_adapter_grads_zero(lh_adapter *a);
 LH_API int64_t lh_adapter_grads_unscale(lh_adapter *a, float inv_scale);
 /* The gradient of the tensor the file calls `key`, or NULL. */
 LH_API const lh_tensor *lh_adapter_grad(const lh_adapter *a, const char *key);
+
+/* Training an adapter loaded with opts.trainable: its tensors stay in the
+ * adapter as float32 master weights. lh_adapter_param gives parameter i
+ * (0 <= i < lh_adapter_n_params) with the file's key and its gradient (NULL
+ * until lh_adapter_grads_enable); an optimizer updates the tensors in
+ * place, then lh_adapter_refresh hands the new values to the kinds (runtime
+ * mode; every active layer picks them up). */
+LH_API size_t lh_adapter_n_params(const lh_adapter *a);
+LH_API lh_status lh_adapter_param(lh_adapter *a, size_t i, const char **key, lh_tensor **value,
+                                  lh_tensor **grad);
+LH_API lh_status lh_adapter_refresh(lh_adapter *a, lh_error *err);
 
 /* lh_adapter_load from an open file (only read during the call); `path`
  * names it. */

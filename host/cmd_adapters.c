@@ -143,7 +143,7 @@ int lh_cmd_adapters(int argc, char **argv) {
     }
     rc = 0;
     lh_log_set_level(LH_LOG_ERROR); /* the report lists the unmatched keys itself */
-    lh_adapter_load_opts lo = {o.strict ? LH_ADAPTER_STRICT : LH_ADAPTER_WARN, NULL};
+    lh_adapter_load_opts lo = {.policy = o.strict ? LH_ADAPTER_STRICT : LH_ADAPTER_WARN};
     for (int i = o.first_file; i < argc; i++) {
         lh_adapter *a = NULL;
         lh_status st = lh_adapter_load(&a, m, reg, argv[i], &lo, &err);

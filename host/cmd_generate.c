@@ -274,7 +274,7 @@ static int load_adapters(loaded *L, lh_model *m, lh_registry *reg, lh_gen_params
     }
     rc = 1;
     lh_adapter_weights w[2 * MAX_LORAS];
-    lh_adapter_load_opts lo = {policy ? LH_ADAPTER_STRICT : LH_ADAPTER_WARN, NULL};
+    lh_adapter_load_opts lo = {.policy = policy ? LH_ADAPTER_STRICT : LH_ADAPTER_WARN};
     for (size_t i = 0; i < n; i++) {
         char path[4096];
         if (lh_adapter_resolve(path, sizeof path, refs[i].name, o->adapter_dirs,

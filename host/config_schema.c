@@ -32,6 +32,11 @@ static const char *const POLICIES[] = {"strict", "warn", NULL};
 static const char *const MODES[] = {"runtime", "merged", NULL};
 static const char *const PRECISIONS[] = {"no", "fp16", "bf16", NULL};
 static const char *const LEVELS[] = {"error", "warn", "info", "debug", NULL}; /* lh_log_level */
+static const char *const KINDS[] = {"lora", NULL};
+static const char *const PREDICTIONS[] = {"auto", "epsilon", "v_prediction", NULL};
+static const char *const LR_SCHEDULES[] = {"constant", "constant_with_warmup", "cosine", "linear",
+                                           NULL};
+static const char *const SAVE_FORMATS[] = {"kohya", "peft", NULL};
 
 #define ALL "generate train serve"
 #define GEN "generate serve"
@@ -106,6 +111,40 @@ static const lh_setting_def SCHEMA[] = {
         "steps between checkpoints; 0 saves only at the end"),
     INT("train", "keep_checkpoints", "3", 0, 1000, "train",
         "checkpoints kept on disk; 0 keeps them all"),
+    ENUM("train", "adapter", "lora", KINDS, "train",
+         "adapter kind trained: lora (LoCon on convolution targets)"),
+    LIST("train", "target_modules", "to_q,to_k,to_v,to_out.0", "train",
+         "U-Net modules given an adapter: diffusers module names or their last parts"),
+    BOOL("train", "train_text_encoder", "false", "train",
+         "also train a LoRA on the text encoder's q_proj, k_proj, v_proj and out_proj"),
+    BOOL("train", "full_parameter", "false", "train",
+         "train every U-Net weight instead of an adapter (small models only)"),
+    ENUM("train", "prediction_type", "auto", PREDICTIONS, "train",
+         "the U-Net's target; auto takes the model scheduler's prediction_type"),
+    DOUBLE("train", "snr_gamma", "0", 0.0, 1000.0, "train",
+           "min-SNR loss weighting gamma (5 is usual); 0 turns it off"),
+    DOUBLE("train", "noise_offset", "0", 0.0, 1.0, "train",
+           "adds noise_offset * randn(b, c, 1, 1) to the noise"),
+    ENUM("train", "lr_scheduler", "constant", LR_SCHEDULES, "train",
+         "learning-rate schedule, as diffusers' get_scheduler"),
+    INT("train", "lr_warmup_steps", "0", 0, 100000000, "train", "steps of linear warmup"),
+    INT("train", "gradient_accumulation_steps", "1", 1, 65536, "train",
+        "batches whose gradients are summed into one optimizer step"),
+    DOUBLE("train", "max_grad_norm", "1", 0.0, 1e9, "train",
+           "clip the gradients' total L2 norm to this; 0 turns clipping off"),
+    DOUBLE("train", "adam_beta1", "0.9", 0.0, 1.0, "train", "AdamW beta1"),
+    DOUBLE("train", "adam_beta2", "0.999", 0.0, 1.0, "train", "AdamW beta2"),
+    DOUBLE("train", "adam_weight_decay", "1e-2", 0.0, 1.0, "train", "AdamW weight decay"),
+    DOUBLE("train", "adam_epsilon", "1e-8", 0.0, 1.0, "train", "AdamW epsilon"),
+    INT("train", "sample_every", "0", 0, 1000000000, "train",
+        "steps between sample images; 0 makes none"),
+    STRING("train", "sample_prompts", "", "train",
+           "prompts for the sample images, separated by vertical bars"),
+    INT("train", "sample_steps", "20", 1, 1000, "train", "denoising steps of a sample image"),
+    ENUM("train", "save_format", "kohya", SAVE_FORMATS, "train",
+         "the exported adapter: kohya (A1111, ComfyUI, diffusers) or peft (diffusers)"),
+    STRING("train", "output_name", "lora", "train",
+           "file name of the exported adapter, without .safetensors"),
 
     ENUM("log", "level", "info", LEVELS, ALL " plugins",
          "the most detailed messages logged: error, warn, info or debug"),

@@ -593,7 +593,7 @@ static lh_status try_lora(fixture *f, const char *tag, const int64_t down[2],
     snprintf(path, sizeof path, "%s/%s.safetensors", g_tmp, tag);
     write_file(path, np, (const int64_t(*)[4])shapes, nd, data, extra_key ? 4 : 3, NULL, NULL);
     lh_adapter *a = NULL;
-    lh_adapter_load_opts o = {policy, NULL};
+    lh_adapter_load_opts o = {.policy = policy};
     lh_status st = lh_adapter_load(&a, f->m, g_reg, path, &o, err);
     if (st == LH_OK) {
         ck_assert(a != NULL);

@@ -48,6 +48,7 @@ typedef enum lh_adapter_mode {
 typedef struct lh_adapter_load_opts {
     lh_adapter_policy policy;
     const char *name; /* for messages and lookups; NULL: the file name without extension */
+    int trainable;    /* keep the tensors as float32 master weights (training) */
 } lh_adapter_load_opts;
 
 /* What a load matched. Strings are owned by the adapter. */

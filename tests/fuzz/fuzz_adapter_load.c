@@ -57,7 +57,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     lh_st_file *f = NULL;
     if (lh_st_parse(&f, data, size, "fuzz.safetensors", &err) != LH_OK) return 0;
     lh_adapter *a = NULL;
-    lh_adapter_load_opts opts = {size % 2 ? LH_ADAPTER_STRICT : LH_ADAPTER_WARN, "fuzz"};
+    lh_adapter_load_opts opts = {.policy = size % 2 ? LH_ADAPTER_STRICT : LH_ADAPTER_WARN, .name = "fuzz"};
     lh_status st = lh_adapter_load_st(&a, g_m, g_reg, f, "fuzz.safetensors", &opts, &err);
     lh_st_close(f);
     if (st != LH_OK) {

@@ -1,0 +1,89 @@
+/* lh_lora_new: see lora_new.h. */
+#include "lora_new.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lorahost/safetensors.h"
+#include "rng.h"
+
+static int wanted(const char *name, const char *const *targets, int n) {
+    size_t len = strlen(name);
+    for (int i = 0; i < n; i++) {
+        size_t t = strlen(targets[i]);
+        if (!strcmp(name, targets[i])) return 1;
+        if (t < len && name[len - t - 1] == '.' && !strcmp(name + len - t, targets[i])) return 1;
+    }
+    return 0;
+}
+
+lh_status lh_lora_new(const char *path, const lh_layers *layers, lh_layer_part part,
+                      const char *const *targets, int n_targets, int rank, double alpha,
+                      uint64_t seed, int *n_layers, lh_error *err) {
+    *n_layers = 0;
+    if (rank < 1 || !(alpha > 0) || !isfinite(alpha) || n_targets < 1)
+        return lh_error_set(err, LH_ERR_INVALID, "new LoRA: rank %d, alpha %g and %d targets: "
+                            "rank and alpha must be positive, targets not empty", rank, alpha,
+                            n_targets);
+    const char *prefix = part == LH_LAYER_TE ? "lora_te" : "lora_unet";
+    lh_st_writer *w = NULL;
+    lh_status st = lh_st_writer_create(&w, err);
+    if (st != LH_OK) return st;
+    lh_rng *rng = lh_rng_create(seed, err);
+    size_t n_bufs = 0;
+    float **bufs = calloc(3 * layers->n + 1, sizeof *bufs);
+    float alpha_f = (float)alpha;
+    if (!rng || !bufs) st = lh_error_set(err, LH_ERR_NOMEM, "new LoRA: out of memory");
+    for (size_t i = 0; st == LH_OK && i < layers->n; i++) {
+        const lh_layer *l = &layers->v[i];
+        if (l->part != part || !wanted(l->name, targets, n_targets)) continue;
+        int64_t out = l->shape[0], in = l->shape[1];
+        int64_t kh = l->ndim == 4 ? l->shape[2] : 1, kw = l->ndim == 4 ? l->shape[3] : 1;
+        if (rank > in * kh * kw || rank > out) {
+            st = lh_error_set(err, LH_ERR_INVALID, "new LoRA: rank %d is larger than layer %s "
+                              "(%lld in, %lld out)", rank, l->name, (long long)(in * kh * kw),
+                              (long long)out);
+            break;
+        }
+        int64_t fan_in = in * kh * kw, n_down = rank * fan_in, n_up = out * rank;
+        float *down = malloc((size_t)n_down * sizeof *down);
+        float *up = calloc((size_t)n_up, sizeof *up);
+        if (!down || !up) {
+            free(down);
+            free(up);
+            st = lh_error_set(err, LH_ERR_NOMEM, "new LoRA: out of memory");
+            break;
+        }
+        bufs[n_bufs++] = down;
+        bufs[n_bufs++] = up;
+        double bound = 1.0 / sqrt((double)fan_in);
+        for (int64_t k = 0; k < n_down; k++)
+            down[k] = (float)((2.0 * lh_rng_u32(rng) / 4294967296.0 - 1.0) * bound);
+        int64_t sd[4] = {rank, in, kh, kw}, su[4] = {out, rank, 1, 1};
+        char key[160];
+        snprintf(key, sizeof key, "%s_%s.lora_down.weight", prefix, l->kohya);
+        st = lh_st_writer_add(w, key, LH_DTYPE_F32, l->ndim, sd, down, err);
+        snprintf(key, sizeof key, "%s_%s.lora_up.weight", prefix, l->kohya);
+        if (st == LH_OK) st = lh_st_writer_add(w, key, LH_DTYPE_F32, l->ndim, su, up, err);
+        snprintf(key, sizeof key, "%s_%s.alpha", prefix, l->kohya);
+        if (st == LH_OK) st = lh_st_writer_add(w, key, LH_DTYPE_F32, 0, NULL, &alpha_f, err);
+        if (st == LH_OK) ++*n_layers;
+    }
+    if (st == LH_OK && *n_layers == 0) {
+        char list[512] = "";
+        size_t len = 0;
+        for (int i = 0; i < n_targets && len < sizeof list - 1; i++)
+            len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", i ? ", " : "",
+                                    targets[i]);
+        st = lh_error_set(err, LH_ERR_NOT_FOUND, "new LoRA: no %s layer matches the targets "
+                          "(%s)", part == LH_LAYER_TE ? "text-encoder" : "U-Net", list);
+    }
+    if (st == LH_OK) st = lh_st_save(w, path, err);
+    for (size_t i = 0; i < n_bufs; i++) free(bufs[i]);
+    free(bufs);
+    lh_rng_destroy(rng);
+    lh_st_writer_destroy(w);
+    return st;
+}

@@ -1,0 +1,23 @@
+/* A fresh LoRA / LoCon for training, written as a kohya file that
+ * lh_adapter_load reads back like any other: lora_down ~ U(-1/sqrt(fan_in),
+ * 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5), as kohya's LoRAModule
+ * and PEFT's lora_A initialise), lora_up zero, so training starts from the
+ * base model exactly. */
+#ifndef LH_TRAIN_LORA_NEW_H
+#define LH_TRAIN_LORA_NEW_H
+
+#include <stdint.h>
+
+#include "error.h"
+#include "layers.h"
+
+/* Which layers: those of `part` whose diffusers module name is one of
+ * `targets` or ends with "." + one (so "to_q" takes every attention's
+ * query projection, "attn1.to_q" only self-attention's, "conv1" every
+ * resnet's first conv as LoCon). *n_layers gets the count; no match is an
+ * error naming the targets. */
+lh_status lh_lora_new(const char *path, const lh_layers *layers, lh_layer_part part,
+                      const char *const *targets, int n_targets, int rank, double alpha,
+                      uint64_t seed, int *n_layers, lh_error *err);
+
+#endif
