@@ -45,4 +45,59 @@ LH_API lh_status lh_dataset_read(lh_dataset *d, int64_t i, int what, lh_dataset_
                                  lh_error *err);
 LH_API void lh_dataset_item_free(lh_dataset_item *item);
 
+/* ---- Additions (layout details: docs/datasets.md) ---- */
+
+#define LH_DATASET_MAX_ITEMS 10000000 /* items per file */
+
+/* The crop the import used: "center", "random" (images stored resized but
+ * uncropped; the consumer crops) or "bucket". */
+LH_API const char *lh_dataset_crop(const lh_dataset *d);
+/* The file's layout version (1 to LH_DATASET_VERSION). */
+LH_API int64_t lh_dataset_version(const lh_dataset *d);
+LH_API const char *lh_dataset_path(const lh_dataset *d);
+/* Stored size of item i, without reading it (0 <= i < count). */
+LH_API void lh_dataset_item_size(const lh_dataset *d, int64_t i, int64_t *width, int64_t *height);
+/* Cached latents: VAE scaling factor used, and the crop applied before
+ * encoding ("center" for random-crop datasets, else "none"). */
+LH_API float lh_dataset_cache_scaling_factor(const lh_dataset *d);
+LH_API const char *lh_dataset_latent_crop(const lh_dataset *d);
+/* Cached text embeddings: [tokens, dim] per item, and their model directory. */
+LH_API void lh_dataset_text_shape(const lh_dataset *d, int64_t *tokens, int64_t *dim);
+LH_API const char *lh_dataset_text_model(const lh_dataset *d);
+
+/* ---- Writing (datasets/dataset_write.c) ---- */
+
+typedef enum lh_dataset_crop_mode {
+    LH_DATASET_CROP_CENTER,
+    LH_DATASET_CROP_RANDOM,
+    LH_DATASET_CROP_BUCKET,
+    LH_DATASET_CROP_COUNT
+} lh_dataset_crop_mode;
+
+typedef struct lh_dataset_import_opts {
+    int64_t resolution;       /* > 0, multiple of 8 (of 64 with buckets) */
+    lh_dataset_crop_mode crop;
+    int skip_bad;             /* 1: skip images that fail to decode (warning) */
+    /* progress(user, done, total, name) after each image; NULL: none */
+    void (*progress)(void *user, int64_t done, int64_t total, const char *name);
+    void *user;
+} lh_dataset_import_opts;
+
+/* Import every *.png / *.jpg / *.jpeg of dir (sorted by name) with its
+ * same-name .txt caption into a new file at out (temp + fsync + rename).
+ * *n_items / *n_skipped / *n_no_caption may be NULL. */
+LH_API lh_status lh_dataset_import(const char *dir, const char *out,
+                                   const lh_dataset_import_opts *opts, int64_t *n_items,
+                                   int64_t *n_skipped, int64_t *n_no_caption, lh_error *err);
+
+/* Add cached latents (scaling_factor * VAE posterior mean) and text
+ * embeddings (last hidden state of the caption's 77-token window) made with
+ * the model directory `model`; replaces an existing cache. The file is
+ * rewritten atomically (copy, add, fsync, rename). */
+struct lh_model;
+LH_API lh_status lh_dataset_cache(const char *path, struct lh_model *model, const char *model_path,
+                                  void (*progress)(void *user, int64_t done, int64_t total,
+                                                   const char *name),
+                                  void *user, lh_error *err);
+
 #endif

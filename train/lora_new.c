@@ -19,15 +19,14 @@ static int wanted(const char *name, const char *const *targets, int n) {
     return 0;
 }
 
-lh_status lh_lora_new(const char *path, const lh_layers *layers, lh_layer_part part,
-                      const char *const *targets, int n_targets, int rank, double alpha,
-                      uint64_t seed, int *n_layers, lh_error *err) {
+lh_status lh_lora_new(const char *path, const lh_layers *layers, const char *const *targets,
+                      int n_targets, const char *const *te_targets, int n_te_targets, int rank,
+                      double alpha, uint64_t seed, int *n_layers, lh_error *err) {
     *n_layers = 0;
     if (rank < 1 || !(alpha > 0) || !isfinite(alpha) || n_targets < 1)
         return lh_error_set(err, LH_ERR_INVALID, "new LoRA: rank %d, alpha %g and %d targets: "
                             "rank and alpha must be positive, targets not empty", rank, alpha,
                             n_targets);
-    const char *prefix = part == LH_LAYER_TE ? "lora_te" : "lora_unet";
     lh_st_writer *w = NULL;
     lh_status st = lh_st_writer_create(&w, err);
     if (st != LH_OK) return st;
@@ -38,15 +37,12 @@ lh_status lh_lora_new(const char *path, const lh_layers *layers, lh_layer_part p
     if (!rng || !bufs) st = lh_error_set(err, LH_ERR_NOMEM, "new LoRA: out of memory");
     for (size_t i = 0; st == LH_OK && i < layers->n; i++) {
         const lh_layer *l = &layers->v[i];
-        if (l->part != part || !wanted(l->name, targets, n_targets)) continue;
+        int te = l->part == LH_LAYER_TE;
+        if (te ? !wanted(l->name, te_targets, n_te_targets) : !wanted(l->name, targets, n_targets))
+            continue;
+        const char *prefix = te ? "lora_te" : "lora_unet";
         int64_t out = l->shape[0], in = l->shape[1];
         int64_t kh = l->ndim == 4 ? l->shape[2] : 1, kw = l->ndim == 4 ? l->shape[3] : 1;
-        if (rank > in * kh * kw || rank > out) {
-            st = lh_error_set(err, LH_ERR_INVALID, "new LoRA: rank %d is larger than layer %s "
-                              "(%lld in, %lld out)", rank, l->name, (long long)(in * kh * kw),
-                              (long long)out);
-            break;
-        }
         int64_t fan_in = in * kh * kw, n_down = rank * fan_in, n_up = out * rank;
         float *down = malloc((size_t)n_down * sizeof *down);
         float *up = calloc((size_t)n_up, sizeof *up);
@@ -71,14 +67,17 @@ lh_status lh_lora_new(const char *path, const lh_layers *layers, lh_layer_part p
         if (st == LH_OK) st = lh_st_writer_add(w, key, LH_DTYPE_F32, 0, NULL, &alpha_f, err);
         if (st == LH_OK) ++*n_layers;
     }
-    if (st == LH_OK && *n_layers == 0) {
+    int n_unet = 0;
+    for (size_t i = 0; i < layers->n; i++)
+        n_unet += layers->v[i].part == LH_LAYER_UNET && wanted(layers->v[i].name, targets, n_targets);
+    if (st == LH_OK && n_unet == 0) {
         char list[512] = "";
         size_t len = 0;
         for (int i = 0; i < n_targets && len < sizeof list - 1; i++)
             len += (size_t)snprintf(list + len, sizeof list - len, "%s%s", i ? ", " : "",
                                     targets[i]);
-        st = lh_error_set(err, LH_ERR_NOT_FOUND, "new LoRA: no %s layer matches the targets "
-                          "(%s)", part == LH_LAYER_TE ? "text-encoder" : "U-Net", list);
+        st = lh_error_set(err, LH_ERR_NOT_FOUND, "new LoRA: no U-Net layer matches the targets "
+                          "(%s)", list);
     }
     if (st == LH_OK) st = lh_st_save(w, path, err);
     for (size_t i = 0; i < n_bufs; i++) free(bufs[i]);

@@ -11,13 +11,14 @@
 #include "error.h"
 #include "layers.h"
 
-/* Which layers: those of `part` whose diffusers module name is one of
- * `targets` or ends with "." + one (so "to_q" takes every attention's
- * query projection, "attn1.to_q" only self-attention's, "conv1" every
- * resnet's first conv as LoCon). *n_layers gets the count; no match is an
+/* Which layers: U-Net layers whose diffusers module name is one of
+ * `targets` or ends with "." + one (so "to_q" takes every attention's query
+ * projection, "attn1.to_q" only self-attention's, "conv1" every resnet's
+ * first conv as LoCon), and text-encoder layers matching `te_targets` (none
+ * when n_te_targets is 0). *n_layers gets the count; no U-Net match is an
  * error naming the targets. */
-lh_status lh_lora_new(const char *path, const lh_layers *layers, lh_layer_part part,
-                      const char *const *targets, int n_targets, int rank, double alpha,
-                      uint64_t seed, int *n_layers, lh_error *err);
+lh_status lh_lora_new(const char *path, const lh_layers *layers, const char *const *targets,
+                      int n_targets, const char *const *te_targets, int n_te_targets, int rank,
+                      double alpha, uint64_t seed, int *n_layers, lh_error *err);
 
 #endif

@@ -84,26 +84,12 @@ static att_kernels pick_kernels(void) {
  * are -inf. A query that has seen only masked keys keeps m = -inf, l = 0. */
 LH_HOT static void softmax_tile(float *restrict st, float *restrict ot, float *restrict m,
                                 float *restrict l, float *restrict corr, int64_t kv, int64_t d) {
-    float mx[ATT_BQ], sum[ATT_BQ];
-    for (int64_t i = 0; i < ATT_BQ; i++) mx[i] = m[i];
-    for (int64_t j = 0; j < kv; j++)
-        for (int64_t i = 0; i < ATT_BQ; i++) mx[i] = st[j * ATT_BQ + i] > mx[i] ? st[j * ATT_BQ + i] : mx[i];
-    for (int64_t i = 0; i < ATT_BQ; i++) {
-        float base = mx[i] == -INFINITY ? 0.0f : mx[i]; /* all masked: every p is 0 */
-        corr[i] = lh__expf(m[i] - base);                 /* m = -inf gives 0 */
-        m[i] = mx[i];
-        mx[i] = base;
-        sum[i] = 0.0f;
-    }
-    for (int64_t j = 0; j < kv; j++)
-        for (int64_t i = 0; i < ATT_BQ; i++) {
-            float p = lh__expf(st[j * ATT_BQ + i] - mx[i]);
-            st[j * ATT_BQ + i] = p;
-            sum[i] += p;
-        }
-    for (int64_t i = 0; i < ATT_BQ; i++) l[i] = l[i] * corr[i] + sum[i];
+    att_softmax_step(st, m, l, corr, kv, 1);
     for (int64_t c = 0; c < d; c++)
-        for (int64_t i = 0; i < ATT_BQ; i++) ot[c * ATT_BQ + i] *= corr[i];
+        for (int64_t i = 0; i < ATT_BQ; i += 8) {
+            att_v8 *o = (att_v8 *)(ot + c * ATT_BQ + i);
+            *o = *o * *(const att_v8 *)(corr + i);
+        }
 }
 
 /* ---- One task: queries [i0, i0 + qrows) of (batch bi, head h) ---- */

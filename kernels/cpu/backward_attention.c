@@ -31,37 +31,96 @@ typedef void (*qk_fn)(float *restrict st, const float *restrict qt, const float 
 typedef void (*pv_fn)(float *restrict ot, const float *restrict pt, const float *restrict v,
                       int64_t ld, int64_t kv, int64_t qcols, int64_t d);
 
+typedef void (*tr_fn)(float *restrict tr, const float *restrict x, int64_t kv);
+
 typedef struct atb_kernels {
     qk_fn qk;
     pv_fn pv;
+    tr_fn tr;
 } atb_kernels;
+
+/* tr [BQ, BK] = x^T for x [kv, BQ], zero past kv (every query row: the
+ * padded queries' columns of x hold zeros). */
+static void transpose_generic(float *restrict tr, const float *restrict x, int64_t kv) {
+    for (int64_t i = 0; i < ATT_BQ; i++) {
+        for (int64_t j = 0; j < kv; j++) tr[i * ATB_BK + j] = x[j * ATT_BQ + i];
+        for (int64_t j = kv; j < ATB_BK; j++) tr[i * ATB_BK + j] = 0.0f;
+    }
+}
+
+#if LH_X86_DISPATCH
+#include <immintrin.h>
+
+/* transpose_generic with 8x8 blocks in AVX registers. */
+__attribute__((target("avx2"))) static void transpose_avx2(float *restrict tr,
+                                                           const float *restrict x, int64_t kv) {
+    int64_t kv8 = kv & ~(int64_t)7;
+    for (int64_t jb = 0; jb < kv8; jb += 8)
+        for (int64_t ib = 0; ib < ATT_BQ; ib += 8) {
+            const float *s = x + jb * ATT_BQ + ib;
+            __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ATT_BQ);
+            __m256 r2 = _mm256_loadu_ps(s + 2 * ATT_BQ), r3 = _mm256_loadu_ps(s + 3 * ATT_BQ);
+            __m256 r4 = _mm256_loadu_ps(s + 4 * ATT_BQ), r5 = _mm256_loadu_ps(s + 5 * ATT_BQ);
+            __m256 r6 = _mm256_loadu_ps(s + 6 * ATT_BQ), r7 = _mm256_loadu_ps(s + 7 * ATT_BQ);
+            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float *o = tr + ib * ATB_BK + jb;
+            _mm256_storeu_ps(o, _mm256_permute2f128_ps(s0, s4, 0x20));
+            _mm256_storeu_ps(o + ATB_BK, _mm256_permute2f128_ps(s1, s5, 0x20));
+            _mm256_storeu_ps(o + 2 * ATB_BK, _mm256_permute2f128_ps(s2, s6, 0x20));
+            _mm256_storeu_ps(o + 3 * ATB_BK, _mm256_permute2f128_ps(s3, s7, 0x20));
+            _mm256_storeu_ps(o + 4 * ATB_BK, _mm256_permute2f128_ps(s0, s4, 0x31));
+            _mm256_storeu_ps(o + 5 * ATB_BK, _mm256_permute2f128_ps(s1, s5, 0x31));
+            _mm256_storeu_ps(o + 6 * ATB_BK, _mm256_permute2f128_ps(s2, s6, 0x31));
+            _mm256_storeu_ps(o + 7 * ATB_BK, _mm256_permute2f128_ps(s3, s7, 0x31));
+        }
+    if (kv8 < ATB_BK)
+        for (int64_t i = 0; i < ATT_BQ; i++) {
+            for (int64_t j = kv8; j < kv; j++) tr[i * ATB_BK + j] = x[j * ATT_BQ + i];
+            for (int64_t j = kv; j < ATB_BK; j++) tr[i * ATB_BK + j] = 0.0f;
+        }
+}
+#endif
 
 static atb_kernels pick_kernels(void) {
 #if LH_X86_DISPATCH
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4")) return (atb_kernels){qk_tile_avx512, pv_tile_avx512};
-    if (__builtin_cpu_supports("x86-64-v3")) return (atb_kernels){qk_tile_avx2, pv_tile_avx2};
+    if (__builtin_cpu_supports("x86-64-v4"))
+        return (atb_kernels){qk_tile_avx512, pv_tile_avx512, transpose_avx2};
+    if (__builtin_cpu_supports("x86-64-v3"))
+        return (atb_kernels){qk_tile_avx2, pv_tile_avx2, transpose_avx2};
 #endif
-    return (atb_kernels){qk_tile_generic, pv_tile_generic};
+    return (atb_kernels){qk_tile_generic, pv_tile_generic, transpose_generic};
 }
 
 /* ---- Per-thread scratch ---- */
 
 typedef struct atb_scratch {
-    float *qt, *dot, *dqt;  /* [d, BQ]: Q^T, dO^T (zero-padded), dQ^T of a tile */
+    float *qt, *dot, *dqt;  /* [nq / BQ tiles][d, BQ]: Q^T, dO^T (zero-padded), dQ^T of the head */
+    float *qs;              /* [d, BQ]: scale Q^T of a tile, for the lse pass */
     float *dkt, *dvt;       /* [d, BK]: dK^T, dV^T of a key tile */
     float *st, *dst, *tr;   /* [BK, BQ]: S^T then P^T, dP^T then dS^T; [BQ, BK]: P or dS */
     float *lse, *dd;        /* [nq]: row logsumexp (unless given), rowsum(dO * O) */
 } atb_scratch;
 
+/* query-tile count times BQ */
+static int64_t padded(int64_t nq) { return (nq + ATT_BQ - 1) / ATT_BQ * ATT_BQ; }
+
 static int64_t per_thread_floats(int64_t d, int64_t nq) {
-    return 5 * d * ATT_BQ + 3 * ATB_BK * ATT_BQ + 2 * nq;
+    return 3 * d * padded(nq) + 3 * d * ATT_BQ + 3 * ATB_BK * ATT_BQ + 2 * nq;
 }
 
 static atb_scratch carve(float *p, int64_t d, int64_t nq) {
     atb_scratch s;
-    s.qt = p, s.dot = s.qt + d * ATT_BQ, s.dqt = s.dot + d * ATT_BQ;
-    s.dkt = s.dqt + d * ATT_BQ, s.dvt = s.dkt + d * ATB_BK;
+    s.qt = p, s.dot = s.qt + d * padded(nq), s.dqt = s.dot + d * padded(nq);
+    s.qs = s.dqt + d * padded(nq);
+    s.dkt = s.qs + d * ATT_BQ, s.dvt = s.dkt + d * ATB_BK;
     s.st = s.dvt + d * ATB_BK, s.dst = s.st + ATB_BK * ATT_BQ, s.tr = s.dst + ATB_BK * ATT_BQ;
     s.lse = s.tr + ATT_BQ * ATB_BK, s.dd = s.lse + nq;
     return s;
@@ -95,35 +154,22 @@ LH_HOT static void row_lse(const atb_args *a, atb_scratch *s, const float *kb, i
                            int64_t i0, int64_t qr) {
     const int64_t d = a->d, hd = a->heads * d;
     int64_t key_end = a->causal && i0 + qr < a->nk ? i0 + qr : a->nk;
-    float m[ATT_BQ], l[ATT_BQ], mx[ATT_BQ], corr[ATT_BQ], sum[ATT_BQ];
+    float m[ATT_BQ], l[ATT_BQ], corr[ATT_BQ];
     for (int64_t i = 0; i < ATT_BQ; i++) {
         m[i] = -INFINITY;
         l[i] = 0.0f;
     }
-    pack_t(s->qt, a->q + row0, hd, qr, d);
-    for (int64_t x = 0; x < d * ATT_BQ; x++) s->qt[x] *= a->scale;
+    pack_t(s->qs, a->q + row0, hd, qr, d);
+    for (int64_t x = 0; x < d * ATT_BQ; x++) s->qs[x] *= a->scale;
     for (int64_t j0 = 0; j0 < key_end; j0 += ATB_BK) {
         int64_t kv = key_end - j0 < ATB_BK ? key_end - j0 : ATB_BK;
         float *st = s->st;
-        a->kern.qk(st, s->qt, kb + j0 * hd, hd, kv, ATT_BQ, d);
+        a->kern.qk(st, s->qs, kb + j0 * hd, hd, kv, ATT_BQ, d);
         if (a->causal)
             for (int64_t j = 0; j < kv; j++)
                 for (int64_t i = 0; i < ATT_BQ; i++)
                     if (j0 + j > i0 + i) st[j * ATT_BQ + i] = -INFINITY;
-        for (int64_t i = 0; i < ATT_BQ; i++) mx[i] = m[i];
-        for (int64_t j = 0; j < kv; j++)
-            for (int64_t i = 0; i < ATT_BQ; i++)
-                mx[i] = st[j * ATT_BQ + i] > mx[i] ? st[j * ATT_BQ + i] : mx[i];
-        for (int64_t i = 0; i < ATT_BQ; i++) {
-            float base = mx[i] == -INFINITY ? 0.0f : mx[i]; /* all masked so far */
-            corr[i] = lh__expf(m[i] - base);                 /* m = -inf gives 0 */
-            m[i] = mx[i];
-            mx[i] = base;
-            sum[i] = 0.0f;
-        }
-        for (int64_t j = 0; j < kv; j++)
-            for (int64_t i = 0; i < ATT_BQ; i++) sum[i] += lh__expf(st[j * ATT_BQ + i] - mx[i]);
-        for (int64_t i = 0; i < ATT_BQ; i++) l[i] = l[i] * corr[i] + sum[i];
+        att_softmax_step(st, m, l, corr, kv, 0);
     }
     for (int64_t i = 0; i < qr; i++) s->lse[i0 + i] = m[i] + logf(l[i]);
 }
@@ -139,12 +185,15 @@ static void row_dd(const atb_args *a, atb_scratch *s, int64_t row0, int64_t i0, 
     }
 }
 
-/* tr [BQ, BK] = x^T for x [kv, BQ] (rows i < qr), zero past kv. */
-static void transpose_tile(float *tr, const float *x, int64_t kv, int64_t qr) {
-    for (int64_t i = 0; i < qr; i++) {
-        for (int64_t j = 0; j < kv; j++) tr[i * ATB_BK + j] = x[j * ATT_BQ + i];
-        for (int64_t j = kv; j < ATB_BK; j++) tr[i * ATB_BK + j] = 0.0f;
-    }
+/* dst [kv, BQ]: dP^T -> dS^T = scale P^T (dP^T - D) */
+LH_HOT static void dscores(float *restrict dst, const float *restrict st, const float *restrict dt,
+                           int64_t kv, float scale) {
+    const att_v8 sc = att_splat(scale);
+    for (int64_t j = 0; j < kv; j++)
+        for (int64_t i = 0; i < ATT_BQ; i += 8) {
+            att_v8 *ds = (att_v8 *)(dst + j * ATT_BQ + i);
+            *ds = *(const att_v8 *)(st + j * ATT_BQ + i) * (*ds - *(const att_v8 *)(dt + i)) * sc;
+        }
 }
 
 /* st [kv, BQ]: S^T -> P^T = exp(scale S - lse), 0 where masked or padded. */
@@ -155,40 +204,40 @@ LH_HOT static void probs(float *st, const float *lse, const float *dd, float *lt
         lt[i] = i < qr ? lse[i0 + i] : INFINITY; /* padded queries: p = 0 */
         dt[i] = i < qr ? dd[i0 + i] : 0.0f;
     }
+    const att_v8 sc = att_splat(scale);
     for (int64_t j = 0; j < kv; j++)
-        for (int64_t i = 0; i < ATT_BQ; i++) {
-            float p = lh__expf(st[j * ATT_BQ + i] * scale - lt[i]);
-            st[j * ATT_BQ + i] = causal && j0 + j > i0 + i ? 0.0f : p;
+        for (int64_t i = 0; i < ATT_BQ; i += 8) {
+            att_v8 *sp = (att_v8 *)(st + j * ATT_BQ + i);
+            att_v8 p = att_exp8(*sp * sc - *(const att_v8 *)(lt + i));
+            if (causal) { /* mask key j0 + j > query i0 + i */
+                att_i8 qi = {0, 1, 2, 3, 4, 5, 6, 7};
+                qi += (att_i8){0, 0, 0, 0, 0, 0, 0, 0} + (int32_t)(i0 + i - j0 - j);
+                p = att_sel(qi < 0, att_splat(0.0f), p);
+            }
+            *sp = p;
         }
 }
 
 /* One (key tile, query tile) pair: accumulates dV^T, dK^T of the key tile
- * and dQ of the query rows; lse [nq] is the head's row logsumexp. */
+ * and dQ^T of the query tile; lse [nq] is the head's row logsumexp; qt,
+ * dot and dqt are the query tile's. */
 static void pair(const atb_args *a, atb_scratch *s, const float *lse, const float *kb,
-                 const float *vb, int64_t row0, int64_t i0, int64_t qr, int64_t j0, int64_t kv) {
+                 const float *vb, int64_t row0, const float *qt, const float *dot, float *dqt,
+                 int64_t i0, int64_t qr, int64_t j0, int64_t kv) {
     const int64_t d = a->d, hd = a->heads * d;
     float lt[ATT_BQ], dt[ATT_BQ];
-    pack_t(s->qt, a->q + row0, hd, qr, d);
-    a->kern.qk(s->st, s->qt, kb, hd, kv, ATT_BQ, d);
+    a->kern.qk(s->st, qt, kb, hd, kv, ATT_BQ, d);
     probs(s->st, lse, s->dd, lt, dt, i0, qr, j0, kv, a->scale, a->causal);
     if (a->dv) { /* dV^T [d, keys] += dO^T P: keys are the kernel's vector axis */
-        transpose_tile(s->tr, s->st, kv, qr);
+        a->kern.tr(s->tr, s->st, kv);
         a->kern.pv(s->dvt, s->tr, a->dout + row0, hd, qr, ATB_BK, d);
     }
     if (!a->dq && !a->dk) return;
-    pack_t(s->dot, a->dout + row0, hd, qr, d);
-    a->kern.qk(s->dst, s->dot, vb, hd, kv, ATT_BQ, d); /* dP^T */
-    for (int64_t j = 0; j < kv; j++)
-        for (int64_t i = 0; i < ATT_BQ; i++)
-            s->dst[j * ATT_BQ + i] = s->st[j * ATT_BQ + i] * (s->dst[j * ATT_BQ + i] - dt[i]) * a->scale;
-    if (a->dq) {
-        memset(s->dqt, 0, (size_t)(d * ATT_BQ) * sizeof(float));
-        a->kern.pv(s->dqt, s->dst, kb, hd, kv, ATT_BQ, d);
-        for (int64_t i = 0; i < qr; i++)
-            for (int64_t c = 0; c < d; c++) a->dq[row0 + i * hd + c] += s->dqt[c * ATT_BQ + i];
-    }
+    a->kern.qk(s->dst, dot, vb, hd, kv, ATT_BQ, d); /* dP^T */
+    dscores(s->dst, s->st, dt, kv, a->scale);
+    if (a->dq) a->kern.pv(dqt, s->dst, kb, hd, kv, ATT_BQ, d);
     if (a->dk) {
-        transpose_tile(s->tr, s->dst, kv, qr);
+        a->kern.tr(s->tr, s->dst, kv);
         a->kern.pv(s->dkt, s->tr, a->q + row0, hd, qr, ATB_BK, d);
     }
 }
@@ -209,9 +258,9 @@ static void head_task(const atb_args *a, atb_scratch *s, int64_t bi, int64_t h) 
         int64_t qr = a->nq - i0 < ATT_BQ ? a->nq - i0 : ATT_BQ;
         if (!a->lse) row_lse(a, s, kb, q0 + i0 * hd, i0, qr);
         row_dd(a, s, q0 + i0 * hd, i0, qr);
-        if (a->dq)
-            for (int64_t i = 0; i < qr; i++)
-                memset(a->dq + q0 + (i0 + i) * hd, 0, (size_t)d * sizeof(float));
+        pack_t(s->qt + i0 * d, a->q + q0 + i0 * hd, hd, qr, d);
+        if (a->dq || a->dk) pack_t(s->dot + i0 * d, a->dout + q0 + i0 * hd, hd, qr, d);
+        if (a->dq) memset(s->dqt + i0 * d, 0, (size_t)(d * ATT_BQ) * sizeof(float));
     }
     for (int64_t j0 = 0; j0 < a->nk; j0 += ATB_BK) {
         int64_t kv = a->nk - j0 < ATB_BK ? a->nk - j0 : ATB_BK;
@@ -219,11 +268,17 @@ static void head_task(const atb_args *a, atb_scratch *s, int64_t bi, int64_t h) 
         /* causal: queries before j0 see none of these keys */
         for (int64_t i0 = a->causal ? j0 / ATT_BQ * ATT_BQ : 0; i0 < a->nq; i0 += ATT_BQ) {
             int64_t qr = a->nq - i0 < ATT_BQ ? a->nq - i0 : ATT_BQ;
-            pair(a, s, lse, kb + j0 * hd, vb + j0 * hd, q0 + i0 * hd, i0, qr, j0, kv);
+            pair(a, s, lse, kb + j0 * hd, vb + j0 * hd, q0 + i0 * hd, s->qt + i0 * d,
+                 s->dot + i0 * d, s->dqt + i0 * d, i0, qr, j0, kv);
         }
         if (a->dk) unpack_t(a->dk + kvo + j0 * hd, s->dkt, hd, kv, d);
         if (a->dv) unpack_t(a->dv + kvo + j0 * hd, s->dvt, hd, kv, d);
     }
+    if (a->dq)
+        for (int64_t i0 = 0; i0 < a->nq; i0 += ATT_BQ) {
+            int64_t qr = a->nq - i0 < ATT_BQ ? a->nq - i0 : ATT_BQ;
+            unpack_t(a->dq + q0 + i0 * hd, s->dqt + i0 * d, hd, qr, d);
+        }
 }
 
 /* ---- The op ---- */

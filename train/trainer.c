@@ -1,0 +1,810 @@
+/* lh_train_run: see trainer.h. */
+#include "trainer.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "adapter.h"
+#include "checkpoint.h"
+#include "clip.h"
+#include "dataset.h"
+#include "log.h"
+#include "lora_new.h"
+#include "lorahost/adapters.h"
+#include "lorahost/train.h"
+#include "loss_plot.h"
+#include "lr_schedule.h"
+#include "model.h"
+#include "noise.h"
+#include "optim.h"
+#include "pipeline.h"
+#include "png.h"
+#include "rng.h"
+#include "tensor.h"
+#include "tokenizer.h"
+#include "unet.h"
+#include "vae.h"
+
+#define PATH_MAX_LEN 4096
+#define TE_TARGETS_N 4
+static const char *const TE_TARGETS[TE_TARGETS_N] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+
+void lh_train_opts_default(lh_train_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->output_name = "lora";
+    o->steps = 1000;
+    o->batch_size = 1;
+    o->grad_accum = 1;
+    o->lr = 1e-4;
+    o->lr_scheduler = "constant";
+    o->beta1 = 0.9;
+    o->beta2 = 0.999;
+    o->weight_decay = 1e-2;
+    o->eps = 1e-8;
+    o->max_grad_norm = 1.0;
+    o->rank = 4;
+    o->alpha = 4.0;
+    static const char *const def_targets[] = {"to_q", "to_k", "to_v", "to_out.0"};
+    for (int i = 0; i < 4; i++) o->targets[i] = def_targets[i];
+    o->n_targets = 4;
+    o->prediction = "auto";
+    o->precision = LH_DTYPE_F32;
+    o->save_every = 500;
+    o->keep_checkpoints = 3;
+    o->sample_steps = 20;
+    o->save_format = LH_EXPORT_KOHYA;
+}
+
+/* ---- State ---- */
+
+typedef struct trainer {
+    const lh_train_opts *o;
+    lh_backend *be;
+    lh_model *m;
+    lh_dataset *ds;
+    lh_registry *reg;
+    lh_adapter *a;
+    char dir[PATH_MAX_LEN], ckpt_dir[PATH_MAX_LEN + 16];
+    /* parameters: value, gradient, AdamW moments and step counts */
+    size_t np;
+    lh_tensor **val, **grad;
+    const char **key;
+    float **m1, **m2;
+    int64_t *adam_step;
+    /* noise */
+    lh_noise_config nc;
+    float *betas, *alphas_cumprod;
+    lh_lr_schedule sched;
+    lh_adamw_opts ao;
+    lh_loss_scaler scaler;
+    /* history */
+    float *loss;
+    int64_t step; /* optimizer steps done */
+    int64_t resolution, downscale, tokens, dim;
+    int random_crop;
+} trainer;
+
+/* A generator for stream `what` of step (or epoch) n: every draw is a
+ * function of (seed, what, n). */
+static lh_rng *stream(const trainer *t, uint64_t what, uint64_t n, lh_error *err) {
+    uint64_t z = t->o->seed ^ (what * 0x9E3779B97F4A7C15ull) ^ (n * 0xD1B54A32D192ED03ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return lh_rng_create(z ^ (z >> 31), err);
+}
+
+enum { S_ORDER = 1, S_STEP = 2 };
+
+/* A uniform integer in [0, n) (rejection sampling: no modulo bias). */
+static uint32_t uniform(lh_rng *r, uint32_t n) {
+    uint32_t lim = UINT32_MAX - UINT32_MAX % n, x;
+    do x = lh_rng_u32(r);
+    while (x >= lim);
+    return x % n;
+}
+
+/* Dataset index of sample `pos` (counting samples over all epochs). */
+static lh_status sample_index(const trainer *t, int64_t pos, int64_t *idx, lh_error *err) {
+    int64_t n = lh_dataset_count(t->ds), epoch = pos / n, at = pos % n;
+    int64_t *perm = malloc((size_t)n * sizeof *perm);
+    lh_rng *r = stream(t, S_ORDER, (uint64_t)epoch, err);
+    if (!perm || !r) {
+        free(perm);
+        lh_rng_destroy(r);
+        return lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    }
+    for (int64_t i = 0; i < n; i++) perm[i] = i;
+    for (int64_t i = n - 1; i > 0; i--) { /* Fisher-Yates */
+        int64_t j = (int64_t)uniform(r, (uint32_t)(i + 1));
+        int64_t tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    *idx = perm[at];
+    free(perm);
+    lh_rng_destroy(r);
+    return LH_OK;
+}
+
+/* ---- One micro-batch ---- */
+
+typedef struct item {
+    int64_t h, w;  /* latent size */
+    float *latent; /* host [4, h, w] */
+    float *text;   /* host [tokens, dim] */
+    float weight;
+} item;
+
+static void item_free(item *it) {
+    free(it->latent);
+    free(it->text);
+    memset(it, 0, sizeof *it);
+}
+
+/* Latent and text embedding of dataset item idx (cached, or encoded now). */
+static lh_status load_item(trainer *t, int64_t idx, lh_rng *r, item *out, lh_error *err) {
+    memset(out, 0, sizeof *out);
+    lh_backend *be = t->be;
+    int cached = lh_dataset_has_latents(t->ds), text = lh_dataset_has_text(t->ds);
+    lh_dataset_item di;
+    lh_status st = lh_dataset_read(t->ds, idx, (cached ? LH_DATASET_LATENT : LH_DATASET_IMAGE) |
+                                                   (text ? LH_DATASET_TEXT : 0), &di, err);
+    if (st != LH_OK) return st;
+    out->weight = di.weight;
+    int64_t c_lat = 4;
+    if (cached) {
+        c_lat = di.latent_shape[0];
+        out->h = di.latent_shape[1];
+        out->w = di.latent_shape[2];
+        out->latent = di.latent;
+        di.latent = NULL;
+    } else {
+        /* crop (random for random-crop datasets) to a multiple of the VAE's factor */
+        int64_t ds = t->downscale, cw = di.width, ch = di.height;
+        if (t->random_crop) {
+            cw = cw < t->resolution ? cw : t->resolution;
+            ch = ch < t->resolution ? ch : t->resolution;
+        }
+        cw -= cw % ds;
+        ch -= ch % ds;
+        if (cw < ds || ch < ds) {
+            lh_dataset_item_free(&di);
+            return lh_error_set(err, LH_ERR_INVALID, "train: dataset item %lld is %lldx%lld, "
+                                "smaller than the VAE's %lld", (long long)idx,
+                                (long long)di.width, (long long)di.height, (long long)ds);
+        }
+        int64_t x0 = (di.width - cw) / 2, y0 = (di.height - ch) / 2;
+        if (t->random_crop) {
+            x0 = (int64_t)uniform(r, (uint32_t)(di.width - cw + 1));
+            y0 = (int64_t)uniform(r, (uint32_t)(di.height - ch + 1));
+        }
+        size_t npx = (size_t)(cw * ch);
+        float *img = malloc(3 * npx * sizeof *img);
+        out->h = ch / ds;
+        out->w = cw / ds;
+        size_t nl = (size_t)(c_lat * out->h * out->w);
+        float *dimg = be->ops->alloc(be, 3 * npx * sizeof(float));
+        float *mean = be->ops->alloc(be, nl * sizeof(float));
+        float *logvar = be->ops->alloc(be, nl * sizeof(float));
+        float *noise = be->ops->alloc(be, nl * sizeof(float));
+        float *hn = malloc(nl * sizeof *hn);
+        out->latent = malloc(nl * sizeof *out->latent);
+        if (!img || !dimg || !mean || !logvar || !noise || !hn || !out->latent)
+            st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+        for (int64_t y = 0; st == LH_OK && y < ch; y++) /* HWC uint8 -> CHW in [-1, 1] */
+            for (int64_t x = 0; x < cw; x++)
+                for (int c = 0; c < 3; c++)
+                    img[(size_t)c * npx + (size_t)(y * cw + x)] =
+                        di.rgb[((y0 + y) * di.width + x0 + x) * 3 + c] / 127.5f - 1.0f;
+        if (st == LH_OK) st = be->ops->upload(be, dimg, img, 3 * npx * sizeof(float));
+        if (st == LH_OK) st = lh_vae_encode(t->m->vae, mean, logvar, dimg, 1, ch, cw, err);
+        if (st == LH_OK) st = lh_rng_randn(r, hn, (int64_t)nl, err);
+        if (st == LH_OK) st = be->ops->upload(be, noise, hn, nl * sizeof(float));
+        if (st == LH_OK)
+            st = lh_vae_sample_latents(t->m->vae, mean, mean, logvar, noise, (int64_t)nl, err);
+        if (st == LH_OK) st = be->ops->download(be, out->latent, mean, nl * sizeof(float));
+        free(img);
+        free(hn);
+        be->ops->free(be, dimg);
+        be->ops->free(be, mean);
+        be->ops->free(be, logvar);
+        be->ops->free(be, noise);
+    }
+    if (st == LH_OK && c_lat != 4)
+        st = lh_error_set(err, LH_ERR_SHAPE, "train: cached latent of item %lld has %lld "
+                          "channels, the U-Net takes 4", (long long)idx, (long long)c_lat);
+    if (st == LH_OK && text) {
+        if (di.text_shape[0] != t->tokens || di.text_shape[1] != t->dim)
+            st = lh_error_set(err, LH_ERR_SHAPE, "train: cached text embedding of item %lld is "
+                              "[%lld, %lld], the U-Net takes [%lld, %lld]", (long long)idx,
+                              (long long)di.text_shape[0], (long long)di.text_shape[1],
+                              (long long)t->tokens, (long long)t->dim);
+        out->text = di.text;
+        di.text = NULL;
+    } else if (st == LH_OK) {
+        int32_t ids[LH_TOKENIZER_WINDOW];
+        size_t nw = 0;
+        size_t ne = (size_t)(t->tokens * t->dim);
+        float *demb = be->ops->alloc(be, ne * sizeof(float));
+        out->text = malloc(ne * sizeof *out->text);
+        if (!demb || !out->text) st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+        if (st == LH_OK)
+            st = lh_tokenizer_window(t->m->tok, di.caption, t->m->pad_id, LH_TOKENIZER_TRUNCATE,
+                                     ids, 1, &nw, err);
+        if (st == LH_OK) st = lh_clip_encode(t->m->clip, demb, ids, 1, t->tokens, 0, err);
+        if (st == LH_OK) st = be->ops->download(be, out->text, demb, ne * sizeof(float));
+        if (demb) be->ops->free(be, demb);
+    }
+    lh_dataset_item_free(&di);
+    if (st != LH_OK) item_free(out);
+    return st;
+}
+
+/* Weighted mse over a group of same-size items: L = sum_i w_i mean_i((pred -
+ * target)^2) / denom; dL/dpred likewise. */
+typedef struct wmse {
+    lh_backend *be;
+    const float *target; /* backend [n, per] */
+    const float *w;      /* host [n] */
+    int64_t n;
+    double denom;
+} wmse;
+
+static lh_status wmse_loss(void *ctx, float *dout, float *loss, const float *out, int64_t numel,
+                           lh_error *err) {
+    wmse *c = ctx;
+    size_t total = (size_t)numel, per = total / (size_t)c->n;
+    float *ho = malloc(total * sizeof *ho), *ht = malloc(total * sizeof *ht);
+    lh_status st = ho && ht ? LH_OK : lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    if (st == LH_OK) st = c->be->ops->download(c->be, ho, out, total * sizeof *ho);
+    if (st == LH_OK) st = c->be->ops->download(c->be, ht, c->target, total * sizeof *ht);
+    double l = 0.0;
+    for (int64_t i = 0; st == LH_OK && i < c->n; i++) {
+        double s = 0.0, k = 2.0 * c->w[i] / ((double)per * c->denom);
+        for (size_t j = 0; j < per; j++) {
+            size_t e = (size_t)i * per + j;
+            double d = (double)ho[e] - (double)ht[e];
+            s += d * d;
+            ho[e] = (float)(k * d);
+        }
+        l += c->w[i] * s / (double)per;
+    }
+    if (st == LH_OK) st = c->be->ops->upload(c->be, dout, ho, total * sizeof *ho);
+    free(ho);
+    free(ht);
+    *loss = (float)(l / c->denom);
+    return st;
+}
+
+/* Forward + backward of `n` same-size items; *loss += their share. */
+static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, double denom,
+                           float *loss, lh_unet_overflow *rep, lh_error *err) {
+    const lh_train_opts *o = t->o;
+    lh_backend *be = t->be;
+    int64_t h = its[0]->h, w = its[0]->w, per = 4 * h * w;
+    size_t nl = (size_t)(n * per), nc = (size_t)(n * t->tokens * t->dim);
+    float *x0 = malloc(nl * sizeof *x0), *noise = malloc(nl * sizeof *noise);
+    float *noisy = malloc(nl * sizeof *noisy), *target = malloc(nl * sizeof *target);
+    float *ctx = malloc(nc * sizeof *ctx), *wts = malloc((size_t)n * sizeof *wts);
+    float *snr = malloc((size_t)n * sizeof *snr), *ts_f = malloc((size_t)n * sizeof *ts_f);
+    float *offs = malloc((size_t)(n * 4) * sizeof *offs);
+    int64_t *ts = malloc((size_t)n * sizeof *ts);
+    float *d_noisy = be->ops->alloc(be, nl * sizeof(float));
+    float *d_target = be->ops->alloc(be, nl * sizeof(float));
+    float *d_ctx = be->ops->alloc(be, nc * sizeof(float));
+    lh_status st = LH_OK;
+    if (!x0 || !noise || !noisy || !target || !ctx || !wts || !snr || !ts_f || !offs || !ts ||
+        !d_noisy || !d_target || !d_ctx)
+        st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    for (int64_t i = 0; st == LH_OK && i < n; i++) {
+        memcpy(x0 + i * per, its[i]->latent, (size_t)per * sizeof *x0);
+        memcpy(ctx + i * t->tokens * t->dim, its[i]->text,
+               (size_t)(t->tokens * t->dim) * sizeof *ctx);
+        wts[i] = its[i]->weight;
+        ts[i] = (int64_t)uniform(r, (uint32_t)t->nc.num_train_timesteps);
+        ts_f[i] = (float)ts[i];
+    }
+    /* noise, then the offset's draws, as the script does */
+    if (st == LH_OK) st = lh_rng_randn(r, noise, (int64_t)nl, err);
+    if (st == LH_OK && o->noise_offset > 0) {
+        st = lh_rng_randn(r, offs, n * 4, err);
+        if (st == LH_OK)
+            st = lh_noise_apply_offset(noise, offs, o->noise_offset, n, 4, h * w, err);
+    }
+    int64_t T = t->nc.num_train_timesteps;
+    if (st == LH_OK) st = lh_noise_add(noisy, x0, noise, ts, t->alphas_cumprod, n, per, T, err);
+    if (st == LH_OK) {
+        if (t->nc.prediction_type == LH_NOISE_PRED_V_PREDICTION)
+            st = lh_noise_velocity(target, x0, noise, ts, t->alphas_cumprod, n, per, T, err);
+        else if (t->nc.prediction_type == LH_NOISE_PRED_SAMPLE)
+            memcpy(target, x0, nl * sizeof *target);
+        else
+            memcpy(target, noise, nl * sizeof *target);
+    }
+    if (st == LH_OK && o->snr_gamma > 0) {
+        st = lh_noise_snr(snr, ts, t->alphas_cumprod, n, T, err);
+        if (st == LH_OK)
+            st = lh_noise_min_snr_weights(snr, snr, n, o->snr_gamma, t->nc.prediction_type, err);
+        for (int64_t i = 0; st == LH_OK && i < n; i++) wts[i] *= snr[i];
+    }
+    if (st == LH_OK) st = be->ops->upload(be, d_noisy, noisy, nl * sizeof(float));
+    if (st == LH_OK) st = be->ops->upload(be, d_target, target, nl * sizeof(float));
+    if (st == LH_OK) st = be->ops->upload(be, d_ctx, ctx, nc * sizeof(float));
+    if (st == LH_OK) {
+        wmse c = {be, d_target, wts, n, denom};
+        lh_unet_train_opts uo = {.checkpointing = o->checkpointing,
+                                 .precision = o->precision,
+                                 .loss_scale = t->scaler.scale};
+        float l = 0.0f;
+        lh_unet_overflow one;
+        st = lh_unet_train_step(t->m->unet, &uo, wmse_loss, &c, &l, NULL, d_noisy, ts_f, d_ctx, n,
+                                h, w, t->tokens, &one, err);
+        *loss += l;
+        for (int k = 0; st == LH_OK && k < one.count && rep->count < LH_UNET_OVERFLOW_MAX; k++)
+            rep->at[rep->count++] = one.at[k];
+        if (st == LH_OK && one.count > LH_UNET_OVERFLOW_MAX) rep->count += one.count;
+    }
+    free(x0), free(noise), free(noisy), free(target), free(ctx), free(wts), free(snr);
+    free(ts_f), free(offs), free(ts);
+    if (d_noisy) be->ops->free(be, d_noisy);
+    if (d_target) be->ops->free(be, d_target);
+    if (d_ctx) be->ops->free(be, d_ctx);
+    return st;
+}
+
+/* One micro-batch: batch_size samples from position pos, grouped by size. */
+static lh_status micro_batch(trainer *t, int64_t pos, lh_rng *r, double denom, float *loss,
+                             lh_unet_overflow *rep, lh_error *err) {
+    int64_t b = t->o->batch_size;
+    item *its = calloc((size_t)b, sizeof *its);
+    item **grp = calloc((size_t)b, sizeof *grp);
+    int *done = calloc((size_t)b, sizeof *done);
+    lh_status st = its && grp && done ? LH_OK : lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    for (int64_t j = 0; st == LH_OK && j < b; j++) {
+        int64_t idx = 0;
+        st = sample_index(t, pos + j, &idx, err);
+        if (st == LH_OK) st = load_item(t, idx, r, &its[j], err);
+    }
+    for (int64_t j = 0; st == LH_OK && j < b; j++) {
+        if (done[j]) continue;
+        int64_t n = 0;
+        for (int64_t k = j; k < b; k++)
+            if (!done[k] && its[k].h == its[j].h && its[k].w == its[j].w) {
+                grp[n++] = &its[k];
+                done[k] = 1;
+            }
+        st = run_group(t, grp, n, r, denom, loss, rep, err);
+    }
+    for (int64_t j = 0; its && j < b; j++) item_free(&its[j]);
+    free(its);
+    free(grp);
+    free(done);
+    return st;
+}
+
+/* ---- Parameters, checkpoints, export ---- */
+
+static lh_status collect_params(trainer *t, lh_error *err) {
+    t->np = lh_adapter_n_params(t->a);
+    size_t n = t->np;
+    t->val = calloc(n, sizeof *t->val);
+    t->grad = calloc(n, sizeof *t->grad);
+    t->key = calloc(n, sizeof *t->key);
+    t->m1 = calloc(n, sizeof *t->m1);
+    t->m2 = calloc(n, sizeof *t->m2);
+    t->adam_step = calloc(n, sizeof *t->adam_step);
+    if (!t->val || !t->grad || !t->key || !t->m1 || !t->m2 || !t->adam_step)
+        return lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        lh_status st = lh_adapter_param(t->a, i, &t->key[i], &t->val[i], &t->grad[i]);
+        if (st != LH_OK || !t->grad[i])
+            return lh_error_set(err, LH_ERR_INTERNAL, "train: adapter parameter %zu missing", i);
+        t->m1[i] = calloc((size_t)t->val[i]->numel, sizeof(float));
+        t->m2[i] = calloc((size_t)t->val[i]->numel, sizeof(float));
+        if (!t->m1[i] || !t->m2[i]) return lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    }
+    return LH_OK;
+}
+
+/* What must agree for a resume: the settings the saved state depends on. */
+static void fingerprint(const trainer *t, char *out, size_t size) {
+    const lh_train_opts *o = t->o;
+    int n = snprintf(out, size, "rank=%d alpha=%.17g seed=%" PRIu64 " batch=%lld accum=%lld "
+                     "precision=%s te=%d targets=", o->rank, o->alpha, o->seed,
+                     (long long)o->batch_size, (long long)o->grad_accum,
+                     lh_dtype_name(o->precision), o->train_text_encoder);
+    for (int i = 0; i < o->n_targets && n > 0 && (size_t)n < size; i++)
+        n += snprintf(out + n, size - (size_t)n, "%s%s", i ? "," : "", o->targets[i]);
+}
+
+static lh_status save_checkpoint(trainer *t, lh_error *err) {
+    size_t n = 3 * t->np + 2;
+    lh_ckpt_tensor *ts = calloc(n, sizeof *ts);
+    char **names = calloc(3 * t->np, sizeof *names);
+    lh_status st = ts && names ? LH_OK : lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    size_t k = 0;
+    for (size_t i = 0; st == LH_OK && i < t->np; i++) {
+        const lh_tensor *v = t->val[i];
+        const float *src[3] = {v->data, t->m1[i], t->m2[i]};
+        static const char *const pre[3] = {"param/", "adam_m/", "adam_v/"};
+        for (int j = 0; j < 3; j++) {
+            size_t len = strlen(pre[j]) + strlen(t->key[i]) + 1;
+            if (!(names[3 * i + (size_t)j] = malloc(len))) {
+                st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+                break;
+            }
+            snprintf(names[3 * i + (size_t)j], len, "%s%s", pre[j], t->key[i]);
+            lh_ckpt_tensor *c = &ts[k++];
+            c->name = names[3 * i + (size_t)j];
+            c->dtype = LH_DTYPE_F32;
+            c->ndim = v->ndim;
+            memcpy(c->shape, v->shape, sizeof c->shape);
+            c->data = src[j];
+        }
+    }
+    if (st == LH_OK) {
+        ts[k++] = (lh_ckpt_tensor){"adam_step", LH_DTYPE_I64, 1, {(int64_t)t->np}, t->adam_step};
+        ts[k++] = (lh_ckpt_tensor){"loss", LH_DTYPE_F32, 1, {t->step}, t->loss};
+    }
+    char fp[1024], scale[64], clean[32], skipped[32], steps[32];
+    fingerprint(t, fp, sizeof fp);
+    snprintf(scale, sizeof scale, "%.9g", (double)t->scaler.scale);
+    snprintf(clean, sizeof clean, "%d", t->scaler.clean);
+    snprintf(skipped, sizeof skipped, "%lld", (long long)t->scaler.skipped);
+    snprintf(steps, sizeof steps, "%lld", (long long)t->scaler.steps);
+    lh_ckpt_meta meta[] = {{"fingerprint", fp},     {"scaler_scale", scale},
+                           {"scaler_clean", clean}, {"scaler_skipped", skipped},
+                           {"scaler_steps", steps}};
+    if (st == LH_OK)
+        st = lh_ckpt_save(t->ckpt_dir, t->step, t->o->keep_checkpoints > 0 ? t->o->keep_checkpoints
+                                                                          : 1000000,
+                          ts, k, meta, sizeof meta / sizeof meta[0], err);
+    for (size_t i = 0; names && i < 3 * t->np; i++) free(names[i]);
+    free(names);
+    free(ts);
+    return st;
+}
+
+static lh_status resume(trainer *t, char *from, size_t from_size, lh_error *err) {
+    lh_ckpt *c = NULL;
+    lh_status st = lh_ckpt_open_latest(&c, t->ckpt_dir, err);
+    if (st == LH_ERR_NOT_FOUND) {
+        lh_log(LH_LOG_INFO, "train", "no checkpoint in %s: starting from step 0", t->ckpt_dir);
+        return LH_OK;
+    }
+    if (st != LH_OK) return st;
+    if (lh_ckpt_warnings(c)[0]) lh_log(LH_LOG_WARN, "train", "%s", lh_ckpt_warnings(c));
+    char fp[1024];
+    fingerprint(t, fp, sizeof fp);
+    const char *saved = lh_ckpt_meta_find(c, "fingerprint");
+    if (!saved || strcmp(saved, fp))
+        st = lh_error_set(err, LH_ERR_CONFIG, "train: %s was made with other settings (%s), "
+                          "not these (%s): resume with the same config or another output_dir",
+                          lh_ckpt_path(c), saved ? saved : "none", fp);
+    int64_t step = lh_ckpt_step(c);
+    if (st == LH_OK && (step < 1 || step > t->o->steps))
+        st = lh_error_set(err, LH_ERR_CONFIG, "train: %s is at step %lld, outside 1..%lld",
+                          lh_ckpt_path(c), (long long)step, (long long)t->o->steps);
+    for (size_t i = 0; st == LH_OK && i < t->np; i++) {
+        const lh_tensor *v = t->val[i];
+        float *dst[3] = {v->data, t->m1[i], t->m2[i]};
+        static const char *const pre[3] = {"param/", "adam_m/", "adam_v/"};
+        for (int j = 0; st == LH_OK && j < 3; j++) {
+            char name[512];
+            snprintf(name, sizeof name, "%s%s", pre[j], t->key[i]);
+            st = lh_ckpt_read(dst[j], c, name, LH_DTYPE_F32, v->ndim, v->shape, err);
+        }
+    }
+    int64_t np = (int64_t)t->np;
+    if (st == LH_OK) st = lh_ckpt_read(t->adam_step, c, "adam_step", LH_DTYPE_I64, 1, &np, err);
+    if (st == LH_OK) st = lh_ckpt_read(t->loss, c, "loss", LH_DTYPE_F32, 1, &step, err);
+    const char *sc = lh_ckpt_meta_find(c, "scaler_scale"), *cl = lh_ckpt_meta_find(c, "scaler_clean");
+    const char *sk = lh_ckpt_meta_find(c, "scaler_skipped"), *ss = lh_ckpt_meta_find(c, "scaler_steps");
+    if (st == LH_OK && (!sc || !cl || !sk || !ss))
+        st = lh_error_set(err, LH_ERR_FORMAT, "train: %s lacks the loss-scaler state",
+                          lh_ckpt_path(c));
+    if (st == LH_OK) {
+        t->scaler.scale = strtof(sc, NULL);
+        t->scaler.clean = (int)strtol(cl, NULL, 10);
+        t->scaler.skipped = strtoll(sk, NULL, 10);
+        t->scaler.steps = strtoll(ss, NULL, 10);
+        t->step = step;
+        snprintf(from, from_size, "%s", lh_ckpt_path(c));
+        st = lh_adapter_refresh(t->a, err);
+    }
+    lh_ckpt_close(c);
+    return st;
+}
+
+static lh_status export_adapter(trainer *t, lh_error *err) {
+    const lh_train_opts *o = t->o;
+    char path[PATH_MAX_LEN + 300], dim[32], alpha[32], steps[32], lr[32], n_img[32], res[64];
+    snprintf(path, sizeof path, "%s/%s.safetensors", t->dir, o->output_name);
+    snprintf(dim, sizeof dim, "%d", o->rank);
+    snprintf(alpha, sizeof alpha, "%g", o->alpha);
+    snprintf(steps, sizeof steps, "%lld", (long long)t->step);
+    snprintf(lr, sizeof lr, "%g", o->lr);
+    snprintf(n_img, sizeof n_img, "%lld", (long long)lh_dataset_count(t->ds));
+    snprintf(res, sizeof res, "(%lld, %lld)", (long long)t->resolution,
+             (long long)t->resolution);
+    int v2 = t->m->info.arch == LH_MODEL_ARCH_SD2;
+    const char *meta[] = {"ss_network_module", "networks.lora",
+                          "ss_network_dim", dim,
+                          "ss_network_alpha", alpha,
+                          "ss_base_model_version", v2 ? "sd_v2" : "sd_v1",
+                          "ss_v2", v2 ? "True" : "False",
+                          "ss_steps", steps,
+                          "ss_learning_rate", lr,
+                          "ss_num_train_images", n_img,
+                          "ss_resolution", res,
+                          "ss_output_name", o->output_name,
+                          "ss_sd_model_name", t->m->info.name,
+                          "ss_training_comment", "trained by lorahost"};
+    return lh_adapter_export(path, t->a, o->save_format, meta, sizeof meta / sizeof meta[0] / 2,
+                             err);
+}
+
+static lh_status write_plot(trainer *t, lh_error *err) {
+    if (t->step < 1) return LH_OK;
+    char path[PATH_MAX_LEN + 16];
+    snprintf(path, sizeof path, "%s/loss.svg", t->dir);
+    return lh_loss_plot_svg(path, t->loss, t->step, "lorahost train: loss per step", err);
+}
+
+static lh_status samples(trainer *t, lh_error *err) {
+    const lh_train_opts *o = t->o;
+    char dir[PATH_MAX_LEN + 16];
+    snprintf(dir, sizeof dir, "%s/samples", t->dir);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return lh_error_set(err, LH_ERR_IO, "train: cannot create %s: %s", dir, strerror(errno));
+    for (int k = 0; k < o->n_sample_prompts; k++) {
+        lh_gen_params p;
+        lh_gen_params_init(&p);
+        p.prompt = o->sample_prompts[k];
+        p.steps = o->sample_steps;
+        p.width = p.height = t->resolution;
+        p.seed = o->seed + (uint64_t)k;
+        lh_gen_result r;
+        lh_status st = lh_pipeline_txt2img(t->m, t->reg, &p, &r, err);
+        if (st != LH_OK) return st;
+        char path[PATH_MAX_LEN + 64];
+        snprintf(path, sizeof path, "%s/step-%08lld-%d.png", dir, (long long)t->step, k);
+        char *text = lh_pipeline_parameters_text(&p, r.scheduler_id, t->m->info.name, 0);
+        st = lh_png_write(path, r.images, r.width, r.height, "parameters", text, err);
+        free(text);
+        lh_gen_result_free(&r);
+        if (st != LH_OK) return st;
+    }
+    return LH_OK;
+}
+
+/* ---- Setup ---- */
+
+static lh_status read_noise_config(trainer *t, lh_error *err) {
+    lh_noise_config_default(&t->nc);
+    const lh_model_info *mi = &t->m->info;
+    json_error_t je;
+    json_t *j = mi->scheduler_config[0] ? json_load_file(mi->scheduler_config, 0, &je)
+                                        : json_loads(mi->scheduler_json, 0, &je);
+    const char *src = mi->scheduler_config[0] ? mi->scheduler_config : "the built-in scheduler";
+    if (!j) return lh_error_set(err, LH_ERR_CONFIG, "train: %s: %s", src, je.text);
+    lh_status st = LH_OK;
+    json_t *v;
+    if ((v = json_object_get(j, "num_train_timesteps")) && json_is_integer(v))
+        t->nc.num_train_timesteps = json_integer_value(v);
+    if ((v = json_object_get(j, "beta_start")) && json_is_number(v))
+        t->nc.beta_start = json_number_value(v);
+    if ((v = json_object_get(j, "beta_end")) && json_is_number(v))
+        t->nc.beta_end = json_number_value(v);
+    if ((v = json_object_get(j, "beta_schedule")) && json_is_string(v))
+        st = lh_beta_schedule_parse(&t->nc.beta_schedule, json_string_value(v), err);
+    const char *pred = strcmp(t->o->prediction, "auto") ? t->o->prediction : mi->prediction_type;
+    if (st == LH_OK) st = lh_noise_pred_parse(&t->nc.prediction_type, pred[0] ? pred : "epsilon", err);
+    json_decref(j);
+    if (st == LH_OK && (t->nc.num_train_timesteps < 1 || t->nc.num_train_timesteps > 100000))
+        st = lh_error_set(err, LH_ERR_CONFIG, "train: %s: num_train_timesteps %lld out of range",
+                          src, (long long)t->nc.num_train_timesteps);
+    if (st != LH_OK) return st;
+    size_t T = (size_t)t->nc.num_train_timesteps;
+    t->betas = malloc(T * sizeof *t->betas);
+    t->alphas_cumprod = malloc(T * sizeof *t->alphas_cumprod);
+    if (!t->betas || !t->alphas_cumprod)
+        return lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    return lh_noise_alphas_cumprod(t->betas, t->alphas_cumprod, &t->nc, err);
+}
+
+static lh_status make_dirs(trainer *t, lh_error *err) {
+    const char *d = t->o->output_dir;
+    if (strlen(d) >= PATH_MAX_LEN)
+        return lh_error_set(err, LH_ERR_INVALID, "train: output_dir is too long");
+    snprintf(t->dir, sizeof t->dir, "%s", d);
+    snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", d);
+    if (mkdir(t->dir, 0755) != 0 && errno != EEXIST)
+        return lh_error_set(err, LH_ERR_IO, "train: cannot create %s: %s", t->dir,
+                            strerror(errno));
+    return LH_OK;
+}
+
+static lh_status setup(trainer *t, lh_error *err) {
+    const lh_train_opts *o = t->o;
+    if (!o->model || !o->dataset || !o->output_dir)
+        return lh_error_set(err, LH_ERR_CONFIG, "train: model.path, train.dataset and "
+                            "train.output_dir must be set");
+    if (o->precision != LH_DTYPE_F32 && o->precision != LH_DTYPE_F16 &&
+        o->precision != LH_DTYPE_BF16)
+        return lh_error_set(err, LH_ERR_CONFIG, "train: mixed_precision must be no, fp16 or bf16");
+    lh_status st = make_dirs(t, err);
+    char msg[LH_ERROR_MAX] = "";
+    if (st == LH_OK && lh_backend_cpu_create(&t->be, o->threads, msg, sizeof msg) != LH_OK)
+        st = lh_error_set(err, LH_ERR_INTERNAL, "train: %s", msg);
+    if (st == LH_OK) st = lh_model_open(&t->m, t->be, o->model, err);
+    if (st == LH_OK) st = lh_dataset_open(&t->ds, o->dataset, err);
+    if (st == LH_OK && lh_dataset_count(t->ds) < 1)
+        st = lh_error_set(err, LH_ERR_INVALID, "train: %s holds no images", o->dataset);
+    if (st != LH_OK) return st;
+    t->resolution = lh_dataset_resolution(t->ds);
+    t->random_crop = !strcmp(lh_dataset_crop(t->ds), "random");
+    t->downscale = lh_vae_downscale(t->m->vae);
+    t->tokens = LH_TOKENIZER_WINDOW;
+    t->dim = lh_unet_get_config(t->m->unet)->cross_attention_dim;
+    if ((st = read_noise_config(t, err)) != LH_OK) return st;
+    /* the adapter: a fresh LoRA written beside the checkpoints, loaded trainable */
+    lh_adapt *ad;
+    if ((st = lh_adapt_get(&ad, t->m, err)) != LH_OK) return st;
+    char init[PATH_MAX_LEN + 32];
+    snprintf(init, sizeof init, "%s/init.safetensors", t->dir);
+    int n_layers = 0;
+    st = lh_lora_new(init, &ad->layers, o->targets, o->n_targets, TE_TARGETS,
+                     o->train_text_encoder ? TE_TARGETS_N : 0, o->rank, o->alpha, o->seed,
+                     &n_layers, err);
+    lh_adapter_load_opts lo = {.policy = LH_ADAPTER_STRICT, .name = o->output_name,
+                               .trainable = 1};
+    if (st == LH_OK) st = lh_adapter_load(&t->a, t->m, t->reg, init, &lo, err);
+    remove(init);
+    if (st == LH_OK) st = lh_adapter_grads_enable(t->a, err);
+    lh_adapter_weights aw;
+    lh_adapter_weights_init(&aw, 1.0);
+    if (st == LH_OK) st = lh_adapter_set_ex(t->m, &t->a, &aw, 1, LH_ADAPTER_RUNTIME, err);
+    if (st == LH_OK) st = collect_params(t, err);
+    if (st != LH_OK) return st;
+    lh_log(LH_LOG_INFO, "train", "%s: rank %d LoRA on %d layers (%zu tensors), %lld images at %lld",
+           o->output_name, o->rank, n_layers, t->np, (long long)lh_dataset_count(t->ds),
+           (long long)t->resolution);
+    lh_adamw_opts_default(&t->ao);
+    t->ao.lr = o->lr;
+    t->ao.beta1 = o->beta1;
+    t->ao.beta2 = o->beta2;
+    t->ao.eps = o->eps;
+    t->ao.weight_decay = o->weight_decay;
+    if ((st = lh_lr_schedule_init(&t->sched, o->lr_scheduler, o->lr, o->lr_warmup, o->steps,
+                                  err)) != LH_OK)
+        return st;
+    lh_loss_scaler_init(&t->scaler, o->precision);
+    t->loss = calloc((size_t)o->steps, sizeof *t->loss);
+    if (!t->loss) return lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    return LH_OK;
+}
+
+static void teardown(trainer *t) {
+    for (size_t i = 0; i < t->np; i++) {
+        if (t->m1) free(t->m1[i]);
+        if (t->m2) free(t->m2[i]);
+    }
+    free(t->val), free(t->grad), free(t->key), free(t->m1), free(t->m2), free(t->adam_step);
+    free(t->betas), free(t->alphas_cumprod), free(t->loss);
+    if (t->a) lh_adapter_unload(t->a);
+    lh_dataset_close(t->ds);
+    lh_model_close(t->m);
+    lh_backend_destroy(t->be);
+}
+
+/* ---- The loop ---- */
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* One optimizer step; *applied 0 if fp16 overflow skipped it. */
+static lh_status opt_step(trainer *t, float *loss, double *lr, int *applied, lh_error *err) {
+    const lh_train_opts *o = t->o;
+    lh_adapter_grads_zero(t->a);
+    lh_unet_overflow rep = {0};
+    float l = 0.0f;
+    double denom = (double)(o->batch_size * o->grad_accum);
+    lh_status st = LH_OK;
+    for (int64_t k = 0; st == LH_OK && k < o->grad_accum; k++) {
+        lh_rng *r = stream(t, S_STEP, (uint64_t)(t->step * o->grad_accum + k), err);
+        if (!r) return err ? err->code : LH_ERR_NOMEM;
+        st = micro_batch(t, (t->step * o->grad_accum + k) * o->batch_size, r, denom, &l, &rep,
+                         err);
+        lh_rng_destroy(r);
+    }
+    if (st != LH_OK) return st;
+    *loss = l;
+    int64_t bad = lh_adapter_grads_unscale(t->a, 1.0f / t->scaler.scale);
+    *applied = lh_loss_scaler_update(&t->scaler, bad > 0 || rep.count > 0);
+    *lr = lh_lr_schedule_lr(&t->sched, t->step);
+    if (!*applied) {
+        lh_log(LH_LOG_WARN, "train", "step %lld: Inf/NaN gradients (first at %s); step skipped, "
+               "loss scale now %g", (long long)t->step + 1,
+               rep.count ? rep.at[0].unit : "the adapter", (double)t->scaler.scale);
+        return LH_OK;
+    }
+    float **g = malloc(t->np * sizeof *g);
+    int64_t *sizes = malloc(t->np * sizeof *sizes);
+    if (!g || !sizes) st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    for (size_t i = 0; st == LH_OK && i < t->np; i++) {
+        g[i] = t->grad[i]->data;
+        sizes[i] = t->grad[i]->numel;
+    }
+    if (st == LH_OK && o->max_grad_norm > 0)
+        st = lh_clip_grad_norm(NULL, g, sizes, (int64_t)t->np, o->max_grad_norm, err);
+    for (size_t i = 0; st == LH_OK && i < t->np; i++)
+        st = lh_adamw_step(t->val[i]->data, t->m1[i], t->m2[i], &t->adam_step[i], g[i],
+                           sizes[i], *lr, &t->ao, err);
+    free(g);
+    free(sizes);
+    if (st == LH_OK) st = lh_adapter_refresh(t->a, err);
+    return st;
+}
+
+lh_status lh_train_run(const lh_train_opts *o, lh_registry *reg, lh_train_progress_fn progress,
+                       void *user, float *final_loss, lh_error *err) {
+    trainer t;
+    memset(&t, 0, sizeof t);
+    t.o = o;
+    t.reg = reg;
+    lh_status st = setup(&t, err);
+    char from[PATH_MAX_LEN + 64] = "";
+    if (st == LH_OK && o->resume) st = resume(&t, from, sizeof from, err);
+    double t0 = now();
+    float *smooth = st == LH_OK ? malloc((size_t)o->steps * sizeof *smooth) : NULL;
+    if (st == LH_OK && !smooth) st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    if (st == LH_OK && from[0] && progress) {
+        char event[PATH_MAX_LEN + 96];
+        snprintf(event, sizeof event, "resumed from %s", from);
+        lh_train_progress p = {.step = t.step, .steps = o->steps, .event = event};
+        progress(user, &p);
+    }
+    while (st == LH_OK && t.step < o->steps) {
+        float loss = 0.0f;
+        double lr = 0.0;
+        int applied = 0;
+        st = opt_step(&t, &loss, &lr, &applied, err);
+        if (st != LH_OK) break;
+        t.loss[t.step++] = loss;
+        lh_loss_smooth(smooth, t.loss, t.step, 0.9);
+        char event[PATH_MAX_LEN + 64] = "";
+        int last = t.step == o->steps;
+        if (o->sample_every > 0 && o->n_sample_prompts > 0 &&
+            (t.step % o->sample_every == 0 || last)) {
+            st = samples(&t, err);
+            snprintf(event, sizeof event, "samples");
+        }
+        if (st == LH_OK && ((o->save_every > 0 && t.step % o->save_every == 0) || last)) {
+            st = save_checkpoint(&t, err);
+            if (st == LH_OK) st = export_adapter(&t, err);
+            if (st == LH_OK) st = write_plot(&t, err);
+            snprintf(event, sizeof event, "checkpoint %s/checkpoint-%08lld.safetensors",
+                     t.ckpt_dir, (long long)t.step);
+        }
+        if (progress) {
+            lh_train_progress p = {t.step, o->steps, loss, smooth[t.step - 1], lr, now() - t0,
+                                   t.scaler.skipped, t.scaler.scale, event[0] ? event : NULL};
+            progress(user, &p);
+        }
+    }
+    if (st == LH_OK && final_loss) *final_loss = t.step > 0 ? smooth[t.step - 1] : 0.0f;
+    free(smooth);
+    teardown(&t);
+    return st;
+}
