@@ -140,6 +140,7 @@ typedef struct item {
     float *latent; /* host [4, h, w] */
     float *text;   /* host [tokens, dim] */
     float weight;
+    int32_t ids[LH_TOKENIZER_WINDOW]; /* the caption's window (text encoder training) */
 } item;
 
 static void item_free(item *it) {
@@ -152,7 +153,9 @@ static void item_free(item *it) {
 static lh_status load_item(trainer *t, int64_t idx, lh_rng *r, item *out, lh_error *err) {
     memset(out, 0, sizeof *out);
     lh_backend *be = t->be;
-    int cached = lh_dataset_has_latents(t->ds), text = lh_dataset_has_text(t->ds);
+    /* a trained text encoder makes cached embeddings stale: encode the caption */
+    int cached = lh_dataset_has_latents(t->ds);
+    int text = lh_dataset_has_text(t->ds) && !t->o->train_text_encoder;
     lh_dataset_item di;
     lh_status st = lh_dataset_read(t->ds, idx, (cached ? LH_DATASET_LATENT : LH_DATASET_IMAGE) |
                                                    (text ? LH_DATASET_TEXT : 0), &di, err);
@@ -238,6 +241,7 @@ static lh_status load_item(trainer *t, int64_t idx, lh_rng *r, item *out, lh_err
         if (st == LH_OK)
             st = lh_tokenizer_window(t->m->tok, di.caption, t->m->pad_id, LH_TOKENIZER_TRUNCATE,
                                      ids, 1, &nw, err);
+        memcpy(out->ids, ids, sizeof ids);
         if (st == LH_OK) st = lh_clip_encode(t->m->clip, demb, ids, 1, t->tokens, 0, err);
         if (st == LH_OK) st = be->ops->download(be, out->text, demb, ne * sizeof(float));
         if (demb) be->ops->free(be, demb);
@@ -299,15 +303,19 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
     float *d_noisy = be->ops->alloc(be, nl * sizeof(float));
     float *d_target = be->ops->alloc(be, nl * sizeof(float));
     float *d_ctx = be->ops->alloc(be, nc * sizeof(float));
+    int te = o->train_text_encoder;
+    float *g_ctx = te ? be->ops->alloc(be, nc * sizeof(float)) : NULL;
+    int32_t *ids = te ? malloc((size_t)(n * t->tokens) * sizeof *ids) : NULL;
     lh_status st = LH_OK;
     if (!x0 || !noise || !noisy || !target || !ctx || !wts || !snr || !ts_f || !offs || !ts ||
-        !d_noisy || !d_target || !d_ctx)
+        !d_noisy || !d_target || !d_ctx || (te && (!g_ctx || !ids)))
         st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
     for (int64_t i = 0; st == LH_OK && i < n; i++) {
         memcpy(x0 + i * per, its[i]->latent, (size_t)per * sizeof *x0);
         memcpy(ctx + i * t->tokens * t->dim, its[i]->text,
                (size_t)(t->tokens * t->dim) * sizeof *ctx);
         wts[i] = its[i]->weight;
+        if (te) memcpy(ids + i * t->tokens, its[i]->ids, (size_t)t->tokens * sizeof *ids);
         ts[i] = (int64_t)uniform(r, (uint32_t)t->nc.num_train_timesteps);
         ts_f[i] = (float)ts[i];
     }
@@ -344,8 +352,12 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
                                  .loss_scale = t->scaler.scale};
         float l = 0.0f;
         lh_unet_overflow one;
-        st = lh_unet_train_step(t->m->unet, &uo, wmse_loss, &c, &l, NULL, d_noisy, ts_f, d_ctx, n,
-                                h, w, t->tokens, &one, err);
+        st = lh_unet_train_step(t->m->unet, &uo, wmse_loss, &c, &l, g_ctx, d_noisy, ts_f, d_ctx,
+                                n, h, w, t->tokens, &one, err);
+        /* the text encoder's adapter: dL/d(context) back through it (float32) */
+        if (st == LH_OK && te)
+            st = lh_clip_encode_backward(t->m->clip, NULL, NULL, g_ctx, ids, n, t->tokens, 0,
+                                         err);
         *loss += l;
         for (int k = 0; st == LH_OK && k < one.count && rep->count < LH_UNET_OVERFLOW_MAX; k++)
             rep->at[rep->count++] = one.at[k];
@@ -356,6 +368,8 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
     if (d_noisy) be->ops->free(be, d_noisy);
     if (d_target) be->ops->free(be, d_target);
     if (d_ctx) be->ops->free(be, d_ctx);
+    if (g_ctx) be->ops->free(be, g_ctx);
+    free(ids);
     return st;
 }
 
