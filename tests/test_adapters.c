@@ -210,6 +210,33 @@ START_TEST(test_sd1_single_lora_every_format) {
 }
 END_TEST
 
+/* What `lorahost train` exported (kohya and PEFT form, U-Net LoRA + LoCon
+ * and text-encoder LoRA) gives what diffusers' load_lora_weights makes of
+ * the same files (tests/golden/train_export.py). */
+START_TEST(test_trained_exports_match_diffusers) {
+    fixture f;
+    fixture_open(&f, "sd1_tiny", "trained_expected.safetensors");
+    check_outputs(&f, "base", "no adapter", 1, 1);
+    static const char *const FORMS[] = {"kohya", "peft"};
+    double one = 1.0;
+    for (int mode = 0; mode < 2; mode++)
+        for (int i = 0; i < 2; i++) {
+            char file[64], what[96];
+            snprintf(file, sizeof file, "trained_%s.safetensors", FORMS[i]);
+            lh_adapter *a = load(f.m, file);
+            const lh_adapter_report *r = lh_adapter_get_report(a);
+            ck_assert_msg(r->layers_unet == 60 && r->layers_te == 12 && r->n_unmatched == 0,
+                          "%s: %d U-Net, %d text-encoder layers, %zu unmatched", file,
+                          r->layers_unet, r->layers_te, r->n_unmatched);
+            set_scales(f.m, &a, &one, 1, MODES[mode]);
+            snprintf(what, sizeof what, "%s %s", file, MODE_NAMES[mode]);
+            check_outputs(&f, FORMS[i], what, 1, 1);
+            lh_adapter_unload(a);
+        }
+    fixture_close(&f);
+}
+END_TEST
+
 /* The same files on the model loaded from its single-file checkpoint (LDM
  * keys), in both modes. */
 START_TEST(test_single_file_model) {
@@ -938,6 +965,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_prompt_tags);
     tcase_add_test(tc, test_ldm_spelling);
     tcase_add_test(tc, test_sd1_single_lora_every_format);
+    tcase_add_test(tc, test_trained_exports_match_diffusers);
     tcase_add_test(tc, test_sd1_two_adapters_and_weights);
     tcase_add_test(tc, test_single_file_model);
     tcase_add_test(tc, test_peft_directory);

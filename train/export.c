@@ -76,12 +76,16 @@ lh_status lh_adapter_export(const char *path, lh_adapter *a, lh_export_format fm
                 json_object_set_new(cfg, "r", json_integer(rank));
                 json_object_set_new(cfg, "lora_alpha", json_real(alpha));
             } else if (json_integer_value(r) != rank || json_real_value(al) != alpha) {
-                json_object_set_new(json_object_get(cfg, "rank_pattern"), l->name,
-                                    json_integer(rank));
-                json_object_set_new(json_object_get(cfg, "alpha_pattern"), l->name,
-                                    json_real(alpha));
+                const char *pat = te && !strncmp(l->name, "text_model.", 11) ? l->name + 11
+                                                                             : l->name;
+                json_object_set_new(json_object_get(cfg, "rank_pattern"), pat, json_integer(rank));
+                json_object_set_new(json_object_get(cfg, "alpha_pattern"), pat, json_real(alpha));
             }
-            json_array_append_new(json_object_get(cfg, "target_modules"), json_string(l->name));
+            /* PEFT matches a target by name or by ".target" suffix: without
+             * "text_model." it matches transformers 4 and 5 module names alike */
+            const char *target = l->name;
+            if (te && !strncmp(target, "text_model.", 11)) target += 11;
+            json_array_append_new(json_object_get(cfg, "target_modules"), json_string(target));
         }
     }
     for (size_t i = 0; st == LH_OK && i < 2 * n_meta; i += 2)
