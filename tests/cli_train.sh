@@ -107,6 +107,13 @@ check te 0 "12 text encoder" -- bash -c "\"$lh\" train --config train.ini --outp
   --set train.steps=2 --set train.train_text_encoder=true && \
   \"$lh\" adapters --strict --model \"$model\" t/lora.safetensors"
 
+check samples 0 "step 2: samples" -- "$lh" train --config train.ini --output s --set train.steps=2 \
+  --set train.sample_every=2 --set "train.sample_prompts=a cat | a red dog, small" \
+  --set train.sample_steps=2
+for f in s/samples/step-00000002-0.png s/samples/step-00000002-1.png; do
+  [[ -s $f ]] || { echo "FAIL samples: $f missing"; exit 1; }
+done
+
 # ---- bad input ----
 check no_dataset 1 "nope.h5" -- "$lh" train --config train.ini --output x --dataset nope.h5
 check bad_value 1 "train.rank" -- "$lh" train --config train.ini --output x --set train.rank=0
