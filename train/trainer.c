@@ -808,8 +808,9 @@ lh_status lh_train_run(const lh_train_opts *o, lh_registry *reg, lh_train_progre
             st = save_checkpoint(&t, err);
             if (st == LH_OK) st = export_adapter(&t, err);
             if (st == LH_OK) st = write_plot(&t, err);
-            snprintf(event, sizeof event, "checkpoint %s/checkpoint-%08lld.safetensors",
-                     t.ckpt_dir, (long long)t.step);
+            size_t len = strlen(event);
+            snprintf(event + len, sizeof event - len, "%scheckpoint %s/checkpoint-%08lld.safetensors",
+                     len ? "; " : "", t.ckpt_dir, (long long)t.step);
         }
         if (progress) {
             lh_train_progress p = {t.step, o->steps, loss, smooth[t.step - 1], lr, now() - t0,
