@@ -107,11 +107,6 @@ static int read_settings(lh_train_opts *o, const lh_settings *s, lh_registry **r
         fprintf(stderr, NAME ": %s\n", err.msg);
         return 1;
     }
-    if (full) {
-        fprintf(stderr, NAME ": train.full_parameter: full-parameter training is not available "
-                        "from the command line yet (lh_unet_backward_full is, from C)\n");
-        return 1;
-    }
     if (n_targets > LH_TRAIN_MAX_TARGETS) {
         fprintf(stderr, NAME ": train.target_modules: at most %d modules\n", LH_TRAIN_MAX_TARGETS);
         return 1;
@@ -136,6 +131,7 @@ static int read_settings(lh_train_opts *o, const lh_settings *s, lh_registry **r
     o->n_targets = (int)n_targets;
     for (size_t i = 0; i < n_targets; i++) o->targets[i] = targets[i];
     o->train_text_encoder = te;
+    o->full_parameter = full;
     o->prediction = pred;
     o->lr_scheduler = sched;
     o->lr_warmup = warmup;
@@ -227,10 +223,13 @@ int lh_cmd_train(int argc, char **argv) {
     if (st != LH_OK) {
         fprintf(stderr, NAME ": %s\n", err.msg);
     } else if (!quiet) {
-        fprintf(stderr, NAME ": done: %s/%s.safetensors (%s form), loss %.5f (smoothed), "
-                        "loss curve %s/loss.svg\n",
-                o.output_dir, o.output_name, o.save_format == LH_EXPORT_PEFT ? "PEFT" : "kohya",
-                (double)loss, o.output_dir);
+        if (o.full_parameter)
+            fprintf(stderr, NAME ": done: %s/unet (a diffusers U-Net folder)", o.output_dir);
+        else
+            fprintf(stderr, NAME ": done: %s/%s.safetensors (%s form)", o.output_dir,
+                    o.output_name, o.save_format == LH_EXPORT_PEFT ? "PEFT" : "kohya");
+        fprintf(stderr, ", loss %.5f (smoothed), loss curve %s/loss.svg\n", (double)loss,
+                o.output_dir);
     }
     lh_registry_destroy(reg);
     lh_settings_destroy(s);

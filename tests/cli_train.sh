@@ -114,6 +114,14 @@ for f in s/samples/step-00000002-0.png s/samples/step-00000002-1.png; do
   [[ -s $f ]] || { echo "FAIL samples: $f missing"; exit 1; }
 done
 
+check full 0 "f/unet (a diffusers U-Net folder)" -- "$lh" train --config train.ini --output f \
+  --set train.steps=3 --set train.full_parameter=true
+cp -r "$model" m2 && rm -rf m2/unet && cp -r f/unet m2/unet
+check full_loads 0 "full.png" -- "$lh" generate --model m2 --width 32 --height 32 --steps 2 \
+  --threads 1 --prompt "a cat" -o full.png
+check full_fp16 1 "full_parameter trains the U-Net's own float32 weights" -- "$lh" train \
+  --config train.ini --output x --set train.full_parameter=true --set train.mixed_precision=fp16
+
 # ---- bad input ----
 check no_dataset 1 "nope.h5" -- "$lh" train --config train.ini --output x --dataset nope.h5
 check bad_value 1 "train.rank" -- "$lh" train --config train.ini --output x --set train.rank=0

@@ -15,9 +15,11 @@
 #include "checkpoint.h"
 #include "clip.h"
 #include "dataset.h"
+#include "file_atomic.h"
 #include "log.h"
 #include "lora_new.h"
 #include "lorahost/adapters.h"
+#include "lorahost/safetensors.h"
 #include "lorahost/train.h"
 #include "loss_plot.h"
 #include "lr_schedule.h"
@@ -64,6 +66,15 @@ void lh_train_opts_default(lh_train_opts *o) {
 
 /* ---- State ---- */
 
+/* One trained tensor (float32, host-addressable: the cpu backend's memory). */
+typedef struct param {
+    const char *key; /* adapter file key, or the U-Net's diffusers key */
+    float *data, *grad;
+    int64_t numel;
+    int ndim;
+    int64_t shape[LH_MAX_DIMS];
+} param;
+
 typedef struct trainer {
     const lh_train_opts *o;
     lh_backend *be;
@@ -72,12 +83,13 @@ typedef struct trainer {
     lh_registry *reg;
     lh_adapter *a;
     char dir[PATH_MAX_LEN], ckpt_dir[PATH_MAX_LEN + 16];
-    /* parameters: value, gradient, AdamW moments and step counts */
+    /* parameters (the adapter's tensors, or every U-Net weight in
+     * full-parameter mode) with their AdamW moments and step counts */
     size_t np;
-    lh_tensor **val, **grad;
-    const char **key;
+    struct param *p;
     float **m1, **m2;
     int64_t *adam_step;
+    lh_unet_grads *ugrads; /* full-parameter mode */
     /* noise */
     lh_noise_config nc;
     float *betas, *alphas_cumprod;
@@ -349,7 +361,8 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
         wmse c = {be, d_target, wts, n, denom};
         lh_unet_train_opts uo = {.checkpointing = o->checkpointing,
                                  .precision = o->precision,
-                                 .loss_scale = t->scaler.scale};
+                                 .loss_scale = t->scaler.scale,
+                                 .grads = t->ugrads};
         float l = 0.0f;
         lh_unet_overflow one;
         st = lh_unet_train_step(t->m->unet, &uo, wmse_loss, &c, &l, g_ctx, d_noisy, ts_f, d_ctx,
@@ -405,35 +418,96 @@ static lh_status micro_batch(trainer *t, int64_t pos, lh_rng *r, double denom, f
 
 /* ---- Parameters, checkpoints, export ---- */
 
-static lh_status collect_params(trainer *t, lh_error *err) {
-    t->np = lh_adapter_n_params(t->a);
-    size_t n = t->np;
-    t->val = calloc(n, sizeof *t->val);
-    t->grad = calloc(n, sizeof *t->grad);
-    t->key = calloc(n, sizeof *t->key);
+static lh_status alloc_params(trainer *t, size_t n, lh_error *err) {
+    t->np = n;
+    t->p = calloc(n, sizeof *t->p);
     t->m1 = calloc(n, sizeof *t->m1);
     t->m2 = calloc(n, sizeof *t->m2);
     t->adam_step = calloc(n, sizeof *t->adam_step);
-    if (!t->val || !t->grad || !t->key || !t->m1 || !t->m2 || !t->adam_step)
+    if (!t->p || !t->m1 || !t->m2 || !t->adam_step)
         return lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
-    for (size_t i = 0; i < n; i++) {
-        lh_status st = lh_adapter_param(t->a, i, &t->key[i], &t->val[i], &t->grad[i]);
-        if (st != LH_OK || !t->grad[i])
-            return lh_error_set(err, LH_ERR_INTERNAL, "train: adapter parameter %zu missing", i);
-        t->m1[i] = calloc((size_t)t->val[i]->numel, sizeof(float));
-        t->m2[i] = calloc((size_t)t->val[i]->numel, sizeof(float));
+    return LH_OK;
+}
+
+static lh_status alloc_moments(trainer *t, lh_error *err) {
+    for (size_t i = 0; i < t->np; i++) {
+        t->m1[i] = calloc((size_t)t->p[i].numel, sizeof(float));
+        t->m2[i] = calloc((size_t)t->p[i].numel, sizeof(float));
         if (!t->m1[i] || !t->m2[i]) return lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
     }
     return LH_OK;
+}
+
+static lh_status adapter_params(trainer *t, lh_error *err) {
+    lh_status st = alloc_params(t, lh_adapter_n_params(t->a), err);
+    for (size_t i = 0; st == LH_OK && i < t->np; i++) {
+        lh_tensor *v = NULL, *g = NULL;
+        if (lh_adapter_param(t->a, i, &t->p[i].key, &v, &g) != LH_OK || !g)
+            return lh_error_set(err, LH_ERR_INTERNAL, "train: adapter parameter %zu missing", i);
+        t->p[i].data = v->data;
+        t->p[i].grad = g->data;
+        t->p[i].numel = v->numel;
+        t->p[i].ndim = v->ndim;
+        memcpy(t->p[i].shape, v->shape, sizeof t->p[i].shape);
+    }
+    return st == LH_OK ? alloc_moments(t, err) : st;
+}
+
+static void count_param(void *ctx, const char *key, const float *w, size_t numel) {
+    (void)key, (void)w, (void)numel;
+    ((trainer *)ctx)->np++;
+}
+
+static void take_param(void *ctx, const char *key, const float *w, size_t numel) {
+    trainer *t = ctx;
+    param *q = &t->p[t->np++];
+    q->key = lh_unet_grads_key(t->ugrads, t->np - 1); /* key is only valid during the call */
+    q->data = (float *)w; /* the U-Net's own weights: AdamW updates them in place */
+    q->numel = (int64_t)numel;
+    q->ndim = 1;
+    q->shape[0] = (int64_t)numel;
+    size_t n = 0;
+    q->grad = (float *)lh_unet_grad(t->ugrads, key, &n);
+    if (n != numel) q->grad = NULL;
+}
+
+/* Full-parameter mode: every U-Net weight, its gradient in the store. */
+static lh_status unet_params(trainer *t, lh_error *err) {
+    lh_status st = lh_unet_grads_create(&t->ugrads, t->m->unet, err);
+    if (st != LH_OK) return st;
+    t->np = 0;
+    lh__unet_params(t->m->unet, count_param, t);
+    if ((st = alloc_params(t, t->np, err)) != LH_OK) return st;
+    t->np = 0;
+    lh__unet_params(t->m->unet, take_param, t);
+    for (size_t i = 0; i < t->np; i++)
+        if (!t->p[i].grad)
+            return lh_error_set(err, LH_ERR_INTERNAL, "train: no gradient for %s", t->p[i].key);
+    return alloc_moments(t, err);
+}
+
+static void grads_zero(trainer *t) {
+    for (size_t i = 0; i < t->np; i++) memset(t->p[i].grad, 0, (size_t)t->p[i].numel * sizeof(float));
+}
+
+/* Multiply every gradient by inv; the number of NaN/Inf left. */
+static int64_t grads_unscale(trainer *t, float inv) {
+    int64_t bad = 0;
+    for (size_t i = 0; i < t->np; i++)
+        for (int64_t k = 0; k < t->p[i].numel; k++) {
+            t->p[i].grad[k] *= inv;
+            bad += !isfinite(t->p[i].grad[k]);
+        }
+    return bad;
 }
 
 /* What must agree for a resume: the settings the saved state depends on. */
 static void fingerprint(const trainer *t, char *out, size_t size) {
     const lh_train_opts *o = t->o;
     int n = snprintf(out, size, "rank=%d alpha=%.17g seed=%" PRIu64 " batch=%lld accum=%lld "
-                     "precision=%s te=%d targets=", o->rank, o->alpha, o->seed,
+                     "precision=%s te=%d full=%d targets=", o->rank, o->alpha, o->seed,
                      (long long)o->batch_size, (long long)o->grad_accum,
-                     lh_dtype_name(o->precision), o->train_text_encoder);
+                     lh_dtype_name(o->precision), o->train_text_encoder, o->full_parameter);
     for (int i = 0; i < o->n_targets && n > 0 && (size_t)n < size; i++)
         n += snprintf(out + n, size - (size_t)n, "%s%s", i ? "," : "", o->targets[i]);
 }
@@ -445,16 +519,16 @@ static lh_status save_checkpoint(trainer *t, lh_error *err) {
     lh_status st = ts && names ? LH_OK : lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
     size_t k = 0;
     for (size_t i = 0; st == LH_OK && i < t->np; i++) {
-        const lh_tensor *v = t->val[i];
+        const param *v = &t->p[i];
         const float *src[3] = {v->data, t->m1[i], t->m2[i]};
         static const char *const pre[3] = {"param/", "adam_m/", "adam_v/"};
         for (int j = 0; j < 3; j++) {
-            size_t len = strlen(pre[j]) + strlen(t->key[i]) + 1;
+            size_t len = strlen(pre[j]) + strlen(v->key) + 1;
             if (!(names[3 * i + (size_t)j] = malloc(len))) {
                 st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
                 break;
             }
-            snprintf(names[3 * i + (size_t)j], len, "%s%s", pre[j], t->key[i]);
+            snprintf(names[3 * i + (size_t)j], len, "%s%s", pre[j], v->key);
             lh_ckpt_tensor *c = &ts[k++];
             c->name = names[3 * i + (size_t)j];
             c->dtype = LH_DTYPE_F32;
@@ -507,12 +581,12 @@ static lh_status resume(trainer *t, char *from, size_t from_size, lh_error *err)
         st = lh_error_set(err, LH_ERR_CONFIG, "train: %s is at step %lld, outside 1..%lld",
                           lh_ckpt_path(c), (long long)step, (long long)t->o->steps);
     for (size_t i = 0; st == LH_OK && i < t->np; i++) {
-        const lh_tensor *v = t->val[i];
+        const param *v = &t->p[i];
         float *dst[3] = {v->data, t->m1[i], t->m2[i]};
         static const char *const pre[3] = {"param/", "adam_m/", "adam_v/"};
         for (int j = 0; st == LH_OK && j < 3; j++) {
             char name[512];
-            snprintf(name, sizeof name, "%s%s", pre[j], t->key[i]);
+            snprintf(name, sizeof name, "%s%s", pre[j], v->key);
             st = lh_ckpt_read(dst[j], c, name, LH_DTYPE_F32, v->ndim, v->shape, err);
         }
     }
@@ -531,9 +605,51 @@ static lh_status resume(trainer *t, char *from, size_t from_size, lh_error *err)
         t->scaler.steps = strtoll(ss, NULL, 10);
         t->step = step;
         snprintf(from, from_size, "%s", lh_ckpt_path(c));
-        st = lh_adapter_refresh(t->a, err);
+        if (t->a) st = lh_adapter_refresh(t->a, err);
     }
     lh_ckpt_close(c);
+    return st;
+}
+
+/* Full-parameter mode: output_dir/unet/ as a diffusers U-Net folder (the
+ * model's config.json, every weight F32 with the shapes of its file). */
+static lh_status export_unet(trainer *t, lh_error *err) {
+    char dir[PATH_MAX_LEN + 16], path[PATH_MAX_LEN + 64], src[LH_MODEL_PATH_MAX + 64];
+    snprintf(dir, sizeof dir, "%s/unet", t->dir);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return lh_error_set(err, LH_ERR_IO, "train: cannot create %s: %s", dir, strerror(errno));
+    snprintf(src, sizeof src, "%s/unet/diffusion_pytorch_model.safetensors", t->m->info.path);
+    lh_st_file *f = NULL;
+    lh_st_writer *w = NULL;
+    lh_status st = lh_st_open(&f, src, err);
+    if (st == LH_OK) st = lh_st_writer_create(&w, err);
+    for (size_t i = 0; st == LH_OK && i < t->np; i++) {
+        const lh_st_tensor *o = lh_st_find(f, t->p[i].key);
+        if (!o || o->numel != t->p[i].numel) {
+            st = lh_error_set(err, LH_ERR_FORMAT, "train: %s has no tensor %s of %lld elements",
+                              src, t->p[i].key, (long long)t->p[i].numel);
+            break;
+        }
+        st = lh_st_writer_add(w, t->p[i].key, LH_DTYPE_F32, o->ndim, o->shape, t->p[i].data, err);
+    }
+    snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", dir);
+    if (st == LH_OK) st = lh_st_save(w, path, err);
+    lh_st_writer_destroy(w);
+    lh_st_close(f);
+    /* the config as it was */
+    snprintf(src, sizeof src, "%s/unet/config.json", t->m->info.path);
+    FILE *in = st == LH_OK ? fopen(src, "rb") : NULL;
+    if (st == LH_OK && !in)
+        st = lh_error_set(err, LH_ERR_IO, "train: cannot read %s: %s", src, strerror(errno));
+    if (in) {
+        char buf[65536];
+        size_t n = fread(buf, 1, sizeof buf, in);
+        int full = !feof(in);
+        fclose(in);
+        snprintf(path, sizeof path, "%s/config.json", dir);
+        st = full ? lh_error_set(err, LH_ERR_FORMAT, "train: %s is larger than 64 KiB", src)
+                  : lh_write_file_atomic(path, buf, n, err);
+    }
     return st;
 }
 
@@ -646,6 +762,34 @@ static lh_status make_dirs(trainer *t, lh_error *err) {
     return LH_OK;
 }
 
+/* A fresh LoRA written beside the checkpoints, loaded trainable, active. */
+static lh_status new_adapter(trainer *t, lh_error *err) {
+    const lh_train_opts *o = t->o;
+    lh_adapt *ad;
+    lh_status st = lh_adapt_get(&ad, t->m, err);
+    if (st != LH_OK) return st;
+    char init[PATH_MAX_LEN + 32];
+    snprintf(init, sizeof init, "%s/init.safetensors", t->dir);
+    int n_layers = 0;
+    st = lh_lora_new(init, &ad->layers, o->targets, o->n_targets, TE_TARGETS,
+                     o->train_text_encoder ? TE_TARGETS_N : 0, o->rank, o->alpha, o->seed,
+                     &n_layers, err);
+    lh_adapter_load_opts lo = {.policy = LH_ADAPTER_STRICT, .name = o->output_name,
+                               .trainable = 1};
+    if (st == LH_OK) st = lh_adapter_load(&t->a, t->m, t->reg, init, &lo, err);
+    remove(init);
+    if (st == LH_OK) st = lh_adapter_grads_enable(t->a, err);
+    lh_adapter_weights aw;
+    lh_adapter_weights_init(&aw, 1.0);
+    if (st == LH_OK) st = lh_adapter_set_ex(t->m, &t->a, &aw, 1, LH_ADAPTER_RUNTIME, err);
+    if (st == LH_OK) st = adapter_params(t, err);
+    if (st == LH_OK)
+        lh_log(LH_LOG_INFO, "train", "%s: rank %d LoRA on %d layers (%zu tensors), %lld images "
+               "at %lld", o->output_name, o->rank, n_layers, t->np,
+               (long long)lh_dataset_count(t->ds), (long long)t->resolution);
+    return st;
+}
+
 static lh_status setup(trainer *t, lh_error *err) {
     const lh_train_opts *o = t->o;
     if (!o->model || !o->dataset || !o->output_dir)
@@ -654,6 +798,10 @@ static lh_status setup(trainer *t, lh_error *err) {
     if (o->precision != LH_DTYPE_F32 && o->precision != LH_DTYPE_F16 &&
         o->precision != LH_DTYPE_BF16)
         return lh_error_set(err, LH_ERR_CONFIG, "train: mixed_precision must be no, fp16 or bf16");
+    if (o->full_parameter && (o->precision != LH_DTYPE_F32 || o->train_text_encoder))
+        return lh_error_set(err, LH_ERR_CONFIG, "train: full_parameter trains the U-Net's own "
+                            "float32 weights: it takes neither mixed_precision nor "
+                            "train_text_encoder");
     lh_status st = make_dirs(t, err);
     char msg[LH_ERROR_MAX] = "";
     if (st == LH_OK && lh_backend_cpu_create(&t->be, o->threads, msg, sizeof msg) != LH_OK)
@@ -669,28 +817,20 @@ static lh_status setup(trainer *t, lh_error *err) {
     t->tokens = LH_TOKENIZER_WINDOW;
     t->dim = lh_unet_get_config(t->m->unet)->cross_attention_dim;
     if ((st = read_noise_config(t, err)) != LH_OK) return st;
-    /* the adapter: a fresh LoRA written beside the checkpoints, loaded trainable */
-    lh_adapt *ad;
-    if ((st = lh_adapt_get(&ad, t->m, err)) != LH_OK) return st;
-    char init[PATH_MAX_LEN + 32];
-    snprintf(init, sizeof init, "%s/init.safetensors", t->dir);
-    int n_layers = 0;
-    st = lh_lora_new(init, &ad->layers, o->targets, o->n_targets, TE_TARGETS,
-                     o->train_text_encoder ? TE_TARGETS_N : 0, o->rank, o->alpha, o->seed,
-                     &n_layers, err);
-    lh_adapter_load_opts lo = {.policy = LH_ADAPTER_STRICT, .name = o->output_name,
-                               .trainable = 1};
-    if (st == LH_OK) st = lh_adapter_load(&t->a, t->m, t->reg, init, &lo, err);
-    remove(init);
-    if (st == LH_OK) st = lh_adapter_grads_enable(t->a, err);
-    lh_adapter_weights aw;
-    lh_adapter_weights_init(&aw, 1.0);
-    if (st == LH_OK) st = lh_adapter_set_ex(t->m, &t->a, &aw, 1, LH_ADAPTER_RUNTIME, err);
-    if (st == LH_OK) st = collect_params(t, err);
-    if (st != LH_OK) return st;
-    lh_log(LH_LOG_INFO, "train", "%s: rank %d LoRA on %d layers (%zu tensors), %lld images at %lld",
-           o->output_name, o->rank, n_layers, t->np, (long long)lh_dataset_count(t->ds),
-           (long long)t->resolution);
+    if (o->full_parameter) {
+        if (t->m->info.single_file)
+            return lh_error_set(err, LH_ERR_UNSUPPORTED, "train: full_parameter needs a diffusers "
+                                "model directory (its unet/ is what gets written), not the single "
+                                "file %s", t->m->info.path);
+        if ((st = unet_params(t, err)) != LH_OK) return st;
+        int64_t total = 0;
+        for (size_t i = 0; i < t->np; i++) total += t->p[i].numel;
+        lh_log(LH_LOG_INFO, "train", "full-parameter: %zu U-Net tensors, %.1f M parameters, %lld "
+               "images at %lld", t->np, (double)total / 1e6, (long long)lh_dataset_count(t->ds),
+               (long long)t->resolution);
+    } else {
+        if ((st = new_adapter(t, err)) != LH_OK) return st;
+    }
     lh_adamw_opts_default(&t->ao);
     t->ao.lr = o->lr;
     t->ao.beta1 = o->beta1;
@@ -711,7 +851,8 @@ static void teardown(trainer *t) {
         if (t->m1) free(t->m1[i]);
         if (t->m2) free(t->m2[i]);
     }
-    free(t->val), free(t->grad), free(t->key), free(t->m1), free(t->m2), free(t->adam_step);
+    free(t->p), free(t->m1), free(t->m2), free(t->adam_step);
+    lh_unet_grads_free(t->ugrads);
     free(t->betas), free(t->alphas_cumprod), free(t->loss);
     if (t->a) lh_adapter_unload(t->a);
     lh_dataset_close(t->ds);
@@ -730,7 +871,7 @@ static double now(void) {
 /* One optimizer step; *applied 0 if fp16 overflow skipped it. */
 static lh_status opt_step(trainer *t, float *loss, double *lr, int *applied, lh_error *err) {
     const lh_train_opts *o = t->o;
-    lh_adapter_grads_zero(t->a);
+    grads_zero(t);
     lh_unet_overflow rep = {0};
     float l = 0.0f;
     double denom = (double)(o->batch_size * o->grad_accum);
@@ -744,7 +885,7 @@ static lh_status opt_step(trainer *t, float *loss, double *lr, int *applied, lh_
     }
     if (st != LH_OK) return st;
     *loss = l;
-    int64_t bad = lh_adapter_grads_unscale(t->a, 1.0f / t->scaler.scale);
+    int64_t bad = grads_unscale(t, 1.0f / t->scaler.scale);
     *applied = lh_loss_scaler_update(&t->scaler, bad > 0 || rep.count > 0);
     *lr = lh_lr_schedule_lr(&t->sched, t->step);
     if (!*applied) {
@@ -757,17 +898,17 @@ static lh_status opt_step(trainer *t, float *loss, double *lr, int *applied, lh_
     int64_t *sizes = malloc(t->np * sizeof *sizes);
     if (!g || !sizes) st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
     for (size_t i = 0; st == LH_OK && i < t->np; i++) {
-        g[i] = t->grad[i]->data;
-        sizes[i] = t->grad[i]->numel;
+        g[i] = t->p[i].grad;
+        sizes[i] = t->p[i].numel;
     }
     if (st == LH_OK && o->max_grad_norm > 0)
         st = lh_clip_grad_norm(NULL, g, sizes, (int64_t)t->np, o->max_grad_norm, err);
     for (size_t i = 0; st == LH_OK && i < t->np; i++)
-        st = lh_adamw_step(t->val[i]->data, t->m1[i], t->m2[i], &t->adam_step[i], g[i],
+        st = lh_adamw_step(t->p[i].data, t->m1[i], t->m2[i], &t->adam_step[i], g[i],
                            sizes[i], *lr, &t->ao, err);
     free(g);
     free(sizes);
-    if (st == LH_OK) st = lh_adapter_refresh(t->a, err);
+    if (st == LH_OK && t->a) st = lh_adapter_refresh(t->a, err);
     return st;
 }
 
@@ -806,7 +947,7 @@ lh_status lh_train_run(const lh_train_opts *o, lh_registry *reg, lh_train_progre
         }
         if (st == LH_OK && ((o->save_every > 0 && t.step % o->save_every == 0) || last)) {
             st = save_checkpoint(&t, err);
-            if (st == LH_OK) st = export_adapter(&t, err);
+            if (st == LH_OK) st = o->full_parameter ? export_unet(&t, err) : export_adapter(&t, err);
             if (st == LH_OK) st = write_plot(&t, err);
             size_t len = strlen(event);
             snprintf(event + len, sizeof event - len, "%scheckpoint %s/checkpoint-%08lld.safetensors",

@@ -41,6 +41,9 @@ typedef struct lh_train_opts {
     const char *targets[LH_TRAIN_MAX_TARGETS];
     int n_targets;
     int train_text_encoder;
+    /* Train every U-Net weight in float32 instead of an adapter (small
+     * models): the result is a diffusers unet/ directory in output_dir. */
+    int full_parameter;
     const char *prediction; /* "auto", "epsilon", "v_prediction" */
     double snr_gamma, noise_offset;
     uint64_t seed;
