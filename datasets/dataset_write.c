@@ -62,10 +62,15 @@ static herr_t attr_write(hid_t o, const char *name, hid_t type, const void *v) {
     return r;
 }
 
+/* A fixed-length, NUL-terminated UTF-8 string (the reader refuses
+ * variable-length ones: see docs/datasets.md). */
 static herr_t attr_str(hid_t o, const char *name, const char *v) {
-    hid_t t = lh__h5_str_type();
+    hid_t t = H5Tcopy(H5T_C_S1);
     if (t < 0) return -1;
-    herr_t r = attr_write(o, name, t, &v);
+    herr_t r = -1;
+    if (H5Tset_size(t, strlen(v) + 1) >= 0 && H5Tset_cset(t, H5T_CSET_UTF8) >= 0 &&
+        H5Tset_strpad(t, H5T_STR_NULLTERM) >= 0)
+        r = attr_write(o, name, t, v);
     H5Tclose(t);
     return r;
 }

@@ -316,6 +316,23 @@ static void captions_external(hid_t f) {
     ck_assert(H5Ldelete(f, "/captions", H5P_DEFAULT) >= 0);
     ck_assert(H5Lcreate_external("other.h5", "/captions", f, "/captions", H5P_DEFAULT, H5P_DEFAULT) >= 0);
 }
+static void crop_vlen(hid_t f) { /* what h5py writes for attrs["crop"] = "center" */
+    ck_assert(H5Adelete(f, "crop") >= 0);
+    hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
+    H5Tset_size(t, H5T_VARIABLE);
+    hid_t a = H5Acreate2(f, "crop", t, sp, H5P_DEFAULT, H5P_DEFAULT);
+    const char *v = "center";
+    ck_assert(H5Awrite(a, t, &v) >= 0);
+    H5Aclose(a), H5Sclose(sp), H5Tclose(t);
+}
+static void weights_external_storage(hid_t f) {
+    hsize_t n = 3;
+    hid_t sp = H5Screate_simple(1, &n, NULL), p = H5Pcreate(H5P_DATASET_CREATE);
+    ck_assert(H5Pset_external(p, "weights.raw", 0, 12) >= 0);
+    hid_t d = H5Dcreate2(f, "/weights", H5T_IEEE_F32LE, sp, H5P_DEFAULT, p, H5P_DEFAULT);
+    ck_assert(d >= 0);
+    H5Dclose(d), H5Pclose(p), H5Sclose(sp);
+}
 static void captions_missing(hid_t f) { ck_assert(H5Ldelete(f, "/captions", H5P_DEFAULT) >= 0); }
 static void captions_float(hid_t f) { replace(f, "/captions/length", H5T_IEEE_F32LE, 1, (hsize_t[]){3}); }
 static void caption_too_long(hid_t f) {
@@ -325,7 +342,10 @@ static void caption_too_long(hid_t f) {
     H5Dclose(d);
 }
 
-START_TEST(test_bad_version) { expect_bad(set_version, "version 2 is newer", LH_ERR_UNSUPPORTED); }
+START_TEST(test_bad_version) {
+    expect_bad(set_version, "version 2 is newer", LH_ERR_UNSUPPORTED);
+    expect_bad(crop_vlen, "/ attribute crop: want one fixed-length string", LH_ERR_FORMAT);
+}
 END_TEST
 START_TEST(test_bad_dtype) { expect_bad(shape_float, "/images/shape: wrong type", LH_ERR_FORMAT); }
 END_TEST
@@ -337,7 +357,10 @@ START_TEST(test_bad_dimension_overflow) {
     expect_bad(shape_sum_wrong, "/images/shape", LH_ERR_FORMAT);
 }
 END_TEST
-START_TEST(test_bad_external_link) { expect_bad(captions_external, "/captions: is a external link", LH_ERR_UNSUPPORTED); }
+START_TEST(test_bad_external_link) {
+    expect_bad(captions_external, "/captions: is an external link", LH_ERR_UNSUPPORTED);
+    expect_bad(weights_external_storage, "/weights: external storage is refused", LH_ERR_UNSUPPORTED);
+}
 END_TEST
 START_TEST(test_bad_missing_captions) {
     expect_bad(captions_missing, "/captions/length: missing", LH_ERR_FORMAT);
