@@ -117,6 +117,8 @@ static const lh_setting_def SCHEMA[] = {
          "U-Net modules given an adapter: diffusers module names or their last parts"),
     BOOL("train", "train_text_encoder", "false", "train",
          "also train a LoRA on the text encoder's q_proj, k_proj, v_proj and out_proj"),
+    DOUBLE("train", "dropout", "0", 0.0, 0.99, "train",
+           "LoRA dropout on each adapted layer's input, as PEFT's lora_dropout"),
     BOOL("train", "full_parameter", "false", "train",
          "train every U-Net weight instead of an adapter (small models only)"),
     ENUM("train", "prediction_type", "auto", PREDICTIONS, "train",

@@ -291,6 +291,34 @@ static lh_status round_act(const lh_layers *t, const lh_layer *l, float *y, cons
     return LH_OK;
 }
 
+/* Dropout on the terms' input. Element i of layer l survives when a hash of
+ * (seed, layer, i) is at least p * 2^64. */
+static uint64_t drop_base(const lh_layers *t, const lh_layer *l) {
+    return t->dropout_seed ^ ((uint64_t)(l - t->v) * 0xD1B54A32D192ED03ull);
+}
+
+static int kept(uint64_t base, int64_t i, double p) {
+    uint64_t z = base + (uint64_t)i * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (double)(z >> 11) * 0x1p-53 >= p;
+}
+
+/* *out = x * mask / (1 - p), malloc'd; NULL when dropout is off. */
+static lh_status dropped(float **out, const lh_layers *t, const lh_layer *l, const float *x,
+                         int64_t numel, lh_error *err) {
+    *out = NULL;
+    if (t->dropout <= 0.0) return LH_OK;
+    float *d = malloc((size_t)numel * sizeof *d);
+    if (!d) return lh_error_set(err, LH_ERR_NOMEM, "layer %s: out of memory for dropout", l->name);
+    uint64_t base = drop_base(t, l);
+    float keep = (float)(1.0 / (1.0 - t->dropout));
+    for (int64_t i = 0; i < numel; i++) d[i] = kept(base, i, t->dropout) ? x[i] * keep : 0.0f;
+    *out = d;
+    return LH_OK;
+}
+
 lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const float *x,
                             int64_t n, int64_t h, int64_t w_, lh_dtype act, lh_error *err) {
     if (!t || !t->n_runtime) return LH_OK;
@@ -298,13 +326,17 @@ lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const 
     if (!l || !l->n_terms) return LH_OK;
     lh_tensor yt, xt;
     lh_status st = io_views(&yt, &xt, l, y, x, n, h, w_, err);
+    float *xd = NULL;
+    if (st == LH_OK) st = dropped(&xd, t, l, x, xt.numel, err);
+    if (xd) xt.data = xd;
     for (int i = 0; st == LH_OK && i < l->n_terms; i++) {
         const lh_adapter_desc *d = l->terms[i].desc;
         char msg[512] = "";
         st = d->forward(l->terms[i].state, &yt, &xt, l->terms[i].scale, msg, sizeof msg);
-        if (st != LH_OK)
-            return lh_error_set(err, st, "adapter %s on layer %s: %s", d->info.id, l->name, msg);
+        if (st != LH_OK) st = lh_error_set(err, st, "adapter %s on layer %s: %s", d->info.id,
+                                           l->name, msg);
     }
+    free(xd);
     if (st == LH_OK) st = round_act(t, l, y, &yt, act, err);
     return st;
 }
@@ -317,19 +349,37 @@ lh_status lh_layers_runtime_backward(const lh_layers *t, const float *w, float *
     if (!l || !l->n_terms) return LH_OK;
     lh_tensor dyt, xt, dxt;
     lh_status st = io_views(&dyt, &xt, l, dy, x, n, h, w_, err);
-    if (st == LH_OK && dx) st = lh_tensor_view(&dxt, dx, LH_DTYPE_F32, xt.ndim, xt.shape, err);
+    /* with dropout the terms saw x * mask / (1 - p): their dx goes through
+     * the same mask, via a zeroed buffer */
+    float *xd = NULL, *dxd = NULL;
+    if (st == LH_OK) st = dropped(&xd, t, l, x, xt.numel, err);
+    if (st == LH_OK && xd && dx && !(dxd = calloc((size_t)xt.numel, sizeof *dxd)))
+        st = lh_error_set(err, LH_ERR_NOMEM, "layer %s: out of memory for dropout", l->name);
+    if (xd) xt.data = xd;
+    if (st == LH_OK && dx)
+        st = lh_tensor_view(&dxt, dxd ? dxd : dx, LH_DTYPE_F32, xt.ndim, xt.shape, err);
     for (int i = 0; st == LH_OK && i < l->n_terms; i++) {
         const lh_adapter_desc *d = l->terms[i].desc;
         char msg[512] = "";
-        if (!d->backward)
-            return lh_error_set(err, LH_ERR_UNSUPPORTED, "adapter kind %s on layer %s has no "
-                                "backward: it cannot be trained through", d->info.id, l->name);
+        if (!d->backward) {
+            st = lh_error_set(err, LH_ERR_UNSUPPORTED, "adapter kind %s on layer %s has no "
+                              "backward: it cannot be trained through", d->info.id, l->name);
+            break;
+        }
         st = d->backward(l->terms[i].state, dx ? &dxt : NULL, l->terms[i].grads, &dyt, &xt,
                          l->terms[i].scale, msg, sizeof msg);
         if (st != LH_OK)
-            return lh_error_set(err, st, "adapter %s on layer %s (backward): %s", d->info.id,
-                                l->name, msg);
+            st = lh_error_set(err, st, "adapter %s on layer %s (backward): %s", d->info.id,
+                              l->name, msg);
     }
+    if (st == LH_OK && dxd) { /* d(x * m / (1 - p)) / dx = m / (1 - p): where xd kept x */
+        float keep = (float)(1.0 / (1.0 - t->dropout));
+        uint64_t base = drop_base(t, l);
+        for (int64_t i = 0; i < xt.numel; i++)
+            if (kept(base, i, t->dropout)) dx[i] += keep * dxd[i];
+    }
+    free(xd);
+    free(dxd);
     if (st == LH_OK && dx) st = round_act(t, l, dx, &xt, act, err);
     return st;
 }

@@ -67,7 +67,8 @@ static void fixture_open(fixture *f) {
     snprintf(path, sizeof path, "%s/tests/fixtures/gradients/sd1_grads.safetensors", g_src);
     ck_assert_msg(lh_st_open(&f->ref, path, &err) == LH_OK, "%s", err.msg);
     snprintf(path, sizeof path, "%s/tests/fixtures/gradients/sd1_lora.safetensors", g_src);
-    ck_assert_msg(lh_adapter_load(&f->a, f->m, g_reg, path, NULL, &err) == LH_OK, "%s", err.msg);
+    lh_adapter_load_opts lo = {.trainable = 1}; /* test_lora_dropout perturbs the tensors */
+    ck_assert_msg(lh_adapter_load(&f->a, f->m, g_reg, path, &lo, &err) == LH_OK, "%s", err.msg);
     ck_assert_msg(lh_adapter_grads_enable(f->a, &err) == LH_OK, "%s", err.msg);
     lh_adapter_weights w;
     lh_adapter_weights_init(&w, 1.0);
@@ -526,6 +527,99 @@ START_TEST(test_overflow_skips_step) {
 }
 END_TEST
 
+/* LoRA dropout (lh_layers.dropout): the same mask in the forward, the
+ * backward and a checkpointed recompute (bit-identical gradients), another
+ * seed another mask, a finite-difference check of a gradient through the
+ * mask, and p -> 1 dropping the adapters entirely. */
+START_TEST(test_lora_dropout) {
+    fixture f;
+    fixture_open(&f);
+    lh_adapt *ad = f.m->adapt;
+    ck_assert_ptr_nonnull(ad);
+    size_t n0 = 0, n1 = 0, n2 = 0;
+    ad->layers.dropout = 0.5;
+    ad->layers.dropout_seed = 123;
+    float l0 = step(&f, LH_DTYPE_F32, 0, 0, NULL);
+    float **g0 = snapshot(&f, &n0);
+    float l1 = step(&f, LH_DTYPE_F32, 0, 1, NULL);
+    float **g1 = snapshot(&f, &n1);
+    ad->layers.dropout_seed = 124;
+    float l2 = step(&f, LH_DTYPE_F32, 0, 0, NULL);
+    float **g2 = snapshot(&f, &n2);
+    ck_assert(n0 == n1 && n1 == n2 && n0 > 0 && l0 == l1 && l2 != l0);
+    size_t k = 0;
+    int differ = 0;
+    for (size_t i = 0; i < lh_st_count(f.ref); i++) {
+        const lh_st_tensor *t = lh_st_get(f.ref, i);
+        if (strncmp(t->name, PREFIX, strlen(PREFIX)) != 0) continue;
+        size_t bytes = (size_t)t->numel * sizeof(float);
+        ck_assert_msg(memcmp(g0[k], g1[k], bytes) == 0, "%s: checkpointing changed it", t->name);
+        differ |= memcmp(g0[k], g2[k], bytes) != 0;
+        k++;
+    }
+    ck_assert_msg(differ, "another dropout seed gave the same gradients");
+
+    /* d loss / d one lora_up element, against central differences */
+    ad->layers.dropout_seed = 123;
+    const char *key = NULL;
+    lh_tensor *v = NULL, *g = NULL;
+    size_t np = lh_adapter_n_params(f.a), pick = np;
+    for (size_t i = 0; i < np && pick == np; i++) {
+        ck_assert(lh_adapter_param(f.a, i, &key, &v, &g) == LH_OK);
+        if (strstr(key, "attn1.to_q.lora_B")) pick = i;
+    }
+    ck_assert(pick < np);
+    ck_assert(lh_adapter_param(f.a, pick, &key, &v, &g) == LH_OK);
+    (void)step(&f, LH_DTYPE_F32, 0, 0, NULL);
+    float *val = v->data;
+    double analytic = ((float *)g->data)[3], h = 1e-2, lp, lm;
+    lh_error err = {0};
+    float keep = val[3];
+    val[3] = keep + (float)h;
+    ck_assert(lh_adapter_refresh(f.a, &err) == LH_OK);
+    lp = step(&f, LH_DTYPE_F32, 0, 0, NULL);
+    val[3] = keep - (float)h;
+    ck_assert(lh_adapter_refresh(f.a, &err) == LH_OK);
+    lm = step(&f, LH_DTYPE_F32, 0, 0, NULL);
+    val[3] = keep;
+    ck_assert(lh_adapter_refresh(f.a, &err) == LH_OK);
+    double fd = (lp - lm) / (2 * h);
+    fprintf(stderr, "dropout 0.5: d loss / d %s[3] = %.6g, central difference %.6g\n", key,
+            analytic, fd);
+    ck_assert_msg(fabs(fd - analytic) <= 2e-3 * fabs(analytic) + 1e-6, "%g vs %g", analytic, fd);
+
+    /* p -> 1: every input dropped, the adapters add nothing and learn nothing */
+    ad->layers.dropout = 1.0 - 1e-12;
+    float lz = step(&f, LH_DTYPE_F32, 0, 0, NULL);
+    size_t nz = 0;
+    float **gz = snapshot(&f, &nz);
+    k = 0;
+    for (size_t i = 0; i < lh_st_count(f.ref); i++) {
+        const lh_st_tensor *t = lh_st_get(f.ref, i);
+        if (strncmp(t->name, PREFIX, strlen(PREFIX)) != 0) continue;
+        for (int64_t j = 0; j < t->numel; j++)
+            ck_assert_msg(gz[k][j] == 0.0f, "%s has gradient %g with everything dropped",
+                          t->name, gz[k][j]);
+        k++;
+    }
+    ad->layers.dropout = 0.0;
+    lh_adapter_weights w;
+    lh_adapter_weights_init(&w, 1.0);
+    ck_assert(lh_adapter_set_ex(f.m, NULL, &w, 0, LH_ADAPTER_RUNTIME, &err) == LH_OK);
+    float lbase = step(&f, LH_DTYPE_F32, 0, 0, NULL);
+    ck_assert_msg(lz == lbase, "loss with everything dropped %.9g, without adapters %.9g", lz,
+                  lbase);
+    for (size_t i = 0; i < n0; i++) {
+        free(g0[i]);
+        free(g1[i]);
+        free(g2[i]);
+        free(gz[i]);
+    }
+    free(g0), free(g1), free(g2), free(gz);
+    fixture_close(&f);
+}
+END_TEST
+
 START_TEST(test_bad_arguments) {
     fixture f;
     fixture_open(&f);
@@ -550,6 +644,7 @@ static Suite *unet_backward_suite(void) {
     tcase_add_test(tc, test_train_step_fp32);
     tcase_add_test(tc, test_mixed_precision);
     tcase_add_test(tc, test_overflow_skips_step);
+    tcase_add_test(tc, test_lora_dropout);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -82,6 +82,7 @@ typedef struct trainer {
     lh_dataset *ds;
     lh_registry *reg;
     lh_adapter *a;
+    lh_adapt *ad; /* the model's adapter state (dropout switch) */
     char dir[PATH_MAX_LEN], ckpt_dir[PATH_MAX_LEN + 16];
     /* parameters (the adapter's tensors, or every U-Net weight in
      * full-parameter mode) with their AdamW moments and step counts */
@@ -357,6 +358,11 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
     if (st == LH_OK) st = be->ops->upload(be, d_noisy, noisy, nl * sizeof(float));
     if (st == LH_OK) st = be->ops->upload(be, d_target, target, nl * sizeof(float));
     if (st == LH_OK) st = be->ops->upload(be, d_ctx, ctx, nc * sizeof(float));
+    /* LoRA dropout: a mask per U-Net call, the same in its backward */
+    if (st == LH_OK && t->ad && o->dropout > 0) {
+        t->ad->layers.dropout = o->dropout;
+        t->ad->layers.dropout_seed = (uint64_t)lh_rng_u32(r) << 32 | lh_rng_u32(r);
+    }
     if (st == LH_OK) {
         wmse c = {be, d_target, wts, n, denom};
         lh_unet_train_opts uo = {.checkpointing = o->checkpointing,
@@ -371,6 +377,7 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
         if (st == LH_OK && te)
             st = lh_clip_encode_backward(t->m->clip, NULL, NULL, g_ctx, ids, n, t->tokens, 0,
                                          err);
+        if (t->ad) t->ad->layers.dropout = 0.0; /* encoding and sampling run without it */
         *loss += l;
         for (int k = 0; st == LH_OK && k < one.count && rep->count < LH_UNET_OVERFLOW_MAX; k++)
             rep->at[rep->count++] = one.at[k];
@@ -505,9 +512,10 @@ static int64_t grads_unscale(trainer *t, float inv) {
 static void fingerprint(const trainer *t, char *out, size_t size) {
     const lh_train_opts *o = t->o;
     int n = snprintf(out, size, "rank=%d alpha=%.17g seed=%" PRIu64 " batch=%lld accum=%lld "
-                     "precision=%s te=%d full=%d targets=", o->rank, o->alpha, o->seed,
-                     (long long)o->batch_size, (long long)o->grad_accum,
-                     lh_dtype_name(o->precision), o->train_text_encoder, o->full_parameter);
+                     "precision=%s te=%d full=%d dropout=%.17g targets=", o->rank, o->alpha,
+                     o->seed, (long long)o->batch_size, (long long)o->grad_accum,
+                     lh_dtype_name(o->precision), o->train_text_encoder, o->full_parameter,
+                     o->dropout);
     for (int i = 0; i < o->n_targets && n > 0 && (size_t)n < size; i++)
         n += snprintf(out + n, size - (size_t)n, "%s%s", i ? "," : "", o->targets[i]);
 }
@@ -768,6 +776,7 @@ static lh_status new_adapter(trainer *t, lh_error *err) {
     lh_adapt *ad;
     lh_status st = lh_adapt_get(&ad, t->m, err);
     if (st != LH_OK) return st;
+    t->ad = ad;
     char init[PATH_MAX_LEN + 32];
     snprintf(init, sizeof init, "%s/init.safetensors", t->dir);
     int n_layers = 0;

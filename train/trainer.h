@@ -41,6 +41,7 @@ typedef struct lh_train_opts {
     const char *targets[LH_TRAIN_MAX_TARGETS];
     int n_targets;
     int train_text_encoder;
+    double dropout; /* LoRA dropout on the adapted layers' input (PEFT's lora_dropout) */
     /* Train every U-Net weight in float32 instead of an adapter (small
      * models): the result is a diffusers unet/ directory in output_dir. */
     int full_parameter;
