@@ -4,13 +4,22 @@
  * dataset of the expected class, size and rank, every per-item size within
  * limits and their sums equal to the data lengths, all with overflow checks.
  * HDF5's own error printing is off; its errors become messages naming the
- * file and the object path. */
+ * file and the object path. The checks run first in a forked child, so a
+ * libhdf5 crash on a hostile file is an error here ("Open, guarded"). */
 #include "dataset.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "dataset_h5.h"
 #include "image_ops.h"
@@ -411,7 +420,9 @@ static lh_status open_all(lh_dataset *d, lh_error *err) {
     return LH_OK;
 }
 
-lh_status lh_dataset_open(lh_dataset **out, const char *path, lh_error *err) {
+/* Open and validate `path` in this process; HDF5 reads `h5path`, the same
+ * file (an inode pinned by the guard, see below). */
+static lh_status open_here(lh_dataset **out, const char *path, const char *h5path, lh_error *err) {
     *out = NULL;
     lh__h5_quiet();
     lh_dataset *d = calloc(1, sizeof *d);
@@ -425,14 +436,14 @@ lh_status lh_dataset_open(lh_dataset **out, const char *path, lh_error *err) {
         return FAIL(LH_ERR_NOT_FOUND, "%s: cannot open", path);
     }
     fclose(fp);
-    htri_t is = H5Fis_hdf5(path);
+    htri_t is = H5Fis_hdf5(h5path);
     if (is <= 0) {
         free(d);
         return FAIL(LH_ERR_FORMAT, "%s: not an HDF5 file (%s)", path, is < 0 ? lh__h5_reason(r) : "no HDF5 signature");
     }
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     if (fapl >= 0) H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
-    d->file = H5Fopen(path, H5F_ACC_RDONLY, fapl >= 0 ? fapl : H5P_DEFAULT);
+    d->file = H5Fopen(h5path, H5F_ACC_RDONLY, fapl >= 0 ? fapl : H5P_DEFAULT);
     if (d->file < 0) lh__h5_reason(r); /* before the next call clears the stack */
     if (fapl >= 0) H5Pclose(fapl);
     if (d->file < 0) {
@@ -446,6 +457,206 @@ lh_status lh_dataset_open(lh_dataset **out, const char *path, lh_error *err) {
     }
     *out = d;
     return LH_OK;
+}
+
+/* ---- Open, guarded against libhdf5 crashes ----
+ *
+ * libhdf5 1.10 crashes (SIGFPE, SIGSEGV) or reads out of bounds on some
+ * crafted headers inside H5Dopen2 and H5Aexists, before any check of ours
+ * sees them (docs/datasets.md, "Limits"). So lh_dataset_open first runs
+ * open_here -- the whole metadata walk: the file, its groups, attributes,
+ * dataset headers and the shape and length tables -- in a forked child that
+ * reports through a pipe and _exits. Only when the child succeeded does this
+ * process open the file itself, parsing the same bytes with the same code.
+ * Both name the file /proc/self/fd/N of one descriptor opened here, so a
+ * rename over `path` in between (the atomic writer) cannot swap the checked
+ * file for an unchecked one.
+ *
+ * What runs in this process afterwards, lh_dataset_read (read_range), is
+ * H5Dget_space, H5Screate_simple, H5Sselect_hyperslab and H5Dread of a
+ * fixed-size hyperslab inside the validated extent of an already open
+ * dataset whose header (layout, type, dataspace, filter pipeline) the child
+ * decoded without fault. It decodes no object header or attribute again
+ * (where the crashes are). It does run code the child did not: the chunk
+ * index lookup of the chunks it reads and the built-in filters (deflate,
+ * shuffle, fletcher32, ...) on their bytes. The child walks every chunk
+ * index once (H5Dget_storage_size) so index nodes that crash are caught
+ * here; filter input is left to zlib's and HDF5's own checks, and
+ * tests/fuzz/fuzz_dataset.c reads every item of what opens.
+ *
+ * fork in a multi-threaded process: the child has only the forking thread.
+ * It calls open_here (HDF5, malloc, stdio: glibc makes malloc and stdio
+ * usable after fork, though POSIX promises only async-signal-safe calls),
+ * write() and _exit() -- never exit(), so no atexit handler runs (H5close
+ * would flush the parent's open HDF5 files) and no stdio buffer is written
+ * twice. If another thread was inside HDF5 at the fork (or held the lock of
+ * a thread-safe libhdf5), the child may deadlock or see half-updated state:
+ * callers must serialize HDF5 use (the server does), and the timeout turns
+ * a deadlock into an error instead of a hang.
+ *
+ * Environment: LH_DATASET_NO_FORK=1 opens unguarded in this process (for
+ * debuggers, and to fuzz libhdf5 itself with coverage). LH_DATASET_OPEN_TIMEOUT
+ * (seconds, default 30) bounds the child. LH_DATASET_GUARD_TEST=segv|fpe|
+ * hang|exit is a test hook: the child faults before it does anything. */
+
+#define GUARD_TIMEOUT_S 30
+
+typedef struct guard_msg {
+    int32_t code;
+    char msg[LH_ERROR_MAX];
+} guard_msg;
+
+static void guard_child(const char *path, const char *h5path, int wfd) {
+    const char *t = getenv("LH_DATASET_GUARD_TEST");
+    if (t && !strcmp(t, "segv")) raise(SIGSEGV);
+    if (t && !strcmp(t, "fpe")) raise(SIGFPE);
+    if (t && !strcmp(t, "hang")) for (;;) pause();
+    if (t && !strcmp(t, "exit")) _exit(3);
+    guard_msg m;
+    memset(&m, 0, sizeof m);
+    lh_error e = {0};
+    lh_dataset *d = NULL;
+    lh_status st = open_here(&d, path, h5path, &e);
+    if (st == LH_OK) { /* walk every chunk index (see above) */
+        hid_t ids[] = {d->d_img, d->d_cap, d->d_weight, d->d_lat, d->d_text};
+        for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+            if (ids[i] >= 0) H5Dget_storage_size(ids[i]);
+    }
+    m.code = st;
+    memcpy(m.msg, e.msg, sizeof m.msg);
+    m.msg[sizeof m.msg - 1] = '\0';
+    const char *p = (const char *)&m;
+    size_t left = sizeof m; /* < PIPE_BUF * 16: the pipe buffer takes it all */
+    while (left) {
+        ssize_t w = write(wfd, p, left);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) _exit(2);
+        p += w, left -= (size_t)w;
+    }
+    _exit(st == LH_OK ? 0 : 1); /* no handle closed: nothing of ours outlives _exit */
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static const char *signal_name(int sig) {
+    switch (sig) {
+    case SIGSEGV: return "SIGSEGV";
+    case SIGBUS: return "SIGBUS";
+    case SIGFPE: return "SIGFPE";
+    case SIGILL: return "SIGILL";
+    case SIGABRT: return "SIGABRT";
+    case SIGTRAP: return "SIGTRAP";
+    case SIGKILL: return "SIGKILL, out of memory?";
+    case SIGSYS: return "SIGSYS";
+    default: return "signal";
+    }
+}
+
+/* Run open_here(path, h5path) in a child; LH_OK when it succeeded. */
+static lh_status guard_check(const char *path, const char *h5path, lh_error *err) {
+    int timeout = GUARD_TIMEOUT_S;
+    const char *te = getenv("LH_DATASET_OPEN_TIMEOUT");
+    if (te && atoi(te) > 0) timeout = atoi(te);
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return FAIL(LH_ERR_IO, "%s: cannot check the file in a separate process (pipe: %s)", path, strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(fds[0]), close(fds[1]);
+        return FAIL(LH_ERR_IO, "%s: cannot check the file in a separate process (fork: %s)", path, strerror(e));
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        guard_child(path, h5path, fds[1]); /* does not return */
+    }
+    close(fds[1]);
+    guard_msg m;
+    size_t got = 0;
+    int status = 0, reaped = 0, eof = 0, timed_out = 0;
+    double deadline = now_s() + timeout;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid) {
+            reaped = 1;
+            break;
+        }
+        if (r < 0 && errno != EINTR) break; /* ECHILD: SIGCHLD ignored, or reaped elsewhere */
+        double left = deadline - now_s();
+        if (left <= 0) {
+            kill(pid, SIGKILL);
+            while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+            timed_out = 1;
+            break;
+        }
+        int ms = left > 0.05 ? 50 : (int)(left * 1000) + 1;
+        if (eof) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        struct pollfd pf = {fds[0], POLLIN, 0};
+        if (poll(&pf, 1, ms) > 0) {
+            ssize_t n = got < sizeof m ? read(fds[0], (char *)&m + got, sizeof m - got) : 0;
+            if (n > 0) got += (size_t)n;
+            else if (n == 0 || errno != EINTR) eof = 1;
+        }
+    }
+    if (!timed_out) /* whatever is still in the pipe */
+        for (;;) {
+            if (got >= sizeof m) break;
+            ssize_t n = read(fds[0], (char *)&m + got, sizeof m - got);
+            if (n > 0) got += (size_t)n;
+            else if (n < 0 && errno == EINTR) continue;
+            else break;
+        }
+    close(fds[0]);
+    if (timed_out)
+        return FAIL(LH_ERR_FORMAT, "%s: reading its structure did not finish within %d s (the HDF5 "
+                    "library hangs on it?): the file is corrupt or hostile (LH_DATASET_OPEN_TIMEOUT "
+                    "raises the limit for very large files on slow storage)", path, timeout);
+    if (reaped && WIFSIGNALED(status))
+        return FAIL(LH_ERR_FORMAT, "%s: the HDF5 library crashed (signal %d, %s) reading its "
+                    "structure: the file is corrupt or hostile", path, WTERMSIG(status),
+                    signal_name(WTERMSIG(status)));
+    int full = got == sizeof m && m.code <= 0 && memchr(m.msg, '\0', sizeof m.msg);
+    if (full && (!reaped || (WIFEXITED(status) && WEXITSTATUS(status) == (m.code == LH_OK ? 0 : 1)))) {
+        if (m.code == LH_OK) return LH_OK;
+        return lh_error_set(err, m.code, "%s", m.msg[0] ? m.msg : "cannot open (no message)");
+    }
+    if (reaped && WIFEXITED(status))
+        return FAIL(LH_ERR_FORMAT, "%s: the HDF5 library failed (exit status %d) reading its "
+                    "structure: the file is corrupt or hostile", path, WEXITSTATUS(status));
+    return FAIL(LH_ERR_FORMAT, "%s: the check of its structure ended without a result (the HDF5 "
+                "library crashed?): the file is corrupt or hostile", path);
+}
+
+static lh_status open_guarded(lh_dataset **out, const char *path, lh_error *err) {
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return FAIL(LH_ERR_NOT_FOUND, "%s: cannot open", path);
+    struct stat sb;
+    if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return FAIL(LH_ERR_FORMAT, "%s: not an HDF5 file (not a regular file)", path);
+    }
+    char h5path[64];
+    snprintf(h5path, sizeof h5path, "/proc/self/fd/%d", fd);
+    const char *via = access(h5path, R_OK) == 0 ? h5path : path; /* no /proc: by name */
+    lh_status st = guard_check(path, via, err);
+    if (st == LH_OK) st = open_here(out, path, via, err);
+    close(fd); /* HDF5 holds its own descriptor */
+    return st;
+}
+
+lh_status lh_dataset_open(lh_dataset **out, const char *path, lh_error *err) {
+    const char *nf = getenv("LH_DATASET_NO_FORK");
+    if (nf && !strcmp(nf, "1")) return open_here(out, path, path, err);
+    return open_guarded(out, path, err);
 }
 
 void lh_dataset_close(lh_dataset *d) {

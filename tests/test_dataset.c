@@ -393,6 +393,56 @@ START_TEST(test_bad_truncated) {
 }
 END_TEST
 
+/* The guarded open (datasets/dataset.c, "Open, guarded"): libhdf5 crashes
+ * found by fuzzing (SIGFPE in H5Dopen2, out-of-bounds reads in H5Aexists)
+ * are only faults under ASan or on other heaps, so the child's crash is
+ * simulated with the LH_DATASET_GUARD_TEST hook; the parent must survive
+ * with LH_ERR_FORMAT naming the file. (check runs each test in its own
+ * process, so setenv stays in the test.) */
+static void expect_guard(const char *hook, const char *part) {
+    char path[4096];
+    import("guard.h5", "images", 16, LH_DATASET_CROP_CENTER, 0, path, sizeof path);
+    setenv("LH_DATASET_GUARD_TEST", hook, 1);
+    setenv("LH_DATASET_OPEN_TIMEOUT", "1", 1);
+    lh_dataset *d = NULL;
+    lh_error err = {0};
+    lh_status st = lh_dataset_open(&d, path, &err);
+    ck_assert_msg(st == LH_ERR_FORMAT && d == NULL, "status %d: %s", st, err.msg);
+    ck_assert_msg(strstr(err.msg, path) && strstr(err.msg, part), "message lacks '%s': %s", part, err.msg);
+    ck_assert(!strchr(err.msg, '\n'));
+    /* unguarded, the same file opens (the hook only acts in the child) */
+    setenv("LH_DATASET_NO_FORK", "1", 1);
+    ck_assert_int_eq(lh_dataset_open(&d, path, &err), LH_OK);
+    lh_dataset_item it;
+    ck_assert_int_eq(lh_dataset_read(d, 0, LH_DATASET_IMAGE, &it, &err), LH_OK);
+    lh_dataset_item_free(&it);
+    lh_dataset_close(d);
+    unsetenv("LH_DATASET_NO_FORK"), unsetenv("LH_DATASET_GUARD_TEST");
+    ck_assert_int_eq(lh_dataset_open(&d, path, &err), LH_OK); /* guarded, no hook */
+    ck_assert_int_eq(lh_dataset_count(d), 3);
+    lh_dataset_close(d);
+}
+
+START_TEST(test_guard_segv) { expect_guard("segv", "the HDF5 library crashed (signal 11, SIGSEGV)"); }
+END_TEST
+START_TEST(test_guard_fpe) { expect_guard("fpe", "the HDF5 library crashed (signal 8, SIGFPE)"); }
+END_TEST
+START_TEST(test_guard_exit) { expect_guard("exit", "the HDF5 library failed (exit status 3)"); }
+END_TEST
+START_TEST(test_guard_hang) { expect_guard("hang", "did not finish within 1 s"); }
+END_TEST
+START_TEST(test_guard_errors_pass_through) {
+    /* a check that fails in the child comes back with its own code and message */
+    expect_bad(set_version, "newer than this lorahost reads", LH_ERR_UNSUPPORTED);
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/datasets", g_src);
+    lh_dataset *d = NULL;
+    lh_error err = {0};
+    ck_assert_int_eq(lh_dataset_open(&d, dir, &err), LH_ERR_FORMAT);
+    ck_assert_msg(strstr(err.msg, dir) && !strstr(err.msg, "/proc/"), "%s", err.msg);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("dataset");
     TCase *tc = tcase_create("import");
@@ -419,6 +469,11 @@ int main(void) {
     tcase_add_test(tc, test_bad_external_link);
     tcase_add_test(tc, test_bad_missing_captions);
     tcase_add_test(tc, test_bad_truncated);
+    tcase_add_test(tc, test_guard_segv);
+    tcase_add_test(tc, test_guard_fpe);
+    tcase_add_test(tc, test_guard_exit);
+    tcase_add_test(tc, test_guard_hang);
+    tcase_add_test(tc, test_guard_errors_pass_through);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -2,7 +2,12 @@
  * file, opened with lh_dataset_open and every item (up to 64) read with all
  * parts. Open must succeed or fail with a one-line message; reads of an
  * opened file return items of the validated sizes. Build and run: see
- * CMakeLists.txt. */
+ * CMakeLists.txt. The open is the guarded one (libhdf5 parses the headers in
+ * a forked child first): a libhdf5 crash there must come back as an error,
+ * and the child's ASan report and crash-* artifact are expected noise (use
+ * -artifact_prefix=); only the parent stopping is a finding. With
+ * LH_DATASET_NO_FORK=1 the open runs in-process, so libFuzzer sees libhdf5's
+ * own crashes and coverage. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
