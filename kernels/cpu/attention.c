@@ -9,7 +9,8 @@
  * tile as S^T [ATT_BK, ATT_BQ]; K and V are read in place. The two products
  * are register-blocked in attention_tiles.h, instantiated for AVX-512,
  * AVX2+FMA and baseline vectors and picked from the CPU's features; the
- * softmax steps are plain loops over queries that vectorise. Asked for
+ * softmax steps (attention_isa.h) are explicit 8-wide vector loops over
+ * queries, and Q in and O out go through 8x8 block transposes. Asked for
  * `lse`, a task ends by writing m + log l of its queries: the backward's
  * row logsumexp, at no extra pass. */
 #include "cpu.h"
@@ -44,6 +45,7 @@ typedef void (*pv_fn)(float *restrict ot, const float *restrict pt, const float 
 typedef struct att_kernels {
     qk_fn qk;
     pv_fn pv;
+    att_tr_fn tr;
 } att_kernels;
 
 static int g_isa_forced; /* lh__cpu_attention_force_isa, for tests */
@@ -71,10 +73,11 @@ static att_kernels pick_kernels(void) {
               : isa_available(LH_CPU_ISA_AVX2) ? LH_CPU_ISA_AVX2
                                                : LH_CPU_ISA_GENERIC;
 #if LH_X86_DISPATCH
-    if (isa == LH_CPU_ISA_AVX512) return (att_kernels){qk_tile_avx512, pv_tile_avx512};
-    if (isa == LH_CPU_ISA_AVX2) return (att_kernels){qk_tile_avx2, pv_tile_avx2};
+    if (isa == LH_CPU_ISA_AVX512)
+        return (att_kernels){qk_tile_avx512, pv_tile_avx512, att_transpose_avx2};
+    if (isa == LH_CPU_ISA_AVX2) return (att_kernels){qk_tile_avx2, pv_tile_avx2, att_transpose_avx2};
 #endif
-    return (att_kernels){qk_tile_generic, pv_tile_generic};
+    return (att_kernels){qk_tile_generic, pv_tile_generic, att_transpose_generic};
 }
 
 /* ---- Online softmax over one key tile ---- */
@@ -112,10 +115,8 @@ static void attention_task(const att_args *a, float *scratch, int64_t bi, int64_
     /* a short last tile is padded with zero queries: loops keep constant bounds */
     if (qrows < ATT_BQ) memset(qt, 0, (size_t)(d * ATT_BQ) * sizeof(float));
     memset(ot, 0, (size_t)(d * ATT_BQ) * sizeof(float));
-    for (int64_t i = 0; i < qrows; i++) {
-        const float *src = a->q + (bi * a->nq + i0 + i) * hd + h * d;
-        for (int64_t c = 0; c < d; c++) qt[c * ATT_BQ + i] = src[c] * a->scale;
-    }
+    a->kern.tr(qt, ATT_BQ, a->q + (bi * a->nq + i0) * hd + h * d, hd, qrows, d);
+    for (int64_t x = 0; x < d * ATT_BQ; x++) qt[x] *= a->scale;
     for (int64_t i = 0; i < ATT_BQ; i++) {
         m[i] = -INFINITY;
         l[i] = 0.0f;
@@ -136,11 +137,10 @@ static void attention_task(const att_args *a, float *scratch, int64_t bi, int64_
         a->kern.pv(ot, st, vb + j0 * hd, hd, kv, ATT_BQ, d);
     }
 
-    for (int64_t i = 0; i < qrows; i++) {
-        float *dst = a->out + (bi * a->nq + i0 + i) * hd + h * d;
-        float inv = 1.0f / l[i];
-        for (int64_t c = 0; c < d; c++) dst[c] = ot[c * ATT_BQ + i] * inv;
-    }
+    for (int64_t i = 0; i < ATT_BQ; i++) corr[i] = 1.0f / l[i]; /* padded queries: inf, unused */
+    for (int64_t c = 0; c < d; c++)
+        for (int64_t i = 0; i < ATT_BQ; i++) ot[c * ATT_BQ + i] *= corr[i];
+    a->kern.tr(a->out + (bi * a->nq + i0) * hd + h * d, hd, ot, ATT_BQ, d, qrows);
     if (a->lse) /* m is already scaled (qt holds scale q); key 0 is never masked, so l > 0 */
         for (int64_t i = 0; i < qrows; i++)
             a->lse[(bi * a->heads + h) * a->nq + i0 + i] = m[i] + logf(l[i]);

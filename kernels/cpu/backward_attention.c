@@ -7,13 +7,14 @@
  * keys, every query tile that can see it: P = exp(scale S - lse)
  * recomputed, and
  *   dV += P^T dO,  dS = scale P (dO V^T - D),  dQ += dS K,  dK += dS^T Q
- * with dK, dV held for the key tile. Scratch is a few tiles plus two floats
- * per query, per thread - never [nq, nk].
+ * with dK, dV held for the key tile. The head's Q^T and dO^T are packed
+ * once, and its dQ^T accumulated in place, tile by tile. Scratch is a few
+ * tiles plus 3 d + 2 floats per query, per thread - never [nq, nk].
  *
  * The products reuse the forward's register-blocked micro-kernels
  * (attention_tiles.h), vectorised across the tile's queries for S^T, dP^T
- * and dQ^T, and across the tile's keys (P and dS transposed) for dK^T and
- * dV^T. */
+ * and dQ^T, and across the tile's keys (P and dS transposed, 8x8 blocks in
+ * AVX registers) for dK^T and dV^T; exp and dS are 8-wide vector loops. */
 #include "cpu.h"
 
 #include <omp.h>
@@ -36,55 +37,23 @@ typedef void (*tr_fn)(float *restrict tr, const float *restrict x, int64_t kv);
 typedef struct atb_kernels {
     qk_fn qk;
     pv_fn pv;
-    tr_fn tr;
+    tr_fn tr;     /* a [kv, BQ] tile */
+    att_tr_fn xt; /* strided */
 } atb_kernels;
 
 /* tr [BQ, BK] = x^T for x [kv, BQ], zero past kv (every query row: the
  * padded queries' columns of x hold zeros). */
-static void transpose_generic(float *restrict tr, const float *restrict x, int64_t kv) {
-    for (int64_t i = 0; i < ATT_BQ; i++) {
-        for (int64_t j = 0; j < kv; j++) tr[i * ATB_BK + j] = x[j * ATT_BQ + i];
+static void tile_t_generic(float *restrict tr, const float *restrict x, int64_t kv) {
+    att_transpose_generic(tr, ATB_BK, x, ATT_BQ, kv, ATT_BQ);
+    for (int64_t i = 0; i < ATT_BQ; i++)
         for (int64_t j = kv; j < ATB_BK; j++) tr[i * ATB_BK + j] = 0.0f;
-    }
 }
 
 #if LH_X86_DISPATCH
-#include <immintrin.h>
-
-/* transpose_generic with 8x8 blocks in AVX registers. */
-__attribute__((target("avx2"))) static void transpose_avx2(float *restrict tr,
-                                                           const float *restrict x, int64_t kv) {
-    int64_t kv8 = kv & ~(int64_t)7;
-    for (int64_t jb = 0; jb < kv8; jb += 8)
-        for (int64_t ib = 0; ib < ATT_BQ; ib += 8) {
-            const float *s = x + jb * ATT_BQ + ib;
-            __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ATT_BQ);
-            __m256 r2 = _mm256_loadu_ps(s + 2 * ATT_BQ), r3 = _mm256_loadu_ps(s + 3 * ATT_BQ);
-            __m256 r4 = _mm256_loadu_ps(s + 4 * ATT_BQ), r5 = _mm256_loadu_ps(s + 5 * ATT_BQ);
-            __m256 r6 = _mm256_loadu_ps(s + 6 * ATT_BQ), r7 = _mm256_loadu_ps(s + 7 * ATT_BQ);
-            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-            __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-            __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-            __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-            __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-            float *o = tr + ib * ATB_BK + jb;
-            _mm256_storeu_ps(o, _mm256_permute2f128_ps(s0, s4, 0x20));
-            _mm256_storeu_ps(o + ATB_BK, _mm256_permute2f128_ps(s1, s5, 0x20));
-            _mm256_storeu_ps(o + 2 * ATB_BK, _mm256_permute2f128_ps(s2, s6, 0x20));
-            _mm256_storeu_ps(o + 3 * ATB_BK, _mm256_permute2f128_ps(s3, s7, 0x20));
-            _mm256_storeu_ps(o + 4 * ATB_BK, _mm256_permute2f128_ps(s0, s4, 0x31));
-            _mm256_storeu_ps(o + 5 * ATB_BK, _mm256_permute2f128_ps(s1, s5, 0x31));
-            _mm256_storeu_ps(o + 6 * ATB_BK, _mm256_permute2f128_ps(s2, s6, 0x31));
-            _mm256_storeu_ps(o + 7 * ATB_BK, _mm256_permute2f128_ps(s3, s7, 0x31));
-        }
-    if (kv8 < ATB_BK)
-        for (int64_t i = 0; i < ATT_BQ; i++) {
-            for (int64_t j = kv8; j < kv; j++) tr[i * ATB_BK + j] = x[j * ATT_BQ + i];
-            for (int64_t j = kv; j < ATB_BK; j++) tr[i * ATB_BK + j] = 0.0f;
-        }
+static void tile_t_avx2(float *restrict tr, const float *restrict x, int64_t kv) {
+    att_transpose_avx2(tr, ATB_BK, x, ATT_BQ, kv, ATT_BQ);
+    for (int64_t i = 0; i < ATT_BQ && kv < ATB_BK; i++)
+        for (int64_t j = kv; j < ATB_BK; j++) tr[i * ATB_BK + j] = 0.0f;
 }
 #endif
 
@@ -92,11 +61,11 @@ static atb_kernels pick_kernels(void) {
 #if LH_X86_DISPATCH
     __builtin_cpu_init();
     if (__builtin_cpu_supports("x86-64-v4"))
-        return (atb_kernels){qk_tile_avx512, pv_tile_avx512, transpose_avx2};
+        return (atb_kernels){qk_tile_avx512, pv_tile_avx512, tile_t_avx2, att_transpose_avx2};
     if (__builtin_cpu_supports("x86-64-v3"))
-        return (atb_kernels){qk_tile_avx2, pv_tile_avx2, transpose_avx2};
+        return (atb_kernels){qk_tile_avx2, pv_tile_avx2, tile_t_avx2, att_transpose_avx2};
 #endif
-    return (atb_kernels){qk_tile_generic, pv_tile_generic, transpose_generic};
+    return (atb_kernels){qk_tile_generic, pv_tile_generic, tile_t_generic, att_transpose_generic};
 }
 
 /* ---- Per-thread scratch ---- */
@@ -139,10 +108,10 @@ typedef struct atb_args {
 /* ---- Steps of one (batch, head) ---- */
 
 /* xt [d, BQ] = rows [0, qr) of x (ld apart, d wide) transposed, zero-padded. */
-static void pack_t(float *xt, const float *x, int64_t ld, int64_t qr, int64_t d) {
+static void pack_t(const atb_args *a, float *xt, const float *x, int64_t ld, int64_t qr,
+                   int64_t d) {
     if (qr < ATT_BQ) memset(xt, 0, (size_t)(d * ATT_BQ) * sizeof(float));
-    for (int64_t i = 0; i < qr; i++)
-        for (int64_t c = 0; c < d; c++) xt[c * ATT_BQ + i] = x[i * ld + c];
+    a->kern.xt(xt, ATT_BQ, x, ld, qr, d);
 }
 
 /* lse of queries [i0, i0 + qr) (rows from row0): an online softmax over
@@ -159,7 +128,7 @@ LH_HOT static void row_lse(const atb_args *a, atb_scratch *s, const float *kb, i
         m[i] = -INFINITY;
         l[i] = 0.0f;
     }
-    pack_t(s->qs, a->q + row0, hd, qr, d);
+    pack_t(a, s->qs, a->q + row0, hd, qr, d);
     for (int64_t x = 0; x < d * ATT_BQ; x++) s->qs[x] *= a->scale;
     for (int64_t j0 = 0; j0 < key_end; j0 += ATB_BK) {
         int64_t kv = key_end - j0 < ATB_BK ? key_end - j0 : ATB_BK;
@@ -243,9 +212,9 @@ static void pair(const atb_args *a, atb_scratch *s, const float *lse, const floa
 }
 
 /* x rows [0, kv) (ld apart, d wide) = xt [d, BK] transposed. */
-static void unpack_t(float *x, const float *xt, int64_t ld, int64_t kv, int64_t d) {
-    for (int64_t j = 0; j < kv; j++)
-        for (int64_t c = 0; c < d; c++) x[j * ld + c] = xt[c * ATB_BK + j];
+static void unpack_t(const atb_args *a, float *x, const float *xt, int64_t ld, int64_t kv,
+                     int64_t d) {
+    a->kern.xt(x, ld, xt, ATB_BK, d, kv);
 }
 
 /* One task: (batch bi, head h). */
@@ -258,8 +227,8 @@ static void head_task(const atb_args *a, atb_scratch *s, int64_t bi, int64_t h) 
         int64_t qr = a->nq - i0 < ATT_BQ ? a->nq - i0 : ATT_BQ;
         if (!a->lse) row_lse(a, s, kb, q0 + i0 * hd, i0, qr);
         row_dd(a, s, q0 + i0 * hd, i0, qr);
-        pack_t(s->qt + i0 * d, a->q + q0 + i0 * hd, hd, qr, d);
-        if (a->dq || a->dk) pack_t(s->dot + i0 * d, a->dout + q0 + i0 * hd, hd, qr, d);
+        pack_t(a, s->qt + i0 * d, a->q + q0 + i0 * hd, hd, qr, d);
+        if (a->dq || a->dk) pack_t(a, s->dot + i0 * d, a->dout + q0 + i0 * hd, hd, qr, d);
         if (a->dq) memset(s->dqt + i0 * d, 0, (size_t)(d * ATT_BQ) * sizeof(float));
     }
     for (int64_t j0 = 0; j0 < a->nk; j0 += ATB_BK) {
@@ -271,13 +240,13 @@ static void head_task(const atb_args *a, atb_scratch *s, int64_t bi, int64_t h) 
             pair(a, s, lse, kb + j0 * hd, vb + j0 * hd, q0 + i0 * hd, s->qt + i0 * d,
                  s->dot + i0 * d, s->dqt + i0 * d, i0, qr, j0, kv);
         }
-        if (a->dk) unpack_t(a->dk + kvo + j0 * hd, s->dkt, hd, kv, d);
-        if (a->dv) unpack_t(a->dv + kvo + j0 * hd, s->dvt, hd, kv, d);
+        if (a->dk) unpack_t(a, a->dk + kvo + j0 * hd, s->dkt, hd, kv, d);
+        if (a->dv) unpack_t(a, a->dv + kvo + j0 * hd, s->dvt, hd, kv, d);
     }
     if (a->dq)
         for (int64_t i0 = 0; i0 < a->nq; i0 += ATT_BQ) {
             int64_t qr = a->nq - i0 < ATT_BQ ? a->nq - i0 : ATT_BQ;
-            unpack_t(a->dq + q0 + i0 * hd, s->dqt + i0 * d, hd, qr, d);
+            unpack_t(a, a->dq + q0 + i0 * hd, s->dqt + i0 * d, hd, qr, d);
         }
 }
 
