@@ -32,7 +32,7 @@ static const char *const POLICIES[] = {"strict", "warn", NULL};
 static const char *const MODES[] = {"runtime", "merged", NULL};
 static const char *const PRECISIONS[] = {"no", "fp16", "bf16", NULL};
 static const char *const LEVELS[] = {"error", "warn", "info", "debug", NULL}; /* lh_log_level */
-static const char *const KINDS[] = {"lora", NULL};
+static const char *const KINDS[] = {"lora", "loha", NULL};
 static const char *const PREDICTIONS[] = {"auto", "epsilon", "v_prediction", NULL};
 static const char *const LR_SCHEDULES[] = {"constant", "constant_with_warmup", "cosine", "linear",
                                            NULL};
@@ -112,7 +112,7 @@ static const lh_setting_def SCHEMA[] = {
     INT("train", "keep_checkpoints", "3", 0, 1000, "train",
         "checkpoints kept on disk; 0 keeps them all"),
     ENUM("train", "adapter", "lora", KINDS, "train",
-         "adapter kind trained: lora (LoCon on convolution targets)"),
+         "adapter kind trained: lora (LoCon on convolution targets) or loha (LyCORIS)"),
     LIST("train", "target_modules", "to_q,to_k,to_v,to_out.0", "train",
          "U-Net modules given an adapter: diffusers module names or their last parts"),
     BOOL("train", "train_text_encoder", "false", "train",

@@ -101,6 +101,11 @@ same fallback_result a/lora.safetensors c/lora.safetensors
 check peft 0 "(PEFT form)" -- "$lh" train --config train.ini --output p --set train.steps=2 \
   --set train.save_format=peft
 check peft_loads 0 "peft" -- "$lh" adapters --strict --model "$model" p/lora.safetensors
+check loha 0 "loha/linear 48" -- bash -c "\"$lh\" train --config train.ini --output deep/dir/l \
+  --set train.steps=2 --set train.adapter=loha && \
+  \"$lh\" adapters --strict --model \"$model\" deep/dir/l/lora.safetensors"
+check loha_peft 1 "which PEFT form cannot hold" -- "$lh" train --config train.ini --output lp \
+  --set train.steps=1 --set train.adapter=loha --set train.save_format=peft
 check fp16 0 "done" -- "$lh" train --config train.ini --output h --set train.steps=3 \
   --set train.mixed_precision=fp16 --set train.gradient_checkpointing=true
 check te 0 "12 text encoder" -- bash -c "\"$lh\" train --config train.ini --output t \

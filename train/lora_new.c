@@ -19,10 +19,38 @@ static int wanted(const char *name, const char *const *targets, int n) {
     return 0;
 }
 
-lh_status lh_lora_new(const char *path, const lh_layers *layers, const char *const *targets,
-                      int n_targets, const char *const *te_targets, int n_te_targets, int rank,
-                      double alpha, uint64_t seed, int *n_layers, lh_error *err) {
+/* One factor tensor: normal with std `sd` (0: zero) or kaiming-uniform
+ * (sd < 0), added to w under name `<prefix>_<layer>.<suffix>`; *buf owns it. */
+static lh_status add_factor(lh_st_writer *w, lh_rng *rng, float **buf, const char *prefix,
+                            const lh_layer *l, const char *suffix, int ndim, const int64_t *shape,
+                            double sd, int64_t fan_in, lh_error *err) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    float *v = calloc((size_t)n, sizeof *v);
+    if (!v) return lh_error_set(err, LH_ERR_NOMEM, "new adapter: out of memory");
+    *buf = v;
+    lh_status st = LH_OK;
+    if (sd < 0) {
+        double bound = 1.0 / sqrt((double)fan_in);
+        for (int64_t k = 0; k < n; k++)
+            v[k] = (float)((2.0 * lh_rng_u32(rng) / 4294967296.0 - 1.0) * bound);
+    } else if (sd > 0) {
+        st = lh_rng_randn(rng, v, n, err);
+        for (int64_t k = 0; st == LH_OK && k < n; k++) v[k] = (float)(v[k] * sd);
+    }
+    char key[192];
+    snprintf(key, sizeof key, "%s_%s.%s", prefix, l->kohya, suffix);
+    return st == LH_OK ? lh_st_writer_add(w, key, LH_DTYPE_F32, ndim, shape, v, err) : st;
+}
+
+lh_status lh_lora_new(const char *path, const char *kind, const lh_layers *layers,
+                      const char *const *targets, int n_targets, const char *const *te_targets,
+                      int n_te_targets, int rank, double alpha, uint64_t seed, int *n_layers,
+                      lh_error *err) {
     *n_layers = 0;
+    int loha = !strcmp(kind, "loha");
+    if (!loha && strcmp(kind, "lora"))
+        return lh_error_set(err, LH_ERR_INVALID, "new adapter: kind '%s': lora or loha", kind);
     if (rank < 1 || !(alpha > 0) || !isfinite(alpha) || n_targets < 1)
         return lh_error_set(err, LH_ERR_INVALID, "new LoRA: rank %d, alpha %g and %d targets: "
                             "rank and alpha must be positive, targets not empty", rank, alpha,
@@ -32,7 +60,7 @@ lh_status lh_lora_new(const char *path, const lh_layers *layers, const char *con
     if (st != LH_OK) return st;
     lh_rng *rng = lh_rng_create(seed, err);
     size_t n_bufs = 0;
-    float **bufs = calloc(3 * layers->n + 1, sizeof *bufs);
+    float **bufs = calloc(4 * layers->n + 1, sizeof *bufs);
     float alpha_f = (float)alpha;
     if (!rng || !bufs) st = lh_error_set(err, LH_ERR_NOMEM, "new LoRA: out of memory");
     for (size_t i = 0; st == LH_OK && i < layers->n; i++) {
@@ -43,26 +71,28 @@ lh_status lh_lora_new(const char *path, const lh_layers *layers, const char *con
         const char *prefix = te ? "lora_te" : "lora_unet";
         int64_t out = l->shape[0], in = l->shape[1];
         int64_t kh = l->ndim == 4 ? l->shape[2] : 1, kw = l->ndim == 4 ? l->shape[3] : 1;
-        int64_t fan_in = in * kh * kw, n_down = rank * fan_in, n_up = out * rank;
-        float *down = malloc((size_t)n_down * sizeof *down);
-        float *up = calloc((size_t)n_up, sizeof *up);
-        if (!down || !up) {
-            free(down);
-            free(up);
-            st = lh_error_set(err, LH_ERR_NOMEM, "new LoRA: out of memory");
-            break;
-        }
-        bufs[n_bufs++] = down;
-        bufs[n_bufs++] = up;
-        double bound = 1.0 / sqrt((double)fan_in);
-        for (int64_t k = 0; k < n_down; k++)
-            down[k] = (float)((2.0 * lh_rng_u32(rng) / 4294967296.0 - 1.0) * bound);
-        int64_t sd[4] = {rank, in, kh, kw}, su[4] = {out, rank, 1, 1};
+        int64_t fan_in = in * kh * kw;
         char key[160];
-        snprintf(key, sizeof key, "%s_%s.lora_down.weight", prefix, l->kohya);
-        st = lh_st_writer_add(w, key, LH_DTYPE_F32, l->ndim, sd, down, err);
-        snprintf(key, sizeof key, "%s_%s.lora_up.weight", prefix, l->kohya);
-        if (st == LH_OK) st = lh_st_writer_add(w, key, LH_DTYPE_F32, l->ndim, su, up, err);
+        if (loha) { /* 2-D factors: [out, r] @ [r, in * kh * kw] */
+            int64_t sa[2] = {out, rank}, sb[2] = {rank, fan_in};
+            st = add_factor(w, rng, &bufs[n_bufs++], prefix, l, "hada_w1_a", 2, sa, 0.1, 0, err);
+            if (st == LH_OK)
+                st = add_factor(w, rng, &bufs[n_bufs++], prefix, l, "hada_w1_b", 2, sb, 1.0, 0,
+                                err);
+            if (st == LH_OK)
+                st = add_factor(w, rng, &bufs[n_bufs++], prefix, l, "hada_w2_a", 2, sa, 0.0, 0,
+                                err);
+            if (st == LH_OK)
+                st = add_factor(w, rng, &bufs[n_bufs++], prefix, l, "hada_w2_b", 2, sb, 1.0, 0,
+                                err);
+        } else {
+            int64_t sd[4] = {rank, in, kh, kw}, su[4] = {out, rank, 1, 1};
+            st = add_factor(w, rng, &bufs[n_bufs++], prefix, l, "lora_down.weight", l->ndim, sd,
+                            -1.0, fan_in, err);
+            if (st == LH_OK)
+                st = add_factor(w, rng, &bufs[n_bufs++], prefix, l, "lora_up.weight", l->ndim,
+                                su, 0.0, 0, err);
+        }
         snprintf(key, sizeof key, "%s_%s.alpha", prefix, l->kohya);
         if (st == LH_OK) st = lh_st_writer_add(w, key, LH_DTYPE_F32, 0, NULL, &alpha_f, err);
         if (st == LH_OK) ++*n_layers;

@@ -51,6 +51,7 @@ void lh_train_opts_default(lh_train_opts *o) {
     o->weight_decay = 1e-2;
     o->eps = 1e-8;
     o->max_grad_norm = 1.0;
+    o->adapter = "lora";
     o->rank = 4;
     o->alpha = 4.0;
     static const char *const def_targets[] = {"to_q", "to_k", "to_v", "to_out.0"};
@@ -174,7 +175,7 @@ static lh_status load_item(trainer *t, int64_t idx, lh_rng *r, item *out, lh_err
                                                    (text ? LH_DATASET_TEXT : 0), &di, err);
     if (st != LH_OK) return st;
     out->weight = di.weight;
-    int64_t c_lat = 4;
+    int64_t c_in = lh_unet_get_config(t->m->unet)->in_channels, c_lat = c_in;
     if (cached) {
         c_lat = di.latent_shape[0];
         out->h = di.latent_shape[1];
@@ -184,17 +185,20 @@ static lh_status load_item(trainer *t, int64_t idx, lh_rng *r, item *out, lh_err
     } else {
         /* crop (random for random-crop datasets) to a multiple of the VAE's factor */
         int64_t ds = t->downscale, cw = di.width, ch = di.height;
+        /* pixel space: crop to a multiple of the U-Net's factor (the VAE's
+         * 8 already is one for SD) */
+        int64_t cm = t->m->vae ? ds : (int64_t)1 << (lh_unet_get_config(t->m->unet)->n_blocks - 1);
         if (t->random_crop) {
             cw = cw < t->resolution ? cw : t->resolution;
             ch = ch < t->resolution ? ch : t->resolution;
         }
-        cw -= cw % ds;
-        ch -= ch % ds;
-        if (cw < ds || ch < ds) {
+        cw -= cw % cm;
+        ch -= ch % cm;
+        if (cw < cm || ch < cm) {
             lh_dataset_item_free(&di);
             return lh_error_set(err, LH_ERR_INVALID, "train: dataset item %lld is %lldx%lld, "
                                 "smaller than the VAE's %lld", (long long)idx,
-                                (long long)di.width, (long long)di.height, (long long)ds);
+                                (long long)di.width, (long long)di.height, (long long)cm);
         }
         int64_t x0 = (di.width - cw) / 2, y0 = (di.height - ch) / 2;
         if (t->random_crop) {
@@ -219,13 +223,18 @@ static lh_status load_item(trainer *t, int64_t idx, lh_rng *r, item *out, lh_err
                 for (int c = 0; c < 3; c++)
                     img[(size_t)c * npx + (size_t)(y * cw + x)] =
                         di.rgb[((y0 + y) * di.width + x0 + x) * 3 + c] / 127.5f - 1.0f;
-        if (st == LH_OK) st = be->ops->upload(be, dimg, img, 3 * npx * sizeof(float));
-        if (st == LH_OK) st = lh_vae_encode(t->m->vae, mean, logvar, dimg, 1, ch, cw, err);
-        if (st == LH_OK) st = lh_rng_randn(r, hn, (int64_t)nl, err);
-        if (st == LH_OK) st = be->ops->upload(be, noise, hn, nl * sizeof(float));
-        if (st == LH_OK)
+        if (st == LH_OK && !t->m->vae) /* pixel space: the latent is the image */
+            memcpy(out->latent, img, nl * sizeof(float));
+        else if (st == LH_OK)
+            st = be->ops->upload(be, dimg, img, 3 * npx * sizeof(float));
+        if (st == LH_OK && t->m->vae)
+            st = lh_vae_encode(t->m->vae, mean, logvar, dimg, 1, ch, cw, err);
+        if (st == LH_OK && t->m->vae) st = lh_rng_randn(r, hn, (int64_t)nl, err);
+        if (st == LH_OK && t->m->vae) st = be->ops->upload(be, noise, hn, nl * sizeof(float));
+        if (st == LH_OK && t->m->vae)
             st = lh_vae_sample_latents(t->m->vae, mean, mean, logvar, noise, (int64_t)nl, err);
-        if (st == LH_OK) st = be->ops->download(be, out->latent, mean, nl * sizeof(float));
+        if (st == LH_OK && t->m->vae)
+            st = be->ops->download(be, out->latent, mean, nl * sizeof(float));
         free(img);
         free(hn);
         be->ops->free(be, dimg);
@@ -233,9 +242,10 @@ static lh_status load_item(trainer *t, int64_t idx, lh_rng *r, item *out, lh_err
         be->ops->free(be, logvar);
         be->ops->free(be, noise);
     }
-    if (st == LH_OK && c_lat != 4)
+    if (st == LH_OK && c_lat != c_in)
         st = lh_error_set(err, LH_ERR_SHAPE, "train: cached latent of item %lld has %lld "
-                          "channels, the U-Net takes 4", (long long)idx, (long long)c_lat);
+                          "channels, the U-Net takes %lld", (long long)idx, (long long)c_lat,
+                          (long long)c_in);
     if (st == LH_OK && text) {
         if (di.text_shape[0] != t->tokens || di.text_shape[1] != t->dim)
             st = lh_error_set(err, LH_ERR_SHAPE, "train: cached text embedding of item %lld is "
@@ -512,10 +522,10 @@ static int64_t grads_unscale(trainer *t, float inv) {
 static void fingerprint(const trainer *t, char *out, size_t size) {
     const lh_train_opts *o = t->o;
     int n = snprintf(out, size, "rank=%d alpha=%.17g seed=%" PRIu64 " batch=%lld accum=%lld "
-                     "precision=%s te=%d full=%d dropout=%.17g targets=", o->rank, o->alpha,
+                     "precision=%s te=%d full=%d dropout=%.17g kind=%s targets=", o->rank, o->alpha,
                      o->seed, (long long)o->batch_size, (long long)o->grad_accum,
                      lh_dtype_name(o->precision), o->train_text_encoder, o->full_parameter,
-                     o->dropout);
+                     o->dropout, o->adapter);
     for (int i = 0; i < o->n_targets && n > 0 && (size_t)n < size; i++)
         n += snprintf(out + n, size - (size_t)n, "%s%s", i ? "," : "", o->targets[i]);
 }
@@ -673,7 +683,9 @@ static lh_status export_adapter(trainer *t, lh_error *err) {
     snprintf(res, sizeof res, "(%lld, %lld)", (long long)t->resolution,
              (long long)t->resolution);
     int v2 = t->m->info.arch == LH_MODEL_ARCH_SD2;
-    const char *meta[] = {"ss_network_module", "networks.lora",
+    int loha = !strcmp(o->adapter, "loha");
+    const char *meta[] = {"ss_network_module", loha ? "lycoris.kohya" : "networks.lora",
+                          "ss_network_args", loha ? "{\"algo\": \"loha\"}" : "{}",
                           "ss_network_dim", dim,
                           "ss_network_alpha", alpha,
                           "ss_base_model_version", v2 ? "sd_v2" : "sd_v1",
@@ -764,9 +776,16 @@ static lh_status make_dirs(trainer *t, lh_error *err) {
         return lh_error_set(err, LH_ERR_INVALID, "train: output_dir is too long");
     snprintf(t->dir, sizeof t->dir, "%s", d);
     snprintf(t->ckpt_dir, sizeof t->ckpt_dir, "%s/checkpoints", d);
-    if (mkdir(t->dir, 0755) != 0 && errno != EEXIST)
-        return lh_error_set(err, LH_ERR_IO, "train: cannot create %s: %s", t->dir,
-                            strerror(errno));
+    /* mkdir -p */
+    char part[PATH_MAX_LEN];
+    for (size_t i = 1, n = strlen(t->dir); i <= n; i++) {
+        if (t->dir[i] != '/' && t->dir[i] != '\0') continue;
+        memcpy(part, t->dir, i);
+        part[i] = '\0';
+        if (mkdir(part, 0755) != 0 && errno != EEXIST)
+            return lh_error_set(err, LH_ERR_IO, "train: cannot create %s: %s", part,
+                                strerror(errno));
+    }
     return LH_OK;
 }
 
@@ -780,7 +799,7 @@ static lh_status new_adapter(trainer *t, lh_error *err) {
     char init[PATH_MAX_LEN + 32];
     snprintf(init, sizeof init, "%s/init.safetensors", t->dir);
     int n_layers = 0;
-    st = lh_lora_new(init, &ad->layers, o->targets, o->n_targets, TE_TARGETS,
+    st = lh_lora_new(init, o->adapter, &ad->layers, o->targets, o->n_targets, TE_TARGETS,
                      o->train_text_encoder ? TE_TARGETS_N : 0, o->rank, o->alpha, o->seed,
                      &n_layers, err);
     lh_adapter_load_opts lo = {.policy = LH_ADAPTER_STRICT, .name = o->output_name,
@@ -793,8 +812,8 @@ static lh_status new_adapter(trainer *t, lh_error *err) {
     if (st == LH_OK) st = lh_adapter_set_ex(t->m, &t->a, &aw, 1, LH_ADAPTER_RUNTIME, err);
     if (st == LH_OK) st = adapter_params(t, err);
     if (st == LH_OK)
-        lh_log(LH_LOG_INFO, "train", "%s: rank %d LoRA on %d layers (%zu tensors), %lld images "
-               "at %lld", o->output_name, o->rank, n_layers, t->np,
+        lh_log(LH_LOG_INFO, "train", "%s: rank %d %s on %d layers (%zu tensors), %lld images "
+               "at %lld", o->output_name, o->rank, o->adapter, n_layers, t->np,
                (long long)lh_dataset_count(t->ds), (long long)t->resolution);
     return st;
 }
@@ -822,7 +841,7 @@ static lh_status setup(trainer *t, lh_error *err) {
     if (st != LH_OK) return st;
     t->resolution = lh_dataset_resolution(t->ds);
     t->random_crop = !strcmp(lh_dataset_crop(t->ds), "random");
-    t->downscale = lh_vae_downscale(t->m->vae);
+    t->downscale = lh_model_downscale(t->m);
     t->tokens = LH_TOKENIZER_WINDOW;
     t->dim = lh_unet_get_config(t->m->unet)->cross_attention_dim;
     if ((st = read_noise_config(t, err)) != LH_OK) return st;

@@ -36,6 +36,7 @@ typedef struct lh_train_opts {
     const char *lr_scheduler;
     int64_t lr_warmup;
     double beta1, beta2, weight_decay, eps, max_grad_norm;
+    const char *adapter; /* "lora" (LoCon on convs) or "loha" */
     int rank;
     double alpha;
     const char *targets[LH_TRAIN_MAX_TARGETS];
