@@ -93,7 +93,8 @@ LH_API lh_status lh_dataset_import(const char *dir, const char *out,
 /* Add cached latents (scaling_factor * VAE posterior mean) and text
  * embeddings (last hidden state of the caption's 77-token window) made with
  * the model directory `model`; replaces an existing cache. The file is
- * rewritten atomically (copy, add, fsync, rename). */
+ * rewritten atomically (copy, add, fsync, rename). A pixel-space model (no
+ * VAE) has no latents: LH_ERR_UNSUPPORTED, the file untouched. */
 struct lh_model;
 LH_API lh_status lh_dataset_cache(const char *path, struct lh_model *model, const char *model_path,
                                   void (*progress)(void *user, int64_t done, int64_t total,

@@ -382,6 +382,11 @@ static lh_status copy_file(const char *src, const char *dst, lh_error *err) {
 lh_status lh_dataset_cache(const char *path, struct lh_model *m, const char *model_path,
                            void (*progress)(void *user, int64_t done, int64_t total, const char *name),
                            void *user, lh_error *err) {
+    if (!m->vae)
+        return lh_error_set(err, LH_ERR_UNSUPPORTED,
+                            "dataset %s: model %s is pixel-space (no VAE): there are no latents "
+                            "to cache; train on the dataset as it is (images are read directly)",
+                            path, model_path ? model_path : m->info.path);
     lh_dataset *d = NULL;
     lh_status st = lh_dataset_open(&d, path, err);
     if (st != LH_OK) return st;

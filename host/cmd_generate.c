@@ -1,7 +1,9 @@
 /* `lorahost generate`: txt2img (or img2img with --init-image) from a diffusers
  * model directory or a single-file checkpoint to PNG files carrying A1111-style "parameters" text.
  * Options override the [generate], [model], [plugins] and [backend] keys of
- * --config FILE; `lorahost generate --help` lists them (docs/generate.md). */
+ * --config FILE; `lorahost generate --help` lists them (docs/generate.md).
+ * Safety checkers ([plugins] safety, docs/safety.md) see the prompt before
+ * anything is loaded and the images before they are written. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -18,10 +20,12 @@
 #include "adapter_prompt.h"
 #include "pipeline.h"
 #include "png.h"
+#include "safety.h"
 
 #define MAX_OVERRIDES 64
 #define MAX_DIRS 16
 #define NAME "lorahost generate"
+#define EXIT_SAFETY 3 /* a safety checker rejected the prompt or an image */
 
 static void usage(FILE *out) {
     fprintf(out,
@@ -40,7 +44,8 @@ static void usage(FILE *out) {
             "  --scheduler NAME        plugin id, alias or A1111 name; default: the model's\n"
             "                          own scheduler_config.json class      [plugins] scheduler\n"
             "  --seed N                torch-compatible seed; -1 random     [generate] seed\n"
-            "  --width W --height H    multiples of 8 (512)                 [generate] width/height\n"
+            "  --width W --height H    multiples of 8 (512; a pixel-space model: of its U-Net's\n"
+            "                          factor)                              [generate] width/height\n"
             "  --batch-size B          images from one noise draw (1)       [generate] batch_size\n"
             "  --init-image FILE.png   img2img input (its size is the output size)\n"
             "  --strength S            img2img: 0 keeps, 1 replaces (0.75)  [generate] strength\n"
@@ -60,6 +65,8 @@ static void usage(FILE *out) {
             "                          the weights                          [adapters] mode\n"
             "  --lora-policy warn|strict  adapter keys matching no layer: skip or fail\n"
             "                                                               [adapters] policy\n"
+            "  safety checkers         --set plugins.safety=LIST and [safety_*] sections\n"
+            "                          (docs/safety.md); a refusal exits with status 3\n"
             "  --quiet                 no progress output\n"
             "  --timings               print stage timings and peak RSS as one JSON line\n"
             "                          on standard error\n"
@@ -151,7 +158,7 @@ static uint64_t random_seed(void) {
     return v;
 }
 
-static int read_noise(const char *path, float **out, const lh_gen_params *p) {
+static int read_noise(const char *path, float **out, const lh_gen_params *p, const lh_model *m) {
     lh_st_file *f;
     lh_error err = {0};
     if (lh_st_open(&f, path, &err) != LH_OK) {
@@ -159,7 +166,9 @@ static int read_noise(const char *path, float **out, const lh_gen_params *p) {
         return 1;
     }
     const lh_st_tensor *t = lh_st_find(f, "noise");
-    int64_t want[4] = {p->batch_size, 4, p->height / 8, p->width / 8};
+    int64_t ds = lh_model_downscale(m);
+    int64_t want[4] = {p->batch_size, lh_unet_get_config(m->unet)->in_channels, p->height / ds,
+                       p->width / ds};
     int rc = 0;
     if (!t) {
         fprintf(stderr, NAME ": --init-noise %s: no tensor 'noise'\n", path);
@@ -172,9 +181,9 @@ static int read_noise(const char *path, float **out, const lh_gen_params *p) {
                           (long long)t->shape[i]);
         fprintf(stderr,
                 NAME ": --init-noise %s: tensor 'noise' has shape [%s], expected [%lld, %lld, "
-                "%lld, %lld] (batch, 4, height / 8, width / 8)\n",
+                "%lld, %lld] (batch, %lld, height / %lld, width / %lld)\n",
                 path, got, (long long)want[0], (long long)want[1], (long long)want[2],
-                (long long)want[3]);
+                (long long)want[3], (long long)want[1], (long long)ds, (long long)ds);
         rc = 1;
     } else {
         *out = malloc(sizeof(float) * (size_t)t->numel);
@@ -482,6 +491,8 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
     lh_gen_result r = {0};
     loaded ad = {0};
     char *params = NULL;
+    lh_safety_chain *safety = NULL;
+    lh_safety_report prompt_rep, *image_rep = NULL;
     rc = 1;
     if (o.init_image) {
         int64_t w, h;
@@ -501,6 +512,25 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
         p.width = w;
         p.height = h;
         p.init_image = image;
+    }
+    if (lh_registry_create(&reg, &err) != LH_OK ||
+        lh_registry_scan(reg, o.dirs, o.n_dirs, 1, 1, &err) != LH_OK) {
+        fprintf(stderr, NAME ": %s\n", err.msg);
+        goto done;
+    }
+    /* safety checkers: created (or start-up fails naming the checker and its
+     * file) and asked about the prompt before anything is loaded or computed */
+    if (lh_safety_chain_create(&safety, reg, settings, &err) != LH_OK ||
+        lh_safety_check_prompt(safety, p.prompt, &prompt_rep, &err) != LH_OK) {
+        fprintf(stderr, NAME ": %s\n", err.msg);
+        goto done;
+    }
+    if (prompt_rep.action == LH_SAFETY_REJECT) {
+        const lh_safety_entry *e = &prompt_rep.entries[prompt_rep.decider];
+        fprintf(stderr, NAME ": prompt refused by safety checker '%s': %s\n", e->checker,
+                e->result.reason[0] ? e->result.reason : "(no reason given)");
+        rc = EXIT_SAFETY;
+        goto done;
     }
     char msg[LH_ERROR_MAX] = "";
     if (lh_backend_cpu_create(&be, (int)o.threads, msg, sizeof msg) != LH_OK) {
@@ -535,13 +565,8 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
         fprintf(stderr, NAME ": %s\n", err.msg);
         goto done;
     }
-    if (o.init_noise && read_noise(o.init_noise, &noise, &p)) goto done;
+    if (o.init_noise && read_noise(o.init_noise, &noise, &p, m)) goto done;
     p.init_noise = noise;
-    if (lh_registry_create(&reg, &err) != LH_OK ||
-        lh_registry_scan(reg, o.dirs, o.n_dirs, 1, 1, &err) != LH_OK) {
-        fprintf(stderr, NAME ": %s\n", err.msg);
-        goto done;
-    }
     const char *prompt = p.prompt;
     rc = load_adapters(&ad, m, reg, &p, &o);
     if (rc) goto done;
@@ -572,24 +597,65 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
         fprintf(stderr, NAME ": out of memory\n");
         goto done;
     }
-    if (o.save_latents && save_latents(o.save_latents, &r, params)) goto done;
+    /* the images' checks, their actions applied in place before anything is written */
+    size_t n_checkers = lh_safety_chain_count(safety);
+    int any_flagged = 0, any_rejected = 0;
+    if (n_checkers) {
+        image_rep = calloc((size_t)r.batch, sizeof *image_rep);
+        if (!image_rep) {
+            fprintf(stderr, NAME ": out of memory\n");
+            goto done;
+        }
+        if (lh_safety_check_images(safety, r.images, r.batch, r.width, r.height, p.prompt,
+                                   &prompt_rep, image_rep, &err) != LH_OK) {
+            fprintf(stderr, NAME ": %s; no image written\n", err.msg);
+            goto done;
+        }
+        for (int64_t i = 0; i < r.batch; i++) any_flagged |= image_rep[i].action != LH_SAFETY_PASS;
+    }
+    if (o.save_latents && any_flagged)
+        fprintf(stderr, NAME ": --save-latents %s not written: a safety checker flagged the "
+                        "images\n", o.save_latents);
+    else if (o.save_latents && save_latents(o.save_latents, &r, params))
+        goto done;
     size_t plen = strlen(o.output) + 32;
     char *path = malloc(plen);
     if (!path) goto done;
     int64_t img_bytes = r.width * r.height * 3;
     for (int64_t i = 0; i < r.batch; i++) {
         batch_path(path, plen, o.output, i);
-        if (lh_png_write(path, r.images + i * img_bytes, r.width, r.height, "parameters", params,
-                         &err) != LH_OK) {
+        char line[1024] = "";
+        char *json = NULL;
+        if (n_checkers) {
+            lh_safety_report_line(line, sizeof line, &image_rep[i]);
+            if (image_rep[i].action == LH_SAFETY_REJECT) {
+                fprintf(stderr, NAME ": safety %s: rejected, not written: %s\n", path, line);
+                any_rejected = 1;
+                continue;
+            }
+            if (!(json = lh_safety_report_json(&image_rep[i]))) {
+                fprintf(stderr, NAME ": out of memory\n");
+                free(path);
+                goto done;
+            }
+        }
+        lh_png_text texts[2] = {{"parameters", params}, {"lorahost_safety", json}};
+        if (lh_png_write_texts(path, r.images + i * img_bytes, r.width, r.height, texts,
+                               json ? 2 : 1, &err) != LH_OK) {
             fprintf(stderr, NAME ": %s\n", err.msg);
+            free(json);
             free(path);
             goto done;
         }
+        free(json);
         printf("%s\n", path);
+        if (n_checkers) fprintf(stderr, NAME ": safety %s: %s\n", path, line);
     }
     free(path);
-    rc = 0;
+    rc = any_rejected ? EXIT_SAFETY : 0;
 done:
+    free(image_rep);
+    lh_safety_chain_destroy(safety);
     free(params);
     lh_gen_result_free(&r);
     unload_adapters(&ad);

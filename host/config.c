@@ -42,11 +42,16 @@ struct lh_settings {
     size_t n_files;
     lh__open *open;     /* keys of open sections, in the order first set */
     size_t n_open, cap_open;
+    char **checker_sections; /* [safety_<id>] names met so far (open sections) */
+    size_t n_checker_sections;
 };
 
 /* Sections whose keys belong to a plugin: [scheduler] holds the chosen
  * scheduler's config keys (diffusers names), checked when it is created. */
 static const char *const OPEN_SECTIONS[] = {"scheduler", NULL};
+/* [safety_*] sections hold the keys of a safety checker (docs/safety.md),
+ * checked when the checker is created. */
+#define CHECKER_PREFIX "safety_"
 
 static const char *const TYPE_NAMES[LH_SETTING_TYPE_COUNT] = {
     "string", "integer", "number", "boolean", "enum", "list"};
@@ -106,10 +111,28 @@ static long utf8_invalid_at(const char *s) {
 }
 
 
+/* A [safety_<id>] section's name, kept in s (one pointer per name), or NULL
+ * if name is not one or out of memory. */
+static const char *checker_section(lh_settings *s, const char *name) {
+    size_t k = strlen(CHECKER_PREFIX);
+    if (strncmp(name, CHECKER_PREFIX, k) || !name[k]) return NULL;
+    for (const char *p = name + k; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_')) return NULL;
+    for (size_t i = 0; i < s->n_checker_sections; i++)
+        if (!strcmp(s->checker_sections[i], name)) return s->checker_sections[i];
+    char **p = realloc(s->checker_sections, (s->n_checker_sections + 1) * sizeof *p);
+    if (!p) return NULL;
+    s->checker_sections = p;
+    if (!(p[s->n_checker_sections] = strdup(name))) return NULL;
+    return p[s->n_checker_sections++];
+}
+
 /* The schema's spelling of section `name`, or NULL. */
-static const char *find_section(const char *name) {
+static const char *find_section(lh_settings *s, const char *name) {
     for (size_t i = 0; OPEN_SECTIONS[i]; i++)
         if (!strcmp(OPEN_SECTIONS[i], name)) return OPEN_SECTIONS[i];
+    const char *checker = checker_section(s, name);
+    if (checker) return checker;
     for (size_t i = 0; i < lh_settings_schema_size(); i++)
         if (!strcmp(lh_settings_schema(i)->section, name)) return lh_settings_schema(i)->section;
     return NULL;
@@ -285,9 +308,11 @@ static lh__entry *entry_find(const lh_settings *s, const char *section, const ch
 
 /* ---- Open sections ---- */
 
-static int is_open_section(const char *section) {
+static int is_open_section(const lh_settings *s, const char *section) {
     for (size_t i = 0; OPEN_SECTIONS[i]; i++)
         if (section == OPEN_SECTIONS[i]) return 1;
+    for (size_t i = 0; i < s->n_checker_sections; i++)
+        if (section == s->checker_sections[i]) return 1;
     return 0;
 }
 
@@ -380,6 +405,8 @@ void lh_settings_destroy(lh_settings *s) {
         free(s->open[i].value);
     }
     free(s->open);
+    for (size_t i = 0; i < s->n_checker_sections; i++) free(s->checker_sections[i]);
+    free(s->checker_sections);
     for (size_t i = 0; i < s->n_files; i++) free(s->files[i]);
     free(s->entries);
     free(s->files);
@@ -434,7 +461,7 @@ static lh_status ini_pair(lh__ini *ini, const char *section, const char *key, co
         return lh_error_set(err, LH_ERR_CONFIG, "%s: key '%s' comes before any [section]",
                             where, clip(c, key));
     }
-    if (is_open_section(section)) {
+    if (is_open_section(ini->s, section)) {
         for (size_t i = 0; i < ini->s->n_open; i++) {
             lh__open *o = &ini->s->open[i];
             if (o->section == section && !strcmp(o->key, key) && o->load == ini->load)
@@ -476,7 +503,7 @@ static int ini_on_pair(void *user, const char *section, const char *name, const 
     lh__ini *ini = user;
     (void)value;
     if (!name) return 1; /* a header, in builds that report them; ini_read checked it */
-    ini->st = ini_pair(ini, find_section(section), name, ini->value);
+    ini->st = ini_pair(ini, find_section(ini->s, section), name, ini->value);
     return ini->st == LH_OK;
 }
 
@@ -491,7 +518,7 @@ static lh_status ini_header(lh__ini *ini, char *p) {
     char *name = trim(p + 1);
     if (!*name)
         return lh_error_set(ini->err, LH_ERR_CONFIG, "%s: empty section name []", ini->where);
-    ini->section = find_section(name);
+    ini->section = find_section(ini->s, name);
     return ini->section ? LH_OK : unknown_section(ini->err, ini->where, name);
 }
 
@@ -601,9 +628,9 @@ lh_status lh_settings_set_override(lh_settings *s, const char *assignment, lh_er
         return st;
     }
     *dot = '\0';
-    const char *section = find_section(copy), *key = dot + 1;
+    const char *section = find_section(s, copy), *key = dot + 1;
     lh__entry *e = section ? entry_find(s, section, key) : NULL;
-    if (section && is_open_section(section)) {
+    if (section && is_open_section(s, section)) {
         st = *key ? open_set(s, section, key, trim(eq + 1), err, where)
                   : lh_error_set(err, LH_ERR_CONFIG, "%s: missing key after '%s.'", where, section);
         for (size_t i = 0; st == LH_OK && i < s->n_open; i++)

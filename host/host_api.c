@@ -10,6 +10,7 @@
 #include "log.h"
 #include "plugin_config.h"
 #include "rng.h"
+#include "lorahost/safetensors.h"
 #include "tensor.h"
 
 static _Thread_local lh_error t_last;
@@ -145,6 +146,38 @@ static lh_tensor *svc_tensor_reshape(const lh_tensor *t, int ndim, const int64_t
     return v;
 }
 
+/* ---- .safetensors files ---- */
+
+static lh_tensor_file *svc_tensor_file_open(const char *path) {
+    lh_st_file *f = NULL;
+    if (!path) {
+        keep(lh_error_set(&t_last, LH_ERR_INVALID, "tensor_file_open: NULL path"));
+        return NULL;
+    }
+    if (keep(lh_st_open(&f, path, &t_last)) != LH_OK) return NULL;
+    return (lh_tensor_file *)f;
+}
+static lh_tensor *svc_tensor_file_get(const lh_tensor_file *file, const char *name) {
+    const lh_st_file *f = (const lh_st_file *)file;
+    if (!f || !name) {
+        keep(lh_error_set(&t_last, LH_ERR_INVALID, "tensor_file_get: NULL file or name"));
+        return NULL;
+    }
+    const lh_st_tensor *st = lh_st_find(f, name);
+    if (!st) {
+        keep(lh_error_set(&t_last, LH_ERR_NOT_FOUND, "%s: no tensor '%s'", lh_st_name(f), name));
+        return NULL;
+    }
+    lh_tensor *t = lh_tensor_create(LH_DTYPE_F32, st->ndim, st->shape, &t_last);
+    if (!t) return NULL;
+    if (keep(lh_st_read_f32(t->data, (size_t)t->numel, f, name, &t_last)) != LH_OK) {
+        lh_tensor_destroy(t);
+        return NULL;
+    }
+    return t;
+}
+static void svc_tensor_file_close(lh_tensor_file *file) { lh_st_close((lh_st_file *)file); }
+
 static const lh_host_api HOST_API = {
     .abi_version = LH_PLUGIN_ABI_VERSION,
     .size = sizeof(lh_host_api),
@@ -177,6 +210,9 @@ static const lh_host_api HOST_API = {
     .gemm = svc_gemm,
     .conv2d = svc_conv2d,
     .tensor_reshape = svc_tensor_reshape,
+    .tensor_file_open = svc_tensor_file_open,
+    .tensor_file_get = svc_tensor_file_get,
+    .tensor_file_close = svc_tensor_file_close,
 };
 
 const lh_host_api *lh_host_api_get(void) { return &HOST_API; }

@@ -344,7 +344,7 @@ lh_status lh_ldm_map_create(lh_ldm_map **out, const lh_st_file *f, const lh_ldm_
     m->f = f;
     m->info = *info;
     m->part = part;
-    m->src = (lh_wsource){lh_st_name(f), map_find, map_file_key, m, 0};
+    m->src = (lh_wsource){lh_st_name(f), map_find, map_file_key, m, 0, NULL};
     *out = m;
     return LH_OK;
 }

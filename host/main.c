@@ -21,6 +21,7 @@ static const lh_command COMMANDS[] = {
     {"adapters", lh_cmd_adapters, "load adapter files against a model and report what matched"},
     {"dataset", lh_cmd_dataset, "import images and captions into an HDF5 dataset; info; cache"},
     {"train", lh_cmd_train, "train an adapter from a train.ini (lorahost train --config FILE)"},
+    {"model", lh_cmd_model, "make a new model with random weights (model init); model info"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

@@ -110,9 +110,16 @@ static lh_status detect_unet(lh_model_info *info, json_t *index, const char *une
     const char *add = json_string_value(json_object_get(u, "addition_embed_type"));
     const char *ucls = json_string_value(json_object_get(u, "_class_name"));
     json_t *in_ch = json_object_get(u, "in_channels");
+    json_t *out_ch = json_object_get(u, "out_channels");
     json_t *cad = json_object_get(u, "cross_attention_dim");
-    char te2[LH_MODEL_PATH_MAX + 32];
+    char te2[LH_MODEL_PATH_MAX + 32], vae[LH_MODEL_PATH_MAX + 32];
     snprintf(te2, sizeof te2, "%s/text_encoder_2", info->path);
+    snprintf(vae, sizeof vae, "%s/vae", info->path);
+    /* Pixel space: no vae/ (model_index "vae" null or absent), RGB in and out. */
+    json_t *ivae = json_object_get(index, "vae");
+    info->pixel_space = !is_dir(vae) && (!ivae || json_is_null(ivae)) &&
+                        json_integer_value(in_ch) == 3 &&
+                        (!out_ch || json_integer_value(out_ch) == 3);
     if ((add && !strcmp(add, "text_time")) || json_object_get(index, "text_encoder_2") ||
         is_dir(te2) || (cls && strstr(cls, "XL"))) {
         info->arch = LH_MODEL_ARCH_SDXL;
@@ -128,7 +135,7 @@ static lh_status detect_unet(lh_model_info *info, json_t *index, const char *une
                           "model %s: unknown architecture: %s has _class_name \"%s\" "
                           "(lorahost runs UNet2DConditionModel)",
                           info->path, unet_cfg, ucls);
-    } else if (in_ch && json_integer_value(in_ch) != 4) {
+    } else if (in_ch && json_integer_value(in_ch) != 4 && !info->pixel_space) {
         st = lh_error_set(err, LH_ERR_UNSUPPORTED,
                           "model %s: unknown architecture: %s: in_channels %lld (inpainting or "
                           "depth models are not supported; SD 1.x/2.x text-to-image has 4)",
@@ -201,8 +208,18 @@ lh_status lh_model_detect(lh_model_info *info, const char *path, lh_error *err) 
     if ((st = need(unet_cfg, sizeof unet_cfg, info->path, "unet", "config.json", err)) == LH_OK)
         st = detect_unet(info, index, unet_cfg, err);
     json_decref(index);
-    for (size_t i = 1; st == LH_OK && i < sizeof NEED / sizeof NEED[0]; i++)
+    for (size_t i = 1; st == LH_OK && i < sizeof NEED / sizeof NEED[0]; i++) {
+        if (info->pixel_space && !strcmp(NEED[i][0], "vae")) continue;
         st = need(p, sizeof p, info->path, NEED[i][0], NEED[i][1], err);
+        if (st == LH_ERR_NOT_FOUND && !strcmp(NEED[i][0], "vae") && err) {
+            char msg[LH_ERROR_MAX];
+            snprintf(msg, sizeof msg, "%s", err->msg);
+            st = lh_error_set(err, st,
+                              "%s; a pixel-space model has no vae/ but its %s must have "
+                              "in_channels and out_channels 3",
+                              msg, unet_cfg);
+        }
+    }
     if (st != LH_OK) return st;
     if ((st = join(info->scheduler_config, sizeof info->scheduler_config, info->path,
                    "scheduler/scheduler_config.json", err)) != LH_OK ||
@@ -444,17 +461,24 @@ lh_status lh_model_open(lh_model **out, lh_backend *be, const char *path, lh_err
         snprintf(a, sizeof a, "%s/unet", dir);
         st = lh_unet_load(&m->unet, be, a, err);
     }
-    if (st == LH_OK) {
+    if (st == LH_OK && !m->info.pixel_space) {
         snprintf(a, sizeof a, "%s/vae", dir);
         st = lh_vae_load(&m->vae, be, a, err);
+        if (st == LH_OK) st = check_vae(m, err);
     }
-    if (st == LH_OK) st = check_vae(m, err);
+    if (st == LH_OK && m->info.pixel_space && lh_unet_get_config(m->unet)->out_channels != 3)
+        st = lh_error_set(err, LH_ERR_SHAPE, "model %s: pixel-space U-Net has out_channels %lld, not 3",
+                          dir, (long long)lh_unet_get_config(m->unet)->out_channels);
     if (st != LH_OK) {
         lh_model_close(m);
         return st;
     }
     *out = m;
     return LH_OK;
+}
+
+int64_t lh_model_downscale(const lh_model *m) {
+    return m->vae ? lh_vae_downscale(m->vae) : 1;
 }
 
 void lh_model_close(lh_model *m) {

@@ -45,6 +45,8 @@ typedef struct lh_model_info {
     int single_file;                          /* 1: an LDM single-file checkpoint */
     int prediction_guessed;                   /* 1: an SD 2.x single file whose metadata
                                                  does not say epsilon or v: epsilon assumed */
+    int pixel_space;                          /* 1: no VAE; the U-Net denoises RGB images
+                                                 in [-1, 1] (in_channels 3) */
 } lh_model_info;
 
 /* What a single-file checkpoint does not hold (a model directory has its
@@ -68,7 +70,7 @@ typedef struct lh_model {
     lh_tokenizer *tok;
     lh_clip *clip;
     lh_unet *unet;
-    lh_vae *vae;
+    lh_vae *vae; /* NULL for a pixel-space model (info.pixel_space) */
     int32_t pad_id; /* id of info.pad_token */
     struct lh_adapt *adapt; /* adapters loaded for the model (host/adapter.h), NULL: none yet */
 } lh_model;
@@ -82,9 +84,14 @@ LH_API const char *lh_model_arch_name(lh_model_arch arch);
  *     vae/config.json, tokenizer/vocab.json + merges.txt and
  *     scheduler/scheduler_config.json must exist: a missing one is
  *     LH_ERR_NOT_FOUND naming the component and the file;
+ *   - except vae/ for a pixel-space model: no vae/ directory, model_index
+ *     "vae" null or absent, and unet/config.json in_channels and
+ *     out_channels 3 (the U-Net denoises RGB in [-1, 1]; pixel_space = 1).
+ *     Without vae/ and with in_channels 4 the message names the missing
+ *     vae/config.json and the U-Net config;
  *   - SDXL (addition_embed_type "text_time", a text_encoder_2 component or
  *     directory, an XL pipeline class) is LH_ERR_UNSUPPORTED, as is a U-Net
- *     lorahost cannot run (in_channels other than 4: inpainting, depth;
+ *     lorahost cannot run (in_channels other than 4, or 3 without vae/: inpainting, depth;
  *     class_embed_type: upscalers), named in the message;
  *   - SD 2.x: use_linear_projection or cross_attention_dim 1024; every
  *     other UNet2DConditionModel is SD 1.x (768 for the real thing);
@@ -124,6 +131,10 @@ LH_API void lh_model_close(lh_model *m);
  * returning). opts may be NULL. */
 LH_API lh_status lh_model_open_single_file(lh_model **out, lh_backend *be, const char *path,
                                            const lh_model_opts *opts, lh_error *err);
+
+/* Pixels per latent pixel: the VAE's downscale factor (8 for SD), 1 for a
+ * pixel-space model. */
+LH_API int64_t lh_model_downscale(const lh_model *m);
 
 /* Where the shipped CLIP BPE vocabulary (vocab.json, merges.txt) is:
  * <libdir>/../share/lorahost/tokenizer beside the installed library, else

@@ -76,7 +76,8 @@ static long utf8_invalid_at(const char *s) {
 
 lh_status lh_pipeline_check(const lh_model *m, const lh_gen_params *p, int img2img,
                             lh_error *err) {
-    int64_t ds = lh_vae_downscale(m->vae);
+    int64_t ds = lh_model_downscale(m);
+    int px = m->info.pixel_space;
     int64_t uf = (int64_t)1 << (lh_unet_get_config(m->unet)->n_blocks - 1);
     if (p->steps < 1 || p->steps > LH_PIPELINE_MAX_STEPS)
         return lh_error_set(err, LH_ERR_INVALID, "steps must be in 1..%d, got %d",
@@ -90,10 +91,16 @@ lh_status lh_pipeline_check(const lh_model *m, const lh_gen_params *p, int img2i
     const char *what[2] = {"width", "height"};
     int64_t v[2] = {p->width, p->height};
     for (int i = 0; i < 2; i++) {
-        if (v[i] < 8 || v[i] > LH_PIPELINE_MAX_SIDE || v[i] % 8)
+        if (!px && (v[i] < 8 || v[i] > LH_PIPELINE_MAX_SIDE || v[i] % 8))
             return lh_error_set(err, LH_ERR_INVALID,
                                 "%s must be a multiple of 8 in 8..%d, got %lld", what[i],
                                 LH_PIPELINE_MAX_SIDE, (long long)v[i]);
+        if (px && (v[i] < uf || v[i] > LH_PIPELINE_MAX_SIDE || v[i] % uf))
+            return lh_error_set(err, LH_ERR_INVALID,
+                                "%s must be a multiple of %lld (the U-Net's factor; a "
+                                "pixel-space model) in %lld..%d, got %lld",
+                                what[i], (long long)uf, (long long)uf, LH_PIPELINE_MAX_SIDE,
+                                (long long)v[i]);
         if (v[i] % (ds * uf))
             return lh_error_set(err, LH_ERR_UNSUPPORTED,
                                 "%s %lld: this model needs a multiple of %lld (VAE factor %lld x "
@@ -101,7 +108,7 @@ lh_status lh_pipeline_check(const lh_model *m, const lh_gen_params *p, int img2i
                                 what[i], (long long)v[i], (long long)(ds * uf), (long long)ds,
                                 (long long)uf);
     }
-    if (ds != LATENT_SCALE)
+    if (!px && ds != LATENT_SCALE)
         return lh_error_set(err, LH_ERR_UNSUPPORTED,
                             "model %s: VAE downscale %lld (Stable Diffusion's is 8)", m->info.path,
                             (long long)ds);
@@ -326,7 +333,8 @@ done:
 
 /* latents / scaling_factor -> VAE -> (x / 2 + 0.5).clamp(0, 1) -> (x * 255).round()
  * (VaeImageProcessor.postprocess + numpy_to_pil; numpy rounds half to even,
- * as nearbyintf does in the default rounding mode). */
+ * as nearbyintf does in the default rounding mode). A pixel-space model's
+ * latents are the image: the same postprocessing, no VAE. */
 static lh_status decode(lh_model *m, const lh_gen_params *p, lh_gen_result *r, lh_error *err) {
     lh_backend *be = m->be;
     size_t n_lat = (size_t)(r->batch * r->channels * r->latent_h * r->latent_w);
@@ -341,16 +349,20 @@ static lh_status decode(lh_model *m, const lh_gen_params *p, lh_gen_result *r, l
                           (long long)r->width, (long long)r->height);
         goto done;
     }
-    if ((st = be->ops->upload(be, lat_be, r->latents, n_lat * sizeof(float))) != LH_OK) {
-        st = lh_error_set(err, st, "VAE decode: upload failed");
-        goto done;
-    }
-    if ((st = lh_vae_decode(m->vae, img_be, lat_be, r->batch, r->latent_h, r->latent_w,
-                            p->vae_tiling, err)) != LH_OK)
-        goto done;
-    if ((st = be->ops->download(be, img, img_be, n_img * sizeof(float))) != LH_OK) {
-        st = lh_error_set(err, st, "VAE decode: download failed");
-        goto done;
+    if (!m->vae) {
+        memcpy(img, r->latents, n_img * sizeof(float)); /* pixel space: n_lat == n_img */
+    } else {
+        if ((st = be->ops->upload(be, lat_be, r->latents, n_lat * sizeof(float))) != LH_OK) {
+            st = lh_error_set(err, st, "VAE decode: upload failed");
+            goto done;
+        }
+        if ((st = lh_vae_decode(m->vae, img_be, lat_be, r->batch, r->latent_h, r->latent_w,
+                                p->vae_tiling, err)) != LH_OK)
+            goto done;
+        if ((st = be->ops->download(be, img, img_be, n_img * sizeof(float))) != LH_OK) {
+            st = lh_error_set(err, st, "VAE decode: download failed");
+            goto done;
+        }
     }
     int64_t hw = r->height * r->width;
     for (int64_t b = 0; b < r->batch; b++)
@@ -400,8 +412,9 @@ static lh_status setup(run_state *r, lh_model *m, const lh_gen_params *p, lh_gen
     r->out = out;
     r->b = p->batch_size;
     r->c = lh_unet_get_config(m->unet)->in_channels;
-    r->h = p->height / LATENT_SCALE;
-    r->w = p->width / LATENT_SCALE;
+    int64_t ds = m->info.pixel_space ? 1 : LATENT_SCALE;
+    r->h = p->height / ds;
+    r->w = p->width / ds;
     r->n = r->b * r->c * r->h * r->w;
     out->batch = r->b;
     out->channels = r->c;
@@ -462,7 +475,8 @@ lh_status lh_pipeline_txt2img(lh_model *m, lh_registry *reg, const lh_gen_params
 /* The image latents: RGB8 -> [-1, 1] -> VAE posterior of the one image ->
  * latent_dist.sample(generator) * scaling_factor (the posterior noise is the
  * stream's first draw, [1, 4, h, w]) -> repeated over the batch, as
- * diffusers' prepare_latents expands init_latents for num_images_per_prompt. */
+ * diffusers' prepare_latents expands init_latents for num_images_per_prompt.
+ * A pixel-space model's latents are the [-1, 1] image itself (no draw). */
 static lh_status image_latents(run_state *r, const lh_gen_params *p, float *latents,
                                lh_error *err) {
     lh_model *m = r->m;
@@ -484,6 +498,12 @@ static lh_status image_latents(run_state *r, const lh_gen_params *p, float *late
             float v = (float)p->init_image[k * 3 + c] / 255.0f; /* pil_to_numpy */
             img[c * hw + k] = 2.0f * v - 1.0f;                  /* normalize */
         }
+    if (!m->vae) {
+        memcpy(latents, img, sizeof(float) * (size_t)per); /* pixel space: per == 3 * hw */
+        for (int64_t i = 1; i < r->b; i++)
+            memcpy(latents + i * per, latents, sizeof(float) * (size_t)per);
+        goto done;
+    }
     if ((st = be->ops->upload(be, img_be, img, sizeof(float) * (size_t)(3 * hw))) != LH_OK) {
         st = lh_error_set(err, st, "init image: upload failed");
         goto done;

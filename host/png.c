@@ -25,27 +25,40 @@ static int is_ascii(const char *s) {
 
 lh_status lh_png_write(const char *path, const uint8_t *rgb, int64_t width, int64_t height,
                        const char *key, const char *text, lh_error *err) {
+    lh_png_text t = {key, text};
+    return lh_png_write_texts(path, rgb, width, height, &t, key && text ? 1 : 0, err);
+}
+
+lh_status lh_png_write_texts(const char *path, const uint8_t *rgb, int64_t width, int64_t height,
+                             const lh_png_text *texts, size_t n_texts, lh_error *err) {
     if (width < 1 || height < 1 || width > LH_PNG_MAX_SIDE || height > LH_PNG_MAX_SIDE)
         return lh_error_set(err, LH_ERR_INVALID, "%s: image size %lldx%lld out of range", path,
                             (long long)width, (long long)height);
-    if (key && (strlen(key) < 1 || strlen(key) > 79))
-        return lh_error_set(err, LH_ERR_INVALID, "%s: PNG text key must be 1..79 bytes", path);
+    if (n_texts > LH_PNG_MAX_TEXTS)
+        return lh_error_set(err, LH_ERR_INVALID, "%s: at most %d PNG text chunks", path,
+                            LH_PNG_MAX_TEXTS);
+    for (size_t i = 0; i < n_texts; i++)
+        if (!texts[i].key || !texts[i].text || strlen(texts[i].key) < 1 ||
+            strlen(texts[i].key) > 79)
+            return lh_error_set(err, LH_ERR_INVALID, "%s: PNG text key must be 1..79 bytes", path);
     spng_ctx *ctx = spng_ctx_new(SPNG_CTX_ENCODER);
     if (!ctx) return lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory", path);
     lh_status st = LH_OK;
     int rc = spng_set_option(ctx, SPNG_ENCODE_TO_BUFFER, 1);
     struct spng_ihdr ihdr = {(uint32_t)width, (uint32_t)height, 8, SPNG_COLOR_TYPE_TRUECOLOR, 0, 0, 0};
     if (!rc) rc = spng_set_ihdr(ctx, &ihdr);
-    if (!rc && key && text) {
-        struct spng_text t;
-        memset(&t, 0, sizeof t);
-        snprintf(t.keyword, sizeof t.keyword, "%s", key);
-        t.type = is_ascii(text) ? SPNG_TEXT : SPNG_ITXT;
-        t.length = strlen(text);
-        t.text = (char *)text;
-        t.language_tag = (char *)"";
-        t.translated_keyword = (char *)"";
-        rc = spng_set_text(ctx, &t, 1);
+    if (!rc && n_texts) {
+        struct spng_text t[LH_PNG_MAX_TEXTS];
+        memset(t, 0, sizeof t);
+        for (size_t i = 0; i < n_texts; i++) {
+            snprintf(t[i].keyword, sizeof t[i].keyword, "%s", texts[i].key);
+            t[i].type = is_ascii(texts[i].text) ? SPNG_TEXT : SPNG_ITXT;
+            t[i].length = strlen(texts[i].text);
+            t[i].text = (char *)texts[i].text;
+            t[i].language_tag = (char *)"";
+            t[i].translated_keyword = (char *)"";
+        }
+        rc = spng_set_text(ctx, t, (uint32_t)n_texts);
     }
     size_t n = (size_t)width * (size_t)height * 3;
     if (!rc) rc = spng_encode_image(ctx, rgb, n, SPNG_FMT_PNG, SPNG_ENCODE_FINALIZE);

@@ -22,6 +22,16 @@
 LH_API lh_status lh_png_write(const char *path, const uint8_t *rgb, int64_t width, int64_t height,
                               const char *key, const char *text, lh_error *err);
 
+/* lh_png_write with several text chunks, written in order (e.g. A1111's
+ * "parameters" and lorahost's "lorahost_safety"); at most LH_PNG_MAX_TEXTS. */
+#define LH_PNG_MAX_TEXTS 8
+typedef struct lh_png_text {
+    const char *key, *text;
+} lh_png_text;
+LH_API lh_status lh_png_write_texts(const char *path, const uint8_t *rgb, int64_t width,
+                                    int64_t height, const lh_png_text *texts, size_t n_texts,
+                                    lh_error *err);
+
 /* Read a PNG (gray, gray+alpha, RGB, RGBA or palette, 1 to 16 bits) as RGB8:
  * 16-bit samples scaled to 8 bits, alpha dropped (not composited).
  * *rgb is malloc'd [height][width][3]. Errors name the file: cannot open

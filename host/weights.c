@@ -62,7 +62,7 @@ static const lh_st_tensor *file_find(void *ctx, const char *key) {
 }
 
 lh_wsource lh_wsource_file(const lh_st_file *f) {
-    lh_wsource s = {lh_st_name(f), file_find, NULL, (void *)(uintptr_t)f, lh_st_count(f)};
+    lh_wsource s = {lh_st_name(f), file_find, NULL, (void *)(uintptr_t)f, lh_st_count(f), NULL};
     return s;
 }
 
@@ -85,7 +85,8 @@ lh_status lh_wstore_load(float **out, lh_wstore *ws, const lh_st_file *f, const 
 lh_status lh_wstore_load_src(float **out, lh_wstore *ws, const lh_wsource *src, const char *key,
                              int ndim, const int64_t *shape, lh_error *err) {
     *out = NULL;
-    const lh_st_tensor *t = lh_wsource_find(src, key);
+    const lh_st_tensor *t =
+        src->make ? src->make(src->ctx, key, ndim, shape) : lh_wsource_find(src, key);
     char want[128], got[128], kt[600];
     shape_text(want, sizeof want, ndim, shape);
     key_text(kt, sizeof kt, src, key);

@@ -31,6 +31,10 @@ typedef struct lh_wsource {
     void (*file_key)(void *ctx, const char *key, char *buf, size_t size);
     void *ctx;
     size_t count; /* tensors in the file, 0 if not meaningful */
+    /* Optional, for sources that make tensors rather than look them up
+     * (host/model_init.c: random initialisation): called instead of find
+     * with the shape the model expects. */
+    const lh_st_tensor *(*make)(void *ctx, const char *key, int ndim, const int64_t *shape);
 } lh_wsource;
 
 /* A source that reads `f` by its own keys. */

@@ -95,6 +95,8 @@ typedef struct lh_tensor lh_tensor;
 typedef struct lh_rng lh_rng;
 /* The key/value configuration a plugin instance is created with. */
 typedef struct lh_config lh_config;
+/* An open .safetensors file (see tensor_file_open). */
+typedef struct lh_tensor_file lh_tensor_file;
 
 /* ---- Host services (append-only; check `size` before using new fields) ---- */
 
@@ -176,6 +178,16 @@ typedef struct lh_host_api {
      * for gemm. Free it with tensor_free; the data stays t's and must
      * outlive the view. NULL (see last_error) if the counts differ. */
     lh_tensor *(*tensor_reshape)(const lh_tensor *t, int ndim, const int64_t *shape);
+
+    /* .safetensors files (added after tensor_reshape: check `size`). open maps
+     * and validates `path` (NULL on failure, see last_error: the message
+     * names the path). get returns tensor `name` as a new float32 tensor of
+     * the stored shape, converted from any stored dtype; the caller frees it
+     * with tensor_free. NULL if the file has no such tensor (LH_ERR_NOT_FOUND
+     * in last_error, naming file and tensor) or on failure. */
+    lh_tensor_file *(*tensor_file_open)(const char *path);
+    lh_tensor *(*tensor_file_get)(const lh_tensor_file *file, const char *name);
+    void (*tensor_file_close)(lh_tensor_file *file);
 
     void *reserved[LH_RESERVED_SLOTS];
 } lh_host_api;
