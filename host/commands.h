@@ -14,6 +14,7 @@ int lh_cmd_generate(int argc, char **argv);
 int lh_cmd_adapters(int argc, char **argv);
 int lh_cmd_dataset(int argc, char **argv);
 int lh_cmd_train(int argc, char **argv);
+int lh_cmd_demo(int argc, char **argv);
 int lh_cmd_model(int argc, char **argv);
 
 /* Take every `--set KEY=VALUE` whose KEY has no '.' (a scheduler config key,

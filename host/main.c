@@ -20,6 +20,7 @@ static const lh_command COMMANDS[] = {
     {"generate", lh_cmd_generate, "txt2img / img2img from a diffusers model directory to PNG"},
     {"adapters", lh_cmd_adapters, "load adapter files against a model and report what matched"},
     {"dataset", lh_cmd_dataset, "import images and captions into an HDF5 dataset; info; cache"},
+    {"demo", lh_cmd_demo, "the tour: the embedded model with and without its style adapter"},
     {"train", lh_cmd_train, "train an adapter from a train.ini (lorahost train --config FILE)"},
     {"model", lh_cmd_model, "make a new model with random weights (model init); model info"},
 };

@@ -32,7 +32,7 @@ enum {
     /* Training only (zero bytes in inference). The recompute record of
      * gradient checkpointing: one unit's saved activations, recomputed
      * from its input during the backward. */
-    SLOT_R_H1, SLOT_R_A, SLOT_R_H2,
+    SLOT_R_H1, SLOT_R_H2,
     SLOT_X_TOK, SLOT_X_S0, SLOT_X_S1, SLOT_X_S2, SLOT_X_S3, SLOT_X_LN1, SLOT_X_LN2, SLOT_X_LN3,
     SLOT_X_Q1, SLOT_X_K1, SLOT_X_V1, SLOT_X_ATT1, SLOT_X_Q2, SLOT_X_K2, SLOT_X_V2, SLOT_X_ATT2,
     SLOT_X_FF, SLOT_X_GG, SLOT_X_UP, SLOT_X_LSE1, SLOT_X_LSE2,
@@ -125,6 +125,7 @@ typedef struct run {
     time_acts ta;
     /* training */
     int train, ckpt;
+    int recompute; /* checkpointing: rerunning a unit's forward in the backward */
     size_t taken, toff; /* floats of saved activations (sizing / carving) */
     float *tbase;
     float *dskip[MAX_SKIPS];
@@ -266,12 +267,11 @@ static res_acts res_record(run *r, int64_t ci, int64_t co, int64_t h, int64_t w)
     need(r, SLOT_G_CUR0, nx);
     need(r, SLOT_G_CUR1, nx);
     res_acts a = {NULL, NULL, NULL, S(r, SLOT_TRES), S(r, SLOT_T2)};
-    if (r->ckpt) {
+    if (r->ckpt) { /* a (conv1's output) stays: the recompute is two group norms */
         need(r, SLOT_R_H1, ni);
-        need(r, SLOT_R_A, no);
         need(r, SLOT_R_H2, no);
         a.h1 = S(r, SLOT_R_H1);
-        a.a = S(r, SLOT_R_A);
+        a.a = take(r, no);
         a.h2 = S(r, SLOT_R_H2);
     } else {
         a.h1 = take(r, ni);
@@ -295,14 +295,18 @@ static lh_status resnet_fwd(run *r, const res_acts *a,
 
     OP(ops->group_norm(be, a->h1, x, p->norm1_w, p->norm1_b, b, ci, hw, c->norm_num_groups,
                        c->norm_eps, 1), who);
-    OP(ops->conv2d(be, a->a, a->h1, p->conv1_w, p->conv1_b, b, ci, h, w, co, 3, 3, 1, 1), who);
-    ADAPT(p->conv1_w, a->a, a->h1, b, h, w);
-    OP(ops->linear(be, a->tres, r->temb, p->temb_w, p->temb_b, b, 4 * c->block_out_channels[0],
-                   co), who);
-    ADAPT(p->temb_w, a->tres, r->temb, b, 1, 1);
-    OP(ops->add_channel_bias(be, a->a, a->a, a->tres, b, co, hw), who);
+    if (!r->recompute) { /* checkpointing keeps a */
+        OP(ops->conv2d(be, a->a, a->h1, p->conv1_w, p->conv1_b, b, ci, h, w, co, 3, 3, 1, 1),
+           who);
+        ADAPT(p->conv1_w, a->a, a->h1, b, h, w);
+        OP(ops->linear(be, a->tres, r->temb, p->temb_w, p->temb_b, b,
+                       4 * c->block_out_channels[0], co), who);
+        ADAPT(p->temb_w, a->tres, r->temb, b, 1, 1);
+        OP(ops->add_channel_bias(be, a->a, a->a, a->tres, b, co, hw), who);
+    }
     OP(ops->group_norm(be, a->h2, a->a, p->norm2_w, p->norm2_b, b, co, hw, c->norm_num_groups,
                        c->norm_eps, 1), who);
+    if (r->recompute) return LH_OK; /* the backward reads h1, a, h2; out is kept */
     OP(ops->conv2d(be, out, a->h2, p->conv2_w, p->conv2_b, b, co, h, w, co, 3, 3, 1, 1), who);
     ADAPT(p->conv2_w, out, a->h2, b, h, w);
     if (p->short_w) {
@@ -343,8 +347,10 @@ static lh_status attention(run *r, const attn_acts *A,
     ADAPT(wk, A->k, kv, b * n_kv, 1, 1);
     OP(ops->linear(be, A->v, kv, wv, NULL, b * n_kv, c_kv, c), who);
     ADAPT(wv, A->v, kv, b * n_kv, 1, 1);
-    OP(ops->attention(be, A->att, A->lse, A->q, A->k, A->v, b, heads, hw, n_kv, d,
-                      1.0f / sqrtf((float)d), 0), who);
+    /* checkpointing keeps attention outputs: the recompute skips the kernel */
+    if (!r->recompute)
+        OP(ops->attention(be, A->att, A->lse, A->q, A->k, A->v, b, heads, hw, n_kv, d,
+                          1.0f / sqrtf((float)d), 0), who);
     /* inference: proj is ln's slot (ln is consumed once q, k and v exist) */
     OP(ops->linear(be, A->proj, A->att, wo, bo, b * hw, c, c), who);
     ADAPT(wo, A->proj, A->att, b * hw, 1, 1);
@@ -401,7 +407,12 @@ static tf_acts tf_record(run *r, int64_t c, int64_t heads, int64_t h, int64_t w)
         {&a.a1.lse, SLOT_X_LSE1, lse}, {&a.a2.lse, SLOT_X_LSE2, lse},
     };
     for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++) {
-        if (r->ckpt) {
+        /* with checkpointing the attention outputs and their logsumexp are
+         * still kept (a few % of the activations): recomputing them is the
+         * dearest part of a transformer's forward */
+        int dear = keep[i].f == &a.a1.att || keep[i].f == &a.a2.att || keep[i].f == &a.a1.lse ||
+                   keep[i].f == &a.a2.lse;
+        if (r->ckpt && !dear) {
             need(r, keep[i].slot, keep[i].n);
             *keep[i].f = S(r, keep[i].slot);
         } else {
@@ -445,6 +456,7 @@ static lh_status transformer_fwd(run *r, const tf_acts *A,
     OP(ops->linear(be, A->ffo, A->gg, t->ff2_w, t->ff2_b, n, 4 * c, c), who);
     ADAPT(t->ff2_w, A->ffo, A->gg, n, 1, 1);
     OP(ops->add(be, A->s3, A->s2, A->ffo, n * c), who);
+    if (r->recompute) return LH_OK; /* the backward reads up to s3; out is kept */
 
     OP(ops->linear(be, A->t2, A->s3, a->proj_out_w, a->proj_out_b, n, c, c), who);
     ADAPT(a->proj_out_w, A->t2, A->s3, n, 1, 1);
@@ -479,6 +491,7 @@ static lh_status up_fwd(run *r, float *up, float *out, const float *x, const lh_
     lh_backend *be = r->m->be;
     int64_t b = r->b, c = blk->c_out;
     OP(ops->upsample_nearest2x(be, up, x, b, c, h, w), "upsamplers.0");
+    if (r->recompute) return LH_OK; /* the backward reads the upsampled input; out is kept */
     OP(ops->conv2d(be, out, up, blk->sample_w, blk->sample_b, b, c, 2 * h, 2 * w, c, 3, 3, 1, 1),
        "upsamplers.0");
     ADAPT(blk->sample_w, out, up, b, 2 * h, 2 * w);
@@ -1207,7 +1220,12 @@ static lh_status backward(run *r, float *d_ctx, const float *dout) {
         case U_UP: {
             const lh_unet_block *blk = u->p;
             int64_t ch = blk->c_out;
-            if (r->ckpt) TRY(up_fwd(r, u->buf, u->out, u->in, blk, h, w));
+            if (r->ckpt) {
+                r->recompute = 1;
+                lh_status rst = up_fwd(r, u->buf, u->out, u->in, blk, h, w);
+                r->recompute = 0;
+                if (rst != LH_OK) return rst;
+            }
             OP(ops->conv2d_backward(be, S(r, SLOT_GA), G(r, blk->sample_w), G(r, blk->sample_b),
                                     dy, u->buf, blk->sample_w, b, ch, 2 * h, 2 * w, ch, 3, 3, 1,
                                     1), "upsamplers.0");
@@ -1218,13 +1236,23 @@ static lh_status backward(run *r, float *d_ctx, const float *dout) {
         }
         case U_TF: {
             const lh_unet_attn *a = u->p;
-            if (r->ckpt) TRY(transformer_fwd(r, &u->ta, u->out, u->in, a, h, w));
+            if (r->ckpt) {
+                r->recompute = 1;
+                lh_status rst = transformer_fwd(r, &u->ta, u->out, u->in, a, h, w);
+                r->recompute = 0;
+                if (rst != LH_OK) return rst;
+            }
             TRY(transformer_bw(r, &u->ta, dx, d_ctx, dy, u->in, a, h, w));
             break;
         }
         case U_RES: {
             const lh_unet_resnet *p = u->p;
-            if (r->ckpt) TRY(resnet_fwd(r, &u->ra, u->out, u->in, p, h, w));
+            if (r->ckpt) {
+                r->recompute = 1;
+                lh_status rst = resnet_fwd(r, &u->ra, u->out, u->in, p, h, w);
+                r->recompute = 0;
+                if (rst != LH_OK) return rst;
+            }
             TRY(resnet_bw(r, &u->ra, dx, dy, u->in, p, h, w));
             break;
         }
