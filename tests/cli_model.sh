@@ -76,8 +76,8 @@ check latent_unet 1 "in_channels 4, out_channels 3: model init makes pixel-space
 sed 's/"freq_shift": 0/"freq_shift": 0, "addition_embed_type": "text_time"/' "$U" > "$work/xl.json"
 check unsupported_field 1 "addition_embed_type" -- \
   "$lh" model init --unet-config "$work/xl.json" --text-encoder-config "$T" "$work/e5"
-sed 's/"hidden_size": 64/"hidden_size": 32/' "$T" > "$work/te32.json"
-check width_mismatch 1 "does not match cross_attention_dim 64" -- \
+sed 's/"hidden_size": 32/"hidden_size": 16/' "$T" > "$work/te32.json"
+check width_mismatch 1 "does not match cross_attention_dim 32" -- \
   "$lh" model init --unet-config "$U" --text-encoder-config "$work/te32.json" "$work/e6"
 check exists 1 "already exists" -- \
   "$lh" model init --unet-config "$U" --text-encoder-config "$T" "$work/m"
