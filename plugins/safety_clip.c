@@ -672,26 +672,29 @@ static lh_status preprocess(state *s, const lh_image *img, char *err, size_t err
     int32_t *kx = NULL, *ky = NULL;
     lh_status st = LH_OK;
     const uint8_t *cur = img->rgb;
-    int cur_stride = img->stride, cw = w;
-    if (nw != w) {
-        int ks = pil_coeffs(h, w, nw, &bx, &kx);
-        tmp = h->calloc((size_t)nw * hh * 3, 1);
-        if (ks < 0 || !tmp) {
+    int cur_stride = img->stride, cw = w, ch = hh;
+    /* Pass order matters: each pass rounds to uint8. Pillow 13
+     * (ImagingResampleInner, python-pillow/Pillow#9549) runs the vertical
+     * pass first when the height shrinks by more than twice as many pixels as
+     * the width does (out_h < in_h and in_h - out_h > 2 * (in_w - out_w)),
+     * otherwise horizontal first. Checked against Pillow 13.0 on random sizes. */
+    int vertical_first = nh < hh && (int64_t)hh - nh > 2 * ((int64_t)w - nw);
+    for (int step = 0; step < 2; step++) {
+        int horizontal = vertical_first ? step == 1 : step == 0;
+        int in = horizontal ? cw : ch, out = horizontal ? nw : nh;
+        if (out == in) continue;
+        int **bounds = horizontal ? &bx : &by;
+        int32_t **kk = horizontal ? &kx : &ky;
+        uint8_t **dst = cur == img->rgb ? &tmp : &res;
+        int ks = pil_coeffs(h, in, out, bounds, kk);
+        size_t ow = (size_t)(horizontal ? out : cw), oh = (size_t)(horizontal ? ch : out);
+        *dst = ks < 0 ? NULL : h->calloc(ow * oh * 3, 1);
+        if (!*dst) {
             st = fail(LH_ERR_NOMEM, err, err_size, SRC ": out of memory");
             goto out;
         }
-        pil_pass(tmp, cur, w, hh, cur_stride, nw, 1, bx, kx, ks);
-        cur = tmp, cur_stride = nw * 3, cw = nw;
-    }
-    if (nh != hh) {
-        int ks = pil_coeffs(h, hh, nh, &by, &ky);
-        res = h->calloc((size_t)cw * nh * 3, 1);
-        if (ks < 0 || !res) {
-            st = fail(LH_ERR_NOMEM, err, err_size, SRC ": out of memory");
-            goto out;
-        }
-        pil_pass(res, cur, cw, hh, cur_stride, nh, 0, by, ky, ks);
-        cur = res, cur_stride = cw * 3;
+        pil_pass(*dst, cur, cw, ch, cur_stride, out, horizontal, *bounds, *kk, ks);
+        cur = *dst, cw = (int)ow, ch = (int)oh, cur_stride = cw * 3;
     }
     /* centre crop (floor offsets) to S x S, x/255 in double rounded to
      * float, then (x - mean) / std in float, as transformers' numpy path */

@@ -20,13 +20,10 @@
 #define TOL_SCORES 1e-4 /* float32 tower vs diffusers in float64, relative L2 */
 #define N_IMG 7
 #define N_SCORES 20
-/* Image 5 (37x100 -> 32x86) needs both resize passes, and Pillow 13 runs the
- * vertical one first there; the plugin always runs PIL's horizontal-first
- * order (exact on the other images, two-pass ones included), so a few pixels
- * differ by up to 12 levels. Known gap: checked at TOL_ORDER until the
- * plugin learns Pillow's pass-order rule. */
-#define ORDER_GAP_IMAGE 5
-#define TOL_ORDER 1e-2
+/* Image 5 (37x100 -> 32x86) needs both resize passes with the height
+ * shrinking by more than twice as many pixels as the width, where Pillow 13
+ * runs the vertical pass first; the plugin follows that rule, so every image
+ * is held to TOL_SCORES. */
 
 static char g_model[4096], g_ref[4096];
 
@@ -95,25 +92,19 @@ START_TEST(test_scores_and_flags) {
     ck_assert_ptr_null(x.d->check_prompt);
     lh_safety_result res[N_IMG];
     run(&x, &r, res);
-    float got[N_IMG * N_SCORES], want[N_IMG * N_SCORES];
-    int m = 0;
+    float got[N_IMG * N_SCORES];
     for (int i = 0; i < N_IMG; i++) {
         ck_assert_int_eq(res[i].n_scores, N_SCORES);
-        if (i != ORDER_GAP_IMAGE) {
-            memcpy(got + m * N_SCORES, res[i].scores, sizeof(float) * N_SCORES);
-            memcpy(want + m * N_SCORES, r.scores + i * N_SCORES, sizeof(float) * N_SCORES);
-            m++;
-        }
+        memcpy(got + i * N_SCORES, res[i].scores, sizeof(float) * N_SCORES);
         ck_assert_int_eq(res[i].flagged, (int)r.flagged[i]);
         ck_assert_int_eq(res[i].action, r.flagged[i] ? LH_SAFETY_BLACK : LH_SAFETY_PASS);
         double e = rel_l2(res[i].scores, r.scores + i * N_SCORES, N_SCORES);
         fprintf(stderr, "safety_clip: image %d (%dx%d) rel L2 %.3g flagged %d: %s\n", i,
                 r.img[i].width, r.img[i].height, e, res[i].flagged, res[i].reason);
+        ck_assert_msg(e <= TOL_SCORES, "image %d rel L2 %.3g > %.1g", i, e, TOL_SCORES);
     }
-    double e = rel_l2(got, want, (size_t)m * N_SCORES);
+    double e = rel_l2(got, r.scores, (size_t)N_IMG * N_SCORES);
     ck_assert_msg(e <= TOL_SCORES, "scores rel L2 %.3g > %.1g", e, TOL_SCORES);
-    e = rel_l2(res[ORDER_GAP_IMAGE].scores, r.scores + ORDER_GAP_IMAGE * N_SCORES, N_SCORES);
-    ck_assert_msg(e <= TOL_ORDER, "image %d rel L2 %.3g > %.1g", ORDER_GAP_IMAGE, e, TOL_ORDER);
     ck_assert_str_eq(res[0].concepts[3], "concept_3");
     ck_assert_str_eq(res[0].concepts[17], "special_care_0");
     /* the sharp cases: +0.0007 flagged, -0.0007 not, +0.0003 not (rounds to
