@@ -57,6 +57,13 @@ rank = 4
 seed = 5
 INI
 check train 0 "lora.safetensors" -- "$lh" train --config "$work/train.ini" --output "$work/t"
+# the same run with malloc'd memory filled differently: the same adapter (a
+# read past an image's 3 channels once made pixel-space training depend on it)
+MALLOC_PERTURB_=165 "$lh" train --config "$work/train.ini" --output "$work/t2" --quiet
+if ! cmp -s "$work/t/lora.safetensors" "$work/t2/lora.safetensors"; then
+  echo "FAIL perturb: pixel-space training depends on uninitialised memory"; exit 1
+fi
+pass=$((pass + 1))
 check train_generate 0 "" -- "$lh" generate --model "$work/m" --lora "$work/t/lora.safetensors" \
   --width 32 --height 32 --steps 2 --prompt "a red circle" --output "$work/lora.png"
 

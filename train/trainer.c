@@ -315,13 +315,14 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
                            float *loss, lh_unet_overflow *rep, lh_error *err) {
     const lh_train_opts *o = t->o;
     lh_backend *be = t->be;
-    int64_t h = its[0]->h, w = its[0]->w, per = 4 * h * w;
+    int64_t h = its[0]->h, w = its[0]->w;
+    int64_t ch = lh_unet_get_config(t->m->unet)->in_channels, per = ch * h * w;
     size_t nl = (size_t)(n * per), nc = (size_t)(n * t->tokens * t->dim);
     float *x0 = malloc(nl * sizeof *x0), *noise = malloc(nl * sizeof *noise);
     float *noisy = malloc(nl * sizeof *noisy), *target = malloc(nl * sizeof *target);
     float *ctx = malloc(nc * sizeof *ctx), *wts = malloc((size_t)n * sizeof *wts);
     float *snr = malloc((size_t)n * sizeof *snr), *ts_f = malloc((size_t)n * sizeof *ts_f);
-    float *offs = malloc((size_t)(n * 4) * sizeof *offs);
+    float *offs = malloc((size_t)(n * ch) * sizeof *offs);
     int64_t *ts = malloc((size_t)n * sizeof *ts);
     float *d_noisy = be->ops->alloc(be, nl * sizeof(float));
     float *d_target = be->ops->alloc(be, nl * sizeof(float));
@@ -345,9 +346,9 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
     /* noise, then the offset's draws, as the script does */
     if (st == LH_OK) st = lh_rng_randn(r, noise, (int64_t)nl, err);
     if (st == LH_OK && o->noise_offset > 0) {
-        st = lh_rng_randn(r, offs, n * 4, err);
+        st = lh_rng_randn(r, offs, n * ch, err);
         if (st == LH_OK)
-            st = lh_noise_apply_offset(noise, offs, o->noise_offset, n, 4, h * w, err);
+            st = lh_noise_apply_offset(noise, offs, o->noise_offset, n, ch, h * w, err);
     }
     int64_t T = t->nc.num_train_timesteps;
     if (st == LH_OK) st = lh_noise_add(noisy, x0, noise, ts, t->alphas_cumprod, n, per, T, err);
@@ -917,9 +918,9 @@ static lh_status opt_step(trainer *t, float *loss, double *lr, int *applied, lh_
     *applied = lh_loss_scaler_update(&t->scaler, bad > 0 || rep.count > 0);
     *lr = lh_lr_schedule_lr(&t->sched, t->step);
     if (!*applied) {
-        lh_log(LH_LOG_WARN, "train", "step %lld: Inf/NaN gradients (first at %s); step skipped, "
-               "loss scale now %g", (long long)t->step + 1,
-               rep.count ? rep.at[0].unit : "the adapter", (double)t->scaler.scale);
+        lh_log(LH_LOG_WARN, "train", "step %lld: %lld Inf/NaN gradients (first at %s); step "
+               "skipped, loss scale now %g", (long long)t->step + 1, (long long)bad,
+               rep.count ? rep.at[0].unit : "the parameters", (double)t->scaler.scale);
         return LH_OK;
     }
     float **g = malloc(t->np * sizeof *g);
