@@ -92,10 +92,12 @@ lh_status lh__cpu_set_precision(lh_backend *be, lh_dtype act) {
 
 static lh_dtype act(const lh_backend *be) { return ((const lh_cpu *)be->impl)->act; }
 
-/* Round out [n] after a successful op when activations are half. */
-static lh_status after(lh_backend *be, lh_status st, float *out, int64_t n) {
+/* Round out [n] after a successful op when activations are half. n is
+ * unsigned: callers multiply sizes before knowing the op accepted them (a
+ * refused op's product may wrap; it is then not used). */
+static lh_status after(lh_backend *be, lh_status st, float *out, uint64_t n) {
     if (st != LH_OK || !out || act(be) == LH_DTYPE_F32) return st;
-    return lh__cpu_round(be, out, n, act(be));
+    return lh__cpu_round(be, out, (int64_t)n, act(be));
 }
 
 lh_status lh__cpu_r_gemm(lh_backend *be, float *c, const float *a, const float *b, int trans_a,
@@ -104,34 +106,36 @@ lh_status lh__cpu_r_gemm(lh_backend *be, float *c, const float *a, const float *
     lh_status st = lh__cpu_gemm(be, c, a, b, trans_a, trans_b, m, n, k, alpha, beta, batch,
                                 stride_a, stride_b, stride_c);
     for (int64_t i = 0; i < batch && st == LH_OK && act(be) != LH_DTYPE_F32; i++)
-        st = after(be, st, c + i * stride_c, m * n);
+        st = after(be, st, c + i * stride_c, (uint64_t)m * n);
     return st;
 }
 
 lh_status lh__cpu_r_linear(lh_backend *be, float *out, const float *x, const float *w,
                            const float *bias, int64_t rows, int64_t n_in, int64_t n_out) {
-    return after(be, lh__cpu_linear(be, out, x, w, bias, rows, n_in, n_out), out, rows * n_out);
+    return after(be, lh__cpu_linear(be, out, x, w, bias, rows, n_in, n_out), out,
+                 (uint64_t)rows * n_out);
 }
 
 lh_status lh__cpu_r_conv2d(lh_backend *be, float *out, const float *x, const float *w,
                            const float *bias, int64_t n, int64_t c_in, int64_t h, int64_t wd,
                            int64_t c_out, int64_t kh, int64_t kw, int stride, int pad) {
     lh_status st = lh__cpu_conv2d(be, out, x, w, bias, n, c_in, h, wd, c_out, kh, kw, stride, pad);
+    if (st != LH_OK) return st; /* the sizes below are valid only for an accepted op */
     int64_t ho = (h + 2 * pad - kh) / stride + 1, wo = (wd + 2 * pad - kw) / stride + 1;
-    return after(be, st, out, n * c_out * ho * wo);
+    return after(be, st, out, (uint64_t)n * c_out * ho * wo);
 }
 
 lh_status lh__cpu_r_group_norm(lh_backend *be, float *out, const float *x, const float *gamma,
                                const float *beta, int64_t n, int64_t c, int64_t hw,
                                int64_t groups, float eps, int silu) {
     return after(be, lh__cpu_group_norm(be, out, x, gamma, beta, n, c, hw, groups, eps, silu),
-                 out, n * c * hw);
+                 out, (uint64_t)n * c * hw);
 }
 
 lh_status lh__cpu_r_layer_norm(lh_backend *be, float *out, const float *x, const float *gamma,
                                const float *beta, int64_t rows, int64_t cols, float eps) {
     return after(be, lh__cpu_layer_norm(be, out, x, gamma, beta, rows, cols, eps), out,
-                 rows * cols);
+                 (uint64_t)rows * cols);
 }
 
 /* lse is float32 statistics for the backward: never rounded. */
@@ -140,7 +144,7 @@ lh_status lh__cpu_r_attention(lh_backend *be, float *out, float *lse, const floa
                               int64_t nk, int64_t d, float scale, int causal) {
     return after(be,
                  lh__cpu_attention(be, out, lse, q, k, v, b, heads, nq, nk, d, scale, causal),
-                 out, b * nq * heads * d);
+                 out, (uint64_t)b * nq * heads * d);
 }
 
 lh_status lh__cpu_r_silu(lh_backend *be, float *out, const float *x, int64_t n) {
@@ -156,7 +160,7 @@ lh_status lh__cpu_r_quick_gelu(lh_backend *be, float *out, const float *x, int64
 }
 
 lh_status lh__cpu_r_geglu(lh_backend *be, float *out, const float *x, int64_t rows, int64_t f) {
-    return after(be, lh__cpu_geglu(be, out, x, rows, f), out, rows * f);
+    return after(be, lh__cpu_geglu(be, out, x, rows, f), out, (uint64_t)rows * f);
 }
 
 lh_status lh__cpu_r_add(lh_backend *be, float *out, const float *a, const float *b, int64_t n) {
@@ -171,7 +175,7 @@ lh_status lh__cpu_r_axpby(lh_backend *be, float *out, float alpha, const float *
 lh_status lh__cpu_r_add_channel_bias(lh_backend *be, float *out, const float *x,
                                      const float *bias, int64_t outer, int64_t c, int64_t inner) {
     return after(be, lh__cpu_add_channel_bias(be, out, x, bias, outer, c, inner), out,
-                 outer * c * inner);
+                 (uint64_t)outer * c * inner);
 }
 
 lh_status lh__cpu_r_timestep_embedding(lh_backend *be, float *out, const float *timesteps,
@@ -179,7 +183,7 @@ lh_status lh__cpu_r_timestep_embedding(lh_backend *be, float *out, const float *
                                        float downscale_freq_shift, float max_period) {
     return after(be, lh__cpu_timestep_embedding(be, out, timesteps, n, dim, flip_sin_to_cos,
                                                 downscale_freq_shift, max_period),
-                 out, n * dim);
+                 out, (uint64_t)n * dim);
 }
 
 /* Layout ops (upsample, concat, transpose, split) only move values that
@@ -189,7 +193,7 @@ lh_status lh__cpu_r_linear_backward(lh_backend *be, float *dx, float *dw, float 
                                     const float *dy, const float *x, const float *w, int64_t rows,
                                     int64_t n_in, int64_t n_out) {
     return after(be, lh__cpu_linear_backward(be, dx, dw, db, dy, x, w, rows, n_in, n_out), dx,
-                 rows * n_in);
+                 (uint64_t)rows * n_in);
 }
 
 lh_status lh__cpu_r_conv2d_backward(lh_backend *be, float *dx, float *dw, float *db,
@@ -198,7 +202,7 @@ lh_status lh__cpu_r_conv2d_backward(lh_backend *be, float *dx, float *dw, float 
                                     int64_t kh, int64_t kw, int stride, int pad) {
     return after(be, lh__cpu_conv2d_backward(be, dx, dw, db, dy, x, w, n, c_in, h, wd, c_out, kh,
                                              kw, stride, pad),
-                 dx, n * c_in * h * wd);
+                 dx, (uint64_t)n * c_in * h * wd);
 }
 
 lh_status lh__cpu_r_group_norm_backward(lh_backend *be, float *dx, float *dgamma, float *dbeta,
@@ -207,7 +211,7 @@ lh_status lh__cpu_r_group_norm_backward(lh_backend *be, float *dx, float *dgamma
                                         int64_t groups, float eps, int silu) {
     return after(be, lh__cpu_group_norm_backward(be, dx, dgamma, dbeta, dy, x, gamma, beta, n, c,
                                                  hw, groups, eps, silu),
-                 dx, n * c * hw);
+                 dx, (uint64_t)n * c * hw);
 }
 
 lh_status lh__cpu_r_layer_norm_backward(lh_backend *be, float *dx, float *dgamma, float *dbeta,
@@ -215,7 +219,7 @@ lh_status lh__cpu_r_layer_norm_backward(lh_backend *be, float *dx, float *dgamma
                                         int64_t rows, int64_t cols, float eps) {
     return after(be, lh__cpu_layer_norm_backward(be, dx, dgamma, dbeta, dy, x, gamma, rows, cols,
                                                  eps),
-                 dx, rows * cols);
+                 dx, (uint64_t)rows * cols);
 }
 
 lh_status lh__cpu_r_attention_backward(lh_backend *be, float *dq, float *dk, float *dv,
@@ -225,9 +229,9 @@ lh_status lh__cpu_r_attention_backward(lh_backend *be, float *dq, float *dk, flo
                                        float scale, int causal) {
     lh_status st = lh__cpu_attention_backward(be, dq, dk, dv, dout, out, lse, q, k, v, b, heads,
                                               nq, nk, d, scale, causal);
-    st = after(be, st, dq, b * nq * heads * d);
-    st = after(be, st, dk, b * nk * heads * d);
-    return after(be, st, dv, b * nk * heads * d);
+    st = after(be, st, dq, (uint64_t)b * nq * heads * d);
+    st = after(be, st, dk, (uint64_t)b * nk * heads * d);
+    return after(be, st, dv, (uint64_t)b * nk * heads * d);
 }
 
 lh_status lh__cpu_r_silu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
@@ -247,17 +251,18 @@ lh_status lh__cpu_r_quick_gelu_backward(lh_backend *be, float *dx, const float *
 
 lh_status lh__cpu_r_geglu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
                                    int64_t rows, int64_t f) {
-    return after(be, lh__cpu_geglu_backward(be, dx, dy, x, rows, f), dx, rows * 2 * f);
+    return after(be, lh__cpu_geglu_backward(be, dx, dy, x, rows, f), dx,
+                 (uint64_t)rows * 2 * f);
 }
 
 lh_status lh__cpu_r_channel_bias_backward(lh_backend *be, float *dbias, const float *dy,
                                           int64_t outer, int64_t c, int64_t inner) {
     return after(be, lh__cpu_channel_bias_backward(be, dbias, dy, outer, c, inner), dbias,
-                 outer * c);
+                 (uint64_t)outer * c);
 }
 
 lh_status lh__cpu_r_upsample_nearest2x_backward(lh_backend *be, float *dx, const float *dy,
                                                 int64_t n, int64_t c, int64_t h, int64_t w) {
     return after(be, lh__cpu_upsample_nearest2x_backward(be, dx, dy, n, c, h, w), dx,
-                 n * c * h * w);
+                 (uint64_t)n * c * h * w);
 }
