@@ -65,6 +65,11 @@ static lh_status toy_load(toy *t, const lh_ckpt *c, lh_error *err) {
     return LH_OK;
 }
 
+static void toy_free(toy *t) {
+    free(t->w);
+    free(t->m);
+}
+
 static int run(const char *dir, int64_t final, int64_t numel, int keep) {
     toy t;
     toy_init(&t, numel);
@@ -75,6 +80,7 @@ static int run(const char *dir, int64_t final, int64_t numel, int keep) {
     lh_ckpt_close(c);
     if (rc && rc != LH_ERR_NOT_FOUND) {
         fprintf(stderr, "ckpt_writer: %s\n", err.msg);
+        toy_free(&t);
         return 1;
     }
     while (t.step < final) {
@@ -91,11 +97,13 @@ static int run(const char *dir, int64_t final, int64_t numel, int keep) {
         lh_ckpt_meta meta[] = {{"trainer", "ckpt_writer"}};
         if ((rc = lh_ckpt_save(dir, t.step, keep, ts, 3, meta, 1, &err))) {
             fprintf(stderr, "ckpt_writer: %s\n", err.msg);
-            return 1;
+            toy_free(&t);
+        return 1;
         }
         printf("committed %lld\n", (long long)t.step);
         fflush(stdout);
     }
+    toy_free(&t);
     return 0;
 }
 
@@ -114,22 +122,24 @@ static int verify(const char *dir, int64_t numel) {
     toy got, want;
     toy_init(&got, numel);
     toy_init(&want, numel);
+    int bad = 0;
     if ((rc = toy_load(&got, c, &err))) {
         fprintf(stderr, "ckpt_writer: %s\n", err.msg);
-        return 1;
+        bad = 1;
     }
-    while (want.step < got.step) toy_step(&want);
-    int same = got.rng == want.rng && !memcmp(got.w, want.w, (size_t)numel * 4) &&
-               !memcmp(got.m, want.m, (size_t)numel * 4);
-    if (!same) {
+    while (!bad && want.step < got.step) toy_step(&want);
+    if (!bad && (got.rng != want.rng || memcmp(got.w, want.w, (size_t)numel * 4) ||
+                 memcmp(got.m, want.m, (size_t)numel * 4))) {
         fprintf(stderr, "ckpt_writer: %s: step %lld differs from a recomputation\n",
                 lh_ckpt_path(c), (long long)got.step);
-        return 1;
+        bad = 1;
     }
-    if (*lh_ckpt_warnings(c)) fprintf(stderr, "warnings: %s\n", lh_ckpt_warnings(c));
-    printf("%lld\n", (long long)got.step);
+    if (!bad && *lh_ckpt_warnings(c)) fprintf(stderr, "warnings: %s\n", lh_ckpt_warnings(c));
+    if (!bad) printf("%lld\n", (long long)got.step);
     lh_ckpt_close(c);
-    return 0;
+    toy_free(&got);
+    toy_free(&want);
+    return bad;
 }
 
 int main(int argc, char **argv) {
