@@ -28,7 +28,7 @@ static void usage(FILE *fp) {
             "      PyTorch initialises its modules (Linear/Conv2d U(+-1/sqrt(fan_in)), norms 1\n"
             "      and 0, embeddings N(0, 1)); the same seed (default 0) gives the same files.\n"
             "      Tokenizer: the CLIP BPE vocabulary lorahost ships unless --tokenizer;\n"
-            "      scheduler: DDIM over DDPM's linear betas 0.0001..0.02 unless\n"
+            "      scheduler: DDIM over DDPM's linear betas 0.0001..0.02, v-prediction, unless\n"
             "      --scheduler-config. examples/model/ has a tiny 32x32 configuration.\n"
             "info  what lorahost reads off a model directory or single file's configs.\n"
             "convert  rewrite the floating-point weights of DIR's unet/, text_encoder/ and vae/\n"

@@ -1,8 +1,11 @@
-/* Trainer suite: lh_train_run on the tiny SD 1.x model and a dataset of
- * six near-identical red images: the smoothed loss goes down. (Exact resume,
+/* Trainer suite: lh_train_run on datasets of six near-identical red images:
+ * on the tiny SD 1.x model the smoothed loss goes down; on a small
+ * pixel-space model (lh_model_init, v-prediction) the trained adapter moves
+ * generated images' colours to the training images'. (Exact resume,
  * checkpoints, export and bad input are tests/cli_train.sh's.)
  * Run from <build>/tests with LH_SOURCE_DIR set (ctest does this). */
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +13,11 @@
 #include <unistd.h>
 
 #include "dataset.h"
+#include "lorahost/adapters.h"
 #include "lorahost/lorahost.h"
+#include "model.h"
+#include "model_init.h"
+#include "pipeline.h"
 #include "png.h"
 #include "trainer.h"
 
@@ -100,11 +107,154 @@ START_TEST(test_loss_goes_down) {
 }
 END_TEST
 
+/* Six red 40x36 PNGs with captions in dir/imgs, imported at 32 into dir/data.h5. */
+static void red_dataset(const char *dir, double mean_rgb[3]) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/imgs", dir);
+    ck_assert(mkdir(path, 0755) == 0);
+    lh_error err = {0};
+    uint8_t rgb[40 * 36 * 3];
+    double sum[3] = {0, 0, 0};
+    for (int i = 0; i < 6; i++) {
+        for (int p = 0; p < 40 * 36; p++) {
+            rgb[3 * p] = (uint8_t)(200 + (p * 7 + i * 13) % 40);
+            rgb[3 * p + 1] = 40;
+            rgb[3 * p + 2] = (uint8_t)(60 + 10 * i);
+            for (int c = 0; c < 3; c++) sum[c] += rgb[3 * p + c];
+        }
+        snprintf(path, sizeof path, "%s/imgs/red%d.png", dir, i);
+        ck_assert_msg(lh_png_write(path, rgb, 40, 36, NULL, NULL, &err) == LH_OK, "%s", err.msg);
+        snprintf(path, sizeof path, "%s/imgs/red%d.txt", dir, i);
+        FILE *f = fopen(path, "w");
+        ck_assert(f);
+        fprintf(f, "a red picture number %d", i);
+        fclose(f);
+    }
+    for (int c = 0; c < 3; c++) mean_rgb[c] = sum[c] / (6.0 * 40 * 36);
+    char imgs[4200], data[4200];
+    snprintf(imgs, sizeof imgs, "%s/imgs", dir);
+    snprintf(data, sizeof data, "%s/data.h5", dir);
+    lh_dataset_import_opts io = {.resolution = 32, .crop = LH_DATASET_CROP_CENTER};
+    ck_assert_msg(lh_dataset_import(imgs, data, &io, NULL, NULL, NULL, &err) == LH_OK, "%s",
+                  err.msg);
+}
+
+/* Mean distance (RGB, 0..255) between the mean colour of txt2img images for
+ * seeds 1..3 and `want`, with the adapter at `lora` (NULL: none). */
+static double colour_distance(const char *model, const char *lora, const double want[3],
+                              lh_registry *reg) {
+    lh_backend *be = NULL;
+    char msg[256];
+    ck_assert(lh_backend_cpu_create(&be, 1, msg, sizeof msg) == LH_OK);
+    lh_model *m = NULL;
+    lh_error err = {0};
+    ck_assert_msg(lh_model_open(&m, be, model, &err) == LH_OK, "%s", err.msg);
+    lh_adapter *a = NULL;
+    if (lora) {
+        ck_assert_msg(lh_adapter_load(&a, m, reg, lora, NULL, &err) == LH_OK, "%s", err.msg);
+        double one = 1.0;
+        ck_assert_msg(lh_adapter_set(m, &a, &one, 1, &err) == LH_OK, "%s", err.msg);
+    }
+    double d = 0;
+    for (int s = 1; s <= 3; s++) {
+        lh_gen_params p;
+        lh_gen_params_init(&p);
+        p.prompt = "a red picture number 1";
+        p.steps = 20;
+        p.width = p.height = 32;
+        p.seed = (uint64_t)s;
+        lh_gen_result r;
+        ck_assert_msg(lh_pipeline_txt2img(m, reg, &p, &r, &err) == LH_OK, "%s", err.msg);
+        double mean[3] = {0, 0, 0}, e = 0;
+        for (int64_t i = 0; i < r.width * r.height; i++)
+            for (int c = 0; c < 3; c++) mean[c] += r.images[3 * i + c];
+        for (int c = 0; c < 3; c++) {
+            mean[c] /= (double)(r.width * r.height);
+            e += (mean[c] - want[c]) * (mean[c] - want[c]);
+        }
+        d += sqrt(e) / 3.0;
+        lh_gen_result_free(&r);
+    }
+    lh_adapter_unload(a);
+    lh_model_close(m);
+    lh_backend_destroy(be);
+    return d;
+}
+
+/* The issue's proof: after a short run the adapter moves generated images
+ * toward the training data (their mean colour), on a small pixel-space
+ * model where colours are measurable. */
+START_TEST(test_adapter_moves_colours) {
+    const char *src = getenv("LH_SOURCE_DIR");
+    char dir[] = "/tmp/lh-trainer-XXXXXX", unet_cfg[4200], model[4200], te_cfg[4200];
+    ck_assert(mkdtemp(dir));
+    double want[3];
+    red_dataset(dir, want);
+    /* a small U-Net (16/32 channels) over the example text encoder */
+    snprintf(unet_cfg, sizeof unet_cfg, "%s/unet.json", dir);
+    FILE *f = fopen(unet_cfg, "w");
+    ck_assert(f);
+    fprintf(f, "{\"_class_name\": \"UNet2DConditionModel\", \"sample_size\": 32, "
+               "\"in_channels\": 3, \"out_channels\": 3, \"block_out_channels\": [16, 32], "
+               "\"layers_per_block\": 1, \"down_block_types\": [\"DownBlock2D\", "
+               "\"CrossAttnDownBlock2D\"], \"up_block_types\": [\"CrossAttnUpBlock2D\", "
+               "\"UpBlock2D\"], \"attention_head_dim\": 4, \"cross_attention_dim\": 32, "
+               "\"norm_num_groups\": 8}\n");
+    fclose(f);
+    snprintf(te_cfg, sizeof te_cfg, "%s/examples/model/text_encoder_config.json",
+             src ? src : "../..");
+    snprintf(model, sizeof model, "%s/model", dir);
+    lh_model_init_opts mo = {.unet_config = unet_cfg, .text_encoder_config = te_cfg, .seed = 0};
+    lh_error err = {0};
+    ck_assert_msg(lh_model_init(model, &mo, &err) == LH_OK, "%s", err.msg);
+    lh_registry *reg = NULL;
+    ck_assert_msg(lh_registry_create(&reg, &err) == LH_OK &&
+                      lh_registry_scan(reg, NULL, 0, 1, 1, &err) == LH_OK,
+                  "%s", err.msg);
+    double before = colour_distance(model, NULL, want, reg);
+
+    char data[4200], out[4200], lora[4300];
+    snprintf(data, sizeof data, "%s/data.h5", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    lh_train_opts o;
+    lh_train_opts_default(&o);
+    static const char *const targets[] = {"to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2",
+                                          "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                                          "conv_in", "conv_out", "time_emb_proj"};
+    for (int i = 0; i < 13; i++) o.targets[i] = targets[i];
+    o.n_targets = 13;
+    o.model = model;
+    o.dataset = data;
+    o.output_dir = out;
+    o.threads = 0;
+    o.steps = 150;
+    o.batch_size = 4;
+    o.lr = 3e-3;
+    o.rank = 8;
+    o.alpha = 8;
+    o.seed = 0;
+    o.save_every = 0;
+    float smoothed = 0;
+    ck_assert_msg(lh_train_run(&o, reg, NULL, NULL, &smoothed, &err) == LH_OK, "%s", err.msg);
+    snprintf(lora, sizeof lora, "%s/lora.safetensors", out);
+    double after = colour_distance(model, lora, want, reg);
+    fprintf(stderr, "mean colour distance to the training images: %.1f without the adapter, "
+            "%.1f with it (smoothed loss %.4f)\n", before, after, (double)smoothed);
+    ck_assert_msg(after < 0.35 * before, "the adapter did not move the colours: %.1f -> %.1f",
+                  before, after);
+    lh_registry_destroy(reg);
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert(system(cmd) == 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("trainer");
     TCase *tc = tcase_create("tiny");
-    tcase_set_timeout(tc, 120);
+    tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_loss_goes_down);
+    tcase_add_test(tc, test_adapter_moves_colours);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
