@@ -38,20 +38,20 @@ static double mean(const float *v, int64_t n) {
     return s / (double)n;
 }
 
-START_TEST(test_loss_goes_down) {
-    const char *src = getenv("LH_SOURCE_DIR");
-    char dir[] = "/tmp/lh-trainer-XXXXXX", path[4200], model[4200];
-    ck_assert(mkdtemp(dir));
-    snprintf(model, sizeof model, "%s/tests/fixtures/models/sd1_tiny", src ? src : "../..");
+/* Six red 40x36 PNGs with captions in dir/imgs, imported at 32 into dir/data.h5. */
+static void red_dataset(const char *dir, double mean_rgb[3]) {
+    char path[4200];
     snprintf(path, sizeof path, "%s/imgs", dir);
     ck_assert(mkdir(path, 0755) == 0);
     lh_error err = {0};
     uint8_t rgb[40 * 36 * 3];
-    for (int i = 0; i < 6; i++) { /* red with a little texture */
+    double sum[3] = {0, 0, 0};
+    for (int i = 0; i < 6; i++) {
         for (int p = 0; p < 40 * 36; p++) {
             rgb[3 * p] = (uint8_t)(200 + (p * 7 + i * 13) % 40);
             rgb[3 * p + 1] = 40;
             rgb[3 * p + 2] = (uint8_t)(60 + 10 * i);
+            for (int c = 0; c < 3; c++) sum[c] += rgb[3 * p + c];
         }
         snprintf(path, sizeof path, "%s/imgs/red%d.png", dir, i);
         ck_assert_msg(lh_png_write(path, rgb, 40, 36, NULL, NULL, &err) == LH_OK, "%s", err.msg);
@@ -61,13 +61,26 @@ START_TEST(test_loss_goes_down) {
         fprintf(f, "a red picture number %d", i);
         fclose(f);
     }
-    char imgs[4200], data[4200], out[4200];
+    for (int c = 0; c < 3; c++) mean_rgb[c] = sum[c] / (6.0 * 40 * 36);
+    char imgs[4200], data[4200];
     snprintf(imgs, sizeof imgs, "%s/imgs", dir);
     snprintf(data, sizeof data, "%s/data.h5", dir);
-    snprintf(out, sizeof out, "%s/out", dir);
     lh_dataset_import_opts io = {.resolution = 32, .crop = LH_DATASET_CROP_CENTER};
     ck_assert_msg(lh_dataset_import(imgs, data, &io, NULL, NULL, NULL, &err) == LH_OK, "%s",
                   err.msg);
+}
+
+START_TEST(test_loss_goes_down) {
+    const char *src = getenv("LH_SOURCE_DIR");
+    char dir[] = "/tmp/lh-trainer-XXXXXX", model[4200];
+    ck_assert(mkdtemp(dir));
+    snprintf(model, sizeof model, "%s/tests/fixtures/models/sd1_tiny", src ? src : "../..");
+    double want[3];
+    red_dataset(dir, want);
+    char data[4200], out[4200];
+    snprintf(data, sizeof data, "%s/data.h5", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    lh_error err = {0};
     lh_registry *reg = NULL;
     ck_assert_msg(lh_registry_create(&reg, &err) == LH_OK &&
                       lh_registry_scan(reg, NULL, 0, 1, 1, &err) == LH_OK,
@@ -106,38 +119,6 @@ START_TEST(test_loss_goes_down) {
     ck_assert(system(cmd) == 0);
 }
 END_TEST
-
-/* Six red 40x36 PNGs with captions in dir/imgs, imported at 32 into dir/data.h5. */
-static void red_dataset(const char *dir, double mean_rgb[3]) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/imgs", dir);
-    ck_assert(mkdir(path, 0755) == 0);
-    lh_error err = {0};
-    uint8_t rgb[40 * 36 * 3];
-    double sum[3] = {0, 0, 0};
-    for (int i = 0; i < 6; i++) {
-        for (int p = 0; p < 40 * 36; p++) {
-            rgb[3 * p] = (uint8_t)(200 + (p * 7 + i * 13) % 40);
-            rgb[3 * p + 1] = 40;
-            rgb[3 * p + 2] = (uint8_t)(60 + 10 * i);
-            for (int c = 0; c < 3; c++) sum[c] += rgb[3 * p + c];
-        }
-        snprintf(path, sizeof path, "%s/imgs/red%d.png", dir, i);
-        ck_assert_msg(lh_png_write(path, rgb, 40, 36, NULL, NULL, &err) == LH_OK, "%s", err.msg);
-        snprintf(path, sizeof path, "%s/imgs/red%d.txt", dir, i);
-        FILE *f = fopen(path, "w");
-        ck_assert(f);
-        fprintf(f, "a red picture number %d", i);
-        fclose(f);
-    }
-    for (int c = 0; c < 3; c++) mean_rgb[c] = sum[c] / (6.0 * 40 * 36);
-    char imgs[4200], data[4200];
-    snprintf(imgs, sizeof imgs, "%s/imgs", dir);
-    snprintf(data, sizeof data, "%s/data.h5", dir);
-    lh_dataset_import_opts io = {.resolution = 32, .crop = LH_DATASET_CROP_CENTER};
-    ck_assert_msg(lh_dataset_import(imgs, data, &io, NULL, NULL, NULL, &err) == LH_OK, "%s",
-                  err.msg);
-}
 
 /* Mean distance (RGB, 0..255) between the mean colour of txt2img images for
  * seeds 1..3 and `want`, with the adapter at `lora` (NULL: none). */
