@@ -25,7 +25,7 @@ typedef struct sbuf {
     int oom;
 } sbuf;
 
-static void put(sbuf *b, const char *fmt, ...) {
+__attribute__((format(printf, 2, 3))) static void put(sbuf *b, const char *fmt, ...) {
     if (b->oom) return;
     for (;;) {
         va_list ap;

@@ -25,7 +25,7 @@ static inline float round_bf16(float x) {
     return y;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if LH_X86_DISPATCH
 /* F16C: 8 lanes per instruction, the same round-to-nearest-even as lh_f32_to_f16. */
 __attribute__((target("avx,f16c"))) static void round_f16_f16c(float *x, int64_t n) {
     int64_t i = 0;
@@ -35,7 +35,10 @@ __attribute__((target("avx,f16c"))) static void round_f16_f16c(float *x, int64_t
     }
     for (; i < n; i++) x[i] = lh_f16_to_f32(lh_f32_to_f16(x[i]));
 }
-static int have_f16c(void) { return __builtin_cpu_supports("f16c"); }
+static int have_f16c(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("x86-64-v3"); /* AVX2 + FMA + F16C */
+}
 #else
 static void round_f16_f16c(float *x, int64_t n) { (void)x, (void)n; }
 static int have_f16c(void) { return 0; }
