@@ -91,6 +91,7 @@ static int read_settings(lh_train_opts *o, const lh_settings *s, lh_registry **r
         lh_settings_get_bool(&te, s, "train.train_text_encoder", &err) ||
         lh_settings_get_string(&o->adapter, s, "train.adapter", &err) ||
         lh_settings_get_double(&o->dropout, s, "train.dropout", &err) ||
+        lh_settings_get_double(&o->caption_dropout, s, "train.caption_dropout", &err) ||
         lh_settings_get_bool(&full, s, "train.full_parameter", &err) ||
         lh_settings_get_string(&pred, s, "train.prediction_type", &err) ||
         lh_settings_get_double(&o->snr_gamma, s, "train.snr_gamma", &err) ||

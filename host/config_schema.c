@@ -119,6 +119,9 @@ static const lh_setting_def SCHEMA[] = {
          "also train a LoRA on the text encoder's q_proj, k_proj, v_proj and out_proj"),
     DOUBLE("train", "dropout", "0", 0.0, 0.99, "train",
            "LoRA dropout on each adapted layer's input, as PEFT's lora_dropout"),
+    DOUBLE("train", "caption_dropout", "0", 0.0, 1.0, "train",
+           "probability of training an item on the empty caption (kohya caption_dropout_rate); "
+           "classifier-free guidance needs it in a model trained from scratch"),
     BOOL("train", "full_parameter", "false", "train",
          "train every U-Net weight instead of an adapter (small models only)"),
     ENUM("train", "prediction_type", "auto", PREDICTIONS, "train",

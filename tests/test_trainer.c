@@ -38,8 +38,9 @@ static double mean(const float *v, int64_t n) {
     return s / (double)n;
 }
 
-/* Six red 40x36 PNGs with captions in dir/imgs, imported at 32 into dir/data.h5. */
-static void red_dataset(const char *dir, double mean_rgb[3]) {
+/* Six red 40x36 PNGs with captions ("a red picture number <i>", or empty
+ * with captions = 0) in dir/imgs, imported at 32 into dir/data.h5. */
+static void red_dataset(const char *dir, double mean_rgb[3], int captions) {
     char path[4200];
     snprintf(path, sizeof path, "%s/imgs", dir);
     ck_assert(mkdir(path, 0755) == 0);
@@ -58,7 +59,7 @@ static void red_dataset(const char *dir, double mean_rgb[3]) {
         snprintf(path, sizeof path, "%s/imgs/red%d.txt", dir, i);
         FILE *f = fopen(path, "w");
         ck_assert(f);
-        fprintf(f, "a red picture number %d", i);
+        if (captions) fprintf(f, "a red picture number %d", i);
         fclose(f);
     }
     for (int c = 0; c < 3; c++) mean_rgb[c] = sum[c] / (6.0 * 40 * 36);
@@ -76,7 +77,7 @@ START_TEST(test_loss_goes_down) {
     ck_assert(mkdtemp(dir));
     snprintf(model, sizeof model, "%s/tests/fixtures/models/sd1_tiny", src ? src : "../..");
     double want[3];
-    red_dataset(dir, want);
+    red_dataset(dir, want, 1);
     char data[4200], out[4200];
     snprintf(data, sizeof data, "%s/data.h5", dir);
     snprintf(out, sizeof out, "%s/out", dir);
@@ -116,6 +117,63 @@ START_TEST(test_loss_goes_down) {
     lh_registry_destroy(reg);
     char cmd[4300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert(system(cmd) == 0);
+}
+END_TEST
+
+/* Caption dropout 1 trains on the empty caption: the losses equal, bit for
+ * bit, those of the same images captioned "" (the other random draws do not
+ * move), and differ from training on the captions. */
+START_TEST(test_caption_dropout) {
+    const char *src = getenv("LH_SOURCE_DIR");
+    char with[] = "/tmp/lh-trainer-XXXXXX", without[] = "/tmp/lh-trainer-XXXXXX", model[4200];
+    ck_assert(mkdtemp(with) && mkdtemp(without));
+    snprintf(model, sizeof model, "%s/tests/fixtures/models/sd1_tiny", src ? src : "../..");
+    double want[3];
+    red_dataset(with, want, 1);
+    red_dataset(without, want, 0);
+    lh_error err = {0};
+    lh_registry *reg = NULL;
+    ck_assert_msg(lh_registry_create(&reg, &err) == LH_OK &&
+                      lh_registry_scan(reg, NULL, 0, 1, 1, &err) == LH_OK,
+                  "%s", err.msg);
+    losses *l[3];
+    const char *dirs[3] = {with, without, with};
+    const double rate[3] = {1.0, 0.0, 0.0};
+    for (int k = 0; k < 3; k++) {
+        char data[4200], out[4200];
+        snprintf(data, sizeof data, "%s/data.h5", dirs[k]);
+        snprintf(out, sizeof out, "%s/out%d", dirs[k], k);
+        lh_train_opts o;
+        lh_train_opts_default(&o);
+        o.model = model;
+        o.dataset = data;
+        o.output_dir = out;
+        o.threads = 1;
+        o.steps = 4;
+        o.batch_size = 2;
+        o.lr = 1e-2;
+        o.seed = 3;
+        o.save_every = 0;
+        o.caption_dropout = rate[k];
+        l[k] = calloc(1, sizeof *l[k]);
+        ck_assert(l[k]);
+        float smoothed = 0;
+        ck_assert_msg(lh_train_run(&o, reg, keep, l[k], &smoothed, &err) == LH_OK, "%s",
+                      err.msg);
+        ck_assert_int_eq(l[k]->n, 4);
+    }
+    for (int i = 0; i < 4; i++) {
+        fprintf(stderr, "step %d: dropout 1 %.9g, empty captions %.9g, captions %.9g\n", i + 1,
+                (double)l[0]->v[i], (double)l[1]->v[i], (double)l[2]->v[i]);
+        ck_assert_msg(l[0]->v[i] == l[1]->v[i], "step %d: %.9g vs %.9g", i + 1,
+                      (double)l[0]->v[i], (double)l[1]->v[i]);
+    }
+    ck_assert_msg(l[2]->v[0] != l[1]->v[0], "the captions did not change the loss");
+    for (int k = 0; k < 3; k++) free(l[k]);
+    lh_registry_destroy(reg);
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", with, without);
     ck_assert(system(cmd) == 0);
 }
 END_TEST
@@ -170,7 +228,7 @@ START_TEST(test_adapter_moves_colours) {
     char dir[] = "/tmp/lh-trainer-XXXXXX", unet_cfg[4200], model[4200], te_cfg[4200];
     ck_assert(mkdtemp(dir));
     double want[3];
-    red_dataset(dir, want);
+    red_dataset(dir, want, 1);
     /* a small U-Net (16/32 channels) over the example text encoder */
     snprintf(unet_cfg, sizeof unet_cfg, "%s/unet.json", dir);
     FILE *f = fopen(unet_cfg, "w");
@@ -237,6 +295,10 @@ int main(void) {
     tcase_add_test(tc, test_loss_goes_down);
     tcase_add_test(tc, test_adapter_moves_colours);
     suite_add_tcase(s, tc);
+    TCase *tc_cap = tcase_create("caption_dropout");
+    tcase_set_timeout(tc_cap, 300);
+    tcase_add_test(tc_cap, test_caption_dropout);
+    suite_add_tcase(s, tc_cap);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

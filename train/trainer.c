@@ -105,16 +105,28 @@ typedef struct trainer {
     int random_crop;
 } trainer;
 
-/* A generator for stream `what` of step (or epoch) n: every draw is a
- * function of (seed, what, n). */
-static lh_rng *stream(const trainer *t, uint64_t what, uint64_t n, lh_error *err) {
+enum { S_ORDER = 1, S_STEP = 2, S_CAPTION = 3 };
+
+/* A 64-bit function of (seed, what, n). */
+static uint64_t mix(const trainer *t, uint64_t what, uint64_t n) {
     uint64_t z = t->o->seed ^ (what * 0x9E3779B97F4A7C15ull) ^ (n * 0xD1B54A32D192ED03ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return lh_rng_create(z ^ (z >> 31), err);
+    return z ^ (z >> 31);
 }
 
-enum { S_ORDER = 1, S_STEP = 2 };
+/* A generator for stream `what` of step (or epoch) n: every draw is a
+ * function of (seed, what, n). */
+static lh_rng *stream(const trainer *t, uint64_t what, uint64_t n, lh_error *err) {
+    return lh_rng_create(mix(t, what, n), err);
+}
+
+/* Caption dropout of sample `pos`: a function of (seed, pos) alone, so the
+ * step's other draws are the same with and without it. */
+static int drop_caption(const trainer *t, int64_t pos) {
+    double p = t->o->caption_dropout;
+    return p > 0.0 && (double)(mix(t, S_CAPTION, (uint64_t)pos) >> 11) < p * 9007199254740992.0;
+}
 
 /* A uniform integer in [0, n) (rejection sampling: no modulo bias). */
 static uint32_t uniform(lh_rng *r, uint32_t n) {
@@ -164,12 +176,14 @@ static void item_free(item *it) {
 }
 
 /* Latent and text embedding of dataset item idx (cached, or encoded now). */
-static lh_status load_item(trainer *t, int64_t idx, lh_rng *r, item *out, lh_error *err) {
+static lh_status load_item(trainer *t, int64_t idx, int drop, lh_rng *r, item *out,
+                           lh_error *err) {
     memset(out, 0, sizeof *out);
     lh_backend *be = t->be;
     /* a trained text encoder makes cached embeddings stale: encode the caption */
     int cached = lh_dataset_has_latents(t->ds);
-    int text = lh_dataset_has_text(t->ds) && !t->o->train_text_encoder;
+    /* drop: the empty caption instead, encoded now */
+    int text = lh_dataset_has_text(t->ds) && !t->o->train_text_encoder && !drop;
     lh_dataset_item di;
     lh_status st = lh_dataset_read(t->ds, idx, (cached ? LH_DATASET_LATENT : LH_DATASET_IMAGE) |
                                                    (text ? LH_DATASET_TEXT : 0), &di, err);
@@ -262,7 +276,8 @@ static lh_status load_item(trainer *t, int64_t idx, lh_rng *r, item *out, lh_err
         out->text = malloc(ne * sizeof *out->text);
         if (!demb || !out->text) st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
         if (st == LH_OK)
-            st = lh_tokenizer_window(t->m->tok, di.caption, t->m->pad_id, LH_TOKENIZER_TRUNCATE,
+            st = lh_tokenizer_window(t->m->tok, drop ? "" : di.caption, t->m->pad_id,
+                                     LH_TOKENIZER_TRUNCATE,
                                      ids, 1, &nw, err);
         memcpy(out->ids, ids, sizeof ids);
         if (st == LH_OK) st = lh_clip_encode(t->m->clip, demb, ids, 1, t->tokens, 0, err);
@@ -415,7 +430,7 @@ static lh_status micro_batch(trainer *t, int64_t pos, lh_rng *r, double denom, f
     for (int64_t j = 0; st == LH_OK && j < b; j++) {
         int64_t idx = 0;
         st = sample_index(t, pos + j, &idx, err);
-        if (st == LH_OK) st = load_item(t, idx, r, &its[j], err);
+        if (st == LH_OK) st = load_item(t, idx, drop_caption(t, pos + j), r, &its[j], err);
     }
     for (int64_t j = 0; st == LH_OK && j < b; j++) {
         if (done[j]) continue;

@@ -43,6 +43,11 @@ typedef struct lh_train_opts {
     int n_targets;
     int train_text_encoder;
     double dropout; /* LoRA dropout on the adapted layers' input (PEFT's lora_dropout) */
+    /* Probability that an item trains with the empty caption instead of
+     * its own (kohya's caption_dropout_rate, diffusers'
+     * proportion_empty_prompts): what classifier-free guidance needs of a
+     * model trained from scratch. */
+    double caption_dropout;
     /* Train every U-Net weight in float32 instead of an adapter (small
      * models): the result is a diffusers unet/ directory in output_dir. */
     int full_parameter;

@@ -27,12 +27,13 @@ rm -rf init
 "$lh" model init --unet-config "$here/unet_config.json" \
   --text-encoder-config "$here/text_encoder_config.json" --seed 0 --dtype f32 init
 
-# 3. the U-Net, every weight, on the plain set (the text encoder stays as initialised)
-"$lh" train --model init --dataset plain.h5 --output base \
+# 3. the U-Net, every weight, on the plain set (the text encoder stays as
+#    initialised); one caption in ten dropped, for classifier-free guidance
+"$lh" train --model init --dataset plain.h5 --output base --quiet \
   --set train.full_parameter=true --set train.steps="$STEPS" --set train.batch_size=16 \
   --set train.learning_rate=5e-4 --set train.lr_scheduler=cosine \
-  --set train.lr_warmup_steps=200 --set train.seed=0 --set train.save_every=1000 \
-  --set train.max_grad_norm=1
+  --set train.lr_warmup_steps=200 --set train.seed=0 --set train.save_every=500 \
+  --set train.max_grad_norm=1 --set train.caption_dropout=0.1 --set train.keep_checkpoints=20
 rm -rf shapes-tiny && cp -r init shapes-tiny && rm -rf shapes-tiny/unet && cp -r base/unet shapes-tiny/unet
 
 # 4. the style: a LoRA on the striped set, on the trained model
