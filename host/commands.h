@@ -16,6 +16,7 @@ int lh_cmd_dataset(int argc, char **argv);
 int lh_cmd_train(int argc, char **argv);
 int lh_cmd_demo(int argc, char **argv);
 int lh_cmd_model(int argc, char **argv);
+int lh_cmd_serve(int argc, char **argv);
 
 /* Take every `--set KEY=VALUE` whose KEY has no '.' (a scheduler config key,
  * e.g. use_karras_sigmas=true) out of argv, into overrides (at most cap);

@@ -23,6 +23,7 @@ static const lh_command COMMANDS[] = {
     {"demo", lh_cmd_demo, "the tour: the embedded model with and without its style adapter"},
     {"train", lh_cmd_train, "train an adapter from a train.ini (lorahost train --config FILE)"},
     {"model", lh_cmd_model, "make a new model with random weights (model init); model info"},
+    {"serve", lh_cmd_serve, "the REST API: /generate, adapters hot-loaded, /metrics (docs/server.md)"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

@@ -31,18 +31,31 @@ lh_status lh_png_write(const char *path, const uint8_t *rgb, int64_t width, int6
 
 lh_status lh_png_write_texts(const char *path, const uint8_t *rgb, int64_t width, int64_t height,
                              const lh_png_text *texts, size_t n_texts, lh_error *err) {
+    void *buf = NULL;
+    size_t len = 0;
+    lh_status st = lh_png_encode(&buf, &len, path, rgb, width, height, texts, n_texts, err);
+    if (st == LH_OK) st = lh_write_file_atomic(path, buf, len, err);
+    free(buf);
+    return st;
+}
+
+lh_status lh_png_encode(void **out, size_t *out_len, const char *name, const uint8_t *rgb,
+                        int64_t width, int64_t height, const lh_png_text *texts, size_t n_texts,
+                        lh_error *err) {
+    *out = NULL;
+    *out_len = 0;
     if (width < 1 || height < 1 || width > LH_PNG_MAX_SIDE || height > LH_PNG_MAX_SIDE)
-        return lh_error_set(err, LH_ERR_INVALID, "%s: image size %lldx%lld out of range", path,
+        return lh_error_set(err, LH_ERR_INVALID, "%s: image size %lldx%lld out of range", name,
                             (long long)width, (long long)height);
     if (n_texts > LH_PNG_MAX_TEXTS)
-        return lh_error_set(err, LH_ERR_INVALID, "%s: at most %d PNG text chunks", path,
+        return lh_error_set(err, LH_ERR_INVALID, "%s: at most %d PNG text chunks", name,
                             LH_PNG_MAX_TEXTS);
     for (size_t i = 0; i < n_texts; i++)
         if (!texts[i].key || !texts[i].text || strlen(texts[i].key) < 1 ||
             strlen(texts[i].key) > 79)
-            return lh_error_set(err, LH_ERR_INVALID, "%s: PNG text key must be 1..79 bytes", path);
+            return lh_error_set(err, LH_ERR_INVALID, "%s: PNG text key must be 1..79 bytes", name);
     spng_ctx *ctx = spng_ctx_new(SPNG_CTX_ENCODER);
-    if (!ctx) return lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory", path);
+    if (!ctx) return lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory", name);
     lh_status st = LH_OK;
     int rc = spng_set_option(ctx, SPNG_ENCODE_TO_BUFFER, 1);
     struct spng_ihdr ihdr = {(uint32_t)width, (uint32_t)height, 8, SPNG_COLOR_TYPE_TRUECOLOR, 0, 0, 0};
@@ -63,17 +76,13 @@ lh_status lh_png_write_texts(const char *path, const uint8_t *rgb, int64_t width
     size_t n = (size_t)width * (size_t)height * 3;
     if (!rc) rc = spng_encode_image(ctx, rgb, n, SPNG_FMT_PNG, SPNG_ENCODE_FINALIZE);
     if (rc) {
-        st = lh_error_set(err, LH_ERR_FORMAT, "%s: PNG encoding failed: %s", path,
+        st = lh_error_set(err, LH_ERR_FORMAT, "%s: PNG encoding failed: %s", name,
                           spng_strerror(rc));
     } else {
-        size_t len = 0;
-        void *buf = spng_get_png_buffer(ctx, &len, &rc);
-        if (!buf)
-            st = lh_error_set(err, LH_ERR_FORMAT, "%s: PNG encoding failed: %s", path,
+        *out = spng_get_png_buffer(ctx, out_len, &rc);
+        if (!*out)
+            st = lh_error_set(err, LH_ERR_FORMAT, "%s: PNG encoding failed: %s", name,
                               spng_strerror(rc));
-        else
-            st = lh_write_file_atomic(path, buf, len, err);
-        free(buf);
     }
     spng_ctx_free(ctx);
     return st;
@@ -112,26 +121,57 @@ static lh_status slurp(const char *path, void **buf, size_t *n, lh_error *err) {
     return LH_OK;
 }
 
+static lh_status decoder_on(spng_ctx **out, const char *name, const void *buf, size_t n,
+                            lh_error *err) {
+    static const unsigned char SIG[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    if (n < 8 || memcmp(buf, SIG, 8))
+        return lh_error_set(err, LH_ERR_FORMAT, "%s: not a PNG file", name);
+    spng_ctx *ctx = spng_ctx_new(0);
+    if (!ctx) return lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory", name);
+    spng_set_image_limits(ctx, LH_PNG_MAX_SIDE, LH_PNG_MAX_SIDE);
+    spng_set_chunk_limits(ctx, 64u << 20, 64u << 20);
+    spng_set_png_buffer(ctx, buf, n);
+    *out = ctx;
+    return LH_OK;
+}
+
 static lh_status open_decoder(spng_ctx **out, const char *path, void **buf, lh_error *err) {
     size_t n = 0;
     lh_status st = slurp(path, buf, &n, err);
     if (st != LH_OK) return st;
-    static const unsigned char SIG[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-    if (n < 8 || memcmp(*buf, SIG, 8)) {
+    st = decoder_on(out, path, *buf, n, err);
+    if (st != LH_OK) {
         free(*buf);
         *buf = NULL;
-        return lh_error_set(err, LH_ERR_FORMAT, "%s: not a PNG file", path);
     }
-    spng_ctx *ctx = spng_ctx_new(0);
-    if (!ctx) {
-        free(*buf);
-        *buf = NULL;
-        return lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory", path);
+    return st;
+}
+
+static lh_status decode_rgb(spng_ctx *ctx, const char *name, uint8_t **rgb, int64_t *width,
+                            int64_t *height, lh_error *err) {
+    lh_status st = LH_OK;
+    struct spng_ihdr ihdr;
+    size_t size = 0;
+    int rc = spng_get_ihdr(ctx, &ihdr);
+    if (rc == SPNG_EWIDTH || rc == SPNG_EHEIGHT || rc == SPNG_EUSER_WIDTH ||
+        rc == SPNG_EUSER_HEIGHT)
+        return lh_error_set(err, LH_ERR_UNSUPPORTED, "%s: image larger than %dx%d", name,
+                            LH_PNG_MAX_SIDE, LH_PNG_MAX_SIDE);
+    if (!rc) rc = spng_decoded_image_size(ctx, SPNG_FMT_RGB8, &size);
+    if (!rc) {
+        *rgb = malloc(size);
+        if (!*rgb)
+            return lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory for %zu bytes", name, size);
+        rc = spng_decode_image(ctx, *rgb, size, SPNG_FMT_RGB8, 0);
     }
-    spng_set_image_limits(ctx, LH_PNG_MAX_SIDE, LH_PNG_MAX_SIDE);
-    spng_set_chunk_limits(ctx, 64u << 20, 64u << 20);
-    spng_set_png_buffer(ctx, *buf, n);
-    *out = ctx;
+    if (rc) {
+        st = lh_error_set(err, LH_ERR_FORMAT, "%s: unreadable PNG: %s", name, spng_strerror(rc));
+        free(*rgb);
+        *rgb = NULL;
+        return st;
+    }
+    *width = ihdr.width;
+    *height = ihdr.height;
     return LH_OK;
 }
 
@@ -139,47 +179,30 @@ lh_status lh_png_read(const char *path, uint8_t **rgb, int64_t *width, int64_t *
                       lh_error *err) {
     *rgb = NULL;
     void *buf = NULL;
-    spng_ctx *ctx;
+    spng_ctx *ctx = NULL;
     lh_status st = open_decoder(&ctx, path, &buf, err);
     if (st != LH_OK) return st;
-    struct spng_ihdr ihdr;
-    size_t size = 0;
-    int rc = spng_get_ihdr(ctx, &ihdr);
-    if (rc == SPNG_EWIDTH || rc == SPNG_EHEIGHT || rc == SPNG_EUSER_WIDTH ||
-        rc == SPNG_EUSER_HEIGHT) {
-        st = lh_error_set(err, LH_ERR_UNSUPPORTED, "%s: image larger than %dx%d", path,
-                          LH_PNG_MAX_SIDE, LH_PNG_MAX_SIDE);
-        goto done;
-    }
-    if (!rc) rc = spng_decoded_image_size(ctx, SPNG_FMT_RGB8, &size);
-    if (!rc) {
-        *rgb = malloc(size);
-        if (!*rgb) {
-            st = lh_error_set(err, LH_ERR_NOMEM, "%s: out of memory for %zu bytes", path, size);
-            goto done;
-        }
-        rc = spng_decode_image(ctx, *rgb, size, SPNG_FMT_RGB8, 0);
-    }
-    if (rc) {
-        st = lh_error_set(err, LH_ERR_FORMAT, "%s: unreadable PNG: %s", path, spng_strerror(rc));
-        goto done;
-    }
-    *width = ihdr.width;
-    *height = ihdr.height;
-done:
-    if (st != LH_OK) {
-        free(*rgb);
-        *rgb = NULL;
-    }
+    st = decode_rgb(ctx, path, rgb, width, height, err);
     spng_ctx_free(ctx);
     free(buf);
+    return st;
+}
+
+lh_status lh_png_decode(const void *buf, size_t n, const char *name, uint8_t **rgb,
+                        int64_t *width, int64_t *height, lh_error *err) {
+    *rgb = NULL;
+    spng_ctx *ctx = NULL;
+    lh_status st = decoder_on(&ctx, name, buf, n, err);
+    if (st != LH_OK) return st;
+    st = decode_rgb(ctx, name, rgb, width, height, err);
+    spng_ctx_free(ctx);
     return st;
 }
 
 lh_status lh_png_read_text(const char *path, const char *key, char **text, lh_error *err) {
     *text = NULL;
     void *buf = NULL;
-    spng_ctx *ctx;
+    spng_ctx *ctx = NULL;
     lh_status st = open_decoder(&ctx, path, &buf, err);
     if (st != LH_OK) return st;
     uint32_t n = 0;

@@ -32,6 +32,12 @@ LH_API lh_status lh_png_write_texts(const char *path, const uint8_t *rgb, int64_
                                     int64_t height, const lh_png_text *texts, size_t n_texts,
                                     lh_error *err);
 
+/* The PNG lh_png_write_texts writes, in memory: *out is malloc'd (free()),
+ * *out_len bytes. `name` only labels messages. */
+LH_API lh_status lh_png_encode(void **out, size_t *out_len, const char *name, const uint8_t *rgb,
+                               int64_t width, int64_t height, const lh_png_text *texts,
+                               size_t n_texts, lh_error *err);
+
 /* Read a PNG (gray, gray+alpha, RGB, RGBA or palette, 1 to 16 bits) as RGB8:
  * 16-bit samples scaled to 8 bits, alpha dropped (not composited).
  * *rgb is malloc'd [height][width][3]. Errors name the file: cannot open
@@ -39,6 +45,10 @@ LH_API lh_status lh_png_write_texts(const char *path, const uint8_t *rgb, int64_
  * larger than LH_PNG_MAX_SIDE (LH_ERR_UNSUPPORTED). */
 LH_API lh_status lh_png_read(const char *path, uint8_t **rgb, int64_t *width, int64_t *height,
                              lh_error *err);
+
+/* lh_png_read from n bytes in memory; `name` labels messages. */
+LH_API lh_status lh_png_decode(const void *buf, size_t n, const char *name, uint8_t **rgb,
+                               int64_t *width, int64_t *height, lh_error *err);
 
 /* The text of chunk `key` (tEXt, zTXt or iTXt) of a PNG, malloc'd, or NULL
  * with LH_ERR_NOT_FOUND. */

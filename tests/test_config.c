@@ -369,7 +369,7 @@ START_TEST(test_bad_values) {
                         "generate.strength: expected a number in 0..1, got '1.5'");
     expect_config_error("[generate]\nstrength = 0.5x\n", 2, "got '0.5x'");
     expect_config_error("[server]\nport = 65536\n", 2,
-                        "server.port: expected an integer in 1..65535");
+                        "server.port: expected an integer in 0..65535");
     expect_config_error("[model]\ndtype = fp16\n", 2,
                         "model.dtype: expected one of auto, f32, f16, bf16, got 'fp16'");
     expect_config_error("[backend]\ndevice = CUDA\n", 2, "expected one of cpu, cuda, got 'CUDA'");
@@ -574,7 +574,7 @@ START_TEST(test_getters) {
     static const char *const ok[] = {
         "generate.steps=1",          "generate.steps=1000",     "generate.width=64",
         "generate.width=4096",       "generate.strength=0",     "generate.strength=1",
-        "server.port=1",             "server.port=65535",       "generate.seed=-1",
+        "server.port=0",             "server.port=65535",       "generate.seed=-1",
         "generate.seed=9223372036854775807", "train.learning_rate=3e-5", "generate.steps=+7"};
     for (size_t k = 0; k < sizeof ok / sizeof ok[0]; k++)
         ck_assert_msg(lh_settings_set_override(s, ok[k], &err) == LH_OK, "%s", err.msg);

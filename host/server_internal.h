@@ -1,0 +1,180 @@
+/* What the server's files share: the server object, jobs, the queue, rate
+ * limits and metrics (host/server*.c). Private to host/. */
+#ifndef LH_HOST_SERVER_INTERNAL_H
+#define LH_HOST_SERVER_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "lorahost/lorahost.h"
+#include "model.h"
+#include "pipeline.h"
+#include "server.h"
+
+#define LH__SRV_MAX_ADAPTERS 64
+#define LH__SRV_MAX_REQ_ADAPTERS 16
+#define LH__SRV_NAME_MAX 64
+
+/* ---- Responses ---- */
+
+typedef struct lh__reply {
+    int status;
+    const char *ctype;   /* static string */
+    char *body;          /* malloc'd */
+    size_t len;
+    unsigned retry_after; /* seconds; 0: no Retry-After header */
+    char seed[24];        /* X-Seed header when not empty */
+} lh__reply;
+
+/* {"error": msg, "field": field (null when NULL)} as the reply. */
+void lh__reply_error(lh__reply *r, int status, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* A JSON value as the reply (steals j). */
+void lh__reply_json(lh__reply *r, int status, void *json_t_value);
+
+/* ---- Token buckets (server_limits.c) ---- */
+
+typedef struct lh__bucket {
+    double tokens, rate, burst;
+    double last; /* monotonic seconds */
+} lh__bucket;
+
+void lh__bucket_init(lh__bucket *b, double rate);
+/* Seconds until a token is there, 0 if one is. */
+double lh__bucket_wait(lh__bucket *b, double now);
+void lh__bucket_take(lh__bucket *b);
+/* Constant-time for a given key length: 1 if given equals key. */
+int lh__key_equal(const char *given, size_t n_given, const char *key);
+double lh__now(void);
+
+/* ---- Metrics (server_metrics.c) ---- */
+
+typedef enum lh__route {
+    LH__ROUTE_HEALTHZ = 0,
+    LH__ROUTE_GENERATE,
+    LH__ROUTE_ADAPTERS,
+    LH__ROUTE_ADAPTER,
+    LH__ROUTE_SCHEDULERS,
+    LH__ROUTE_PLUGINS,
+    LH__ROUTE_METRICS,
+    LH__ROUTE_OTHER,
+    LH__ROUTE_COUNT
+} lh__route;
+
+#define LH__N_BUCKETS 12
+#define LH__N_STATUS 16
+
+typedef struct lh__metrics {
+    pthread_mutex_t mu;
+    struct {
+        int status[LH__N_STATUS];
+        uint64_t count[LH__N_STATUS];
+        uint64_t hist[LH__N_BUCKETS + 1]; /* last: +Inf */
+        double sum;
+        uint64_t n;
+    } route[LH__ROUTE_COUNT];
+} lh__metrics;
+
+const char *lh__route_name(lh__route r);
+void lh__metrics_observe(lh__metrics *m, lh__route r, int status, double seconds);
+/* Prometheus text, malloc'd. */
+char *lh__metrics_text(lh__metrics *m, size_t queue_depth, long in_flight, size_t adapters,
+                       size_t *len);
+
+/* ---- Jobs and the worker (server_worker.c, server_generate.c) ---- */
+
+typedef struct lh__req_adapter {
+    char name[LH__SRV_NAME_MAX + 1];
+    double scale;
+    int has_scale;
+} lh__req_adapter;
+
+typedef struct lh__gen_req {
+    lh_gen_params p;
+    char *prompt, *negative_prompt, *scheduler;
+    uint8_t *init_rgb; /* img2img */
+    int has_adapters;  /* the request named its set (maybe empty) */
+    size_t n_adapters;
+    lh__req_adapter adapters[LH__SRV_MAX_REQ_ADAPTERS];
+    int want_png;
+} lh__gen_req;
+
+typedef enum lh__job_kind {
+    LH__JOB_GENERATE = 0,
+    LH__JOB_ADAPTER_LOAD,
+    LH__JOB_ADAPTER_DELETE,
+    LH__JOB_KIND_COUNT
+} lh__job_kind;
+
+typedef enum lh__job_state { LH__JOB_QUEUED = 0, LH__JOB_RUNNING, LH__JOB_DONE } lh__job_state;
+
+typedef struct lh__job {
+    struct lh__job *next;
+    lh__job_kind kind;
+    lh__job_state state;
+    lh__gen_req gen;
+    char name[LH__SRV_NAME_MAX + 1], file[256];
+    double scale;
+    int active;
+    lh__reply reply;
+    pthread_cond_t done;
+} lh__job;
+
+typedef struct lh__srv_adapter {
+    char name[LH__SRV_NAME_MAX + 1], file[256];
+    lh_adapter *a;
+    double scale;
+    int active; /* in the default set */
+} lh__srv_adapter;
+
+struct lh_server {
+    lh_server_opts o;
+    struct MHD_Daemon *daemon;
+    int port;
+    lh_backend *be;
+    lh_registry *reg;
+    lh_model *model;
+    lh_gen_params defaults;
+    char *schedulers_json, *plugins_json; /* built at start */
+    size_t schedulers_len, plugins_len;
+
+    pthread_mutex_t mu; /* the queue, in_flight, the adapter list */
+    pthread_cond_t work, idle;
+    lh__job *head, *tail;
+    size_t depth;
+    long in_flight;
+    int stopping, worker_started;
+    pthread_t worker;
+    lh__srv_adapter adapters[LH__SRV_MAX_ADAPTERS]; /* changed by the worker only */
+    size_t n_adapters;
+
+    pthread_mutex_t limit_mu;
+    lh__bucket global, *per_key;
+
+    lh__metrics metrics;
+};
+
+lh_status lh__worker_start(lh_server *s, lh_error *err);
+/* Run what is queued, then join the worker. */
+void lh__worker_stop(lh_server *s);
+/* Queue job and wait for its reply (503 in job->reply when the queue is
+ * full or the job waited past queue_timeout_s). The caller frees the job. */
+void lh__job_run(lh_server *s, lh__job *job);
+void lh__job_free(lh__job *job);
+
+/* Parse and range-check a /generate body into r; on failure r->... is
+ * freed and reply holds the 400. Returns 0 or -1. */
+int lh__gen_req_parse(lh__gen_req *r, const lh_server *s, const char *body, size_t len,
+                      lh__reply *reply);
+void lh__gen_req_free(lh__gen_req *r);
+/* Adapter names: letters, digits, '.', '_', '-', not starting with '.'. */
+int lh__name_ok(const char *s);
+/* Worker side: checks against the model and registry, generation, encoding. */
+void lh__generate(lh_server *s, lh__gen_req *r, lh__reply *reply);
+
+/* ---- base64 (server_base64.c) ---- */
+char *lh__base64_encode(const void *data, size_t n, size_t *out_len);
+/* NULL on bad input or no memory (*bad set for bad input). */
+uint8_t *lh__base64_decode(const char *s, size_t n, size_t *out_len, int *bad);
+
+#endif

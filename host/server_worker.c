@@ -1,0 +1,246 @@
+/* The server's model worker: one thread owns the model and runs queued jobs
+ * (generations, adapter loads and deletes) one at a time; request handlers
+ * queue a job and wait for its reply. A full queue, or a job that waited
+ * past queue_timeout_s, is answered 503. */
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "log.h"
+#include "server_internal.h"
+
+/* ---- The adapter sets ---- */
+
+/* Make the server's default set (the adapters loaded with "active": true,
+ * at their scales) the model's. */
+static lh_status apply_default_set(lh_server *s, lh_error *err) {
+    lh_adapter *set[LH__SRV_MAX_ADAPTERS];
+    double scales[LH__SRV_MAX_ADAPTERS];
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_adapters; i++)
+        if (s->adapters[i].active) {
+            set[n] = s->adapters[i].a;
+            scales[n++] = s->adapters[i].scale;
+        }
+    return lh_adapter_set(s->model, set, scales, n, err);
+}
+
+/* ---- Adapter jobs ---- */
+
+static json_t *adapter_json(const lh__srv_adapter *a) {
+    const lh_adapter_report *r = lh_adapter_get_report(a->a);
+    return json_pack("{s:s, s:s, s:f, s:b, s:s, s:i, s:i}", "name", a->name, "file", a->file,
+                     "scale", a->scale, "active", a->active, "format", r->format, "layers_unet",
+                     (json_int_t)r->layers_unet, "layers_text_encoder", (json_int_t)r->layers_te);
+}
+
+static void load_adapter(lh_server *s, lh__job *j) {
+    for (size_t i = 0; i < s->n_adapters; i++)
+        if (!strcmp(s->adapters[i].name, j->name)) {
+            lh__reply_error(&j->reply, 409, "name",
+                            "an adapter named '%s' is loaded already (DELETE /adapters/%s first)",
+                            j->name, j->name);
+            return;
+        }
+    if (s->n_adapters == LH__SRV_MAX_ADAPTERS) {
+        lh__reply_error(&j->reply, 409, "name", "at most %d adapters may be loaded",
+                        LH__SRV_MAX_ADAPTERS);
+        return;
+    }
+    char path[4096] = "";
+    for (size_t i = 0; i < s->o.n_adapter_dirs; i++) {
+        struct stat sb;
+        int n = snprintf(path, sizeof path, "%s/%s", s->o.adapter_dirs[i], j->file);
+        if (n > 0 && (size_t)n < sizeof path && stat(path, &sb) == 0 && S_ISREG(sb.st_mode))
+            break;
+        path[0] = 0;
+    }
+    if (!path[0]) {
+        lh__reply_error(&j->reply, 404, "file", "no adapter file '%s' in the adapter directories",
+                        j->file);
+        return;
+    }
+    lh_error err = {0};
+    lh_adapter *a = NULL;
+    lh_adapter_load_opts lo = {.policy = s->o.adapter_strict ? LH_ADAPTER_STRICT : LH_ADAPTER_WARN,
+                               .name = j->name};
+    if (lh_adapter_load(&a, s->model, s->reg, path, &lo, &err) != LH_OK) {
+        lh__reply_error(&j->reply, 400, "file", "%s", err.msg);
+        return;
+    }
+    lh__srv_adapter e = {.a = a, .scale = j->scale, .active = j->active};
+    snprintf(e.name, sizeof e.name, "%s", j->name);
+    snprintf(e.file, sizeof e.file, "%s", j->file);
+    json_t *body = adapter_json(&e);
+    if (!body) {
+        lh_adapter_unload(a);
+        lh__reply_error(&j->reply, 500, NULL, "out of memory");
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->adapters[s->n_adapters++] = e;
+    pthread_mutex_unlock(&s->mu);
+    if (e.active && apply_default_set(s, &err) != LH_OK) {
+        pthread_mutex_lock(&s->mu);
+        s->n_adapters--;
+        pthread_mutex_unlock(&s->mu);
+        lh_adapter_unload(a);
+        json_decref(body);
+        lh__reply_error(&j->reply, 400, "file", "%s", err.msg);
+        return;
+    }
+    lh__reply_json(&j->reply, 201, body);
+}
+
+static void delete_adapter(lh_server *s, lh__job *j) {
+    size_t i = 0;
+    while (i < s->n_adapters && strcmp(s->adapters[i].name, j->name)) i++;
+    if (i == s->n_adapters) {
+        lh__reply_error(&j->reply, 404, "name", "no adapter named '%s' is loaded", j->name);
+        return;
+    }
+    lh_error err = {0};
+    lh_adapter *a = s->adapters[i].a;
+    pthread_mutex_lock(&s->mu);
+    memmove(&s->adapters[i], &s->adapters[i + 1], (s->n_adapters - i - 1) * sizeof s->adapters[0]);
+    s->n_adapters--;
+    pthread_mutex_unlock(&s->mu);
+    if (apply_default_set(s, &err) != LH_OK)
+        lh_log(LH_LOG_ERROR, "serve", "restoring the default adapters: %s", err.msg);
+    lh_adapter_unload(a);
+    lh__reply_json(&j->reply, 200, json_pack("{s:s}", "deleted", j->name));
+}
+
+/* ---- The worker ---- */
+
+static void run_job(lh_server *s, lh__job *j) {
+    switch (j->kind) {
+    case LH__JOB_GENERATE: {
+        lh__generate(s, &j->gen, &j->reply);
+        lh_error err = {0};
+        if (apply_default_set(s, &err) != LH_OK)
+            lh_log(LH_LOG_ERROR, "serve", "restoring the default adapters: %s", err.msg);
+        break;
+    }
+    case LH__JOB_ADAPTER_LOAD: load_adapter(s, j); break;
+    case LH__JOB_ADAPTER_DELETE: delete_adapter(s, j); break;
+    default: lh__reply_error(&j->reply, 500, NULL, "unknown job"); break;
+    }
+}
+
+static void *worker_main(void *arg) {
+    lh_server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->head && !s->stopping) pthread_cond_wait(&s->work, &s->mu);
+        if (!s->head) break; /* stopping, and everything queued has run */
+        lh__job *j = s->head;
+        s->head = j->next;
+        if (!s->head) s->tail = NULL;
+        s->depth--;
+        j->state = LH__JOB_RUNNING;
+        pthread_mutex_unlock(&s->mu);
+        if (s->o.test_job_delay_ms) {
+            struct timespec d = {s->o.test_job_delay_ms / 1000,
+                                 (long)(s->o.test_job_delay_ms % 1000) * 1000000L};
+            while (nanosleep(&d, &d) && errno == EINTR) {
+            }
+        }
+        run_job(s, j);
+        pthread_mutex_lock(&s->mu);
+        j->state = LH__JOB_DONE;
+        pthread_cond_signal(&j->done);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+lh_status lh__worker_start(lh_server *s, lh_error *err) {
+    if (pthread_create(&s->worker, NULL, worker_main, s))
+        return lh_error_set(err, LH_ERR_INTERNAL, "cannot start the model worker thread");
+    s->worker_started = 1;
+    return LH_OK;
+}
+
+void lh__worker_stop(lh_server *s) {
+    if (!s->worker_started) return;
+    pthread_mutex_lock(&s->mu);
+    s->stopping = 1;
+    pthread_cond_broadcast(&s->work);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->worker, NULL);
+    s->worker_started = 0;
+}
+
+/* ---- Jobs ---- */
+
+void lh__job_run(lh_server *s, lh__job *job) {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    int cond_ok = pthread_cond_init(&job->done, &ca) == 0;
+    pthread_condattr_destroy(&ca);
+    if (!cond_ok) {
+        lh__reply_error(&job->reply, 500, NULL, "cannot create a condition variable");
+        return;
+    }
+    pthread_mutex_lock(&s->mu);
+    if (s->stopping || s->depth >= s->o.queue_size) {
+        int stopping = s->stopping;
+        pthread_mutex_unlock(&s->mu);
+        pthread_cond_destroy(&job->done);
+        lh__reply_error(&job->reply, 503, NULL,
+                        stopping ? "the server is shutting down"
+                                 : "the queue is full (%zu jobs waiting); try again later",
+                        s->o.queue_size);
+        job->reply.retry_after = 1;
+        return;
+    }
+    job->state = LH__JOB_QUEUED;
+    job->next = NULL;
+    if (s->tail) s->tail->next = job;
+    else s->head = job;
+    s->tail = job;
+    s->depth++;
+    pthread_cond_signal(&s->work);
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += (time_t)s->o.queue_timeout_s;
+    while (job->state != LH__JOB_DONE) {
+        if (s->o.queue_timeout_s && job->state == LH__JOB_QUEUED) {
+            int rc = pthread_cond_timedwait(&job->done, &s->mu, &deadline);
+            if (rc == ETIMEDOUT && job->state == LH__JOB_QUEUED) {
+                lh__job **p = &s->head, *prev = NULL;
+                while (*p != job) {
+                    prev = *p;
+                    p = &(*p)->next;
+                }
+                *p = job->next;
+                if (s->tail == job) s->tail = prev;
+                s->depth--;
+                pthread_mutex_unlock(&s->mu);
+                pthread_cond_destroy(&job->done);
+                lh__reply_error(&job->reply, 503, NULL,
+                                "not started within %u s (server busy); try again later",
+                                s->o.queue_timeout_s);
+                job->reply.retry_after = 1;
+                return;
+            }
+        } else {
+            pthread_cond_wait(&job->done, &s->mu);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    pthread_cond_destroy(&job->done);
+}
+
+void lh__job_free(lh__job *job) {
+    if (!job) return;
+    lh__gen_req_free(&job->gen);
+    free(job->reply.body);
+    free(job);
+}
