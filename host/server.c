@@ -307,7 +307,8 @@ static void dispatch(lh_server *s, struct MHD_Connection *c, const char *url, re
 
 /* ---- The request handler ---- */
 
-static enum MHD_Result send_reply(struct MHD_Connection *c, req *q, lh__reply *rep) {
+static enum MHD_Result send_reply(lh_server *s, struct MHD_Connection *c, req *q,
+                                   lh__reply *rep) {
     struct MHD_Response *r = MHD_create_response_from_buffer(rep->len, rep->body,
                                                              MHD_RESPMEM_MUST_FREE);
     if (!r) {
@@ -327,6 +328,8 @@ static enum MHD_Result send_reply(struct MHD_Connection *c, req *q, lh__reply *r
     MHD_destroy_response(r);
     q->status = rep->status;
     q->responded = 1;
+    /* counted when the reply is ready, so a client that has it sees it counted */
+    lh__metrics_observe(&s->metrics, q->route, q->status, lh__now() - q->t0);
     return ret;
 }
 
@@ -406,7 +409,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         pthread_mutex_lock(&s->mu);
         s->in_flight++;
         pthread_mutex_unlock(&s->mu);
-        if (early_checks(s, c, q, &rep)) return send_reply(c, q, &rep);
+        if (early_checks(s, c, q, &rep)) return send_reply(s, c, q, &rep);
         return MHD_YES;
     }
     if (*upload_data_size) {
@@ -435,7 +438,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         lh__reply_error(&rep, 413, NULL, "request body larger than %zu bytes", s->o.max_body_bytes);
     else
         dispatch(s, c, url, q, &rep);
-    return send_reply(c, q, &rep);
+    return send_reply(s, c, q, &rep);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
@@ -446,7 +449,6 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     req *q = *con_cls;
     if (!q) return;
     double dt = lh__now() - q->t0;
-    if (q->status) lh__metrics_observe(&s->metrics, q->route, q->status, dt);
     if (s->o.log_requests)
         fprintf(stderr, "lorahost serve: %s %s %d %.3fs\n", q->method, lh__route_name(q->route),
                 q->status, dt);
