@@ -76,6 +76,7 @@ typedef struct req {
     char *body;
     size_t len, cap;
     int too_large;
+    lh__job *job; /* queued for the worker; the connection is suspended meanwhile */
 } req;
 
 static lh__route route_of(const char *url) {
@@ -129,14 +130,20 @@ static int file_name_ok(const char *f) {
            !strstr(f, "..");
 }
 
-static void run_job(lh_server *s, lh__job *job, lh__reply *rep) {
-    lh__job_run(s, job);
+/* Queue the job and suspend the connection until the worker is done with
+ * it (the handler is called again then); or, refused, its 503 in rep. */
+static void submit(lh_server *s, struct MHD_Connection *c, req *q, lh__job *job,
+                   lh__reply *rep) {
+    if (lh__job_submit(s, job, c) == 0) {
+        q->job = job;
+        return;
+    }
     *rep = job->reply;
     job->reply.body = NULL;
     lh__job_free(job);
 }
 
-static void post_adapter(lh_server *s, const req *q, lh__reply *rep) {
+static void post_adapter(lh_server *s, struct MHD_Connection *c, req *q, lh__reply *rep) {
     json_error_t je;
     json_t *root = json_loadb(q->body ? q->body : "", q->len, JSON_REJECT_DUPLICATES, &je);
     if (!root || !json_is_object(root)) {
@@ -217,10 +224,11 @@ static void post_adapter(lh_server *s, const req *q, lh__reply *rep) {
         lh__job_free(job);
         return;
     }
-    run_job(s, job, rep);
+    submit(s, c, q, job, rep);
 }
 
-static void delete_adapter(lh_server *s, const char *url, lh__reply *rep) {
+static void delete_adapter(lh_server *s, struct MHD_Connection *c, req *q, const char *url,
+                           lh__reply *rep) {
     const char *name = url + strlen("/adapters/");
     if (!lh__name_ok(name)) {
         lh__reply_error(rep, 400, "name", "name: not a valid adapter name");
@@ -233,10 +241,10 @@ static void delete_adapter(lh_server *s, const char *url, lh__reply *rep) {
     }
     job->kind = LH__JOB_ADAPTER_DELETE;
     snprintf(job->name, sizeof job->name, "%s", name);
-    run_job(s, job, rep);
+    submit(s, c, q, job, rep);
 }
 
-static void generate(lh_server *s, struct MHD_Connection *c, const req *q, lh__reply *rep) {
+static void generate(lh_server *s, struct MHD_Connection *c, req *q, lh__reply *rep) {
     lh__job *job = calloc(1, sizeof *job);
     if (!job) {
         lh__reply_error(rep, 500, NULL, "out of memory");
@@ -255,7 +263,7 @@ static void generate(lh_server *s, struct MHD_Connection *c, const req *q, lh__r
         lh__job_free(job);
         return;
     }
-    run_job(s, job, rep);
+    submit(s, c, q, job, rep);
 }
 
 static void copy_reply(lh__reply *rep, const char *text, size_t len, const char *ctype) {
@@ -276,10 +284,10 @@ static void dispatch(lh_server *s, struct MHD_Connection *c, const char *url, re
     case LH__ROUTE_HEALTHZ: healthz(s, rep); break;
     case LH__ROUTE_GENERATE: generate(s, c, q, rep); break;
     case LH__ROUTE_ADAPTERS:
-        if (!strcmp(q->method, "POST")) post_adapter(s, q, rep);
+        if (!strcmp(q->method, "POST")) post_adapter(s, c, q, rep);
         else list_adapters(s, rep);
         break;
-    case LH__ROUTE_ADAPTER: delete_adapter(s, url, rep); break;
+    case LH__ROUTE_ADAPTER: delete_adapter(s, c, q, url, rep); break;
     case LH__ROUTE_SCHEDULERS:
         copy_reply(rep, s->schedulers_json, s->schedulers_len, JSON_TYPE);
         break;
@@ -434,10 +442,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (q->responded) return MHD_YES;
+    if (q->job) { /* resumed: the worker is done */
+        if (!lh__job_done(s, q->job)) return MHD_YES;
+        rep = q->job->reply;
+        q->job->reply.body = NULL;
+        lh__job_free(q->job);
+        q->job = NULL;
+        return send_reply(s, c, q, &rep);
+    }
     if (q->too_large)
         lh__reply_error(&rep, 413, NULL, "request body larger than %zu bytes", s->o.max_body_bytes);
     else
         dispatch(s, c, url, q, &rep);
+    if (q->job) return MHD_YES; /* suspended until the worker replies */
     return send_reply(s, c, q, &rep);
 }
 
@@ -452,6 +469,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (s->o.log_requests)
         fprintf(stderr, "lorahost serve: %s %s %d %.3fs\n", q->method, lh__route_name(q->route),
                 q->status, dt);
+    lh__job_free(q->job); /* only when the worker has stopped (lh_server_stop) */
     free(q->body);
     free(q);
     *con_cls = NULL;
@@ -608,7 +626,9 @@ lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error 
         return st;
     }
     s->daemon = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME |
+            MHD_USE_ERROR_LOG,
+        0, NULL, NULL,
         on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned)opts->http_threads, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)opts->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
@@ -627,6 +647,14 @@ lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error 
 
 int lh_server_port(const lh_server *s) { return s->port; }
 
+/* Wait until no request is in flight, or the deadline. */
+static void wait_idle(lh_server *s, const struct timespec *deadline) {
+    pthread_mutex_lock(&s->mu);
+    while (s->in_flight > 0)
+        if (pthread_cond_timedwait(&s->idle, &s->mu, deadline) == ETIMEDOUT) break;
+    pthread_mutex_unlock(&s->mu);
+}
+
 void lh_server_stop(lh_server *s) {
     if (!s) return;
     MHD_socket fd = MHD_quiesce_daemon(s->daemon); /* no new connections */
@@ -636,11 +664,13 @@ void lh_server_stop(lh_server *s) {
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);
     deadline.tv_sec += (time_t)limit;
-    pthread_mutex_lock(&s->mu);
-    while (s->in_flight > 0)
-        if (pthread_cond_timedwait(&s->idle, &s->mu, &deadline) == ETIMEDOUT) break;
-    pthread_mutex_unlock(&s->mu);
-    MHD_stop_daemon(s->daemon);
+    wait_idle(s, &deadline);
+    /* whatever is still queued runs and its connection is resumed, so no
+     * suspended connection is left when the daemon stops */
     lh__worker_stop(s);
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 5;
+    wait_idle(s, &deadline);
+    MHD_stop_daemon(s->daemon);
     destroy(s);
 }

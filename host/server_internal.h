@@ -11,6 +11,9 @@
 #include "pipeline.h"
 #include "server.h"
 
+struct MHD_Connection;
+struct MHD_Daemon;
+
 #define LH__SRV_MAX_ADAPTERS 64
 #define LH__SRV_MAX_REQ_ADAPTERS 16
 #define LH__SRV_NAME_MAX 64
@@ -117,7 +120,9 @@ typedef struct lh__job {
     double scale;
     int active;
     lh__reply reply;
-    pthread_cond_t done;
+    struct MHD_Connection *conn; /* suspended while the job waits and runs */
+    int suspended, resumed;
+    double queued_at;
 } lh__job;
 
 typedef struct lh__srv_adapter {
@@ -157,9 +162,13 @@ struct lh_server {
 lh_status lh__worker_start(lh_server *s, lh_error *err);
 /* Run what is queued, then join the worker. */
 void lh__worker_stop(lh_server *s);
-/* Queue job and wait for its reply (503 in job->reply when the queue is
- * full or the job waited past queue_timeout_s). The caller frees the job. */
-void lh__job_run(lh_server *s, lh__job *job);
+/* Queue job and suspend conn (libmicrohttpd) until the worker has put its
+ * reply in job->reply and resumed conn: 0. A full queue or a stopping
+ * server: -1 with the 503 in job->reply, conn not suspended. A job that
+ * waited past queue_timeout_s is answered 503 by the worker, not run. */
+int lh__job_submit(lh_server *s, lh__job *job, struct MHD_Connection *conn);
+/* Whether the worker is done with job (its reply is there). */
+int lh__job_done(lh_server *s, lh__job *job);
 void lh__job_free(lh__job *job);
 
 /* Parse and range-check a /generate body into r; on failure r->... is

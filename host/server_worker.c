@@ -1,9 +1,11 @@
 /* The server's model worker: one thread owns the model and runs queued jobs
- * (generations, adapter loads and deletes) one at a time; request handlers
- * queue a job and wait for its reply. A full queue, or a job that waited
- * past queue_timeout_s, is answered 503. */
+ * (generations, adapter loads and deletes) one at a time. A request handler
+ * queues a job and suspends its connection; the worker puts the reply in the
+ * job and resumes the connection, whose handler then sends it. A full
+ * queue, or a job that waited past queue_timeout_s, is answered 503. */
 #include <errno.h>
 #include <jansson.h>
+#include <microhttpd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,6 +134,17 @@ static void run_job(lh_server *s, lh__job *j) {
     }
 }
 
+/* Done: the reply is in j; resume its connection once it is suspended
+ * (whichever of the handler and the worker comes second does it). */
+static void finish(lh_server *s, lh__job *j) {
+    pthread_mutex_lock(&s->mu);
+    j->state = LH__JOB_DONE;
+    struct MHD_Connection *c = j->suspended && !j->resumed ? j->conn : NULL;
+    if (c) j->resumed = 1;
+    pthread_mutex_unlock(&s->mu);
+    if (c) MHD_resume_connection(c);
+}
+
 static void *worker_main(void *arg) {
     lh_server *s = arg;
     pthread_mutex_lock(&s->mu);
@@ -144,16 +157,23 @@ static void *worker_main(void *arg) {
         s->depth--;
         j->state = LH__JOB_RUNNING;
         pthread_mutex_unlock(&s->mu);
-        if (s->o.test_job_delay_ms) {
-            struct timespec d = {s->o.test_job_delay_ms / 1000,
-                                 (long)(s->o.test_job_delay_ms % 1000) * 1000000L};
-            while (nanosleep(&d, &d) && errno == EINTR) {
+        double waited = lh__now() - j->queued_at;
+        if (s->o.queue_timeout_s && waited > (double)s->o.queue_timeout_s) {
+            lh__reply_error(&j->reply, 503, NULL,
+                            "waited %.0f s for the model, more than the server's %u s; try "
+                            "again later", waited, s->o.queue_timeout_s);
+            j->reply.retry_after = 1;
+        } else {
+            if (s->o.test_job_delay_ms) {
+                struct timespec d = {s->o.test_job_delay_ms / 1000,
+                                     (long)(s->o.test_job_delay_ms % 1000) * 1000000L};
+                while (nanosleep(&d, &d) && errno == EINTR) {
+                }
             }
+            run_job(s, j);
         }
-        run_job(s, j);
+        finish(s, j);
         pthread_mutex_lock(&s->mu);
-        j->state = LH__JOB_DONE;
-        pthread_cond_signal(&j->done);
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
@@ -178,64 +198,46 @@ void lh__worker_stop(lh_server *s) {
 
 /* ---- Jobs ---- */
 
-void lh__job_run(lh_server *s, lh__job *job) {
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    int cond_ok = pthread_cond_init(&job->done, &ca) == 0;
-    pthread_condattr_destroy(&ca);
-    if (!cond_ok) {
-        lh__reply_error(&job->reply, 500, NULL, "cannot create a condition variable");
-        return;
-    }
+int lh__job_submit(lh_server *s, lh__job *job, struct MHD_Connection *conn) {
     pthread_mutex_lock(&s->mu);
     if (s->stopping || s->depth >= s->o.queue_size) {
         int stopping = s->stopping;
         pthread_mutex_unlock(&s->mu);
-        pthread_cond_destroy(&job->done);
-        lh__reply_error(&job->reply, 503, NULL,
-                        stopping ? "the server is shutting down"
-                                 : "the queue is full (%zu jobs waiting); try again later",
-                        s->o.queue_size);
+        if (stopping)
+            lh__reply_error(&job->reply, 503, NULL, "the server is shutting down");
+        else
+            lh__reply_error(&job->reply, 503, NULL,
+                            "the queue is full (%zu jobs waiting); try again later",
+                            s->o.queue_size);
         job->reply.retry_after = 1;
-        return;
+        return -1;
     }
     job->state = LH__JOB_QUEUED;
+    job->conn = conn;
+    job->queued_at = lh__now();
     job->next = NULL;
     if (s->tail) s->tail->next = job;
     else s->head = job;
     s->tail = job;
     s->depth++;
     pthread_cond_signal(&s->work);
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += (time_t)s->o.queue_timeout_s;
-    while (job->state != LH__JOB_DONE) {
-        if (s->o.queue_timeout_s && job->state == LH__JOB_QUEUED) {
-            int rc = pthread_cond_timedwait(&job->done, &s->mu, &deadline);
-            if (rc == ETIMEDOUT && job->state == LH__JOB_QUEUED) {
-                lh__job **p = &s->head, *prev = NULL;
-                while (*p != job) {
-                    prev = *p;
-                    p = &(*p)->next;
-                }
-                *p = job->next;
-                if (s->tail == job) s->tail = prev;
-                s->depth--;
-                pthread_mutex_unlock(&s->mu);
-                pthread_cond_destroy(&job->done);
-                lh__reply_error(&job->reply, 503, NULL,
-                                "not started within %u s (server busy); try again later",
-                                s->o.queue_timeout_s);
-                job->reply.retry_after = 1;
-                return;
-            }
-        } else {
-            pthread_cond_wait(&job->done, &s->mu);
-        }
-    }
     pthread_mutex_unlock(&s->mu);
-    pthread_cond_destroy(&job->done);
+    /* the worker resumes conn only after this (see finish) */
+    MHD_suspend_connection(conn);
+    pthread_mutex_lock(&s->mu);
+    job->suspended = 1;
+    int resume = job->state == LH__JOB_DONE && !job->resumed;
+    if (resume) job->resumed = 1;
+    pthread_mutex_unlock(&s->mu);
+    if (resume) MHD_resume_connection(conn);
+    return 0;
+}
+
+int lh__job_done(lh_server *s, lh__job *job) {
+    pthread_mutex_lock(&s->mu);
+    int done = job->state == LH__JOB_DONE;
+    pthread_mutex_unlock(&s->mu);
+    return done;
 }
 
 void lh__job_free(lh__job *job) {

@@ -683,6 +683,7 @@ START_TEST(test_queue_full) {
     lh_server_opts o;
     opts_for_test(&o);
     o.queue_size = 1;
+    o.http_threads = 1; /* waiting requests do not hold it: the polls below get through */
     o.test_job_delay_ms = 3000;
     lh_server *s = start(&o);
     int port = lh_server_port(s);
