@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "safety.h"
 #include "server_internal.h"
 
 #define JSON_TYPE "application/json"
@@ -551,6 +552,7 @@ static lh_status read_defaults(lh_server *s, lh_error *err) {
 static void destroy(lh_server *s) {
     for (size_t i = 0; i < s->n_adapters; i++) lh_adapter_unload(s->adapters[i].a);
     lh_model_close(s->model);
+    lh_safety_chain_destroy(s->safety);
     lh_registry_destroy(s->reg);
     if (s->be) lh_backend_destroy(s->be);
     free(s->per_key);
@@ -609,6 +611,9 @@ lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error 
     if (st == LH_OK) st = lh_registry_create(&s->reg, err);
     if (st == LH_OK)
         st = lh_registry_scan(s->reg, opts->plugin_dirs, opts->n_plugin_dirs, 1, 1, err);
+    /* safety checkers are created (or start-up fails naming them) before the model loads */
+    if (st == LH_OK && opts->settings)
+        st = lh_safety_chain_create(&s->safety, s->reg, opts->settings, err);
     if (st == LH_OK) {
         struct stat sb;
         if (stat(opts->model, &sb) == 0 && S_ISREG(sb.st_mode)) {
@@ -625,12 +630,16 @@ lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error 
         destroy(s);
         return st;
     }
+    /* the pool only when it has more than one thread (libmicrohttpd warns otherwise) */
+    struct MHD_OptionItem pool[] = {
+        {opts->http_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
+         (intptr_t)opts->http_threads, NULL},
+        {MHD_OPTION_END, 0, NULL}};
     s->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME |
             MHD_USE_ERROR_LOG,
-        0, NULL, NULL,
-        on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned)opts->http_threads, MHD_OPTION_CONNECTION_TIMEOUT,
+        0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        MHD_OPTION_ARRAY, pool, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)opts->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
         MHD_OPTION_END);
     if (!s->daemon) {

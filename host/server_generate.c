@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "png.h"
+#include "safety.h"
 #include "server_internal.h"
 
 #define MAX_PROMPT_BYTES (64 * 1024)
@@ -401,6 +402,20 @@ void lh__generate(lh_server *s, lh__gen_req *r, lh__reply *rep) {
         lh__reply_error(rep, 400, field_of(err.msg), "%s", err.msg);
         return;
     }
+    /* safety checkers ([plugins] safety): the prompt before any compute */
+    int checking = s->safety && lh_safety_chain_count(s->safety);
+    lh_safety_report prompt_rep;
+    if (checking &&
+        lh_safety_check_prompt(s->safety, p->prompt ? p->prompt : "", &prompt_rep, &err)) {
+        lh__reply_error(rep, 500, NULL, "%s", err.msg);
+        return;
+    }
+    if (checking && prompt_rep.action == LH_SAFETY_REJECT) {
+        const lh_safety_entry *e = &prompt_rep.entries[prompt_rep.decider];
+        lh__reply_error(rep, 400, "prompt", "prompt refused by safety checker '%s': %s",
+                        e->checker, e->result.reason[0] ? e->result.reason : "(no reason given)");
+        return;
+    }
     for (size_t i = 0; i < n; i++) as[i] = set[i]->a;
     if (lh_adapter_set(s->model, as, scales, n, &err) != LH_OK) {
         lh__reply_error(rep, 500, "adapters", "%s", err.msg);
@@ -418,15 +433,42 @@ void lh__generate(lh_server *s, lh__gen_req *r, lh__reply *rep) {
     const char *sched = p->scheduler && *p->scheduler ? p->scheduler : res.scheduler_id;
     char *text = lh_pipeline_parameters_text(p, sched, s->model->info.name, r->init_rgb != NULL);
     json_t *params = parameters_json(r, p, sched, set, scales, n);
-    json_t *images = json_array();
-    if (!text || !params || !images) goto nomem;
+    json_t *images = json_array(), *safety = checking ? json_array() : NULL;
+    lh_safety_report *reports = checking ? calloc((size_t)res.batch, sizeof *reports) : NULL;
+    if (!text || !params || !images || (checking && (!safety || !reports))) goto nomem;
+    /* ... and the images, their actions (blur, black) applied in place */
+    if (checking && lh_safety_check_images(s->safety, res.images, res.batch, res.width,
+                                           res.height, p->prompt ? p->prompt : "", &prompt_rep,
+                                           reports, &err) != LH_OK) {
+        lh__reply_error(rep, 500, NULL, "%s; no image sent", err.msg);
+        goto out;
+    }
     size_t img_bytes = (size_t)res.width * (size_t)res.height * 3;
-    lh_png_text pt = {"parameters", text};
     for (int64_t i = 0; i < res.batch; i++) {
+        char *sj = checking ? lh_safety_report_json(&reports[i]) : NULL;
+        if (checking && !sj) goto nomem;
+        int rejected = checking && reports[i].action == LH_SAFETY_REJECT;
+        if (checking) json_array_append_new(safety, json_loads(sj, 0, NULL));
+        if (rejected && r->want_png) {
+            const lh_safety_entry *e = &reports[i].entries[reports[i].decider];
+            lh__reply_error(rep, 422, NULL, "image refused by safety checker '%s': %s",
+                            e->checker,
+                            e->result.reason[0] ? e->result.reason : "(no reason given)");
+            free(sj);
+            goto out;
+        }
+        if (rejected) { /* not sent; its report says why */
+            free(sj);
+            if (json_array_append_new(images, json_null())) goto nomem;
+            continue;
+        }
         void *png = NULL;
         size_t len = 0;
-        if (lh_png_encode(&png, &len, "image", res.images + (size_t)i * img_bytes, res.width,
-                          res.height, &pt, 1, &err) != LH_OK) {
+        lh_png_text pt[2] = {{"parameters", text}, {"lorahost_safety", sj}};
+        lh_status st2 = lh_png_encode(&png, &len, "image", res.images + (size_t)i * img_bytes,
+                                      res.width, res.height, pt, sj ? 2 : 1, &err);
+        free(sj);
+        if (st2 != LH_OK) {
             lh__reply_error(rep, 500, NULL, "%s", err.msg);
             goto out;
         }
@@ -446,9 +488,9 @@ void lh__generate(lh_server *s, lh__gen_req *r, lh__reply *rep) {
         }
         free(b64);
     }
-    json_t *body = json_pack("{s:o, s:o, s:I}", "images", images, "parameters", params, "seed",
-                             (json_int_t)p->seed);
-    images = params = NULL;
+    json_t *body = json_pack("{s:o, s:o, s:I, s:o*}", "images", images, "parameters", params,
+                             "seed", (json_int_t)p->seed, "safety", safety);
+    images = params = safety = NULL;
     if (!body) goto nomem;
     snprintf(rep->seed, sizeof rep->seed, "%llu", (unsigned long long)p->seed);
     lh__reply_json(rep, 200, body);
@@ -456,8 +498,10 @@ void lh__generate(lh_server *s, lh__gen_req *r, lh__reply *rep) {
 nomem:
     lh__reply_error(rep, 500, NULL, "out of memory");
 out:
+    free(reports);
     json_decref(images);
     json_decref(params);
+    json_decref(safety);
     free(text);
     lh_gen_result_free(&res);
 }

@@ -139,6 +139,7 @@ struct lh_server {
     lh_backend *be;
     lh_registry *reg;
     lh_model *model;
+    struct lh_safety_chain *safety; /* [plugins] safety; NULL without settings */
     lh_gen_params defaults;
     char *schedulers_json, *plugins_json; /* built at start */
     size_t schedulers_len, plugins_len;

@@ -842,6 +842,81 @@ START_TEST(test_graceful_stop) {
 }
 END_TEST
 
+/* [plugins] safety: a refused prompt is a 400 naming it before any compute;
+ * an image checker's action is applied and reported; a rejected image is
+ * not sent. */
+static lh_server *start_safety(lh_settings **st, const char *action) {
+    paths();
+    lh_error err = {0};
+    ck_assert_int_eq(lh_settings_create(st, &err), LH_OK);
+    char set[4400];
+    snprintf(set, sizeof set, "safety_prompt_filter.lists=%s/examples/safety/en.txt:reject:en",
+             g_src);
+    ck_assert_msg(lh_settings_set_override(*st, set, &err) == LH_OK, "%s", err.msg);
+    ck_assert_int_eq(lh_settings_set_override(*st, "plugins.safety=prompt_filter,test_flag_all",
+                                              &err), LH_OK);
+    snprintf(set, sizeof set, "safety_test_flag_all.action=%s", action);
+    ck_assert_msg(lh_settings_set_override(*st, set, &err) == LH_OK, "%s", err.msg);
+    static char flagdir[4300];
+    static const char *dirs[1];
+    const char *build = getenv("LH_BUILD_DIR");
+    snprintf(flagdir, sizeof flagdir, "%s/tests/plugins/safety", build ? build : "..");
+    dirs[0] = flagdir;
+    lh_server_opts o;
+    opts_for_test(&o);
+    o.settings = *st;
+    o.plugin_dirs = dirs;
+    o.n_plugin_dirs = 1;
+    return start(&o);
+}
+
+START_TEST(test_safety) {
+    lh_settings *st;
+    lh_server *s = start_safety(&st, "blur");
+    int port = lh_server_port(s);
+    resp r;
+    http(port, "POST", "/generate", NULL,
+         "{\"prompt\": \"a FORBIDDEN example house\", \"steps\": 2, \"width\": 64, "
+         "\"height\": 64}", &r);
+    expect_error(&r, 400, "prompt", "a refused prompt");
+    ck_assert_msg(strstr(r.body, "safety_prompt_filter"), "%s", r.body);
+    resp_free(&r);
+    http(port, "POST", "/generate", NULL, BASE_BODY "}", &r);
+    ck_assert_msg(r.status == 200, "%.300s", r.body);
+    json_t *j = body_json(&r);
+    json_t *rep = json_array_get(json_object_get(j, "safety"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(rep, "action")), "blur");
+    size_t n = 0;
+    uint8_t *png = unbase64(json_string_value(json_array_get(json_object_get(j, "images"), 0)), &n);
+    int64_t w, h;
+    uint8_t *got = decode_png((const char *)png, n, &w, &h), *want = direct_txt2img(NULL, 0);
+    ck_assert_msg(memcmp(got, want, IMG_BYTES), "the flagged image was not blurred");
+    free(got);
+    free(want);
+    free(png);
+    json_decref(j);
+    resp_free(&r);
+    lh_server_stop(s);
+    lh_settings_destroy(st);
+
+    s = start_safety(&st, "reject");
+    port = lh_server_port(s);
+    http(port, "POST", "/generate?format=png", NULL, BASE_BODY "}", &r);
+    expect_error(&r, 422, NULL, "a rejected image as PNG");
+    resp_free(&r);
+    http(port, "POST", "/generate", NULL, BASE_BODY "}", &r);
+    ck_assert_msg(r.status == 200, "%.300s", r.body);
+    j = body_json(&r);
+    ck_assert(json_is_null(json_array_get(json_object_get(j, "images"), 0)));
+    rep = json_array_get(json_object_get(j, "safety"), 0);
+    ck_assert_str_eq(json_string_value(json_object_get(rep, "action")), "reject");
+    json_decref(j);
+    resp_free(&r);
+    lh_server_stop(s);
+    lh_settings_destroy(st);
+}
+END_TEST
+
 /* `lorahost serve` itself: the listening line with the chosen port, a
  * request, SIGTERM, exit status 0. */
 START_TEST(test_cli_sigterm) {
@@ -900,6 +975,7 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_body_limit);
     tcase_add_test(tc, test_queue_full);
     tcase_add_test(tc, test_adapters);
+    tcase_add_test(tc, test_safety);
     tcase_add_test(tc, test_graceful_stop);
     tcase_add_test(tc, test_cli_sigterm);
     suite_add_tcase(s, tc);
