@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -566,6 +567,32 @@ static void destroy(lh_server *s) {
     free(s);
 }
 
+/* libmicrohttpd's own messages go to the host log. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = 0;
+    lh_log(LH_LOG_WARN, "libmicrohttpd", "%s", msg);
+}
+
+/* The listening socket, bound here so that a failure says why. */
+static lh_status listen_on(int *fd_out, const struct sockaddr_in *sa, const char *host,
+                           lh_error *err) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    if (fd < 0) return lh_error_set(err, LH_ERR_IO, "socket: %s", strerror(errno));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)sa, sizeof *sa) || listen(fd, 128)) {
+        int e = errno;
+        close(fd);
+        return lh_error_set(err, LH_ERR_IO, "cannot listen on %s:%d: %s", host,
+                            (int)ntohs(sa->sin_port), strerror(e));
+    }
+    *fd_out = fd;
+    return LH_OK;
+}
+
 lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error *err) {
     *out = NULL;
     if (!opts->model || !*opts->model)
@@ -605,6 +632,8 @@ lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error 
             return lh_error_set(err, LH_ERR_INVALID, "server.api_keys: key %zu is empty", i + 1);
         }
     lh_status st = read_defaults(s, err);
+    int fd = -1; /* bound first: a port in use fails before the model loads */
+    if (st == LH_OK) st = listen_on(&fd, &sa, opts->host, err);
     char msg[LH_ERROR_MAX] = "";
     if (st == LH_OK && lh_backend_cpu_create(&s->be, opts->compute_threads, msg, sizeof msg))
         st = lh_error_set(err, LH_ERR_BACKEND, "cpu backend: %s", msg);
@@ -626,6 +655,7 @@ lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error 
     if (st == LH_OK) st = build_lists(s, err);
     if (st == LH_OK) st = lh__worker_start(s, err);
     if (st != LH_OK) {
+        if (fd >= 0) close(fd);
         lh__worker_stop(s);
         destroy(s);
         return st;
@@ -638,18 +668,21 @@ lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error 
     s->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME |
             MHD_USE_ERROR_LOG,
-        0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-        MHD_OPTION_ARRAY, pool, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)opts->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_END);
+        0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_ARRAY, pool,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->connection_timeout_s,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
     if (!s->daemon) {
+        close(fd);
         lh__worker_stop(s);
         destroy(s);
-        return lh_error_set(err, LH_ERR_IO, "cannot listen on %s:%d (address in use?)",
+        return lh_error_set(err, LH_ERR_INTERNAL, "libmicrohttpd did not start (%s:%d)",
                             opts->host, opts->port);
     }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = info ? (int)info->port : opts->port;
+    struct sockaddr_in bound = {0};
+    socklen_t blen = sizeof bound;
+    s->port = getsockname(fd, (struct sockaddr *)&bound, &blen) ? opts->port
+                                                                 : (int)ntohs(bound.sin_port);
     *out = s;
     return LH_OK;
 }
