@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -842,6 +843,72 @@ START_TEST(test_graceful_stop) {
 }
 END_TEST
 
+/* Idle connections are closed after connection_timeout_s. */
+START_TEST(test_connection_timeout) {
+    lh_server_opts o;
+    opts_for_test(&o);
+    o.connection_timeout_s = 1;
+    lh_server *s = start(&o);
+    int fd = connect_to(lh_server_port(s));
+    ck_assert_int_ge(fd, 0);
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    char c;
+    ssize_t k = recv(fd, &c, 1, 0); /* nothing sent: the server hangs up */
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    close(fd);
+    double dt = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    ck_assert_int_le(k, 0);
+    ck_assert_msg(dt > 0.5 && dt < 8, "closed after %.2f s", dt);
+    lh_server_stop(s);
+}
+END_TEST
+
+/* Concurrent clients: every one answered, the same seed the same image. */
+#define N_CONCURRENT 6
+START_TEST(test_concurrent) {
+    lh_server_opts o;
+    opts_for_test(&o);
+    o.http_threads = 2;
+    lh_server *s = start(&o);
+    int port = lh_server_port(s);
+    bg b[N_CONCURRENT];
+    for (int i = 0; i < N_CONCURRENT; i++) {
+        b[i] = (bg){port, SMALL, {0}, 0};
+        ck_assert_int_eq(pthread_create(&b[i].t, NULL, bg_post, &b[i]), 0);
+    }
+    for (int i = 0; i < 20; i++) { /* small requests get through meanwhile */
+        resp r;
+        http(port, "GET", i % 2 ? "/healthz" : "/adapters", NULL, NULL, &r);
+        ck_assert_int_eq(r.status, 200);
+        resp_free(&r);
+    }
+    uint8_t *first = NULL;
+    for (int i = 0; i < N_CONCURRENT; i++) {
+        pthread_join(b[i].t, NULL);
+        ck_assert_int_eq(b[i].r.status, 200);
+        int64_t w, h;
+        uint8_t *img = decode_png(b[i].r.body, b[i].r.body_len, &w, &h);
+        if (!first) first = img;
+        else {
+            ck_assert_msg(!memcmp(img, first, IMG_BYTES), "request %d differs", i);
+            free(img);
+        }
+        resp_free(&b[i].r);
+    }
+    free(first);
+    resp r;
+    http(port, "GET", "/metrics", NULL, NULL, &r);
+    ck_assert_msg(strstr(r.body, "lorahost_http_requests_total{route=\"/generate\",status=\"200\"} 6\n"),
+                  "%s", r.body);
+    ck_assert_int_eq(gauge(&r, "lorahost_queue_depth"), 0);
+    resp_free(&r);
+    lh_server_stop(s);
+}
+END_TEST
+
 /* [plugins] safety: a refused prompt is a 400 naming it before any compute;
  * an image checker's action is applied and reported; a rejected image is
  * not sent. */
@@ -917,28 +984,34 @@ START_TEST(test_safety) {
 }
 END_TEST
 
-/* `lorahost serve` itself: the listening line with the chosen port, a
- * request, SIGTERM, exit status 0. */
+/* `lorahost serve` itself: the listening line with the chosen port,
+ * requests with a right and a wrong API key (neither ever in the log),
+ * SIGTERM, exit status 0. */
 START_TEST(test_cli_sigterm) {
     paths();
     const char *build = getenv("LH_BUILD_DIR");
     char exe[4300];
     snprintf(exe, sizeof exe, "%s/bin/lorahost", build ? build : "..");
-    if (access(exe, X_OK)) snprintf(exe, sizeof exe, "%s/host/lorahost", build ? build : "..");
     ck_assert_msg(!access(exe, X_OK), "no lorahost program at %s", exe);
-    int out[2];
+    int out[2], errp[2];
     ck_assert_int_eq(pipe(out), 0);
+    ck_assert_int_eq(pipe(errp), 0);
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
         dup2(out[1], 1);
+        dup2(errp[1], 2);
         close(out[0]);
         close(out[1]);
-        execl(exe, exe, "serve", "--model", g_model, "--port", "0", "--quiet", "--set",
-              "backend.threads=1", (char *)NULL);
+        close(errp[0]);
+        close(errp[1]);
+        execl(exe, exe, "serve", "--model", g_model, "--port", "0", "--set",
+              "backend.threads=1", "--set", "server.api_keys=sekrit-one,sekrit-two",
+              (char *)NULL);
         _exit(127);
     }
     close(out[1]);
+    close(errp[1]);
     char line[512] = "";
     size_t n = 0;
     while (n + 1 < sizeof line) {
@@ -949,17 +1022,34 @@ START_TEST(test_cli_sigterm) {
     line[n] = 0;
     const char *colon = strstr(line, "http://127.0.0.1:");
     ck_assert_msg(colon != NULL, "no listening line: '%s'", line);
+    ck_assert_ptr_null(strstr(line, "sekrit"));
     int port = atoi(colon + strlen("http://127.0.0.1:"));
     ck_assert_int_gt(port, 0);
     resp r;
     http(port, "GET", "/healthz", NULL, NULL, &r);
     ck_assert_int_eq(r.status, 200);
     resp_free(&r);
+    http(port, "GET", "/adapters", "Authorization: Bearer sekrit-two\r\n", NULL, &r);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    http(port, "GET", "/adapters", "Authorization: Bearer sekrit-wrong\r\n", NULL, &r);
+    ck_assert_int_eq(r.status, 401);
+    resp_free(&r);
     ck_assert_int_eq(kill(pid, SIGTERM), 0);
+    char log[16384];
+    size_t len = 0;
+    for (ssize_t k; len + 1 < sizeof log && (k = read(errp[0], log + len, sizeof log - 1 - len)) > 0;)
+        len += (size_t)k;
+    log[len] = 0;
     int status = 0;
     ck_assert_int_eq(waitpid(pid, &status, 0), pid);
     close(out[0]);
-    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d", status);
+    close(errp[0]);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exit status %d: %s", status,
+                  log);
+    ck_assert_msg(strstr(log, "GET /adapters 401"), "no request lines in the log: %s", log);
+    ck_assert_msg(strstr(log, "lorahost serve: stopped"), "%s", log);
+    ck_assert_msg(!strstr(log, "sekrit"), "an API key in the log: %s", log);
 }
 END_TEST
 
@@ -975,6 +1065,8 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_body_limit);
     tcase_add_test(tc, test_queue_full);
     tcase_add_test(tc, test_adapters);
+    tcase_add_test(tc, test_connection_timeout);
+    tcase_add_test(tc, test_concurrent);
     tcase_add_test(tc, test_safety);
     tcase_add_test(tc, test_graceful_stop);
     tcase_add_test(tc, test_cli_sigterm);
