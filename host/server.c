@@ -568,6 +568,7 @@ static void destroy(lh_server *s) {
 }
 
 /* libmicrohttpd's own messages go to the host log. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
     (void)cls;
     char msg[512];
