@@ -850,6 +850,57 @@ START_TEST(test_graceful_stop) {
 }
 END_TEST
 
+/* The in-memory PNG codec the server uses is the file one's: the same
+ * bytes as lh_png_write_texts writes, read back as lh_png_read does. */
+START_TEST(test_png_memory) {
+    enum { W = 24, H = 16 };
+    uint8_t rgb[W * H * 3];
+    for (size_t i = 0; i < sizeof rgb; i++) rgb[i] = (uint8_t)(i * 7 + i / 5);
+    lh_png_text t[2] = {{"parameters", "a cat\nSteps: 2"}, {"lorahost_safety", "{}"}};
+    lh_error err = {0};
+    void *png = NULL;
+    size_t n = 0;
+    ck_assert_msg(lh_png_encode(&png, &n, "mem", rgb, W, H, t, 2, &err) == LH_OK, "%s", err.msg);
+    char path[] = "/tmp/lh_test_server_png_XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    ck_assert_msg(lh_png_write_texts(path, rgb, W, H, t, 2, &err) == LH_OK, "%s", err.msg);
+    FILE *f = fopen(path, "rb");
+    ck_assert_ptr_nonnull(f);
+    char *file = malloc(n + 16);
+    ck_assert_ptr_nonnull(file);
+    size_t got = fread(file, 1, n + 16, f);
+    fclose(f);
+    ck_assert_uint_eq(got, n);
+    ck_assert(!memcmp(file, png, n));
+    uint8_t *a = NULL, *b = NULL;
+    int64_t w = 0, h = 0;
+    ck_assert_int_eq(lh_png_decode(png, n, "mem", &a, &w, &h, &err), LH_OK);
+    ck_assert_int_eq(w, W);
+    ck_assert_int_eq(h, H);
+    ck_assert_int_eq(lh_png_read(path, &b, &w, &h, &err), LH_OK);
+    ck_assert(!memcmp(a, rgb, sizeof rgb));
+    ck_assert(!memcmp(b, rgb, sizeof rgb));
+    char *text = NULL;
+    ck_assert_int_eq(lh_png_read_text(path, "parameters", &text, &err), LH_OK);
+    ck_assert_str_eq(text, "a cat\nSteps: 2");
+    free(text);
+    /* not a PNG, and a truncated one: errors naming the source */
+    ck_assert_int_eq(lh_png_decode("hello", 5, "init_image", &b, &w, &h, &err),
+                     LH_ERR_FORMAT);
+    ck_assert_ptr_null(b);
+    ck_assert_msg(strstr(err.msg, "init_image: not a PNG"), "%s", err.msg);
+    ck_assert_int_eq(lh_png_decode(png, n / 2, "half", &b, &w, &h, &err), LH_ERR_FORMAT);
+    ck_assert_ptr_null(b);
+    ck_assert_msg(strstr(err.msg, "half"), "%s", err.msg);
+    free(a);
+    free(file);
+    free(png);
+    unlink(path);
+}
+END_TEST
+
 /* Idle connections are closed after connection_timeout_s. */
 START_TEST(test_connection_timeout) {
     lh_server_opts o;
@@ -1064,6 +1115,7 @@ static Suite *suite(void) {
     Suite *s = suite_create("server");
     TCase *tc = tcase_create("server");
     tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_png_memory);
     tcase_add_test(tc, test_routes);
     tcase_add_test(tc, test_generate_equals_pipeline);
     tcase_add_test(tc, test_bad_input);
