@@ -882,6 +882,7 @@ START_TEST(test_png_memory) {
     ck_assert_int_eq(lh_png_read(path, &b, &w, &h, &err), LH_OK);
     ck_assert(!memcmp(a, rgb, sizeof rgb));
     ck_assert(!memcmp(b, rgb, sizeof rgb));
+    free(b);
     char *text = NULL;
     ck_assert_int_eq(lh_png_read_text(path, "parameters", &text, &err), LH_OK);
     ck_assert_str_eq(text, "a cat\nSteps: 2");
