@@ -20,14 +20,18 @@ typedef struct lh_model_init_opts {
 } lh_model_init_opts;
 
 /* The default scheduler: DDPM's training schedule (linear betas
- * 0.0001..0.02 over 1000 steps, x0 clipped to [-1, 1] as pixel models do)
- * sampled with DDIM, predicting v: with epsilon a small model learns to
- * echo the noise at high noise levels (low loss, but samples from pure
- * noise never reach the data); v carries the image at every level. */
+ * 0.0001..0.02 over 1000 steps) sampled with DDIM, predicting v: with
+ * epsilon a small model learns to echo the noise at high noise levels (low
+ * loss, but samples from pure noise never reach the data); v carries the
+ * image at every level. x0 is not clipped (as SD's configs): DDIM clips
+ * x0 but keeps the unclipped noise estimate, so under strong guidance,
+ * where the extrapolated x0 leaves [-1, 1] far behind, clipping drives the
+ * sample to the opposite colour (measured on the embedded model: red
+ * circle on blue came out blue on yellow at cfg 7.5). */
 #define LH_MODEL_INIT_SCHEDULER                                                                   \
     "{\n  \"_class_name\": \"DDIMScheduler\",\n  \"beta_start\": 0.0001,\n  \"beta_end\": "     \
     "0.02,\n  \"beta_schedule\": \"linear\",\n  \"num_train_timesteps\": 1000,\n  "             \
-    "\"prediction_type\": \"v_prediction\",\n  \"clip_sample\": true,\n  \"clip_sample_range\": "    \
+    "\"prediction_type\": \"v_prediction\",\n  \"clip_sample\": false,\n  \"clip_sample_range\": "    \
     "1.0,\n  \"set_alpha_to_one\": true,\n  \"steps_offset\": 0,\n  \"timestep_spacing\": "     \
     "\"leading\"\n}\n"
 
