@@ -5,6 +5,7 @@
 # message for each kind of bad input.
 # Usage: cli_dataset.sh SOURCE_DIR BUILD_DIR
 set -euo pipefail
+source "$(dirname "$0")/cli_lib.sh" # check
 src="$1"
 lh="$2/bin/lorahost"
 fx="$src/tests/fixtures/datasets"
@@ -12,16 +13,6 @@ model="$src/tests/fixtures/models/sd1_tiny"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-pass=0
-check() { # check NAME EXPECTED_STATUS EXPECTED_TEXT -- command...
-  local name="$1" want="$2" text="$3"; shift 4
-  local out rc=0
-  out="$("$@" 2>&1)" || rc=$?
-  if [[ $rc -ne $want ]] || ! grep -qF -- "$text" <<<"$out"; then
-    echo "FAIL $name: status $rc (want $want), output:"; echo "$out"; exit 1
-  fi
-  pass=$((pass + 1))
-}
 
 check import 0 "3 images (0 skipped, 1 without a caption)" -- "$lh" dataset import "$fx/images" c.h5 --resolution 24
 check import_warns 0 "c.png: no caption file" -- "$lh" dataset import "$fx/images" c.h5 --resolution 24 --center-crop

@@ -5,22 +5,13 @@
 # and exit status plus a one-line message for each kind of bad input.
 # Usage: cli_generate.sh SOURCE_DIR BUILD_DIR
 set -euo pipefail
+source "$(dirname "$0")/cli_lib.sh" # check
 src="$1"
 lh="$2/bin/lorahost"
 model="$src/tests/fixtures/models/sd1_tiny"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-pass=0
-check() { # check NAME EXPECTED_STATUS EXPECTED_TEXT -- command...
-  local name="$1" want="$2" text="$3"; shift 4
-  local out rc=0
-  out="$("$@" 2>&1)" || rc=$?
-  if [[ $rc -ne $want ]] || ! grep -qF -- "$text" <<<"$out"; then
-    echo "FAIL $name: status $rc (want $want), output:"; echo "$out"; exit 1
-  fi
-  pass=$((pass + 1))
-}
 has() { # has NAME FILE TEXT: FILE (binary) contains TEXT
   if ! grep -aqF -- "$3" "$2"; then echo "FAIL $1: $2 lacks '$3'"; exit 1; fi
   pass=$((pass + 1))

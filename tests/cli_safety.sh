@@ -7,6 +7,7 @@
 # reject are applied and recorded (tests/plugins/flag_safety.c).
 # Usage: cli_safety.sh SOURCE_DIR BUILD_DIR
 set -euo pipefail
+source "$(dirname "$0")/cli_lib.sh" # check
 src="$1"
 lh="$2/bin/lorahost"
 flagdir="$2/tests/plugins/safety"
@@ -14,16 +15,6 @@ model="$src/tests/fixtures/models/sd1_tiny"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-pass=0
-check() { # check NAME EXPECTED_STATUS EXPECTED_TEXT -- command...
-  local name="$1" want="$2" text="$3"; shift 4
-  local out rc=0
-  out="$("$@" 2>&1)" || rc=$?
-  if [[ $rc -ne $want ]] || ! grep -qF -- "$text" <<<"$out"; then
-    echo "FAIL $name: status $rc (want $want), output:"; echo "$out"; exit 1
-  fi
-  pass=$((pass + 1))
-}
 has() { # has NAME FILE TEXT: FILE (binary) contains TEXT
   if ! grep -aqF -- "$3" "$2"; then echo "FAIL $1: $2 lacks '$3'"; exit 1; fi
   pass=$((pass + 1))

@@ -3,19 +3,10 @@
 # model's own scheduler_config.json, and exit status plus a one-line message
 # for each kind of bad input. Usage: cli_schedulers.sh BUILD_DIR
 set -euo pipefail
+source "$(dirname "$0")/cli_lib.sh" # check
 lh="$1/bin/lorahost"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-pass=0
-check() { # check NAME EXPECTED_STATUS EXPECTED_TEXT -- command...
-  local name="$1" want="$2" text="$3"; shift 4
-  local out rc=0
-  out="$("$@" 2>&1)" || rc=$?
-  if [[ $rc -ne $want ]] || ! grep -qF -- "$text" <<<"$out"; then
-    echo "FAIL $name: status $rc (want $want), output:"; echo "$out"; exit 1
-  fi
-  pass=$((pass + 1))
-}
 mkdir -p "$work/model/scheduler"
 cat > "$work/model/scheduler/scheduler_config.json" <<'JSON'
 {"_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
