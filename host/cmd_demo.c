@@ -148,8 +148,11 @@ int lh_cmd_demo(int argc, char **argv) {
     for (int k = 0; st == LH_OK && k < n; k++) st = gen(&d, prompts[k], &img[0][k], &w, &h, &err);
     lh_adapter_load_opts lo = {.policy = LH_ADAPTER_STRICT};
     if (st == LH_OK) st = lh_adapter_load(&a, d.m, d.reg, lora, &lo, &err);
-    double one = 1.0;
-    if (st == LH_OK) st = lh_adapter_set(d.m, &a, &one, 1, &err);
+    /* merged: the style's deltas written into the weights (full speed); the
+     * unload below writes the kept base weights back bit for bit */
+    lh_adapter_weights one;
+    lh_adapter_weights_init(&one, 1.0);
+    if (st == LH_OK) st = lh_adapter_set_ex(d.m, &a, &one, 1, LH_ADAPTER_MERGED, &err);
     for (int k = 0; st == LH_OK && k < n; k++) st = gen(&d, prompts[k], &img[1][k], &w, &h, &err);
     if (st == LH_OK) {
         lh_adapter_unload(a);
