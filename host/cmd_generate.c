@@ -19,6 +19,7 @@
 #include "model.h"
 #include "adapter_prompt.h"
 #include "pipeline.h"
+#include "rng.h"
 #include "png.h"
 #include "safety.h"
 
@@ -148,14 +149,6 @@ static void print_timings(const lh_gen_result *r, double load_s, double total_s,
     if (img2img) fprintf(stderr, "\"vae_encode_s\": %.4f, ", r->vae_encode_s);
     fprintf(stderr, "\"vae_decode_s\": %.4f, \"total_s\": %.4f, \"peak_rss_mb\": %.1f}\n",
             r->vae_decode_s, total_s, (double)ru.ru_maxrss / 1024.0);
-}
-
-static uint64_t random_seed(void) {
-    uint32_t v = 0;
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f || fread(&v, sizeof v, 1, f) != 1) v = (uint32_t)time(NULL) ^ (uint32_t)getpid();
-    if (f) fclose(f);
-    return v;
 }
 
 static int read_noise(const char *path, float **out, const lh_gen_params *p, const lh_model *m) {
@@ -480,7 +473,7 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
         fprintf(stderr, NAME ": --threads must be in 0..1024, got %lld\n", (long long)o.threads);
         return 1;
     }
-    if (p.seed == UINT64_MAX) p.seed = random_seed();
+    if (p.seed == UINT64_MAX) p.seed = lh_rng_random_seed();
 
     lh_error err = {0};
     uint8_t *image = NULL;

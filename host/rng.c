@@ -7,8 +7,11 @@
 #include "rng.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #define MT_N 624
 #define MT_M 397
@@ -270,4 +273,12 @@ void lh_rng_destroy(lh_rng *r) {
     if (!r) return;
     free(r->replay);
     free(r);
+}
+
+uint64_t lh_rng_random_seed(void) {
+    uint32_t v = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&v, sizeof v, 1, f) != 1) v = (uint32_t)time(NULL) ^ (uint32_t)getpid();
+    if (f) fclose(f);
+    return v;
 }

@@ -17,6 +17,9 @@ LH_API void lh_rng_destroy(lh_rng *rng);
 
 /* Next raw 32-bit word of the mt19937 stream. */
 LH_API uint32_t lh_rng_u32(lh_rng *rng);
+/* A fresh 32-bit seed for "no seed given" (/dev/urandom, else time ^ pid),
+ * as A1111's seed -1. */
+LH_API uint64_t lh_rng_random_seed(void);
 /* out[n] = torch.randn(n, generator=g) for a contiguous float32 tensor. */
 LH_API lh_status lh_rng_randn(lh_rng *rng, float *out, int64_t n, lh_error *err);
 

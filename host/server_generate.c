@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "png.h"
+#include "rng.h"
 #include "safety.h"
 #include "server_internal.h"
 
@@ -182,14 +183,6 @@ static int parse_init_image(lh__gen_req *r, lh__reply *rep, const json_t *v, int
     return 0;
 }
 
-static uint64_t random_seed(void) {
-    uint32_t v = 0;
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f || fread(&v, sizeof v, 1, f) != 1) v = (uint32_t)time(NULL) ^ (uint32_t)getpid();
-    if (f) fclose(f);
-    return v;
-}
-
 void lh__gen_req_free(lh__gen_req *r) {
     free(r->prompt);
     free(r->negative_prompt);
@@ -276,7 +269,7 @@ static int parse_fields(lh__gen_req *r, const lh_server *s, const json_t *root, 
     }
     p->width = w;
     p->height = h;
-    p->seed = seed < 0 ? random_seed() : (uint64_t)seed;
+    p->seed = seed < 0 ? lh_rng_random_seed() : (uint64_t)seed;
     if (r->prompt) p->prompt = r->prompt;
     if (r->negative_prompt) p->negative_prompt = r->negative_prompt;
     if (r->scheduler) p->scheduler = r->scheduler;
