@@ -87,7 +87,11 @@ static lh__route route_of(const char *url) {
         lh__route r;
     } T[] = {{"/healthz", LH__ROUTE_HEALTHZ},       {"/generate", LH__ROUTE_GENERATE},
              {"/adapters", LH__ROUTE_ADAPTERS},     {"/schedulers", LH__ROUTE_SCHEDULERS},
-             {"/plugins", LH__ROUTE_PLUGINS},       {"/metrics", LH__ROUTE_METRICS}};
+             {"/plugins", LH__ROUTE_PLUGINS},       {"/metrics", LH__ROUTE_METRICS},
+             {"/", LH__ROUTE_PAGE},                 {"/index.html", LH__ROUTE_PAGE},
+             {"/sdapi/v1/txt2img", LH__ROUTE_SDAPI_TXT2IMG},
+             {"/sdapi/v1/img2img", LH__ROUTE_SDAPI_IMG2IMG},
+             {"/sdapi/v1/samplers", LH__ROUTE_SDAPI_SAMPLERS}};
     for (size_t i = 0; i < sizeof T / sizeof T[0]; i++)
         if (!strcmp(url, T[i].path)) return T[i].r;
     if (!strncmp(url, "/adapters/", 10)) return LH__ROUTE_ADAPTER;
@@ -96,7 +100,9 @@ static lh__route route_of(const char *url) {
 
 static int method_ok(lh__route r, const char *m) {
     switch (r) {
-    case LH__ROUTE_GENERATE: return !strcmp(m, "POST");
+    case LH__ROUTE_GENERATE:
+    case LH__ROUTE_SDAPI_TXT2IMG:
+    case LH__ROUTE_SDAPI_IMG2IMG: return !strcmp(m, "POST");
     case LH__ROUTE_ADAPTERS: return !strcmp(m, "GET") || !strcmp(m, "POST");
     case LH__ROUTE_ADAPTER: return !strcmp(m, "DELETE");
     default: return !strcmp(m, "GET") || !strcmp(m, "HEAD");
@@ -294,6 +300,7 @@ static void dispatch(lh_server *s, struct MHD_Connection *c, const char *url, re
         copy_reply(rep, s->schedulers_json, s->schedulers_len, JSON_TYPE);
         break;
     case LH__ROUTE_PLUGINS: copy_reply(rep, s->plugins_json, s->plugins_len, JSON_TYPE); break;
+    case LH__ROUTE_PAGE: lh__page(rep); break;
     case LH__ROUTE_METRICS: {
         pthread_mutex_lock(&s->mu);
         size_t depth = s->depth, n = s->n_adapters;
@@ -355,7 +362,7 @@ static int early_checks(lh_server *s, struct MHD_Connection *c, req *q, lh__repl
         return 1;
     }
     q->key_index = -1;
-    if (q->route != LH__ROUTE_HEALTHZ && s->o.n_api_keys) {
+    if (q->route != LH__ROUTE_HEALTHZ && q->route != LH__ROUTE_PAGE && s->o.n_api_keys) {
         const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
         const char *tok = auth && !strncasecmp(auth, "Bearer ", 7) ? auth + 7 : NULL;
         size_t n = tok ? strlen(tok) : 0;

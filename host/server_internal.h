@@ -60,6 +60,10 @@ typedef enum lh__route {
     LH__ROUTE_SCHEDULERS,
     LH__ROUTE_PLUGINS,
     LH__ROUTE_METRICS,
+    LH__ROUTE_PAGE,          /* GET / : the web page */
+    LH__ROUTE_SDAPI_TXT2IMG, /* A1111's POST /sdapi/v1/txt2img */
+    LH__ROUTE_SDAPI_IMG2IMG, /* A1111's POST /sdapi/v1/img2img */
+    LH__ROUTE_SDAPI_SAMPLERS,
     LH__ROUTE_OTHER,
     LH__ROUTE_COUNT
 } lh__route;
@@ -181,6 +185,11 @@ void lh__gen_req_free(lh__gen_req *r);
 int lh__name_ok(const char *s);
 /* Worker side: checks against the model and registry, generation, encoding. */
 void lh__generate(lh_server *s, lh__gen_req *r, lh__reply *reply);
+
+/* ---- The web page (server_page.c) ---- */
+
+/* The page (text/html) as the reply. */
+void lh__page(lh__reply *rep);
 
 /* ---- base64 (server_base64.c) ---- */
 char *lh__base64_encode(const void *data, size_t n, size_t *out_len);

@@ -10,7 +10,8 @@
 
 static const char *const ROUTES[LH__ROUTE_COUNT] = {
     "/healthz", "/generate", "/adapters", "/adapters/{name}",
-    "/schedulers", "/plugins", "/metrics", "other"};
+    "/schedulers", "/plugins", "/metrics", "/", "/sdapi/v1/txt2img", "/sdapi/v1/img2img",
+    "/sdapi/v1/samplers", "other"};
 static const double BOUNDS[LH__N_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                              0.5,   1,    2.5,   5,    10,  30};
 
