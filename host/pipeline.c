@@ -112,14 +112,20 @@ lh_status lh_pipeline_check(const lh_model *m, const lh_gen_params *p, int img2i
         return lh_error_set(err, LH_ERR_UNSUPPORTED,
                             "model %s: VAE downscale %lld (Stable Diffusion's is 8)", m->info.path,
                             (long long)ds);
-    const char *texts[2] = {p->prompt, p->negative_prompt};
     const char *names[2] = {"prompt", "negative prompt"};
-    for (int i = 0; i < 2; i++) {
-        long at = texts[i] ? utf8_invalid_at(texts[i]) : -1;
-        if (at >= 0)
-            return lh_error_set(err, LH_ERR_INVALID, "%s is not valid UTF-8 (byte %ld)", names[i],
-                                at);
+    for (int64_t b = 0; b < p->batch_size; b++) {
+        const char *texts[2] = {p->prompts ? p->prompts[b] : p->prompt,
+                                p->negative_prompts ? p->negative_prompts[b] : p->negative_prompt};
+        for (int i = 0; i < 2; i++) {
+            long at = texts[i] ? utf8_invalid_at(texts[i]) : -1;
+            if (at >= 0)
+                return lh_error_set(err, LH_ERR_INVALID, "%s is not valid UTF-8 (byte %ld)",
+                                    names[i], at);
+        }
     }
+    if (img2img && (p->prompts || p->negative_prompts || p->seeds))
+        return lh_error_set(err, LH_ERR_UNSUPPORTED,
+                            "img2img takes one prompt and seed for the batch, not one per image");
     if (p->clip_skip < 0 || p->clip_skip > lh_clip_get_config(m->clip)->num_hidden_layers)
         return lh_error_set(err, LH_ERR_INVALID, "clip_skip must be in 0..%lld, got %d",
                             (long long)lh_clip_get_config(m->clip)->num_hidden_layers,
@@ -151,45 +157,63 @@ static lh_status windows(const lh_model *m, const char *text, int backtrack, int
 /* The U-Net context for a batch: backend [ub, n_windows * 77, D] with ub =
  * 2B (uncond x B then cond x B, diffusers' torch.cat([negative, positive]))
  * under CFG, else B (cond). The shorter prompt is padded with windows of the
- * empty prompt, as A1111 pads conds of different lengths. */
+ * empty prompt, as A1111 pads conds of different lengths. With per-image
+ * prompts (p->prompts, p->negative_prompts) every image has its own pair,
+ * and all pairs must come to the same number of windows. */
 static lh_status encode_prompts(lh_model *m, const lh_gen_params *p, int cfg, float **ctx_out,
                                 int64_t *n_ctx, lh_error *err) {
     enum { W = LH_TOKENIZER_WINDOW };
     size_t cap = LH_PIPELINE_MAX_WINDOWS;
-    int32_t *ids = malloc(sizeof(int32_t) * W * cap * 2), empty[W];
+    int64_t b = p->batch_size, ub = b * (cfg ? 2 : 1);
+    size_t nd = p->prompts || p->negative_prompts ? (size_t)b : 1; /* distinct pairs */
+    size_t nw = 0, ne = 0;
+    /* ids: [nd cond][nd uncond], cap windows each */
+    int32_t *ids = malloc(sizeof(int32_t) * W * cap * 2 * nd), empty[W];
+    int32_t *rows = NULL;
+    float *emb_be = NULL, *emb = NULL, *ctx_be = NULL;
     if (!ids) return lh_error_set(err, LH_ERR_NOMEM, "out of memory encoding the prompt");
-    size_t np = 0, nn = 0, ne = 0;
-    lh_status st = windows(m, p->prompt, p->comma_backtrack, ids, &np, "prompt", err);
-    if (st == LH_OK && cfg)
-        st = windows(m, p->negative_prompt, p->comma_backtrack, ids + W * cap, &nn,
-                     "negative prompt", err);
-    if (st == LH_OK) st = windows(m, "", 0, empty, &ne, "empty prompt", err);
+    lh_status st = windows(m, "", 0, empty, &ne, "empty prompt", err);
+    for (size_t i = 0; i < nd && st == LH_OK; i++) {
+        const char *pos = p->prompts ? p->prompts[i] : p->prompt;
+        const char *neg = p->negative_prompts ? p->negative_prompts[i] : p->negative_prompt;
+        int32_t *ci = ids + W * cap * i, *ui = ids + W * cap * (nd + i);
+        size_t np = 0, nn = 0;
+        st = windows(m, pos, p->comma_backtrack, ci, &np, "prompt", err);
+        if (st == LH_OK && cfg)
+            st = windows(m, neg, p->comma_backtrack, ui, &nn, "negative prompt", err);
+        if (st != LH_OK) break;
+        size_t w = np > nn ? np : nn;
+        if (i && w != nw) {
+            st = lh_error_set(err, LH_ERR_UNSUPPORTED,
+                              "batched prompts of different lengths (%zu and %zu windows of 75 "
+                              "tokens)", nw, w);
+            break;
+        }
+        nw = w;
+        for (size_t k = np; k < nw; k++) memcpy(ci + W * k, empty, sizeof empty);
+        if (cfg)
+            for (size_t k = nn; k < nw; k++) memcpy(ui + W * k, empty, sizeof empty);
+    }
     if (st != LH_OK) {
         free(ids);
         return st;
     }
-    size_t nw = np > nn ? np : nn;
-    for (size_t k = np; k < nw; k++) memcpy(ids + W * k, empty, sizeof empty);
-    if (cfg)
-        for (size_t k = nn; k < nw; k++) memcpy(ids + W * (cap + k), empty, sizeof empty);
-    /* one text-encoder call over every window: [uncond windows, cond windows] */
-    int32_t *rows = malloc(sizeof(int32_t) * W * nw * 2);
-    int64_t d = lh_clip_hidden_size(m->clip), n_rows = (int64_t)nw * (cfg ? 2 : 1);
+    /* one text-encoder call over every window: [uncond pairs, cond pairs] */
+    int64_t d = lh_clip_hidden_size(m->clip), n_rows = (int64_t)(nw * nd) * (cfg ? 2 : 1);
     size_t emb_n = (size_t)n_rows * W * (size_t)d;
-    float *emb_be = m->be->ops->alloc(m->be, emb_n * sizeof(float));
-    float *emb = malloc(emb_n * sizeof(float));
-    float *ctx_be = NULL;
-    int64_t b = p->batch_size, ub = b * (cfg ? 2 : 1);
     size_t per = nw * W * (size_t)d; /* one context */
+    rows = malloc(sizeof(int32_t) * W * (size_t)n_rows);
+    emb_be = m->be->ops->alloc(m->be, emb_n * sizeof(float));
+    emb = malloc(emb_n * sizeof(float));
     if (!rows || !emb_be || !emb) {
         st = lh_error_set(err, LH_ERR_NOMEM, "out of memory encoding the prompt");
         goto done;
     }
-    if (cfg) {
-        memcpy(rows, ids + W * cap, sizeof(int32_t) * W * nw);
-        memcpy(rows + W * nw, ids, sizeof(int32_t) * W * nw);
-    } else {
-        memcpy(rows, ids, sizeof(int32_t) * W * nw);
+    for (size_t i = 0; i < nd; i++) {
+        size_t r = 0;
+        if (cfg) memcpy(rows + W * nw * (r++ * nd + i), ids + W * cap * (nd + i),
+                        sizeof(int32_t) * W * nw);
+        memcpy(rows + W * nw * (r * nd + i), ids + W * cap * i, sizeof(int32_t) * W * nw);
     }
     if ((st = lh_clip_encode(m->clip, emb_be, rows, n_rows, W, p->clip_skip, err)) != LH_OK)
         goto done;
@@ -203,7 +227,9 @@ static lh_status encode_prompts(lh_model *m, const lh_gen_params *p, int cfg, fl
         goto done;
     }
     for (int64_t i = 0; i < ub && st == LH_OK; i++) {
-        const float *src = emb + (cfg && i >= b ? per : 0);
+        int cond = !cfg || i >= b;
+        size_t img = (size_t)(i % b), pair = nd > 1 ? img : 0;
+        const float *src = emb + ((cfg && cond ? nd : 0) + pair) * per;
         st = m->be->ops->upload(m->be, ctx_be + (size_t)i * per, src, per * sizeof(float));
     }
     if (st != LH_OK) st = lh_error_set(err, st, "prompt context: upload failed");
@@ -424,7 +450,8 @@ static lh_status setup(run_state *r, lh_model *m, const lh_gen_params *p, lh_gen
     out->height = p->height;
     r->sample = calloc((size_t)r->n, sizeof(float));
     if (!r->sample) return lh_error_set(err, LH_ERR_NOMEM, "out of memory for latents");
-    r->rng = lh_rng_create(p->seed, err);
+    r->rng = p->seeds ? lh_rng_create_batch(p->seeds, p->batch_size, err)
+                      : lh_rng_create(p->seed, err);
     return r->rng ? LH_OK : (err ? err->code : LH_ERR_NOMEM);
 }
 

@@ -54,6 +54,16 @@ typedef struct lh_gen_params {
     int comma_backtrack;
     lh_pipeline_progress_fn progress;
     void *progress_user;
+    /* Separate requests in one batch (txt2img only; the server batches
+     * this way): batch_size prompts, negative prompts and seeds, one per
+     * image, instead of prompt, negative_prompt and seed for all (either
+     * array may be NULL). Image i is then exactly what a batch of one with
+     * prompts[i], negative_prompts[i] and seeds[i] gives, for every
+     * scheduler (lh_rng_create_batch). All of them must encode to the same
+     * number of 75-token windows, else LH_ERR_UNSUPPORTED. */
+    const char *const *prompts;
+    const char *const *negative_prompts;
+    const uint64_t *seeds;
 } lh_gen_params;
 
 typedef struct lh_gen_result {

@@ -23,6 +23,8 @@ struct lh_rng {
     double cached_normal;
     float *replay; /* replay mode: noise handed out in order */
     int64_t replay_n, replay_pos;
+    struct lh_rng *streams; /* batch mode: one generator per image */
+    int64_t n_streams;
 };
 
 /* ---- mt19937 ---- */
@@ -209,6 +211,18 @@ static void normal_fill_16(float *d) {
 
 lh_status lh_rng_randn(lh_rng *r, float *out, int64_t n, lh_error *err) {
     if (n < 0) return lh_error_set(err, LH_ERR_INVALID, "randn: negative count %lld", (long long)n);
+    if (r->streams) {
+        if (n % r->n_streams)
+            return lh_error_set(err, LH_ERR_INVALID,
+                                "randn: %lld values do not split over a batch of %lld",
+                                (long long)n, (long long)r->n_streams);
+        int64_t per = n / r->n_streams;
+        for (int64_t i = 0; i < r->n_streams; i++) {
+            lh_status st = lh_rng_randn(&r->streams[i], out + i * per, per, err);
+            if (st != LH_OK) return st;
+        }
+        return LH_OK;
+    }
     if (r->replay) {
         if (n > r->replay_n - r->replay_pos)
             return lh_error_set(err, LH_ERR_INVALID,
@@ -245,6 +259,23 @@ lh_rng *lh_rng_create(uint64_t seed, lh_error *err) {
     return r;
 }
 
+lh_rng *lh_rng_create_batch(const uint64_t *seeds, int64_t n, lh_error *err) {
+    if (n < 1 || !seeds) {
+        lh_error_set(err, LH_ERR_INVALID, "batch generator: no seeds");
+        return NULL;
+    }
+    lh_rng *r = lh_rng_create(seeds[0], err);
+    if (!r) return NULL;
+    if (!(r->streams = calloc((size_t)n, sizeof *r->streams))) {
+        free(r);
+        lh_error_set(err, LH_ERR_NOMEM, "out of memory for %lld random generators", (long long)n);
+        return NULL;
+    }
+    for (int64_t i = 0; i < n; i++) mt_seed(&r->streams[i], (uint32_t)(seeds[i] & 0xffffffffu));
+    r->n_streams = n;
+    return r;
+}
+
 lh_rng *lh_rng_create_replay(const float *noise, int64_t n, lh_error *err) {
     if (n < 0 || (n > 0 && !noise)) {
         lh_error_set(err, LH_ERR_INVALID, "replay noise: bad buffer");
@@ -272,6 +303,7 @@ lh_rng *lh_rng_create_replay(const float *noise, int64_t n, lh_error *err) {
 void lh_rng_destroy(lh_rng *r) {
     if (!r) return;
     free(r->replay);
+    free(r->streams);
     free(r);
 }
 

@@ -11,6 +11,11 @@
 
 /* A generator seeded as torch.Generator("cpu").manual_seed(seed). */
 LH_API lh_rng *lh_rng_create(uint64_t seed, lh_error *err);
+/* n independent generators, one per image of a batch, seeded as
+ * lh_rng_create(seeds[i]): a draw of k values (k a multiple of n) takes k / n
+ * from each in turn, so image i of a batch gets exactly the noise a batch
+ * of one seeded with seeds[i] gets (batched requests, lh_gen_params.seeds). */
+LH_API lh_rng *lh_rng_create_batch(const uint64_t *seeds, int64_t n, lh_error *err);
 /* A stream that hands out `noise` (copied) in order, then fails. */
 LH_API lh_rng *lh_rng_create_replay(const float *noise, int64_t n, lh_error *err);
 LH_API void lh_rng_destroy(lh_rng *rng);

@@ -165,12 +165,89 @@ START_TEST(test_content_and_style) {
 }
 END_TEST
 
+/* Separate requests in one batch (lh_gen_params.prompts/negative_prompts/
+ * seeds, as the server batches them): each image equals its own batch-of-one
+ * run, for a deterministic and a stochastic (ancestral) scheduler. */
+static void solo(const char *prompt, const char *neg, uint64_t seed, const char *sched,
+                 lh_gen_result *r) {
+    lh_gen_params p;
+    lh_gen_params_init(&p);
+    p.prompt = prompt;
+    p.negative_prompt = neg;
+    p.steps = 6;
+    p.width = p.height = 32;
+    p.seed = seed;
+    p.scheduler = sched;
+    lh_error err = {0};
+    ck_assert_msg(lh_pipeline_txt2img(g_m, g_reg, &p, r, &err) == LH_OK, "%s", err.msg);
+}
+
+START_TEST(test_batched_requests) {
+    static const char *const SCHED[] = {"ddim", "euler_ancestral"};
+    const char *prompts[3] = {SCENES[0].prompt, SCENES[1].prompt, SCENES[2].prompt};
+    const char *negs[3] = {"", "a white background", ""};
+    const uint64_t seeds[3] = {11, 12, 4000000001u};
+    for (int k = 0; k < 2; k++) {
+        lh_gen_params p;
+        lh_gen_params_init(&p);
+        p.steps = 6;
+        p.width = p.height = 32;
+        p.batch_size = 3;
+        p.prompts = prompts;
+        p.negative_prompts = negs;
+        p.seeds = seeds;
+        p.scheduler = SCHED[k];
+        lh_gen_result rb;
+        lh_error err = {0};
+        ck_assert_msg(lh_pipeline_txt2img(g_m, g_reg, &p, &rb, &err) == LH_OK, "%s", err.msg);
+        size_t per = (size_t)(rb.channels * rb.latent_h * rb.latent_w);
+        for (int i = 0; i < 3; i++) {
+            lh_gen_result r1;
+            solo(prompts[i], negs[i], seeds[i], SCHED[k], &r1);
+            double worst = 0;
+            for (size_t j = 0; j < per; j++) {
+                double d = fabs((double)rb.latents[i * per + j] - r1.latents[j]);
+                if (d > worst) worst = d;
+            }
+            /* the same arithmetic, but the GEMMs block a bigger batch differently:
+             * rounding-level differences (measured 1.3e-5) */
+            ck_assert_msg(worst <= 1e-4, "%s: image %d of the batch differs from its own run by %g",
+                          SCHED[k], i, worst);
+            int px = 0;
+            for (int j = 0; j < 32 * 32 * 3; j++) {
+                int d = abs((int)rb.images[i * 32 * 32 * 3 + j] - (int)r1.images[j]);
+                if (d > px) px = d;
+            }
+            ck_assert_msg(px <= 1, "%s: image %d: pixels differ by %d", SCHED[k], i, px);
+            lh_gen_result_free(&r1);
+        }
+        lh_gen_result_free(&rb);
+    }
+    /* prompts that need different numbers of 75-token windows are not batched */
+    char longp[2048] = "";
+    for (int i = 0; i < 100; i++) strcat(longp, "red circle, ");
+    const char *mixed[2] = {"a red circle", longp};
+    lh_gen_params p;
+    lh_gen_params_init(&p);
+    p.steps = 2;
+    p.width = p.height = 32;
+    p.batch_size = 2;
+    p.prompts = mixed;
+    p.seeds = seeds;
+    lh_gen_result rb;
+    lh_error err = {0};
+    ck_assert_int_eq(lh_pipeline_txt2img(g_m, g_reg, &p, &rb, &err), LH_ERR_UNSUPPORTED);
+    ck_assert_msg(strstr(err.msg, "windows"), "%s", err.msg);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("embedded");
     TCase *tc = tcase_create("shapes-tiny");
     tcase_add_checked_fixture(tc, setup, teardown); /* in the child: OpenMP does not survive fork */
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_content_and_style);
+    tcase_add_test(tc, test_batched_requests);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
