@@ -64,7 +64,8 @@ static int read_key_file(const char *path, const char **keys, char **owned, size
 static int get_settings(lh_server_opts *o, const lh_settings *st, const char **keys,
                         char **owned, size_t *n_keys) {
     lh_error err = {0};
-    int64_t port, threads, compute, qps, qps_key, queue, body_mb, pixels, conn_to, queue_to;
+    int64_t port, threads, compute, qps, qps_key, queue, body_mb, pixels, conn_to, queue_to,
+        batch, keep_days;
     const char *device, *policy, *key_file;
     const char *const *list;
     size_t n_list;
@@ -85,7 +86,12 @@ static int get_settings(lh_server_opts *o, const lh_settings *st, const char **k
         lh_settings_get_int(&body_mb, st, "server.body_limit_mb", &err) ||
         lh_settings_get_int(&pixels, st, "server.max_pixels", &err) ||
         lh_settings_get_int(&conn_to, st, "server.connection_timeout_s", &err) ||
-        lh_settings_get_int(&queue_to, st, "server.queue_timeout_s", &err)) {
+        lh_settings_get_int(&queue_to, st, "server.queue_timeout_s", &err) ||
+        lh_settings_get_int(&batch, st, "server.batch", &err) ||
+        lh_settings_get_double(&o->breaker_p95_ms, st, "server.breaker_p95_ms", &err) ||
+        lh_settings_get_double(&o->breaker_window_s, st, "server.breaker_window_s", &err) ||
+        lh_settings_get_string(&o->log_dir, st, "server.log_dir", &err) ||
+        lh_settings_get_int(&keep_days, st, "server.log_keep_days", &err)) {
         fprintf(stderr, NAME ": %s\n", err.msg);
         return 1;
     }
@@ -105,6 +111,9 @@ static int get_settings(lh_server_opts *o, const lh_settings *st, const char **k
     o->max_pixels = pixels;
     o->connection_timeout_s = (unsigned)conn_to;
     o->queue_timeout_s = (unsigned)queue_to;
+    o->batch_max = (size_t)batch;
+    o->log_keep_days = (unsigned)keep_days;
+    if (!*o->log_dir) o->log_dir = NULL;
     o->settings = st;
     for (size_t i = 0; i < n_list && *n_keys < MAX_KEYS; i++) keys[(*n_keys)++] = list[i];
     if (*key_file && read_key_file(key_file, keys, owned, n_keys)) return 1;

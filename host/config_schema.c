@@ -102,9 +102,19 @@ static const lh_setting_def SCHEMA[] = {
     INT("server", "queue_timeout_s", "300", 0, 86400, "serve",
         "a request not started by the model worker after this many seconds gets HTTP 503; "
         "0 = wait"),
-    STRING("server", "log_dir", "", "serve", "directory for request logs; empty logs to stderr"),
+    INT("server", "batch", "4", 1, 64, "serve",
+        "queued requests with the same adapter set, size, steps, guidance and scheduler run as "
+        "one pipeline batch of up to this many images; 1 = one at a time"),
+    DOUBLE("server", "breaker_p95_ms", "500", 0.0, 86400000.0, "serve",
+           "circuit breaker: generations get HTTP 503 while the 95th percentile of queue wait "
+           "is above this; 0 = off"),
+    DOUBLE("server", "breaker_window_s", "10", 0.1, 3600.0, "serve",
+           "the queue waits of jobs started this many seconds back count for the breaker"),
+    STRING("server", "log_dir", "", "serve",
+           "access log directory: one JSON-lines file per UTC day, access-YYYY-MM-DD.jsonl; "
+           "empty: no access log"),
     INT("server", "log_keep_days", "7", 0, 3650, "serve",
-        "days of request logs kept; 0 keeps them all"),
+        "days of access logs kept (today included); 0 keeps them all"),
 
     STRING("train", "dataset", "", "train", "the HDF5 dataset (images and captions)"),
     STRING("train", "output_dir", "lora-out", "train",

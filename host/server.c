@@ -35,6 +35,10 @@ void lh_server_opts_init(lh_server_opts *o) {
     o->max_pixels = 2048 * 2048;
     o->connection_timeout_s = 30;
     o->queue_timeout_s = 300;
+    o->batch_max = 4;
+    o->breaker_p95_ms = 500;
+    o->breaker_window_s = 10;
+    o->log_keep_days = 7;
 }
 
 /* ---- Replies ---- */
@@ -79,6 +83,8 @@ typedef struct req {
     size_t len, cap;
     int too_large;
     lh__job *job; /* queued for the worker; the connection is suspended meanwhile */
+    size_t bytes_out;
+    char path[200], remote[48], seed[24];
 } req;
 
 static lh__route route_of(const char *url) {
@@ -274,6 +280,21 @@ static void generate(lh_server *s, struct MHD_Connection *c, req *q, lh__reply *
     submit(s, c, q, job, rep);
 }
 
+/* A1111's POST /sdapi/v1/txt2img and img2img (server_sdapi.c). */
+static void sdapi(lh_server *s, struct MHD_Connection *c, req *q, int img2img, lh__reply *rep) {
+    lh__job *job = calloc(1, sizeof *job);
+    if (!job) {
+        lh__reply_error(rep, 500, NULL, "out of memory");
+        return;
+    }
+    job->kind = LH__JOB_GENERATE;
+    if (lh__sdapi_parse(&job->gen, s, q->body ? q->body : "", q->len, img2img, rep)) {
+        lh__job_free(job);
+        return;
+    }
+    submit(s, c, q, job, rep);
+}
+
 static void copy_reply(lh__reply *rep, const char *text, size_t len, const char *ctype) {
     rep->body = malloc(len ? len : 1);
     if (!rep->body) {
@@ -301,13 +322,24 @@ static void dispatch(lh_server *s, struct MHD_Connection *c, const char *url, re
         break;
     case LH__ROUTE_PLUGINS: copy_reply(rep, s->plugins_json, s->plugins_len, JSON_TYPE); break;
     case LH__ROUTE_PAGE: lh__page(rep); break;
+    case LH__ROUTE_SDAPI_TXT2IMG: sdapi(s, c, q, 0, rep); break;
+    case LH__ROUTE_SDAPI_IMG2IMG: sdapi(s, c, q, 1, rep); break;
+    case LH__ROUTE_SDAPI_SAMPLERS: lh__sdapi_samplers(s, rep); break;
     case LH__ROUTE_METRICS: {
+        lh__gauges g;
         pthread_mutex_lock(&s->mu);
-        size_t depth = s->depth, n = s->n_adapters;
-        long in_flight = s->in_flight;
+        g.depth = s->depth;
+        g.adapters = s->n_adapters;
+        g.in_flight = s->in_flight;
+        g.busy_s = s->busy_s;
+        g.batches = s->batches;
+        g.batched = s->batched;
+        g.wait_p95_s = s->breaker.p95;
+        g.breaker_open = s->breaker.open;
+        g.breaker_opened = s->breaker.opened;
         pthread_mutex_unlock(&s->mu);
         size_t len = 0;
-        char *text = lh__metrics_text(&s->metrics, depth, in_flight, n, &len);
+        char *text = lh__metrics_text(&s->metrics, &g, &len);
         if (!text) {
             lh__reply_error(rep, 500, NULL, "out of memory");
             break;
@@ -343,6 +375,8 @@ static enum MHD_Result send_reply(lh_server *s, struct MHD_Connection *c, req *q
     if (rep->status == 401) MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)rep->status, r);
     MHD_destroy_response(r);
+    q->bytes_out = rep->len;
+    snprintf(q->seed, sizeof q->seed, "%s", rep->seed);
     q->status = rep->status;
     q->responded = 1;
     /* counted when the reply is ready, so a client that has it sees it counted */
@@ -421,7 +455,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!(q = calloc(1, sizeof *q))) return MHD_NO;
         q->t0 = lh__now();
         q->route = route_of(url);
+        q->key_index = -1;
         snprintf(q->method, sizeof q->method, "%s", method);
+        snprintf(q->path, sizeof q->path, "%s", url);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr, q->remote,
+                      sizeof q->remote);
         *con_cls = q;
         pthread_mutex_lock(&s->mu);
         s->in_flight++;
@@ -467,6 +508,33 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return send_reply(s, c, q, &rep);
 }
 
+/* The access log's line for a finished request (never a key: its number). */
+static void access_log(lh_server *s, const req *q, double dt,
+                       enum MHD_RequestTerminationCode toe) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct tm tm;
+    char when[40] = "";
+    if (gmtime_r(&now.tv_sec, &tm)) {
+        size_t n = strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(when + n, sizeof when - n, ".%03ldZ", now.tv_nsec / 1000000);
+    }
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:f, s:I, s:I, s:b}", "time", when,
+                          "remote", q->remote, "method", q->method, "route",
+                          lh__route_name(q->route), "path", q->path, "status", q->status,
+                          "seconds", dt, "bytes_in", (json_int_t)q->len, "bytes_out",
+                          (json_int_t)q->bytes_out, "completed",
+                          toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    if (j && s->o.n_api_keys)
+        json_object_set_new(j, "key", q->key_index >= 0 ? json_integer(q->key_index + 1)
+                                                         : json_null());
+    if (j && q->seed[0]) json_object_set_new(j, "seed", json_string(q->seed));
+    char *line = j ? json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    json_decref(j);
+    if (line) lh__access_log_write(s, line);
+    free(line);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
     (void)c;
@@ -478,6 +546,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (s->o.log_requests)
         fprintf(stderr, "lorahost serve: %s %s %d %.3fs\n", q->method, lh__route_name(q->route),
                 q->status, dt);
+    if (s->o.log_dir) access_log(s, q, dt, toe);
     lh__job_free(q->job); /* only when the worker has stopped (lh_server_stop) */
     free(q->body);
     free(q);
@@ -566,6 +635,8 @@ static void destroy(lh_server *s) {
     free(s->per_key);
     free(s->schedulers_json);
     free(s->plugins_json);
+    lh__access_log_close(s);
+    pthread_mutex_destroy(&s->log_mu);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->limit_mu);
     pthread_mutex_destroy(&s->metrics.mu);
@@ -607,10 +678,12 @@ lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error 
         return lh_error_set(err, LH_ERR_INVALID, "no model: give --model PATH or [model] path");
     if (opts->port < 0 || opts->port > 65535 || opts->http_threads < 1 ||
         opts->http_threads > 1024 || !opts->queue_size || opts->qps < 0 ||
-        opts->qps_per_key < 0 || opts->max_pixels < 64)
+        opts->qps_per_key < 0 || opts->max_pixels < 64 || opts->batch_max < 1 ||
+        opts->batch_max > LH_PIPELINE_MAX_BATCH || !(opts->breaker_p95_ms >= 0) ||
+        !(opts->breaker_window_s > 0))
         return lh_error_set(err, LH_ERR_INVALID,
                             "server options out of range (port, threads, queue_size, qps, "
-                            "max_pixels)");
+                            "max_pixels, batch, breaker_p95_ms, breaker_window_s)");
     struct sockaddr_in sa = {0};
     sa.sin_family = AF_INET;
     sa.sin_port = htons((uint16_t)opts->port);
@@ -622,10 +695,13 @@ lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error 
     s->o = *opts;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->limit_mu, NULL);
+    pthread_mutex_init(&s->log_mu, NULL);
     pthread_mutex_init(&s->metrics.mu, NULL);
     pthread_cond_init(&s->work, NULL);
     pthread_cond_init(&s->idle, NULL);
     lh__bucket_init(&s->global, opts->qps);
+    s->breaker.threshold_s = opts->breaker_p95_ms / 1e3;
+    s->breaker.window_s = opts->breaker_window_s;
     if (opts->n_api_keys && opts->qps_per_key > 0) {
         if (!(s->per_key = calloc(opts->n_api_keys, sizeof *s->per_key))) {
             destroy(s);
@@ -640,6 +716,7 @@ lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error 
             return lh_error_set(err, LH_ERR_INVALID, "server.api_keys: key %zu is empty", i + 1);
         }
     lh_status st = read_defaults(s, err);
+    if (st == LH_OK) st = lh__access_log_open(s, err);
     int fd = -1; /* bound first: a port in use fails before the model loads */
     if (st == LH_OK) st = listen_on(&fd, &sa, opts->host, err);
     char msg[LH_ERROR_MAX] = "";

@@ -37,12 +37,19 @@ typedef struct lh_server_opts {
     /* [generate] defaults for fields a request leaves out and the [scheduler]
      * keys; NULL: lh_gen_params_init's defaults. */
     const lh_settings *settings;
+    size_t batch_max;              /* images per pipeline batch of queued requests; 1 = no batching */
+    double breaker_p95_ms;         /* 503 while the p95 of queue wait is above this; 0 = off */
+    double breaker_window_s;       /* the waits of jobs started this long ago count */
+    const char *log_dir;           /* access log: one JSON-lines file per day here; NULL = none */
+    unsigned log_keep_days;        /* older access-*.jsonl files are deleted; 0 = keep all */
     int log_requests;              /* one stderr line per request (never a key) */
     unsigned test_job_delay_ms;    /* tests: the worker sleeps this long before each job */
 } lh_server_opts;
 
 /* Defaults: 127.0.0.1:8501, 4 HTTP threads, qps 50, queue 64, 16 MiB bodies,
- * 2048 x 2048 pixels, 30 s connection timeout, 300 s queue timeout. */
+ * 2048 x 2048 pixels, 30 s connection timeout, 300 s queue timeout, batches
+ * of up to 4 images, breaker at a p95 queue wait of 500 ms over 10 s, no
+ * access log (7 days kept when there is one). */
 LH_API void lh_server_opts_init(lh_server_opts *o);
 
 /* Open the model, scan plugins, start the worker and listen. Fails (nothing

@@ -12,6 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "adapter_prompt.h"
+#include "log.h"
 #include "png.h"
 #include "rng.h"
 #include "safety.h"
@@ -46,8 +48,8 @@ static const char *guess_field(const char *body, size_t len, size_t pos, char *b
 
 static int is_int(const json_t *v) { return json_is_integer(v); }
 
-static int get_int(lh__reply *rep, const json_t *v, const char *field, int64_t lo, int64_t hi,
-                   int64_t *out) {
+int lh__get_int(lh__reply *rep, const json_t *v, const char *field, int64_t lo, int64_t hi,
+                int64_t *out) {
     if (!is_int(v)) {
         lh__reply_error(rep, 400, field, "%s: expected an integer", field);
         return -1;
@@ -62,8 +64,8 @@ static int get_int(lh__reply *rep, const json_t *v, const char *field, int64_t l
     return 0;
 }
 
-static int get_num(lh__reply *rep, const json_t *v, const char *field, double lo, double hi,
-                   double *out) {
+int lh__get_num(lh__reply *rep, const json_t *v, const char *field, double lo, double hi,
+                double *out) {
     if (!json_is_number(v)) {
         lh__reply_error(rep, 400, field, "%s: expected a finite number", field);
         return -1;
@@ -77,7 +79,7 @@ static int get_num(lh__reply *rep, const json_t *v, const char *field, double lo
     return 0;
 }
 
-static int get_str(lh__reply *rep, const json_t *v, const char *field, size_t max, char **out) {
+int lh__get_str(lh__reply *rep, const json_t *v, const char *field, size_t max, char **out) {
     if (!json_is_string(v)) {
         lh__reply_error(rep, 400, field, "%s: expected a string", field);
         return -1;
@@ -123,6 +125,7 @@ static int parse_adapters(lh__gen_req *r, lh__reply *rep, const json_t *v) {
         const char *key;
         json_t *x;
         lh__req_adapter *a = &r->adapters[r->n_adapters++];
+        a->te = a->unet = 1;
         json_object_foreach((json_t *)e, key, x) {
             if (!strcmp(key, "name")) {
                 snprintf(field, sizeof field, "adapters[%zu].name", i);
@@ -135,8 +138,12 @@ static int parse_adapters(lh__gen_req *r, lh__reply *rep, const json_t *v) {
                 snprintf(a->name, sizeof a->name, "%s", json_string_value(x));
             } else if (!strcmp(key, "scale")) {
                 snprintf(field, sizeof field, "adapters[%zu].scale", i);
-                if (get_num(rep, x, field, -100, 100, &a->scale)) return -1;
+                if (lh__get_num(rep, x, field, -100, 100, &a->scale)) return -1;
                 a->has_scale = 1;
+            } else if (!strcmp(key, "text_encoder") || !strcmp(key, "unet")) {
+                snprintf(field, sizeof field, "adapters[%zu].%s", i, key);
+                if (lh__get_num(rep, x, field, -100, 100, key[0] == 't' ? &a->te : &a->unet))
+                    return -1;
             } else {
                 snprintf(field, sizeof field, "adapters[%zu].%.32s", i, key);
                 lh__reply_error(rep, 400, field, "%s: unknown field", field);
@@ -152,10 +159,10 @@ static int parse_adapters(lh__gen_req *r, lh__reply *rep, const json_t *v) {
     return 0;
 }
 
-static int parse_init_image(lh__gen_req *r, lh__reply *rep, const json_t *v, int64_t *w,
-                            int64_t *h) {
+int lh__get_png(lh__reply *rep, const json_t *v, const char *field, uint8_t **rgb, int64_t *w,
+                int64_t *h) {
     if (!json_is_string(v)) {
-        lh__reply_error(rep, 400, "init_image", "init_image: expected a base64 PNG string");
+        lh__reply_error(rep, 400, field, "%s: expected a base64 PNG string", field);
         return -1;
     }
     const char *b64 = json_string_value(v);
@@ -169,15 +176,15 @@ static int parse_init_image(lh__gen_req *r, lh__reply *rep, const json_t *v, int
     int bad = 0;
     uint8_t *png = lh__base64_decode(b64, n, &len, &bad);
     if (!png) {
-        if (bad) lh__reply_error(rep, 400, "init_image", "init_image: not valid base64");
+        if (bad) lh__reply_error(rep, 400, field, "%s: not valid base64", field);
         else lh__reply_error(rep, 500, NULL, "out of memory");
         return -1;
     }
     lh_error err = {0};
-    lh_status st = lh_png_decode(png, len, "init_image", &r->init_rgb, w, h, &err);
+    lh_status st = lh_png_decode(png, len, field, rgb, w, h, &err);
     free(png);
     if (st != LH_OK) {
-        lh__reply_error(rep, st == LH_ERR_NOMEM ? 500 : 400, "init_image", "%s", err.msg);
+        lh__reply_error(rep, st == LH_ERR_NOMEM ? 500 : 400, field, "%s", err.msg);
         return -1;
     }
     return 0;
@@ -188,8 +195,10 @@ void lh__gen_req_free(lh__gen_req *r) {
     free(r->negative_prompt);
     free(r->scheduler);
     free(r->init_rgb);
+    json_decref(r->echo);
     r->prompt = r->negative_prompt = r->scheduler = NULL;
     r->init_rgb = NULL;
+    r->echo = NULL;
 }
 
 static int parse_fields(lh__gen_req *r, const lh_server *s, const json_t *root, lh__reply *rep) {
@@ -200,14 +209,14 @@ static int parse_fields(lh__gen_req *r, const lh_server *s, const json_t *root, 
     json_t *v;
     json_object_foreach((json_t *)root, key, v) {
         if (!strcmp(key, "prompt")) {
-            if (get_str(rep, v, key, MAX_PROMPT_BYTES, &r->prompt)) return -1;
+            if (lh__get_str(rep, v, key, MAX_PROMPT_BYTES, &r->prompt)) return -1;
         } else if (!strcmp(key, "negative_prompt")) {
-            if (get_str(rep, v, key, MAX_PROMPT_BYTES, &r->negative_prompt)) return -1;
+            if (lh__get_str(rep, v, key, MAX_PROMPT_BYTES, &r->negative_prompt)) return -1;
         } else if (!strcmp(key, "steps")) {
-            if (get_int(rep, v, key, 1, LH_PIPELINE_MAX_STEPS, &n)) return -1;
+            if (lh__get_int(rep, v, key, 1, LH_PIPELINE_MAX_STEPS, &n)) return -1;
             p->steps = (int32_t)n;
         } else if (!strcmp(key, "width") || !strcmp(key, "height")) {
-            if (get_int(rep, v, key, 8, LH_PIPELINE_MAX_SIDE, &n)) return -1;
+            if (lh__get_int(rep, v, key, 8, LH_PIPELINE_MAX_SIDE, &n)) return -1;
             if (n % 8) {
                 lh__reply_error(rep, 400, key, "%s: must be a multiple of 8, got %lld", key,
                                 (long long)n);
@@ -216,19 +225,19 @@ static int parse_fields(lh__gen_req *r, const lh_server *s, const json_t *root, 
             *(key[0] == 'w' ? &w : &h) = n;
             size_given = 1;
         } else if (!strcmp(key, "cfg_scale")) {
-            if (get_num(rep, v, key, 0, 100, &p->cfg_scale)) return -1;
+            if (lh__get_num(rep, v, key, 0, 100, &p->cfg_scale)) return -1;
         } else if (!strcmp(key, "seed")) {
-            if (get_int(rep, v, key, -1, INT64_MAX, &seed)) return -1;
+            if (lh__get_int(rep, v, key, -1, INT64_MAX, &seed)) return -1;
         } else if (!strcmp(key, "scheduler")) {
-            if (get_str(rep, v, key, MAX_SCHEDULER_NAME, &r->scheduler)) return -1;
+            if (lh__get_str(rep, v, key, MAX_SCHEDULER_NAME, &r->scheduler)) return -1;
         } else if (!strcmp(key, "batch_size")) {
-            if (get_int(rep, v, key, 1, LH_PIPELINE_MAX_BATCH, &p->batch_size)) return -1;
+            if (lh__get_int(rep, v, key, 1, LH_PIPELINE_MAX_BATCH, &p->batch_size)) return -1;
         } else if (!strcmp(key, "strength")) {
-            if (get_num(rep, v, key, 0, 1, &p->strength)) return -1;
+            if (lh__get_num(rep, v, key, 0, 1, &p->strength)) return -1;
         } else if (!strcmp(key, "adapters")) {
             if (parse_adapters(r, rep, v)) return -1;
         } else if (!strcmp(key, "init_image")) {
-            if (parse_init_image(r, rep, v, &iw, &ih)) return -1;
+            if (lh__get_png(rep, v, key, &r->init_rgb, &iw, &ih)) return -1;
         } else {
             char field[80];
             snprintf(field, sizeof field, "%.64s", key);
@@ -236,30 +245,38 @@ static int parse_fields(lh__gen_req *r, const lh_server *s, const json_t *root, 
             return -1;
         }
     }
+    return lh__gen_req_finish(r, s, w, h, size_given, iw, ih, seed, rep);
+}
+
+int lh__gen_req_finish(lh__gen_req *r, const lh_server *s, int64_t w, int64_t h, int size_given,
+                       int64_t iw, int64_t ih, int64_t seed, lh__reply *rep) {
+    lh_gen_params *p = &r->p;
+    const char *imf = r->a1111 ? "init_images" : "init_image";
     if (r->init_rgb) {
         if (size_given && (w != iw || h != ih)) {
             lh__reply_error(rep, 400, "width",
-                            "init_image is %lldx%lld but width/height ask for %lldx%lld (images "
-                            "are not resized; leave width/height out)",
+                            "%s is %lldx%lld but width/height ask for %lldx%lld (images "
+                            "are not resized; leave width/height out)", imf,
                             (long long)iw, (long long)ih, (long long)w, (long long)h);
             return -1;
         }
         if (iw % 8 || ih % 8) {
-            lh__reply_error(rep, 400, "init_image",
-                            "init_image: %lldx%lld: sides must be multiples of 8", (long long)iw,
-                            (long long)ih);
+            lh__reply_error(rep, 400, imf, "%s: %lldx%lld: sides must be multiples of 8", imf,
+                            (long long)iw, (long long)ih);
             return -1;
         }
         w = iw;
         h = ih;
     }
-    /* bounded work: width * height * batch_size pixels */
-    if (w * h > s->o.max_pixels || w * h * p->batch_size > s->o.max_pixels) {
-        lh__reply_error(rep, 400, w * h > s->o.max_pixels ? "width" : "batch_size",
-                        "width x height x batch_size = %lld x %lld x %lld pixels is more than "
-                        "this server's limit of %lld",
+    /* bounded work: width * height * batch_size (* n_iter) pixels */
+    int64_t iters = r->n_iter > 1 ? r->n_iter : 1;
+    if (w * h > s->o.max_pixels || w * h * p->batch_size * iters > s->o.max_pixels) {
+        const char *f = w * h > s->o.max_pixels ? "width" : iters > 1 ? "n_iter" : "batch_size";
+        lh__reply_error(rep, 400, f,
+                        "width x height x batch_size%s = %lld x %lld x %lld%s pixels is more "
+                        "than this server's limit of %lld", iters > 1 ? " x n_iter" : "",
                         (long long)w, (long long)h, (long long)p->batch_size,
-                        (long long)s->o.max_pixels);
+                        iters > 1 ? " x n_iter" : "", (long long)s->o.max_pixels);
         return -1;
     }
     if (r->want_png && p->batch_size != 1) {
@@ -277,9 +294,7 @@ static int parse_fields(lh__gen_req *r, const lh_server *s, const json_t *root, 
     return 0;
 }
 
-int lh__gen_req_parse(lh__gen_req *r, const lh_server *s, const char *body, size_t len,
-                      lh__reply *rep) {
-    r->p = s->defaults;
+json_t *lh__json_body(const char *body, size_t len, lh__reply *rep) {
     json_error_t je;
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
@@ -287,13 +302,21 @@ int lh__gen_req_parse(lh__gen_req *r, const lh_server *s, const char *body, size
         const char *field = guess_field(body, len, (size_t)je.position, buf, sizeof buf);
         lh__reply_error(rep, 400, field, "invalid JSON at line %d, column %d%s%s: %s", je.line,
                         je.column, field ? ", in " : "", field ? field : "", je.text);
-        return -1;
+        return NULL;
     }
-    int rc = -1;
-    if (!json_is_object(root))
+    if (!json_is_object(root)) {
+        json_decref(root);
         lh__reply_error(rep, 400, NULL, "the body must be a JSON object");
-    else
-        rc = parse_fields(r, s, root, rep);
+        return NULL;
+    }
+    return root;
+}
+
+int lh__gen_req_parse(lh__gen_req *r, const lh_server *s, const char *body, size_t len,
+                      lh__reply *rep) {
+    r->p = s->defaults;
+    json_t *root = lh__json_body(body, len, rep);
+    int rc = root ? parse_fields(r, s, root, rep) : -1;
     json_decref(root);
     if (rc) lh__gen_req_free(r);
     return rc;
@@ -330,12 +353,11 @@ static const char *field_of(const char *msg) {
     return best;
 }
 
-static json_t *parameters_json(const lh__gen_req *r, const lh_gen_params *p, const char *sched,
-                               lh__srv_adapter *const *set, const double *scales, size_t n) {
+static json_t *parameters_json(const lh__gen_req *r, const lh_gen_params *p, const char *sched) {
     json_t *ad = json_array();
-    for (size_t i = 0; ad && i < n; i++)
-        json_array_append_new(ad, json_pack("{s:s, s:f}", "name", set[i]->name, "scale",
-                                            scales[i]));
+    for (size_t i = 0; ad && i < r->n_set; i++)
+        json_array_append_new(ad, json_pack("{s:s, s:f}", "name", r->set[i]->name, "scale",
+                                            r->w[i].scale));
     json_t *j = json_pack("{s:s, s:s, s:i, s:I, s:I, s:f, s:I, s:s, s:I, s:o*}", "prompt",
                           p->prompt ? p->prompt : "", "negative_prompt",
                           p->negative_prompt ? p->negative_prompt : "", "steps",
@@ -347,103 +369,144 @@ static json_t *parameters_json(const lh__gen_req *r, const lh_gen_params *p, con
     return j;
 }
 
-void lh__generate(lh_server *s, lh__gen_req *r, lh__reply *rep) {
+int lh__gen_batchable(const lh__gen_req *a, const lh__gen_req *b) {
+    const lh_gen_params *p = &a->p, *q = &b->p;
+    if (a->init_rgb || b->init_rgb || p->batch_size != 1 || q->batch_size != 1 ||
+        a->n_iter > 1 || b->n_iter > 1 || p->steps != q->steps || p->width != q->width ||
+        p->height != q->height || p->cfg_scale != q->cfg_scale || p->clip_skip != q->clip_skip ||
+        strcmp(p->scheduler ? p->scheduler : "", q->scheduler ? q->scheduler : ""))
+        return 0;
+    if (a->has_adapters != b->has_adapters || a->n_adapters != b->n_adapters) return 0;
+    for (size_t i = 0; i < a->n_adapters; i++) {
+        const lh__req_adapter *x = &a->adapters[i], *y = &b->adapters[i];
+        if (strcmp(x->name, y->name) || x->has_scale != y->has_scale ||
+            (x->has_scale && x->scale != y->scale) || x->te != y->te || x->unet != y->unet)
+            return 0;
+    }
+    return 1;
+}
+
+/* The adapter named in request adapter i: loaded, or (A1111's <lora:...>
+ * tags) found in the adapter directories and loaded now, not in the
+ * default set. NULL with the reply filled. */
+static lh__srv_adapter *find_adapter(lh_server *s, const lh__gen_req *r, size_t i,
+                                     lh__reply *rep) {
+    const char *name = r->adapters[i].name;
+    for (size_t k = 0; k < s->n_adapters; k++)
+        if (!strcmp(s->adapters[k].name, name)) return &s->adapters[k];
+    char field[64];
+    snprintf(field, sizeof field, r->a1111 ? "prompt" : "adapters[%zu].name", i);
+    if (!r->a1111 || !s->o.n_adapter_dirs) {
+        lh__reply_error(rep, 400, field, "%s: no adapter '%s' is loaded (POST /adapters loads one)",
+                        field, name);
+        return NULL;
+    }
+    char path[4096];
+    lh_error err = {0};
+    if (lh_adapter_resolve(path, sizeof path, name, s->o.adapter_dirs, s->o.n_adapter_dirs,
+                           &err) != LH_OK) {
+        lh__reply_error(rep, 400, field, "<lora:%s>: not loaded, and %s", name, err.msg);
+        return NULL;
+    }
+    const char *base = strrchr(path, '/');
+    lh__srv_adapter *a = lh__adapter_add(s, name, path, base ? base + 1 : path, 1.0, 0, rep);
+    if (a) lh_log(LH_LOG_INFO, "serve", "loaded adapter '%s' from %s for a <lora:> tag", name, path);
+    return a;
+}
+
+/* The checks that need the model and the registry, the adapter set (into
+ * r->set, r->w) and the prompt's safety check. 0, or -1 with the reply. */
+static int prepare(lh_server *s, lh__gen_req *r, lh_safety_report *prompt_rep, lh__reply *rep) {
     lh_gen_params *p = &r->p;
     if (p->scheduler && *p->scheduler && !scheduler_known(s->reg, p->scheduler)) {
-        lh__reply_error(rep, 400, "scheduler",
-                        "scheduler: unknown scheduler '%s' (GET /schedulers lists them)",
-                        p->scheduler);
-        return;
+        lh__reply_error(rep, 400, r->a1111 ? "sampler_name" : "scheduler",
+                        "%s: unknown scheduler '%s' (GET %s lists them)",
+                        r->a1111 ? "sampler_name" : "scheduler", p->scheduler,
+                        r->a1111 ? "/sdapi/v1/samplers" : "/schedulers");
+        return -1;
     }
-    /* the set: the request's, or the server's default */
-    lh__srv_adapter *set[LH__SRV_MAX_ADAPTERS];
-    lh_adapter *as[LH__SRV_MAX_ADAPTERS];
-    double scales[LH__SRV_MAX_ADAPTERS];
-    size_t n = 0;
-    if (r->has_adapters) {
+    r->n_set = 0;
+    if (!r->has_adapters) {
+        r->n_set = lh__default_set(s, r->set, r->w);
+    } else {
         for (size_t i = 0; i < r->n_adapters; i++) {
-            size_t k = 0;
-            while (k < s->n_adapters && strcmp(s->adapters[k].name, r->adapters[i].name)) k++;
-            if (k == s->n_adapters) {
-                char field[64];
-                snprintf(field, sizeof field, "adapters[%zu].name", i);
-                lh__reply_error(rep, 400, field,
-                                "%s: no adapter '%s' is loaded (POST /adapters loads one)",
-                                field, r->adapters[i].name);
-                return;
-            }
-            for (size_t m = 0; m < n; m++)
-                if (set[m] == &s->adapters[k]) {
+            lh__srv_adapter *a = find_adapter(s, r, i, rep);
+            if (!a) return -1;
+            for (size_t m = 0; m < r->n_set; m++)
+                if (r->set[m] == a) {
                     char field[64];
-                    snprintf(field, sizeof field, "adapters[%zu].name", i);
+                    snprintf(field, sizeof field, r->a1111 ? "prompt" : "adapters[%zu].name", i);
                     lh__reply_error(rep, 400, field, "%s: adapter '%s' is named twice", field,
                                     r->adapters[i].name);
-                    return;
+                    return -1;
                 }
-            set[n] = &s->adapters[k];
-            scales[n++] = r->adapters[i].has_scale ? r->adapters[i].scale : s->adapters[k].scale;
+            r->set[r->n_set] = a;
+            lh_adapter_weights_init(&r->w[r->n_set],
+                                    r->adapters[i].has_scale ? r->adapters[i].scale : a->scale);
+            r->w[r->n_set].text_encoder = r->adapters[i].te;
+            r->w[r->n_set++].unet = r->adapters[i].unet;
         }
-    } else {
-        for (size_t k = 0; k < s->n_adapters; k++)
-            if (s->adapters[k].active) {
-                set[n] = &s->adapters[k];
-                scales[n++] = s->adapters[k].scale;
-            }
     }
     lh_error err = {0};
     if (lh_pipeline_check(s->model, p, r->init_rgb != NULL, &err) != LH_OK) {
         lh__reply_error(rep, 400, field_of(err.msg), "%s", err.msg);
-        return;
+        return -1;
     }
     /* safety checkers ([plugins] safety): the prompt before any compute */
-    int checking = s->safety && lh_safety_chain_count(s->safety);
-    lh_safety_report prompt_rep;
-    if (checking &&
-        lh_safety_check_prompt(s->safety, p->prompt ? p->prompt : "", &prompt_rep, &err)) {
+    if (!s->safety || !lh_safety_chain_count(s->safety)) return 0;
+    if (lh_safety_check_prompt(s->safety, p->prompt ? p->prompt : "", prompt_rep, &err)) {
         lh__reply_error(rep, 500, NULL, "%s", err.msg);
-        return;
+        return -1;
     }
-    if (checking && prompt_rep.action == LH_SAFETY_REJECT) {
-        const lh_safety_entry *e = &prompt_rep.entries[prompt_rep.decider];
+    if (prompt_rep->action == LH_SAFETY_REJECT) {
+        const lh_safety_entry *e = &prompt_rep->entries[prompt_rep->decider];
         lh__reply_error(rep, 400, "prompt", "prompt refused by safety checker '%s': %s",
                         e->checker, e->result.reason[0] ? e->result.reason : "(no reason given)");
-        return;
+        return -1;
     }
-    for (size_t i = 0; i < n; i++) as[i] = set[i]->a;
-    if (lh_adapter_set(s->model, as, scales, n, &err) != LH_OK) {
-        lh__reply_error(rep, 500, "adapters", "%s", err.msg);
-        return;
-    }
-    lh_gen_result res = {0};
-    lh_status st = r->init_rgb ? lh_pipeline_img2img(s->model, s->reg, p, &res, &err)
-                               : lh_pipeline_txt2img(s->model, s->reg, p, &res, &err);
-    if (st != LH_OK) {
-        int bad = st == LH_ERR_INVALID || st == LH_ERR_CONFIG;
-        lh__reply_error(rep, bad ? 400 : 500, bad ? field_of(err.msg) : NULL, "%s", err.msg);
-        lh_gen_result_free(&res);
-        return;
-    }
-    const char *sched = p->scheduler && *p->scheduler ? p->scheduler : res.scheduler_id;
-    char *text = lh_pipeline_parameters_text(p, sched, s->model->info.name, r->init_rgb != NULL);
-    json_t *params = parameters_json(r, p, sched, set, scales, n);
+    return 0;
+}
+
+static lh_status apply_set(lh_server *s, const lh__gen_req *r, lh_error *err) {
+    lh_adapter *as[LH__SRV_MAX_ADAPTERS];
+    for (size_t i = 0; i < r->n_set; i++) as[i] = r->set[i]->a;
+    return lh_adapter_set_ex(s->model, as, r->w, r->n_set, LH_ADAPTER_RUNTIME, err);
+}
+
+/* The reply for request r from its n images (RGB8, w x h; seeds[i] made
+ * image i): the safety checks on the images, PNGs with their parameters,
+ * and the body (one PNG, our JSON or A1111's). */
+static void respond(lh_server *s, lh__gen_req *r, uint8_t *const *imgs, const uint64_t *seeds,
+                    size_t n, int64_t w, int64_t h, const char *sched,
+                    const lh_safety_report *prompt_rep, lh__reply *rep) {
+    lh_gen_params p = r->p;
+    int checking = s->safety && lh_safety_chain_count(s->safety);
+    lh_error err = {0};
+    json_t *params = r->a1111 ? NULL : parameters_json(r, &p, sched);
     json_t *images = json_array(), *safety = checking ? json_array() : NULL;
-    lh_safety_report *reports = checking ? calloc((size_t)res.batch, sizeof *reports) : NULL;
-    if (!text || !params || !images || (checking && (!safety || !reports))) goto nomem;
-    /* ... and the images, their actions (blur, black) applied in place */
-    if (checking && lh_safety_check_images(s->safety, res.images, res.batch, res.width,
-                                           res.height, p->prompt ? p->prompt : "", &prompt_rep,
-                                           reports, &err) != LH_OK) {
-        lh__reply_error(rep, 500, NULL, "%s; no image sent", err.msg);
-        goto out;
-    }
-    size_t img_bytes = (size_t)res.width * (size_t)res.height * 3;
-    for (int64_t i = 0; i < res.batch; i++) {
-        char *sj = checking ? lh_safety_report_json(&reports[i]) : NULL;
-        if (checking && !sj) goto nomem;
-        int rejected = checking && reports[i].action == LH_SAFETY_REJECT;
-        if (checking) json_array_append_new(safety, json_loads(sj, 0, NULL));
+    char **texts = calloc(n, sizeof *texts);
+    if ((!r->a1111 && !params) || !images || !texts || (checking && !safety)) goto nomem;
+    for (size_t i = 0; i < n; i++) {
+        p.seed = seeds[i];
+        if (!(texts[i] = lh_pipeline_parameters_text(&p, sched, s->model->info.name,
+                                                     r->init_rgb != NULL)))
+            goto nomem;
+        lh_safety_report report;
+        char *sj = NULL;
+        int rejected = 0;
+        if (checking) {
+            /* the actions (blur, black) are applied in place */
+            if (lh_safety_check_images(s->safety, imgs[i], 1, w, h, p.prompt ? p.prompt : "",
+                                       prompt_rep, &report, &err) != LH_OK) {
+                lh__reply_error(rep, 500, NULL, "%s; no image sent", err.msg);
+                goto out;
+            }
+            if (!(sj = lh_safety_report_json(&report))) goto nomem;
+            json_array_append_new(safety, json_loads(sj, 0, NULL));
+            rejected = report.action == LH_SAFETY_REJECT;
+        }
         if (rejected && r->want_png) {
-            const lh_safety_entry *e = &reports[i].entries[reports[i].decider];
+            const lh_safety_entry *e = &report.entries[report.decider];
             lh__reply_error(rep, 422, NULL, "image refused by safety checker '%s': %s",
                             e->checker,
                             e->result.reason[0] ? e->result.reason : "(no reason given)");
@@ -457,11 +520,10 @@ void lh__generate(lh_server *s, lh__gen_req *r, lh__reply *rep) {
         }
         void *png = NULL;
         size_t len = 0;
-        lh_png_text pt[2] = {{"parameters", text}, {"lorahost_safety", sj}};
-        lh_status st2 = lh_png_encode(&png, &len, "image", res.images + (size_t)i * img_bytes,
-                                      res.width, res.height, pt, sj ? 2 : 1, &err);
+        lh_png_text pt[2] = {{"parameters", texts[i]}, {"lorahost_safety", sj}};
+        lh_status st = lh_png_encode(&png, &len, "image", imgs[i], w, h, pt, sj ? 2 : 1, &err);
         free(sj);
-        if (st2 != LH_OK) {
+        if (st != LH_OK) {
             lh__reply_error(rep, 500, NULL, "%s", err.msg);
             goto out;
         }
@@ -470,7 +532,7 @@ void lh__generate(lh_server *s, lh__gen_req *r, lh__reply *rep) {
             rep->ctype = "image/png";
             rep->body = png;
             rep->len = len;
-            snprintf(rep->seed, sizeof rep->seed, "%llu", (unsigned long long)p->seed);
+            snprintf(rep->seed, sizeof rep->seed, "%llu", (unsigned long long)seeds[0]);
             goto out;
         }
         char *b64 = lh__base64_encode(png, len, NULL);
@@ -481,20 +543,126 @@ void lh__generate(lh_server *s, lh__gen_req *r, lh__reply *rep) {
         }
         free(b64);
     }
-    json_t *body = json_pack("{s:o, s:o, s:I, s:o*}", "images", images, "parameters", params,
-                             "seed", (json_int_t)p->seed, "safety", safety);
-    images = params = safety = NULL;
+    json_t *body;
+    if (r->a1111) {
+        body = lh__sdapi_reply(r, images, seeds, texts, n, sched, s->model->info.name);
+        images = NULL;
+    } else {
+        body = json_pack("{s:o, s:o, s:I, s:o*}", "images", images, "parameters", params, "seed",
+                         (json_int_t)seeds[0], "safety", safety);
+        images = params = safety = NULL;
+    }
     if (!body) goto nomem;
-    snprintf(rep->seed, sizeof rep->seed, "%llu", (unsigned long long)p->seed);
+    snprintf(rep->seed, sizeof rep->seed, "%llu", (unsigned long long)seeds[0]);
     lh__reply_json(rep, 200, body);
     goto out;
 nomem:
     lh__reply_error(rep, 500, NULL, "out of memory");
 out:
-    free(reports);
+    for (size_t i = 0; texts && i < n; i++) free(texts[i]);
+    free(texts);
     json_decref(images);
     json_decref(params);
     json_decref(safety);
-    free(text);
+}
+
+static void pipeline_error(lh__reply *rep, lh_status st, const lh_error *err) {
+    int bad = st == LH_ERR_INVALID || st == LH_ERR_CONFIG;
+    lh__reply_error(rep, bad ? 400 : 500, bad ? field_of(err->msg) : NULL, "%s", err->msg);
+}
+
+#define MAX_ITER 16
+
+/* One request on its own: n_iter pipeline runs (seeds seed, seed + 1, ...). */
+static void run_one(lh_server *s, lh__gen_req *r, const lh_safety_report *prompt_rep,
+                    lh__reply *rep) {
+    lh_gen_result res[MAX_ITER] = {{0}};
+    int iters = r->n_iter > 1 ? r->n_iter : 1;
+    uint64_t base = r->p.seed;
+    lh_error err = {0};
+    int done = 0;
+    for (; done < iters; done++) {
+        r->p.seed = base + (uint64_t)done;
+        lh_status st = r->init_rgb ? lh_pipeline_img2img(s->model, s->reg, &r->p, &res[done], &err)
+                                   : lh_pipeline_txt2img(s->model, s->reg, &r->p, &res[done], &err);
+        if (st != LH_OK) {
+            pipeline_error(rep, st, &err);
+            goto out;
+        }
+    }
+    r->p.seed = base;
+    size_t n = (size_t)iters * (size_t)r->p.batch_size;
+    uint8_t **imgs = malloc(n * sizeof *imgs);
+    uint64_t *seeds = malloc(n * sizeof *seeds);
+    if (!imgs || !seeds) {
+        lh__reply_error(rep, 500, NULL, "out of memory");
+    } else {
+        size_t bytes = (size_t)res[0].width * (size_t)res[0].height * 3, k = 0;
+        for (int it = 0; it < iters; it++)
+            for (int64_t b = 0; b < res[it].batch; b++, k++) {
+                imgs[k] = res[it].images + (size_t)b * bytes;
+                seeds[k] = base + (uint64_t)it;
+            }
+        const char *sched = r->p.scheduler && *r->p.scheduler ? r->p.scheduler : res[0].scheduler_id;
+        respond(s, r, imgs, seeds, n, res[0].width, res[0].height, sched, prompt_rep, rep);
+    }
+    free(imgs);
+    free(seeds);
+out:
+    for (int i = 0; i < done && i < iters; i++) lh_gen_result_free(&res[i]);
+}
+
+void lh__generate(lh_server *s, lh__gen_req *const *rs, lh__reply *const *reps, size_t n) {
+    lh__gen_req *ok[LH_PIPELINE_MAX_BATCH];
+    lh__reply *ok_rep[LH_PIPELINE_MAX_BATCH];
+    lh_safety_report prompt_rep[LH_PIPELINE_MAX_BATCH];
+    size_t m = 0;
+    for (size_t i = 0; i < n && i < LH_PIPELINE_MAX_BATCH; i++) {
+        if (prepare(s, rs[i], &prompt_rep[m], reps[i])) continue;
+        ok[m] = rs[i];
+        ok_rep[m++] = reps[i];
+    }
+    if (!m) return;
+    /* batchable requests name the same set */
+    lh_error err = {0};
+    if (apply_set(s, ok[0], &err) != LH_OK) {
+        for (size_t i = 0; i < m; i++) lh__reply_error(ok_rep[i], 500, "adapters", "%s", err.msg);
+        return;
+    }
+    int checking = s->safety && lh_safety_chain_count(s->safety);
+    if (m == 1) {
+        run_one(s, ok[0], checking ? &prompt_rep[0] : NULL, ok_rep[0]);
+        return;
+    }
+    const char *prompts[LH_PIPELINE_MAX_BATCH], *negs[LH_PIPELINE_MAX_BATCH];
+    uint64_t seeds[LH_PIPELINE_MAX_BATCH];
+    for (size_t i = 0; i < m; i++) {
+        prompts[i] = ok[i]->p.prompt ? ok[i]->p.prompt : "";
+        negs[i] = ok[i]->p.negative_prompt ? ok[i]->p.negative_prompt : "";
+        seeds[i] = ok[i]->p.seed;
+    }
+    lh_gen_params p = ok[0]->p;
+    p.batch_size = (int64_t)m;
+    p.prompts = prompts;
+    p.negative_prompts = negs;
+    p.seeds = seeds;
+    lh_gen_result res = {0};
+    lh_status st = lh_pipeline_txt2img(s->model, s->reg, &p, &res, &err);
+    if (st == LH_ERR_UNSUPPORTED) { /* prompts of different lengths: one by one */
+        for (size_t i = 0; i < m; i++)
+            run_one(s, ok[i], checking ? &prompt_rep[i] : NULL, ok_rep[i]);
+        return;
+    }
+    if (st != LH_OK) {
+        for (size_t i = 0; i < m; i++) pipeline_error(ok_rep[i], st, &err);
+        return;
+    }
+    const char *sched = p.scheduler && *p.scheduler ? p.scheduler : res.scheduler_id;
+    size_t bytes = (size_t)res.width * (size_t)res.height * 3;
+    for (size_t i = 0; i < m; i++) {
+        uint8_t *img = res.images + i * bytes;
+        respond(s, ok[i], &img, &seeds[i], 1, res.width, res.height, sched,
+                checking ? &prompt_rep[i] : NULL, ok_rep[i]);
+    }
     lh_gen_result_free(&res);
 }

@@ -3,9 +3,11 @@
 #ifndef LH_HOST_SERVER_INTERNAL_H
 #define LH_HOST_SERVER_INTERNAL_H
 
+#include <jansson.h>
 #include <pthread.h>
 #include <stdint.h>
 
+#include "lorahost/adapters.h"
 #include "lorahost/lorahost.h"
 #include "model.h"
 #include "pipeline.h"
@@ -50,6 +52,27 @@ void lh__bucket_take(lh__bucket *b);
 int lh__key_equal(const char *given, size_t n_given, const char *key);
 double lh__now(void);
 
+/* ---- The circuit breaker (server_breaker.c) ---- */
+
+#define LH__BREAKER_SAMPLES 512
+
+/* Open (new generations get 503) while the 95th percentile of queue waits
+ * is above the threshold: the waits of jobs started within the window,
+ * and the waits so far of the jobs still queued. It closes by itself as
+ * the queue drains and the slow samples age out. Guarded by s->mu. */
+typedef struct lh__breaker {
+    double threshold_s, window_s; /* threshold 0: off */
+    double at[LH__BREAKER_SAMPLES], wait[LH__BREAKER_SAMPLES]; /* a ring */
+    size_t next, n;
+    int open;
+    uint64_t opened; /* times it opened */
+    double p95;      /* at the last check */
+} lh__breaker;
+
+void lh__breaker_sample(lh__breaker *b, double wait, double now);
+/* Update the state given the waits so far of the queued jobs; 1 if open. */
+int lh__breaker_check(lh__breaker *b, const double *queued, size_t n_queued, double now);
+
 /* ---- Metrics (server_metrics.c) ---- */
 
 typedef enum lh__route {
@@ -84,9 +107,16 @@ typedef struct lh__metrics {
 
 const char *lh__route_name(lh__route r);
 void lh__metrics_observe(lh__metrics *m, lh__route r, int status, double seconds);
+typedef struct lh__gauges {
+    size_t depth, adapters;
+    long in_flight;
+    double busy_s, wait_p95_s;
+    uint64_t batches, batched, breaker_opened;
+    int breaker_open;
+} lh__gauges;
+
 /* Prometheus text, malloc'd. */
-char *lh__metrics_text(lh__metrics *m, size_t queue_depth, long in_flight, size_t adapters,
-                       size_t *len);
+char *lh__metrics_text(lh__metrics *m, const lh__gauges *g, size_t *len);
 
 /* ---- Jobs and the worker (server_worker.c, server_generate.c) ---- */
 
@@ -94,7 +124,10 @@ typedef struct lh__req_adapter {
     char name[LH__SRV_NAME_MAX + 1];
     double scale;
     int has_scale;
+    double te, unet; /* per-component multipliers (A1111's <lora:NAME:TE:UNET>), 1 */
 } lh__req_adapter;
+
+typedef struct lh__srv_adapter lh__srv_adapter;
 
 typedef struct lh__gen_req {
     lh_gen_params p;
@@ -104,6 +137,17 @@ typedef struct lh__gen_req {
     size_t n_adapters;
     lh__req_adapter adapters[LH__SRV_MAX_REQ_ADAPTERS];
     int want_png;
+    /* A1111 (/sdapi/v1/txt2img, img2img): its reply format, n_iter batches (seeds seed,
+     * seed + 1, ...), adapters named by <lora:...> tags may be loaded from
+     * the adapter directories on first use, and the request's fields echoed
+     * as "parameters" (a json_t *). */
+    int a1111;
+    int n_iter;
+    json_t *echo;
+    /* On the worker (lh__gen_prepare): the adapter set and its weights. */
+    size_t n_set;
+    lh__srv_adapter *set[LH__SRV_MAX_ADAPTERS];
+    lh_adapter_weights w[LH__SRV_MAX_ADAPTERS];
 } lh__gen_req;
 
 typedef enum lh__job_kind {
@@ -129,12 +173,12 @@ typedef struct lh__job {
     double queued_at;
 } lh__job;
 
-typedef struct lh__srv_adapter {
+struct lh__srv_adapter {
     char name[LH__SRV_NAME_MAX + 1], file[256];
     lh_adapter *a;
     double scale;
     int active; /* in the default set */
-} lh__srv_adapter;
+};
 
 struct lh_server {
     lh_server_opts o;
@@ -160,6 +204,13 @@ struct lh_server {
 
     pthread_mutex_t limit_mu;
     lh__bucket global, *per_key;
+    lh__breaker breaker; /* guarded by mu */
+    double busy_s;       /* worker time in jobs; guarded by mu */
+    uint64_t batches, batched;
+
+    pthread_mutex_t log_mu; /* the access log */
+    void *log_file;         /* FILE * of log_day's file, or NULL */
+    char log_day[16];       /* YYYY-MM-DD (UTC) */
 
     lh__metrics metrics;
 };
@@ -180,11 +231,53 @@ void lh__job_free(lh__job *job);
  * freed and reply holds the 400. Returns 0 or -1. */
 int lh__gen_req_parse(lh__gen_req *r, const lh_server *s, const char *body, size_t len,
                       lh__reply *reply);
+/* Field readers: 0, or -1 with a 400 naming `field` in the reply. */
+int lh__get_int(lh__reply *rep, const json_t *v, const char *field, int64_t lo, int64_t hi,
+                int64_t *out);
+int lh__get_num(lh__reply *rep, const json_t *v, const char *field, double lo, double hi,
+                double *out);
+int lh__get_str(lh__reply *rep, const json_t *v, const char *field, size_t max, char **out);
+/* A base64 PNG (a data: URL prefix allowed) decoded to RGB8. */
+int lh__get_png(lh__reply *rep, const json_t *v, const char *field, uint8_t **rgb, int64_t *w,
+                int64_t *h);
+/* The body as a JSON object (json_t *), or NULL with a 400 naming where it broke. */
+json_t *lh__json_body(const char *body, size_t len, lh__reply *rep);
+/* After the fields: the init image's size, the pixel bound, the seed (-1:
+ * random) and the strings into r->p. 0, or -1 with the reply. */
+int lh__gen_req_finish(lh__gen_req *r, const lh_server *s, int64_t w, int64_t h, int size_given,
+                       int64_t iw, int64_t ih, int64_t seed, lh__reply *rep);
+/* The same for A1111's txt2img / img2img bodies (server_sdapi.c). */
+int lh__sdapi_parse(lh__gen_req *r, const lh_server *s, const char *body, size_t len, int img2img,
+                    lh__reply *reply);
 void lh__gen_req_free(lh__gen_req *r);
 /* Adapter names: letters, digits, '.', '_', '-', not starting with '.'. */
 int lh__name_ok(const char *s);
-/* Worker side: checks against the model and registry, generation, encoding. */
-void lh__generate(lh_server *s, lh__gen_req *r, lh__reply *reply);
+/* Whether two parsed requests may share one pipeline batch: one image each,
+ * txt2img, the same adapter set, size, steps, guidance and scheduler. */
+int lh__gen_batchable(const lh__gen_req *a, const lh__gen_req *b);
+/* Worker side: run the requests (n > 1: batchable ones, in one pipeline
+ * batch when the prompts allow) and put each reply in reps[i]. */
+void lh__generate(lh_server *s, lh__gen_req *const *rs, lh__reply *const *reps, size_t n);
+/* Worker side: load `path` as adapter `name` into the server's list
+ * (not in the default set unless active). NULL with reply filled. */
+lh__srv_adapter *lh__adapter_add(lh_server *s, const char *name, const char *path,
+                                 const char *file, double scale, int active, lh__reply *reply);
+/* The server's default set with its weights; returns its size. */
+size_t lh__default_set(lh_server *s, lh__srv_adapter **set, lh_adapter_weights *w);
+/* A1111's reply: {"images", "parameters", "info"} (server_sdapi.c). */
+json_t *lh__sdapi_reply(const lh__gen_req *r, json_t *images, const uint64_t *seeds,
+                        char *const *infotexts, size_t n_images, const char *sampler,
+                        const char *model_name);
+/* GET /sdapi/v1/samplers. */
+void lh__sdapi_samplers(const lh_server *s, lh__reply *reply);
+
+/* ---- The access log (server_access_log.c) ---- */
+
+/* Open today's file (server.log_dir; nothing without one) and prune. */
+lh_status lh__access_log_open(lh_server *s, lh_error *err);
+/* One line (no newline in it), starting a new file when the day changed. */
+void lh__access_log_write(lh_server *s, const char *line);
+void lh__access_log_close(lh_server *s);
 
 /* ---- The web page (server_page.c) ---- */
 

@@ -67,8 +67,7 @@ static void put(text *t, const char *fmt, ...) {
     }
 }
 
-char *lh__metrics_text(lh__metrics *m, size_t queue_depth, long in_flight, size_t adapters,
-                       size_t *len) {
+char *lh__metrics_text(lh__metrics *m, const lh__gauges *g, size_t *len) {
     text t = {malloc(4096), 0, 4096, 0};
     if (!t.p) return NULL;
     t.p[0] = 0;
@@ -101,12 +100,29 @@ char *lh__metrics_text(lh__metrics *m, size_t queue_depth, long in_flight, size_
     }
     pthread_mutex_unlock(&m->mu);
     put(&t, "# HELP lorahost_queue_depth Jobs waiting for the model worker.\n"
-            "# TYPE lorahost_queue_depth gauge\nlorahost_queue_depth %zu\n", queue_depth);
+            "# TYPE lorahost_queue_depth gauge\nlorahost_queue_depth %zu\n", g->depth);
     put(&t, "# HELP lorahost_in_flight_requests Requests being handled.\n"
             "# TYPE lorahost_in_flight_requests gauge\nlorahost_in_flight_requests %ld\n",
-        in_flight);
+        g->in_flight);
     put(&t, "# HELP lorahost_adapters_loaded Adapters loaded on the model.\n"
-            "# TYPE lorahost_adapters_loaded gauge\nlorahost_adapters_loaded %zu\n", adapters);
+            "# TYPE lorahost_adapters_loaded gauge\nlorahost_adapters_loaded %zu\n", g->adapters);
+    put(&t, "# HELP lorahost_backend_busy_seconds_total Time the model worker spent running jobs.\n"
+            "# TYPE lorahost_backend_busy_seconds_total counter\n"
+            "lorahost_backend_busy_seconds_total %.6f\n", g->busy_s);
+    put(&t, "# HELP lorahost_batches_total Pipeline runs that served more than one request.\n"
+            "# TYPE lorahost_batches_total counter\nlorahost_batches_total %llu\n",
+        (unsigned long long)g->batches);
+    put(&t, "# HELP lorahost_batched_requests_total Requests served in those runs.\n"
+            "# TYPE lorahost_batched_requests_total counter\nlorahost_batched_requests_total "
+            "%llu\n", (unsigned long long)g->batched);
+    put(&t, "# HELP lorahost_queue_wait_p95_seconds The circuit breaker's p95 of queue wait at its "
+            "last check.\n# TYPE lorahost_queue_wait_p95_seconds gauge\n"
+            "lorahost_queue_wait_p95_seconds %.6f\n", g->wait_p95_s);
+    put(&t, "# HELP lorahost_breaker_open 1 while the circuit breaker refuses generations.\n"
+            "# TYPE lorahost_breaker_open gauge\nlorahost_breaker_open %d\n", g->breaker_open);
+    put(&t, "# HELP lorahost_breaker_opened_total Times the circuit breaker opened.\n"
+            "# TYPE lorahost_breaker_opened_total counter\nlorahost_breaker_opened_total %llu\n",
+        (unsigned long long)g->breaker_opened);
     if (t.failed) {
         free(t.p);
         return NULL;

@@ -17,18 +17,25 @@
 
 /* ---- The adapter sets ---- */
 
-/* Make the server's default set (the adapters loaded with "active": true,
- * at their scales) the model's. */
-static lh_status apply_default_set(lh_server *s, lh_error *err) {
-    lh_adapter *set[LH__SRV_MAX_ADAPTERS];
-    double scales[LH__SRV_MAX_ADAPTERS];
+size_t lh__default_set(lh_server *s, lh__srv_adapter **set, lh_adapter_weights *w) {
     size_t n = 0;
     for (size_t i = 0; i < s->n_adapters; i++)
         if (s->adapters[i].active) {
-            set[n] = s->adapters[i].a;
-            scales[n++] = s->adapters[i].scale;
+            set[n] = &s->adapters[i];
+            lh_adapter_weights_init(&w[n++], s->adapters[i].scale);
         }
-    return lh_adapter_set(s->model, set, scales, n, err);
+    return n;
+}
+
+/* Make the server's default set (the adapters loaded with "active": true,
+ * at their scales) the model's. */
+static lh_status apply_default_set(lh_server *s, lh_error *err) {
+    lh__srv_adapter *set[LH__SRV_MAX_ADAPTERS];
+    lh_adapter *as[LH__SRV_MAX_ADAPTERS];
+    lh_adapter_weights w[LH__SRV_MAX_ADAPTERS];
+    size_t n = lh__default_set(s, set, w);
+    for (size_t i = 0; i < n; i++) as[i] = set[i]->a;
+    return lh_adapter_set_ex(s->model, as, w, n, LH_ADAPTER_RUNTIME, err);
 }
 
 /* ---- Adapter jobs ---- */
@@ -40,6 +47,38 @@ static json_t *adapter_json(const lh__srv_adapter *a) {
                      (json_int_t)r->layers_unet, "layers_text_encoder", (json_int_t)r->layers_te);
 }
 
+lh__srv_adapter *lh__adapter_add(lh_server *s, const char *name, const char *path,
+                                 const char *file, double scale, int active, lh__reply *rep) {
+    if (s->n_adapters == LH__SRV_MAX_ADAPTERS) {
+        lh__reply_error(rep, 409, "name", "at most %d adapters may be loaded",
+                        LH__SRV_MAX_ADAPTERS);
+        return NULL;
+    }
+    lh_error err = {0};
+    lh_adapter *a = NULL;
+    lh_adapter_load_opts lo = {.policy = s->o.adapter_strict ? LH_ADAPTER_STRICT : LH_ADAPTER_WARN,
+                               .name = name};
+    if (lh_adapter_load(&a, s->model, s->reg, path, &lo, &err) != LH_OK) {
+        lh__reply_error(rep, 400, "file", "%s", err.msg);
+        return NULL;
+    }
+    lh__srv_adapter e = {.a = a, .scale = scale, .active = active};
+    snprintf(e.name, sizeof e.name, "%s", name);
+    snprintf(e.file, sizeof e.file, "%s", file);
+    pthread_mutex_lock(&s->mu);
+    s->adapters[s->n_adapters++] = e;
+    pthread_mutex_unlock(&s->mu);
+    if (e.active && apply_default_set(s, &err) != LH_OK) {
+        pthread_mutex_lock(&s->mu);
+        s->n_adapters--;
+        pthread_mutex_unlock(&s->mu);
+        lh_adapter_unload(a);
+        lh__reply_error(rep, 400, "file", "%s", err.msg);
+        return NULL;
+    }
+    return &s->adapters[s->n_adapters - 1];
+}
+
 static void load_adapter(lh_server *s, lh__job *j) {
     for (size_t i = 0; i < s->n_adapters; i++)
         if (!strcmp(s->adapters[i].name, j->name)) {
@@ -48,11 +87,6 @@ static void load_adapter(lh_server *s, lh__job *j) {
                             j->name, j->name);
             return;
         }
-    if (s->n_adapters == LH__SRV_MAX_ADAPTERS) {
-        lh__reply_error(&j->reply, 409, "name", "at most %d adapters may be loaded",
-                        LH__SRV_MAX_ADAPTERS);
-        return;
-    }
     char path[4096] = "";
     for (size_t i = 0; i < s->o.n_adapter_dirs; i++) {
         struct stat sb;
@@ -66,33 +100,11 @@ static void load_adapter(lh_server *s, lh__job *j) {
                         j->file);
         return;
     }
-    lh_error err = {0};
-    lh_adapter *a = NULL;
-    lh_adapter_load_opts lo = {.policy = s->o.adapter_strict ? LH_ADAPTER_STRICT : LH_ADAPTER_WARN,
-                               .name = j->name};
-    if (lh_adapter_load(&a, s->model, s->reg, path, &lo, &err) != LH_OK) {
-        lh__reply_error(&j->reply, 400, "file", "%s", err.msg);
-        return;
-    }
-    lh__srv_adapter e = {.a = a, .scale = j->scale, .active = j->active};
-    snprintf(e.name, sizeof e.name, "%s", j->name);
-    snprintf(e.file, sizeof e.file, "%s", j->file);
-    json_t *body = adapter_json(&e);
+    lh__srv_adapter *e = lh__adapter_add(s, j->name, path, j->file, j->scale, j->active, &j->reply);
+    if (!e) return;
+    json_t *body = adapter_json(e);
     if (!body) {
-        lh_adapter_unload(a);
         lh__reply_error(&j->reply, 500, NULL, "out of memory");
-        return;
-    }
-    pthread_mutex_lock(&s->mu);
-    s->adapters[s->n_adapters++] = e;
-    pthread_mutex_unlock(&s->mu);
-    if (e.active && apply_default_set(s, &err) != LH_OK) {
-        pthread_mutex_lock(&s->mu);
-        s->n_adapters--;
-        pthread_mutex_unlock(&s->mu);
-        lh_adapter_unload(a);
-        json_decref(body);
-        lh__reply_error(&j->reply, 400, "file", "%s", err.msg);
         return;
     }
     lh__reply_json(&j->reply, 201, body);
@@ -121,13 +133,6 @@ static void delete_adapter(lh_server *s, lh__job *j) {
 
 static void run_job(lh_server *s, lh__job *j) {
     switch (j->kind) {
-    case LH__JOB_GENERATE: {
-        lh__generate(s, &j->gen, &j->reply);
-        lh_error err = {0};
-        if (apply_default_set(s, &err) != LH_OK)
-            lh_log(LH_LOG_ERROR, "serve", "restoring the default adapters: %s", err.msg);
-        break;
-    }
     case LH__JOB_ADAPTER_LOAD: load_adapter(s, j); break;
     case LH__JOB_ADAPTER_DELETE: delete_adapter(s, j); break;
     default: lh__reply_error(&j->reply, 500, NULL, "unknown job"); break;
@@ -145,35 +150,95 @@ static void finish(lh_server *s, lh__job *j) {
     if (c) MHD_resume_connection(c);
 }
 
+/* Called with s->mu held: j leaves the queue and starts; its wait is a
+ * sample for the circuit breaker. */
+static void start_job(lh_server *s, lh__job *j, lh__job *prev) {
+    if (prev) prev->next = j->next;
+    else s->head = j->next;
+    if (s->tail == j) s->tail = prev;
+    s->depth--;
+    j->state = LH__JOB_RUNNING;
+    j->next = NULL;
+    lh__breaker_sample(&s->breaker, lh__now() - j->queued_at, lh__now());
+}
+
+/* Called with s->mu held: queued generations that may share j's batch,
+ * taken off the queue in order, up to server.batch images in all. The scan
+ * stops at the first adapter job, which must see the queue's order. */
+static size_t take_batch(lh_server *s, lh__job *j, lh__job **batch) {
+    size_t n = 1;
+    batch[0] = j;
+    if (s->o.batch_max <= 1 || j->kind != LH__JOB_GENERATE) return n;
+    for (lh__job *prev = NULL, *q = s->head; q && n < s->o.batch_max;) {
+        lh__job *next = q->next;
+        if (q->kind != LH__JOB_GENERATE) break;
+        if (lh__gen_batchable(&j->gen, &q->gen)) {
+            start_job(s, q, prev);
+            batch[n++] = q;
+        } else {
+            prev = q;
+        }
+        q = next;
+    }
+    return n;
+}
+
+static int too_late(lh_server *s, lh__job *j) {
+    double waited = lh__now() - j->queued_at;
+    if (!s->o.queue_timeout_s || waited <= (double)s->o.queue_timeout_s) return 0;
+    lh__reply_error(&j->reply, 503, NULL,
+                    "waited %.0f s for the model, more than the server's %u s; try again later",
+                    waited, s->o.queue_timeout_s);
+    j->reply.retry_after = 1;
+    return 1;
+}
+
 static void *worker_main(void *arg) {
     lh_server *s = arg;
+    lh__job *batch[LH_PIPELINE_MAX_BATCH];
     pthread_mutex_lock(&s->mu);
     for (;;) {
         while (!s->head && !s->stopping) pthread_cond_wait(&s->work, &s->mu);
         if (!s->head) break; /* stopping, and everything queued has run */
         lh__job *j = s->head;
-        s->head = j->next;
-        if (!s->head) s->tail = NULL;
-        s->depth--;
-        j->state = LH__JOB_RUNNING;
-        pthread_mutex_unlock(&s->mu);
-        double waited = lh__now() - j->queued_at;
-        if (s->o.queue_timeout_s && waited > (double)s->o.queue_timeout_s) {
-            lh__reply_error(&j->reply, 503, NULL,
-                            "waited %.0f s for the model, more than the server's %u s; try "
-                            "again later", waited, s->o.queue_timeout_s);
-            j->reply.retry_after = 1;
-        } else {
-            if (s->o.test_job_delay_ms) {
-                struct timespec d = {s->o.test_job_delay_ms / 1000,
-                                     (long)(s->o.test_job_delay_ms % 1000) * 1000000L};
-                while (nanosleep(&d, &d) && errno == EINTR) {
-                }
-            }
-            run_job(s, j);
+        start_job(s, j, NULL);
+        size_t n = take_batch(s, j, batch);
+        if (n > 1) {
+            s->batches++;
+            s->batched += n;
         }
-        finish(s, j);
+        pthread_mutex_unlock(&s->mu);
+        double t0 = lh__now();
+        int late[LH_PIPELINE_MAX_BATCH];
+        for (size_t i = 0; i < n; i++) late[i] = too_late(s, batch[i]);
+        if (s->o.test_job_delay_ms) {
+            struct timespec d = {s->o.test_job_delay_ms / 1000,
+                                 (long)(s->o.test_job_delay_ms % 1000) * 1000000L};
+            while (nanosleep(&d, &d) && errno == EINTR) {
+            }
+        }
+        lh__gen_req *rs[LH_PIPELINE_MAX_BATCH];
+        lh__reply *reps[LH_PIPELINE_MAX_BATCH];
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (late[i]) continue;
+            if (batch[i]->kind != LH__JOB_GENERATE) {
+                run_job(s, batch[i]);
+                continue;
+            }
+            rs[m] = &batch[i]->gen;
+            reps[m++] = &batch[i]->reply;
+        }
+        if (m) {
+            lh__generate(s, rs, reps, m);
+            lh_error err = {0};
+            if (apply_default_set(s, &err) != LH_OK)
+                lh_log(LH_LOG_ERROR, "serve", "restoring the default adapters: %s", err.msg);
+        }
+        double busy = lh__now() - t0;
+        for (size_t i = 0; i < n; i++) finish(s, batch[i]);
         pthread_mutex_lock(&s->mu);
+        s->busy_s += busy;
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
@@ -211,6 +276,21 @@ int lh__job_submit(lh_server *s, lh__job *job, struct MHD_Connection *conn) {
                             s->o.queue_size);
         job->reply.retry_after = 1;
         return -1;
+    }
+    if (job->kind == LH__JOB_GENERATE && s->breaker.threshold_s > 0) {
+        double now = lh__now(), queued[256];
+        size_t nq = 0;
+        for (lh__job *q = s->head; q && nq < 256; q = q->next) queued[nq++] = now - q->queued_at;
+        if (lh__breaker_check(&s->breaker, queued, nq, now)) {
+            double p95 = s->breaker.p95, thr = s->breaker.threshold_s;
+            pthread_mutex_unlock(&s->mu);
+            lh__reply_error(&job->reply, 503, NULL,
+                            "overloaded: the 95th percentile of queue wait is %.0f ms, above "
+                            "the server's %.0f ms (circuit breaker open); try again later",
+                            p95 * 1e3, thr * 1e3);
+            job->reply.retry_after = p95 < 1 ? 1 : (unsigned)(p95 + 0.5);
+            return -1;
+        }
     }
     job->state = LH__JOB_QUEUED;
     job->conn = conn;

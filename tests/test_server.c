@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -182,6 +183,8 @@ static void opts_for_test(lh_server_opts *o) {
     g_dirs[0] = g_adapters;
     o->adapter_dirs = g_dirs;
     o->n_adapter_dirs = 1;
+    o->batch_max = 1;        /* test_batching turns these on */
+    o->breaker_p95_ms = 0;
 }
 
 static lh_server *start(const lh_server_opts *o) {
@@ -925,6 +928,354 @@ START_TEST(test_connection_timeout) {
 }
 END_TEST
 
+/* The base64 PNG at images[i] of a JSON reply, decoded (64x64). */
+static uint8_t *json_image(json_t *j, size_t i) {
+    json_t *images = json_object_get(j, "images");
+    ck_assert_msg(json_is_string(json_array_get(images, i)), "no image %zu", i);
+    size_t n = 0;
+    uint8_t *png = unbase64(json_string_value(json_array_get(images, i)), &n);
+    int64_t w, h;
+    uint8_t *rgb = decode_png((const char *)png, n, &w, &h);
+    ck_assert_int_eq(w, 64);
+    ck_assert_int_eq(h, 64);
+    free(png);
+    return rgb;
+}
+
+/* A1111's /sdapi/v1/txt2img and img2img give what the pipeline gives, in
+ * A1111's reply format; its fields map, its "off" values pass, the rest is
+ * refused naming the field. */
+START_TEST(test_sdapi) {
+    lh_server_opts o;
+    opts_for_test(&o);
+    lh_server *s = start(&o);
+    int port = lh_server_port(s);
+    uint8_t *want = direct_txt2img(NULL, 0);
+    resp r;
+    http(port, "POST", "/sdapi/v1/txt2img", NULL,
+         "{\"prompt\": \"a red cube\", \"negative_prompt\": \"\", \"steps\": 2, \"width\": 64, "
+         "\"height\": 64, \"seed\": 42, \"cfg_scale\": 7.5, \"batch_size\": 1, \"n_iter\": 1, "
+         "\"sampler_name\": null, \"restore_faces\": false, \"tiling\": false, \"styles\": [], "
+         "\"subseed\": -1, \"subseed_strength\": 0, \"enable_hr\": false, \"save_images\": false, "
+         "\"send_images\": true, \"override_settings\": {}, \"alwayson_scripts\": {}, "
+         "\"s_churn\": 0, \"s_noise\": 1, \"eta\": null, \"do_not_save_grid\": true}", &r);
+    ck_assert_msg(r.status == 200, "%d %.300s", r.status, r.body);
+    json_t *j = body_json(&r);
+    uint8_t *got = json_image(j, 0);
+    ck_assert_msg(!memcmp(got, want, IMG_BYTES), "txt2img differs from lh_pipeline_txt2img");
+    free(got);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(j, "parameters"), "seed")),
+                     42);
+    json_t *info = json_loads(json_string_value(json_object_get(j, "info")), 0, NULL);
+    ck_assert_msg(info != NULL, "info is not JSON text");
+    ck_assert_int_eq(json_integer_value(json_object_get(info, "seed")), 42);
+    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(info, "all_seeds"), 0)), 42);
+    ck_assert_str_eq(json_string_value(json_object_get(info, "prompt")), "a red cube");
+    ck_assert_msg(strstr(json_string_value(json_array_get(json_object_get(info, "infotexts"), 0)),
+                         "Seed: 42"), "infotext without the seed");
+    ck_assert_str_eq(json_string_value(json_object_get(info, "sd_model_name")), "sd1_tiny");
+    json_decref(info);
+    /* img2img with that image, against lh_pipeline_img2img */
+    size_t n = 0;
+    uint8_t *png = unbase64(json_string_value(json_array_get(json_object_get(j, "images"), 0)), &n);
+    json_decref(j);
+    resp_free(&r);
+    char *b64 = base64(png, n);
+    size_t blen = strlen(b64) + 512;
+    char *body = malloc(blen);
+    ck_assert_ptr_nonnull(body);
+    snprintf(body, blen, "{\"prompt\": \"a red cube\", \"steps\": 2, \"seed\": 42, \"cfg_scale\": "
+                         "7.5, \"denoising_strength\": 0.5, \"resize_mode\": 0, \"mask\": null, "
+                         "\"init_images\": [\"data:image/png;base64,%s\"]}", b64);
+    uint8_t *want2 = direct_txt2img(want, 0.5);
+    http(port, "POST", "/sdapi/v1/img2img", NULL, body, &r);
+    ck_assert_msg(r.status == 200, "%d %.300s", r.status, r.body);
+    j = body_json(&r);
+    got = json_image(j, 0);
+    ck_assert_msg(!memcmp(got, want2, IMG_BYTES), "img2img differs from lh_pipeline_img2img");
+    free(got);
+    info = json_loads(json_string_value(json_object_get(j, "info")), 0, NULL);
+    ck_assert_double_eq_tol(json_real_value(json_object_get(info, "denoising_strength")), 0.5,
+                            1e-12);
+    json_decref(info);
+    json_decref(j);
+    resp_free(&r);
+    /* two init images: one image for the batch */
+    snprintf(body, blen, "{\"init_images\": [\"%s\", \"%s\"]}", "AAAA", "AAAA");
+    http(port, "POST", "/sdapi/v1/img2img", NULL, body, &r);
+    expect_error(&r, 400, "init_images", "two init images");
+    resp_free(&r);
+    free(body);
+    free(b64);
+    free(png);
+    free(want2);
+
+    /* n_iter: batches seeded seed, seed + 1; the first is the image above */
+    http(port, "POST", "/sdapi/v1/txt2img", NULL,
+         "{\"prompt\": \"a red cube\", \"steps\": 2, \"width\": 64, \"height\": 64, \"seed\": 42, "
+         "\"cfg_scale\": 7.5, \"n_iter\": 2}", &r);
+    ck_assert_msg(r.status == 200, "%d %.300s", r.status, r.body);
+    j = body_json(&r);
+    ck_assert_uint_eq(json_array_size(json_object_get(j, "images")), 2);
+    got = json_image(j, 0);
+    ck_assert_msg(!memcmp(got, want, IMG_BYTES), "n_iter: first image differs");
+    free(got);
+    got = json_image(j, 1);
+    ck_assert_msg(memcmp(got, want, IMG_BYTES), "n_iter: second image is the first");
+    free(got);
+    info = json_loads(json_string_value(json_object_get(j, "info")), 0, NULL);
+    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(info, "all_seeds"), 1)), 43);
+    json_decref(info);
+    json_decref(j);
+    resp_free(&r);
+
+    /* <lora:NAME:W>: loaded from the adapter directory on first use; the
+     * same image as /generate with that adapter at that scale */
+    http(port, "POST", "/sdapi/v1/txt2img", NULL,
+         "{\"prompt\": \"a red <lora:sd1_A_kohya:0.8>cube\", \"steps\": 2, \"width\": 64, "
+         "\"height\": 64, \"seed\": 42, \"cfg_scale\": 7.5}", &r);
+    ck_assert_msg(r.status == 200, "%d %.300s", r.status, r.body);
+    j = body_json(&r);
+    uint8_t *styled = json_image(j, 0);
+    ck_assert_msg(memcmp(styled, want, IMG_BYTES), "the lora tag did not change the image");
+    json_decref(j);
+    resp_free(&r);
+    got = generate_png(port, BASE_BODY ", \"adapters\": [{\"name\": \"sd1_A_kohya\", \"scale\": 0.8}]}");
+    ck_assert_msg(!memcmp(got, styled, IMG_BYTES), "<lora:...:0.8> differs from scale 0.8");
+    free(got);
+    free(styled);
+    got = generate_png(port, BASE_BODY "}");
+    ck_assert_msg(!memcmp(got, want, IMG_BYTES), "the tag's adapter stayed active");
+    free(got);
+
+    http(port, "GET", "/sdapi/v1/samplers", NULL, NULL, &r);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(strstr(r.body, "\"name\":\"Euler a\""), "%.300s", r.body);
+    ck_assert_msg(strstr(r.body, "\"name\":\"DPM++ 2M Karras\""), "%.300s", r.body);
+    resp_free(&r);
+
+    static const struct {
+        const char *body, *field;
+    } BAD[] = {
+        {"{\"enable_hr\": true}", "enable_hr"},
+        {"{\"restore_faces\": true}", "restore_faces"},
+        {"{\"mask\": \"iVBORw0KGgo=\"}", "mask"},
+        {"{\"script_name\": \"x/y/z plot\"}", "script_name"},
+        {"{\"sampler_name\": \"DPM++ 2M\", \"scheduler\": \"Beta\"}", "scheduler"},
+        {"{\"sampler_name\": \"Nope\", \"steps\": 1, \"width\": 64, \"height\": 64}", "sampler_name"},
+        {"{\"steps\": 0}", "steps"},
+        {"{\"width\": 65}", "width"},
+        {"{\"n_iter\": 17}", "n_iter"},
+        {"{\"cfg_scale\": \"7\"}", "cfg_scale"},
+        {"{\"bogus\": 1}", "bogus"},
+        {"{\"send_images\": false}", "send_images"},
+        {"{\"override_settings\": {\"sd_vae\": \"x\", \"CLIP_stop_at_last_layers\": 0}}",
+         "override_settings.CLIP_stop_at_last_layers"},
+        {"{\"override_settings\": {\"samples_format\": \"jpg\"}}", "override_settings.samples_format"},
+        {"{\"prompt\": \"<lora:../etc/passwd:1>\"}", "prompt"},
+        {"{\"prompt\": \"<lora:missing:1>\", \"steps\": 1, \"width\": 64, \"height\": 64}", "prompt"},
+        {"{\"prompt\": \"x\", \"steps\":", "steps"},
+    };
+    for (size_t i = 0; i < sizeof BAD / sizeof BAD[0]; i++) {
+        http(port, "POST", "/sdapi/v1/txt2img", NULL, BAD[i].body, &r);
+        expect_error(&r, 400, BAD[i].field, BAD[i].body);
+        resp_free(&r);
+    }
+    http(port, "POST", "/sdapi/v1/img2img", NULL, "{\"prompt\": \"x\"}", &r);
+    expect_error(&r, 400, "init_images", "img2img without init_images");
+    resp_free(&r);
+    http(port, "GET", "/sdapi/v1/txt2img", NULL, NULL, &r);
+    expect_error(&r, 405, NULL, "GET txt2img");
+    resp_free(&r);
+    free(want);
+    lh_server_stop(s);
+}
+END_TEST
+
+/* Queued requests with the same settings run as one pipeline batch; each
+ * image is within rounding of the same request run alone. */
+START_TEST(test_batching) {
+    lh_server_opts o;
+    opts_for_test(&o);
+    o.batch_max = 4;
+    o.http_threads = 2;
+    o.test_job_delay_ms = 1500; /* the first job waits here while the others queue */
+    lh_server *s = start(&o);
+    int port = lh_server_port(s);
+    static const char *const BODIES[4] = {
+        "{\"prompt\": \"a red cube\", \"steps\": 2, \"width\": 64, \"height\": 64, \"seed\": 1}",
+        "{\"prompt\": \"a red cube\", \"steps\": 2, \"width\": 64, \"height\": 64, \"seed\": 7}",
+        "{\"prompt\": \"a blue ball\", \"steps\": 2, \"width\": 64, \"height\": 64, \"seed\": 8}",
+        "{\"prompt\": \"a green cone\", \"negative_prompt\": \"red\", \"steps\": 2, \"width\": 64, "
+        "\"height\": 64, \"seed\": 9}"};
+    bg b[4];
+    b[0] = (bg){port, BODIES[0], {0}, 0};
+    ck_assert_int_eq(pthread_create(&b[0].t, NULL, bg_post, &b[0]), 0);
+    wait_state(port, 1, 0);
+    for (int i = 1; i < 4; i++) {
+        b[i] = (bg){port, BODIES[i], {0}, 0};
+        ck_assert_int_eq(pthread_create(&b[i].t, NULL, bg_post, &b[i]), 0);
+        wait_state(port, i + 1, i);
+    }
+    uint8_t *imgs[4];
+    for (int i = 0; i < 4; i++) {
+        pthread_join(b[i].t, NULL);
+        ck_assert_msg(b[i].r.status == 200, "request %d: %d %.200s", i, b[i].r.status, b[i].r.body);
+        int64_t w, h;
+        imgs[i] = decode_png(b[i].r.body, b[i].r.body_len, &w, &h);
+        resp_free(&b[i].r);
+    }
+    resp r;
+    http(port, "GET", "/metrics", NULL, NULL, &r);
+    ck_assert_msg(strstr(r.body, "\nlorahost_batches_total 1\n"), "%s", r.body);
+    ck_assert_msg(strstr(r.body, "\nlorahost_batched_requests_total 3\n"), "%s", r.body);
+    resp_free(&r);
+    lh_server_stop(s);
+    /* alone: one request at a time */
+    opts_for_test(&o);
+    s = start(&o);
+    port = lh_server_port(s);
+    for (int i = 0; i < 4; i++) {
+        uint8_t *alone = generate_png(port, BODIES[i]);
+        int worst = 0;
+        for (int k = 0; k < IMG_BYTES; k++) {
+            int d = abs((int)alone[k] - (int)imgs[i][k]);
+            if (d > worst) worst = d;
+        }
+        /* the first ran alone both times; the batched rows round differently (<= 1/255) */
+        ck_assert_msg(i ? worst <= 1 : worst == 0, "request %d: batched image differs by %d", i,
+                      worst);
+        free(alone);
+        free(imgs[i]);
+    }
+    lh_server_stop(s);
+}
+END_TEST
+
+/* The circuit breaker opens while the p95 of queue wait is above its
+ * threshold and closes once the slow waits have aged out. */
+START_TEST(test_breaker) {
+    lh_server_opts o;
+    opts_for_test(&o);
+    o.breaker_p95_ms = 200;
+    o.breaker_window_s = 1;
+    o.test_job_delay_ms = 900;
+    o.http_threads = 2;
+    lh_server *s = start(&o);
+    int port = lh_server_port(s);
+    bg a = {port, SMALL, {0}, 0}, b = {port, SMALL, {0}, 0};
+    ck_assert_int_eq(pthread_create(&a.t, NULL, bg_post, &a), 0);
+    wait_state(port, 1, 0);
+    ck_assert_int_eq(pthread_create(&b.t, NULL, bg_post, &b), 0);
+    wait_state(port, 2, 1);
+    sleep_ms(400); /* b has waited > 200 ms */
+    resp r;
+    http(port, "POST", "/generate", NULL, SMALL, &r);
+    expect_error(&r, 503, NULL, "breaker open");
+    ck_assert_msg(strstr(r.body, "circuit breaker"), "%s", r.body);
+    char buf[16];
+    ck_assert_ptr_nonnull(header(&r, "Retry-After", buf, sizeof buf));
+    resp_free(&r);
+    http(port, "GET", "/metrics", NULL, NULL, &r);
+    ck_assert_int_eq(gauge(&r, "lorahost_breaker_open"), 1);
+    ck_assert_int_eq(gauge(&r, "lorahost_breaker_opened_total"), 1);
+    resp_free(&r);
+    /* healthz and lists are not refused */
+    http(port, "GET", "/healthz", NULL, NULL, &r);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    pthread_join(a.t, NULL);
+    pthread_join(b.t, NULL);
+    ck_assert_int_eq(a.r.status, 200);
+    ck_assert_int_eq(b.r.status, 200);
+    resp_free(&a.r);
+    resp_free(&b.r);
+    sleep_ms(1200); /* the window passes */
+    http(port, "POST", "/generate", NULL, SMALL, &r);
+    ck_assert_msg(r.status == 200, "after recovery: %d %.200s", r.status, r.body);
+    resp_free(&r);
+    http(port, "GET", "/metrics", NULL, NULL, &r);
+    ck_assert_int_eq(gauge(&r, "lorahost_breaker_open"), 0);
+    resp_free(&r);
+    lh_server_stop(s);
+}
+END_TEST
+
+/* The access log: one JSON line per request in today's file, no API key in
+ * it, and files older than log_keep_days deleted at start. */
+START_TEST(test_access_log) {
+    char dir[] = "/tmp/lh_access_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char path[512], today[16], recent[16];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(today, sizeof today, "%Y-%m-%d", &tm);
+    time_t then = now - 2 * 86400;
+    gmtime_r(&then, &tm);
+    strftime(recent, sizeof recent, "%Y-%m-%d", &tm);
+    static const char *const FILES[] = {"access-2001-01-01.jsonl", "access-2001-01-02.jsonl",
+                                        "notes.txt", "access-2001-01-03.jsonl.bak"};
+    for (int i = 0; i < 5; i++) {
+        if (i < 4) snprintf(path, sizeof path, "%s/%s", dir, FILES[i]);
+        else snprintf(path, sizeof path, "%s/access-%s.jsonl", dir, recent);
+        FILE *f = fopen(path, "w");
+        ck_assert_ptr_nonnull(f);
+        fputs("{}\n", f);
+        fclose(f);
+    }
+    static const char *const KEYS[] = {"k-one-secret", "k-two-secret"};
+    lh_server_opts o;
+    opts_for_test(&o);
+    o.log_dir = dir;
+    o.log_keep_days = 7;
+    o.api_keys = KEYS;
+    o.n_api_keys = 2;
+    lh_server *s = start(&o);
+    int port = lh_server_port(s);
+    resp r;
+    http(port, "GET", "/healthz", NULL, NULL, &r);
+    resp_free(&r);
+    http(port, "GET", "/adapters", "Authorization: Bearer k-two-secret\r\n", NULL, &r);
+    ck_assert_int_eq(r.status, 200);
+    resp_free(&r);
+    http(port, "GET", "/adapters", "Authorization: Bearer wrong-secret\r\n", NULL, &r);
+    ck_assert_int_eq(r.status, 401);
+    resp_free(&r);
+    lh_server_stop(s);
+    for (int i = 0; i < 5; i++) {
+        struct stat sb;
+        if (i < 4) snprintf(path, sizeof path, "%s/%s", dir, FILES[i]);
+        else snprintf(path, sizeof path, "%s/access-%s.jsonl", dir, recent);
+        int kept = stat(path, &sb) == 0;
+        ck_assert_msg(kept == (i >= 2), "%s: %s", path, kept ? "kept" : "deleted");
+        unlink(path);
+    }
+    snprintf(path, sizeof path, "%s/access-%s.jsonl", dir, today);
+    FILE *f = fopen(path, "r");
+    ck_assert_msg(f != NULL, "no %s", path);
+    char line[2048];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        ck_assert_msg(!strstr(line, "secret"), "a key in the log: %s", line);
+        json_t *j = json_loads(line, 0, NULL);
+        ck_assert_msg(j != NULL, "not JSON: %s", line);
+        int status = (int)json_integer_value(json_object_get(j, "status"));
+        ck_assert_int_eq(status, n == 0 ? 200 : n == 1 ? 200 : 401);
+        ck_assert_str_eq(json_string_value(json_object_get(j, "remote")), "127.0.0.1");
+        ck_assert_msg(json_is_string(json_object_get(j, "time")), "no time");
+        if (n == 1) ck_assert_int_eq(json_integer_value(json_object_get(j, "key")), 2);
+        if (n == 2) ck_assert(json_is_null(json_object_get(j, "key")));
+        json_decref(j);
+        n++;
+    }
+    fclose(f);
+    ck_assert_int_eq(n, 3);
+    unlink(path);
+    ck_assert_int_eq(rmdir(dir), 0);
+}
+END_TEST
+
 /* Concurrent clients: every one answered, the same seed the same image. */
 #define N_CONCURRENT 6
 START_TEST(test_concurrent) {
@@ -1130,6 +1481,10 @@ static Suite *suite(void) {
     tcase_add_test(tc, test_safety);
     tcase_add_test(tc, test_graceful_stop);
     tcase_add_test(tc, test_cli_sigterm);
+    tcase_add_test(tc, test_sdapi);
+    tcase_add_test(tc, test_batching);
+    tcase_add_test(tc, test_breaker);
+    tcase_add_test(tc, test_access_log);
     suite_add_tcase(s, tc);
     return s;
 }
