@@ -25,9 +25,11 @@ fi
 
 work="$(mktemp -d)"
 srv=""
-cleanup() {
+cleanup() { # SIGTERM (a graceful stop), SIGKILL if it is not gone in 20 s
   if [[ -n $srv ]]; then
     kill "$srv" 2>/dev/null || true
+    for ((i = 0; i < 200; i++)); do kill -0 "$srv" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$srv" 2>/dev/null || true
     wait "$srv" 2>/dev/null || true
   fi
   rm -rf "$work"
@@ -73,7 +75,7 @@ pass=$((pass + 1))
 # generation whatever it takes in real time).
 dump_dom() {
   local out="$work/$1.html" rc=0
-  timeout 120 "$chrome" --headless --no-sandbox --disable-gpu --no-first-run \
+  timeout -k 5 120 "$chrome" --headless --no-sandbox --disable-gpu --no-first-run \
     --user-data-dir="$work/chrome-$1" --virtual-time-budget=60000 \
     --dump-dom "$base/?$2" >"$out" 2>"$work/$1.chrome.log" || rc=$?
   if ((rc)); then cat "$work/$1.chrome.log"; fail "$1: chromium failed (status $rc)"; fi
