@@ -25,13 +25,18 @@ fi
 
 work="$(mktemp -d)"
 srv=""
-cleanup() { # SIGTERM (a graceful stop), SIGKILL if it is not gone in 20 s
-  if [[ -n $srv ]]; then
-    kill "$srv" 2>/dev/null || true
-    for ((i = 0; i < 200; i++)); do kill -0 "$srv" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$srv" 2>/dev/null || true
-    wait "$srv" 2>/dev/null || true
-  fi
+srv_status=0
+stop_server() { # SIGTERM (a graceful stop), SIGKILL if it is not gone in 20 s
+  [[ -n $srv ]] || return 0
+  kill "$srv" 2>/dev/null || true
+  for ((i = 0; i < 200; i++)); do kill -0 "$srv" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$srv" 2>/dev/null || true
+  srv_status=0
+  wait "$srv" 2>/dev/null || srv_status=$?
+  srv=""
+}
+cleanup() {
+  stop_server
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -44,13 +49,14 @@ pass=0
 
 mkdir "$work/adapters"
 cp "$src/examples/model/striped.safetensors" "$work/adapters/"
+: >"$work/serve.log" # there before the background job opens it, for the loop below
 "$lh" serve --model "$model" --port 0 --set "adapters.dirs=$work/adapters" \
   >"$work/serve.log" 2>&1 &
 srv=$!
 # The port from its "listening on http://127.0.0.1:PORT" line (at most 60 s).
 port=""
 for ((i = 0; i < 600; i++)); do
-  port="$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9][0-9]*\).*|\1|p' "$work/serve.log")"
+  port="$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9][0-9]*\).*|\1|p' "$work/serve.log" || true)"
   [[ -n $port ]] && break
   kill -0 "$srv" 2>/dev/null || fail "serve exited before listening"
   sleep 0.1
@@ -128,6 +134,11 @@ grep -q 'id="status"[^>]*>HTTP 400: steps: must be in 1\.\.1000' "$work/bad.html
 grep -qF 'id="steps"' "$work/bad.html" && grep -q '<input id="steps"[^>]*aria-invalid="true"' \
   "$work/bad.html" || fail "bad: the steps field is not marked invalid"
 if grep -q '<img class="result"' "$work/bad.html"; then fail "bad: an image in the gallery"; fi
+pass=$((pass + 1))
+
+# The server stops cleanly (status 0; under the sanitizers: no report).
+stop_server
+[[ $srv_status -eq 0 ]] || fail "lorahost serve exited with status $srv_status on SIGTERM"
 pass=$((pass + 1))
 
 echo "web_page: $pass checks passed"
