@@ -553,6 +553,24 @@ START_TEST(test_api_keys) {
     http(port, "GET", "/healthz", NULL, NULL, &r); /* no key needed */
     ck_assert_int_eq(r.status, 200);
     resp_free(&r);
+    /* nor for the web page, which is host/web/index.html byte for byte */
+    char path[4300];
+    snprintf(path, sizeof path, "%s/host/web/index.html", g_src);
+    FILE *f = fopen(path, "rb");
+    ck_assert_msg(f != NULL, "%s", path);
+    static char page[1 << 20];
+    size_t n = fread(page, 1, sizeof page, f);
+    fclose(f);
+    ck_assert(n > 0 && n < sizeof page);
+    static const char *const PAGES[] = {"/", "/index.html"};
+    for (size_t i = 0; i < 2; i++) {
+        http(port, "GET", PAGES[i], NULL, NULL, &r);
+        ck_assert_int_eq(r.status, 200);
+        ck_assert_str_eq(header(&r, "Content-Type", buf, sizeof buf), "text/html; charset=utf-8");
+        ck_assert_uint_eq(r.body_len, n);
+        ck_assert_msg(!memcmp(r.body, page, n), "%s is not host/web/index.html", PAGES[i]);
+        resp_free(&r);
+    }
     lh_server_stop(s);
 }
 END_TEST
