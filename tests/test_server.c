@@ -1124,8 +1124,8 @@ START_TEST(test_batching) {
         "{\"prompt\": \"a red cube\", \"steps\": 2, \"width\": 64, \"height\": 64, \"seed\": 1}",
         "{\"prompt\": \"a red cube\", \"steps\": 2, \"width\": 64, \"height\": 64, \"seed\": 7}",
         "{\"prompt\": \"a blue ball\", \"steps\": 2, \"width\": 64, \"height\": 64, \"seed\": 8}",
-        "{\"prompt\": \"a green cone\", \"negative_prompt\": \"red\", \"steps\": 2, \"width\": 64, "
-        "\"height\": 64, \"seed\": 9}"};
+        ("{\"prompt\": \"a green cone\", \"negative_prompt\": \"red\", \"steps\": 2, \"width\": 64, "
+         "\"height\": 64, \"seed\": 9}")};
     bg b[4];
     b[0] = (bg){port, BODIES[0], {0}, 0};
     ck_assert_int_eq(pthread_create(&b[0].t, NULL, bg_post, &b[0]), 0);
