@@ -28,9 +28,12 @@ echo "$out"
 pass=$((pass + 1))
 j="$work/load.json"
 n="$(jnum "$j" requests)"
+[[ -n "$n" ]] || { echo "FAIL json: no requests in the client's --json-out"; exit 1; }
 for k in sent status_200 status_429 status_503 status_other errors not_sent \
   retry_after_missing bad_body_200; do
-  declare "$k=$(jnum "$j" "$k")"
+  v="$(jnum "$j" "$k")"
+  [[ -n "$v" ]] || { echo "FAIL json: no $k in the client's --json-out"; cat "$j"; exit 1; }
+  declare "$k=$v"
 done
 expect() { # NAME CONDITION...
   local name="$1"; shift
