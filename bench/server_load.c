@@ -474,7 +474,7 @@ static void *worker(void *arg) {
         if (dl > R->deadline) dl = R->deadline;
         reply r;
         exchange(&c, &R->sa, R->sa_len, R->head, R->head_len, R->o, R->o->body == NULL, dl, &r);
-        if (c.fd < 0) atomic_fetch_add(&R->closed, 1);
+        if (!r.err && c.fd < 0) atomic_fetch_add(&R->closed, 1);
         double end = now_s();
         s->status = r.err ? 0 : r.status;
         s->err = r.err;
@@ -799,10 +799,14 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--timeout")) {
             rc = parse_num(a, v, 0.001, 3600, &o.timeout) ? 2 : 0;
         } else if (!strcmp(a, "--connections")) {
-            rc = parse_num(a, v, 1, 1024, &x) || x != floor(x) ? 2 : 0;
-            if (rc && !parse_num(a, v, 1, 1024, &x))
+            if (parse_num(a, v, 1, 1024, &x)) {
+                rc = 2;
+            } else if (x != floor(x)) {
                 fprintf(stderr, NAME ": --connections: expected a whole number, got '%s'\n", v);
-            o.connections = (long)x;
+                rc = 2;
+            } else {
+                o.connections = (long)x;
+            }
         } else {
             fprintf(stderr, NAME ": %s: unknown option\n", a);
             rc = 2;
