@@ -7,6 +7,7 @@
 # SIGTERM and checks that it exits 0. Exits 1 if any of that fails.
 # Usage: bash bench/server_load.sh BUILD_DIR [--qps Q] [--duration S] [--steps N]
 #          [--size PX] [--connections C] [--json-out FILE] [--no-calibrate]
+#          [--set SECTION.KEY=VALUE ...] (more server settings)
 #   (defaults: Q 10, 20 s, 2 steps, 32x32, 32 connections; tests/cli_serve_load.sh
 #    runs it short; docs/server.md; the numbers are in bench/RESULTS.md)
 set -euo pipefail
@@ -14,6 +15,7 @@ src="$(cd "$(dirname "$0")/.." && pwd)"
 build="${1:?usage: server_load.sh BUILD_DIR [--qps Q] [--duration S] ...}"
 shift
 qps=10 duration=20 steps=2 size=32 conns=32 json_out="" calibrate=1
+extra=()
 while (($#)); do
   case "$1" in
     --qps) qps="$2"; shift 2 ;;
@@ -23,6 +25,7 @@ while (($#)); do
     --connections) conns="$2"; shift 2 ;;
     --json-out) json_out="$2"; shift 2 ;;
     --no-calibrate) calibrate=0; shift ;;
+    --set) extra+=(--set "$2"); shift 2 ;;
     *) echo "server_load.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
 done
@@ -48,7 +51,7 @@ fail() { echo "server_load.sh: FAIL: $*"; [[ -s "$work/serve.err" ]] && tail -n 
 : >"$work/serve.out" # there before the loop below reads it, however late the child runs
 "$lh" serve --model "$src/examples/model/shapes-tiny" --port 0 --quiet \
   --set server.qps="$qps" --set server.queue=256 --set server.queue_timeout_s=120 \
-  >"$work/serve.out" 2>"$work/serve.err" &
+  ${extra[@]+"${extra[@]}"} >"$work/serve.out" 2>"$work/serve.err" &
 pid=$!
 port=""
 for _ in $(seq 600); do # model load: well under a second in Release, more under ASan

@@ -102,9 +102,10 @@ static const lh_setting_def SCHEMA[] = {
     INT("server", "queue_timeout_s", "300", 0, 86400, "serve",
         "a request not started by the model worker after this many seconds gets HTTP 503; "
         "0 = wait"),
-    INT("server", "batch", "4", 1, 64, "serve",
+    INT("server", "batch", "1", 1, 64, "serve",
         "queued requests with the same adapter set, size, steps, guidance and scheduler run as "
-        "one pipeline batch of up to this many images; 1 = one at a time"),
+        "one pipeline batch of up to this many images; 1 = one at a time (bench_batch tells "
+        "whether batching pays for a model)"),
     DOUBLE("server", "breaker_p95_ms", "500", 0.0, 86400000.0, "serve",
            "circuit breaker: generations get HTTP 503 while the 95th percentile of queue wait "
            "is above this; 0 = off"),

@@ -35,7 +35,7 @@ void lh_server_opts_init(lh_server_opts *o) {
     o->max_pixels = 2048 * 2048;
     o->connection_timeout_s = 30;
     o->queue_timeout_s = 300;
-    o->batch_max = 4;
+    o->batch_max = 1;
     o->breaker_p95_ms = 500;
     o->breaker_window_s = 10;
     o->log_keep_days = 7;

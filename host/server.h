@@ -47,8 +47,8 @@ typedef struct lh_server_opts {
 } lh_server_opts;
 
 /* Defaults: 127.0.0.1:8501, 4 HTTP threads, qps 50, queue 64, 16 MiB bodies,
- * 2048 x 2048 pixels, 30 s connection timeout, 300 s queue timeout, batches
- * of up to 4 images, breaker at a p95 queue wait of 500 ms over 10 s, no
+ * 2048 x 2048 pixels, 30 s connection timeout, 300 s queue timeout, no
+ * batching, breaker at a p95 queue wait of 500 ms over 10 s, no
  * access log (7 days kept when there is one). */
 LH_API void lh_server_opts_init(lh_server_opts *o);
 
