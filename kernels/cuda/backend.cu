@@ -1,0 +1,503 @@
+/* The cuda backend: its ops table, memory (cudaMalloc), uploads (f16 and
+ * bf16 weights widened on the device), mixed-precision rounding, the
+ * non-finite count, error reporting, and lh_backend_cuda_create. One
+ * stream per backend: ops queue on it; download and sync wait for it. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda.h"
+
+/* ---- Errors ---- */
+
+extern "C" lh_status lh__cuda_fail(lh_backend *be, const char *what, const char *detail) {
+    if (be && be->impl)
+        snprintf(lh__cuda(be)->last_error, sizeof lh__cuda(be)->last_error, "%s: %s", what,
+                 detail);
+    return LH_ERR_BACKEND;
+}
+
+extern "C" lh_status lh__cuda_check(lh_backend *be, cudaError_t e, const char *what) {
+    if (e == cudaSuccess) return LH_OK;
+    return e == cudaErrorMemoryAllocation ? (lh__cuda_fail(be, what, cudaGetErrorString(e)),
+                                             LH_ERR_NOMEM)
+                                          : lh__cuda_fail(be, what, cudaGetErrorString(e));
+}
+
+extern "C" lh_status lh__cuda_check_blas(lh_backend *be, cublasStatus_t s, const char *what) {
+    if (s == CUBLAS_STATUS_SUCCESS) return LH_OK;
+    char d[32];
+    snprintf(d, sizeof d, "cuBLAS status %d", (int)s);
+    return lh__cuda_fail(be, what, d);
+}
+
+extern "C" lh_status lh__cuda_check_dnn(lh_backend *be, cudnnStatus_t s, const char *what) {
+    if (s == CUDNN_STATUS_SUCCESS) return LH_OK;
+    return lh__cuda_fail(be, what, cudnnGetErrorString(s));
+}
+
+extern "C" lh_status lh__cuda_launched(lh_backend *be, const char *what) {
+    return lh__cuda_check(be, cudaGetLastError(), what);
+}
+
+extern "C" lh_status lh__cuda_scratch(lh_backend *be, size_t bytes, void **out) {
+    lh_cuda *cu = lh__cuda(be);
+    if (bytes > cu->workspace_bytes) {
+        /* the stream may still use the old one */
+        lh_status st = lh__cuda_check(be, cudaStreamSynchronize(cu->stream), "scratch");
+        if (st != LH_OK) return st;
+        cudaFree(cu->workspace);
+        cu->workspace = NULL;
+        cu->workspace_bytes = 0;
+        size_t want = bytes + bytes / 4;
+        if ((st = lh__cuda_check(be, cudaMalloc(&cu->workspace, want), "scratch")) != LH_OK)
+            return st;
+        cu->workspace_bytes = want;
+    }
+    *out = cu->workspace;
+    return LH_OK;
+}
+
+/* ---- Memory ---- */
+
+static void *cuda_alloc(lh_backend *be, size_t bytes) {
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 256) != cudaSuccess) {
+        lh__cuda_fail(be, "alloc", "cudaMalloc failed");
+        cudaGetLastError(); /* clear it: the caller sees NULL */
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_free(lh_backend *be, void *ptr) {
+    if (!ptr) return;
+    /* queued work may still read it */
+    cudaStreamSynchronize(lh__cuda(be)->stream);
+    cudaFree(ptr);
+}
+
+static lh_status cuda_upload(lh_backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return LH_OK;
+    if (!dst || !src) return LH_ERR_INVALID;
+    return lh__cuda_check(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice,
+                                              lh__cuda(be)->stream),
+                          "upload");
+}
+
+static lh_status cuda_download(lh_backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return LH_OK;
+    if (!dst || !src) return LH_ERR_INVALID;
+    lh_cuda *cu = lh__cuda(be);
+    lh_status st = lh__cuda_check(
+        be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cu->stream), "download");
+    if (st == LH_OK) st = lh__cuda_check(be, cudaStreamSynchronize(cu->stream), "download");
+    return st;
+}
+
+static lh_status cuda_memset0(lh_backend *be, void *dst, size_t bytes) {
+    if (!bytes) return LH_OK;
+    if (!dst) return LH_ERR_INVALID;
+    return lh__cuda_check(be, cudaMemsetAsync(dst, 0, bytes, lh__cuda(be)->stream), "memset0");
+}
+
+__global__ void widen_f16(float *dst, const __half *src, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = __half2float(src[i]);
+}
+
+__global__ void widen_bf16(float *dst, const __nv_bfloat16 *src, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        dst[i] = __bfloat162float(src[i]);
+}
+
+static lh_status cuda_upload_weights(lh_backend *be, float *dst, const void *src,
+                                     lh_dtype src_dtype, size_t n) {
+    if (!n) return LH_OK;
+    if (!dst || !src) return LH_ERR_INVALID;
+    if (n > SIZE_MAX / sizeof(float)) return LH_ERR_OVERFLOW;
+    if (src_dtype == LH_DTYPE_F32) return cuda_upload(be, dst, src, n * sizeof(float));
+    if (src_dtype != LH_DTYPE_F16 && src_dtype != LH_DTYPE_BF16) return LH_ERR_UNSUPPORTED;
+    lh_cuda *cu = lh__cuda(be);
+    void *half = NULL;
+    lh_status st = lh__cuda_scratch(be, n * 2, &half);
+    if (st == LH_OK) st = cuda_upload(be, half, src, n * 2);
+    if (st != LH_OK) return st;
+    if (src_dtype == LH_DTYPE_F16)
+        widen_f16<<<lh__cuda_grid((int64_t)n, 256), 256, 0, cu->stream>>>(
+            dst, (const __half *)half, (int64_t)n);
+    else
+        widen_bf16<<<lh__cuda_grid((int64_t)n, 256), 256, 0, cu->stream>>>(
+            dst, (const __nv_bfloat16 *)half, (int64_t)n);
+    return lh__cuda_launched(be, "upload_weights");
+}
+
+static lh_status cuda_sync(lh_backend *be) {
+    return lh__cuda_check(be, cudaStreamSynchronize(lh__cuda(be)->stream), "sync");
+}
+
+/* ---- Mixed precision ---- */
+
+/* Round to nearest even through the hardware conversions; F16 overflows to
+ * +-Inf as a half store does; NaN stays NaN. */
+__global__ void round_f16(float *x, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        x[i] = __half2float(__float2half_rn(x[i]));
+}
+
+__global__ void round_bf16(float *x, int64_t n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        x[i] = __bfloat162float(__float2bfloat16_rn(x[i]));
+}
+
+extern "C" lh_status lh__cuda_round(lh_backend *be, float *x, int64_t n, lh_dtype dtype) {
+    if (n < 0) return LH_ERR_INVALID;
+    if (!n || dtype == LH_DTYPE_F32) return LH_OK;
+    if (!x) return LH_ERR_INVALID;
+    cudaStream_t s = lh__cuda(be)->stream;
+    if (dtype == LH_DTYPE_F16) round_f16<<<lh__cuda_grid(n, 256), 256, 0, s>>>(x, n);
+    else if (dtype == LH_DTYPE_BF16) round_bf16<<<lh__cuda_grid(n, 256), 256, 0, s>>>(x, n);
+    else return LH_ERR_UNSUPPORTED;
+    return lh__cuda_launched(be, "round");
+}
+
+static lh_status cuda_set_precision(lh_backend *be, lh_dtype act) {
+    if (act != LH_DTYPE_F32 && act != LH_DTYPE_F16 && act != LH_DTYPE_BF16)
+        return LH_ERR_UNSUPPORTED;
+    lh__cuda(be)->act = act;
+    return LH_OK;
+}
+
+extern "C" lh_status lh__cuda_after(lh_backend *be, lh_status st, float *out, uint64_t n) {
+    if (st != LH_OK || !out || lh__cuda(be)->act == LH_DTYPE_F32) return st;
+    return lh__cuda_round(be, out, (int64_t)n, lh__cuda(be)->act);
+}
+
+__global__ void count_nonfinite_kernel(unsigned long long *count, const float *x, int64_t n) {
+    unsigned long long mine = 0;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        mine += !isfinite(x[i]);
+    /* warp sum, then one atomic per warp */
+    for (int o = 16; o > 0; o >>= 1) mine += __shfl_down_sync(0xffffffffu, mine, o);
+    if ((threadIdx.x & 31) == 0 && mine) atomicAdd(count, mine);
+}
+
+extern "C" lh_status lh__cuda_count_nonfinite(lh_backend *be, int64_t *count, const float *x,
+                                              int64_t n) {
+    if (!count || n < 0 || (n && !x)) return LH_ERR_INVALID;
+    *count = 0;
+    if (!n) return LH_OK;
+    lh_cuda *cu = lh__cuda(be);
+    void *d = NULL;
+    lh_status st = lh__cuda_scratch(be, sizeof(unsigned long long), &d);
+    if (st == LH_OK) st = cuda_memset0(be, d, sizeof(unsigned long long));
+    if (st != LH_OK) return st;
+    count_nonfinite_kernel<<<lh__cuda_grid(n, 256) > 1024 ? 1024 : lh__cuda_grid(n, 256), 256, 0,
+                             cu->stream>>>((unsigned long long *)d, x, n);
+    if ((st = lh__cuda_launched(be, "count_nonfinite")) != LH_OK) return st;
+    unsigned long long c = 0;
+    if ((st = cuda_download(be, &c, d, sizeof c)) != LH_OK) return st;
+    *count = (int64_t)c;
+    return LH_OK;
+}
+
+/* ---- Rounding fronts: ops that write activations ---- */
+
+static lh_status r_gemm(lh_backend *be, float *c, const float *a, const float *b, int ta, int tb,
+                        int64_t m, int64_t n, int64_t k, float alpha, float beta, int64_t batch,
+                        int64_t sa, int64_t sb, int64_t sc) {
+    lh_status st = lh__cuda_gemm(be, c, a, b, ta, tb, m, n, k, alpha, beta, batch, sa, sb, sc);
+    for (int64_t i = 0; i < batch && st == LH_OK && lh__cuda(be)->act != LH_DTYPE_F32; i++)
+        st = lh__cuda_after(be, st, c + i * sc, (uint64_t)m * n);
+    return st;
+}
+
+static lh_status r_linear(lh_backend *be, float *out, const float *x, const float *w,
+                          const float *bias, int64_t rows, int64_t n_in, int64_t n_out) {
+    return lh__cuda_after(be, lh__cuda_linear(be, out, x, w, bias, rows, n_in, n_out), out,
+                          (uint64_t)rows * n_out);
+}
+
+static lh_status r_conv2d(lh_backend *be, float *out, const float *x, const float *w,
+                          const float *bias, int64_t n, int64_t c_in, int64_t h, int64_t wd,
+                          int64_t c_out, int64_t kh, int64_t kw, int stride, int pad) {
+    lh_status st = lh__cuda_conv2d(be, out, x, w, bias, n, c_in, h, wd, c_out, kh, kw, stride, pad);
+    if (st != LH_OK) return st;
+    int64_t ho = (h + 2 * pad - kh) / stride + 1, wo = (wd + 2 * pad - kw) / stride + 1;
+    return lh__cuda_after(be, st, out, (uint64_t)n * c_out * ho * wo);
+}
+
+static lh_status r_group_norm(lh_backend *be, float *out, const float *x, const float *gamma,
+                              const float *beta, int64_t n, int64_t c, int64_t hw, int64_t groups,
+                              float eps, int silu) {
+    return lh__cuda_after(
+        be, lh__cuda_group_norm(be, out, x, gamma, beta, n, c, hw, groups, eps, silu), out,
+        (uint64_t)n * c * hw);
+}
+
+static lh_status r_layer_norm(lh_backend *be, float *out, const float *x, const float *gamma,
+                              const float *beta, int64_t rows, int64_t cols, float eps) {
+    return lh__cuda_after(be, lh__cuda_layer_norm(be, out, x, gamma, beta, rows, cols, eps), out,
+                          (uint64_t)rows * cols);
+}
+
+static lh_status r_attention(lh_backend *be, float *out, float *lse, const float *q,
+                             const float *k, const float *v, int64_t b, int64_t heads, int64_t nq,
+                             int64_t nk, int64_t d, float scale, int causal) {
+    return lh__cuda_after(
+        be, lh__cuda_attention(be, out, lse, q, k, v, b, heads, nq, nk, d, scale, causal), out,
+        (uint64_t)b * nq * heads * d);
+}
+
+static lh_status r_silu(lh_backend *be, float *out, const float *x, int64_t n) {
+    return lh__cuda_after(be, lh__cuda_silu(be, out, x, n), out, (uint64_t)n);
+}
+
+static lh_status r_gelu(lh_backend *be, float *out, const float *x, int64_t n) {
+    return lh__cuda_after(be, lh__cuda_gelu(be, out, x, n), out, (uint64_t)n);
+}
+
+static lh_status r_quick_gelu(lh_backend *be, float *out, const float *x, int64_t n) {
+    return lh__cuda_after(be, lh__cuda_quick_gelu(be, out, x, n), out, (uint64_t)n);
+}
+
+static lh_status r_geglu(lh_backend *be, float *out, const float *x, int64_t rows, int64_t f) {
+    return lh__cuda_after(be, lh__cuda_geglu(be, out, x, rows, f), out, (uint64_t)rows * f);
+}
+
+static lh_status r_add(lh_backend *be, float *out, const float *a, const float *b, int64_t n) {
+    return lh__cuda_after(be, lh__cuda_add(be, out, a, b, n), out, (uint64_t)n);
+}
+
+static lh_status r_axpby(lh_backend *be, float *out, float alpha, const float *a, float beta,
+                         const float *b, int64_t n) {
+    return lh__cuda_after(be, lh__cuda_axpby(be, out, alpha, a, beta, b, n), out, (uint64_t)n);
+}
+
+static lh_status r_add_channel_bias(lh_backend *be, float *out, const float *x, const float *bias,
+                                    int64_t outer, int64_t c, int64_t inner) {
+    return lh__cuda_after(be, lh__cuda_add_channel_bias(be, out, x, bias, outer, c, inner), out,
+                          (uint64_t)outer * c * inner);
+}
+
+static lh_status r_timestep_embedding(lh_backend *be, float *out, const float *timesteps,
+                                      int64_t n, int64_t dim, int flip, float shift,
+                                      float max_period) {
+    return lh__cuda_after(be,
+                          lh__cuda_timestep_embedding(be, out, timesteps, n, dim, flip, shift,
+                                                      max_period),
+                          out, (uint64_t)n * dim);
+}
+
+static lh_status r_linear_backward(lh_backend *be, float *dx, float *dw, float *db,
+                                   const float *dy, const float *x, const float *w, int64_t rows,
+                                   int64_t n_in, int64_t n_out) {
+    return lh__cuda_after(be,
+                          lh__cuda_linear_backward(be, dx, dw, db, dy, x, w, rows, n_in, n_out),
+                          dx, (uint64_t)rows * n_in);
+}
+
+static lh_status r_conv2d_backward(lh_backend *be, float *dx, float *dw, float *db,
+                                   const float *dy, const float *x, const float *w, int64_t n,
+                                   int64_t c_in, int64_t h, int64_t wd, int64_t c_out, int64_t kh,
+                                   int64_t kw, int stride, int pad) {
+    return lh__cuda_after(be,
+                          lh__cuda_conv2d_backward(be, dx, dw, db, dy, x, w, n, c_in, h, wd,
+                                                   c_out, kh, kw, stride, pad),
+                          dx, (uint64_t)n * c_in * h * wd);
+}
+
+static lh_status r_group_norm_backward(lh_backend *be, float *dx, float *dgamma, float *dbeta,
+                                       const float *dy, const float *x, const float *gamma,
+                                       const float *beta, int64_t n, int64_t c, int64_t hw,
+                                       int64_t groups, float eps, int silu) {
+    return lh__cuda_after(be,
+                          lh__cuda_group_norm_backward(be, dx, dgamma, dbeta, dy, x, gamma, beta,
+                                                       n, c, hw, groups, eps, silu),
+                          dx, (uint64_t)n * c * hw);
+}
+
+static lh_status r_layer_norm_backward(lh_backend *be, float *dx, float *dgamma, float *dbeta,
+                                       const float *dy, const float *x, const float *gamma,
+                                       int64_t rows, int64_t cols, float eps) {
+    return lh__cuda_after(be,
+                          lh__cuda_layer_norm_backward(be, dx, dgamma, dbeta, dy, x, gamma, rows,
+                                                       cols, eps),
+                          dx, (uint64_t)rows * cols);
+}
+
+static lh_status r_attention_backward(lh_backend *be, float *dq, float *dk, float *dv,
+                                      const float *dout, const float *out, const float *lse,
+                                      const float *q, const float *k, const float *v, int64_t b,
+                                      int64_t heads, int64_t nq, int64_t nk, int64_t d,
+                                      float scale, int causal) {
+    lh_status st = lh__cuda_attention_backward(be, dq, dk, dv, dout, out, lse, q, k, v, b, heads,
+                                               nq, nk, d, scale, causal);
+    st = lh__cuda_after(be, st, dq, (uint64_t)b * nq * heads * d);
+    st = lh__cuda_after(be, st, dk, (uint64_t)b * nk * heads * d);
+    return lh__cuda_after(be, st, dv, (uint64_t)b * nk * heads * d);
+}
+
+static lh_status r_silu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
+                                 int64_t n) {
+    return lh__cuda_after(be, lh__cuda_silu_backward(be, dx, dy, x, n), dx, (uint64_t)n);
+}
+
+static lh_status r_gelu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
+                                 int64_t n) {
+    return lh__cuda_after(be, lh__cuda_gelu_backward(be, dx, dy, x, n), dx, (uint64_t)n);
+}
+
+static lh_status r_quick_gelu_backward(lh_backend *be, float *dx, const float *dy,
+                                       const float *x, int64_t n) {
+    return lh__cuda_after(be, lh__cuda_quick_gelu_backward(be, dx, dy, x, n), dx, (uint64_t)n);
+}
+
+static lh_status r_geglu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
+                                  int64_t rows, int64_t f) {
+    return lh__cuda_after(be, lh__cuda_geglu_backward(be, dx, dy, x, rows, f), dx,
+                          (uint64_t)rows * 2 * f);
+}
+
+static lh_status r_channel_bias_backward(lh_backend *be, float *dbias, const float *dy,
+                                         int64_t outer, int64_t c, int64_t inner) {
+    return lh__cuda_after(be, lh__cuda_channel_bias_backward(be, dbias, dy, outer, c, inner),
+                          dbias, (uint64_t)outer * c);
+}
+
+static lh_status r_upsample_backward(lh_backend *be, float *dx, const float *dy, int64_t n,
+                                     int64_t c, int64_t h, int64_t w) {
+    return lh__cuda_after(be, lh__cuda_upsample_nearest2x_backward(be, dx, dy, n, c, h, w), dx,
+                          (uint64_t)n * c * h * w);
+}
+
+/* ---- The table ---- */
+
+static void cuda_destroy(lh_backend *be);
+
+static const lh_backend_ops cuda_ops = {
+    /* .name = */ "cuda",
+    /* .destroy = */ cuda_destroy,
+    /* .alloc = */ cuda_alloc,
+    /* .free = */ cuda_free,
+    /* .upload = */ cuda_upload,
+    /* .download = */ cuda_download,
+    /* .memset0 = */ cuda_memset0,
+    /* .upload_weights = */ cuda_upload_weights,
+    /* .sync = */ cuda_sync,
+    /* .gemm = */ r_gemm,
+    /* .linear = */ r_linear,
+    /* .conv2d = */ r_conv2d,
+    /* .group_norm = */ r_group_norm,
+    /* .layer_norm = */ r_layer_norm,
+    /* .attention = */ r_attention,
+    /* .silu = */ r_silu,
+    /* .gelu = */ r_gelu,
+    /* .quick_gelu = */ r_quick_gelu,
+    /* .geglu = */ r_geglu,
+    /* .add = */ r_add,
+    /* .axpby = */ r_axpby,
+    /* .add_channel_bias = */ r_add_channel_bias,
+    /* .upsample_nearest2x = */ lh__cuda_upsample_nearest2x,
+    /* .concat_channels = */ lh__cuda_concat_channels,
+    /* .transpose_c_hw = */ lh__cuda_transpose_c_hw,
+    /* .timestep_embedding = */ r_timestep_embedding,
+    /* .linear_backward = */ r_linear_backward,
+    /* .conv2d_backward = */ r_conv2d_backward,
+    /* .group_norm_backward = */ r_group_norm_backward,
+    /* .layer_norm_backward = */ r_layer_norm_backward,
+    /* .attention_backward = */ r_attention_backward,
+    /* .silu_backward = */ r_silu_backward,
+    /* .gelu_backward = */ r_gelu_backward,
+    /* .quick_gelu_backward = */ r_quick_gelu_backward,
+    /* .geglu_backward = */ r_geglu_backward,
+    /* .channel_bias_backward = */ r_channel_bias_backward,
+    /* .upsample_nearest2x_backward = */ r_upsample_backward,
+    /* .split_channels = */ lh__cuda_split_channels,
+    /* .set_precision = */ cuda_set_precision,
+    /* .round = */ lh__cuda_round,
+    /* .count_nonfinite = */ lh__cuda_count_nonfinite,
+};
+
+/* ---- Create / destroy ---- */
+
+static void release(lh_cuda *cu) {
+    if (cu->stream) cudaStreamSynchronize(cu->stream);
+    cudaFree(cu->workspace);
+    if (cu->cudnn) cudnnDestroy(cu->cudnn);
+    if (cu->cublas) cublasDestroy(cu->cublas);
+    if (cu->stream) cudaStreamDestroy(cu->stream);
+    free(cu);
+}
+
+static void cuda_destroy(lh_backend *be) {
+    release(lh__cuda(be));
+    free(be);
+}
+
+static lh_status create_fail(char *err, size_t size, lh_status code, const char *what,
+                             const char *detail) {
+    if (err && size) snprintf(err, size, "cuda backend: %s%s%s", what, detail ? ": " : "",
+                              detail ? detail : "");
+    return code;
+}
+
+extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *err,
+                                            size_t err_size) {
+    if (!out) return create_fail(err, err_size, LH_ERR_INVALID, "NULL output pointer", NULL);
+    *out = NULL;
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0)
+        return create_fail(err, err_size, LH_ERR_UNSUPPORTED, "no CUDA device",
+                           e != cudaSuccess ? cudaGetErrorString(e) : NULL);
+    if (device < 0 || device >= count) {
+        char d[64];
+        snprintf(d, sizeof d, "device %d asked, %d present", device, count);
+        return create_fail(err, err_size, LH_ERR_INVALID, "no such device", d);
+    }
+    if ((e = cudaSetDevice(device)) != cudaSuccess)
+        return create_fail(err, err_size, LH_ERR_BACKEND, "cudaSetDevice", cudaGetErrorString(e));
+    lh_cuda *cu = (lh_cuda *)calloc(1, sizeof *cu);
+    lh_backend *be = (lh_backend *)calloc(1, sizeof *be);
+    if (!cu || !be) {
+        free(cu);
+        free(be);
+        return create_fail(err, err_size, LH_ERR_NOMEM, "out of memory", NULL);
+    }
+    cu->device = device;
+    cu->act = LH_DTYPE_F32;
+    const char *what = NULL, *detail = NULL;
+    cublasStatus_t bs;
+    cudnnStatus_t ds;
+    if ((e = cudaStreamCreateWithFlags(&cu->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+        what = "cudaStreamCreate";
+        detail = cudaGetErrorString(e);
+    } else if ((bs = cublasCreate(&cu->cublas)) != CUBLAS_STATUS_SUCCESS ||
+               (bs = cublasSetStream(cu->cublas, cu->stream)) != CUBLAS_STATUS_SUCCESS ||
+               (bs = cublasSetMathMode(cu->cublas, CUBLAS_DEFAULT_MATH)) !=
+                   CUBLAS_STATUS_SUCCESS) {
+        what = "cuBLAS";
+        detail = "cublasCreate failed";
+    } else if ((ds = cudnnCreate(&cu->cudnn)) != CUDNN_STATUS_SUCCESS ||
+               (ds = cudnnSetStream(cu->cudnn, cu->stream)) != CUDNN_STATUS_SUCCESS) {
+        what = "cuDNN";
+        detail = cudnnGetErrorString(ds);
+    }
+    if (what) {
+        release(cu);
+        free(be);
+        return create_fail(err, err_size, LH_ERR_BACKEND, what, detail);
+    }
+    be->ops = &cuda_ops;
+    be->impl = cu;
+    *out = be;
+    return LH_OK;
+}

@@ -1,0 +1,148 @@
+/* Private to the cuda backend (kernels/cuda/): its state, the op entry
+ * points the table in backend.cu points at, error checks and launch
+ * helpers. The backend is a module of its own (lh_backend_cuda.so), loaded
+ * by host/backend_load.c only when asked for, so lorahost runs where the
+ * CUDA libraries are absent. Every op matches kernels/cpu/, the reference,
+ * within the parity suite's tolerances (tests/test_cuda_parity_*.c). */
+#ifndef LH_KERNELS_CUDA_H
+#define LH_KERNELS_CUDA_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+#include <stdint.h>
+
+#include "../backend.h"
+
+#define LH_CUDA_CONV_CACHE 256
+
+/* A cuDNN algorithm chosen once per convolution shape (and direction). */
+typedef struct lh_cuda_conv_algo {
+    int64_t key[10]; /* n, c_in, h, w, c_out, kh, kw, stride, pad, direction */
+    int algo;
+    size_t workspace;
+} lh_cuda_conv_algo;
+
+typedef struct lh_cuda {
+    int device;
+    cudaStream_t stream; /* every op runs on this one stream */
+    cublasHandle_t cublas;
+    cudnnHandle_t cudnn;
+    lh_dtype act;        /* activation precision (set_precision) */
+    int tf32;            /* GEMMs and convolutions may use TF32 tensor cores */
+    void *workspace;     /* cuDNN / scratch; grows, never shrinks */
+    size_t workspace_bytes;
+    lh_cuda_conv_algo conv[LH_CUDA_CONV_CACHE];
+    int n_conv;
+    char last_error[256];
+} lh_cuda;
+
+static inline lh_cuda *lh__cuda(const lh_backend *be) { return (lh_cuda *)be->impl; }
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Record what failed (the backend's last error) and return LH_ERR_BACKEND. */
+lh_status lh__cuda_fail(lh_backend *be, const char *what, const char *detail);
+lh_status lh__cuda_check(lh_backend *be, cudaError_t e, const char *what);
+lh_status lh__cuda_check_blas(lh_backend *be, cublasStatus_t s, const char *what);
+lh_status lh__cuda_check_dnn(lh_backend *be, cudnnStatus_t s, const char *what);
+/* The kernel launch just made on the stream. */
+lh_status lh__cuda_launched(lh_backend *be, const char *what);
+/* Scratch of at least `bytes` (valid until the next call). */
+lh_status lh__cuda_scratch(lh_backend *be, size_t bytes, void **out);
+/* Round out [n] to the activation precision after a successful op. */
+lh_status lh__cuda_after(lh_backend *be, lh_status st, float *out, uint64_t n);
+
+/* Grid size for n elements at `block` threads, capped for grid-stride loops. */
+static inline unsigned lh__cuda_grid(int64_t n, int block) {
+    int64_t g = (n + block - 1) / block;
+    if (g < 1) g = 1;
+    if (g > 65535LL * 8) g = 65535LL * 8;
+    return (unsigned)g;
+}
+
+/* ---- Ops (the table's entries; signatures as in kernels/backend.h) ---- */
+lh_status lh__cuda_gemm(lh_backend *be, float *c, const float *a, const float *b, int trans_a,
+                        int trans_b, int64_t m, int64_t n, int64_t k, float alpha, float beta,
+                        int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c);
+lh_status lh__cuda_linear(lh_backend *be, float *out, const float *x, const float *w,
+                          const float *bias, int64_t rows, int64_t n_in, int64_t n_out);
+lh_status lh__cuda_linear_backward(lh_backend *be, float *dx, float *dw, float *db,
+                                   const float *dy, const float *x, const float *w, int64_t rows,
+                                   int64_t n_in, int64_t n_out);
+lh_status lh__cuda_conv2d(lh_backend *be, float *out, const float *x, const float *w,
+                          const float *bias, int64_t n, int64_t c_in, int64_t h, int64_t wd,
+                          int64_t c_out, int64_t kh, int64_t kw, int stride, int pad);
+lh_status lh__cuda_conv2d_backward(lh_backend *be, float *dx, float *dw, float *db,
+                                   const float *dy, const float *x, const float *w, int64_t n,
+                                   int64_t c_in, int64_t h, int64_t wd, int64_t c_out, int64_t kh,
+                                   int64_t kw, int stride, int pad);
+lh_status lh__cuda_group_norm(lh_backend *be, float *out, const float *x, const float *gamma,
+                              const float *beta, int64_t n, int64_t c, int64_t hw, int64_t groups,
+                              float eps, int silu);
+lh_status lh__cuda_layer_norm(lh_backend *be, float *out, const float *x, const float *gamma,
+                              const float *beta, int64_t rows, int64_t cols, float eps);
+lh_status lh__cuda_group_norm_backward(lh_backend *be, float *dx, float *dgamma, float *dbeta,
+                                       const float *dy, const float *x, const float *gamma,
+                                       const float *beta, int64_t n, int64_t c, int64_t hw,
+                                       int64_t groups, float eps, int silu);
+lh_status lh__cuda_layer_norm_backward(lh_backend *be, float *dx, float *dgamma, float *dbeta,
+                                       const float *dy, const float *x, const float *gamma,
+                                       int64_t rows, int64_t cols, float eps);
+lh_status lh__cuda_attention(lh_backend *be, float *out, float *lse, const float *q,
+                             const float *k, const float *v, int64_t b, int64_t heads, int64_t nq,
+                             int64_t nk, int64_t d, float scale, int causal);
+lh_status lh__cuda_attention_backward(lh_backend *be, float *dq, float *dk, float *dv,
+                                      const float *dout, const float *out, const float *lse,
+                                      const float *q, const float *k, const float *v, int64_t b,
+                                      int64_t heads, int64_t nq, int64_t nk, int64_t d,
+                                      float scale, int causal);
+lh_status lh__cuda_silu(lh_backend *be, float *out, const float *x, int64_t n);
+lh_status lh__cuda_gelu(lh_backend *be, float *out, const float *x, int64_t n);
+lh_status lh__cuda_quick_gelu(lh_backend *be, float *out, const float *x, int64_t n);
+lh_status lh__cuda_geglu(lh_backend *be, float *out, const float *x, int64_t rows, int64_t f);
+lh_status lh__cuda_add(lh_backend *be, float *out, const float *a, const float *b, int64_t n);
+lh_status lh__cuda_axpby(lh_backend *be, float *out, float alpha, const float *a, float beta,
+                         const float *b, int64_t n);
+lh_status lh__cuda_add_channel_bias(lh_backend *be, float *out, const float *x, const float *bias,
+                                    int64_t outer, int64_t c, int64_t inner);
+lh_status lh__cuda_timestep_embedding(lh_backend *be, float *out, const float *timesteps,
+                                      int64_t n, int64_t dim, int flip_sin_to_cos,
+                                      float downscale_freq_shift, float max_period);
+lh_status lh__cuda_silu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
+                                 int64_t n);
+lh_status lh__cuda_gelu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
+                                 int64_t n);
+lh_status lh__cuda_quick_gelu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
+                                       int64_t n);
+lh_status lh__cuda_geglu_backward(lh_backend *be, float *dx, const float *dy, const float *x,
+                                  int64_t rows, int64_t f);
+lh_status lh__cuda_channel_bias_backward(lh_backend *be, float *dbias, const float *dy,
+                                         int64_t outer, int64_t c, int64_t inner);
+lh_status lh__cuda_upsample_nearest2x(lh_backend *be, float *out, const float *x, int64_t n,
+                                      int64_t c, int64_t h, int64_t w);
+lh_status lh__cuda_upsample_nearest2x_backward(lh_backend *be, float *dx, const float *dy,
+                                               int64_t n, int64_t c, int64_t h, int64_t w);
+lh_status lh__cuda_concat_channels(lh_backend *be, float *out, const float *a, const float *b,
+                                   int64_t n, int64_t ca, int64_t cb, int64_t hw);
+lh_status lh__cuda_split_channels(lh_backend *be, float *a, float *b, const float *x, int64_t n,
+                                  int64_t ca, int64_t cb, int64_t hw);
+lh_status lh__cuda_transpose_c_hw(lh_backend *be, float *out, const float *x, int64_t n,
+                                  int64_t c, int64_t hw);
+lh_status lh__cuda_round(lh_backend *be, float *x, int64_t n, lh_dtype dtype);
+lh_status lh__cuda_count_nonfinite(lh_backend *be, int64_t *count, const float *x, int64_t n);
+
+/* The module's entry point (dlsym'd by host/backend_load.c): the cuda
+ * backend on `device`. Fails (nothing left allocated) with a message when
+ * there is no device or a library call fails. */
+__attribute__((visibility("default"))) lh_status lh_backend_cuda_create(lh_backend **out,
+                                                                        int device, char *err,
+                                                                        size_t err_size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

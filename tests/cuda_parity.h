@@ -1,0 +1,131 @@
+/* The CUDA parity suites' harness (tests/test_cuda_parity_*.c): the cpu
+ * backend (the reference) and the cuda backend side by side, random inputs
+ * put on both, outputs compared with a relative tolerance. Without the
+ * module or a device the suites print why and exit 77 (skipped). Run with
+ * CK_FORK=no on a GPU machine (the suites also set no-fork themselves: a
+ * CUDA context does not survive fork). Header-only: one suite includes it
+ * once. */
+#ifndef LH_TESTS_CUDA_PARITY_H
+#define LH_TESTS_CUDA_PARITY_H
+
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_load.h"
+
+#define PARITY_SKIP 77
+
+/* fp32 results: relative to the reference's largest magnitude */
+#define TOL_F32 1e-5
+#define TOL_TF32 5e-4
+#define TOL_HALF 1e-2
+
+static lh_backend *g_cpu, *g_gpu;
+
+/* 0, or PARITY_SKIP with the reason printed. */
+static int parity_init(void) {
+    char msg[512] = "";
+    if (lh_backend_cpu_create(&g_cpu, 0, msg, sizeof msg) != LH_OK) {
+        fprintf(stderr, "cpu backend: %s\n", msg);
+        return 1;
+    }
+    if (lh_backend_create(&g_gpu, "cuda", 0, msg, sizeof msg) != LH_OK) {
+        printf("SKIP: %s\n", msg);
+        lh_backend_destroy(g_cpu);
+        return PARITY_SKIP;
+    }
+    return 0;
+}
+
+static void parity_done(void) {
+    lh_backend_destroy(g_gpu);
+    lh_backend_destroy(g_cpu);
+}
+
+/* Uniform in [lo, hi), reproducible from seed (xorshift). */
+static float *rand_host(int64_t n, uint64_t seed, float lo, float hi) {
+    float *x = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    ck_assert_ptr_nonnull(x);
+    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (int64_t i = 0; i < n; i++) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        x[i] = lo + (hi - lo) * (float)((s >> 40) * (1.0 / 16777216.0));
+    }
+    return x;
+}
+
+/* A backend buffer holding host[n] (NULL host: zeros). */
+static float *on(lh_backend *be, const float *host, int64_t n) {
+    float *d = be->ops->alloc(be, sizeof(float) * (size_t)(n ? n : 1));
+    ck_assert_ptr_nonnull(d);
+    if (host)
+        ck_assert_int_eq(be->ops->upload(be, d, host, sizeof(float) * (size_t)n), LH_OK);
+    else
+        ck_assert_int_eq(be->ops->memset0(be, d, sizeof(float) * (size_t)n), LH_OK);
+    return d;
+}
+
+/* The buffer's n values on the host (malloc'd). */
+static float *back(lh_backend *be, const float *d, int64_t n) {
+    float *h = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    ck_assert_ptr_nonnull(h);
+    ck_assert_int_eq(be->ops->download(be, h, d, sizeof(float) * (size_t)n), LH_OK);
+    return h;
+}
+
+/* max |got - want| / max(max |want|, 1e-6) <= tol, non-finite values equal
+ * in kind; prints the measured error either way. */
+static void expect_close(const char *what, const float *got, const float *want, int64_t n,
+                         double tol) {
+    double worst = 0, ref = 1e-6;
+    int64_t at = -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(want[i]) || !isfinite(got[i])) {
+            ck_assert_msg(isnan(want[i]) == isnan(got[i]) && isinf(want[i]) == isinf(got[i]),
+                          "%s[%lld]: cuda %g, cpu %g", what, (long long)i, (double)got[i],
+                          (double)want[i]);
+            continue;
+        }
+        double d = fabs((double)got[i] - (double)want[i]);
+        if (d > worst) {
+            worst = d;
+            at = i;
+        }
+        if (fabs((double)want[i]) > ref) ref = fabs((double)want[i]);
+    }
+    double rel = worst / ref;
+    printf("%-48s n=%-9lld rel err %.2e (tol %.0e)\n", what, (long long)n, rel, tol);
+    ck_assert_msg(rel <= tol, "%s: relative error %.3e > %.0e (at %lld: cuda %g, cpu %g)", what,
+                  rel, tol, (long long)at, at >= 0 ? (double)got[at] : 0.0,
+                  at >= 0 ? (double)want[at] : 0.0);
+}
+
+/* Compare backend buffers a (cuda) and b (cpu) of n values. */
+static void expect_close_dev(const char *what, const float *gpu_buf, const float *cpu_buf,
+                             int64_t n, double tol) {
+    float *g = back(g_gpu, gpu_buf, n), *c = back(g_cpu, cpu_buf, n);
+    expect_close(what, g, c, n, tol);
+    free(g);
+    free(c);
+}
+
+/* Run the suite without forking; exit status for ctest. */
+static int parity_run(Suite *s) {
+    int rc = parity_init();
+    if (rc) return rc;
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    parity_done();
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+#endif
