@@ -3,8 +3,9 @@
  * put on both, outputs compared with a relative tolerance. Without the
  * module or a device the suites print why and exit 77 (skipped). Run with
  * CK_FORK=no on a GPU machine (the suites also set no-fork themselves: a
- * CUDA context does not survive fork). Header-only: one suite includes it
- * once. */
+ * CUDA context does not survive fork). LH_PARITY_DEVICE=cpu runs a suite
+ * against a second cpu backend instead, to check the suite itself where
+ * there is no GPU. Header-only: one suite includes it once. */
 #ifndef LH_TESTS_CUDA_PARITY_H
 #define LH_TESTS_CUDA_PARITY_H
 
@@ -33,7 +34,10 @@ static int parity_init(void) {
         fprintf(stderr, "cpu backend: %s\n", msg);
         return 1;
     }
-    if (lh_backend_create(&g_gpu, "cuda", 0, msg, sizeof msg) != LH_OK) {
+    /* LH_PARITY_DEVICE=cpu checks the suite itself against a second cpu
+     * backend (one thread: another GEMM blocking) where no GPU is */
+    const char *dev = getenv("LH_PARITY_DEVICE");
+    if (lh_backend_create(&g_gpu, dev ? dev : "cuda", dev ? 1 : 0, msg, sizeof msg) != LH_OK) {
         printf("SKIP: %s\n", msg);
         lh_backend_destroy(g_cpu);
         return PARITY_SKIP;

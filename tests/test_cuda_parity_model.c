@@ -1,0 +1,165 @@
+/* CUDA parity, whole components: the text encoder, the U-Net, the VAE
+ * decoder and encoder of the tiny SD 1.x test model, and a whole txt2img,
+ * each on the cuda backend against the cpu backend on the same inputs.
+ * fp32 components at 1e-5 relative (each is many ops deep, so the bound
+ * is on the output's largest magnitude); the whole generation compares the
+ * final latents at 1e-4 (20 scheduler steps feed rounding back) and the
+ * decoded images within 1/255. Skips (77) without the module or a device;
+ * run with CK_FORK=no. */
+#include "cuda_parity.h"
+#include "lorahost/lorahost.h"
+#include "model.h"
+#include "pipeline.h"
+#include "clip.h"
+#include "unet.h"
+#include "vae.h"
+
+static lh_model *g_mc, *g_mg;
+static lh_registry *g_reg;
+
+static void open_models(void) {
+    char path[1024];
+    const char *src = getenv("LH_SOURCE_DIR");
+    snprintf(path, sizeof path, "%s/tests/fixtures/models/sd1_tiny", src ? src : "../..");
+    lh_error err = {0};
+    ck_assert_msg(lh_model_open(&g_mc, g_cpu, path, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_model_open(&g_mg, g_gpu, path, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_registry_create(&g_reg, &err) == LH_OK &&
+                      lh_registry_scan(g_reg, NULL, 0, 1, 1, &err) == LH_OK,
+                  "%s", err.msg);
+}
+
+static void close_models(void) {
+    lh_model_close(g_mg);
+    lh_model_close(g_mc);
+    lh_registry_destroy(g_reg);
+    g_mc = g_mg = NULL;
+    g_reg = NULL;
+}
+
+START_TEST(test_text_encoder) {
+    open_models();
+    enum { B = 2, N = 77 };
+    int32_t ids[B * N];
+    /* ids below the tiny model's vocabulary (1000): a start, words, padding */
+    for (int i = 0; i < B * N; i++) ids[i] = i % N == 0 ? 998 : i % N < 9 ? 3 + (37 * i) % 900 : 999;
+    int64_t d = lh_clip_hidden_size(g_mc->clip), n = (int64_t)B * N * d;
+    for (int skip = 0; skip < 2; skip++) {
+        float *oc = on(g_cpu, NULL, n), *og = on(g_gpu, NULL, n);
+        lh_error err = {0};
+        ck_assert_msg(lh_clip_encode(g_mc->clip, oc, ids, B, N, skip, &err) == LH_OK, "%s",
+                      err.msg);
+        ck_assert_msg(lh_clip_encode(g_mg->clip, og, ids, B, N, skip, &err) == LH_OK, "%s",
+                      err.msg);
+        expect_close_dev(skip ? "text encoder (clip_skip 1)" : "text encoder", og, oc, n,
+                         TOL_F32);
+        g_cpu->ops->free(g_cpu, oc);
+        g_gpu->ops->free(g_gpu, og);
+    }
+    close_models();
+}
+END_TEST
+
+START_TEST(test_unet) {
+    open_models();
+    const lh_unet_config *cfg = lh_unet_get_config(g_mc->unet);
+    int64_t b = 2, h = 16, w = 16, n_ctx = 77, dctx = cfg->cross_attention_dim;
+    int64_t nx = b * cfg->in_channels * h * w, no = b * cfg->out_channels * h * w,
+            nc = b * n_ctx * dctx;
+    float *x = rand_host(nx, 1, -2, 2), *ctx = rand_host(nc, 2, -1, 1);
+    const float ts[2] = {999, 1};
+    float *xc = on(g_cpu, x, nx), *xg = on(g_gpu, x, nx), *cc = on(g_cpu, ctx, nc),
+          *cg = on(g_gpu, ctx, nc), *oc = on(g_cpu, NULL, no), *og = on(g_gpu, NULL, no);
+    lh_error err = {0};
+    ck_assert_msg(lh_unet_forward(g_mc->unet, oc, xc, ts, cc, b, h, w, n_ctx, &err) == LH_OK,
+                  "%s", err.msg);
+    ck_assert_msg(lh_unet_forward(g_mg->unet, og, xg, ts, cg, b, h, w, n_ctx, &err) == LH_OK,
+                  "%s", err.msg);
+    expect_close_dev("U-Net forward 2x4x16x16, 77 tokens", og, oc, no, TOL_F32);
+    float *bufs_c[] = {xc, cc, oc}, *bufs_g[] = {xg, cg, og};
+    for (int i = 0; i < 3; i++) {
+        g_cpu->ops->free(g_cpu, bufs_c[i]);
+        g_gpu->ops->free(g_gpu, bufs_g[i]);
+    }
+    free(x);
+    free(ctx);
+    close_models();
+}
+END_TEST
+
+START_TEST(test_vae) {
+    open_models();
+    int64_t b = 1, lh = 8, lw = 8, nl = b * 4 * lh * lw, ni = b * 3 * lh * 8 * lw * 8;
+    float *lat = rand_host(nl, 3, -3, 3);
+    float *lc = on(g_cpu, lat, nl), *lg = on(g_gpu, lat, nl), *ic = on(g_cpu, NULL, ni),
+          *ig = on(g_gpu, NULL, ni);
+    lh_error err = {0};
+    ck_assert_msg(lh_vae_decode(g_mc->vae, ic, lc, b, lh, lw, 0, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_vae_decode(g_mg->vae, ig, lg, b, lh, lw, 0, &err) == LH_OK, "%s", err.msg);
+    expect_close_dev("VAE decode 8x8 latents", ig, ic, ni, TOL_F32);
+    /* the encoder on the decoded image */
+    float *mc = on(g_cpu, NULL, nl), *mg = on(g_gpu, NULL, nl), *vc = on(g_cpu, NULL, nl),
+          *vg = on(g_gpu, NULL, nl);
+    ck_assert_msg(lh_vae_encode(g_mc->vae, mc, vc, ic, b, lh * 8, lw * 8, &err) == LH_OK, "%s",
+                  err.msg);
+    ck_assert_msg(lh_vae_encode(g_mg->vae, mg, vg, ig, b, lh * 8, lw * 8,
+                                &err) == LH_OK,
+                  "%s", err.msg);
+    expect_close_dev("VAE encode mean", mg, mc, nl, TOL_F32);
+    expect_close_dev("VAE encode logvar", vg, vc, nl, TOL_F32);
+    float *bufs_c[] = {lc, ic, mc, vc}, *bufs_g[] = {lg, ig, mg, vg};
+    for (int i = 0; i < 4; i++) {
+        g_cpu->ops->free(g_cpu, bufs_c[i]);
+        g_gpu->ops->free(g_gpu, bufs_g[i]);
+    }
+    free(lat);
+    close_models();
+}
+END_TEST
+
+/* A whole txt2img (tokenizer, text encoder, 20 U-Net steps with CFG, the
+ * scheduler plugin, the VAE) on each backend. */
+START_TEST(test_txt2img) {
+    open_models();
+    static const char *const SCHED[] = {"ddim", "euler_ancestral"};
+    for (int k = 0; k < 2; k++) {
+        lh_gen_params p;
+        lh_gen_params_init(&p);
+        p.prompt = "a red cube on a table";
+        p.steps = 20;
+        p.width = p.height = 64;
+        p.seed = 42;
+        p.scheduler = SCHED[k];
+        lh_gen_result rc, rg;
+        lh_error err = {0};
+        ck_assert_msg(lh_pipeline_txt2img(g_mc, g_reg, &p, &rc, &err) == LH_OK, "%s", err.msg);
+        ck_assert_msg(lh_pipeline_txt2img(g_mg, g_reg, &p, &rg, &err) == LH_OK, "%s", err.msg);
+        int64_t nl = rc.batch * rc.channels * rc.latent_h * rc.latent_w;
+        char what[96];
+        snprintf(what, sizeof what, "txt2img latents, 20 steps %s", SCHED[k]);
+        expect_close(what, rg.latents, rc.latents, nl, 1e-4);
+        int worst = 0;
+        for (int64_t i = 0; i < rc.width * rc.height * 3; i++) {
+            int d = abs((int)rg.images[i] - (int)rc.images[i]);
+            if (d > worst) worst = d;
+        }
+        printf("%-48s worst pixel difference %d / 255\n", what, worst);
+        ck_assert_msg(worst <= 1, "%s: pixels differ by %d", what, worst);
+        lh_gen_result_free(&rc);
+        lh_gen_result_free(&rg);
+    }
+    close_models();
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("cuda_parity_model");
+    TCase *tc = tcase_create("sd1_tiny");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_text_encoder);
+    tcase_add_test(tc, test_unet);
+    tcase_add_test(tc, test_vae);
+    tcase_add_test(tc, test_txt2img);
+    suite_add_tcase(s, tc);
+    return parity_run(s);
+}
