@@ -18,6 +18,7 @@
 #include "lorahost/lorahost.h"
 #include "model.h"
 #include "adapter_prompt.h"
+#include "backend_load.h"
 #include "pipeline.h"
 #include "rng.h"
 #include "png.h"
@@ -460,13 +461,8 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
         fprintf(stderr, NAME ": no model: give --model PATH (or [model] path in --config)\n");
         return 2;
     }
-    if (!strcmp(o.device, "cuda")) {
-        fprintf(stderr, NAME ": --device cuda: this lorahost is not built with a CUDA backend "
-                        "yet; use --device cpu\n");
-        return 1;
-    }
-    if (strcmp(o.device, "cpu")) {
-        fprintf(stderr, NAME ": --device: unknown device '%s' (cpu or cuda)\n", o.device);
+    if (strcmp(o.device, "cpu") && strncmp(o.device, "cuda", 4)) {
+        fprintf(stderr, NAME ": --device: unknown device '%s' (cpu, cuda or cuda:N)\n", o.device);
         return 2;
     }
     if (o.threads < 0 || o.threads > 1024) {
@@ -526,8 +522,8 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
         goto done;
     }
     char msg[LH_ERROR_MAX] = "";
-    if (lh_backend_cpu_create(&be, (int)o.threads, msg, sizeof msg) != LH_OK) {
-        fprintf(stderr, NAME ": cpu backend: %s\n", msg);
+    if (lh_backend_create(&be, o.device, (int)o.threads, msg, sizeof msg) != LH_OK) {
+        fprintf(stderr, NAME ": --device %s: %s\n", o.device, msg);
         goto done;
     }
     double t_load = mono_s();

@@ -95,11 +95,7 @@ static int get_settings(lh_server_opts *o, const lh_settings *st, const char **k
         fprintf(stderr, NAME ": %s\n", err.msg);
         return 1;
     }
-    if (strcmp(device, "cpu")) {
-        fprintf(stderr, NAME ": backend.device %s: the server runs on the cpu backend for now\n",
-                device);
-        return 1;
-    }
+    o->device = device;
     o->port = (int)port;
     o->http_threads = (int)threads;
     o->compute_threads = (int)compute;

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend_load.h"
 #include "log.h"
 #include "safety.h"
 #include "server_internal.h"
@@ -720,8 +721,10 @@ lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error 
     int fd = -1; /* bound first: a port in use fails before the model loads */
     if (st == LH_OK) st = listen_on(&fd, &sa, opts->host, err);
     char msg[LH_ERROR_MAX] = "";
-    if (st == LH_OK && lh_backend_cpu_create(&s->be, opts->compute_threads, msg, sizeof msg))
-        st = lh_error_set(err, LH_ERR_BACKEND, "cpu backend: %s", msg);
+    if (st == LH_OK &&
+        lh_backend_create(&s->be, opts->device, opts->compute_threads, msg, sizeof msg))
+        st = lh_error_set(err, LH_ERR_BACKEND, "backend.device %s: %s",
+                          opts->device ? opts->device : "cpu", msg);
     if (st == LH_OK) st = lh_registry_create(&s->reg, err);
     if (st == LH_OK)
         st = lh_registry_scan(s->reg, opts->plugin_dirs, opts->n_plugin_dirs, 1, 1, err);
