@@ -1,5 +1,5 @@
-/* bench_unet: time lorahost's U-Net forward on the CPU backend.
- * Usage: bench_unet UNET_DIR BATCH H W N_CTX ITERS [THREADS]
+/* bench_unet: time lorahost's U-Net forward on a backend (cpu by default).
+ * Usage: bench_unet UNET_DIR BATCH H W N_CTX ITERS [THREADS [DEVICE]]
  * Prints one JSON object: load time, per-iteration forward times, peak RSS.
  * Driven by bench/unet_cpu.py, which runs diffusers beside it. */
 #include <stdio.h>
@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "../kernels/backend.h"
+#include "backend_load.h"
 #include "error.h"
 #include "unet.h"
 
@@ -30,7 +31,7 @@ static void fill(float *p, size_t n, unsigned seed) {
 
 int main(int argc, char **argv) {
     if (argc < 7) {
-        fprintf(stderr, "usage: bench_unet UNET_DIR BATCH H W N_CTX ITERS [THREADS]\n");
+        fprintf(stderr, "usage: bench_unet UNET_DIR BATCH H W N_CTX ITERS [THREADS [DEVICE]]\n");
         return 2;
     }
     int64_t b = atoll(argv[2]), h = atoll(argv[3]), w = atoll(argv[4]), n_ctx = atoll(argv[5]);
@@ -38,7 +39,8 @@ int main(int argc, char **argv) {
     char msg[1024];
     lh_error err = {0};
     lh_backend *be = NULL;
-    if (lh_backend_cpu_create(&be, threads, msg, sizeof msg) != LH_OK) {
+    const char *device = argc > 8 ? argv[8] : "cpu";
+    if (lh_backend_create(&be, device, threads, msg, sizeof msg) != LH_OK) {
         fprintf(stderr, "bench_unet: %s\n", msg);
         return 1;
     }

@@ -1,4 +1,5 @@
-/* The cuda backend: its ops table, memory (cudaMalloc), uploads (f16 and
+/* The cuda backend: its ops table, memory (a caching allocator over
+ * cudaMalloc: no cudaMalloc once a loop has run a step), uploads (f16 and
  * bf16 weights widened on the device), mixed-precision rounding, the
  * non-finite count, error reporting, and lh_backend_cuda_create. One
  * stream per backend: ops queue on it; download and sync wait for it. */
@@ -62,21 +63,66 @@ extern "C" lh_status lh__cuda_scratch(lh_backend *be, size_t bytes, void **out) 
 
 /* ---- Memory ---- */
 
-static void *cuda_alloc(lh_backend *be, size_t bytes) {
-    void *p = NULL;
-    if (cudaMalloc(&p, bytes ? bytes : 256) != cudaSuccess) {
-        lh__cuda_fail(be, "alloc", "cudaMalloc failed");
-        cudaGetLastError(); /* clear it: the caller sees NULL */
-        return NULL;
+/* Give the cached (unused) blocks back to CUDA. */
+static void release_cached(lh_cuda *cu) {
+    cudaStreamSynchronize(cu->stream);
+    size_t k = 0;
+    for (size_t i = 0; i < cu->n_blocks; i++) {
+        if (cu->blocks[i].used) {
+            cu->blocks[k++] = cu->blocks[i];
+            continue;
+        }
+        cudaFree(cu->blocks[i].ptr);
+        cu->bytes_held -= cu->blocks[i].bytes;
     }
+    cu->n_blocks = k;
+}
+
+static void *cuda_alloc(lh_backend *be, size_t bytes) {
+    lh_cuda *cu = lh__cuda(be);
+    if (bytes > SIZE_MAX - 511) return NULL;
+    size_t want = bytes ? (bytes + 511) & ~(size_t)511 : 512;
+    /* a freed block of this size: the stream orders its old users first */
+    for (size_t i = cu->n_blocks; i-- > 0;)
+        if (!cu->blocks[i].used && cu->blocks[i].bytes == want) {
+            cu->blocks[i].used = 1;
+            cu->bytes_used += want;
+            if (cu->bytes_used > cu->bytes_peak) cu->bytes_peak = cu->bytes_used;
+            return cu->blocks[i].ptr;
+        }
+    if (cu->n_blocks == cu->cap_blocks) {
+        size_t cap = cu->cap_blocks ? cu->cap_blocks * 2 : 256;
+        lh_cuda_block *b = (lh_cuda_block *)realloc(cu->blocks, cap * sizeof *b);
+        if (!b) return NULL;
+        cu->blocks = b;
+        cu->cap_blocks = cap;
+    }
+    void *p = NULL;
+    if (cudaMalloc(&p, want) != cudaSuccess) {
+        cudaGetLastError();
+        release_cached(cu); /* then once more */
+        if (cudaMalloc(&p, want) != cudaSuccess) {
+            cudaGetLastError(); /* clear it: the caller sees NULL */
+            lh__cuda_fail(be, "alloc", "cudaMalloc failed (out of device memory)");
+            return NULL;
+        }
+    }
+    cu->blocks[cu->n_blocks++] = (lh_cuda_block){p, want, 1};
+    cu->bytes_held += want;
+    cu->bytes_used += want;
+    if (cu->bytes_used > cu->bytes_peak) cu->bytes_peak = cu->bytes_used;
     return p;
 }
 
 static void cuda_free(lh_backend *be, void *ptr) {
     if (!ptr) return;
-    /* queued work may still read it */
-    cudaStreamSynchronize(lh__cuda(be)->stream);
-    cudaFree(ptr);
+    lh_cuda *cu = lh__cuda(be);
+    for (size_t i = cu->n_blocks; i-- > 0;)
+        if (cu->blocks[i].ptr == ptr && cu->blocks[i].used) {
+            cu->blocks[i].used = 0; /* kept for reuse */
+            cu->bytes_used -= cu->blocks[i].bytes;
+            return;
+        }
 }
 
 static lh_status cuda_upload(lh_backend *be, void *dst, const void *src, size_t bytes) {
@@ -430,6 +476,11 @@ static const lh_backend_ops cuda_ops = {
 
 static void release(lh_cuda *cu) {
     if (cu->stream) cudaStreamSynchronize(cu->stream);
+    if (getenv("LH_CUDA_STATS"))
+        fprintf(stderr, "cuda backend: peak device memory in use %.1f MiB, held %.1f MiB\n",
+                (double)cu->bytes_peak / 1048576.0, (double)cu->bytes_held / 1048576.0);
+    for (size_t i = 0; i < cu->n_blocks; i++) cudaFree(cu->blocks[i].ptr);
+    free(cu->blocks);
     cudaFree(cu->workspace);
     if (cu->cudnn) cudnnDestroy(cu->cudnn);
     if (cu->cublas) cublasDestroy(cu->cublas);
@@ -485,7 +536,7 @@ extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *
                (bs = cublasSetMathMode(cu->cublas, CUBLAS_DEFAULT_MATH)) !=
                    CUBLAS_STATUS_SUCCESS) {
         what = "cuBLAS";
-        detail = "cublasCreate failed";
+        detail = cublasGetStatusString(bs);
     } else if ((ds = cudnnCreate(&cu->cudnn)) != CUDNN_STATUS_SUCCESS ||
                (ds = cudnnSetStream(cu->cudnn, cu->stream)) != CUDNN_STATUS_SUCCESS) {
         what = "cuDNN";

@@ -23,8 +23,20 @@ typedef struct lh_cuda_conv_algo {
     size_t workspace;
 } lh_cuda_conv_algo;
 
+/* A device allocation; freed ones are kept for reuse by an allocation of
+ * the same (rounded) size, so a denoising loop that allocates the same
+ * activations every step calls cudaMalloc only in its first step. */
+typedef struct lh_cuda_block {
+    void *ptr;
+    size_t bytes;
+    int used;
+} lh_cuda_block;
+
 typedef struct lh_cuda {
     int device;
+    lh_cuda_block *blocks;
+    size_t n_blocks, cap_blocks;
+    size_t bytes_used, bytes_peak, bytes_held; /* in use, its peak, held from CUDA */
     cudaStream_t stream; /* every op runs on this one stream */
     cublasHandle_t cublas;
     cudnnHandle_t cudnn;
