@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The GPU suite, for a machine with an NVIDIA GPU: the CUDA parity suites
+# (every op and model component against the cpu backend; CK_FORK=no),
+# compute-sanitizer memcheck over the op suites, and the U-Net benchmark
+# against diffusers; prints a summary table. Under 10 minutes on an H100.
+# Usage: bash bench/gpu/run.sh [BUILD_DIR]
+#   BUILD_DIR: a Release build with the cuda module (-DLH_CUDA=ON); without
+#   one, what bench/gpu/pack.sh packed (.gpu/gpu.tar.xz) is unpacked and used.
+#   Logs go to $OUT (the device tool's) or /tmp/lh-gpu-out.
+set -uo pipefail
+src="$(cd "$(dirname "$0")/../.." && pwd)"
+out="${OUT:-/tmp/lh-gpu-out}"
+mkdir -p "$out"
+if [[ $# -ge 1 ]]; then
+  build="$1"
+else
+  rm -rf /tmp/lh-gpu && mkdir -p /tmp/lh-gpu && tar -C /tmp/lh-gpu -xJf "$src/.gpu/gpu.tar.xz" || exit 1
+  build=/tmp/lh-gpu/build
+  export LD_LIBRARY_PATH="/tmp/lh-gpu/build/lib:/tmp/lh-gpu/lib:${LD_LIBRARY_PATH:-}"
+fi
+# cuDNN and cuBLAS from the image's PyTorch when the system has none
+py="$(command -v python3)"
+for mod in nvidia.cudnn nvidia.cublas nvidia.cuda_runtime; do
+  d="$("$py" -c "import $mod, os; print(os.path.join(list($mod.__path__)[0], 'lib'))" 2>/dev/null)" &&
+    [[ -d "$d" ]] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
+done
+if [[ -d "$src/.gpu/wheels" ]]; then
+  "$py" -m pip install -q --no-index --no-deps --target "$src/.gpu/py" "$src"/.gpu/wheels/*.whl \
+    && export PYTHONPATH="$src/.gpu/py:${PYTHONPATH:-}"
+fi
+export CK_FORK=no LH_SOURCE_DIR="$src"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+status=0
+summary=()
+for t in "$build"/tests/test_cuda_parity_*; do
+  name="$(basename "$t")"
+  s=$(date +%s)
+  (cd "$build/tests" && timeout 300 "$t") >"$out/$name.log" 2>&1
+  rc=$?
+  summary+=("| $name | $([[ $rc == 0 ]] && echo pass || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
+  [[ $rc == 0 ]] || status=1
+done
+if command -v compute-sanitizer >/dev/null; then
+  for name in test_cuda_parity_ops test_cuda_parity_dense; do
+    [[ -x "$build/tests/$name" ]] || continue
+    s=$(date +%s)
+    (cd "$build/tests" && timeout 240 compute-sanitizer --tool memcheck \
+      --error-exitcode 9 "$build/tests/$name") >"$out/memcheck_$name.log" 2>&1
+    rc=$?
+    summary+=("| memcheck $name | $([[ $rc == 0 ]] && echo clean || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
+    [[ $rc == 0 ]] || status=1
+  done
+fi
+s=$(date +%s)
+timeout 300 "$py" "$src/bench/gpu/unet_gpu.py" --build "$build" >"$out/unet.log" 2>&1
+rc=$?
+summary+=("| U-Net step vs diffusers | $([[ $rc == 0 ]] && echo ran || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
+echo
+echo "| step | result | time |"
+echo "|---|---|---|"
+printf '%s\n' "${summary[@]}"
+echo
+grep -h "rel err\|worst pixel" "$out"/test_cuda_parity_*.log | sort | uniq | head -80
+echo
+cat "$out/unet.log" | head -12
+exit $status

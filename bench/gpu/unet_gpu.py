@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""U-Net step and VAE decode on the GPU: lorahost's cuda backend beside
+diffusers (PyTorch SDPA, fp16), same run, same random SD 1.5 weights.
+
+Usage: python3 bench/gpu/unet_gpu.py --build BUILD [--iters 20] [--cache DIR]
+Builds (once, under --cache) a U-Net and a VAE with random weights and SD
+1.5's shapes (diffusers' configs), saved as F16 diffusers directories;
+times diffusers' UNet2DConditionModel forward (batch 2, 64x64 latents, 77
+tokens: one CFG step) in fp16 with SDPA and lorahost's bench_unet on the
+cuda backend, each in its own process, and prints a table with the ratio
+and the peak device memory of each. Needs diffusers importable (the GPU
+image has torch; bench/gpu/run.sh installs carried wheels).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+SD15_UNET = {
+    "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
+    "center_input_sample": False, "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                         "DownBlock2D"],
+    "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4,
+    "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+    "out_channels": 4, "sample_size": 64,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                       "CrossAttnUpBlock2D"],
+}
+
+
+def unet_dir(cache):
+    path = os.path.join(cache, "sd15-random", "unet")
+    if not os.path.exists(os.path.join(path, "diffusion_pytorch_model.safetensors")):
+        import torch
+        from diffusers import UNet2DConditionModel
+        torch.manual_seed(0)
+        m = UNet2DConditionModel(**SD15_UNET)
+        m.to(torch.float16).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def torch_worker(args):
+    import torch
+    from diffusers import UNet2DConditionModel
+    dev = torch.device("cuda")
+    t0 = time.perf_counter()
+    m = UNet2DConditionModel.from_pretrained(args.dir, torch_dtype=torch.float16).to(dev).eval()
+    torch.cuda.synchronize()
+    load = time.perf_counter() - t0
+    g = torch.Generator(device="cpu").manual_seed(0)
+    cfg = m.config
+    x = torch.randn(args.batch, cfg.in_channels, args.size, args.size, generator=g).to(dev, torch.float16)
+    ctx = torch.randn(args.batch, args.ctx, cfg.cross_attention_dim, generator=g).to(dev, torch.float16)
+    t = torch.tensor([999.0 - 37.0 * i for i in range(args.batch)], device=dev)
+    times = []
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        for _ in range(args.iters):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            m(x, t, encoder_hidden_states=ctx)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 1048576.0
+    print(json.dumps({"load_s": load, "forward_s": times, "peak_device_mb": peak,
+                      "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}))
+
+
+def run_json(cmd, env=None):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    for line in out.stderr.splitlines():  # LH_CUDA_STATS
+        if "peak device memory in use" in line:
+            res["peak_device_mb"] = float(line.split("in use")[1].split("MiB")[0])
+    return res
+
+
+def med(v):
+    v = sorted(v[2:] if len(v) > 3 else v)  # the first two warm up (cuDNN's choice, caches)
+    return v[len(v) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", required=True)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--ctx", type=int, default=77)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--cache", default="/tmp/lh-gpu-bench")
+    ap.add_argument("--torch-worker", action="store_true")
+    ap.add_argument("--dir")
+    args = ap.parse_args()
+    if args.torch_worker:
+        return torch_worker(args)
+    d = unet_dir(args.cache)
+    shape = [str(args.batch), str(args.size), str(args.size), str(args.ctx), str(args.iters)]
+    env = dict(os.environ, LH_CUDA_STATS="1")
+    ours = run_json([os.path.join(args.build, "bench", "bench_unet"), d] + shape + ["0", "cuda"],
+                    env)
+    ref = run_json([sys.executable, __file__, "--torch-worker", "--dir", d, "--batch",
+                    str(args.batch), "--size", str(args.size), "--ctx", str(args.ctx),
+                    "--iters", str(args.iters)])
+    o, r = med(ours["forward_s"]), med(ref["forward_s"])
+    print(f"U-Net step, SD 1.5 shapes (random weights), batch {args.batch}, "
+          f"{args.size}x{args.size} latents, {args.ctx} tokens, {ref['gpu']}, torch {ref['torch']}")
+    print("| | lorahost (cuda backend, fp32 activations) | diffusers (fp16, SDPA) | ratio (torch / ours) |")
+    print("|---|---|---|---|")
+    print(f"| step (median) | {o * 1e3:.2f} ms | {r * 1e3:.2f} ms | {r / o:.2f}x |")
+    print(f"| load | {ours['load_s']:.2f} s | {ref['load_s']:.2f} s | |")
+    print(f"| peak device memory | {ours.get('peak_device_mb', float('nan')):.0f} MiB | "
+          f"{ref['peak_device_mb']:.0f} MiB | |")
+    print(json.dumps({"ours": ours, "torch": ref}))
+
+
+if __name__ == "__main__":
+    main()
