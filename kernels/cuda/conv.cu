@@ -21,8 +21,8 @@ enum { CONV_FWD, CONV_BWD_DATA, CONV_BWD_FILTER };
 /* ---- Kernels ---- */
 
 /* out [n, c, hw] = bias[ch] (0 without bias) if `set`, else out += bias[ch]. */
-__global__ void conv_bias(float *out, const float *bias, int64_t c, int64_t hw, int64_t total,
-                          int set) {
+static __global__ void conv_bias(float *out, const float *bias, int64_t c, int64_t hw,
+                                 int64_t total, int set) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
         float v = bias ? bias[i / hw % c] : 0.0f;
@@ -31,7 +31,8 @@ __global__ void conv_bias(float *out, const float *bias, int64_t c, int64_t hw, 
 }
 
 /* db [c] += sum over images and pixels of dy [n, c, hw]; one block per channel. */
-__global__ void conv_bias_grad(float *db, const float *dy, int64_t n, int64_t c, int64_t hw) {
+static __global__ void conv_bias_grad(float *db, const float *dy, int64_t n, int64_t c,
+                                      int64_t hw) {
     __shared__ double shm[32];
     int64_t co = blockIdx.x, len = n * hw;
     double acc = 0.0;

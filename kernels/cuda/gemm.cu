@@ -21,7 +21,8 @@ static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* C_b = beta C_b (0 when beta is 0, without reading C) for b in [0, batch):
  * the product when k is 0 or alpha is 0. */
-__global__ void gemm_scale(float *c, float beta, int64_t mn, int64_t batch, int64_t stride_c) {
+static __global__ void gemm_scale(float *c, float beta, int64_t mn, int64_t batch,
+                                  int64_t stride_c) {
     int64_t total = mn * batch;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
@@ -31,7 +32,7 @@ __global__ void gemm_scale(float *c, float beta, int64_t mn, int64_t batch, int6
 }
 
 /* out [rows, cols] = bias [cols] broadcast over rows. */
-__global__ void fill_rows(float *out, const float *bias, int64_t rows, int64_t cols) {
+static __global__ void fill_rows(float *out, const float *bias, int64_t rows, int64_t cols) {
     int64_t total = rows * cols;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x)
@@ -40,7 +41,7 @@ __global__ void fill_rows(float *out, const float *bias, int64_t rows, int64_t c
 
 /* part [chunk, cols] = sums of dy [rows, cols] over the rows of each chunk
  * of `chunk_rows`; block (32 columns, 8 row lanes), grid (column blocks, chunks). */
-__global__ void colsum_partial(double *part, const float *dy, int64_t rows, int64_t cols,
+static __global__ void colsum_partial(double *part, const float *dy, int64_t rows, int64_t cols,
                                int64_t chunk_rows) {
     __shared__ double sh[COLSUM_BY][COLSUM_BX];
     int64_t j = blockIdx.x * (int64_t)COLSUM_BX + threadIdx.x;
@@ -58,7 +59,7 @@ __global__ void colsum_partial(double *part, const float *dy, int64_t rows, int6
 }
 
 /* out [cols] += sum over chunks of part [chunks, cols], in chunk order. */
-__global__ void colsum_finish(float *out, const double *part, int64_t chunks, int64_t cols) {
+static __global__ void colsum_finish(float *out, const double *part, int64_t chunks, int64_t cols) {
     for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < cols;
          j += (int64_t)gridDim.x * blockDim.x) {
         double s = 0.0;

@@ -29,8 +29,8 @@ static unsigned task_grid(int64_t tasks) {
 
 /* Mean and 1 / sqrt(biased variance + eps) of x [len], two passes in
  * double, as the cpu's lh__sum_f32 / lh__sumsq_dev_f32; to every thread. */
-__device__ void block_stats(float *mean_f, float *rstd_f, const float *x, int64_t len, float eps,
-                            double *shm) {
+static __device__ void block_stats(float *mean_f, float *rstd_f, const float *x, int64_t len,
+                                   float eps, double *shm) {
     double s = 0.0;
     for (int64_t i = threadIdx.x; i < len; i += blockDim.x) s += (double)x[i];
     double mean = lh__block_sum(s, shm) / (double)len, q = 0.0;
@@ -44,7 +44,7 @@ __device__ void block_stats(float *mean_f, float *rstd_f, const float *x, int64_
 }
 
 /* dy * silu'(y) if `silu`, else dy. */
-__device__ __forceinline__ float silu_chain(float dy, float y, int silu) {
+static __device__ __forceinline__ float silu_chain(float dy, float y, int silu) {
     if (!silu) return dy;
     float s = 1.0f / (1.0f + expf(-y));
     return dy * s * (1.0f + y * (1.0f - s));
@@ -53,9 +53,9 @@ __device__ __forceinline__ float silu_chain(float dy, float y, int silu) {
 /* ---- Group norm ---- */
 
 /* Task t = (image, group) of x [n, c, hw]: cg * hw contiguous values. */
-__global__ void group_norm_fwd(float *out, const float *x, const float *gamma, const float *beta,
-                               int64_t tasks, int64_t c, int64_t hw, int64_t groups, float eps,
-                               int silu) {
+static __global__ void group_norm_fwd(float *out, const float *x, const float *gamma,
+                                      const float *beta, int64_t tasks, int64_t c, int64_t hw,
+                                      int64_t groups, float eps, int silu) {
     __shared__ double shm[32];
     int64_t cg = c / groups, len = cg * hw;
     for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x) {
@@ -75,9 +75,10 @@ __global__ void group_norm_fwd(float *out, const float *x, const float *gamma, c
 /* Task t = (image, group): dx (if wanted) and the per-channel sums sb[img,
  * ch] = sum dy', sg[img, ch] = sum dy' xhat (if wanted), dy' = dy through
  * the SiLU; as the cpu's group_norm_back_one. */
-__global__ void group_norm_bwd(float *dx, double *sb, double *sg, const float *dy, const float *x,
-                               const float *gamma, const float *beta, int64_t tasks, int64_t c,
-                               int64_t hw, int64_t groups, float eps, int silu) {
+static __global__ void group_norm_bwd(float *dx, double *sb, double *sg, const float *dy,
+                                      const float *x, const float *gamma, const float *beta,
+                                      int64_t tasks, int64_t c, int64_t hw, int64_t groups,
+                                      float eps, int silu) {
     __shared__ double shm[32];
     int64_t cg = c / groups, len = cg * hw;
     for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x) {
@@ -117,8 +118,8 @@ __global__ void group_norm_bwd(float *dx, double *sb, double *sg, const float *d
 }
 
 /* dgamma [c] += sum over images of sg [n, c]; dbeta likewise from sb. */
-__global__ void group_norm_params(float *dgamma, float *dbeta, const double *sg, const double *sb,
-                                  int64_t n, int64_t c) {
+static __global__ void group_norm_params(float *dgamma, float *dbeta, const double *sg,
+                                         const double *sb, int64_t n, int64_t c) {
     for (int64_t ch = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; ch < c;
          ch += (int64_t)gridDim.x * blockDim.x) {
         double g = 0.0, b = 0.0;
@@ -133,8 +134,8 @@ __global__ void group_norm_params(float *dgamma, float *dbeta, const double *sg,
 
 /* ---- Layer norm ---- */
 
-__global__ void layer_norm_fwd(float *out, const float *x, const float *gamma, const float *beta,
-                               int64_t rows, int64_t cols, float eps) {
+static __global__ void layer_norm_fwd(float *out, const float *x, const float *gamma,
+                                      const float *beta, int64_t rows, int64_t cols, float eps) {
     __shared__ double shm[32];
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
         const float *xs = x + r * cols;
@@ -147,7 +148,7 @@ __global__ void layer_norm_fwd(float *out, const float *x, const float *gamma, c
 }
 
 /* Per row: mean and rstd (if wanted, for the parameter sums) and dx (if wanted). */
-__global__ void layer_norm_bwd(float *dx, float *mean, float *rstd_out, const float *dy,
+static __global__ void layer_norm_bwd(float *dx, float *mean, float *rstd_out, const float *dy,
                                const float *x, const float *gamma, int64_t rows, int64_t cols,
                                float eps) {
     __shared__ double shm[32];
@@ -179,9 +180,10 @@ __global__ void layer_norm_bwd(float *dx, float *mean, float *rstd_out, const fl
 
 /* pg/pb [chunk, cols] = sums over the chunk's rows of dy xhat and dy; block
  * (32 columns, 8 row lanes), grid (column blocks, chunks). */
-__global__ void layer_norm_params_partial(double *pg, double *pb, const float *dy, const float *x,
-                                          const float *mean, const float *rstd, int64_t rows,
-                                          int64_t cols, int64_t chunk_rows) {
+static __global__ void layer_norm_params_partial(double *pg, double *pb, const float *dy,
+                                                 const float *x, const float *mean,
+                                                 const float *rstd, int64_t rows, int64_t cols,
+                                                 int64_t chunk_rows) {
     __shared__ double sg[LN_BY][LN_BX], sb[LN_BY][LN_BX];
     int64_t j = blockIdx.x * (int64_t)LN_BX + threadIdx.x;
     int64_t r0 = blockIdx.y * chunk_rows, r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
@@ -208,7 +210,7 @@ __global__ void layer_norm_params_partial(double *pg, double *pb, const float *d
 }
 
 /* dgamma/dbeta [cols] += sums over chunks of pg/pb [chunks, cols], in chunk order. */
-__global__ void layer_norm_params_finish(float *dgamma, float *dbeta, const double *pg,
+static __global__ void layer_norm_params_finish(float *dgamma, float *dbeta, const double *pg,
                                          const double *pb, int64_t chunks, int64_t cols) {
     for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < cols;
          j += (int64_t)gridDim.x * blockDim.x) {
