@@ -3,9 +3,9 @@
  * shape and direction comes from cuDNN's heuristics (the _v7 queries: no
  * trial runs, so no buffer is written while choosing) once, and is cached in
  * lh_cuda.conv[]. FP32 math (CUDNN_FMA_MATH: cuDNN's default math would
- * allow TF32 on sm_80+) and no FFT or Winograd transform, unless
- * lh_cuda.tf32. Bias and its gradient are our kernels; the bias gradient is
- * a per-channel sum in double, no atomics. */
+ * allow TF32 on sm_80+) unless lh_cuda.tf32; no FFT or Winograd transform
+ * while another algorithm serves. Bias and its gradient are our kernels;
+ * the bias gradient is a per-channel sum in double, no atomics. */
 #include <limits.h>
 #include <string.h>
 
@@ -98,9 +98,10 @@ static lh_status descs_create(lh_backend *be, conv_descs *d, const int64_t *s, i
 
 /* ---- Algorithm choice ---- */
 
-/* FFT and Winograd transforms round more than a direct product: with TF32
- * off they come last, so that FP32 results stay within the parity suite's
- * 1e-5 of the cpu's im2col GEMM. */
+/* FFT and Winograd transforms round more than a direct product (and under
+ * TF32 they would cut transformed values, not the inputs): they come last,
+ * so that FP32 results stay within the parity suite's 1e-5 of the cpu's
+ * im2col GEMM. */
 static int exact_algo(cudnnConvolutionFwdAlgo_t a) {
     return a != CUDNN_CONVOLUTION_FWD_ALGO_FFT && a != CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING &&
            a != CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD &&
@@ -118,16 +119,16 @@ static int exact_algo(cudnnConvolutionBwdFilterAlgo_t a) {
            a != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
 }
 
-/* Index of the heuristics' first (best ranked) usable result: successful,
- * and, with TF32 off, FMA math and an exact algorithm; deterministic;
- * workspace within CONV_WS_PREFER. The wishes are dropped from the last
- * when no result has them all; -1 if none succeeded. */
+/* Index of the heuristics' first (best ranked) usable result: successful;
+ * FMA math when TF32 is off; an exact algorithm; deterministic; workspace
+ * within CONV_WS_PREFER. The wishes are dropped from the last when no
+ * result has them all; -1 if none succeeded. */
 template <typename P> static int pick_algo(const P *perf, int got, int tf32) {
     for (int need = 4; need >= 0; need--) {
         for (int i = 0; i < got; i++) {
             if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
             if (need > 0 && !tf32 && perf[i].mathType != CUDNN_FMA_MATH) continue;
-            if (need > 1 && !tf32 && !exact_algo(perf[i].algo)) continue;
+            if (need > 1 && !exact_algo(perf[i].algo)) continue;
             if (need > 2 && perf[i].memory > CONV_WS_PREFER) continue;
             if (need > 3 && perf[i].determinism != CUDNN_DETERMINISTIC) continue;
             return i;
