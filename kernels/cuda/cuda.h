@@ -41,7 +41,7 @@ typedef struct lh_cuda {
     cublasHandle_t cublas;
     cudnnHandle_t cudnn;
     lh_dtype act;        /* activation precision (set_precision) */
-    int tf32;            /* GEMMs and convolutions may use TF32 tensor cores */
+    int tf32;            /* GEMMs and convolutions may use TF32 (LORAHOST_CUDA_TF32=1) */
     void *workspace;     /* cuDNN / scratch; grows, never shrinks */
     size_t workspace_bytes;
     lh_cuda_conv_algo conv[LH_CUDA_CONV_CACHE];

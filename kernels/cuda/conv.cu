@@ -1,0 +1,368 @@
+/* 2-D convolution (NCHW float32, groups 1, square stride/pad, dilation 1)
+ * and its backward on cuDNN's legacy convolution API. The algorithm of each
+ * shape and direction comes from cuDNN's heuristics (the _v7 queries: no
+ * trial runs, so no buffer is written while choosing) once, and is cached in
+ * lh_cuda.conv[]. FP32 math (CUDNN_FMA_MATH: cuDNN's default math would
+ * allow TF32 on sm_80+) unless lh_cuda.tf32; no FFT or Winograd transform
+ * while another algorithm serves. Bias and its gradient are our kernels;
+ * the bias gradient is a per-channel sum in double, no atomics. */
+#include <limits.h>
+#include <string.h>
+
+#include "block_reduce.cuh"
+#include "cuda.h"
+#include "size_check.cuh"
+
+enum { CONV_FWD, CONV_BWD_DATA, CONV_BWD_FILTER };
+
+/* Algorithms asking for more workspace are taken only when no other fits. */
+#define CONV_WS_PREFER ((size_t)1 << 30)
+
+/* ---- Kernels ---- */
+
+/* out [n, c, hw] = bias[ch] (0 without bias) if `set`, else out += bias[ch]. */
+static __global__ void conv_bias(float *out, const float *bias, int64_t c, int64_t hw,
+                                 int64_t total, int set) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float v = bias ? bias[i / hw % c] : 0.0f;
+        out[i] = set ? v : out[i] + v;
+    }
+}
+
+/* db [c] += sum over images and pixels of dy [n, c, hw]; one block per channel. */
+static __global__ void conv_bias_grad(float *db, const float *dy, int64_t n, int64_t c,
+                                      int64_t hw) {
+    __shared__ double shm[32];
+    int64_t co = blockIdx.x, len = n * hw;
+    double acc = 0.0;
+    for (int64_t i = threadIdx.x; i < len; i += blockDim.x)
+        acc += (double)dy[(i / hw * c + co) * hw + i % hw];
+    acc = lh__block_sum(acc, shm);
+    if (threadIdx.x == 0) db[co] += (float)acc;
+}
+
+/* ---- Descriptors ---- */
+
+typedef struct conv_descs {
+    cudnnTensorDescriptor_t x, y; /* [n, c_in, h, w], [n, c_out, ho, wo] */
+    cudnnFilterDescriptor_t w;    /* [c_out, c_in, kh, kw] */
+    cudnnConvolutionDescriptor_t conv;
+} conv_descs;
+
+static void descs_destroy(conv_descs *d) {
+    if (d->x) cudnnDestroyTensorDescriptor(d->x);
+    if (d->y) cudnnDestroyTensorDescriptor(d->y);
+    if (d->w) cudnnDestroyFilterDescriptor(d->w);
+    if (d->conv) cudnnDestroyConvolutionDescriptor(d->conv);
+    memset(d, 0, sizeof *d);
+}
+
+/* s = {n, c_in, h, w, c_out, kh, kw, stride, pad}, each within int. On
+ * failure everything made so far is destroyed. */
+static lh_status descs_create(lh_backend *be, conv_descs *d, const int64_t *s, int64_t ho,
+                              int64_t wo) {
+    memset(d, 0, sizeof *d);
+    lh_status st;
+    cudnnMathType_t math = lh__cuda(be)->tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+    if ((st = lh__cuda_check_dnn(be, cudnnCreateTensorDescriptor(&d->x), "conv2d: descriptor")) ||
+        (st = lh__cuda_check_dnn(be, cudnnCreateTensorDescriptor(&d->y), "conv2d: descriptor")) ||
+        (st = lh__cuda_check_dnn(be, cudnnCreateFilterDescriptor(&d->w), "conv2d: descriptor")) ||
+        (st = lh__cuda_check_dnn(be, cudnnCreateConvolutionDescriptor(&d->conv),
+                                 "conv2d: descriptor")) ||
+        (st = lh__cuda_check_dnn(be,
+                                 cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NCHW,
+                                                            CUDNN_DATA_FLOAT, (int)s[0], (int)s[1],
+                                                            (int)s[2], (int)s[3]),
+                                 "conv2d: input descriptor")) ||
+        (st = lh__cuda_check_dnn(be,
+                                 cudnnSetTensor4dDescriptor(d->y, CUDNN_TENSOR_NCHW,
+                                                            CUDNN_DATA_FLOAT, (int)s[0], (int)s[4],
+                                                            (int)ho, (int)wo),
+                                 "conv2d: output descriptor")) ||
+        (st = lh__cuda_check_dnn(be,
+                                 cudnnSetFilter4dDescriptor(d->w, CUDNN_DATA_FLOAT,
+                                                            CUDNN_TENSOR_NCHW, (int)s[4],
+                                                            (int)s[1], (int)s[5], (int)s[6]),
+                                 "conv2d: filter descriptor")) ||
+        (st = lh__cuda_check_dnn(be,
+                                 cudnnSetConvolution2dDescriptor(
+                                     d->conv, (int)s[8], (int)s[8], (int)s[7], (int)s[7], 1, 1,
+                                     CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
+                                 "conv2d: convolution descriptor")) ||
+        (st = lh__cuda_check_dnn(be, cudnnSetConvolutionMathType(d->conv, math),
+                                 "conv2d: math type")))
+        descs_destroy(d);
+    return st;
+}
+
+/* ---- Algorithm choice ---- */
+
+/* FFT and Winograd transforms round more than a direct product (and under
+ * TF32 they would cut transformed values, not the inputs): they come last,
+ * so that FP32 results stay within the parity suite's 1e-5 of the cpu's
+ * im2col GEMM. */
+static int exact_algo(cudnnConvolutionFwdAlgo_t a) {
+    return a != CUDNN_CONVOLUTION_FWD_ALGO_FFT && a != CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING &&
+           a != CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD &&
+           a != CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+}
+static int exact_algo(cudnnConvolutionBwdDataAlgo_t a) {
+    return a != CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT &&
+           a != CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING &&
+           a != CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD &&
+           a != CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
+}
+static int exact_algo(cudnnConvolutionBwdFilterAlgo_t a) {
+    return a != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT &&
+           a != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING &&
+           a != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
+}
+
+/* Index of the heuristics' first (best ranked) usable result: successful;
+ * FMA math when TF32 is off; an exact algorithm; deterministic; workspace
+ * within CONV_WS_PREFER. The wishes are dropped from the last when no
+ * result has them all; -1 if none succeeded. */
+template <typename P> static int pick_algo(const P *perf, int got, int tf32) {
+    for (int need = 4; need >= 0; need--) {
+        for (int i = 0; i < got; i++) {
+            if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
+            if (need > 0 && !tf32 && perf[i].mathType != CUDNN_FMA_MATH) continue;
+            if (need > 1 && !exact_algo(perf[i].algo)) continue;
+            if (need > 2 && perf[i].memory > CONV_WS_PREFER) continue;
+            if (need > 3 && perf[i].determinism != CUDNN_DETERMINISTIC) continue;
+            return i;
+        }
+    }
+    return -1;
+}
+
+/* The cached (algorithm, math type, workspace) for shape s and direction
+ * `dir`, asking cuDNN's heuristics on a miss. The math type rides in the
+ * cache entry's algo field (algo + 256 * math). */
+static lh_status conv_algo(lh_backend *be, const conv_descs *d, const int64_t *s, int dir,
+                           int *algo, cudnnMathType_t *math, size_t *workspace) {
+    lh_cuda *cu = lh__cuda(be);
+    int64_t key[10];
+    memcpy(key, s, 9 * sizeof(int64_t));
+    key[9] = dir + 4 * (cu->tf32 != 0);
+    int cached = cu->n_conv < LH_CUDA_CONV_CACHE ? cu->n_conv : LH_CUDA_CONV_CACHE;
+    for (int i = 0; i < cached; i++) {
+        if (memcmp(cu->conv[i].key, key, sizeof key) == 0) {
+            *algo = cu->conv[i].algo % 256;
+            *math = (cudnnMathType_t)(cu->conv[i].algo / 256);
+            *workspace = cu->conv[i].workspace;
+            return LH_OK;
+        }
+    }
+    lh_status st = LH_OK;
+    int got = 0, at = -1;
+    size_t ws = 0;
+    if (dir == CONV_FWD) {
+        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+        st = lh__cuda_check_dnn(be,
+                                cudnnGetConvolutionForwardAlgorithm_v7(
+                                    cu->cudnn, d->x, d->w, d->conv, d->y,
+                                    CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, perf),
+                                "conv2d: cudnnGetConvolutionForwardAlgorithm_v7");
+        if (st == LH_OK && (at = pick_algo(perf, got, cu->tf32)) >= 0) {
+            *algo = (int)perf[at].algo;
+            *math = cu->tf32 ? perf[at].mathType : CUDNN_FMA_MATH;
+            st = lh__cuda_check_dnn(be, cudnnSetConvolutionMathType(d->conv, *math),
+                                    "conv2d: math type");
+            if (st == LH_OK)
+                st = lh__cuda_check_dnn(be,
+                                        cudnnGetConvolutionForwardWorkspaceSize(
+                                            cu->cudnn, d->x, d->w, d->conv, d->y,
+                                            perf[at].algo, &ws),
+                                        "conv2d: cudnnGetConvolutionForwardWorkspaceSize");
+        }
+    } else if (dir == CONV_BWD_DATA) {
+        cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+        st = lh__cuda_check_dnn(be,
+                                cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                                    cu->cudnn, d->w, d->y, d->conv, d->x,
+                                    CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, perf),
+                                "conv2d_backward: cudnnGetConvolutionBackwardDataAlgorithm_v7");
+        if (st == LH_OK && (at = pick_algo(perf, got, cu->tf32)) >= 0) {
+            *algo = (int)perf[at].algo;
+            *math = cu->tf32 ? perf[at].mathType : CUDNN_FMA_MATH;
+            st = lh__cuda_check_dnn(be, cudnnSetConvolutionMathType(d->conv, *math),
+                                    "conv2d_backward: math type");
+            if (st == LH_OK)
+                st = lh__cuda_check_dnn(
+                    be,
+                    cudnnGetConvolutionBackwardDataWorkspaceSize(cu->cudnn, d->w, d->y, d->conv,
+                                                                 d->x, perf[at].algo, &ws),
+                    "conv2d_backward: cudnnGetConvolutionBackwardDataWorkspaceSize");
+        }
+    } else {
+        cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+        st = lh__cuda_check_dnn(be,
+                                cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                                    cu->cudnn, d->x, d->y, d->conv, d->w,
+                                    CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, perf),
+                                "conv2d_backward: cudnnGetConvolutionBackwardFilterAlgorithm_v7");
+        if (st == LH_OK && (at = pick_algo(perf, got, cu->tf32)) >= 0) {
+            *algo = (int)perf[at].algo;
+            *math = cu->tf32 ? perf[at].mathType : CUDNN_FMA_MATH;
+            st = lh__cuda_check_dnn(be, cudnnSetConvolutionMathType(d->conv, *math),
+                                    "conv2d_backward: math type");
+            if (st == LH_OK)
+                st = lh__cuda_check_dnn(
+                    be,
+                    cudnnGetConvolutionBackwardFilterWorkspaceSize(cu->cudnn, d->x, d->y, d->conv,
+                                                                   d->w, perf[at].algo, &ws),
+                    "conv2d_backward: cudnnGetConvolutionBackwardFilterWorkspaceSize");
+        }
+    }
+    if (st != LH_OK) return st;
+    if (at < 0) return lh__cuda_fail(be, "conv2d", "cuDNN offers no algorithm for this shape");
+    int slot = cu->n_conv % LH_CUDA_CONV_CACHE; /* full: overwrite round robin */
+    memcpy(cu->conv[slot].key, key, sizeof key);
+    cu->conv[slot].algo = *algo + 256 * (int)*math;
+    cu->conv[slot].workspace = ws;
+    if (++cu->n_conv >= 2 * LH_CUDA_CONV_CACHE) cu->n_conv -= LH_CUDA_CONV_CACHE;
+    *workspace = ws;
+    return LH_OK;
+}
+
+/* Descriptors' math type and the workspace for direction `dir`. */
+static lh_status conv_prepare(lh_backend *be, const conv_descs *d, const int64_t *s, int dir,
+                              int *algo, void **ws, size_t *ws_bytes) {
+    cudnnMathType_t math;
+    lh_status st = conv_algo(be, d, s, dir, algo, &math, ws_bytes);
+    if (st == LH_OK)
+        st = lh__cuda_check_dnn(be, cudnnSetConvolutionMathType(d->conv, math),
+                                "conv2d: math type");
+    if (st == LH_OK) st = lh__cuda_scratch(be, *ws_bytes, ws);
+    return st;
+}
+
+/* ---- Ops ---- */
+
+extern "C" lh_status lh__cuda_conv2d(lh_backend *be, float *out, /* [n, c_out, h_out, w_out] */
+                                     const float *x,             /* [n, c_in, h, w] */
+                                     const float *w,             /* [c_out, c_in, kh, kw] */
+                                     const float *bias,          /* [c_out] or NULL */
+                                     int64_t n, int64_t c_in, int64_t h, int64_t wd,
+                                     int64_t c_out, int64_t kh, int64_t kw, int stride, int pad) {
+    if (n < 0 || c_in < 0 || h < 0 || wd < 0 || c_out < 0 || kh < 1 || kw < 1 || stride < 1 ||
+        pad < 0)
+        return LH_ERR_INVALID;
+    if (h + 2 * (int64_t)pad < kh || wd + 2 * (int64_t)pad < kw) return LH_ERR_SHAPE;
+    int64_t ho = (h + 2 * (int64_t)pad - kh) / stride + 1;
+    int64_t wo = (wd + 2 * (int64_t)pad - kw) / stride + 1;
+    int64_t in_img, out_total, taps, k, hw_out;
+    if (!lh__cu_mul2(&taps, kh, kw) || !lh__cu_mul2(&k, c_in, taps) ||
+        !lh__cu_mul2(&hw_out, ho, wo) || !lh__cu_mul3(&in_img, c_in, h, wd) ||
+        !lh__cu_mul3(&out_total, n, c_out, hw_out) || !lh__cu_bytes_ok(out_total))
+        return LH_ERR_OVERFLOW;
+    if (n == 0 || c_out == 0) return LH_OK;
+    if (!out || (in_img > 0 && (!x || !w))) return LH_ERR_INVALID;
+    if (k > INT_MAX || hw_out > INT_MAX || c_out > INT_MAX) return LH_ERR_UNSUPPORTED;
+    if (n > INT_MAX || c_in > INT_MAX || h > INT_MAX || wd > INT_MAX || kh > INT_MAX ||
+        kw > INT_MAX || ho > INT_MAX || wo > INT_MAX)
+        return LH_ERR_UNSUPPORTED; /* cuDNN int */
+    cudaStream_t stream = lh__cuda(be)->stream;
+    if (in_img == 0) { /* nothing to convolve: out = bias (or 0) */
+        conv_bias<<<lh__cuda_grid(out_total, 256), 256, 0, stream>>>(out, bias, c_out, hw_out,
+                                                                     out_total, 1);
+        return lh__cuda_launched(be, "conv2d: bias");
+    }
+    const int64_t s[9] = {n, c_in, h, wd, c_out, kh, kw, stride, pad};
+    conv_descs d;
+    lh_status st = descs_create(be, &d, s, ho, wo);
+    if (st != LH_OK) return st;
+    int algo = 0;
+    void *ws = NULL;
+    size_t ws_bytes = 0;
+    const float one = 1.0f, zero = 0.0f;
+    st = conv_prepare(be, &d, s, CONV_FWD, &algo, &ws, &ws_bytes);
+    if (st == LH_OK)
+        st = lh__cuda_check_dnn(be,
+                                cudnnConvolutionForward(lh__cuda(be)->cudnn, &one, d.x, x, d.w, w,
+                                                        d.conv, (cudnnConvolutionFwdAlgo_t)algo,
+                                                        ws, ws_bytes, &zero, d.y, out),
+                                "conv2d: cudnnConvolutionForward");
+    descs_destroy(&d);
+    if (st == LH_OK && bias) {
+        conv_bias<<<lh__cuda_grid(out_total, 256), 256, 0, stream>>>(out, bias, c_out, hw_out,
+                                                                     out_total, 0);
+        st = lh__cuda_launched(be, "conv2d: bias");
+    }
+    return st;
+}
+
+extern "C" lh_status lh__cuda_conv2d_backward(lh_backend *be, float *dx, /* [n, c_in, h, w] */
+                                              float *dw,       /* [c_out, c_in, kh, kw] += */
+                                              float *db,       /* [c_out] += */
+                                              const float *dy, /* [n, c_out, h_out, w_out] */
+                                              const float *x,  /* [n, c_in, h, w] */
+                                              const float *w,  /* [c_out, c_in, kh, kw] */
+                                              int64_t n, int64_t c_in, int64_t h, int64_t wd,
+                                              int64_t c_out, int64_t kh, int64_t kw, int stride,
+                                              int pad) {
+    if (n < 0 || c_in < 0 || h < 0 || wd < 0 || c_out < 0 || kh < 1 || kw < 1 || stride < 1 ||
+        pad < 0)
+        return LH_ERR_INVALID;
+    if (h + 2 * (int64_t)pad < kh || wd + 2 * (int64_t)pad < kw) return LH_ERR_SHAPE;
+    int64_t ho = (h + 2 * (int64_t)pad - kh) / stride + 1;
+    int64_t wo = (wd + 2 * (int64_t)pad - kw) / stride + 1;
+    int64_t taps, k, hw_out, in_total, out_total, w_total;
+    if (!lh__cu_mul2(&taps, kh, kw) || !lh__cu_mul2(&k, c_in, taps) ||
+        !lh__cu_mul2(&hw_out, ho, wo) || !lh__cu_mul4(&in_total, n, c_in, h, wd) ||
+        !lh__cu_bytes_ok(in_total) || !lh__cu_mul3(&out_total, n, c_out, hw_out) ||
+        !lh__cu_bytes_ok(out_total) || !lh__cu_mul2(&w_total, c_out, k) ||
+        !lh__cu_bytes_ok(w_total))
+        return LH_ERR_OVERFLOW;
+    if (n == 0) return LH_OK;
+    if ((out_total > 0 && !dy) || (dx && in_total > 0 && c_out > 0 && !w) ||
+        (dw && w_total > 0 && !x))
+        return LH_ERR_INVALID;
+    if (k > INT_MAX || hw_out > INT_MAX || c_out > INT_MAX) return LH_ERR_UNSUPPORTED;
+    if (n > INT_MAX || c_in > INT_MAX || h > INT_MAX || wd > INT_MAX || kh > INT_MAX ||
+        kw > INT_MAX || ho > INT_MAX || wo > INT_MAX)
+        return LH_ERR_UNSUPPORTED; /* cuDNN int */
+    lh_cuda *cu = lh__cuda(be);
+    lh_status st = LH_OK;
+    if (db && c_out > 0) {
+        conv_bias_grad<<<(unsigned)c_out, 256, 0, cu->stream>>>(db, dy, n, c_out, hw_out);
+        if ((st = lh__cuda_launched(be, "conv2d_backward: bias")) != LH_OK) return st;
+    }
+    int want_dx = dx && in_total > 0, want_dw = dw && w_total > 0 && in_total > 0;
+    if (want_dx && c_out == 0) /* no output channel reads the input */
+        return lh__cuda_check(be,
+                              cudaMemsetAsync(dx, 0, (size_t)in_total * sizeof(float), cu->stream),
+                              "conv2d_backward: dx");
+    if (!want_dx && !want_dw) return LH_OK;
+    const int64_t s[9] = {n, c_in, h, wd, c_out, kh, kw, stride, pad};
+    conv_descs d;
+    if ((st = descs_create(be, &d, s, ho, wo)) != LH_OK) return st;
+    int algo = 0;
+    void *ws = NULL;
+    size_t ws_bytes = 0;
+    const float one = 1.0f, zero = 0.0f;
+    if (want_dx) { /* dx = W^T dy (written) */
+        st = conv_prepare(be, &d, s, CONV_BWD_DATA, &algo, &ws, &ws_bytes);
+        if (st == LH_OK)
+            st = lh__cuda_check_dnn(
+                be,
+                cudnnConvolutionBackwardData(cu->cudnn, &one, d.w, w, d.y, dy, d.conv,
+                                             (cudnnConvolutionBwdDataAlgo_t)algo, ws, ws_bytes,
+                                             &zero, d.x, dx),
+                "conv2d_backward: cudnnConvolutionBackwardData");
+    }
+    if (st == LH_OK && want_dw) { /* dw += dy x^T (beta 1) */
+        st = conv_prepare(be, &d, s, CONV_BWD_FILTER, &algo, &ws, &ws_bytes);
+        if (st == LH_OK)
+            st = lh__cuda_check_dnn(
+                be,
+                cudnnConvolutionBackwardFilter(cu->cudnn, &one, d.x, x, d.y, dy, d.conv,
+                                               (cudnnConvolutionBwdFilterAlgo_t)algo, ws, ws_bytes,
+                                               &one, d.w, dw),
+                "conv2d_backward: cudnnConvolutionBackwardFilter");
+    }
+    descs_destroy(&d);
+    return st;
+}

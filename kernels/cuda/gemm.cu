@@ -1,0 +1,191 @@
+/* Batched strided GEMM, torch.nn.Linear and linear's backward on cuBLAS.
+ * Row-major products run as their column-major transposes, C^T = op(B)^T
+ * op(A)^T, so nothing is copied. FP32 (CUBLAS_COMPUTE_32F on the default
+ * math mode: no TF32) unless lh_cuda.tf32 asks for
+ * CUBLAS_COMPUTE_32F_FAST_TF32. Bias gradients are column sums in double,
+ * in a fixed order (no atomics): the same bits every run. */
+#include <limits.h>
+
+#include "block_reduce.cuh"
+#include "cuda.h"
+#include "size_check.cuh"
+
+#define GEMM_BATCH_MAX 65535 /* batch entries per cuBLAS call */
+#define COLSUM_BX 32         /* columns per block of the column sums */
+#define COLSUM_BY 8          /* row lanes per block */
+#define COLSUM_CHUNKS 1024   /* row chunks, at most (partial sums in scratch) */
+
+static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* ---- Kernels ---- */
+
+/* C_b = beta C_b (0 when beta is 0, without reading C) for b in [0, batch):
+ * the product when k is 0 or alpha is 0. */
+static __global__ void gemm_scale(float *c, float beta, int64_t mn, int64_t batch,
+                                  int64_t stride_c) {
+    int64_t total = mn * batch;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        float *p = c + i / mn * stride_c + i % mn;
+        *p = beta == 0.0f ? 0.0f : beta * *p;
+    }
+}
+
+/* out [rows, cols] = bias [cols] broadcast over rows. */
+static __global__ void fill_rows(float *out, const float *bias, int64_t rows, int64_t cols) {
+    int64_t total = rows * cols;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[i] = bias[i % cols];
+}
+
+/* part [chunk, cols] = sums of dy [rows, cols] over the rows of each chunk
+ * of `chunk_rows`; block (32 columns, 8 row lanes), grid (column blocks, chunks). */
+static __global__ void colsum_partial(double *part, const float *dy, int64_t rows, int64_t cols,
+                               int64_t chunk_rows) {
+    __shared__ double sh[COLSUM_BY][COLSUM_BX];
+    int64_t j = blockIdx.x * (int64_t)COLSUM_BX + threadIdx.x;
+    int64_t r0 = blockIdx.y * chunk_rows, r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
+    double acc = 0.0;
+    if (j < cols)
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += COLSUM_BY) acc += (double)dy[r * cols + j];
+    sh[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < cols) {
+        double s = 0.0;
+        for (int y = 0; y < COLSUM_BY; y++) s += sh[y][threadIdx.x];
+        part[blockIdx.y * cols + j] = s;
+    }
+}
+
+/* out [cols] += sum over chunks of part [chunks, cols], in chunk order. */
+static __global__ void colsum_finish(float *out, const double *part, int64_t chunks, int64_t cols) {
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < cols;
+         j += (int64_t)gridDim.x * blockDim.x) {
+        double s = 0.0;
+        for (int64_t c = 0; c < chunks; c++) s += part[c * cols + j];
+        out[j] += (float)s;
+    }
+}
+
+/* ---- Helpers ---- */
+
+/* The product on checked arguments (m, n, k within int; a and b valid when
+ * k > 0; strides checked for overflow). */
+static lh_status gemm_run(lh_backend *be, float *c, const float *a, const float *b, int trans_a,
+                          int trans_b, int64_t m, int64_t n, int64_t k, float alpha, float beta,
+                          int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c) {
+    lh_cuda *cu = lh__cuda(be);
+    if (m == 0 || n == 0 || batch == 0) return LH_OK;
+    if (k == 0 || alpha == 0.0f) { /* C = beta C, without reading A or B */
+        gemm_scale<<<lh__cuda_grid(m * n * batch, 256), 256, 0, cu->stream>>>(c, beta, m * n,
+                                                                               batch, stride_c);
+        return lh__cuda_launched(be, "gemm: scale");
+    }
+    /* column-major: C^T [n, m] = op(B)^T [n, k] op(A)^T [k, m] */
+    cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    int lda = (int)(trans_a ? m : k), ldb = (int)(trans_b ? k : n);
+    cublasComputeType_t ct = cu->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    for (int64_t b0 = 0; b0 < batch; b0 += GEMM_BATCH_MAX) {
+        int nb = (int)(batch - b0 < GEMM_BATCH_MAX ? batch - b0 : GEMM_BATCH_MAX);
+        lh_status st = lh__cuda_check_blas(
+            be,
+            cublasGemmStridedBatchedEx(cu->cublas, op_b, op_a, (int)n, (int)m, (int)k, &alpha,
+                                       b + b0 * stride_b, CUDA_R_32F, ldb, (long long)stride_b,
+                                       a + b0 * stride_a, CUDA_R_32F, lda, (long long)stride_a,
+                                       &beta, c + b0 * stride_c, CUDA_R_32F, (int)n,
+                                       (long long)stride_c, nb, ct, CUBLAS_GEMM_DEFAULT),
+            "gemm: cublasGemmStridedBatchedEx");
+        if (st != LH_OK) return st;
+    }
+    return LH_OK;
+}
+
+/* out [cols] += column sums of dy [rows, cols] (rows, cols > 0). */
+static lh_status colsum_add(lh_backend *be, float *out, const float *dy, int64_t rows,
+                            int64_t cols) {
+    lh_cuda *cu = lh__cuda(be);
+    int64_t chunk_rows = cdiv(rows, COLSUM_CHUNKS);
+    if (chunk_rows < 256) chunk_rows = 256;
+    int64_t chunks = cdiv(rows, chunk_rows), cells;
+    if (!lh__cu_mul2(&cells, chunks, cols) || (uint64_t)cells > SIZE_MAX / sizeof(double))
+        return LH_ERR_OVERFLOW;
+    void *part = NULL;
+    lh_status st = lh__cuda_scratch(be, (size_t)cells * sizeof(double), &part);
+    if (st != LH_OK) return st;
+    if (cdiv(cols, COLSUM_BX) > INT_MAX) return LH_ERR_UNSUPPORTED;
+    dim3 grid((unsigned)cdiv(cols, COLSUM_BX), (unsigned)chunks), block(COLSUM_BX, COLSUM_BY);
+    colsum_partial<<<grid, block, 0, cu->stream>>>((double *)part, dy, rows, cols, chunk_rows);
+    if ((st = lh__cuda_launched(be, "colsum")) != LH_OK) return st;
+    colsum_finish<<<lh__cuda_grid(cols, 256), 256, 0, cu->stream>>>(out, (const double *)part,
+                                                                     chunks, cols);
+    return lh__cuda_launched(be, "colsum");
+}
+
+/* ---- Ops ---- */
+
+extern "C" lh_status lh__cuda_gemm(lh_backend *be, float *c, const float *a, const float *b,
+                                   int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                                   float alpha, float beta, int64_t batch, int64_t stride_a,
+                                   int64_t stride_b, int64_t stride_c) {
+    if (m < 0 || n < 0 || k < 0 || batch < 0 || stride_a < 0 || stride_b < 0 || stride_c < 0)
+        return LH_ERR_INVALID;
+    if (m == 0 || n == 0 || batch == 0) return LH_OK;
+    if (!c || (k > 0 && (!a || !b))) return LH_ERR_INVALID;
+    if (m > INT_MAX || n > INT_MAX || k > INT_MAX) return LH_ERR_UNSUPPORTED; /* cuBLAS int */
+    int64_t last;
+    if (!lh__cu_mul2(&last, batch - 1, stride_a) || !lh__cu_mul2(&last, batch - 1, stride_b) ||
+        !lh__cu_mul2(&last, batch - 1, stride_c) || !lh__cu_mul2(&last, m, n) ||
+        !lh__cu_mul2(&last, last, batch))
+        return LH_ERR_OVERFLOW;
+    return gemm_run(be, c, a, b, trans_a != 0, trans_b != 0, m, n, k, alpha, beta, batch,
+                    stride_a, stride_b, stride_c);
+}
+
+extern "C" lh_status lh__cuda_linear(lh_backend *be, float *out, /* [rows, n_out] */
+                                     const float *x,             /* [rows, n_in] */
+                                     const float *w,             /* [n_out, n_in] */
+                                     const float *bias,          /* [n_out] or NULL */
+                                     int64_t rows, int64_t n_in, int64_t n_out) {
+    if (rows < 0 || n_in < 0 || n_out < 0) return LH_ERR_INVALID;
+    if (rows == 0 || n_out == 0) return LH_OK;
+    if (!out || (n_in > 0 && (!x || !w))) return LH_ERR_INVALID;
+    if (rows > INT_MAX || n_in > INT_MAX || n_out > INT_MAX) return LH_ERR_UNSUPPORTED;
+    int64_t total;
+    if (!lh__cu_mul2(&total, rows, n_out)) return LH_ERR_OVERFLOW;
+    if (bias) { /* out = bias, then out += x w^T */
+        fill_rows<<<lh__cuda_grid(total, 256), 256, 0, lh__cuda(be)->stream>>>(out, bias, rows,
+                                                                               n_out);
+        lh_status st = lh__cuda_launched(be, "linear: bias");
+        if (st != LH_OK) return st;
+    }
+    return gemm_run(be, out, x, w, 0, 1, rows, n_out, n_in, 1.0f, bias ? 1.0f : 0.0f, 1, 0, 0, 0);
+}
+
+extern "C" lh_status lh__cuda_linear_backward(lh_backend *be, float *dx, /* [rows, n_in] */
+                                              float *dw,       /* [n_out, n_in] += */
+                                              float *db,       /* [n_out] += */
+                                              const float *dy, /* [rows, n_out] */
+                                              const float *x,  /* [rows, n_in] */
+                                              const float *w,  /* [n_out, n_in] */
+                                              int64_t rows, int64_t n_in, int64_t n_out) {
+    int64_t t;
+    if (rows < 0 || n_in < 0 || n_out < 0) return LH_ERR_INVALID;
+    if (!lh__cu_mul2(&t, rows, n_in) || !lh__cu_bytes_ok(t) || !lh__cu_mul2(&t, rows, n_out) ||
+        !lh__cu_bytes_ok(t) || !lh__cu_mul2(&t, n_out, n_in) || !lh__cu_bytes_ok(t))
+        return LH_ERR_OVERFLOW;
+    if (rows == 0) return LH_OK; /* dx is empty; dw and db gain nothing */
+    if ((n_out > 0 && !dy) || (dx && n_in > 0 && n_out > 0 && !w) || (dw && t > 0 && !x))
+        return LH_ERR_INVALID;
+    if ((dx || dw) && (rows > INT_MAX || n_in > INT_MAX || n_out > INT_MAX))
+        return LH_ERR_UNSUPPORTED; /* cuBLAS int */
+    lh_status st = LH_OK;
+    /* dx [rows, n_in] = dy [rows, n_out] w [n_out, n_in] */
+    if (dx) st = gemm_run(be, dx, dy, w, 0, 0, rows, n_in, n_out, 1.0f, 0.0f, 1, 0, 0, 0);
+    /* dw [n_out, n_in] += dy^T x */
+    if (st == LH_OK && dw)
+        st = gemm_run(be, dw, dy, x, 1, 0, n_out, n_in, rows, 1.0f, 1.0f, 1, 0, 0, 0);
+    if (st == LH_OK && db && n_out > 0) st = colsum_add(be, db, dy, rows, n_out);
+    return st;
+}

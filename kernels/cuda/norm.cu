@@ -1,0 +1,334 @@
+/* torch.nn.GroupNorm (optionally fused with SiLU) and torch.nn.LayerNorm
+ * with their backwards, computed as kernels/cpu/group_norm.c, layer_norm.c
+ * and backward_norm.c do: mean, then biased variance in a second pass, both
+ * accumulated in double; eps inside the square root; the normalisation in
+ * float32. One block per (image, group) or per row, block-stride loops over
+ * its elements (any hw * channels per group). Parameter gradients go
+ * through partial sums in double in scratch (per (image, channel), or per
+ * (row chunk, column)), added up by a second kernel in a fixed order: no
+ * atomics, so the same bits every run. */
+#include <limits.h>
+
+#include "block_reduce.cuh"
+#include "cuda.h"
+#include "size_check.cuh"
+
+#define GN_BLOCK 512        /* threads per (image, group) */
+#define LN_BLOCK 256        /* threads per row */
+#define LN_BX 32            /* columns per block of layer norm's parameter sums */
+#define LN_BY 8             /* row lanes per block */
+#define LN_CHUNKS 1024      /* row chunks, at most */
+#define NORM_GRID (1 << 20) /* blocks, at most (they loop over the tasks) */
+
+static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static unsigned task_grid(int64_t tasks) {
+    return (unsigned)(tasks < NORM_GRID ? (tasks > 0 ? tasks : 1) : NORM_GRID);
+}
+
+/* ---- Device helpers ---- */
+
+/* Mean and 1 / sqrt(biased variance + eps) of x [len], two passes in
+ * double, as the cpu's lh__sum_f32 / lh__sumsq_dev_f32; to every thread. */
+static __device__ void block_stats(float *mean_f, float *rstd_f, const float *x, int64_t len,
+                                   float eps, double *shm) {
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) s += (double)x[i];
+    double mean = lh__block_sum(s, shm) / (double)len, q = 0.0;
+    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
+        double d = (double)x[i] - mean;
+        q += d * d;
+    }
+    q = lh__block_sum(q, shm);
+    *rstd_f = (float)(1.0 / sqrt(q / (double)len + (double)eps));
+    *mean_f = (float)mean;
+}
+
+/* dy * silu'(y) if `silu`, else dy. */
+static __device__ __forceinline__ float silu_chain(float dy, float y, int silu) {
+    if (!silu) return dy;
+    float s = 1.0f / (1.0f + expf(-y));
+    return dy * s * (1.0f + y * (1.0f - s));
+}
+
+/* ---- Group norm ---- */
+
+/* Task t = (image, group) of x [n, c, hw]: cg * hw contiguous values. */
+static __global__ void group_norm_fwd(float *out, const float *x, const float *gamma,
+                                      const float *beta, int64_t tasks, int64_t c, int64_t hw,
+                                      int64_t groups, float eps, int silu) {
+    __shared__ double shm[32];
+    int64_t cg = c / groups, len = cg * hw;
+    for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x) {
+        int64_t c0 = t % groups * cg, off = (t / groups * c + c0) * hw;
+        const float *xs = x + off;
+        float *os = out + off;
+        float mf, rstd;
+        block_stats(&mf, &rstd, xs, len, eps, &shm[0]);
+        for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
+            int64_t ch = c0 + i / hw;
+            float a = rstd * gamma[ch], y = (xs[i] - mf) * a + beta[ch];
+            os[i] = silu ? y / (1.0f + expf(-y)) : y;
+        }
+    }
+}
+
+/* Task t = (image, group): dx (if wanted) and the per-channel sums sb[img,
+ * ch] = sum dy', sg[img, ch] = sum dy' xhat (if wanted), dy' = dy through
+ * the SiLU; as the cpu's group_norm_back_one. */
+static __global__ void group_norm_bwd(float *dx, double *sb, double *sg, const float *dy,
+                                      const float *x, const float *gamma, const float *beta,
+                                      int64_t tasks, int64_t c, int64_t hw, int64_t groups,
+                                      float eps, int silu) {
+    __shared__ double shm[32];
+    int64_t cg = c / groups, len = cg * hw;
+    for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x) {
+        int64_t c0 = t % groups * cg, ch0 = t / groups * c + c0, off = ch0 * hw;
+        const float *xg = x + off, *dg = dy + off;
+        float mf, rstd;
+        block_stats(&mf, &rstd, xg, len, eps, &shm[0]);
+        double m1 = 0.0, m2 = 0.0; /* sums of g and g xhat over the group */
+        for (int64_t ch = 0; ch < cg; ch++) {
+            const float *xs = xg + ch * hw, *ds = dg + ch * hw;
+            float a = gamma[c0 + ch], b = silu ? beta[c0 + ch] : 0.0f;
+            double s1 = 0.0, s2 = 0.0;
+            for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
+                float xh = (xs[i] - mf) * rstd, gy = silu_chain(ds[i], xh * a + b, silu);
+                s1 += (double)gy;
+                s2 += (double)(gy * xh);
+            }
+            s1 = lh__block_sum(s1, &shm[0]);
+            s2 = lh__block_sum(s2, &shm[0]);
+            if (sb && threadIdx.x == 0) {
+                sb[ch0 + ch] = s1;
+                sg[ch0 + ch] = s2;
+            }
+            m1 += s1 * (double)a;
+            m2 += s2 * (double)a;
+        }
+        if (!dx) continue;
+        float k1 = (float)(m1 / (double)len), k2 = (float)(m2 / (double)len);
+        float *os = dx + off;
+        for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
+            int64_t ch = c0 + i / hw;
+            float a = gamma[ch], b = silu ? beta[ch] : 0.0f;
+            float xh = (xg[i] - mf) * rstd, gy = silu_chain(dg[i], xh * a + b, silu);
+            os[i] = rstd * (gy * a - k1 - xh * k2);
+        }
+    }
+}
+
+/* dgamma [c] += sum over images of sg [n, c]; dbeta likewise from sb. */
+static __global__ void group_norm_params(float *dgamma, float *dbeta, const double *sg,
+                                         const double *sb, int64_t n, int64_t c) {
+    for (int64_t ch = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; ch < c;
+         ch += (int64_t)gridDim.x * blockDim.x) {
+        double g = 0.0, b = 0.0;
+        for (int64_t img = 0; img < n; img++) {
+            g += sg[img * c + ch];
+            b += sb[img * c + ch];
+        }
+        if (dgamma) dgamma[ch] += (float)g;
+        if (dbeta) dbeta[ch] += (float)b;
+    }
+}
+
+/* ---- Layer norm ---- */
+
+static __global__ void layer_norm_fwd(float *out, const float *x, const float *gamma,
+                                      const float *beta, int64_t rows, int64_t cols, float eps) {
+    __shared__ double shm[32];
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float *xs = x + r * cols;
+        float *os = out + r * cols;
+        float mf, rstd;
+        block_stats(&mf, &rstd, xs, cols, eps, &shm[0]);
+        for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
+            os[i] = (xs[i] - mf) * rstd * gamma[i] + beta[i];
+    }
+}
+
+/* Per row: mean and rstd (if wanted, for the parameter sums) and dx (if wanted). */
+static __global__ void layer_norm_bwd(float *dx, float *mean, float *rstd_out, const float *dy,
+                               const float *x, const float *gamma, int64_t rows, int64_t cols,
+                               float eps) {
+    __shared__ double shm[32];
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float *xs = x + r * cols, *ds = dy + r * cols;
+        float mf, rstd;
+        block_stats(&mf, &rstd, xs, cols, eps, &shm[0]);
+        if (mean && threadIdx.x == 0) {
+            mean[r] = mf;
+            rstd_out[r] = rstd;
+        }
+        if (!dx) continue;
+        double m1 = 0.0, m2 = 0.0;
+        for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+            float g = ds[i] * gamma[i];
+            m1 += (double)g;
+            m2 += (double)(g * ((xs[i] - mf) * rstd));
+        }
+        m1 = lh__block_sum(m1, &shm[0]);
+        m2 = lh__block_sum(m2, &shm[0]);
+        float k1 = (float)(m1 / (double)cols), k2 = (float)(m2 / (double)cols);
+        float *os = dx + r * cols;
+        for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+            float xh = (xs[i] - mf) * rstd;
+            os[i] = rstd * (ds[i] * gamma[i] - k1 - xh * k2);
+        }
+    }
+}
+
+/* pg/pb [chunk, cols] = sums over the chunk's rows of dy xhat and dy; block
+ * (32 columns, 8 row lanes), grid (column blocks, chunks). */
+static __global__ void layer_norm_params_partial(double *pg, double *pb, const float *dy,
+                                                 const float *x, const float *mean,
+                                                 const float *rstd, int64_t rows, int64_t cols,
+                                                 int64_t chunk_rows) {
+    __shared__ double sg[LN_BY][LN_BX], sb[LN_BY][LN_BX];
+    int64_t j = blockIdx.x * (int64_t)LN_BX + threadIdx.x;
+    int64_t r0 = blockIdx.y * chunk_rows, r1 = r0 + chunk_rows < rows ? r0 + chunk_rows : rows;
+    double g = 0.0, b = 0.0;
+    if (j < cols) {
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += LN_BY) {
+            float d = dy[r * cols + j];
+            g += (double)(d * ((x[r * cols + j] - mean[r]) * rstd[r]));
+            b += (double)d;
+        }
+    }
+    sg[threadIdx.y][threadIdx.x] = g;
+    sb[threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < cols) {
+        double tg = 0.0, tb = 0.0;
+        for (int y = 0; y < LN_BY; y++) {
+            tg += sg[y][threadIdx.x];
+            tb += sb[y][threadIdx.x];
+        }
+        pg[blockIdx.y * cols + j] = tg;
+        pb[blockIdx.y * cols + j] = tb;
+    }
+}
+
+/* dgamma/dbeta [cols] += sums over chunks of pg/pb [chunks, cols], in chunk order. */
+static __global__ void layer_norm_params_finish(float *dgamma, float *dbeta, const double *pg,
+                                         const double *pb, int64_t chunks, int64_t cols) {
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < cols;
+         j += (int64_t)gridDim.x * blockDim.x) {
+        double g = 0.0, b = 0.0;
+        for (int64_t k = 0; k < chunks; k++) {
+            g += pg[k * cols + j];
+            b += pb[k * cols + j];
+        }
+        if (dgamma) dgamma[j] += (float)g;
+        if (dbeta) dbeta[j] += (float)b;
+    }
+}
+
+/* ---- Ops ---- */
+
+extern "C" lh_status lh__cuda_group_norm(lh_backend *be, float *out, /* [n, c, hw] */
+                                         const float *x,             /* [n, c, hw] */
+                                         const float *gamma, const float *beta, /* [c] */
+                                         int64_t n, int64_t c, int64_t hw, int64_t groups,
+                                         float eps, int silu) {
+    int64_t total;
+    if (n < 0 || c < 0 || hw < 0 || groups < 1 || c % groups != 0 || !(eps >= 0.0f))
+        return LH_ERR_INVALID;
+    if (!lh__cu_mul3(&total, n, c, hw) || !lh__cu_bytes_ok(total)) return LH_ERR_OVERFLOW;
+    if (total == 0) return LH_OK;
+    if (!out || !x || !gamma || !beta) return LH_ERR_INVALID;
+    int64_t tasks = n * groups;
+    group_norm_fwd<<<task_grid(tasks), GN_BLOCK, 0, lh__cuda(be)->stream>>>(
+        out, x, gamma, beta, tasks, c, hw, groups, eps, silu != 0);
+    return lh__cuda_launched(be, "group_norm");
+}
+
+extern "C" lh_status lh__cuda_group_norm_backward(lh_backend *be, float *dx, /* [n, c, hw] */
+                                                  float *dgamma, float *dbeta, /* [c] += */
+                                                  const float *dy, const float *x, /* [n, c, hw] */
+                                                  const float *gamma, const float *beta, /* [c] */
+                                                  int64_t n, int64_t c, int64_t hw,
+                                                  int64_t groups, float eps, int silu) {
+    int64_t total, nc2;
+    if (n < 0 || c < 0 || hw < 0 || groups < 1 || c % groups != 0 || !(eps >= 0.0f))
+        return LH_ERR_INVALID;
+    if (!lh__cu_mul3(&total, n, c, hw) || !lh__cu_bytes_ok(total) || !lh__cu_mul3(&nc2, n, c, 4) ||
+        !lh__cu_bytes_ok(nc2))
+        return LH_ERR_OVERFLOW;
+    if (total == 0 || (!dx && !dgamma && !dbeta)) return LH_OK;
+    if (!dy || !x || !gamma || (silu && !beta)) return LH_ERR_INVALID;
+    lh_cuda *cu = lh__cuda(be);
+    double *sb = NULL, *sg = NULL;
+    lh_status st;
+    if (dgamma || dbeta) {
+        void *p = NULL;
+        if ((st = lh__cuda_scratch(be, (size_t)(2 * n * c) * sizeof(double), &p)) != LH_OK)
+            return st;
+        sb = (double *)p;
+        sg = sb + n * c;
+    }
+    int64_t tasks = n * groups;
+    group_norm_bwd<<<task_grid(tasks), GN_BLOCK, 0, cu->stream>>>(
+        dx, sb, sg, dy, x, gamma, silu ? beta : NULL, tasks, c, hw, groups, eps, silu != 0);
+    if ((st = lh__cuda_launched(be, "group_norm_backward")) != LH_OK || !sb) return st;
+    group_norm_params<<<lh__cuda_grid(c, 256), 256, 0, cu->stream>>>(dgamma, dbeta, sg, sb, n, c);
+    return lh__cuda_launched(be, "group_norm_backward: parameters");
+}
+
+extern "C" lh_status lh__cuda_layer_norm(lh_backend *be, float *out, /* [rows, cols] */
+                                         const float *x,             /* [rows, cols] */
+                                         const float *gamma, const float *beta, /* [cols] */
+                                         int64_t rows, int64_t cols, float eps) {
+    int64_t total;
+    if (rows < 0 || cols < 0 || !(eps >= 0.0f)) return LH_ERR_INVALID;
+    if (!lh__cu_mul2(&total, rows, cols) || !lh__cu_bytes_ok(total)) return LH_ERR_OVERFLOW;
+    if (total == 0) return LH_OK;
+    if (!out || !x || !gamma || !beta) return LH_ERR_INVALID;
+    layer_norm_fwd<<<task_grid(rows), LN_BLOCK, 0, lh__cuda(be)->stream>>>(out, x, gamma, beta,
+                                                                          rows, cols, eps);
+    return lh__cuda_launched(be, "layer_norm");
+}
+
+extern "C" lh_status lh__cuda_layer_norm_backward(lh_backend *be, float *dx, /* [rows, cols] */
+                                                  float *dgamma, float *dbeta, /* [cols] += */
+                                                  const float *dy, /* [rows, cols] */
+                                                  const float *x,  /* [rows, cols] */
+                                                  const float *gamma, /* [cols] */
+                                                  int64_t rows, int64_t cols, float eps) {
+    int64_t total;
+    if (rows < 0 || cols < 0 || !(eps >= 0.0f)) return LH_ERR_INVALID;
+    if (!lh__cu_mul2(&total, rows, cols) || !lh__cu_bytes_ok(total)) return LH_ERR_OVERFLOW;
+    if (total == 0 || (!dx && !dgamma && !dbeta)) return LH_OK;
+    if (!dy || !x || !gamma) return LH_ERR_INVALID;
+    lh_cuda *cu = lh__cuda(be);
+    lh_status st;
+    int params = dgamma || dbeta;
+    int64_t chunk_rows = cdiv(rows, LN_CHUNKS), chunks, cells;
+    if (chunk_rows < 256) chunk_rows = 256;
+    chunks = cdiv(rows, chunk_rows);
+    /* scratch: pg, pb [chunks, cols] doubles, then mean, rstd [rows] floats */
+    if (!lh__cu_mul2(&cells, chunks, cols) || cells > INT64_MAX / 32 || rows > INT64_MAX / 16 ||
+        cdiv(cols, LN_BX) > INT_MAX)
+        return LH_ERR_OVERFLOW;
+    double *pg = NULL, *pb = NULL;
+    float *mean = NULL, *rstd = NULL;
+    if (params) {
+        void *p = NULL;
+        size_t bytes = (size_t)(2 * cells) * sizeof(double) + (size_t)(2 * rows) * sizeof(float);
+        if ((st = lh__cuda_scratch(be, bytes, &p)) != LH_OK) return st;
+        pg = (double *)p;
+        pb = pg + cells;
+        mean = (float *)(pb + cells);
+        rstd = mean + rows;
+    }
+    layer_norm_bwd<<<task_grid(rows), LN_BLOCK, 0, cu->stream>>>(dx, mean, rstd, dy, x, gamma,
+                                                                 rows, cols, eps);
+    if ((st = lh__cuda_launched(be, "layer_norm_backward")) != LH_OK || !params) return st;
+    dim3 grid((unsigned)cdiv(cols, LN_BX), (unsigned)chunks), block(LN_BX, LN_BY);
+    layer_norm_params_partial<<<grid, block, 0, cu->stream>>>(pg, pb, dy, x, mean, rstd, rows,
+                                                              cols, chunk_rows);
+    if ((st = lh__cuda_launched(be, "layer_norm_backward: parameters")) != LH_OK) return st;
+    layer_norm_params_finish<<<lh__cuda_grid(cols, 256), 256, 0, cu->stream>>>(dgamma, dbeta, pg,
+                                                                                pb, chunks, cols);
+    return lh__cuda_launched(be, "layer_norm_backward: parameters");
+}
