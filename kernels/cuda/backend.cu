@@ -485,7 +485,7 @@ extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *
                (bs = cublasSetMathMode(cu->cublas, CUBLAS_DEFAULT_MATH)) !=
                    CUBLAS_STATUS_SUCCESS) {
         what = "cuBLAS";
-        detail = "cublasCreate failed";
+        detail = cublasGetStatusString(bs);
     } else if ((ds = cudnnCreate(&cu->cudnn)) != CUDNN_STATUS_SUCCESS ||
                (ds = cudnnSetStream(cu->cudnn, cu->stream)) != CUDNN_STATUS_SUCCESS) {
         what = "cuDNN";
