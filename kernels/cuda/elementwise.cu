@@ -69,7 +69,9 @@ static lh_status pointwise(lh_backend *be, act_kind kind, float *out, const floa
     if (kind == ACT_SILU) silu_kernel<<<g, EW_BLOCK, 0, s>>>(out, x, n);
     else if (kind == ACT_GELU) gelu_kernel<<<g, EW_BLOCK, 0, s>>>(out, x, n);
     else quick_gelu_kernel<<<g, EW_BLOCK, 0, s>>>(out, x, n);
-    return lh__cuda_launched(be, kind == ACT_SILU ? "silu" : kind == ACT_GELU ? "gelu" : "quick_gelu");
+    return lh__cuda_launched(be, kind == ACT_SILU   ? "silu"
+                                 : kind == ACT_GELU ? "gelu"
+                                                    : "quick_gelu");
 }
 
 extern "C" lh_status lh__cuda_silu(lh_backend *be, float *out, const float *x, int64_t n) {
