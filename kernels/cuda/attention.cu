@@ -17,6 +17,8 @@
  *   forward:  per query row, online softmax (running max m and a per-lane
  *             partial sum l, rescaled by exp(m_old - m_new)), out = acc / l,
  *             lse = m + log l.
+ * Every accumulator sums a tile's 32 terms apart, then adds that to its
+ * running value: the float32 error grows with 32 + tiles, not with nk.
  *   backward: D = rowsum(dO * O) (one warp per row, float64 sum as the
  *             cpu's); lse, when not given, from the forward kernel with no
  *             output; then one kernel over query rows for dQ and one over
@@ -138,7 +140,12 @@ __global__ void __launch_bounds__(ATT_THREADS)
         }
         if (!out) continue;
 
-        /* acc[r][cc] += sum_j p[r][j] v[j][lane + 32 cc] */
+        /* acc[r][cc] += sum_j p[r][j] v[j][lane + 32 cc], summed per tile first */
+        float t[ATT_R][NC];
+#pragma unroll
+        for (int r = 0; r < ATT_R; r++)
+#pragma unroll
+            for (int cc = 0; cc < NC; cc++) t[r][cc] = 0.0f;
         for (int j = 0; j < kv; j++) {
             float vj[NC];
 #pragma unroll
@@ -150,9 +157,13 @@ __global__ void __launch_bounds__(ATT_THREADS)
             for (int r = 0; r < ATT_R; r++) {
                 float pj = __shfl_sync(FULL_MASK, s[r], j);
 #pragma unroll
-                for (int cc = 0; cc < NC; cc++) acc[r][cc] = fmaf(pj, vj[cc], acc[r][cc]);
+                for (int cc = 0; cc < NC; cc++) t[r][cc] = fmaf(pj, vj[cc], t[r][cc]);
             }
         }
+#pragma unroll
+        for (int r = 0; r < ATT_R; r++)
+#pragma unroll
+            for (int cc = 0; cc < NC; cc++) acc[r][cc] += t[r][cc];
     }
 
 #pragma unroll
@@ -255,6 +266,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
             float p = vis ? expf(s[r] * scale - lr[r]) : 0.0f;
             s[r] = p * (dp[r] - dr[r]); /* dS / scale */
         }
+        float t[ATT_R][NC]; /* the tile's sum first */
+#pragma unroll
+        for (int r = 0; r < ATT_R; r++)
+#pragma unroll
+            for (int cc = 0; cc < NC; cc++) t[r][cc] = 0.0f;
         for (int j = 0; j < kv; j++) {
             float kj[NC];
 #pragma unroll
@@ -266,9 +282,13 @@ __global__ void __launch_bounds__(ATT_THREADS)
             for (int r = 0; r < ATT_R; r++) {
                 float g = __shfl_sync(FULL_MASK, s[r], j);
 #pragma unroll
-                for (int cc = 0; cc < NC; cc++) acc[r][cc] = fmaf(g, kj[cc], acc[r][cc]);
+                for (int cc = 0; cc < NC; cc++) t[r][cc] = fmaf(g, kj[cc], t[r][cc]);
             }
         }
+#pragma unroll
+        for (int r = 0; r < ATT_R; r++)
+#pragma unroll
+            for (int cc = 0; cc < NC; cc++) acc[r][cc] += t[r][cc];
     }
 
 #pragma unroll
@@ -351,6 +371,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
             ds[r] = p * (dp[r] - dt[lane]); /* dS / scale */
             s[r] = p;
         }
+        float tk[ATT_R][NC], tv[ATT_R][NC]; /* the tile's sums first */
+#pragma unroll
+        for (int r = 0; r < ATT_R; r++)
+#pragma unroll
+            for (int cc = 0; cc < NC; cc++) tk[r][cc] = tv[r][cc] = 0.0f;
         for (int j = 0; j < qr; j++) {
             float qj[NC], gj[NC];
 #pragma unroll
@@ -364,11 +389,18 @@ __global__ void __launch_bounds__(ATT_THREADS)
                 float pj = __shfl_sync(FULL_MASK, s[r], j), sj = __shfl_sync(FULL_MASK, ds[r], j);
 #pragma unroll
                 for (int cc = 0; cc < NC; cc++) {
-                    adv[r][cc] = fmaf(pj, gj[cc], adv[r][cc]);
-                    adk[r][cc] = fmaf(sj, qj[cc], adk[r][cc]);
+                    tv[r][cc] = fmaf(pj, gj[cc], tv[r][cc]);
+                    tk[r][cc] = fmaf(sj, qj[cc], tk[r][cc]);
                 }
             }
         }
+#pragma unroll
+        for (int r = 0; r < ATT_R; r++)
+#pragma unroll
+            for (int cc = 0; cc < NC; cc++) {
+                adv[r][cc] += tv[r][cc];
+                adk[r][cc] += tk[r][cc];
+            }
     }
 
 #pragma unroll
