@@ -1,0 +1,616 @@
+/* CUDA parity: attention (forward and backward), the elementwise ops and
+ * activation backwards, the layout ops and the timestep embedding of the
+ * cuda backend against the cpu backend, on random inputs at Stable
+ * Diffusion 1.5 and CLIP shapes and at odd sizes; argument errors give the
+ * cpu's status codes; F16/BF16 activations agree at TOL_HALF. Skips (77)
+ * without the module or a device. Run: ctest -R cuda_parity_ops. */
+#include "cuda_parity.h"
+
+/* ---- Helpers ---- */
+
+/* A pair of buffers holding the same values: g on the cuda backend, c on the cpu. */
+typedef struct pair {
+    float *g, *c;
+    int64_t n;
+} pair;
+
+static pair pair_of(const float *host, int64_t n) {
+    pair p = {on(g_gpu, host, n), on(g_cpu, host, n), n};
+    return p;
+}
+
+static pair pair_rand(int64_t n, uint64_t seed, float lo, float hi) {
+    float *h = rand_host(n, seed, lo, hi);
+    pair p = pair_of(h, n);
+    free(h);
+    return p;
+}
+
+static void pair_free(pair *p) {
+    g_gpu->ops->free(g_gpu, p->g);
+    g_cpu->ops->free(g_cpu, p->c);
+    p->g = p->c = NULL;
+}
+
+static void expect_pair(const char *what, pair p, double tol) {
+    expect_close_dev(what, p.g, p.c, p.n, tol);
+}
+
+/* ---- Attention ---- */
+
+typedef struct att_shape {
+    int64_t b, heads, nq, nk, d;
+    int causal;
+} att_shape;
+
+/* Forward with and without lse, then the backward: with the forward's lse,
+ * with NULL lse, and with some outputs NULL (those left untouched). Both
+ * backwards read the cpu's out and lse, so only the op itself differs. */
+static void att_case(att_shape s, int backward, double tol) {
+    const int64_t qn = s.b * s.nq * s.heads * s.d, kn = s.b * s.nk * s.heads * s.d;
+    const int64_t ln = s.b * s.heads * s.nq;
+    const float scale = 1.0f / sqrtf((float)s.d);
+    const lh_backend_ops *G = g_gpu->ops, *C = g_cpu->ops;
+    char what[160];
+    uint64_t seed = (uint64_t)(s.nq * 131 + s.nk * 7 + s.d + s.causal);
+    pair q = pair_rand(qn, seed + 1, -1.0f, 1.0f), k = pair_rand(kn, seed + 2, -1.0f, 1.0f);
+    pair v = pair_rand(kn, seed + 3, -1.0f, 1.0f);
+    pair out = pair_of(NULL, qn), lse = pair_of(NULL, ln);
+#define SHAPE "b%lld h%lld nq%lld nk%lld d%lld%s"
+#define SHAPE_ARGS (long long)s.b, (long long)s.heads, (long long)s.nq, (long long)s.nk, \
+                   (long long)s.d, s.causal ? " causal" : ""
+
+    /* without lse */
+    ck_assert_int_eq(G->attention(g_gpu, out.g, NULL, q.g, k.g, v.g, s.b, s.heads, s.nq, s.nk,
+                                  s.d, scale, s.causal),
+                     LH_OK);
+    ck_assert_int_eq(C->attention(g_cpu, out.c, NULL, q.c, k.c, v.c, s.b, s.heads, s.nq, s.nk,
+                                  s.d, scale, s.causal),
+                     LH_OK);
+    snprintf(what, sizeof what, "attention " SHAPE, SHAPE_ARGS);
+    expect_pair(what, out, tol);
+    /* with lse */
+    ck_assert_int_eq(G->attention(g_gpu, out.g, lse.g, q.g, k.g, v.g, s.b, s.heads, s.nq, s.nk,
+                                  s.d, scale, s.causal),
+                     LH_OK);
+    ck_assert_int_eq(C->attention(g_cpu, out.c, lse.c, q.c, k.c, v.c, s.b, s.heads, s.nq, s.nk,
+                                  s.d, scale, s.causal),
+                     LH_OK);
+    snprintf(what, sizeof what, "attention+lse out " SHAPE, SHAPE_ARGS);
+    expect_pair(what, out, tol);
+    snprintf(what, sizeof what, "attention lse " SHAPE, SHAPE_ARGS);
+    expect_pair(what, lse, tol);
+
+    if (backward) {
+        /* the cpu's forward results feed both backwards */
+        float *o_h = back(g_cpu, out.c, qn), *l_h = back(g_cpu, lse.c, ln);
+        ck_assert_int_eq(G->upload(g_gpu, out.g, o_h, sizeof(float) * (size_t)qn), LH_OK);
+        ck_assert_int_eq(G->upload(g_gpu, lse.g, l_h, sizeof(float) * (size_t)ln), LH_OK);
+        free(o_h);
+        free(l_h);
+        pair dout = pair_rand(qn, seed + 4, -1.0f, 1.0f);
+        pair dq = pair_rand(qn, 91, -5, 5), dk = pair_rand(kn, 92, -5, 5);
+        pair dv = pair_rand(kn, 93, -5, 5); /* garbage: the op writes them */
+        for (int with_lse = 1; with_lse >= 0; with_lse--) {
+            ck_assert_int_eq(G->attention_backward(g_gpu, dq.g, dk.g, dv.g, dout.g, out.g,
+                                                   with_lse ? lse.g : NULL, q.g, k.g, v.g, s.b,
+                                                   s.heads, s.nq, s.nk, s.d, scale, s.causal),
+                             LH_OK);
+            ck_assert_int_eq(C->attention_backward(g_cpu, dq.c, dk.c, dv.c, dout.c, out.c,
+                                                   with_lse ? lse.c : NULL, q.c, k.c, v.c, s.b,
+                                                   s.heads, s.nq, s.nk, s.d, scale, s.causal),
+                             LH_OK);
+            const char *l = with_lse ? "lse" : "NULL lse";
+            snprintf(what, sizeof what, "attention_backward dq (%s) " SHAPE, l, SHAPE_ARGS);
+            expect_pair(what, dq, tol);
+            snprintf(what, sizeof what, "attention_backward dk (%s) " SHAPE, l, SHAPE_ARGS);
+            expect_pair(what, dk, tol);
+            snprintf(what, sizeof what, "attention_backward dv (%s) " SHAPE, l, SHAPE_ARGS);
+            expect_pair(what, dv, tol);
+        }
+        /* NULL outputs: a sentinel buffer stays as it was */
+        float *sent = rand_host(qn > kn ? qn : kn, 94, 7.0f, 8.0f);
+        ck_assert_int_eq(G->upload(g_gpu, dk.g, sent, sizeof(float) * (size_t)kn), LH_OK);
+        ck_assert_int_eq(G->upload(g_gpu, dq.g, sent, sizeof(float) * (size_t)qn), LH_OK);
+        ck_assert_int_eq(G->attention_backward(g_gpu, NULL, NULL, dv.g, dout.g, out.g, lse.g, q.g,
+                                               k.g, v.g, s.b, s.heads, s.nq, s.nk, s.d, scale,
+                                               s.causal),
+                         LH_OK);
+        snprintf(what, sizeof what, "attention_backward dv only " SHAPE, SHAPE_ARGS);
+        expect_pair(what, dv, tol);
+        float *dk_h = back(g_gpu, dk.g, kn), *dq_h = back(g_gpu, dq.g, qn);
+        ck_assert_mem_eq(dk_h, sent, sizeof(float) * (size_t)kn);
+        ck_assert_mem_eq(dq_h, sent, sizeof(float) * (size_t)qn);
+        free(dk_h);
+        free(dq_h);
+        ck_assert_int_eq(G->attention_backward(g_gpu, dq.g, NULL, NULL, dout.g, out.g, NULL, q.g,
+                                               k.g, v.g, s.b, s.heads, s.nq, s.nk, s.d, scale,
+                                               s.causal),
+                         LH_OK);
+        snprintf(what, sizeof what, "attention_backward dq only " SHAPE, SHAPE_ARGS);
+        expect_pair(what, dq, tol);
+        ck_assert_int_eq(G->attention_backward(g_gpu, NULL, dk.g, NULL, dout.g, out.g, lse.g, q.g,
+                                               k.g, v.g, s.b, s.heads, s.nq, s.nk, s.d, scale,
+                                               s.causal),
+                         LH_OK);
+        snprintf(what, sizeof what, "attention_backward dk only " SHAPE, SHAPE_ARGS);
+        expect_pair(what, dk, tol);
+        free(sent);
+        pair_free(&dout);
+        pair_free(&dq);
+        pair_free(&dk);
+        pair_free(&dv);
+    }
+#undef SHAPE
+#undef SHAPE_ARGS
+    pair_free(&q);
+    pair_free(&k);
+    pair_free(&v);
+    pair_free(&out);
+    pair_free(&lse);
+}
+
+/* SD 1.5 at 64x64 latents: self attention over 4096 tokens, cross attention
+ * over 77 text tokens, per UNet level (d 40 / 80 / 160 at 4096 / 1024 / 256
+ * tokens; 8 heads). */
+START_TEST(test_attention_sd15) {
+    att_case((att_shape){2, 8, 4096, 4096, 40, 0}, 1, TOL_F32);
+    att_case((att_shape){2, 8, 4096, 77, 40, 0}, 1, TOL_F32);
+    att_case((att_shape){2, 8, 1024, 1024, 80, 0}, 1, TOL_F32);
+    att_case((att_shape){2, 8, 1024, 77, 80, 0}, 1, TOL_F32);
+    att_case((att_shape){2, 8, 256, 256, 160, 0}, 1, TOL_F32);
+    att_case((att_shape){2, 8, 256, 77, 160, 0}, 1, TOL_F32);
+}
+END_TEST
+
+/* CLIP's text encoder: causal, 12 heads of 64, 77 tokens. */
+START_TEST(test_attention_clip) {
+    att_case((att_shape){2, 12, 77, 77, 64, 1}, 1, TOL_F32);
+    att_case((att_shape){1, 12, 77, 77, 64, 0}, 1, TOL_F32);
+}
+END_TEST
+
+/* Sizes off every tile: one query, three keys, d not a multiple of 4 or of
+ * 32, nq > nk with the causal mask, the largest head dim. */
+START_TEST(test_attention_odd) {
+    static const att_shape shapes[] = {
+        {1, 1, 1, 3, 8, 0},    {1, 1, 1, 3, 8, 1},     {2, 3, 5, 3, 3, 1},
+        {2, 3, 33, 65, 17, 1}, {1, 2, 65, 33, 33, 0},  {1, 2, 65, 33, 33, 1},
+        {3, 1, 17, 1, 64, 0},  {1, 4, 100, 129, 96, 1}, {1, 2, 40, 50, 256, 0},
+        {1, 1, 47, 47, 1, 1},  {2, 2, 31, 97, 160, 1},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) att_case(shapes[i], 1, TOL_F32);
+}
+END_TEST
+
+/* nq 0 with keys: dk and dv are zeros (the cpu's), dq untouched. */
+START_TEST(test_attention_no_queries) {
+    const int64_t kn = 2 * 3 * 8;
+    pair k = pair_rand(kn, 5, -1, 1), v = pair_rand(kn, 6, -1, 1), x = pair_rand(8, 7, -1, 1);
+    pair dk = pair_rand(kn, 8, -1, 1), dv = pair_rand(kn, 9, -1, 1);
+    ck_assert_int_eq(g_gpu->ops->attention_backward(g_gpu, NULL, dk.g, dv.g, x.g, x.g, NULL, x.g,
+                                                    k.g, v.g, 2, 1, 0, 3, 8, 0.5f, 0),
+                     LH_OK);
+    ck_assert_int_eq(g_cpu->ops->attention_backward(g_cpu, NULL, dk.c, dv.c, x.c, x.c, NULL, x.c,
+                                                    k.c, v.c, 2, 1, 0, 3, 8, 0.5f, 0),
+                     LH_OK);
+    expect_pair("attention_backward nq 0 dk", dk, 0);
+    expect_pair("attention_backward nq 0 dv", dv, 0);
+    pair_free(&k);
+    pair_free(&v);
+    pair_free(&x);
+    pair_free(&dk);
+    pair_free(&dv);
+}
+END_TEST
+
+/* ---- Elementwise ---- */
+
+static const int64_t ew_sizes[] = {1, 7, 1000, (1 << 20) + 3};
+
+typedef lh_status (*act_op)(lh_backend *, float *, const float *, int64_t);
+typedef lh_status (*act_bw_op)(lh_backend *, float *, const float *, const float *, int64_t);
+
+static void act_case(const char *name, size_t off, size_t off_bw) {
+    for (size_t t = 0; t < sizeof ew_sizes / sizeof ew_sizes[0]; t++) {
+        int64_t n = ew_sizes[t];
+        char what[96];
+        pair x = pair_rand(n, 11 + t, -8.0f, 8.0f), out = pair_of(NULL, n);
+        pair dy = pair_rand(n, 21 + t, -2.0f, 2.0f), dx = pair_of(NULL, n);
+        act_op fg = *(const act_op *)((const char *)g_gpu->ops + off);
+        act_op fc = *(const act_op *)((const char *)g_cpu->ops + off);
+        ck_assert_int_eq(fg(g_gpu, out.g, x.g, n), LH_OK);
+        ck_assert_int_eq(fc(g_cpu, out.c, x.c, n), LH_OK);
+        snprintf(what, sizeof what, "%s n=%lld", name, (long long)n);
+        expect_pair(what, out, TOL_F32);
+        act_bw_op bg = *(const act_bw_op *)((const char *)g_gpu->ops + off_bw);
+        act_bw_op bc = *(const act_bw_op *)((const char *)g_cpu->ops + off_bw);
+        ck_assert_int_eq(bg(g_gpu, dx.g, dy.g, x.g, n), LH_OK);
+        ck_assert_int_eq(bc(g_cpu, dx.c, dy.c, x.c, n), LH_OK);
+        snprintf(what, sizeof what, "%s_backward n=%lld", name, (long long)n);
+        expect_pair(what, dx, TOL_F32);
+        /* dx aliasing dy */
+        ck_assert_int_eq(bg(g_gpu, dy.g, dy.g, x.g, n), LH_OK);
+        ck_assert_int_eq(bc(g_cpu, dy.c, dy.c, x.c, n), LH_OK);
+        snprintf(what, sizeof what, "%s_backward in place n=%lld", name, (long long)n);
+        expect_pair(what, dy, TOL_F32);
+        /* out aliasing x */
+        ck_assert_int_eq(fg(g_gpu, x.g, x.g, n), LH_OK);
+        ck_assert_int_eq(fc(g_cpu, x.c, x.c, n), LH_OK);
+        snprintf(what, sizeof what, "%s in place n=%lld", name, (long long)n);
+        expect_pair(what, x, TOL_F32);
+        pair_free(&x);
+        pair_free(&out);
+        pair_free(&dy);
+        pair_free(&dx);
+    }
+}
+
+START_TEST(test_activations) {
+    act_case("silu", offsetof(lh_backend_ops, silu), offsetof(lh_backend_ops, silu_backward));
+    act_case("gelu", offsetof(lh_backend_ops, gelu), offsetof(lh_backend_ops, gelu_backward));
+    act_case("quick_gelu", offsetof(lh_backend_ops, quick_gelu),
+             offsetof(lh_backend_ops, quick_gelu_backward));
+}
+END_TEST
+
+START_TEST(test_geglu) {
+    static const int64_t shapes[][2] = {{1, 1}, {3, 5}, {2 * 4096, 1280}, {77, 33}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        int64_t rows = shapes[t][0], f = shapes[t][1];
+        char what[96];
+        pair x = pair_rand(rows * 2 * f, 31 + t, -6.0f, 6.0f), out = pair_of(NULL, rows * f);
+        pair dy = pair_rand(rows * f, 41 + t, -2.0f, 2.0f), dx = pair_of(NULL, rows * 2 * f);
+        ck_assert_int_eq(g_gpu->ops->geglu(g_gpu, out.g, x.g, rows, f), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->geglu(g_cpu, out.c, x.c, rows, f), LH_OK);
+        snprintf(what, sizeof what, "geglu rows %lld f %lld", (long long)rows, (long long)f);
+        expect_pair(what, out, TOL_F32);
+        ck_assert_int_eq(g_gpu->ops->geglu_backward(g_gpu, dx.g, dy.g, x.g, rows, f), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->geglu_backward(g_cpu, dx.c, dy.c, x.c, rows, f), LH_OK);
+        snprintf(what, sizeof what, "geglu_backward rows %lld f %lld", (long long)rows,
+                 (long long)f);
+        expect_pair(what, dx, TOL_F32);
+        pair_free(&x);
+        pair_free(&out);
+        pair_free(&dy);
+        pair_free(&dx);
+    }
+}
+END_TEST
+
+START_TEST(test_add_axpby) {
+    for (size_t t = 0; t < sizeof ew_sizes / sizeof ew_sizes[0]; t++) {
+        int64_t n = ew_sizes[t];
+        char what[96];
+        pair a = pair_rand(n, 51 + t, -3, 3), b = pair_rand(n, 61 + t, -3, 3);
+        pair out = pair_of(NULL, n);
+        ck_assert_int_eq(g_gpu->ops->add(g_gpu, out.g, a.g, b.g, n), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->add(g_cpu, out.c, a.c, b.c, n), LH_OK);
+        snprintf(what, sizeof what, "add n=%lld", (long long)n);
+        expect_pair(what, out, TOL_F32);
+        ck_assert_int_eq(g_gpu->ops->axpby(g_gpu, out.g, 0.7f, a.g, -1.3f, b.g, n), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->axpby(g_cpu, out.c, 0.7f, a.c, -1.3f, b.c, n), LH_OK);
+        snprintf(what, sizeof what, "axpby n=%lld", (long long)n);
+        expect_pair(what, out, TOL_F32);
+        /* out aliasing a, then b */
+        ck_assert_int_eq(g_gpu->ops->add(g_gpu, a.g, a.g, b.g, n), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->add(g_cpu, a.c, a.c, b.c, n), LH_OK);
+        ck_assert_int_eq(g_gpu->ops->add(g_gpu, b.g, a.g, b.g, n), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->add(g_cpu, b.c, a.c, b.c, n), LH_OK);
+        ck_assert_int_eq(g_gpu->ops->axpby(g_gpu, a.g, 2.0f, a.g, 0.5f, b.g, n), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->axpby(g_cpu, a.c, 2.0f, a.c, 0.5f, b.c, n), LH_OK);
+        snprintf(what, sizeof what, "add/axpby in place n=%lld", (long long)n);
+        expect_pair(what, a, TOL_F32);
+        expect_pair(what, b, TOL_F32);
+        pair_free(&a);
+        pair_free(&b);
+        pair_free(&out);
+    }
+}
+END_TEST
+
+START_TEST(test_channel_bias) {
+    static const int64_t shapes[][3] = {{2, 320, 4096}, {1, 3, 1}, {2, 1280, 64}, {3, 5, 7},
+                                        {2, 4, 0}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        int64_t o = shapes[t][0], c = shapes[t][1], in = shapes[t][2], n = o * c * in;
+        char what[96];
+        pair x = pair_rand(n, 71 + t, -2, 2), bias = pair_rand(o * c, 81 + t, -1, 1);
+        pair out = pair_of(NULL, n), db = pair_rand(o * c, 3, 5, 6);
+        ck_assert_int_eq(g_gpu->ops->add_channel_bias(g_gpu, out.g, x.g, bias.g, o, c, in), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->add_channel_bias(g_cpu, out.c, x.c, bias.c, o, c, in), LH_OK);
+        snprintf(what, sizeof what, "add_channel_bias %lldx%lldx%lld", (long long)o, (long long)c,
+                 (long long)in);
+        expect_pair(what, out, TOL_F32);
+        ck_assert_int_eq(g_gpu->ops->add_channel_bias(g_gpu, x.g, x.g, bias.g, o, c, in), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->add_channel_bias(g_cpu, x.c, x.c, bias.c, o, c, in), LH_OK);
+        snprintf(what, sizeof what, "add_channel_bias in place %lldx%lldx%lld", (long long)o,
+                 (long long)c, (long long)in);
+        expect_pair(what, x, TOL_F32);
+        ck_assert_int_eq(g_gpu->ops->channel_bias_backward(g_gpu, db.g, x.g, o, c, in), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->channel_bias_backward(g_cpu, db.c, x.c, o, c, in), LH_OK);
+        snprintf(what, sizeof what, "channel_bias_backward %lldx%lldx%lld", (long long)o,
+                 (long long)c, (long long)in);
+        expect_pair(what, db, TOL_F32);
+        pair_free(&x);
+        pair_free(&bias);
+        pair_free(&out);
+        pair_free(&db);
+    }
+}
+END_TEST
+
+/* Computed on the host with the cpu's formula: equal up to libm's and the
+ * compilers' vectorisation (expected bit for bit). */
+START_TEST(test_timestep_embedding) {
+    static const float ts[] = {0.0f, 1.0f, 20.5f, 500.0f, 999.0f};
+    static const int64_t dims[] = {320, 7, 1, 2};
+    const int64_t n = sizeof ts / sizeof ts[0];
+    for (size_t t = 0; t < sizeof dims / sizeof dims[0]; t++)
+        for (int flip = 0; flip <= 1; flip++)
+            for (int shift = 0; shift <= 1; shift++) {
+                int64_t dim = dims[t];
+                if (dim / 2 > 0 && dim / 2 == shift) continue; /* half - shift = 0: invalid */
+                char what[96];
+                pair out = pair_of(NULL, n * dim);
+                ck_assert_int_eq(g_gpu->ops->timestep_embedding(g_gpu, out.g, ts, n, dim, flip,
+                                                                (float)shift, 10000.0f),
+                                 LH_OK);
+                ck_assert_int_eq(g_cpu->ops->timestep_embedding(g_cpu, out.c, ts, n, dim, flip,
+                                                                (float)shift, 10000.0f),
+                                 LH_OK);
+                snprintf(what, sizeof what, "timestep_embedding dim %lld flip %d shift %d",
+                         (long long)dim, flip, shift);
+                expect_pair(what, out, TOL_F32);
+                pair_free(&out);
+            }
+}
+END_TEST
+
+/* ---- Layout ---- */
+
+START_TEST(test_upsample) {
+    static const int64_t shapes[][4] = {{2, 3, 5, 7}, {2, 320, 32, 32}, {1, 1, 1, 1}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        int64_t n = shapes[t][0], c = shapes[t][1], h = shapes[t][2], w = shapes[t][3];
+        int64_t small = n * c * h * w;
+        char what[96];
+        pair x = pair_rand(small, 101 + t, -1, 1), out = pair_of(NULL, 4 * small);
+        pair dy = pair_rand(4 * small, 111 + t, -1, 1), dx = pair_of(NULL, small);
+        ck_assert_int_eq(g_gpu->ops->upsample_nearest2x(g_gpu, out.g, x.g, n, c, h, w), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->upsample_nearest2x(g_cpu, out.c, x.c, n, c, h, w), LH_OK);
+        snprintf(what, sizeof what, "upsample_nearest2x %lldx%lldx%lldx%lld", (long long)n,
+                 (long long)c, (long long)h, (long long)w);
+        expect_pair(what, out, 0.0);
+        ck_assert_int_eq(g_gpu->ops->upsample_nearest2x_backward(g_gpu, dx.g, dy.g, n, c, h, w),
+                         LH_OK);
+        ck_assert_int_eq(g_cpu->ops->upsample_nearest2x_backward(g_cpu, dx.c, dy.c, n, c, h, w),
+                         LH_OK);
+        snprintf(what, sizeof what, "upsample_nearest2x_backward %lldx%lldx%lldx%lld",
+                 (long long)n, (long long)c, (long long)h, (long long)w);
+        expect_pair(what, dx, 0.0);
+        pair_free(&x);
+        pair_free(&out);
+        pair_free(&dy);
+        pair_free(&dx);
+    }
+}
+END_TEST
+
+START_TEST(test_concat_split) {
+    static const int64_t shapes[][4] = {{2, 3, 5, 17}, {2, 640, 320, 1024}, {1, 0, 4, 9},
+                                        {3, 4, 0, 9}, {1, 1, 1, 1}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        int64_t n = shapes[t][0], ca = shapes[t][1], cb = shapes[t][2], hw = shapes[t][3];
+        int64_t an = n * ca * hw, bn = n * cb * hw, xn = an + bn;
+        char what[96];
+        pair a = pair_rand(an, 121 + t, -1, 1), b = pair_rand(bn, 131 + t, -1, 1);
+        pair x = pair_of(NULL, xn);
+        ck_assert_int_eq(g_gpu->ops->concat_channels(g_gpu, x.g, a.g, b.g, n, ca, cb, hw), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->concat_channels(g_cpu, x.c, a.c, b.c, n, ca, cb, hw), LH_OK);
+        snprintf(what, sizeof what, "concat_channels n%lld %lld+%lld hw%lld", (long long)n,
+                 (long long)ca, (long long)cb, (long long)hw);
+        expect_pair(what, x, 0.0);
+        pair x2 = pair_rand(xn, 141 + t, -1, 1);
+        /* split all, then with a NULL, then b NULL: the other keeps its values */
+        for (int mode = 0; mode < 3; mode++) {
+            ck_assert_int_eq(g_gpu->ops->split_channels(g_gpu, mode == 1 ? NULL : a.g,
+                                                        mode == 2 ? NULL : b.g,
+                                                        mode ? x2.g : x.g, n, ca, cb, hw),
+                             LH_OK);
+            ck_assert_int_eq(g_cpu->ops->split_channels(g_cpu, mode == 1 ? NULL : a.c,
+                                                        mode == 2 ? NULL : b.c,
+                                                        mode ? x2.c : x.c, n, ca, cb, hw),
+                             LH_OK);
+            snprintf(what, sizeof what, "split_channels mode %d n%lld %lld+%lld hw%lld", mode,
+                     (long long)n, (long long)ca, (long long)cb, (long long)hw);
+            expect_pair(what, a, 0.0);
+            expect_pair(what, b, 0.0);
+        }
+        pair_free(&a);
+        pair_free(&b);
+        pair_free(&x);
+        pair_free(&x2);
+    }
+}
+END_TEST
+
+START_TEST(test_transpose) {
+    static const int64_t shapes[][3] = {{2, 320, 4096}, {2, 33, 47}, {1, 1, 5}, {3, 5, 1},
+                                        {1, 1280, 64}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        int64_t n = shapes[t][0], c = shapes[t][1], hw = shapes[t][2], total = n * c * hw;
+        char what[96];
+        pair x = pair_rand(total, 151 + t, -1, 1), out = pair_of(NULL, total);
+        ck_assert_int_eq(g_gpu->ops->transpose_c_hw(g_gpu, out.g, x.g, n, c, hw), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->transpose_c_hw(g_cpu, out.c, x.c, n, c, hw), LH_OK);
+        snprintf(what, sizeof what, "transpose_c_hw %lldx%lldx%lld", (long long)n, (long long)c,
+                 (long long)hw);
+        expect_pair(what, out, 0.0);
+        pair_free(&x);
+        pair_free(&out);
+    }
+}
+END_TEST
+
+/* ---- Argument errors: the cpu's status on both ---- */
+
+/* be->ops->fn(be, ...) on the cpu, then on the cuda backend, B the
+ * backend's scratch buffer: the same status. */
+#define SAME(fn, ...)                                                                      \
+    do {                                                                                   \
+        lh_backend *be = g_cpu;                                                            \
+        float *B = bc;                                                                     \
+        lh_status want = be->ops->fn(be, __VA_ARGS__);                                     \
+        be = g_gpu;                                                                        \
+        B = bg;                                                                            \
+        lh_status got = be->ops->fn(be, __VA_ARGS__);                                      \
+        (void)B;                                                                           \
+        ck_assert_msg(got == want, "%s(%s): cuda %d, cpu %d", #fn, #__VA_ARGS__, (int)got, \
+                      (int)want);                                                          \
+    } while (0)
+
+START_TEST(test_errors) {
+    const int64_t big = INT64_MAX / 2;
+    float *bg = on(g_gpu, NULL, 4096), *bc = on(g_cpu, NULL, 4096);
+    float t = 1.0f;
+    /* attention */
+    SAME(attention, B, NULL, B, B, B, -1, 1, 1, 1, 8, 1.0f, 0);
+    SAME(attention, B, NULL, B, B, B, 1, 1, 1, 0, 8, 1.0f, 0);
+    SAME(attention, B, NULL, B, B, B, 1, 1, 1, 1, 8, NAN, 0);
+    SAME(attention, B, NULL, B, B, B, 1, 1, 1, 1, 8, INFINITY, 0);
+    SAME(attention, NULL, NULL, B, B, B, 1, 1, 1, 1, 8, 1.0f, 0);
+    SAME(attention, B, NULL, B, NULL, B, 1, 1, 1, 1, 8, 1.0f, 0);
+    SAME(attention, B, NULL, B, B, B, big, big, 1, 1, 8, 1.0f, 0);
+    SAME(attention, NULL, NULL, NULL, NULL, NULL, 0, 1, 1, 1, 8, 1.0f, 0);
+    SAME(attention, NULL, NULL, NULL, NULL, NULL, 1, 1, 0, 0, 8, 1.0f, 0);
+    SAME(attention_backward, B, B, B, B, B, NULL, B, B, B, 1, 1, 1, 0, 8, 1.0f, 0);
+    SAME(attention_backward, B, B, B, NULL, B, NULL, B, B, B, 1, 1, 1, 1, 8, 1.0f, 0);
+    SAME(attention_backward, B, B, B, B, B, NULL, B, B, NULL, 1, 1, 1, 1, 8, 1.0f, 0);
+    SAME(attention_backward, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 1, 1, 1, 8,
+         1.0f, 0);
+    SAME(attention_backward, B, B, B, B, B, NULL, B, B, B, 1, -1, 1, 1, 8, 1.0f, 0);
+    SAME(attention_backward, B, B, B, B, B, NULL, B, B, B, 1, 1, 1, 1, 8, NAN, 0);
+    SAME(attention_backward, B, B, B, B, B, NULL, B, B, B, big, big, 1, 1, 8, 1.0f, 0);
+    /* elementwise */
+    SAME(silu, B, B, -1);
+    SAME(gelu, NULL, B, 4);
+    SAME(quick_gelu, B, NULL, 4);
+    SAME(silu, NULL, NULL, 0);
+    SAME(gelu, B, B, big);
+    SAME(geglu, B, B, -1, 4);
+    SAME(geglu, B, B, big, big);
+    SAME(geglu, NULL, B, 2, 4);
+    SAME(add, B, B, NULL, 4);
+    SAME(add, B, B, B, -2);
+    SAME(axpby, B, 1.0f, NULL, 1.0f, B, 4);
+    SAME(add_channel_bias, B, B, NULL, 1, 2, 2);
+    SAME(add_channel_bias, B, B, B, 1, -2, 2);
+    SAME(add_channel_bias, B, B, B, big, big, 2);
+    SAME(timestep_embedding, B, NULL, 1, 8, 0, 1.0f, 10000.0f);
+    SAME(timestep_embedding, B, &t, 1, 8, 0, 1.0f, 0.0f);
+    SAME(timestep_embedding, B, &t, 1, 8, 0, NAN, 10000.0f);
+    SAME(timestep_embedding, B, &t, 1, 8, 0, 4.0f, 10000.0f);
+    SAME(timestep_embedding, B, &t, -1, 8, 0, 1.0f, 10000.0f);
+    SAME(silu_backward, B, NULL, B, 4);
+    SAME(gelu_backward, B, B, B, -4);
+    SAME(quick_gelu_backward, NULL, B, B, 4);
+    SAME(geglu_backward, B, B, NULL, 2, 2);
+    SAME(channel_bias_backward, NULL, B, 2, 2, 2);
+    SAME(channel_bias_backward, B, NULL, 2, 2, 2);
+    SAME(channel_bias_backward, B, NULL, 2, 2, 0);
+    SAME(channel_bias_backward, B, B, big, big, 2);
+    /* layout */
+    SAME(upsample_nearest2x, B, B, 1, -1, 2, 2);
+    SAME(upsample_nearest2x, B, NULL, 1, 1, 2, 2);
+    SAME(upsample_nearest2x, B, B, big, 1, 1, 4);
+    SAME(upsample_nearest2x_backward, NULL, B, 1, 1, 2, 2);
+    SAME(concat_channels, B, NULL, B, 1, 2, 2, 2);
+    SAME(concat_channels, B, NULL, B, 1, 0, 2, 2);
+    SAME(concat_channels, B, B, B, 1, INT64_MAX, 1, 1);
+    SAME(split_channels, B, B, NULL, 1, 2, 2, 2);
+    SAME(split_channels, NULL, NULL, NULL, 1, 2, 2, 2);
+    SAME(split_channels, B, B, B, big, 2, 2, 4);
+    SAME(transpose_c_hw, B, B, 1, 2, 2);
+    SAME(transpose_c_hw, NULL, B, 1, 2, 2);
+    SAME(transpose_c_hw, B, B, -1, 2, 2);
+    g_gpu->ops->free(g_gpu, bg);
+    g_cpu->ops->free(g_cpu, bc);
+}
+END_TEST
+
+/* ---- Mixed precision: outputs rounded to F16 / BF16 as the cpu's ---- */
+
+START_TEST(test_half_outputs) {
+    static const lh_dtype types[] = {LH_DTYPE_F16, LH_DTYPE_BF16};
+    for (size_t t = 0; t < 2; t++) {
+        ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, types[t]), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, types[t]), LH_OK);
+        const char *tn = types[t] == LH_DTYPE_F16 ? "f16" : "bf16";
+        char what[96];
+        const int64_t n = 4099;
+        pair x = pair_rand(2 * n, 201, -6, 6), out = pair_of(NULL, 2 * n);
+        pair dy = pair_rand(2 * n, 202, -2, 2), dx = pair_of(NULL, 2 * n);
+        ck_assert_int_eq(g_gpu->ops->silu(g_gpu, out.g, x.g, n), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->silu(g_cpu, out.c, x.c, n), LH_OK);
+        snprintf(what, sizeof what, "silu %s", tn);
+        expect_close_dev(what, out.g, out.c, n, TOL_HALF);
+        ck_assert_int_eq(g_gpu->ops->geglu(g_gpu, out.g, x.g, 1, n), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->geglu(g_cpu, out.c, x.c, 1, n), LH_OK);
+        snprintf(what, sizeof what, "geglu %s", tn);
+        expect_close_dev(what, out.g, out.c, n, TOL_HALF);
+        ck_assert_int_eq(g_gpu->ops->gelu_backward(g_gpu, dx.g, dy.g, x.g, 2 * n), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->gelu_backward(g_cpu, dx.c, dy.c, x.c, 2 * n), LH_OK);
+        snprintf(what, sizeof what, "gelu_backward %s", tn);
+        expect_pair(what, dx, TOL_HALF);
+        ck_assert_int_eq(g_gpu->ops->axpby(g_gpu, out.g, 1e3f, x.g, 1e2f, dy.g, 2 * n), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->axpby(g_cpu, out.c, 1e3f, x.c, 1e2f, dy.c, 2 * n), LH_OK);
+        snprintf(what, sizeof what, "axpby %s", tn);
+        expect_pair(what, out, TOL_HALF);
+        ck_assert_int_eq(g_gpu->ops->channel_bias_backward(g_gpu, out.g, dy.g, 2, 3, 1000), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->channel_bias_backward(g_cpu, out.c, dy.c, 2, 3, 1000), LH_OK);
+        snprintf(what, sizeof what, "channel_bias_backward %s", tn);
+        expect_close_dev(what, out.g, out.c, 6, TOL_HALF);
+        static const float ts[] = {999.0f, 1.0f};
+        ck_assert_int_eq(g_gpu->ops->timestep_embedding(g_gpu, out.g, ts, 2, 320, 1, 0.0f,
+                                                        10000.0f),
+                         LH_OK);
+        ck_assert_int_eq(g_cpu->ops->timestep_embedding(g_cpu, out.c, ts, 2, 320, 1, 0.0f,
+                                                        10000.0f),
+                         LH_OK);
+        snprintf(what, sizeof what, "timestep_embedding %s", tn);
+        expect_close_dev(what, out.g, out.c, 640, TOL_HALF);
+        pair_free(&x);
+        pair_free(&out);
+        pair_free(&dy);
+        pair_free(&dx);
+        /* attention, forward and backward */
+        att_case((att_shape){1, 2, 77, 77, 40, 0}, 1, TOL_HALF);
+        att_case((att_shape){1, 12, 77, 77, 64, 1}, 1, TOL_HALF);
+        ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, LH_DTYPE_F32), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, LH_DTYPE_F32), LH_OK);
+    }
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("cuda_parity_ops");
+    TCase *tc = tcase_create("ops");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, test_errors);
+    tcase_add_test(tc, test_activations);
+    tcase_add_test(tc, test_geglu);
+    tcase_add_test(tc, test_add_axpby);
+    tcase_add_test(tc, test_channel_bias);
+    tcase_add_test(tc, test_timestep_embedding);
+    tcase_add_test(tc, test_upsample);
+    tcase_add_test(tc, test_concat_split);
+    tcase_add_test(tc, test_transpose);
+    tcase_add_test(tc, test_attention_odd);
+    tcase_add_test(tc, test_attention_no_queries);
+    tcase_add_test(tc, test_attention_clip);
+    tcase_add_test(tc, test_attention_sd15);
+    tcase_add_test(tc, test_half_outputs);
+    suite_add_tcase(s, tc);
+    return parity_run(s);
+}
