@@ -99,6 +99,8 @@ def main():
     d = unet_dir(args.cache)
     shape = [str(args.batch), str(args.size), str(args.size), str(args.ctx), str(args.iters)]
     env = dict(os.environ, LH_CUDA_STATS="1")
+    if os.environ.get("LH_LD_LIBRARY_PATH"):  # bench/gpu/run.sh: the packed libraries
+        env["LD_LIBRARY_PATH"] = os.environ["LH_LD_LIBRARY_PATH"]
     ours = run_json([os.path.join(args.build, "bench", "bench_unet"), d] + shape + ["0", "cuda"],
                     env)
     ref = run_json([sys.executable, __file__, "--torch-worker", "--dir", d, "--batch",
