@@ -4,9 +4,10 @@
  * fp32 components at 1e-5 relative (each is many ops deep, so the bound
  * is on the output's largest magnitude); the whole generation compares the
  * final latents at 1e-4 (20 scheduler steps feed rounding back) and the
- * decoded images within 1/255. Skips (77) without the module or a device;
+ * decoded images within 1/255; the same with a LoRA, runtime and merged. Skips (77) without the module or a device;
  * run with CK_FORK=no. */
 #include "cuda_parity.h"
+#include "lorahost/adapters.h"
 #include "lorahost/lorahost.h"
 #include "model.h"
 #include "pipeline.h"
@@ -152,6 +153,48 @@ START_TEST(test_txt2img) {
 }
 END_TEST
 
+/* A LoRA (kohya file of the test fixtures) at scale 0.8, in runtime and
+ * in merged mode, through a whole txt2img on each backend. */
+START_TEST(test_txt2img_lora) {
+    open_models();
+    char path[1024];
+    const char *src = getenv("LH_SOURCE_DIR");
+    snprintf(path, sizeof path, "%s/tests/fixtures/adapters/sd1_A_kohya.safetensors",
+             src ? src : "../..");
+    lh_adapter *ac = NULL, *ag = NULL;
+    lh_error err = {0};
+    ck_assert_msg(lh_adapter_load(&ac, g_mc, g_reg, path, NULL, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_adapter_load(&ag, g_mg, g_reg, path, NULL, &err) == LH_OK, "%s", err.msg);
+    for (int merged = 0; merged < 2; merged++) {
+        lh_adapter_weights w;
+        lh_adapter_weights_init(&w, 0.8);
+        lh_adapter_mode mode = merged ? LH_ADAPTER_MERGED : LH_ADAPTER_RUNTIME;
+        ck_assert_msg(lh_adapter_set_ex(g_mc, &ac, &w, 1, mode, &err) == LH_OK, "%s", err.msg);
+        ck_assert_msg(lh_adapter_set_ex(g_mg, &ag, &w, 1, mode, &err) == LH_OK, "%s", err.msg);
+        lh_gen_params p;
+        lh_gen_params_init(&p);
+        p.prompt = "a red cube on a table";
+        p.steps = 10;
+        p.width = p.height = 64;
+        p.seed = 7;
+        p.scheduler = "ddim";
+        lh_gen_result rc, rg;
+        ck_assert_msg(lh_pipeline_txt2img(g_mc, g_reg, &p, &rc, &err) == LH_OK, "%s", err.msg);
+        ck_assert_msg(lh_pipeline_txt2img(g_mg, g_reg, &p, &rg, &err) == LH_OK, "%s", err.msg);
+        expect_close(merged ? "txt2img latents, LoRA merged" : "txt2img latents, LoRA runtime",
+                     rg.latents, rc.latents, rc.batch * rc.channels * rc.latent_h * rc.latent_w,
+                     1e-4);
+        lh_gen_result_free(&rc);
+        lh_gen_result_free(&rg);
+    }
+    ck_assert_msg(lh_adapter_set(g_mc, NULL, NULL, 0, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_adapter_set(g_mg, NULL, NULL, 0, &err) == LH_OK, "%s", err.msg);
+    lh_adapter_unload(ac);
+    lh_adapter_unload(ag);
+    close_models();
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("cuda_parity_model");
     TCase *tc = tcase_create("sd1_tiny");
@@ -160,6 +203,7 @@ int main(void) {
     tcase_add_test(tc, test_unet);
     tcase_add_test(tc, test_vae);
     tcase_add_test(tc, test_txt2img);
+    tcase_add_test(tc, test_txt2img_lora);
     suite_add_tcase(s, tc);
     return parity_run(s);
 }
