@@ -1,64 +1,111 @@
 /* Adapter plugins: runtime forward and backward of a chain of linear or
  * convolution stages (LoRA's down [-> mid] -> up, or one dense delta).
- * Forward and the linear backward run on the host's GEMM / conv2d; the conv
- * backward runs plain loops on host arrays (see lh_ad_backward). */
+ * Everything runs on the host's GEMM / conv2d; the conv backward through
+ * im2col / col2im on host arrays around the GEMMs. */
 #include "ad_common.h"
 
-/* ---- Convolution gradients on host arrays ---- */
+/* ---- Convolution gradients: im2col and the host's GEMM ---- */
+
+/* dst [numel(t)] += t */
+static lh_status add_tensor(const lh_ad_base *b, float *dst, const lh_tensor *t, char *err,
+                            size_t err_size) {
+    float *v = NULL;
+    lh_status st = lh_ad_read(b, &v, t, err, err_size);
+    for (int64_t i = 0, n = b->host->tensor_numel(t); st == LH_OK && i < n; i++) dst[i] += v[i];
+    b->host->free(v);
+    return st;
+}
+
 
 typedef struct conv_dims {
     int64_t n, cin, h, w, cout, kh, kw, ho, wo;
     int64_t stride, pad;
 } conv_dims;
 
-/* dw [cout, cin, kh, kw] += a * sum over n, oy, ox of dy[n, co, oy, ox] x[n, ci, iy, ix]. */
-static void conv_wgrad(float *dw, const float *x, const float *dy, const conv_dims *c, double a) {
-    for (int64_t co = 0; co < c->cout; co++)
-        for (int64_t ci = 0; ci < c->cin; ci++)
-            for (int64_t ky = 0; ky < c->kh; ky++)
-                for (int64_t kx = 0; kx < c->kw; kx++) {
-                    double s = 0.0;
-                    for (int64_t n = 0; n < c->n; n++)
-                        for (int64_t oy = 0; oy < c->ho; oy++) {
-                            int64_t iy = oy * c->stride - c->pad + ky;
-                            if (iy < 0 || iy >= c->h) continue;
-                            const float *xr = x + ((n * c->cin + ci) * c->h + iy) * c->w;
-                            const float *gr = dy + ((n * c->cout + co) * c->ho + oy) * c->wo;
-                            for (int64_t ox = 0; ox < c->wo; ox++) {
-                                int64_t ix = ox * c->stride - c->pad + kx;
-                                if (ix >= 0 && ix < c->w) s += (double)gr[ox] * xr[ix];
-                            }
-                        }
-                    dw[((co * c->cin + ci) * c->kh + ky) * c->kw + kx] += (float)(a * s);
-                }
-}
-
-/* Output index along one axis that tap k of input position i feeds, or -1. */
-static int64_t tap(int64_t i, int64_t k, int64_t stride, int64_t pad, int64_t len) {
-    int64_t t = i + pad - k;
-    if (t < 0 || t % stride) return -1;
-    return t / stride < len ? t / stride : -1;
-}
-
-/* dx [n, cin, h, w] += the transposed convolution of dy [n, cout, ho, wo] with w. */
-static void conv_dgrad(float *dx, const float *dy, const float *w, const conv_dims *c) {
-    for (int64_t n = 0; n < c->n; n++)
-        for (int64_t ci = 0; ci < c->cin; ci++)
-            for (int64_t iy = 0; iy < c->h; iy++)
-                for (int64_t ix = 0; ix < c->w; ix++) {
-                    double s = 0.0;
-                    for (int64_t ky = 0; ky < c->kh; ky++) {
-                        int64_t oy = tap(iy, ky, c->stride, c->pad, c->ho);
-                        for (int64_t kx = 0; oy >= 0 && kx < c->kw; kx++) {
-                            int64_t ox = tap(ix, kx, c->stride, c->pad, c->wo);
-                            if (ox < 0) continue;
-                            for (int64_t co = 0; co < c->cout; co++)
-                                s += (double)dy[((n * c->cout + co) * c->ho + oy) * c->wo + ox] *
-                                     w[((co * c->cin + ci) * c->kh + ky) * c->kw + kx];
-                        }
+/* cols [cin * kh * kw, ho * wo] of one image x [cin, h, w] (zero padding). */
+static void im2col(float *cols, const float *x, const conv_dims *c) {
+    int64_t p = c->ho * c->wo;
+    for (int64_t ci = 0; ci < c->cin; ci++)
+        for (int64_t ky = 0; ky < c->kh; ky++)
+            for (int64_t kx = 0; kx < c->kw; kx++) {
+                float *row = cols + ((ci * c->kh + ky) * c->kw + kx) * p;
+                for (int64_t oy = 0; oy < c->ho; oy++) {
+                    int64_t iy = oy * c->stride + ky - c->pad;
+                    for (int64_t ox = 0; ox < c->wo; ox++) {
+                        int64_t ix = ox * c->stride + kx - c->pad;
+                        row[oy * c->wo + ox] = iy >= 0 && iy < c->h && ix >= 0 && ix < c->w
+                                                   ? x[(ci * c->h + iy) * c->w + ix]
+                                                   : 0.0f;
                     }
-                    dx[((n * c->cin + ci) * c->h + iy) * c->w + ix] += (float)s;
                 }
+            }
+}
+
+/* dx [cin, h, w] += the columns dcols [cin * kh * kw, ho * wo] put back. */
+static void col2im(float *dx, const float *dcols, const conv_dims *c) {
+    int64_t p = c->ho * c->wo;
+    for (int64_t ci = 0; ci < c->cin; ci++)
+        for (int64_t ky = 0; ky < c->kh; ky++)
+            for (int64_t kx = 0; kx < c->kw; kx++) {
+                const float *row = dcols + ((ci * c->kh + ky) * c->kw + kx) * p;
+                for (int64_t oy = 0; oy < c->ho; oy++) {
+                    int64_t iy = oy * c->stride + ky - c->pad;
+                    if (iy < 0 || iy >= c->h) continue;
+                    for (int64_t ox = 0; ox < c->wo; ox++) {
+                        int64_t ix = ox * c->stride + kx - c->pad;
+                        if (ix >= 0 && ix < c->w) dx[(ci * c->h + iy) * c->w + ix] += row[oy * c->wo + ox];
+                    }
+                }
+            }
+}
+
+/* The scratch of one conv stage's gradients: per image, dy [cout, P] and
+ * the columns [K, P] (P = ho * wo, K = cin * kh * kw) as host tensors. */
+typedef struct conv_scratch {
+    lh_tensor *dy, *cols, *wk; /* wk: the weight viewed as [cout, K] */
+    float *buf;                /* [K * P] host columns */
+} conv_scratch;
+
+static void scratch_free(const lh_ad_base *b, conv_scratch *k) {
+    b->host->tensor_free(k->dy);
+    b->host->tensor_free(k->cols);
+    b->host->tensor_free(k->wk);
+    b->host->free(k->buf);
+}
+
+/* gw [cout, cin, kh, kw] += a * sum over images of dy_n cols_n^T, and
+ * gin [n, cin, h, w] (when not NULL) = sum of col2im(w^T dy_n), both
+ * through the host's GEMM. */
+static lh_status conv_grads(const lh_ad_base *b, float *gw, float *gin, const float *x,
+                            const float *dy, const lh_ad_stage *s, const conv_dims *c, double a,
+                            char *err, size_t err_size) {
+    const lh_host_api *h = b->host;
+    int64_t p = c->ho * c->wo, k = c->cin * c->kh * c->kw;
+    const int64_t dshape[2] = {c->cout, p}, cshape[2] = {k, p}, wshape[2] = {c->cout, k};
+    conv_scratch sc = {h->tensor_new(LH_DTYPE_F32, 2, dshape), h->tensor_new(LH_DTYPE_F32, 2, cshape),
+                       h->tensor_reshape(s->w, 2, wshape), NULL};
+    lh_tensor *dw = gw ? h->tensor_new(LH_DTYPE_F32, 2, wshape) : NULL;
+    lh_status st = sc.dy && sc.cols && sc.wk && (!gw || dw) ? LH_OK : LH_ERR_NOMEM;
+    if (st == LH_OK) st = lh_ad_zeros(b, &sc.buf, k * p, err, err_size);
+    else st = lh_ad_host_fail(b, err, err_size, st, "conv gradient scratch");
+    for (int64_t i = 0; st == LH_OK && i < c->n; i++) {
+        st = h->tensor_write(sc.dy, dy + i * c->cout * p, c->cout * p);
+        if (st == LH_OK && gw) {
+            im2col(sc.buf, x + i * c->cin * c->h * c->w, c);
+            st = h->tensor_write(sc.cols, sc.buf, k * p);
+            if (st == LH_OK) st = h->gemm(dw, sc.dy, sc.cols, 0, 1, a, i ? 1.0 : 0.0);
+        }
+        if (st == LH_OK && gin) {
+            st = h->gemm(sc.cols, sc.wk, sc.dy, 1, 0, 1.0, 0.0);
+            if (st == LH_OK) st = h->tensor_read(sc.cols, sc.buf, k * p);
+            if (st == LH_OK) col2im(gin + i * c->cin * c->h * c->w, sc.buf, c);
+        }
+        if (st != LH_OK) st = lh_ad_host_fail(b, err, err_size, st, "conv gradient");
+    }
+    if (st == LH_OK && gw && c->n) st = add_tensor(b, gw, dw, err, err_size);
+    h->tensor_free(dw);
+    scratch_free(b, &sc);
+    return st;
 }
 
 /* ---- Stages ---- */
@@ -162,16 +209,6 @@ lh_status lh_ad_forward(const lh_ad_base *b, lh_tensor *y, const lh_tensor *x,
 
 /* ---- Backward ---- */
 
-/* dst [numel(t)] += t */
-static lh_status add_tensor(const lh_ad_base *b, float *dst, const lh_tensor *t, char *err,
-                            size_t err_size) {
-    float *v = NULL;
-    lh_status st = lh_ad_read(b, &v, t, err, err_size);
-    for (int64_t i = 0, n = b->host->tensor_numel(t); st == LH_OK && i < n; i++) dst[i] += v[i];
-    b->host->free(v);
-    return st;
-}
-
 /* One linear stage backward: gw += a * g^T in; *gin = g @ w (k > 0) or dx += a * g @ w. */
 static lh_status linear_stage_back(const lh_ad_base *b, float *gw, lh_tensor **gin, lh_tensor *dx,
                                    const lh_tensor *g, const lh_tensor *in, const lh_ad_stage *s,
@@ -229,26 +266,23 @@ static conv_dims dims_of(const lh_host_api *h, const lh_tensor *in, const lh_ad_
     return c;
 }
 
-/* One conv stage backward on arrays: gw += a * wgrad; *g becomes dL/d(input)
- * when needed (then the old *g is freed). */
+/* One conv stage backward: gw += a * wgrad; *g becomes dL/d(input) when
+ * needed (then the old *g is freed). */
 static lh_status conv_stage_back(const lh_ad_base *b, float *gw, float **g, int need_gin,
                                  const lh_tensor *in, const lh_ad_stage *s, double a, char *err,
                                  size_t err_size) {
     conv_dims c = dims_of(b->host, in, s);
     float *v = NULL, *gin = NULL;
-    lh_status st = LH_OK;
-    if (gw && (st = lh_ad_read(b, &v, in, err, err_size)) == LH_OK) conv_wgrad(gw, v, *g, &c, a);
+    lh_status st = gw ? lh_ad_read(b, &v, in, err, err_size) : LH_OK;
+    if (st == LH_OK && need_gin) st = lh_ad_zeros(b, &gin, c.n * c.cin * c.h * c.w, err, err_size);
+    if (st == LH_OK && (gw || gin)) st = conv_grads(b, gw, gin, v, *g, s, &c, a, err, err_size);
     b->host->free(v);
-    v = NULL;
-    if (st != LH_OK || !need_gin) return st;
-    st = lh_ad_read(b, &v, s->w, err, err_size);
-    if (st == LH_OK) st = lh_ad_zeros(b, &gin, c.n * c.cin * c.h * c.w, err, err_size);
-    if (st == LH_OK) {
-        conv_dgrad(gin, *g, v, &c);
+    if (st == LH_OK && gin) {
         b->host->free(*g);
         *g = gin;
+    } else {
+        b->host->free(gin);
     }
-    b->host->free(v);
     return st;
 }
 
