@@ -121,6 +121,7 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
   check cuda 1 "--device cuda: cuda backend:" -- "${gen[@]}" --prompt x --device cuda
 fi
 check bad_device 2 "unknown device 'tpu'" -- "${gen[@]}" --prompt x --device tpu
+check bad_cuda_index 1 "expected cuda or cuda:N" -- "${gen[@]}" --prompt x --device cuda:x
 check unknown_sched 1 "unknown scheduler 'Euler b'" -- "${gen[@]}" --prompt x --scheduler "Euler b"
 check unknown_key 1 "unknown key 'etta' for plugin 'ddim'" -- "${gen[@]}" --prompt x --scheduler ddim --set etta=1
 check unknown_opt 2 "unknown option '--colour'" -- "${gen[@]}" --prompt x --colour red

@@ -1291,6 +1291,21 @@ START_TEST(test_access_log) {
     ck_assert_int_eq(n, 3);
     unlink(path);
     ck_assert_int_eq(rmdir(dir), 0);
+    /* a log directory that is not there: the start fails naming it */
+    opts_for_test(&o);
+    o.log_dir = dir;
+    lh_error err = {0};
+    ck_assert_int_ne(lh_server_start(&s, &o, &err), LH_OK);
+    ck_assert_msg(strstr(err.msg, "server.log_dir") && strstr(err.msg, dir), "%s", err.msg);
+    /* out-of-range batch and breaker settings */
+    opts_for_test(&o);
+    o.batch_max = 0;
+    ck_assert_int_eq(lh_server_start(&s, &o, &err), LH_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "batch"), "%s", err.msg);
+    opts_for_test(&o);
+    o.breaker_p95_ms = -1;
+    ck_assert_int_eq(lh_server_start(&s, &o, &err), LH_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "breaker_p95_ms"), "%s", err.msg);
 }
 END_TEST
 
