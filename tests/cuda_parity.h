@@ -121,9 +121,12 @@ static void expect_close_dev(const char *what, const float *gpu_buf, const float
 
 /* Run the suite without forking; exit status for ctest. */
 static int parity_run(Suite *s) {
+    SRunner *sr = srunner_create(s); /* owns s: freed on every path */
     int rc = parity_init();
-    if (rc) return rc;
-    SRunner *sr = srunner_create(s);
+    if (rc) {
+        srunner_free(sr);
+        return rc;
+    }
     srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
