@@ -319,11 +319,9 @@ static lh_status dropped(float **out, const lh_layers *t, const lh_layer *l, con
     return LH_OK;
 }
 
-lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const float *x,
-                            int64_t n, int64_t h, int64_t w_, lh_dtype act, lh_error *err) {
-    if (!t || !t->n_runtime) return LH_OK;
-    const lh_layer *l = find_w(t, w);
-    if (!l || !l->n_terms) return LH_OK;
+/* y += the terms of layer l on x (host memory). */
+static lh_status forward_terms(const lh_layers *t, const lh_layer *l, float *y, const float *x,
+                               int64_t n, int64_t h, int64_t w_, lh_error *err) {
     lh_tensor yt, xt;
     lh_status st = io_views(&yt, &xt, l, y, x, n, h, w_, err);
     float *xd = NULL;
@@ -337,16 +335,14 @@ lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const 
                                            l->name, msg);
     }
     free(xd);
-    if (st == LH_OK) st = round_act(t, l, y, &yt, act, err);
     return st;
 }
 
-lh_status lh_layers_runtime_backward(const lh_layers *t, const float *w, float *dx,
-                                     const float *dy, const float *x, int64_t n, int64_t h,
-                                     int64_t w_, lh_dtype act, lh_error *err) {
-    if (!t || !t->n_runtime) return LH_OK;
-    const lh_layer *l = find_w(t, w);
-    if (!l || !l->n_terms) return LH_OK;
+/* The terms' gradients of layer l (host memory): dx += (when not NULL),
+ * the terms' parameter gradients +=. */
+static lh_status backward_terms(const lh_layers *t, const lh_layer *l, float *dx,
+                                const float *dy, const float *x, int64_t n, int64_t h,
+                                int64_t w_, lh_error *err) {
     lh_tensor dyt, xt, dxt;
     lh_status st = io_views(&dyt, &xt, l, dy, x, n, h, w_, err);
     /* with dropout the terms saw x * mask / (1 - p): their dx goes through
@@ -380,6 +376,77 @@ lh_status lh_layers_runtime_backward(const lh_layers *t, const float *w, float *
     }
     free(xd);
     free(dxd);
+    return st;
+}
+
+/* Whether the backend's memory is host memory the plugins can read. */
+static int host_memory(const lh_backend *be) { return !strcmp(be->ops->name, "cpu"); }
+
+/* n floats of backend memory src copied to a new host buffer (*out). */
+static lh_status stage_in(const lh_layers *t, const lh_layer *l, float **out, const float *src,
+                          int64_t n, lh_error *err) {
+    *out = malloc((size_t)(n ? n : 1) * sizeof **out);
+    if (!*out) return lh_error_set(err, LH_ERR_NOMEM, "layer %s: out of memory", l->name);
+    lh_status st = n ? t->be->ops->download(t->be, *out, src, (size_t)n * sizeof **out) : LH_OK;
+    return st == LH_OK ? st : lh_error_set(err, st, "layer %s: download failed", l->name);
+}
+
+/* Plugins compute on host memory: a backend whose memory is not (cuda)
+ * has the layer's input and output staged through host buffers. */
+lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const float *x,
+                            int64_t n, int64_t h, int64_t w_, lh_dtype act, lh_error *err) {
+    if (!t || !t->n_runtime) return LH_OK;
+    const lh_layer *l = find_w(t, w);
+    if (!l || !l->n_terms) return LH_OK;
+    lh_status st;
+    if (host_memory(t->be)) {
+        st = forward_terms(t, l, y, x, n, h, w_, err);
+    } else {
+        lh_tensor yt = {0}, xt = {0}; /* headers only: their counts */
+        float *hx = NULL, *hy = NULL;
+        st = io_views(&yt, &xt, l, y, x, n, h, w_, err);
+        int64_t nx = xt.numel, ny = yt.numel;
+        if (st == LH_OK) st = stage_in(t, l, &hx, x, nx, err);
+        if (st == LH_OK) st = stage_in(t, l, &hy, y, ny, err);
+        if (st == LH_OK) st = forward_terms(t, l, hy, hx, n, h, w_, err);
+        if (st == LH_OK && (st = t->be->ops->upload(t->be, y, hy, (size_t)ny * sizeof *hy)))
+            st = lh_error_set(err, st, "layer %s: upload failed", l->name);
+        free(hx);
+        free(hy);
+    }
+    lh_tensor yt, xt;
+    if (st == LH_OK) st = io_views(&yt, &xt, l, y, x, n, h, w_, err);
+    if (st == LH_OK) st = round_act(t, l, y, &yt, act, err);
+    return st;
+}
+
+lh_status lh_layers_runtime_backward(const lh_layers *t, const float *w, float *dx,
+                                     const float *dy, const float *x, int64_t n, int64_t h,
+                                     int64_t w_, lh_dtype act, lh_error *err) {
+    if (!t || !t->n_runtime) return LH_OK;
+    const lh_layer *l = find_w(t, w);
+    if (!l || !l->n_terms) return LH_OK;
+    lh_status st;
+    if (host_memory(t->be)) {
+        st = backward_terms(t, l, dx, dy, x, n, h, w_, err);
+    } else {
+        lh_tensor yt = {0}, xt = {0}; /* headers only: their counts */
+        float *hx = NULL, *hdy = NULL, *hdx = NULL;
+        st = io_views(&yt, &xt, l, dy, x, n, h, w_, err);
+        int64_t nx = xt.numel, ny = yt.numel;
+        if (st == LH_OK) st = stage_in(t, l, &hx, x, nx, err);
+        if (st == LH_OK) st = stage_in(t, l, &hdy, dy, ny, err);
+        if (st == LH_OK && dx) st = stage_in(t, l, &hdx, dx, nx, err);
+        if (st == LH_OK) st = backward_terms(t, l, hdx, hdy, hx, n, h, w_, err);
+        if (st == LH_OK && dx &&
+            (st = t->be->ops->upload(t->be, dx, hdx, (size_t)nx * sizeof *hdx)))
+            st = lh_error_set(err, st, "layer %s: upload failed", l->name);
+        free(hx);
+        free(hdy);
+        free(hdx);
+    }
+    lh_tensor yt, xt;
+    if (st == LH_OK && dx) st = io_views(&yt, &xt, l, dy, dx, n, h, w_, err);
     if (st == LH_OK && dx) st = round_act(t, l, dx, &xt, act, err);
     return st;
 }

@@ -42,6 +42,12 @@ static int parity_init(void) {
         lh_backend_destroy(g_cpu);
         return PARITY_SKIP;
     }
+    if (dev) { /* under another name, so the host treats its memory as a device's (staging) */
+        static lh_backend_ops as_device;
+        as_device = *g_gpu->ops;
+        as_device.name = "cpu-as-device";
+        g_gpu->ops = &as_device;
+    }
     return 0;
 }
 
