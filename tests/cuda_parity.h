@@ -5,7 +5,10 @@
  * CK_FORK=no on a GPU machine (the suites also set no-fork themselves: a
  * CUDA context does not survive fork). LH_PARITY_DEVICE=cpu runs a suite
  * against a second cpu backend instead, to check the suite itself where
- * there is no GPU. Header-only: one suite includes it once. */
+ * there is no GPU; LH_PARITY_DEVICE=poison against tests/fake_device.h, a
+ * cpu backend whose memory the host cannot touch, so host code that reads
+ * or writes backend memory directly crashes here as it would on a GPU.
+ * Header-only: one suite includes it once. */
 #ifndef LH_TESTS_CUDA_PARITY_H
 #define LH_TESTS_CUDA_PARITY_H
 
@@ -17,6 +20,7 @@
 #include <string.h>
 
 #include "backend_load.h"
+#include "fake_device.h"
 
 #define PARITY_SKIP 77
 
@@ -37,12 +41,16 @@ static int parity_init(void) {
     /* LH_PARITY_DEVICE=cpu checks the suite itself against a second cpu
      * backend (one thread: another GEMM blocking) where no GPU is */
     const char *dev = getenv("LH_PARITY_DEVICE");
-    if (lh_backend_create(&g_gpu, dev ? dev : "cuda", dev ? 1 : 0, msg, sizeof msg) != LH_OK) {
+    int poison = dev && !strcmp(dev, "poison");
+    lh_status st = poison ? fake_device_create(&g_gpu, 1, msg, sizeof msg)
+                          : lh_backend_create(&g_gpu, dev ? dev : "cuda", dev ? 1 : 0, msg,
+                                              sizeof msg);
+    if (st != LH_OK) {
         printf("SKIP: %s\n", msg);
         lh_backend_destroy(g_cpu);
         return PARITY_SKIP;
     }
-    if (dev) { /* under another name, so the host treats its memory as a device's (staging) */
+    if (dev && !poison) { /* under another name, so the host treats its memory as a device's (staging) */
         static lh_backend_ops as_device;
         as_device = *g_gpu->ops;
         as_device.name = "cpu-as-device";
