@@ -16,6 +16,18 @@
 
 typedef struct lh_backend lh_backend;
 
+/* One AdamW step's float32 coefficients (torch.optim.AdamW's single-tensor
+ * path): see kernels/adamw.h and lh_adamw_coef_make in train/optim.h. */
+typedef struct lh_adamw_coef {
+    float decay;    /* 1 - lr * weight_decay */
+    float w1;       /* 1 - beta1 */
+    float b2, c2;   /* beta2, 1 - beta2 */
+    float bc2s;     /* sqrt(1 - beta2^step) */
+    float eps;
+    float neg_step; /* -lr / (1 - beta1^step) */
+    int decoupled;  /* weight_decay != 0 */
+} lh_adamw_coef;
+
 typedef struct lh_backend_ops {
     const char *name; /* "cpu", "cuda" */
 
@@ -194,6 +206,27 @@ typedef struct lh_backend_ops {
     lh_status (*round)(lh_backend *be, float *x, int64_t n, lh_dtype dtype);
     /* *count (host memory) = how many of x [n] are NaN or +-Inf. */
     lh_status (*count_nonfinite)(lh_backend *be, int64_t *count, const float *x, int64_t n);
+
+    /* ---- Training updates (float32 parameters and gradients; no rounding
+     * to the activation precision) ---- */
+    /* x [n] *= s. */
+    lh_status (*scale)(lh_backend *be, float *x, int64_t n, float s);
+    /* *out (backend memory, one double) = sum of x[i]^2, summed in double:
+     * the gradient-norm clip's input and, non-finite, the overflow check. */
+    lh_status (*sum_squares)(lh_backend *be, double *out, const float *x, int64_t n);
+    /* The weighted mse loss's gradient, row by row: d = pred - target in
+     * double, dpred = (float)(coef[r] * d), sq[r] = sum over the row of d^2
+     * (backend memory, double). coef is host memory. */
+    lh_status (*mse_backward)(lh_backend *be, float *dpred, /* [rows, cols] */
+                              double *sq,                   /* [rows] */
+                              const float *pred, const float *target, /* [rows, cols] */
+                              const double *coef,                     /* [rows], host */
+                              int64_t rows, int64_t cols);
+    /* One AdamW update with the step's coefficients (lh_adamw_coef_make in
+     * train/optim.h); the arithmetic of kernels/adamw.h. */
+    lh_status (*adamw)(lh_backend *be, float *param, float *exp_avg, float *exp_avg_sq, /* [n] */
+                       const float *grad,                                           /* [n] */
+                       int64_t n, const lh_adamw_coef *coef);
 } lh_backend_ops;
 
 struct lh_backend {

@@ -12,8 +12,8 @@
  * A pointer in no live region (host memory handed to an op, or a freed
  * buffer) aborts with a message: that is a bug too. NULL stays NULL. The
  * host pointers of the table (timestep_embedding's timesteps,
- * count_nonfinite's count, upload's source, download's destination) pass
- * through unchanged. */
+ * count_nonfinite's count, mse_backward's and adamw's coef, upload's
+ * source, download's destination) pass through unchanged. */
 #ifndef LH_TESTS_FAKE_DEVICE_H
 #define LH_TESTS_FAKE_DEVICE_H
 
@@ -331,6 +331,27 @@ static lh_status fake_count_nonfinite(lh_backend *be, int64_t *count, /* host me
     return CALL(count_nonfinite, count, FAKE_R(x), n);
 }
 
+static lh_status fake_scale(lh_backend *be, float *x, int64_t n, float s) {
+    return CALL(scale, FAKE_R(x), n, s);
+}
+
+static lh_status fake_sum_squares(lh_backend *be, double *out, const float *x, int64_t n) {
+    return CALL(sum_squares, FAKE_R(out), FAKE_R(x), n);
+}
+
+static lh_status fake_mse_backward(lh_backend *be, float *dpred, double *sq, const float *pred,
+                                   const float *target, const double *coef, /* host memory */
+                                   int64_t rows, int64_t cols) {
+    return CALL(mse_backward, FAKE_R(dpred), FAKE_R(sq), FAKE_R(pred), FAKE_R(target), coef,
+                rows, cols);
+}
+
+static lh_status fake_adamw(lh_backend *be, float *param, float *exp_avg, float *exp_avg_sq,
+                            const float *grad, int64_t n, const lh_adamw_coef *coef /* host */) {
+    return CALL(adamw, FAKE_R(param), FAKE_R(exp_avg), FAKE_R(exp_avg_sq), FAKE_R(grad), n,
+                coef);
+}
+
 #undef CALL
 #undef CPU
 #undef FAKE_R
@@ -377,6 +398,10 @@ static const lh_backend_ops fake_device_ops = {
     .set_precision = fake_set_precision,
     .round = fake_round,
     .count_nonfinite = fake_count_nonfinite,
+    .scale = fake_scale,
+    .sum_squares = fake_sum_squares,
+    .mse_backward = fake_mse_backward,
+    .adamw = fake_adamw,
 };
 
 /* The poison device over a cpu backend of `threads` threads. */

@@ -1,10 +1,12 @@
 /* CUDA parity: attention (forward and backward), the elementwise ops and
- * activation backwards, the layout ops and the timestep embedding of the
+ * activation backwards, the layout ops, the timestep embedding and the
+ * training updates (scale, sum_squares, mse_backward, adamw) of the
  * cuda backend against the cpu backend, on random inputs at Stable
  * Diffusion 1.5 and CLIP shapes and at odd sizes; argument errors give the
  * cpu's status codes; F16/BF16 activations agree at TOL_HALF. Skips (77)
  * without the module or a device. Run: ctest -R cuda_parity_ops. */
 #include "cuda_parity.h"
+#include "optim.h"
 
 /* ---- Helpers ---- */
 
@@ -534,8 +536,127 @@ START_TEST(test_errors) {
     SAME(transpose_c_hw, B, B, 1, 2, 2);
     SAME(transpose_c_hw, NULL, B, 1, 2, 2);
     SAME(transpose_c_hw, B, B, -1, 2, 2);
+    /* training updates */
+    lh_adamw_coef co = {1, 0.1f, 0.999f, 1e-3f, 1, 1e-8f, -1e-3f, 1};
+    double coef[2] = {1, 1};
+    SAME(scale, NULL, 4, 2.0f);
+    SAME(scale, B, -1, 2.0f);
+    SAME(scale, B, big, 2.0f);
+    SAME(sum_squares, NULL, B, 4);
+    SAME(sum_squares, (double *)B, NULL, 4);
+    SAME(sum_squares, (double *)B, B, -4);
+    SAME(sum_squares, (double *)B, B, big);
+    SAME(mse_backward, B, NULL, B, B, coef, 2, 4);
+    SAME(mse_backward, B, (double *)B, B, B, NULL, 2, 4);
+    SAME(mse_backward, B, (double *)B, NULL, B, coef, 2, 4);
+    SAME(mse_backward, B, (double *)B, B, B, coef, -2, 4);
+    SAME(mse_backward, B, (double *)B, B, B, coef, big, big);
+    SAME(adamw, B, B, B, B, 4, NULL);
+    SAME(adamw, B, NULL, B, B, 4, &co);
+    SAME(adamw, B, B, B, B, -4, &co);
+    SAME(adamw, B, B, B, B, big, &co);
     g_gpu->ops->free(g_gpu, bg);
     g_cpu->ops->free(g_cpu, bc);
+}
+END_TEST
+
+/* ---- Training updates: scale, sum_squares, mse_backward, adamw ---- */
+
+/* The double at backend buffer d. */
+static double back_double(lh_backend *be, const double *d) {
+    double v = 0.0;
+    ck_assert_int_eq(be->ops->download(be, &v, d, sizeof v), LH_OK);
+    return v;
+}
+
+static void expect_double(const char *what, double got, double want, double tol) {
+    double rel = fabs(got - want) / fmax(fabs(want), 1e-300);
+    printf("%-48s rel err %.2e (tol %.0e)\n", what, rel, tol);
+    ck_assert_msg(rel <= tol, "%s: cuda %.17g, cpu %.17g", what, got, want);
+}
+
+START_TEST(test_train_ops) {
+    char what[96];
+    double *sg = g_gpu->ops->alloc(g_gpu, 8 * sizeof(double));
+    double *sc = g_cpu->ops->alloc(g_cpu, 8 * sizeof(double));
+    ck_assert(sg && sc);
+    for (size_t t = 0; t < sizeof ew_sizes / sizeof ew_sizes[0]; t++) {
+        int64_t n = ew_sizes[t];
+        pair x = pair_rand(n, 71 + t, -2, 2);
+        ck_assert_int_eq(g_gpu->ops->scale(g_gpu, x.g, n, 0.37f), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->scale(g_cpu, x.c, n, 0.37f), LH_OK);
+        snprintf(what, sizeof what, "scale n=%lld", (long long)n);
+        expect_pair(what, x, 0.0);
+        /* sums in double: only the order differs */
+        ck_assert_int_eq(g_gpu->ops->sum_squares(g_gpu, sg, x.g, n), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->sum_squares(g_cpu, sc, x.c, n), LH_OK);
+        snprintf(what, sizeof what, "sum_squares n=%lld", (long long)n);
+        expect_double(what, back_double(g_gpu, sg), back_double(g_cpu, sc), 1e-12);
+        pair_free(&x);
+    }
+    /* a NaN or an Inf makes the sum non-finite on both (the overflow check) */
+    float bad[5] = {1, 2, INFINITY, 3, 4};
+    for (int k = 0; k < 2; k++) {
+        bad[2] = k ? NAN : INFINITY;
+        pair x = pair_of(bad, 5);
+        ck_assert_int_eq(g_gpu->ops->sum_squares(g_gpu, sg, x.g, 5), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->sum_squares(g_cpu, sc, x.c, 5), LH_OK);
+        ck_assert(!isfinite(back_double(g_gpu, sg)) && !isfinite(back_double(g_cpu, sc)));
+        pair_free(&x);
+    }
+    /* mse_backward at the trainer's shapes: batch rows of 4x64x64 latents, and odd ones */
+    static const int64_t shapes[][2] = {{1, 16384}, {4, 16384}, {3, 7}, {2, 1}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        int64_t rows = shapes[t][0], cols = shapes[t][1], n = rows * cols;
+        pair pred = pair_rand(n, 81 + t, -3, 3), tgt = pair_rand(n, 91 + t, -3, 3);
+        pair d = pair_of(NULL, n);
+        double coef[4] = {2.0 / (double)cols, 0.5 / (double)cols, 3.0, 0.25};
+        ck_assert_int_eq(g_gpu->ops->mse_backward(g_gpu, d.g, sg, pred.g, tgt.g, coef, rows, cols),
+                         LH_OK);
+        ck_assert_int_eq(g_cpu->ops->mse_backward(g_cpu, d.c, sc, pred.c, tgt.c, coef, rows, cols),
+                         LH_OK);
+        snprintf(what, sizeof what, "mse_backward %lldx%lld", (long long)rows, (long long)cols);
+        expect_pair(what, d, TOL_F32);
+        double hg[4], hc[4];
+        ck_assert_int_eq(g_gpu->ops->download(g_gpu, hg, sg, (size_t)rows * sizeof(double)), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->download(g_cpu, hc, sc, (size_t)rows * sizeof(double)), LH_OK);
+        for (int64_t r = 0; r < rows; r++) {
+            snprintf(what, sizeof what, "mse_backward %lldx%lld sq[%lld]", (long long)rows,
+                     (long long)cols, (long long)r);
+            expect_double(what, hg[r], hc[r], 1e-12);
+        }
+        pair_free(&pred);
+        pair_free(&tgt);
+        pair_free(&d);
+    }
+    /* adamw: three steps from zero moments, with and without weight decay */
+    for (size_t t = 0; t < sizeof ew_sizes / sizeof ew_sizes[0]; t++) {
+        int64_t n = ew_sizes[t];
+        pair p = pair_rand(n, 101 + t, -1, 1), m = pair_of(NULL, n), v = pair_of(NULL, n);
+        lh_adamw_opts o;
+        lh_adamw_opts_default(&o);
+        o.weight_decay = t % 2 ? 0.0 : 1e-2;
+        int64_t step = 0;
+        for (int k = 0; k < 3; k++) {
+            pair g = pair_rand(n, 111 + 10 * t + (size_t)k, -1e-2f, 1e-2f);
+            lh_adamw_coef c;
+            ck_assert_int_eq(lh_adamw_coef_make(&c, &step, 1e-3, &o, NULL), LH_OK);
+            ck_assert_int_eq(g_gpu->ops->adamw(g_gpu, p.g, m.g, v.g, g.g, n, &c), LH_OK);
+            ck_assert_int_eq(g_cpu->ops->adamw(g_cpu, p.c, m.c, v.c, g.c, n, &c), LH_OK);
+            pair_free(&g);
+        }
+        snprintf(what, sizeof what, "adamw param n=%lld wd=%g", (long long)n, o.weight_decay);
+        expect_pair(what, p, TOL_F32);
+        snprintf(what, sizeof what, "adamw exp_avg n=%lld", (long long)n);
+        expect_pair(what, m, TOL_F32);
+        snprintf(what, sizeof what, "adamw exp_avg_sq n=%lld", (long long)n);
+        expect_pair(what, v, TOL_F32);
+        pair_free(&p);
+        pair_free(&m);
+        pair_free(&v);
+    }
+    g_gpu->ops->free(g_gpu, sg);
+    g_cpu->ops->free(g_cpu, sc);
 }
 END_TEST
 
@@ -611,6 +732,7 @@ int main(void) {
     tcase_add_test(tc, test_attention_clip);
     tcase_add_test(tc, test_attention_sd15);
     tcase_add_test(tc, test_half_outputs);
+    tcase_add_test(tc, test_train_ops);
     suite_add_tcase(s, tc);
     return parity_run(s);
 }

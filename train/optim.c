@@ -5,6 +5,7 @@
  * a float32 tensor; the same casts appear below. */
 #include <math.h>
 
+#include "../kernels/adamw.h"
 #include "error.h"
 #include "optim.h"
 
@@ -16,25 +17,11 @@ void lh_adamw_opts_default(lh_adamw_opts *out) {
     out->weight_decay = 1e-2;
 }
 
-/* at::lerp with a scalar weight as ATen's vectorized CPU kernel computes it:
- * fma(w, end - self, self) for |w| < 0.5, else fma(w - 1, end - self, end). */
-static inline float lerp_f32(float self, float end, float w) {
-    return fabsf(w) < 0.5f ? fmaf(w, end - self, self) : fmaf(w - 1.0f, end - self, end);
-}
-
-lh_status lh_adamw_step(float *param, float *exp_avg, float *exp_avg_sq, int64_t *step,
-                        const float *grad, int64_t n, double lr, const lh_adamw_opts *opts,
-                        lh_error *err) {
-    if (!opts || !step)
-        return lh_error_set(err, LH_ERR_INVALID, "adamw: %s is NULL", opts ? "step" : "opts");
-    if (n < 0)
-        return lh_error_set(err, LH_ERR_INVALID, "adamw: n = %lld is negative", (long long)n);
-    if (n > 0 && (!param || !exp_avg || !exp_avg_sq || !grad))
-        return lh_error_set(err, LH_ERR_INVALID, "adamw: %s buffer is NULL",
-                            !param        ? "param"
-                            : !exp_avg    ? "exp_avg"
-                            : !exp_avg_sq ? "exp_avg_sq"
-                                          : "grad");
+lh_status lh_adamw_coef_make(lh_adamw_coef *out, int64_t *step, double lr,
+                             const lh_adamw_opts *opts, lh_error *err) {
+    if (!opts || !step || !out)
+        return lh_error_set(err, LH_ERR_INVALID, "adamw: %s is NULL",
+                            !opts ? "opts" : !step ? "step" : "coef");
     if (!(lr >= 0.0) || !isfinite(lr))
         return lh_error_set(err, LH_ERR_INVALID, "adamw: invalid learning rate %g", lr);
     if (!(opts->eps >= 0.0))
@@ -51,32 +38,32 @@ lh_status lh_adamw_step(float *param, float *exp_avg, float *exp_avg_sq, int64_t
     double t = (double)(float)*step;
     double bc1 = 1.0 - pow(opts->beta1, t);
     double bc2 = 1.0 - pow(opts->beta2, t);
-    double step_size = lr / bc1;
-    double bc2_sqrt = sqrt(bc2); /* Python's bc2 ** 0.5 */
-
-    const float decay = (float)(1.0 - lr * opts->weight_decay);
-    const float w1 = (float)(1.0 - opts->beta1);
-    const float b2 = (float)opts->beta2;
-    const float c2 = (float)(1.0 - opts->beta2);
-    const float bc2s = (float)bc2_sqrt;
-    const float eps = (float)opts->eps;
-    const float neg_step = (float)(-step_size);
-    const int decoupled = opts->weight_decay != 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        float g = grad[i];
-        float p = param[i];
-        if (decoupled) p = p * decay;          /* param.mul_(1 - lr*wd) */
-        float m = lerp_f32(exp_avg[i], g, w1); /* exp_avg.lerp_(grad, 1 - beta1) */
-        float v = exp_avg_sq[i] * b2;          /* exp_avg_sq.mul_(beta2) */
-        v = fmaf(c2 * g, g, v);                /* .addcmul_(grad, grad, 1 - beta2) */
-        float denom = sqrtf(v) / bc2s;         /* exp_avg_sq.sqrt() / bc2_sqrt */
-        denom = denom + eps;                   /* .add_(eps) */
-        p = p + neg_step * m / denom;          /* param.addcdiv_(m, denom, -step_size) */
-        exp_avg[i] = m;
-        exp_avg_sq[i] = v;
-        param[i] = p;
-    }
+    out->decay = (float)(1.0 - lr * opts->weight_decay);
+    out->w1 = (float)(1.0 - opts->beta1);
+    out->b2 = (float)opts->beta2;
+    out->c2 = (float)(1.0 - opts->beta2);
+    out->bc2s = (float)sqrt(bc2); /* Python's bc2 ** 0.5 */
+    out->eps = (float)opts->eps;
+    out->neg_step = (float)(-(lr / bc1));
+    out->decoupled = opts->weight_decay != 0.0;
     return LH_OK;
+}
+
+lh_status lh_adamw_step(float *param, float *exp_avg, float *exp_avg_sq, int64_t *step,
+                        const float *grad, int64_t n, double lr, const lh_adamw_opts *opts,
+                        lh_error *err) {
+    if (n < 0)
+        return lh_error_set(err, LH_ERR_INVALID, "adamw: n = %lld is negative", (long long)n);
+    if (n > 0 && (!param || !exp_avg || !exp_avg_sq || !grad))
+        return lh_error_set(err, LH_ERR_INVALID, "adamw: %s buffer is NULL",
+                            !param        ? "param"
+                            : !exp_avg    ? "exp_avg"
+                            : !exp_avg_sq ? "exp_avg_sq"
+                                          : "grad");
+    lh_adamw_coef c;
+    lh_status st = lh_adamw_coef_make(&c, step, lr, opts, err);
+    if (st == LH_OK) lh_adamw_apply(param, exp_avg, exp_avg_sq, grad, n, &c);
+    return st;
 }
 
 lh_status lh_clip_grad_norm(float *total_norm, float *const *grads, const int64_t *sizes,

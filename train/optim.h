@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 
+#include "../kernels/backend.h"
 #include "lorahost/lorahost.h"
 
 /* Hyperparameters; lh_adamw_opts_default() gives torch's defaults
@@ -40,6 +41,12 @@ LH_API lh_status lh_adamw_step(float *param,      // [n] updated in place
                                int64_t *step,     // this tensor's step count, incremented
                                const float *grad, // [n]
                                int64_t n, double lr, const lh_adamw_opts *opts, lh_error *err);
+
+/* The checks of lh_adamw_step, then *step += 1 and the step's float32
+ * coefficients for a backend's adamw op (lh_adamw_step is this followed by
+ * kernels/adamw.h's loop). */
+LH_API lh_status lh_adamw_coef_make(lh_adamw_coef *out, int64_t *step, double lr,
+                                    const lh_adamw_opts *opts, lh_error *err);
 
 /* torch.nn.utils.clip_grad_norm_(params, max_norm) with norm_type 2:
  * total = ||(||g_0||, ..., ||g_{count-1}||)||, coef = min(max_norm /

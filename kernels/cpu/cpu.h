@@ -164,6 +164,15 @@ lh_status lh__cpu_split_channels(lh_backend *be, float *a, float *b, const float
 lh_status lh__cpu_set_precision(lh_backend *be, lh_dtype act);
 lh_status lh__cpu_round(lh_backend *be, float *x, int64_t n, lh_dtype dtype);
 lh_status lh__cpu_count_nonfinite(lh_backend *be, int64_t *count, const float *x, int64_t n);
+
+/* ---- Training updates (train_ops.c) ---- */
+lh_status lh__cpu_scale(lh_backend *be, float *x, int64_t n, float s);
+lh_status lh__cpu_sum_squares(lh_backend *be, double *out, const float *x, int64_t n);
+lh_status lh__cpu_mse_backward(lh_backend *be, float *dpred, double *sq, const float *pred,
+                               const float *target, const double *coef, int64_t rows,
+                               int64_t cols);
+lh_status lh__cpu_adamw(lh_backend *be, float *param, float *exp_avg, float *exp_avg_sq,
+                        const float *grad, int64_t n, const lh_adamw_coef *coef);
 lh_status lh__cpu_r_gemm(lh_backend *be, float *c, const float *a, const float *b, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, float beta, int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c);
 lh_status lh__cpu_r_linear(lh_backend *be, float *out, const float *x, const float *w, const float *bias, int64_t rows, int64_t n_in, int64_t n_out);
 lh_status lh__cpu_r_conv2d(lh_backend *be, float *out, const float *x, const float *w, const float *bias, int64_t n, int64_t c_in, int64_t h, int64_t wd, int64_t c_out, int64_t kh, int64_t kw, int stride, int pad);

@@ -470,6 +470,10 @@ static const lh_backend_ops cuda_ops = {
     /* .set_precision = */ cuda_set_precision,
     /* .round = */ lh__cuda_round,
     /* .count_nonfinite = */ lh__cuda_count_nonfinite,
+    /* .scale = */ lh__cuda_scale,
+    /* .sum_squares = */ lh__cuda_sum_squares,
+    /* .mse_backward = */ lh__cuda_mse_backward,
+    /* .adamw = */ lh__cuda_adamw,
 };
 
 /* ---- Create / destroy ---- */

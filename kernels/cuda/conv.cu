@@ -11,7 +11,7 @@
 
 #include "block_reduce.cuh"
 #include "cuda.h"
-#include "size_check.cuh"
+#include "op_checks.h"
 
 enum { CONV_FWD, CONV_BWD_DATA, CONV_BWD_FILTER };
 

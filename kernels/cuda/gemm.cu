@@ -8,7 +8,7 @@
 
 #include "block_reduce.cuh"
 #include "cuda.h"
-#include "size_check.cuh"
+#include "op_checks.h"
 
 #define GEMM_BATCH_MAX 65535 /* batch entries per cuBLAS call */
 #define COLSUM_BX 32         /* columns per block of the column sums */

@@ -11,7 +11,7 @@
 
 #include "block_reduce.cuh"
 #include "cuda.h"
-#include "size_check.cuh"
+#include "op_checks.h"
 
 #define GN_BLOCK 512        /* threads per (image, group) */
 #define LN_BLOCK 256        /* threads per row */

@@ -1,0 +1,130 @@
+/* Training updates on the device: scale, sum_squares, mse_backward and
+ * adamw (kernels/backend.h). Sums run in double with a fixed reduction
+ * order (one block per row, or per-block partials summed by one block), so
+ * a run repeats bit for bit. AdamW does kernels/adamw.h's steps with
+ * round-to-nearest intrinsics, so nvcc contracts nothing into an FMA that
+ * the cpu reference does not have. Argument checks are train_ops.c's. */
+#include "block_reduce.cuh"
+#include "cuda.h"
+#include "op_checks.h"
+
+#define TO_BLOCK 256
+#define SUM_BLOCKS 512
+
+__global__ void scale_kernel(float *x, int64_t n, float s) {
+    LH_CU_FOR(i, n) x[i] = __fmul_rn(x[i], s);
+}
+
+extern "C" lh_status lh__cuda_scale(lh_backend *be, float *x, int64_t n, float s) {
+    if (n < 0 || (n > 0 && !x)) return LH_ERR_INVALID;
+    if (!lh__cu_bytes_ok(n)) return LH_ERR_OVERFLOW;
+    if (n == 0) return LH_OK;
+    scale_kernel<<<lh__cuda_grid(n, TO_BLOCK), TO_BLOCK, 0, lh__cuda(be)->stream>>>(x, n, s);
+    return lh__cuda_launched(be, "scale");
+}
+
+/* part[blockIdx.x] = the block's share of sum x^2 (grid-stride, fixed grid) */
+__global__ void sum_squares_partial(double *part, const float *x, int64_t n) {
+    __shared__ double shm[32];
+    double s = 0.0;
+    LH_CU_FOR(i, n) {
+        double v = (double)x[i];
+        s += v * v;
+    }
+    s = lh__block_sum(s, shm);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+__global__ void sum_parts(double *out, const double *part, int parts) {
+    __shared__ double shm[32];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < parts; i += blockDim.x) s += part[i];
+    s = lh__block_sum(s, shm);
+    if (threadIdx.x == 0) *out = s;
+}
+
+extern "C" lh_status lh__cuda_sum_squares(lh_backend *be, double *out, const float *x,
+                                          int64_t n) {
+    if (!out || n < 0 || (n > 0 && !x)) return LH_ERR_INVALID;
+    if (!lh__cu_bytes_ok(n)) return LH_ERR_OVERFLOW;
+    cudaStream_t s = lh__cuda(be)->stream;
+    if (n == 0) return lh__cuda_check(be, cudaMemsetAsync(out, 0, sizeof *out, s), "sum_squares");
+    void *part = NULL;
+    lh_status st = lh__cuda_scratch(be, SUM_BLOCKS * sizeof(double), &part);
+    if (st != LH_OK) return st;
+    sum_squares_partial<<<SUM_BLOCKS, TO_BLOCK, 0, s>>>((double *)part, x, n);
+    if ((st = lh__cuda_launched(be, "sum_squares")) != LH_OK) return st;
+    sum_parts<<<1, TO_BLOCK, 0, s>>>(out, (const double *)part, SUM_BLOCKS);
+    return lh__cuda_launched(be, "sum_squares");
+}
+
+/* One block per row: dpred = coef[r] * d, sq[r] = sum d^2 (d in double). */
+__global__ void mse_backward_kernel(float *dpred, double *sq, const float *pred,
+                                    const float *target, const double *coef, int64_t cols) {
+    __shared__ double shm[32];
+    int64_t r = blockIdx.x, base = r * cols;
+    double k = coef[r], s = 0.0;
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
+        double d = (double)pred[base + j] - (double)target[base + j];
+        s += d * d;
+        dpred[base + j] = (float)(k * d);
+    }
+    s = lh__block_sum(s, shm);
+    if (threadIdx.x == 0) sq[r] = s;
+}
+
+extern "C" lh_status lh__cuda_mse_backward(lh_backend *be, float *dpred, double *sq,
+                                           const float *pred, const float *target,
+                                           const double *coef, int64_t rows, int64_t cols) {
+    if (rows < 0 || cols < 0) return LH_ERR_INVALID;
+    if (rows > 0 && (!sq || !coef || (cols > 0 && (!dpred || !pred || !target))))
+        return LH_ERR_INVALID;
+    int64_t total;
+    if (!lh__cu_mul2(&total, rows, cols) || !lh__cu_bytes_ok(total) || rows > 65535LL * 32768)
+        return LH_ERR_OVERFLOW;
+    if (rows == 0) return LH_OK;
+    cudaStream_t s = lh__cuda(be)->stream;
+    void *dcoef = NULL;
+    lh_status st = lh__cuda_scratch(be, (size_t)rows * sizeof(double), &dcoef);
+    if (st == LH_OK)
+        st = lh__cuda_check(be, cudaMemcpyAsync(dcoef, coef, (size_t)rows * sizeof(double),
+                                                cudaMemcpyHostToDevice, s),
+                            "mse_backward");
+    /* coef is the caller's host memory: the copy must finish before we return */
+    if (st == LH_OK) st = lh__cuda_check(be, cudaStreamSynchronize(s), "mse_backward");
+    if (st != LH_OK) return st;
+    mse_backward_kernel<<<(unsigned)rows, TO_BLOCK, 0, s>>>(dpred, sq, pred, target,
+                                                           (const double *)dcoef, cols);
+    return lh__cuda_launched(be, "mse_backward");
+}
+
+/* kernels/adamw.h, element by element, every rounding explicit. */
+__global__ void adamw_kernel(float *param, float *exp_avg, float *exp_avg_sq, const float *grad,
+                             int64_t n, lh_adamw_coef c) {
+    LH_CU_FOR(i, n) {
+        float g = grad[i], p = param[i];
+        if (c.decoupled) p = __fmul_rn(p, c.decay);
+        float self = exp_avg[i], diff = __fsub_rn(g, self);
+        float m = fabsf(c.w1) < 0.5f ? __fmaf_rn(c.w1, diff, self)
+                                     : __fmaf_rn(__fsub_rn(c.w1, 1.0f), diff, g);
+        float v = __fmul_rn(exp_avg_sq[i], c.b2);
+        v = __fmaf_rn(__fmul_rn(c.c2, g), g, v);
+        float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), c.bc2s), c.eps);
+        p = __fadd_rn(p, __fdiv_rn(__fmul_rn(c.neg_step, m), denom));
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        param[i] = p;
+    }
+}
+
+extern "C" lh_status lh__cuda_adamw(lh_backend *be, float *param, float *exp_avg,
+                                    float *exp_avg_sq, const float *grad, int64_t n,
+                                    const lh_adamw_coef *coef) {
+    if (!coef || n < 0 || (n > 0 && (!param || !exp_avg || !exp_avg_sq || !grad)))
+        return LH_ERR_INVALID;
+    if (!lh__cu_bytes_ok(n)) return LH_ERR_OVERFLOW;
+    if (n == 0) return LH_OK;
+    adamw_kernel<<<lh__cuda_grid(n, TO_BLOCK), TO_BLOCK, 0, lh__cuda(be)->stream>>>(
+        param, exp_avg, exp_avg_sq, grad, n, *coef);
+    return lh__cuda_launched(be, "adamw");
+}
