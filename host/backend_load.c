@@ -104,3 +104,5 @@ lh_status lh_backend_create(lh_backend **out, const char *device, int threads, c
     put(err, err_size, "device '%s': unknown (cpu, cuda or cuda:N)", device);
     return LH_ERR_INVALID;
 }
+
+int lh_backend_host_memory(const lh_backend *be) { return !strcmp(be->ops->name, "cpu"); }

@@ -17,4 +17,8 @@
 LH_API lh_status lh_backend_create(lh_backend **out, const char *device, int threads, char *err,
                                    size_t err_size);
 
+/* Whether the backend's memory is host memory that host code and plugins
+ * may read and write directly (the cpu backend), rather than a device's. */
+LH_API int lh_backend_host_memory(const lh_backend *be);
+
 #endif

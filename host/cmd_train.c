@@ -1,5 +1,5 @@
 /* lorahost train --config train.ini [--set SECTION.KEY=VALUE ...] [--resume]
- * [--model PATH] [--dataset FILE] [--output DIR]: train an adapter
+ * [--model PATH] [--dataset FILE] [--output DIR] [--device D]: train an adapter
  * (train/trainer.h) with a progress bar on a terminal, plain lines
  * otherwise (docs/training.md). */
 #include <stdio.h>
@@ -24,6 +24,7 @@ static void usage(FILE *out) {
             "  --model PATH        model.path\n"
             "  --dataset FILE.h5   train.dataset\n"
             "  --output DIR        train.output_dir\n"
+            "  --device cpu|cuda   [backend] device: where the U-Net and AdamW run\n"
             "  --resume            continue from the newest good checkpoint in DIR/checkpoints\n"
             "  --quiet             no progress output\n");
 }
@@ -72,6 +73,7 @@ static int read_settings(lh_train_opts *o, const lh_settings *s, lh_registry **r
     int ckpt, te, full, fmt;
     if (lh_settings_get_string(&model, s, "model.path", &err) ||
         lh_settings_get_int(&threads, s, "backend.threads", &err) ||
+        lh_settings_get_string(&o->device, s, "backend.device", &err) ||
         lh_settings_get_list(&dirs, &n_dirs, s, "plugins.dirs", &err) ||
         lh_settings_get_string(&dataset, s, "train.dataset", &err) ||
         lh_settings_get_string(&out, s, "train.output_dir", &err) ||
@@ -177,12 +179,13 @@ int lh_cmd_train(int argc, char **argv) {
         lh_settings_destroy(s);
         return st == LH_ERR_INVALID ? 2 : 1;
     }
-    const char *model = NULL, *dataset = NULL, *output = NULL;
+    const char *model = NULL, *dataset = NULL, *output = NULL, *device = NULL;
     int resume = 0, quiet = 0;
     for (int i = 1; i < argc; i++) {
         const char **dst = !strcmp(argv[i], "--model")     ? &model
                            : !strcmp(argv[i], "--dataset") ? &dataset
                            : !strcmp(argv[i], "--output")  ? &output
+                           : !strcmp(argv[i], "--device")  ? &device
                                                            : NULL;
         if (dst && i + 1 < argc) {
             *dst = argv[++i];
@@ -212,6 +215,13 @@ int lh_cmd_train(int argc, char **argv) {
     if (model) o.model = model;
     if (dataset) o.dataset = dataset;
     if (output) o.output_dir = output;
+    if (device) o.device = device;
+    if (strcmp(o.device, "cpu") && strncmp(o.device, "cuda", 4)) {
+        fprintf(stderr, NAME ": --device: unknown device '%s' (cpu, cuda or cuda:N)\n", o.device);
+        lh_registry_destroy(reg);
+        lh_settings_destroy(s);
+        return 2;
+    }
     o.resume = resume;
     if (!o.model || !o.dataset) {
         fprintf(stderr, NAME ": give the model (--model or [model] path) and the dataset "

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend_load.h"
 #include "clip.h"
 #include "ldm_keys.h"
 #include "tensor.h"
@@ -379,9 +380,6 @@ static lh_status backward_terms(const lh_layers *t, const lh_layer *l, float *dx
     return st;
 }
 
-/* Whether the backend's memory is host memory the plugins can read. */
-static int host_memory(const lh_backend *be) { return !strcmp(be->ops->name, "cpu"); }
-
 /* n floats of backend memory src copied to a new host buffer (*out). */
 static lh_status stage_in(const lh_layers *t, const lh_layer *l, float **out, const float *src,
                           int64_t n, lh_error *err) {
@@ -399,7 +397,7 @@ lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const 
     const lh_layer *l = find_w(t, w);
     if (!l || !l->n_terms) return LH_OK;
     lh_status st;
-    if (host_memory(t->be)) {
+    if (lh_backend_host_memory(t->be)) {
         st = forward_terms(t, l, y, x, n, h, w_, err);
     } else {
         lh_tensor yt = {0}, xt = {0}; /* headers only: their counts */
@@ -427,7 +425,7 @@ lh_status lh_layers_runtime_backward(const lh_layers *t, const float *w, float *
     const lh_layer *l = find_w(t, w);
     if (!l || !l->n_terms) return LH_OK;
     lh_status st;
-    if (host_memory(t->be)) {
+    if (lh_backend_host_memory(t->be)) {
         st = backward_terms(t, l, dx, dy, x, n, h, w_, err);
     } else {
         lh_tensor yt = {0}, xt = {0}; /* headers only: their counts */

@@ -126,5 +126,11 @@ check bad_target 1 "no U-Net layer matches the targets (to_nothing)" -- "$lh" tr
 check other_settings 1 "other settings" -- "$lh" train --config train.ini --output a --resume \
   --set train.rank=8
 check usage 2 "unknown option" -- "$lh" train --config train.ini --bogus
+check bad_device 2 "unknown device 'tpu'" -- "$lh" train --config train.ini --output x --device tpu
+# no GPU here (CI): the cuda backend refuses, naming why (module missing, or no device)
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
+  check cuda 1 "train: device cuda: cuda backend:" -- "$lh" train --config train.ini --output x \
+    --device cuda
+fi
 check no_model 2 "give the model" -- "$lh" train --dataset data.h5 --output x
 echo "cli_train: $pass checks passed (killed $kills times)"

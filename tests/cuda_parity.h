@@ -65,7 +65,7 @@ static void parity_done(void) {
 }
 
 /* Uniform in [lo, hi), reproducible from seed (xorshift). */
-static float *rand_host(int64_t n, uint64_t seed, float lo, float hi) {
+__attribute__((unused)) static float *rand_host(int64_t n, uint64_t seed, float lo, float hi) {
     float *x = malloc(sizeof(float) * (size_t)(n ? n : 1));
     ck_assert_ptr_nonnull(x);
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
@@ -79,7 +79,7 @@ static float *rand_host(int64_t n, uint64_t seed, float lo, float hi) {
 }
 
 /* A backend buffer holding host[n] (NULL host: zeros). */
-static float *on(lh_backend *be, const float *host, int64_t n) {
+__attribute__((unused)) static float *on(lh_backend *be, const float *host, int64_t n) {
     float *d = be->ops->alloc(be, sizeof(float) * (size_t)(n ? n : 1));
     ck_assert_ptr_nonnull(d);
     if (host)
@@ -90,7 +90,7 @@ static float *on(lh_backend *be, const float *host, int64_t n) {
 }
 
 /* The buffer's n values on the host (malloc'd). */
-static float *back(lh_backend *be, const float *d, int64_t n) {
+__attribute__((unused)) static float *back(lh_backend *be, const float *d, int64_t n) {
     float *h = malloc(sizeof(float) * (size_t)(n ? n : 1));
     ck_assert_ptr_nonnull(h);
     ck_assert_int_eq(be->ops->download(be, h, d, sizeof(float) * (size_t)n), LH_OK);
@@ -125,7 +125,7 @@ static void expect_close(const char *what, const float *got, const float *want, 
 }
 
 /* Compare backend buffers a (cuda) and b (cpu) of n values. */
-static void expect_close_dev(const char *what, const float *gpu_buf, const float *cpu_buf,
+__attribute__((unused)) static void expect_close_dev(const char *what, const float *gpu_buf, const float *cpu_buf,
                              int64_t n, double tol) {
     float *g = back(g_gpu, gpu_buf, n), *c = back(g_cpu, cpu_buf, n);
     expect_close(what, g, c, n, tol);

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "adapter.h"
+#include "backend_load.h"
 #include "checkpoint.h"
 #include "clip.h"
 #include "dataset.h"
@@ -41,6 +42,7 @@ static const char *const TE_TARGETS[TE_TARGETS_N] = {"q_proj", "k_proj", "v_proj
 void lh_train_opts_default(lh_train_opts *o) {
     memset(o, 0, sizeof *o);
     o->output_name = "lora";
+    o->device = "cpu";
     o->steps = 1000;
     o->batch_size = 1;
     o->grad_accum = 1;
@@ -67,7 +69,8 @@ void lh_train_opts_default(lh_train_opts *o) {
 
 /* ---- State ---- */
 
-/* One trained tensor (float32, host-addressable: the cpu backend's memory). */
+/* One trained tensor: float32 data and gradient in the memory of the
+ * trainer's parameter backend (pbe). */
 typedef struct param {
     const char *key; /* adapter file key, or the U-Net's diffusers key */
     float *data, *grad;
@@ -78,7 +81,13 @@ typedef struct param {
 
 typedef struct trainer {
     const lh_train_opts *o;
-    lh_backend *be;
+    lh_backend *be;   /* the model's: U-Net forward and backward, the loss */
+    int own_be;       /* be was created here (not opts->backend) */
+    /* the trained tensors' backend: be for the U-Net's own weights; for an
+     * adapter's tensors, which plugins keep in host memory, be if that is
+     * host memory, else hbe, a cpu backend of our own */
+    lh_backend *pbe, *hbe;
+    double *d_sq; /* pbe [np]: each gradient's sum of squares */
     lh_model *m;
     lh_dataset *ds;
     lh_registry *reg;
@@ -89,7 +98,7 @@ typedef struct trainer {
      * full-parameter mode) with their AdamW moments and step counts */
     size_t np;
     struct param *p;
-    float **m1, **m2;
+    float **m1, **m2; /* pbe */
     int64_t *adam_step;
     lh_unet_grads *ugrads; /* full-parameter mode */
     /* noise */
@@ -290,11 +299,13 @@ static lh_status load_item(trainer *t, int64_t idx, int drop, lh_rng *r, item *o
 }
 
 /* Weighted mse over a group of same-size items: L = sum_i w_i mean_i((pred -
- * target)^2) / denom; dL/dpred likewise. */
+ * target)^2) / denom; dL/dpred likewise. The gradient is made on the
+ * backend (mse_backward); only the n row sums come back. */
 typedef struct wmse {
     lh_backend *be;
     const float *target; /* backend [n, per] */
     const float *w;      /* host [n] */
+    double *sq;          /* backend [n] */
     int64_t n;
     double denom;
 } wmse;
@@ -302,25 +313,20 @@ typedef struct wmse {
 static lh_status wmse_loss(void *ctx, float *dout, float *loss, const float *out, int64_t numel,
                            lh_error *err) {
     wmse *c = ctx;
-    size_t total = (size_t)numel, per = total / (size_t)c->n;
-    float *ho = malloc(total * sizeof *ho), *ht = malloc(total * sizeof *ht);
-    lh_status st = ho && ht ? LH_OK : lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
-    if (st == LH_OK) st = c->be->ops->download(c->be, ho, out, total * sizeof *ho);
-    if (st == LH_OK) st = c->be->ops->download(c->be, ht, c->target, total * sizeof *ht);
+    lh_backend *be = c->be;
+    int64_t per = numel / c->n;
+    double *coef = malloc((size_t)c->n * sizeof *coef), *sq = malloc((size_t)c->n * sizeof *sq);
+    lh_status st = coef && sq ? LH_OK : lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    for (int64_t i = 0; st == LH_OK && i < c->n; i++)
+        coef[i] = 2.0 * c->w[i] / ((double)per * c->denom);
+    if (st == LH_OK &&
+        ((st = be->ops->mse_backward(be, dout, c->sq, out, c->target, coef, c->n, per)) != LH_OK ||
+         (st = be->ops->download(be, sq, c->sq, (size_t)c->n * sizeof *sq)) != LH_OK))
+        st = lh_error_set(err, st, "train: the loss on the %s backend failed", be->ops->name);
     double l = 0.0;
-    for (int64_t i = 0; st == LH_OK && i < c->n; i++) {
-        double s = 0.0, k = 2.0 * c->w[i] / ((double)per * c->denom);
-        for (size_t j = 0; j < per; j++) {
-            size_t e = (size_t)i * per + j;
-            double d = (double)ho[e] - (double)ht[e];
-            s += d * d;
-            ho[e] = (float)(k * d);
-        }
-        l += c->w[i] * s / (double)per;
-    }
-    if (st == LH_OK) st = c->be->ops->upload(c->be, dout, ho, total * sizeof *ho);
-    free(ho);
-    free(ht);
+    for (int64_t i = 0; st == LH_OK && i < c->n; i++) l += c->w[i] * sq[i] / (double)per;
+    free(coef);
+    free(sq);
     *loss = (float)(l / c->denom);
     return st;
 }
@@ -342,12 +348,13 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
     float *d_noisy = be->ops->alloc(be, nl * sizeof(float));
     float *d_target = be->ops->alloc(be, nl * sizeof(float));
     float *d_ctx = be->ops->alloc(be, nc * sizeof(float));
+    double *d_sq = be->ops->alloc(be, (size_t)n * sizeof(double));
     int te = o->train_text_encoder;
     float *g_ctx = te ? be->ops->alloc(be, nc * sizeof(float)) : NULL;
     int32_t *ids = te ? malloc((size_t)(n * t->tokens) * sizeof *ids) : NULL;
     lh_status st = LH_OK;
     if (!x0 || !noise || !noisy || !target || !ctx || !wts || !snr || !ts_f || !offs || !ts ||
-        !d_noisy || !d_target || !d_ctx || (te && (!g_ctx || !ids)))
+        !d_noisy || !d_target || !d_ctx || !d_sq || (te && (!g_ctx || !ids)))
         st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
     for (int64_t i = 0; st == LH_OK && i < n; i++) {
         memcpy(x0 + i * per, its[i]->latent, (size_t)per * sizeof *x0);
@@ -390,7 +397,7 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
         t->ad->layers.dropout_seed = (uint64_t)lh_rng_u32(r) << 32 | lh_rng_u32(r);
     }
     if (st == LH_OK) {
-        wmse c = {be, d_target, wts, n, denom};
+        wmse c = {be, d_target, wts, d_sq, n, denom};
         lh_unet_train_opts uo = {.checkpointing = o->checkpointing,
                                  .precision = o->precision,
                                  .loss_scale = t->scaler.scale,
@@ -414,6 +421,7 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
     if (d_noisy) be->ops->free(be, d_noisy);
     if (d_target) be->ops->free(be, d_target);
     if (d_ctx) be->ops->free(be, d_ctx);
+    if (d_sq) be->ops->free(be, d_sq);
     if (g_ctx) be->ops->free(be, g_ctx);
     free(ids);
     return st;
@@ -462,13 +470,37 @@ static lh_status alloc_params(trainer *t, size_t n, lh_error *err) {
     return LH_OK;
 }
 
+/* The AdamW moments (zeros) and the gradient sums, in pbe's memory. */
 static lh_status alloc_moments(trainer *t, lh_error *err) {
+    lh_backend *pb = t->pbe;
+    t->d_sq = pb->ops->alloc(pb, (t->np ? t->np : 1) * sizeof *t->d_sq);
+    if (!t->d_sq) return lh_error_set(err, LH_ERR_NOMEM, "train: out of %s memory", pb->ops->name);
     for (size_t i = 0; i < t->np; i++) {
-        t->m1[i] = calloc((size_t)t->p[i].numel, sizeof(float));
-        t->m2[i] = calloc((size_t)t->p[i].numel, sizeof(float));
-        if (!t->m1[i] || !t->m2[i]) return lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+        size_t bytes = (size_t)t->p[i].numel * sizeof(float);
+        t->m1[i] = pb->ops->alloc(pb, bytes ? bytes : 1);
+        t->m2[i] = pb->ops->alloc(pb, bytes ? bytes : 1);
+        if (!t->m1[i] || !t->m2[i])
+            return lh_error_set(err, LH_ERR_NOMEM, "train: out of %s memory for the AdamW moments",
+                                pb->ops->name);
+        lh_status st = pb->ops->memset0(pb, t->m1[i], bytes);
+        if (st == LH_OK) st = pb->ops->memset0(pb, t->m2[i], bytes);
+        if (st != LH_OK) return lh_error_set(err, st, "train: %s memset failed", pb->ops->name);
     }
     return LH_OK;
+}
+
+/* A host-readable copy of n floats at src (pbe memory): src itself when
+ * pbe's memory is the host's (*own NULL), else a download into *own. */
+static lh_status host_view(const trainer *t, const float **out, float **own, const float *src,
+                           int64_t n, lh_error *err) {
+    *own = NULL;
+    *out = src;
+    if (lh_backend_host_memory(t->pbe)) return LH_OK;
+    if (!(*own = malloc((size_t)(n ? n : 1) * sizeof **own)))
+        return lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    *out = *own;
+    lh_status st = t->pbe->ops->download(t->pbe, *own, src, (size_t)n * sizeof **own);
+    return st == LH_OK ? st : lh_error_set(err, st, "train: %s download failed", t->pbe->ops->name);
 }
 
 static lh_status adapter_params(trainer *t, lh_error *err) {
@@ -519,19 +551,47 @@ static lh_status unet_params(trainer *t, lh_error *err) {
     return alloc_moments(t, err);
 }
 
-static void grads_zero(trainer *t) {
-    for (size_t i = 0; i < t->np; i++) memset(t->p[i].grad, 0, (size_t)t->p[i].numel * sizeof(float));
+static lh_status grads_zero(trainer *t, lh_error *err) {
+    for (size_t i = 0; i < t->np; i++) {
+        lh_status st = t->pbe->ops->memset0(t->pbe, t->p[i].grad, (size_t)t->p[i].numel * sizeof(float));
+        if (st != LH_OK) return lh_error_set(err, st, "train: %s memset failed", t->pbe->ops->name);
+    }
+    return LH_OK;
 }
 
-/* Multiply every gradient by inv; the number of NaN/Inf left. */
-static int64_t grads_unscale(trainer *t, float inv) {
-    int64_t bad = 0;
-    for (size_t i = 0; i < t->np; i++)
-        for (int64_t k = 0; k < t->p[i].numel; k++) {
-            t->p[i].grad[k] *= inv;
-            bad += !isfinite(t->p[i].grad[k]);
-        }
-    return bad;
+/* Every gradient multiplied by inv, then sq[i] (host) = the sum of squares
+ * of gradient i: non-finite where it holds a NaN or an Inf. All of it runs
+ * on pbe; the np sums come back in one download. */
+static lh_status grads_unscale(trainer *t, float inv, double *sq, lh_error *err) {
+    lh_backend *pb = t->pbe;
+    lh_status st = LH_OK;
+    for (size_t i = 0; st == LH_OK && i < t->np; i++) {
+        if (inv != 1.0f) st = pb->ops->scale(pb, t->p[i].grad, t->p[i].numel, inv);
+        if (st == LH_OK) st = pb->ops->sum_squares(pb, t->d_sq + i, t->p[i].grad, t->p[i].numel);
+    }
+    if (st == LH_OK && t->np) st = pb->ops->download(pb, sq, t->d_sq, t->np * sizeof *sq);
+    return st == LH_OK ? st
+                       : lh_error_set(err, st, "train: gradient unscale on the %s backend failed",
+                                      pb->ops->name);
+}
+
+/* torch.nn.utils.clip_grad_norm_ (norm 2) from the gradients' sums of
+ * squares, as lh_clip_grad_norm computes it (each tensor's norm a float32). */
+static lh_status grads_clip(trainer *t, const double *sq, double max_norm, lh_error *err) {
+    double sum = 0.0;
+    for (size_t i = 0; i < t->np; i++) {
+        double norm = (double)(float)sqrt(sq[i]);
+        sum += norm * norm;
+    }
+    float total = (float)sqrt(sum);
+    float coef = (float)max_norm / (total + (float)1e-6);
+    if (coef >= 1.0f) return LH_OK; /* torch multiplies by 1: no change */
+    lh_status st = LH_OK;
+    for (size_t i = 0; st == LH_OK && i < t->np; i++)
+        st = t->pbe->ops->scale(t->pbe, t->p[i].grad, t->p[i].numel, coef);
+    return st == LH_OK ? st
+                       : lh_error_set(err, st, "train: gradient clipping on the %s backend failed",
+                                      t->pbe->ops->name);
 }
 
 /* What must agree for a resume: the settings the saved state depends on. */
@@ -550,13 +610,17 @@ static lh_status save_checkpoint(trainer *t, lh_error *err) {
     size_t n = 3 * t->np + 2;
     lh_ckpt_tensor *ts = calloc(n, sizeof *ts);
     char **names = calloc(3 * t->np, sizeof *names);
-    lh_status st = ts && names ? LH_OK : lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    float **own = calloc(3 * t->np, sizeof *own); /* host copies of device tensors */
+    lh_status st = ts && names && own ? LH_OK
+                                      : lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
     size_t k = 0;
     for (size_t i = 0; st == LH_OK && i < t->np; i++) {
         const param *v = &t->p[i];
-        const float *src[3] = {v->data, t->m1[i], t->m2[i]};
+        const float *dev[3] = {v->data, t->m1[i], t->m2[i]}, *src[3];
+        for (int j = 0; st == LH_OK && j < 3; j++)
+            st = host_view(t, &src[j], &own[3 * i + (size_t)j], dev[j], v->numel, err);
         static const char *const pre[3] = {"param/", "adam_m/", "adam_v/"};
-        for (int j = 0; j < 3; j++) {
+        for (int j = 0; st == LH_OK && j < 3; j++) {
             size_t len = strlen(pre[j]) + strlen(v->key) + 1;
             if (!(names[3 * i + (size_t)j] = malloc(len))) {
                 st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
@@ -589,7 +653,9 @@ static lh_status save_checkpoint(trainer *t, lh_error *err) {
                                                                           : 1000000,
                           ts, k, meta, sizeof meta / sizeof meta[0], err);
     for (size_t i = 0; names && i < 3 * t->np; i++) free(names[i]);
+    for (size_t i = 0; own && i < 3 * t->np; i++) free(own[i]);
     free(names);
+    free(own);
     free(ts);
     return st;
 }
@@ -614,15 +680,23 @@ static lh_status resume(trainer *t, char *from, size_t from_size, lh_error *err)
     if (st == LH_OK && (step < 1 || step > t->o->steps))
         st = lh_error_set(err, LH_ERR_CONFIG, "train: %s is at step %lld, outside 1..%lld",
                           lh_ckpt_path(c), (long long)step, (long long)t->o->steps);
+    int direct = lh_backend_host_memory(t->pbe);
     for (size_t i = 0; st == LH_OK && i < t->np; i++) {
         const param *v = &t->p[i];
         float *dst[3] = {v->data, t->m1[i], t->m2[i]};
         static const char *const pre[3] = {"param/", "adam_m/", "adam_v/"};
+        size_t bytes = (size_t)v->numel * sizeof(float);
+        float *tmp = direct ? NULL : malloc(bytes ? bytes : 1);
+        if (!direct && !tmp) st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
         for (int j = 0; st == LH_OK && j < 3; j++) {
             char name[512];
             snprintf(name, sizeof name, "%s%s", pre[j], v->key);
-            st = lh_ckpt_read(dst[j], c, name, LH_DTYPE_F32, v->ndim, v->shape, err);
+            st = lh_ckpt_read(direct ? dst[j] : tmp, c, name, LH_DTYPE_F32, v->ndim, v->shape, err);
+            if (st == LH_OK && !direct &&
+                (st = t->pbe->ops->upload(t->pbe, dst[j], tmp, bytes)) != LH_OK)
+                st = lh_error_set(err, st, "train: %s upload failed", t->pbe->ops->name);
         }
+        free(tmp);
     }
     int64_t np = (int64_t)t->np;
     if (st == LH_OK) st = lh_ckpt_read(t->adam_step, c, "adam_step", LH_DTYPE_I64, 1, &np, err);
@@ -655,7 +729,9 @@ static lh_status export_unet(trainer *t, lh_error *err) {
     snprintf(src, sizeof src, "%s/unet/diffusion_pytorch_model.safetensors", t->m->info.path);
     lh_st_file *f = NULL;
     lh_st_writer *w = NULL;
-    lh_status st = lh_st_open(&f, src, err);
+    float **own = calloc(t->np ? t->np : 1, sizeof *own); /* host copies of device weights */
+    lh_status st = own ? LH_OK : lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    if (st == LH_OK) st = lh_st_open(&f, src, err);
     if (st == LH_OK) st = lh_st_writer_create(&w, err);
     for (size_t i = 0; st == LH_OK && i < t->np; i++) {
         const lh_st_tensor *o = lh_st_find(f, t->p[i].key);
@@ -664,11 +740,16 @@ static lh_status export_unet(trainer *t, lh_error *err) {
                               src, t->p[i].key, (long long)t->p[i].numel);
             break;
         }
-        st = lh_st_writer_add(w, t->p[i].key, LH_DTYPE_F32, o->ndim, o->shape, t->p[i].data, err);
+        const float *data = NULL;
+        st = host_view(t, &data, &own[i], t->p[i].data, t->p[i].numel, err);
+        if (st == LH_OK)
+            st = lh_st_writer_add(w, t->p[i].key, LH_DTYPE_F32, o->ndim, o->shape, data, err);
     }
     snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", dir);
     if (st == LH_OK) st = lh_st_save(w, path, err);
     lh_st_writer_destroy(w);
+    for (size_t i = 0; own && i < t->np; i++) free(own[i]);
+    free(own);
     lh_st_close(f);
     /* the config as it was */
     snprintf(src, sizeof src, "%s/unet/config.json", t->m->info.path);
@@ -848,8 +929,22 @@ static lh_status setup(trainer *t, lh_error *err) {
                             "train_text_encoder");
     lh_status st = make_dirs(t, err);
     char msg[LH_ERROR_MAX] = "";
-    if (st == LH_OK && lh_backend_cpu_create(&t->be, o->threads, msg, sizeof msg) != LH_OK)
-        st = lh_error_set(err, LH_ERR_INTERNAL, "train: %s", msg);
+    if (st == LH_OK && o->backend) {
+        t->be = o->backend;
+    } else if (st == LH_OK) {
+        const char *dev = o->device ? o->device : "cpu";
+        lh_status bs = lh_backend_create(&t->be, dev, o->threads, msg, sizeof msg);
+        if (bs != LH_OK) st = lh_error_set(err, bs, "train: device %s: %s", dev, msg);
+        t->own_be = st == LH_OK;
+    }
+    /* the trained tensors: the U-Net's weights live on be; an adapter's
+     * in host memory, which plugins read */
+    if (st == LH_OK) t->pbe = t->be;
+    if (st == LH_OK && !o->full_parameter && !lh_backend_host_memory(t->be)) {
+        if (lh_backend_cpu_create(&t->hbe, o->threads, msg, sizeof msg) != LH_OK)
+            st = lh_error_set(err, LH_ERR_INTERNAL, "train: %s", msg);
+        t->pbe = t->hbe;
+    }
     if (st == LH_OK) st = lh_model_open(&t->m, t->be, o->model, err);
     if (st == LH_OK) st = lh_dataset_open(&t->ds, o->dataset, err);
     if (st == LH_OK && lh_dataset_count(t->ds) < 1)
@@ -891,17 +986,19 @@ static lh_status setup(trainer *t, lh_error *err) {
 }
 
 static void teardown(trainer *t) {
-    for (size_t i = 0; i < t->np; i++) {
-        if (t->m1) free(t->m1[i]);
-        if (t->m2) free(t->m2[i]);
+    for (size_t i = 0; t->pbe && i < t->np; i++) {
+        if (t->m1 && t->m1[i]) t->pbe->ops->free(t->pbe, t->m1[i]);
+        if (t->m2 && t->m2[i]) t->pbe->ops->free(t->pbe, t->m2[i]);
     }
+    if (t->d_sq) t->pbe->ops->free(t->pbe, t->d_sq);
     free(t->p), free(t->m1), free(t->m2), free(t->adam_step);
     lh_unet_grads_free(t->ugrads);
     free(t->betas), free(t->alphas_cumprod), free(t->loss);
     if (t->a) lh_adapter_unload(t->a);
     lh_dataset_close(t->ds);
     lh_model_close(t->m);
-    lh_backend_destroy(t->be);
+    lh_backend_destroy(t->hbe);
+    if (t->own_be) lh_backend_destroy(t->be);
 }
 
 /* ---- The loop ---- */
@@ -912,14 +1009,15 @@ static double now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* One optimizer step; *applied 0 if fp16 overflow skipped it. */
+/* One optimizer step; *applied 0 if fp16 overflow skipped it. Unscale,
+ * overflow check, clip and AdamW run on pbe; the host reads back the loss
+ * and one sum of squares per gradient. */
 static lh_status opt_step(trainer *t, float *loss, double *lr, int *applied, lh_error *err) {
     const lh_train_opts *o = t->o;
-    grads_zero(t);
+    lh_status st = grads_zero(t, err);
     lh_unet_overflow rep = {0};
     float l = 0.0f;
     double denom = (double)(o->batch_size * o->grad_accum);
-    lh_status st = LH_OK;
     for (int64_t k = 0; st == LH_OK && k < o->grad_accum; k++) {
         lh_rng *r = stream(t, S_STEP, (uint64_t)(t->step * o->grad_accum + k), err);
         if (!r) return err ? err->code : LH_ERR_NOMEM;
@@ -929,29 +1027,36 @@ static lh_status opt_step(trainer *t, float *loss, double *lr, int *applied, lh_
     }
     if (st != LH_OK) return st;
     *loss = l;
-    int64_t bad = grads_unscale(t, 1.0f / t->scaler.scale);
-    *applied = lh_loss_scaler_update(&t->scaler, bad > 0 || rep.count > 0);
-    *lr = lh_lr_schedule_lr(&t->sched, t->step);
-    if (!*applied) {
-        lh_log(LH_LOG_WARN, "train", "step %lld: %lld Inf/NaN gradients (first at %s); step "
-               "skipped, loss scale now %g", (long long)t->step + 1, (long long)bad,
-               rep.count ? rep.at[0].unit : "the parameters", (double)t->scaler.scale);
+    double *sq = malloc((t->np ? t->np : 1) * sizeof *sq);
+    if (!sq) return lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    st = grads_unscale(t, 1.0f / t->scaler.scale, sq, err);
+    int64_t bad = 0;
+    size_t first = 0;
+    for (size_t i = t->np; st == LH_OK && i-- > 0;)
+        if (!isfinite(sq[i])) bad++, first = i;
+    if (st == LH_OK) {
+        *applied = lh_loss_scaler_update(&t->scaler, bad > 0 || rep.count > 0);
+        *lr = lh_lr_schedule_lr(&t->sched, t->step);
+    }
+    if (st == LH_OK && !*applied) {
+        lh_log(LH_LOG_WARN, "train", "step %lld: Inf/NaN gradients in %lld tensors (first at %s); "
+               "step skipped, loss scale now %g", (long long)t->step + 1, (long long)bad,
+               rep.count ? rep.at[0].unit : bad ? t->p[first].key : "the parameters",
+               (double)t->scaler.scale);
+        free(sq);
         return LH_OK;
     }
-    float **g = malloc(t->np * sizeof *g);
-    int64_t *sizes = malloc(t->np * sizeof *sizes);
-    if (!g || !sizes) st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    if (st == LH_OK && o->max_grad_norm > 0) st = grads_clip(t, sq, o->max_grad_norm, err);
+    free(sq);
     for (size_t i = 0; st == LH_OK && i < t->np; i++) {
-        g[i] = t->p[i].grad;
-        sizes[i] = t->p[i].numel;
+        lh_adamw_coef c;
+        st = lh_adamw_coef_make(&c, &t->adam_step[i], *lr, &t->ao, err);
+        if (st == LH_OK &&
+            (st = t->pbe->ops->adamw(t->pbe, t->p[i].data, t->m1[i], t->m2[i], t->p[i].grad,
+                                     t->p[i].numel, &c)) != LH_OK)
+            st = lh_error_set(err, st, "train: AdamW on the %s backend failed (%s)",
+                              t->pbe->ops->name, t->p[i].key);
     }
-    if (st == LH_OK && o->max_grad_norm > 0)
-        st = lh_clip_grad_norm(NULL, g, sizes, (int64_t)t->np, o->max_grad_norm, err);
-    for (size_t i = 0; st == LH_OK && i < t->np; i++)
-        st = lh_adamw_step(t->p[i].data, t->m1[i], t->m2[i], &t->adam_step[i], g[i],
-                           sizes[i], *lr, &t->ao, err);
-    free(g);
-    free(sizes);
     if (st == LH_OK && t->a) st = lh_adapter_refresh(t->a, err);
     return st;
 }

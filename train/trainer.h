@@ -31,6 +31,11 @@ typedef struct lh_train_opts {
     const char *output_dir;  /* checkpoints/, samples/, loss.svg, <output_name>.safetensors */
     const char *output_name;
     int threads;
+    /* Where the U-Net and the optimizer run: "cpu", "cuda" or "cuda:N"
+     * (host/backend_load.h). `backend`, when not NULL, is used instead
+     * (borrowed: the caller destroys it after the run). */
+    const char *device;
+    struct lh_backend *backend;
     int64_t steps, batch_size, grad_accum;
     double lr;
     const char *lr_scheduler;
