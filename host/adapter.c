@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "adapter_keys.h"
+#include "backend_load.h"
 #include "host_api.h"
 #include "log.h"
 #include "tensor.h"
@@ -341,7 +342,12 @@ static lh_status create_state(void **state, lh_adapt *ad, const lh_adapter_part 
             break;
         }
     char msg[LH_ERROR_MAX] = "";
+    /* on a device the instance keeps its tensors in device memory */
+    lh_backend *be = ad->layers.be, *prev = NULL;
+    int dev = be && !lh_backend_host_memory(be);
+    if (dev) prev = lh_host_api_bind(be);
     if (st == LH_OK) st = d->create(state, lh_host_api_get(), al, msg, sizeof msg);
+    if (dev) lh_host_api_bind(prev);
     free(base);
     if (st != LH_OK && msg[0]) return lh_error_set(err, st, "%s", msg);
     if (st != LH_OK) return lh_error_set(err, st, "the adapter kind refused layer %s", l->name);

@@ -7,6 +7,7 @@
 
 #include "backend_load.h"
 #include "clip.h"
+#include "host_api.h"
 #include "ldm_keys.h"
 #include "tensor.h"
 #include "unet.h"
@@ -320,11 +321,13 @@ static lh_status dropped(float **out, const lh_layers *t, const lh_layer *l, con
     return LH_OK;
 }
 
-/* y += the terms of layer l on x (host memory). */
+/* y += the terms of layer l on x: host memory (mem NULL), or device
+ * memory of backend mem (no dropout there). */
 static lh_status forward_terms(const lh_layers *t, const lh_layer *l, float *y, const float *x,
-                               int64_t n, int64_t h, int64_t w_, lh_error *err) {
+                               int64_t n, int64_t h, int64_t w_, lh_backend *mem, lh_error *err) {
     lh_tensor yt, xt;
     lh_status st = io_views(&yt, &xt, l, y, x, n, h, w_, err);
+    yt.be = xt.be = mem;
     float *xd = NULL;
     if (st == LH_OK) st = dropped(&xd, t, l, x, xt.numel, err);
     if (xd) xt.data = xd;
@@ -339,13 +342,14 @@ static lh_status forward_terms(const lh_layers *t, const lh_layer *l, float *y, 
     return st;
 }
 
-/* The terms' gradients of layer l (host memory): dx += (when not NULL),
- * the terms' parameter gradients +=. */
+/* The terms' gradients of layer l (memory as forward_terms'): dx += (when
+ * not NULL), the terms' parameter gradients +=. */
 static lh_status backward_terms(const lh_layers *t, const lh_layer *l, float *dx,
                                 const float *dy, const float *x, int64_t n, int64_t h,
-                                int64_t w_, lh_error *err) {
+                                int64_t w_, lh_backend *mem, lh_error *err) {
     lh_tensor dyt, xt, dxt;
     lh_status st = io_views(&dyt, &xt, l, dy, x, n, h, w_, err);
+    dyt.be = xt.be = mem;
     /* with dropout the terms saw x * mask / (1 - p): their dx goes through
      * the same mask, via a zeroed buffer */
     float *xd = NULL, *dxd = NULL;
@@ -355,6 +359,7 @@ static lh_status backward_terms(const lh_layers *t, const lh_layer *l, float *dx
     if (xd) xt.data = xd;
     if (st == LH_OK && dx)
         st = lh_tensor_view(&dxt, dxd ? dxd : dx, LH_DTYPE_F32, xt.ndim, xt.shape, err);
+    if (st == LH_OK && dx) dxt.be = mem;
     for (int i = 0; st == LH_OK && i < l->n_terms; i++) {
         const lh_adapter_desc *d = l->terms[i].desc;
         char msg[512] = "";
@@ -380,6 +385,27 @@ static lh_status backward_terms(const lh_layers *t, const lh_layer *l, float *dx
     return st;
 }
 
+/* The terms of layer l (forward, or backward when dy) where the backend's
+ * memory is: the plugins' tensors there (lh_host_api_bind) and their ops in
+ * float32, as on the host (the caller rounds the output to act). */
+static lh_status device_terms(const lh_layers *t, const lh_layer *l, float *out, const float *dy,
+                              const float *x, int64_t n, int64_t h, int64_t w_, lh_dtype act,
+                              lh_error *err) {
+    lh_backend *be = t->be, *prev = lh_host_api_bind(be);
+    lh_status st = act != LH_DTYPE_F32 ? be->ops->set_precision(be, LH_DTYPE_F32) : LH_OK;
+    if (st != LH_OK) st = lh_error_set(err, st, "layer %s: set_precision failed", l->name);
+    if (st == LH_OK)
+        st = dy ? backward_terms(t, l, out, dy, x, n, h, w_, be, err)
+                : forward_terms(t, l, out, x, n, h, w_, be, err);
+    if (act != LH_DTYPE_F32) {
+        lh_status s2 = be->ops->set_precision(be, act);
+        if (st == LH_OK && s2 != LH_OK)
+            st = lh_error_set(err, s2, "layer %s: set_precision failed", l->name);
+    }
+    lh_host_api_bind(prev);
+    return st;
+}
+
 /* n floats of backend memory src copied to a new host buffer (*out). */
 static lh_status stage_in(const lh_layers *t, const lh_layer *l, float **out, const float *src,
                           int64_t n, lh_error *err) {
@@ -389,8 +415,9 @@ static lh_status stage_in(const lh_layers *t, const lh_layer *l, float **out, co
     return st == LH_OK ? st : lh_error_set(err, st, "layer %s: download failed", l->name);
 }
 
-/* Plugins compute on host memory: a backend whose memory is not (cuda)
- * has the layer's input and output staged through host buffers. */
+/* On a backend whose memory is not the host's (cuda) the plugins compute
+ * there (device_terms), except under LoRA dropout, whose mask is made on
+ * the host: then the layer's input and output go through host buffers. */
 lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const float *x,
                             int64_t n, int64_t h, int64_t w_, lh_dtype act, lh_error *err) {
     if (!t || !t->n_runtime) return LH_OK;
@@ -398,7 +425,9 @@ lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const 
     if (!l || !l->n_terms) return LH_OK;
     lh_status st;
     if (lh_backend_host_memory(t->be)) {
-        st = forward_terms(t, l, y, x, n, h, w_, err);
+        st = forward_terms(t, l, y, x, n, h, w_, NULL, err);
+    } else if (t->dropout <= 0.0) {
+        st = device_terms(t, l, y, NULL, x, n, h, w_, act, err);
     } else {
         lh_tensor yt = {0}, xt = {0}; /* headers only: their counts */
         float *hx = NULL, *hy = NULL;
@@ -406,7 +435,7 @@ lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const 
         int64_t nx = xt.numel, ny = yt.numel;
         if (st == LH_OK) st = stage_in(t, l, &hx, x, nx, err);
         if (st == LH_OK) st = stage_in(t, l, &hy, y, ny, err);
-        if (st == LH_OK) st = forward_terms(t, l, hy, hx, n, h, w_, err);
+        if (st == LH_OK) st = forward_terms(t, l, hy, hx, n, h, w_, NULL, err);
         if (st == LH_OK && (st = t->be->ops->upload(t->be, y, hy, (size_t)ny * sizeof *hy)))
             st = lh_error_set(err, st, "layer %s: upload failed", l->name);
         free(hx);
@@ -426,7 +455,9 @@ lh_status lh_layers_runtime_backward(const lh_layers *t, const float *w, float *
     if (!l || !l->n_terms) return LH_OK;
     lh_status st;
     if (lh_backend_host_memory(t->be)) {
-        st = backward_terms(t, l, dx, dy, x, n, h, w_, err);
+        st = backward_terms(t, l, dx, dy, x, n, h, w_, NULL, err);
+    } else if (t->dropout <= 0.0) {
+        st = device_terms(t, l, dx, dy, x, n, h, w_, act, err);
     } else {
         lh_tensor yt = {0}, xt = {0}; /* headers only: their counts */
         float *hx = NULL, *hdy = NULL, *hdx = NULL;
@@ -435,7 +466,7 @@ lh_status lh_layers_runtime_backward(const lh_layers *t, const float *w, float *
         if (st == LH_OK) st = stage_in(t, l, &hx, x, nx, err);
         if (st == LH_OK) st = stage_in(t, l, &hdy, dy, ny, err);
         if (st == LH_OK && dx) st = stage_in(t, l, &hdx, dx, nx, err);
-        if (st == LH_OK) st = backward_terms(t, l, hdx, hdy, hx, n, h, w_, err);
+        if (st == LH_OK) st = backward_terms(t, l, hdx, hdy, hx, n, h, w_, NULL, err);
         if (st == LH_OK && dx &&
             (st = t->be->ops->upload(t->be, dx, hdx, (size_t)nx * sizeof *hdx)))
             st = lh_error_set(err, st, "layer %s: upload failed", l->name);

@@ -1,9 +1,12 @@
-/* Host tensors: creation, views and per-element access in float32 for the
- * storage types the host computes with (f32, f16, bf16, f64). */
+/* Tensors: creation (host, or a device's memory), views and per-element
+ * access in float32 for the storage types the host computes with (f32,
+ * f16, bf16, f64; host tensors only). */
 #include "tensor.h"
 
 #include <stdlib.h>
 #include <string.h>
+
+#include "../kernels/backend.h"
 
 #include "lorahost/safetensors.h"
 
@@ -58,9 +61,41 @@ lh_tensor *lh_tensor_create(lh_dtype dtype, int ndim, const int64_t *shape, lh_e
     return t;
 }
 
+lh_tensor *lh_tensor_create_on(lh_backend *be, int ndim, const int64_t *shape, lh_error *err) {
+    if (!be) return lh_tensor_create(LH_DTYPE_F32, ndim, shape, err);
+    lh_tensor *t = malloc(sizeof *t);
+    if (!t) {
+        lh_error_set(err, LH_ERR_NOMEM, "out of memory for a tensor");
+        return NULL;
+    }
+    size_t bytes;
+    if (lh_tensor_view(t, NULL, LH_DTYPE_F32, ndim, shape, err) != LH_OK) {
+        free(t);
+        return NULL;
+    }
+    if (lh_mul_size((size_t)t->numel, sizeof(float), &bytes)) {
+        lh_error_set(err, LH_ERR_OVERFLOW, "tensor of %lld elements overflows size_t",
+                     (long long)t->numel);
+        free(t);
+        return NULL;
+    }
+    t->data = be->ops->alloc(be, bytes ? bytes : 1);
+    lh_status st = t->data ? be->ops->memset0(be, t->data, bytes) : LH_ERR_NOMEM;
+    if (st != LH_OK) {
+        lh_error_set(err, st, "%s: no memory for a tensor of %zu bytes", be->ops->name, bytes);
+        if (t->data) be->ops->free(be, t->data);
+        free(t);
+        return NULL;
+    }
+    t->owns_data = 1;
+    t->be = be;
+    return t;
+}
+
 void lh_tensor_destroy(lh_tensor *t) {
     if (!t) return;
-    if (t->owns_data) free(t->data);
+    if (t->owns_data && t->be) t->be->ops->free(t->be, t->data);
+    else if (t->owns_data) free(t->data);
     free(t);
 }
 

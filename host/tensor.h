@@ -1,6 +1,8 @@
-/* Host tensors: the concrete lh_tensor behind the plugin ABI's opaque handle.
- * Until the backend table lands, every tensor lives in host memory and the
- * ops in tensor_ops.c compute on it in float32 (f16/bf16 storage converted). */
+/* Tensors: the concrete lh_tensor behind the plugin ABI's opaque handle.
+ * A tensor lives in host memory (be NULL), where the ops in tensor_ops.c
+ * compute on it in float32 (f16/bf16 storage converted), or, float32 only,
+ * in the memory of a backend whose memory is not the host's (a device),
+ * where tensor_ops.c runs the backend's ops on it. */
 #ifndef LH_HOST_TENSOR_H
 #define LH_HOST_TENSOR_H
 
@@ -16,6 +18,7 @@ struct lh_tensor {
     int64_t numel;
     void *data;
     int owns_data;
+    struct lh_backend *be; /* NULL: host memory; else data is this backend's (F32) */
 };
 
 /* New zero-filled tensor; NULL (with err) on bad shape, overflow or no memory. */
@@ -23,13 +26,19 @@ lh_tensor *lh_tensor_create(lh_dtype dtype, int ndim, const int64_t *shape, lh_e
 /* A tensor header over memory owned by someone else. */
 lh_status lh_tensor_view(lh_tensor *out, void *data, lh_dtype dtype, int ndim,
                          const int64_t *shape, lh_error *err);
+/* New zero-filled F32 tensor in be's memory (be NULL: lh_tensor_create). */
+lh_tensor *lh_tensor_create_on(struct lh_backend *be, int ndim, const int64_t *shape,
+                               lh_error *err);
 void lh_tensor_destroy(lh_tensor *t);
 
 /* Element i as float / store float into element i (f32, f16, bf16, f64). */
 float lh_tensor_get(const lh_tensor *t, int64_t i);
 void lh_tensor_set(lh_tensor *t, int64_t i, float v);
 
-/* ---- Ops used by the host-services table (outputs first) ---- */
+/* ---- Ops used by the host-services table (outputs first) ----
+ * Operands are all host tensors, or all in one device's memory (gemm,
+ * conv2d with groups 1 and square stride/padding, axpby, fill with 0);
+ * host_api.c moves mixed operands to one place first. */
 lh_status lh_op_copy(lh_tensor *out, const lh_tensor *x, lh_error *err);
 lh_status lh_op_fill(lh_tensor *out, double value, lh_error *err);
 lh_status lh_op_axpby(lh_tensor *out, double a, const lh_tensor *x, double b,

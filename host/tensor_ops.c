@@ -1,6 +1,7 @@
-/* Reference tensor ops behind the host-services table: elementwise ops,
- * GEMM and conv2d on host tensors, computed in float32 (accumulated in
- * double) whatever the storage type. The compute backends replace these. */
+/* Tensor ops behind the host-services table: elementwise ops, GEMM and
+ * conv2d on host tensors, computed in float32 (accumulated in double)
+ * whatever the storage type, the F32 GEMMs and convolutions by the cpu
+ * backend; on device tensors, by their backend's ops. */
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -25,6 +26,9 @@ static lh_backend *f32_backend(void) {
     pthread_once(&g_backend_once, backend_init);
     return g_backend;
 }
+
+/* Where an op on output `out` runs: its device, or the cpu backend. */
+static lh_backend *op_backend(const lh_tensor *out) { return out->be ? out->be : f32_backend(); }
 
 static int all_f32(const lh_tensor *a, const lh_tensor *b, const lh_tensor *c,
                    const lh_tensor *d) {
@@ -71,6 +75,14 @@ lh_status lh_op_copy(lh_tensor *out, const lh_tensor *x, lh_error *err) {
 lh_status lh_op_fill(lh_tensor *out, double value, lh_error *err) {
     lh_status st = check_float(out, "fill", err);
     if (st != LH_OK) return st;
+    if (out->be) {
+        if (value != 0.0)
+            return lh_error_set(err, LH_ERR_UNSUPPORTED, "fill: device tensors take 0 only");
+        st = out->be->ops->memset0(out->be, out->data, (size_t)out->numel * sizeof(float));
+        return st == LH_OK ? st
+                           : lh_error_set(err, st, "fill: the %s backend failed",
+                                          out->be->ops->name);
+    }
     for (int64_t i = 0; i < out->numel; i++) lh_tensor_set(out, i, (float)value);
     return LH_OK;
 }
@@ -80,6 +92,14 @@ lh_status lh_op_axpby(lh_tensor *out, double a, const lh_tensor *x, double b,
     lh_status st = check_same_numel(out, x, "axpby", err);
     if (st == LH_OK && y) st = check_same_numel(out, y, "axpby", err);
     if (st != LH_OK) return st;
+    if (out->be) { /* on the device: y NULL reads as 0 * x */
+        if (out->numel == 0) return LH_OK;
+        st = out->be->ops->axpby(out->be, out->data, (float)a, x->data, y ? (float)b : 0.0f,
+                                 y ? y->data : x->data, out->numel);
+        return st == LH_OK ? st
+                           : lh_error_set(err, st, "axpby: the %s backend failed",
+                                          out->be->ops->name);
+    }
     if (all_f32(out, x, out, y)) { /* the same arithmetic without the dtype switch */
         float *o = out->data;
         const float *xv = x->data, *yv = y ? y->data : NULL;
@@ -160,13 +180,13 @@ lh_status lh_op_gemm(lh_tensor *out, const lh_tensor *a, const lh_tensor *b, int
                             "[%lld, %lld]",
                             (long long)m, (long long)k, (long long)kb, (long long)n,
                             (long long)orows, (long long)ocols);
-    lh_backend *be = all_f32(out, a, b, NULL) ? f32_backend() : NULL;
+    lh_backend *be = all_f32(out, a, b, NULL) ? op_backend(out) : NULL;
     if (be) {
         if (m == 0 || n == 0) return LH_OK;
         if (k == 0) return lh_op_axpby(out, beta, out, 0.0, NULL, err);
         st = be->ops->gemm(be, out->data, a->data, b->data, trans_a, trans_b, m, n, k,
                            (float)alpha, (float)beta, 1, 0, 0, 0);
-        if (st != LH_OK) return lh_error_set(err, st, "gemm: the cpu backend failed");
+        if (st != LH_OK) return lh_error_set(err, st, "gemm: the %s backend failed", be->ops->name);
         return LH_OK;
     }
     for (int64_t i = 0; i < m; i++) {
@@ -223,13 +243,14 @@ lh_status lh_op_conv2d(lh_tensor *out, const lh_tensor *x, const lh_tensor *w,
                             (long long)bias->numel, (long long)cout);
     lh_backend *be = all_f32(out, x, w, bias) && groups == 1 && dil_h == 1 && dil_w == 1 &&
                              stride_h == stride_w && pad_h == pad_w
-                         ? f32_backend()
+                         ? op_backend(out)
                          : NULL;
     if (be) {
         if (out->numel == 0) return LH_OK;
         st = be->ops->conv2d(be, out->data, x->data, w->data, bias ? bias->data : NULL, nb, cin,
                              h, wd, cout, kh, kw, stride_h, pad_h);
-        if (st != LH_OK) return lh_error_set(err, st, "conv2d: the cpu backend failed");
+        if (st != LH_OK)
+            return lh_error_set(err, st, "conv2d: the %s backend failed", be->ops->name);
         return LH_OK;
     }
     int64_t opg = cout / groups;
