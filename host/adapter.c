@@ -507,6 +507,27 @@ static lh_status check_report(loader *L) {
     return LH_OK;
 }
 
+/* A trainable adapter on a device backend: its tensors (what the
+ * optimizer updates) move to the device's memory. */
+static lh_status to_device(lh_adapter *a, lh_backend *be, lh_error *err) {
+    if (!be || lh_backend_host_memory(be)) return LH_OK;
+    for (size_t i = 0; i < a->n_owned; i++) {
+        lh_tensor *t = a->owned[i];
+        size_t bytes = (size_t)t->numel * sizeof(float);
+        void *d = be->ops->alloc(be, bytes ? bytes : 1);
+        lh_status st = d ? be->ops->upload(be, d, t->data, bytes) : LH_ERR_NOMEM;
+        if (st != LH_OK) {
+            if (d) be->ops->free(be, d);
+            return lh_error_set(err, st, "adapter %s: cannot copy its tensors to the %s device",
+                                a->name, be->ops->name);
+        }
+        free(t->data);
+        t->data = d;
+        t->be = be;
+    }
+    return LH_OK;
+}
+
 lh_status lh_adapter_load(lh_adapter **out, lh_model *model, lh_registry *reg, const char *path,
                           const lh_adapter_load_opts *opts, lh_error *err) {
     if (out) *out = NULL;
@@ -551,6 +572,7 @@ lh_status lh_adapter_load_st(lh_adapter **out, lh_model *model, lh_registry *reg
         a->owned[i]->data = NULL;
         a->owned[i]->owns_data = 0;
     }
+    if (a->trainable && (st = to_device(a, ad->layers.be, err)) != LH_OK) goto done;
     join_format(a->report.format, sizeof a->report.format, L.families);
     join_alpha(a->report.alpha_source, sizeof a->report.alpha_source, L.alpha_sources);
     if (ad->n_loaded == ad->cap_loaded) {
@@ -625,7 +647,7 @@ lh_status lh_adapter_grads_enable(lh_adapter *a, lh_error *err) {
             return lh_error_set(err, LH_ERR_NOMEM, "out of memory for adapter gradients");
         for (int j = 0; j < p->n_tensors; j++) {
             const lh_tensor *t = p->tensors[j].tensor;
-            if (!(p->grads[j] = lh_tensor_create(LH_DTYPE_F32, t->ndim, t->shape, err)))
+            if (!(p->grads[j] = lh_tensor_create_on(t->be, t->ndim, t->shape, err)))
                 return err ? err->code : LH_ERR_NOMEM;
         }
     }
@@ -634,17 +656,30 @@ lh_status lh_adapter_grads_enable(lh_adapter *a, lh_error *err) {
 
 void lh_adapter_grads_zero(lh_adapter *a) {
     for (size_t i = 0; i < a->n_parts; i++)
-        for (int j = 0; a->parts[i].grads && j < a->parts[i].n_tensors; j++)
-            memset(a->parts[i].grads[j]->data, 0,
-                   (size_t)a->parts[i].grads[j]->numel * sizeof(float));
+        for (int j = 0; a->parts[i].grads && j < a->parts[i].n_tensors; j++) {
+            lh_tensor *g = a->parts[i].grads[j];
+            if (g->be)
+                g->be->ops->memset0(g->be, g->data, (size_t)g->numel * sizeof(float));
+            else
+                memset(g->data, 0, (size_t)g->numel * sizeof(float));
+        }
 }
 
 int64_t lh_adapter_grads_unscale(lh_adapter *a, float inv_scale) {
     int64_t bad = 0;
     for (size_t i = 0; i < a->n_parts; i++)
         for (int j = 0; a->parts[i].grads && j < a->parts[i].n_tensors; j++) {
-            float *g = a->parts[i].grads[j]->data;
-            for (int64_t k = 0; k < a->parts[i].grads[j]->numel; k++) {
+            lh_tensor *t = a->parts[i].grads[j];
+            if (t->be) {
+                int64_t n = 0;
+                if (t->be->ops->scale(t->be, t->data, t->numel, inv_scale) != LH_OK ||
+                    t->be->ops->count_nonfinite(t->be, &n, t->data, t->numel) != LH_OK)
+                    n = t->numel; /* a failed device reads as all bad */
+                bad += n;
+                continue;
+            }
+            float *g = t->data;
+            for (int64_t k = 0; k < t->numel; k++) {
                 g[k] *= inv_scale;
                 bad += !isfinite(g[k]);
             }

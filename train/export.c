@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/backend.h"
 #include "lorahost/safetensors.h"
 #include "tensor.h"
 
@@ -28,6 +29,8 @@ lh_status lh_adapter_export(const char *path, lh_adapter *a, lh_export_format fm
     lh_st_writer *w = NULL;
     if ((st = lh_st_writer_create(&w, err)) != LH_OK) return st;
     float *alphas = calloc(a->n_parts + 1, sizeof *alphas);
+    size_t n_host = 0; /* host copies of tensors on a device */
+    float **host = calloc(lh_adapter_n_params(a) + 1, sizeof *host);
     json_t *peft = json_object(), *cfgs[2];
     int oom = !peft;
     for (int k = 0; k < 2; k++) {
@@ -35,7 +38,7 @@ lh_status lh_adapter_export(const char *path, lh_adapter *a, lh_export_format fm
                             json_object(), "target_modules", json_array());
         oom |= !cfgs[k];
     }
-    if (!alphas || oom) st = lh_error_set(err, LH_ERR_NOMEM, "export %s: out of memory", path);
+    if (!alphas || !host || oom) st = lh_error_set(err, LH_ERR_NOMEM, "export %s: out of memory", path);
     for (size_t i = 0; st == LH_OK && i < a->n_parts; i++) {
         const lh_adapter_part *p = &a->parts[i];
         const lh_layer *l = &ad->layers.v[p->layer];
@@ -59,7 +62,19 @@ lh_status lh_adapter_export(const char *path, lh_adapter *a, lh_export_format fm
                          sfx);
             }
             if (!strcmp(sfx, "lora_down.weight")) rank = t->shape[0];
-            st = lh_st_writer_add(w, key, LH_DTYPE_F32, t->ndim, t->shape, t->data, err);
+            const void *data = t->data;
+            if (t->be) {
+                size_t bytes = (size_t)t->numel * sizeof(float);
+                float *h = host[n_host++] = malloc(bytes ? bytes : 1);
+                st = h ? t->be->ops->download(t->be, h, t->data, bytes) : LH_ERR_NOMEM;
+                if (st != LH_OK) {
+                    st = lh_error_set(err, st, "export %s: cannot read %s from the device", path,
+                                      key);
+                    break;
+                }
+                data = h;
+            }
+            st = lh_st_writer_add(w, key, LH_DTYPE_F32, t->ndim, t->shape, data, err);
         }
         if (st != LH_OK) break;
         double alpha = isnan(p->alpha) ? (double)rank : p->alpha;
@@ -114,5 +129,7 @@ lh_status lh_adapter_export(const char *path, lh_adapter *a, lh_export_format fm
     json_decref(cfgs[1]);
     free(alphas);
     lh_st_writer_destroy(w);
+    for (size_t i = 0; i < n_host; i++) free(host[i]);
+    free(host);
     return st;
 }

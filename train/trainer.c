@@ -69,8 +69,8 @@ void lh_train_opts_default(lh_train_opts *o) {
 
 /* ---- State ---- */
 
-/* One trained tensor: float32 data and gradient in the memory of the
- * trainer's parameter backend (pbe). */
+/* One trained tensor: float32 data and gradient in the backend's memory
+ * (an adapter's on a device: lh_adapter_load moves trainable ones there). */
 typedef struct param {
     const char *key; /* adapter file key, or the U-Net's diffusers key */
     float *data, *grad;
@@ -81,13 +81,9 @@ typedef struct param {
 
 typedef struct trainer {
     const lh_train_opts *o;
-    lh_backend *be;   /* the model's: U-Net forward and backward, the loss */
-    int own_be;       /* be was created here (not opts->backend) */
-    /* the trained tensors' backend: be for the U-Net's own weights; for an
-     * adapter's tensors, which plugins keep in host memory, be if that is
-     * host memory, else hbe, a cpu backend of our own */
-    lh_backend *pbe, *hbe;
-    double *d_sq; /* pbe [np]: each gradient's sum of squares */
+    lh_backend *be; /* the model's, and the trained tensors' (both in its memory) */
+    int own_be;     /* be was created here (not opts->backend) */
+    double *d_sq;   /* be [np]: each gradient's sum of squares */
     lh_model *m;
     lh_dataset *ds;
     lh_registry *reg;
@@ -98,7 +94,7 @@ typedef struct trainer {
      * full-parameter mode) with their AdamW moments and step counts */
     size_t np;
     struct param *p;
-    float **m1, **m2; /* pbe */
+    float **m1, **m2; /* backend memory */
     int64_t *adam_step;
     lh_unet_grads *ugrads; /* full-parameter mode */
     /* noise */
@@ -470,37 +466,37 @@ static lh_status alloc_params(trainer *t, size_t n, lh_error *err) {
     return LH_OK;
 }
 
-/* The AdamW moments (zeros) and the gradient sums, in pbe's memory. */
+/* The AdamW moments (zeros) and the gradient sums, in the backend's memory. */
 static lh_status alloc_moments(trainer *t, lh_error *err) {
-    lh_backend *pb = t->pbe;
-    t->d_sq = pb->ops->alloc(pb, (t->np ? t->np : 1) * sizeof *t->d_sq);
-    if (!t->d_sq) return lh_error_set(err, LH_ERR_NOMEM, "train: out of %s memory", pb->ops->name);
+    lh_backend *be = t->be;
+    t->d_sq = be->ops->alloc(be, (t->np ? t->np : 1) * sizeof *t->d_sq);
+    if (!t->d_sq) return lh_error_set(err, LH_ERR_NOMEM, "train: out of %s memory", be->ops->name);
     for (size_t i = 0; i < t->np; i++) {
         size_t bytes = (size_t)t->p[i].numel * sizeof(float);
-        t->m1[i] = pb->ops->alloc(pb, bytes ? bytes : 1);
-        t->m2[i] = pb->ops->alloc(pb, bytes ? bytes : 1);
+        t->m1[i] = be->ops->alloc(be, bytes ? bytes : 1);
+        t->m2[i] = be->ops->alloc(be, bytes ? bytes : 1);
         if (!t->m1[i] || !t->m2[i])
             return lh_error_set(err, LH_ERR_NOMEM, "train: out of %s memory for the AdamW moments",
-                                pb->ops->name);
-        lh_status st = pb->ops->memset0(pb, t->m1[i], bytes);
-        if (st == LH_OK) st = pb->ops->memset0(pb, t->m2[i], bytes);
-        if (st != LH_OK) return lh_error_set(err, st, "train: %s memset failed", pb->ops->name);
+                                be->ops->name);
+        lh_status st = be->ops->memset0(be, t->m1[i], bytes);
+        if (st == LH_OK) st = be->ops->memset0(be, t->m2[i], bytes);
+        if (st != LH_OK) return lh_error_set(err, st, "train: %s memset failed", be->ops->name);
     }
     return LH_OK;
 }
 
-/* A host-readable copy of n floats at src (pbe memory): src itself when
- * pbe's memory is the host's (*own NULL), else a download into *own. */
+/* A host-readable copy of n floats at src (backend memory): src itself when
+ * the backend's memory is the host's (*own NULL), else a download into *own. */
 static lh_status host_view(const trainer *t, const float **out, float **own, const float *src,
                            int64_t n, lh_error *err) {
     *own = NULL;
     *out = src;
-    if (lh_backend_host_memory(t->pbe)) return LH_OK;
+    if (lh_backend_host_memory(t->be)) return LH_OK;
     if (!(*own = malloc((size_t)(n ? n : 1) * sizeof **own)))
         return lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
     *out = *own;
-    lh_status st = t->pbe->ops->download(t->pbe, *own, src, (size_t)n * sizeof **own);
-    return st == LH_OK ? st : lh_error_set(err, st, "train: %s download failed", t->pbe->ops->name);
+    lh_status st = t->be->ops->download(t->be, *own, src, (size_t)n * sizeof **own);
+    return st == LH_OK ? st : lh_error_set(err, st, "train: %s download failed", t->be->ops->name);
 }
 
 static lh_status adapter_params(trainer *t, lh_error *err) {
@@ -553,26 +549,26 @@ static lh_status unet_params(trainer *t, lh_error *err) {
 
 static lh_status grads_zero(trainer *t, lh_error *err) {
     for (size_t i = 0; i < t->np; i++) {
-        lh_status st = t->pbe->ops->memset0(t->pbe, t->p[i].grad, (size_t)t->p[i].numel * sizeof(float));
-        if (st != LH_OK) return lh_error_set(err, st, "train: %s memset failed", t->pbe->ops->name);
+        lh_status st = t->be->ops->memset0(t->be, t->p[i].grad, (size_t)t->p[i].numel * sizeof(float));
+        if (st != LH_OK) return lh_error_set(err, st, "train: %s memset failed", t->be->ops->name);
     }
     return LH_OK;
 }
 
 /* Every gradient multiplied by inv, then sq[i] (host) = the sum of squares
  * of gradient i: non-finite where it holds a NaN or an Inf. All of it runs
- * on pbe; the np sums come back in one download. */
+ * on the backend; the np sums come back in one download. */
 static lh_status grads_unscale(trainer *t, float inv, double *sq, lh_error *err) {
-    lh_backend *pb = t->pbe;
+    lh_backend *be = t->be;
     lh_status st = LH_OK;
     for (size_t i = 0; st == LH_OK && i < t->np; i++) {
-        if (inv != 1.0f) st = pb->ops->scale(pb, t->p[i].grad, t->p[i].numel, inv);
-        if (st == LH_OK) st = pb->ops->sum_squares(pb, t->d_sq + i, t->p[i].grad, t->p[i].numel);
+        if (inv != 1.0f) st = be->ops->scale(be, t->p[i].grad, t->p[i].numel, inv);
+        if (st == LH_OK) st = be->ops->sum_squares(be, t->d_sq + i, t->p[i].grad, t->p[i].numel);
     }
-    if (st == LH_OK && t->np) st = pb->ops->download(pb, sq, t->d_sq, t->np * sizeof *sq);
+    if (st == LH_OK && t->np) st = be->ops->download(be, sq, t->d_sq, t->np * sizeof *sq);
     return st == LH_OK ? st
                        : lh_error_set(err, st, "train: gradient unscale on the %s backend failed",
-                                      pb->ops->name);
+                                      be->ops->name);
 }
 
 /* torch.nn.utils.clip_grad_norm_ (norm 2) from the gradients' sums of
@@ -588,10 +584,10 @@ static lh_status grads_clip(trainer *t, const double *sq, double max_norm, lh_er
     if (coef >= 1.0f) return LH_OK; /* torch multiplies by 1: no change */
     lh_status st = LH_OK;
     for (size_t i = 0; st == LH_OK && i < t->np; i++)
-        st = t->pbe->ops->scale(t->pbe, t->p[i].grad, t->p[i].numel, coef);
+        st = t->be->ops->scale(t->be, t->p[i].grad, t->p[i].numel, coef);
     return st == LH_OK ? st
                        : lh_error_set(err, st, "train: gradient clipping on the %s backend failed",
-                                      t->pbe->ops->name);
+                                      t->be->ops->name);
 }
 
 /* What must agree for a resume: the settings the saved state depends on. */
@@ -680,7 +676,7 @@ static lh_status resume(trainer *t, char *from, size_t from_size, lh_error *err)
     if (st == LH_OK && (step < 1 || step > t->o->steps))
         st = lh_error_set(err, LH_ERR_CONFIG, "train: %s is at step %lld, outside 1..%lld",
                           lh_ckpt_path(c), (long long)step, (long long)t->o->steps);
-    int direct = lh_backend_host_memory(t->pbe);
+    int direct = lh_backend_host_memory(t->be);
     for (size_t i = 0; st == LH_OK && i < t->np; i++) {
         const param *v = &t->p[i];
         float *dst[3] = {v->data, t->m1[i], t->m2[i]};
@@ -693,8 +689,8 @@ static lh_status resume(trainer *t, char *from, size_t from_size, lh_error *err)
             snprintf(name, sizeof name, "%s%s", pre[j], v->key);
             st = lh_ckpt_read(direct ? dst[j] : tmp, c, name, LH_DTYPE_F32, v->ndim, v->shape, err);
             if (st == LH_OK && !direct &&
-                (st = t->pbe->ops->upload(t->pbe, dst[j], tmp, bytes)) != LH_OK)
-                st = lh_error_set(err, st, "train: %s upload failed", t->pbe->ops->name);
+                (st = t->be->ops->upload(t->be, dst[j], tmp, bytes)) != LH_OK)
+                st = lh_error_set(err, st, "train: %s upload failed", t->be->ops->name);
         }
         free(tmp);
     }
@@ -937,14 +933,6 @@ static lh_status setup(trainer *t, lh_error *err) {
         if (bs != LH_OK) st = lh_error_set(err, bs, "train: device %s: %s", dev, msg);
         t->own_be = st == LH_OK;
     }
-    /* the trained tensors: the U-Net's weights live on be; an adapter's
-     * in host memory, which plugins read */
-    if (st == LH_OK) t->pbe = t->be;
-    if (st == LH_OK && !o->full_parameter && !lh_backend_host_memory(t->be)) {
-        if (lh_backend_cpu_create(&t->hbe, o->threads, msg, sizeof msg) != LH_OK)
-            st = lh_error_set(err, LH_ERR_INTERNAL, "train: %s", msg);
-        t->pbe = t->hbe;
-    }
     if (st == LH_OK) st = lh_model_open(&t->m, t->be, o->model, err);
     if (st == LH_OK) st = lh_dataset_open(&t->ds, o->dataset, err);
     if (st == LH_OK && lh_dataset_count(t->ds) < 1)
@@ -986,18 +974,17 @@ static lh_status setup(trainer *t, lh_error *err) {
 }
 
 static void teardown(trainer *t) {
-    for (size_t i = 0; t->pbe && i < t->np; i++) {
-        if (t->m1 && t->m1[i]) t->pbe->ops->free(t->pbe, t->m1[i]);
-        if (t->m2 && t->m2[i]) t->pbe->ops->free(t->pbe, t->m2[i]);
+    for (size_t i = 0; t->be && i < t->np; i++) {
+        if (t->m1 && t->m1[i]) t->be->ops->free(t->be, t->m1[i]);
+        if (t->m2 && t->m2[i]) t->be->ops->free(t->be, t->m2[i]);
     }
-    if (t->d_sq) t->pbe->ops->free(t->pbe, t->d_sq);
+    if (t->d_sq) t->be->ops->free(t->be, t->d_sq);
     free(t->p), free(t->m1), free(t->m2), free(t->adam_step);
     lh_unet_grads_free(t->ugrads);
     free(t->betas), free(t->alphas_cumprod), free(t->loss);
     if (t->a) lh_adapter_unload(t->a);
     lh_dataset_close(t->ds);
     lh_model_close(t->m);
-    lh_backend_destroy(t->hbe);
     if (t->own_be) lh_backend_destroy(t->be);
 }
 
@@ -1010,8 +997,8 @@ static double now(void) {
 }
 
 /* One optimizer step; *applied 0 if fp16 overflow skipped it. Unscale,
- * overflow check, clip and AdamW run on pbe; the host reads back the loss
- * and one sum of squares per gradient. */
+ * overflow check, clip and AdamW run on the backend; the host reads back
+ * the loss and one sum of squares per gradient. */
 static lh_status opt_step(trainer *t, float *loss, double *lr, int *applied, lh_error *err) {
     const lh_train_opts *o = t->o;
     lh_status st = grads_zero(t, err);
@@ -1052,10 +1039,10 @@ static lh_status opt_step(trainer *t, float *loss, double *lr, int *applied, lh_
         lh_adamw_coef c;
         st = lh_adamw_coef_make(&c, &t->adam_step[i], *lr, &t->ao, err);
         if (st == LH_OK &&
-            (st = t->pbe->ops->adamw(t->pbe, t->p[i].data, t->m1[i], t->m2[i], t->p[i].grad,
+            (st = t->be->ops->adamw(t->be, t->p[i].data, t->m1[i], t->m2[i], t->p[i].grad,
                                      t->p[i].numel, &c)) != LH_OK)
             st = lh_error_set(err, st, "train: AdamW on the %s backend failed (%s)",
-                              t->pbe->ops->name, t->p[i].key);
+                              t->be->ops->name, t->p[i].key);
     }
     if (st == LH_OK && t->a) st = lh_adapter_refresh(t->a, err);
     return st;
