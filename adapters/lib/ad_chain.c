@@ -209,14 +209,18 @@ lh_status lh_ad_forward(const lh_ad_base *b, lh_tensor *y, const lh_tensor *x,
 
 /* ---- Backward ---- */
 
-/* One linear stage backward: gw += a * g^T in; *gin = g @ w (k > 0) or dx += a * g @ w. */
-static lh_status linear_stage_back(const lh_ad_base *b, float *gw, lh_tensor **gin, lh_tensor *dx,
-                                   const lh_tensor *g, const lh_tensor *in, const lh_ad_stage *s,
-                                   double a, char *err, size_t err_size) {
+/* One linear stage backward: gt (or gw) += a * g^T in; *gin = g @ w (k > 0)
+ * or dx += a * g @ w. */
+static lh_status linear_stage_back(const lh_ad_base *b, float *gw, lh_tensor *gt, lh_tensor **gin,
+                                   lh_tensor *dx, const lh_tensor *g, const lh_tensor *in,
+                                   const lh_ad_stage *s, double a, char *err, size_t err_size) {
     const lh_host_api *h = b->host;
     const int64_t wshape[2] = {h->tensor_dim(s->w, 0), h->tensor_dim(s->w, 1)};
     lh_status st = LH_OK;
-    if (gw) {
+    if (gt) {
+        if ((st = h->gemm(gt, g, in, 1, 0, a, 1.0)) != LH_OK)
+            return lh_ad_host_fail(b, err, err_size, st, "weight gradient");
+    } else if (gw) {
         lh_tensor *t = h->tensor_new(LH_DTYPE_F32, 2, wshape);
         st = t ? h->gemm(t, g, in, 1, 0, a, 0.0) : LH_ERR_NOMEM;
         if (st == LH_OK)
@@ -236,15 +240,16 @@ static lh_status linear_stage_back(const lh_ad_base *b, float *gw, lh_tensor **g
     return st == LH_OK ? st : lh_ad_host_fail(b, err, err_size, st, "input gradient");
 }
 
-static lh_status linear_backward(const lh_ad_base *b, float *const *gw, lh_tensor *dx,
-                                 const lh_tensor *dy, lh_tensor *const *hs, const lh_tensor *x,
-                                 const lh_ad_stage *st, int n, double a, char *err,
-                                 size_t err_size) {
+static lh_status linear_backward(const lh_ad_base *b, float *const *gw, lh_tensor *const *gt,
+                                 lh_tensor *dx, const lh_tensor *dy, lh_tensor *const *hs,
+                                 const lh_tensor *x, const lh_ad_stage *st, int n, double a,
+                                 char *err, size_t err_size) {
     lh_tensor *gs[LH_AD_MAX_STAGES] = {0}; /* gs[k] = dL/d(input of stage k), k > 0 */
     lh_status s = LH_OK;
     for (int k = n - 1; s == LH_OK && k >= 0; k--)
-        s = linear_stage_back(b, gw[k], k ? &gs[k] : NULL, dx, k == n - 1 ? dy : gs[k + 1],
-                              k ? hs[k - 1] : x, &st[k], a, err, err_size);
+        s = linear_stage_back(b, gw ? gw[k] : NULL, gt ? gt[k] : NULL, k ? &gs[k] : NULL, dx,
+                              k == n - 1 ? dy : gs[k + 1], k ? hs[k - 1] : x, &st[k], a, err,
+                              err_size);
     free_all(b, gs, n);
     return s;
 }
@@ -315,14 +320,14 @@ static lh_status check_grads(const lh_ad_base *b, const lh_tensor *dx, const lh_
     return st;
 }
 
-lh_status lh_ad_backward(const lh_ad_base *b, float *const *gw, lh_tensor *dx, const lh_tensor *dy,
-                         const lh_tensor *x, const lh_ad_stage *st, int n, double a, char *err,
-                         size_t err_size) {
+lh_status lh_ad_backward(const lh_ad_base *b, float *const *gw, lh_tensor *const *gt,
+                         lh_tensor *dx, const lh_tensor *dy, const lh_tensor *x,
+                         const lh_ad_stage *st, int n, double a, char *err, size_t err_size) {
     lh_tensor *hs[LH_AD_MAX_STAGES] = {0};
     lh_status s = acts(b, hs, x, st, n - 1, err, err_size);
     if (s == LH_OK) s = check_grads(b, dx, dy, x, n > 1 ? hs[n - 2] : x, &st[n - 1], err, err_size);
     if (s == LH_OK && b->form.ndim == 2)
-        s = linear_backward(b, gw, dx, dy, hs, x, st, n, a, err, err_size);
+        s = linear_backward(b, gw, gt, dx, dy, hs, x, st, n, a, err, err_size);
     else if (s == LH_OK)
         s = conv_backward(b, gw, dx, dy, hs, x, st, n, a, err, err_size);
     free_all(b, hs, n);

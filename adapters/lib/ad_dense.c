@@ -40,6 +40,6 @@ lh_status lh_ad_dense_backward(lh_ad_dense *d, float **g, lh_tensor *dx, const l
                                const lh_tensor *x, double scale, char *err, size_t err_size) {
     lh_ad_stage one = stage_of(d);
     lh_status st = lh_ad_zeros(&d->b, g, d->b.form.numel, err, err_size);
-    if (st == LH_OK) st = lh_ad_backward(&d->b, g, dx, dy, x, &one, 1, scale, err, err_size);
+    if (st == LH_OK) st = lh_ad_backward(&d->b, g, NULL, dx, dy, x, &one, 1, scale, err, err_size);
     return st;
 }
