@@ -1,13 +1,20 @@
-/* bench_train: time one LoRA training step (forward + backward to the adapter
- * gradients, no optimizer) on the CPU backend.
- * Usage: bench_train UNET_DIR LORA [BATCH H W N_CTX ITERS CHECKPOINTING THREADS PRECISION]
- *        (defaults 1 32 32 77 3 0 0 fp32; PRECISION fp32, fp16 or bf16)
- * One step = lh_unet_train_step: the forward keeping its activations, the
- * mse loss against a target (its gradient seeds the backward), the backward
- * accumulating the adapter gradients; in fp16 the loss is scaled by the
- * lh_loss_scaler and the gradients unscaled and checked after. The forward
- * part is the time until the loss function is called. Prints one JSON
- * object. Driven by bench/train_cpu.py, which runs diffusers + PEFT beside it. */
+/* bench_train: time one LoRA training step on a backend.
+ * Usage: bench_train UNET_DIR LORA [BATCH H W N_CTX ITERS CHECKPOINTING THREADS PRECISION
+ *                                   DEVICE]
+ *        (defaults 1 32 32 77 3 0 0 fp32 cpu; PRECISION fp32, fp16 or bf16;
+ *        DEVICE cpu, cuda or cuda:N)
+ * One step = lh_unet_train_step (the forward keeping its activations, the
+ * mse loss against a target, whose gradient seeds the backward, and the
+ * backward accumulating the adapter gradients; in fp16 the loss is scaled
+ * by the lh_loss_scaler and the gradients unscaled and checked after), then
+ * the gradients clipped to norm 1 and one AdamW update of every adapter
+ * tensor with the backend's ops, and the adapter instances' refresh (as
+ * lorahost train does).
+ * The forward part is the time until the loss function is called, the
+ * optimizer part the update. The adapter is loaded trainable, so on a
+ * device its tensors and gradients live there. Prints one JSON object.
+ * Driven by bench/train_cpu.py and bench/gpu/train_gpu.py, which run
+ * diffusers + PEFT beside it. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,10 +24,12 @@
 
 #include "../kernels/backend.h"
 #include "adapter.h"
+#include "backend_load.h"
 #include "error.h"
 #include "lorahost/adapters.h"
 #include "lorahost/train.h"
 #include "model.h"
+#include "optim.h"
 #include "tensor.h"
 #include "unet.h"
 
@@ -68,17 +77,82 @@ static double grad_norm(const lh_adapter *a) {
         for (int32_t j = 0; j < p->n_tensors; j++) {
             const lh_tensor *g = p->grads[j];
             if (!g) continue;
-            const float *d = (const float *)g->data;
+            float *d = malloc((size_t)g->numel * sizeof *d);
+            if (!d) die("grad_norm", "out of memory");
+            if (g->be)
+                g->be->ops->download(g->be, d, g->data, (size_t)g->numel * sizeof *d);
+            else
+                memcpy(d, g->data, (size_t)g->numel * sizeof *d);
             for (int64_t k = 0; k < g->numel; k++) s += (double)d[k] * (double)d[k];
+            free(d);
         }
     }
     return sqrt(s);
 }
 
+/* AdamW state of the adapter's tensors, in the backend's memory. */
+typedef struct adam {
+    size_t n;
+    lh_tensor **v, **g;
+    float **m1, **m2;
+    int64_t *steps;
+    double *sq, *hsq; /* each gradient's sum of squares: backend, host */
+} adam;
+
+static void adam_init(adam *o, lh_backend *be, lh_adapter *a) {
+    o->n = lh_adapter_n_params(a);
+    o->v = calloc(o->n, sizeof *o->v);
+    o->g = calloc(o->n, sizeof *o->g);
+    o->m1 = calloc(o->n, sizeof *o->m1);
+    o->m2 = calloc(o->n, sizeof *o->m2);
+    o->steps = calloc(o->n, sizeof *o->steps);
+    o->hsq = calloc(o->n, sizeof *o->hsq);
+    o->sq = be->ops->alloc(be, o->n * sizeof *o->sq);
+    if (!o->v || !o->g || !o->m1 || !o->m2 || !o->steps || !o->hsq || !o->sq)
+        die("adamw", "out of memory");
+    for (size_t i = 0; i < o->n; i++) {
+        if (lh_adapter_param(a, i, NULL, &o->v[i], &o->g[i]) != LH_OK || !o->g[i])
+            die("adamw", "adapter parameter missing");
+        size_t bytes = (size_t)o->v[i]->numel * sizeof(float);
+        o->m1[i] = be->ops->alloc(be, bytes ? bytes : 1);
+        o->m2[i] = be->ops->alloc(be, bytes ? bytes : 1);
+        if (!o->m1[i] || !o->m2[i] || be->ops->memset0(be, o->m1[i], bytes) != LH_OK ||
+            be->ops->memset0(be, o->m2[i], bytes) != LH_OK)
+            die("adamw", "no memory for the moments");
+    }
+}
+
+/* The gradients clipped to norm 1 (clip_grad_norm_), then one AdamW update
+ * of every adapter tensor (lr 1e-4), then a sync. */
+static void adam_step(adam *o, lh_backend *be) {
+    double total = 0.0;
+    for (size_t i = 0; i < o->n; i++)
+        if (be->ops->sum_squares(be, o->sq + i, o->g[i]->data, o->g[i]->numel) != LH_OK)
+            die("clip", "sum_squares failed");
+    if (be->ops->download(be, o->hsq, o->sq, o->n * sizeof *o->hsq) != LH_OK)
+        die("clip", "download failed");
+    for (size_t i = 0; i < o->n; i++) total += o->hsq[i];
+    float coef = (float)(1.0 / (sqrt(total) + 1e-6));
+    for (size_t i = 0; coef < 1.0f && i < o->n; i++)
+        if (be->ops->scale(be, o->g[i]->data, o->g[i]->numel, coef) != LH_OK)
+            die("clip", "scale failed");
+    lh_adamw_opts ao;
+    lh_adamw_opts_default(&ao);
+    lh_error err = {0};
+    for (size_t i = 0; i < o->n; i++) {
+        lh_adamw_coef c;
+        if (lh_adamw_coef_make(&c, &o->steps[i], 1e-4, &ao, &err) != LH_OK) die("adamw", err.msg);
+        if (be->ops->adamw(be, o->v[i]->data, o->m1[i], o->m2[i], o->g[i]->data, o->v[i]->numel,
+                           &c) != LH_OK)
+            die("adamw", "the backend's adamw failed");
+    }
+    if (be->ops->sync(be) != LH_OK) die("adamw", "sync failed");
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: bench_train UNET_DIR LORA "
-                        "[BATCH H W N_CTX ITERS CHECKPOINTING THREADS PRECISION]\n");
+                        "[BATCH H W N_CTX ITERS CHECKPOINTING THREADS PRECISION DEVICE]\n");
         return 2;
     }
     int64_t b = argc > 3 ? atoll(argv[3]) : 1;
@@ -89,6 +163,7 @@ int main(int argc, char **argv) {
     int ckpt = argc > 8 ? atoi(argv[8]) : 0;
     int threads = argc > 9 ? atoi(argv[9]) : 0;
     const char *prec_name = argc > 10 ? argv[10] : "fp32";
+    const char *device = argc > 11 ? argv[11] : "cpu";
     lh_dtype prec = !strcmp(prec_name, "fp16")   ? LH_DTYPE_F16
                     : !strcmp(prec_name, "bf16") ? LH_DTYPE_BF16
                                                  : LH_DTYPE_F32;
@@ -98,7 +173,7 @@ int main(int argc, char **argv) {
     char msg[1024];
     lh_error err = {0};
     lh_backend *be = NULL;
-    if (lh_backend_cpu_create(&be, threads, msg, sizeof msg) != LH_OK) die("backend", msg);
+    if (lh_backend_create(&be, device, threads, msg, sizeof msg) != LH_OK) die(device, msg);
     lh_registry *reg = NULL;
     if (lh_registry_create(&reg, &err) != LH_OK ||
         lh_registry_scan(reg, NULL, 0, 1, 1, &err) != LH_OK)
@@ -133,7 +208,8 @@ int main(int argc, char **argv) {
     /* ---- The LoRA, runtime mode, gradients on ---- */
     lh_adapter *a = NULL;
     t0 = now();
-    if (lh_adapter_load(&a, &m, reg, argv[2], NULL, &err) != LH_OK) die(argv[2], err.msg);
+    lh_adapter_load_opts lo = {.trainable = 1};
+    if (lh_adapter_load(&a, &m, reg, argv[2], &lo, &err) != LH_OK) die(argv[2], err.msg);
     if (lh_adapter_grads_enable(a, &err) != LH_OK) die("grads_enable", err.msg);
     lh_adapter_weights aw;
     lh_adapter_weights_init(&aw, 1.0);
@@ -145,7 +221,9 @@ int main(int argc, char **argv) {
     size_t wsf = lh_unet_forward_workspace(unet, b, h, w, n_ctx);
     size_t ws0 = lh_unet_backward_workspace(unet, b, h, w, n_ctx, 0);
     size_t ws1 = lh_unet_backward_workspace(unet, b, h, w, n_ctx, 1);
-    printf(", \"precision\": \"%s\"", prec_name);
+    printf(", \"precision\": \"%s\", \"device\": \"%s\"", prec_name, device);
+    adam opt;
+    adam_init(&opt, be, a);
     printf(", \"checkpointing\": %d, \"ws_forward_mb\": %.2f, \"ws_backward_mb\": %.2f, "
            "\"ws_backward_ckpt_mb\": %.2f",
            ckpt, (double)wsf / 1048576.0, (double)ws0 / 1048576.0, (double)ws1 / 1048576.0);
@@ -153,8 +231,8 @@ int main(int argc, char **argv) {
 
     /* ---- Training steps ---- */
     float loss = 0.0f;
-    char steps[4096] = "", fwds[4096] = "", bwds[4096] = "";
-    size_t ls = 0, lf = 0, lb = 0;
+    char steps[4096] = "", fwds[4096] = "", bwds[4096] = "", opts[4096] = "";
+    size_t ls = 0, lf = 0, lb = 0, lo_ = 0;
     lh_loss_scaler scaler;
     lh_loss_scaler_init(&scaler, prec);
     timed_loss tl = {{be, dtarget}, 0.0};
@@ -168,18 +246,25 @@ int main(int argc, char **argv) {
                                &rep, &err) != LH_OK)
             die("train step", err.msg);
         int64_t bad = lh_adapter_grads_unscale(a, 1.0f / scaler.scale);
-        if (!lh_loss_scaler_update(&scaler, bad > 0 || rep.count > 0))
+        double s2 = now(), s1 = tl.t_forward_end;
+        if (lh_loss_scaler_update(&scaler, bad > 0 || rep.count > 0)) {
+            adam_step(&opt, be); /* and the instances' copies of the new values */
+            if (lh_adapter_refresh(a, &err) != LH_OK) die("refresh", err.msg);
+        } else
             fprintf(stderr, "bench_train: step %d overflowed (first at %s); skipped\n", it,
                     rep.count ? rep.at[0].unit : "the adapter gradients");
-        double s2 = now(), s1 = tl.t_forward_end;
-        ls += (size_t)snprintf(steps + ls, sizeof steps - ls, "%s%.4f", it ? ", " : "", s2 - s0);
+        double s3 = now();
+        ls += (size_t)snprintf(steps + ls, sizeof steps - ls, "%s%.4f", it ? ", " : "", s3 - s0);
         lf += (size_t)snprintf(fwds + lf, sizeof fwds - lf, "%s%.4f", it ? ", " : "", s1 - s0);
         lb += (size_t)snprintf(bwds + lb, sizeof bwds - lb, "%s%.4f", it ? ", " : "", s2 - s1);
-        if (ls >= sizeof steps - 32 || lf >= sizeof fwds - 32 || lb >= sizeof bwds - 32)
+        lo_ += (size_t)snprintf(opts + lo_, sizeof opts - lo_, "%s%.4f", it ? ", " : "", s3 - s2);
+        if (ls >= sizeof steps - 32 || lf >= sizeof fwds - 32 || lb >= sizeof bwds - 32 ||
+            lo_ >= sizeof opts - 32)
             die("arguments", "too many iterations");
-        fprintf(stderr, "bench_train: step %d: %.3f s\n", it, s2 - s0);
+        fprintf(stderr, "bench_train: step %d: %.3f s\n", it, s3 - s0);
     }
-    printf(", \"step_s\": [%s], \"forward_s\": [%s], \"backward_s\": [%s]", steps, fwds, bwds);
+    printf(", \"step_s\": [%s], \"forward_s\": [%s], \"backward_s\": [%s], \"optimizer_s\": [%s]",
+           steps, fwds, bwds, opts);
     printf(", \"loss\": %.8g, \"grad_norm\": %.6g, \"skipped\": %lld", (double)loss,
            grad_norm(a), (long long)scaler.skipped);
     struct rusage ru;

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The GPU suite, for a machine with an NVIDIA GPU: the CUDA parity suites
-# (every op and model component against the cpu backend; CK_FORK=no),
-# compute-sanitizer memcheck over the op suites, and the U-Net benchmark
-# against diffusers; prints a summary table. Under 10 minutes on an H100.
-# Usage: [LH_GPU_STEPS="parity bench memcheck"] bash bench/gpu/run.sh [BUILD_DIR]
-#   The device tool allows 10 minutes a command: parity + bench fit in one
-#   call (about 5 minutes), memcheck (several times slower) in a second one;
-#   the default runs parity and bench.
+# (every op, model component and training step against the cpu backend;
+# CK_FORK=no), compute-sanitizer memcheck and racecheck over the op suites,
+# the U-Net benchmark against diffusers and the adapter training benchmark
+# against diffusers + PEFT; prints a summary table.
+# Usage: [LH_GPU_STEPS="parity bench train memcheck"] bash bench/gpu/run.sh [BUILD_DIR]
+#   The device tool allows 10 minutes a command: parity + bench + train are
+#   meant to fit in one call, memcheck (several times slower) in a second
+#   one; the default runs parity, bench and train.
 #   BUILD_DIR: a Release build with the cuda module (-DLH_CUDA=ON); without
 #   one, what bench/gpu/pack.sh packed (.gpu/gpu.tar.xz) is unpacked and used.
 #   Logs go to $OUT (the device tool's) or /tmp/lh-gpu-out.
@@ -36,7 +37,7 @@ if [[ -d "$src/.gpu/wheels" ]]; then
 fi
 export CK_FORK=no LH_SOURCE_DIR="$src"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-steps="${LH_GPU_STEPS:-parity bench}"
+steps="${LH_GPU_STEPS:-parity bench train}"
 want() { [[ " $steps " == *" $1 "* ]]; }
 status=0
 summary=()
@@ -63,6 +64,16 @@ if want memcheck && command -v compute-sanitizer >/dev/null; then
     summary+=("| memcheck $name | $([[ $rc == 0 ]] && echo clean || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
     [[ $rc == 0 ]] || status=1
   done
+  # the reductions of the backward kernels share memory across threads
+  for name in test_cuda_parity_dense test_cuda_parity_ops; do
+    [[ -x "$build/tests/$name" ]] || continue
+    s=$(date +%s)
+    (cd "$build/tests" && lh timeout 240 compute-sanitizer --tool racecheck \
+      --error-exitcode 9 "$build/tests/$name") >"$out/racecheck_$name.log" 2>&1
+    rc=$?
+    summary+=("| racecheck $name | $([[ $rc == 0 ]] && echo clean || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
+    [[ $rc == 0 ]] || status=1
+  done
 fi
 if want bench; then
   s=$(date +%s)
@@ -70,13 +81,20 @@ if want bench; then
   rc=$?
   summary+=("| U-Net step vs diffusers | $([[ $rc == 0 ]] && echo ran || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
 fi
+if want train; then
+  s=$(date +%s)
+  timeout 300 "$py" "$src/bench/gpu/train_gpu.py" --build "$build" >"$out/train.log" 2>"$out/train.err"
+  rc=$?
+  summary+=("| LoRA training step vs diffusers + PEFT | $([[ $rc == 0 ]] && echo ran || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
+fi
 echo
 echo "| step | result | time |"
 echo "|---|---|---|"
 printf '%s\n' "${summary[@]}"
 echo
-grep -h "rel err\|worst pixel" "$out"/test_cuda_parity_*.log 2>/dev/null | sort | uniq | head -80
+grep -h "rel err\|rel L2\|worst pixel" "$out"/test_cuda_parity_*.log 2>/dev/null | sort | uniq | head -80
 echo
 [[ -f "$out/unet.log" ]] && head -12 "$out/unet.log"
-grep -h "ERROR SUMMARY\|Invalid" "$out"/memcheck_*.log 2>/dev/null | head -20
+[[ -f "$out/train.log" ]] && cat "$out/train.log"
+grep -h "ERROR SUMMARY\|Invalid\|hazard" "$out"/memcheck_*.log "$out"/racecheck_*.log 2>/dev/null | head -20
 exit $status
