@@ -3,7 +3,8 @@
  * shape and direction comes from cuDNN's heuristics (the _v7 queries: no
  * trial runs, so no buffer is written while choosing) once, and is cached in
  * lh_cuda.conv[]. FP32 math (CUDNN_FMA_MATH: cuDNN's default math would
- * allow TF32 on sm_80+) unless lh_cuda.tf32; no FFT or Winograd transform
+ * allow TF32 on sm_80+) unless lh_cuda.tf32 or half activations
+ * (conv_tf32); no FFT or Winograd transform
  * while another algorithm serves. Bias and its gradient are our kernels;
  * the bias gradient is a per-channel sum in double, no atomics. */
 #include <limits.h>
@@ -14,6 +15,14 @@
 #include "op_checks.h"
 
 enum { CONV_FWD, CONV_BWD_DATA, CONV_BWD_FILTER };
+
+/* Whether TF32 tensor-core math may run: asked for (LORAHOST_CUDA_TF32), or
+ * activations in F16/BF16, whose values (10 and 7 mantissa bits, within
+ * float32's exponent range) TF32 holds exactly, so the math changes no
+ * rounded input and still accumulates in float32. */
+static int conv_tf32(const lh_cuda *cu) {
+    return cu->tf32 || cu->act == LH_DTYPE_F16 || cu->act == LH_DTYPE_BF16;
+}
 
 /* Algorithms asking for more workspace are taken only when no other fits. */
 #define CONV_WS_PREFER ((size_t)1 << 30)
@@ -64,7 +73,7 @@ static lh_status descs_create(lh_backend *be, conv_descs *d, const int64_t *s, i
                               int64_t wo) {
     memset(d, 0, sizeof *d);
     lh_status st;
-    cudnnMathType_t math = lh__cuda(be)->tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+    cudnnMathType_t math = conv_tf32(lh__cuda(be)) ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
     if ((st = lh__cuda_check_dnn(be, cudnnCreateTensorDescriptor(&d->x), "conv2d: descriptor")) ||
         (st = lh__cuda_check_dnn(be, cudnnCreateTensorDescriptor(&d->y), "conv2d: descriptor")) ||
         (st = lh__cuda_check_dnn(be, cudnnCreateFilterDescriptor(&d->w), "conv2d: descriptor")) ||
@@ -145,7 +154,7 @@ static lh_status conv_algo(lh_backend *be, const conv_descs *d, const int64_t *s
     lh_cuda *cu = lh__cuda(be);
     int64_t key[10];
     memcpy(key, s, 9 * sizeof(int64_t));
-    key[9] = dir + 4 * (cu->tf32 != 0);
+    key[9] = dir + 4 * conv_tf32(cu);
     int cached = cu->n_conv < LH_CUDA_CONV_CACHE ? cu->n_conv : LH_CUDA_CONV_CACHE;
     for (int i = 0; i < cached; i++) {
         if (memcmp(cu->conv[i].key, key, sizeof key) == 0) {
@@ -165,9 +174,9 @@ static lh_status conv_algo(lh_backend *be, const conv_descs *d, const int64_t *s
                                     cu->cudnn, d->x, d->w, d->conv, d->y,
                                     CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, perf),
                                 "conv2d: cudnnGetConvolutionForwardAlgorithm_v7");
-        if (st == LH_OK && (at = pick_algo(perf, got, cu->tf32)) >= 0) {
+        if (st == LH_OK && (at = pick_algo(perf, got, conv_tf32(cu))) >= 0) {
             *algo = (int)perf[at].algo;
-            *math = cu->tf32 ? perf[at].mathType : CUDNN_FMA_MATH;
+            *math = conv_tf32(cu) ? perf[at].mathType : CUDNN_FMA_MATH;
             st = lh__cuda_check_dnn(be, cudnnSetConvolutionMathType(d->conv, *math),
                                     "conv2d: math type");
             if (st == LH_OK)
@@ -184,9 +193,9 @@ static lh_status conv_algo(lh_backend *be, const conv_descs *d, const int64_t *s
                                     cu->cudnn, d->w, d->y, d->conv, d->x,
                                     CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, perf),
                                 "conv2d_backward: cudnnGetConvolutionBackwardDataAlgorithm_v7");
-        if (st == LH_OK && (at = pick_algo(perf, got, cu->tf32)) >= 0) {
+        if (st == LH_OK && (at = pick_algo(perf, got, conv_tf32(cu))) >= 0) {
             *algo = (int)perf[at].algo;
-            *math = cu->tf32 ? perf[at].mathType : CUDNN_FMA_MATH;
+            *math = conv_tf32(cu) ? perf[at].mathType : CUDNN_FMA_MATH;
             st = lh__cuda_check_dnn(be, cudnnSetConvolutionMathType(d->conv, *math),
                                     "conv2d_backward: math type");
             if (st == LH_OK)
@@ -203,9 +212,9 @@ static lh_status conv_algo(lh_backend *be, const conv_descs *d, const int64_t *s
                                     cu->cudnn, d->x, d->y, d->conv, d->w,
                                     CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, perf),
                                 "conv2d_backward: cudnnGetConvolutionBackwardFilterAlgorithm_v7");
-        if (st == LH_OK && (at = pick_algo(perf, got, cu->tf32)) >= 0) {
+        if (st == LH_OK && (at = pick_algo(perf, got, conv_tf32(cu))) >= 0) {
             *algo = (int)perf[at].algo;
-            *math = cu->tf32 ? perf[at].mathType : CUDNN_FMA_MATH;
+            *math = conv_tf32(cu) ? perf[at].mathType : CUDNN_FMA_MATH;
             st = lh__cuda_check_dnn(be, cudnnSetConvolutionMathType(d->conv, *math),
                                     "conv2d_backward: math type");
             if (st == LH_OK)

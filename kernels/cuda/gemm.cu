@@ -2,8 +2,15 @@
  * Row-major products run as their column-major transposes, C^T = op(B)^T
  * op(A)^T, so nothing is copied. FP32 (CUBLAS_COMPUTE_32F on the default
  * math mode: no TF32) unless lh_cuda.tf32 asks for
- * CUBLAS_COMPUTE_32F_FAST_TF32. Bias gradients are column sums in double,
- * in a fixed order (no atomics): the same bits every run. */
+ * CUBLAS_COMPUTE_32F_FAST_TF32. With F16 or BF16 activations
+ * (set_precision) the operands of a large product, already rounded to that
+ * type, are converted to it in scratch and multiplied on the tensor cores
+ * with float32 accumulation and a float32 C (as autocast's GEMMs
+ * accumulate), which changes no input value; smaller products use TF32,
+ * which holds such values exactly too. Bias gradients are column
+ * sums in double, in a fixed order (no atomics): the same bits every run. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <limits.h>
 
 #include "block_reduce.cuh"
@@ -14,6 +21,10 @@
 #define COLSUM_BX 32         /* columns per block of the column sums */
 #define COLSUM_BY 8          /* row lanes per block */
 #define COLSUM_CHUNKS 1024   /* row chunks, at most (partial sums in scratch) */
+
+/* Products below this many multiply-adds stay in fp32: converting their
+ * operands would cost more than the tensor cores save. */
+#define GEMM_HALF_MIN (1LL << 22)
 
 static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -68,7 +79,41 @@ static __global__ void colsum_finish(float *out, const double *part, int64_t chu
     }
 }
 
+/* dst [n] = src [n] in the half type T (round to nearest even). */
+template <typename T> static __global__ void to_half(T *dst, const float *src, int64_t n);
+template <> __global__ void to_half<__half>(__half *dst, const float *src, int64_t n) {
+    LH_CU_FOR(i, n) dst[i] = __float2half_rn(src[i]);
+}
+template <> __global__ void to_half<__nv_bfloat16>(__nv_bfloat16 *dst, const float *src, int64_t n) {
+    LH_CU_FOR(i, n) dst[i] = __float2bfloat16_rn(src[i]);
+}
+
 /* ---- Helpers ---- */
+
+/* The operands of a product in the half type `act`, in scratch: *ha holds
+ * the span_a elements of a, *hb the span_b of b. */
+static lh_status half_operands(lh_backend *be, lh_dtype act, const float *a, int64_t span_a,
+                               const float *b, int64_t span_b, const void **ha, const void **hb) {
+    int64_t off = cdiv(span_a, 64) * 64; /* b's part starts 128-byte aligned */
+    void *w = NULL;
+    lh_status st = lh__cuda_scratch(be, (size_t)(off + span_b) * 2, &w);
+    if (st != LH_OK) return st;
+    cudaStream_t s = lh__cuda(be)->stream;
+    if (act == LH_DTYPE_F16) {
+        __half *h = (__half *)w;
+        to_half<__half><<<lh__cuda_grid(span_a, 256), 256, 0, s>>>(h, a, span_a);
+        to_half<__half><<<lh__cuda_grid(span_b, 256), 256, 0, s>>>(h + off, b, span_b);
+        *ha = h;
+        *hb = h + off;
+    } else {
+        __nv_bfloat16 *h = (__nv_bfloat16 *)w;
+        to_half<__nv_bfloat16><<<lh__cuda_grid(span_a, 256), 256, 0, s>>>(h, a, span_a);
+        to_half<__nv_bfloat16><<<lh__cuda_grid(span_b, 256), 256, 0, s>>>(h + off, b, span_b);
+        *ha = h;
+        *hb = h + off;
+    }
+    return lh__cuda_launched(be, "gemm: operands to half");
+}
 
 /* The product on checked arguments (m, n, k within int; a and b valid when
  * k > 0; strides checked for overflow). */
@@ -86,16 +131,32 @@ static lh_status gemm_run(lh_backend *be, float *c, const float *a, const float 
     cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     int lda = (int)(trans_a ? m : k), ldb = (int)(trans_b ? k : n);
-    cublasComputeType_t ct = cu->tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    /* TF32 holds F16/BF16-rounded values exactly (conv.cu's conv_tf32) */
+    int half_act = cu->act == LH_DTYPE_F16 || cu->act == LH_DTYPE_BF16;
+    cublasComputeType_t ct =
+        cu->tf32 || half_act ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    /* half operands: the elements each matrix spans, all batch entries */
+    int64_t span_a = (batch - 1) * stride_a + m * k, span_b = (batch - 1) * stride_b + k * n;
+    const void *A = a, *B = b;
+    cudaDataType_t in_t = CUDA_R_32F;
+    size_t esize = sizeof(float);
+    if (half_act && (double)m * (double)n * (double)k >= (double)GEMM_HALF_MIN) {
+        lh_status st = half_operands(be, cu->act, a, span_a, b, span_b, &A, &B);
+        if (st != LH_OK) return st;
+        in_t = cu->act == LH_DTYPE_F16 ? CUDA_R_16F : CUDA_R_16BF;
+        esize = 2;
+        ct = CUBLAS_COMPUTE_32F;
+    }
     for (int64_t b0 = 0; b0 < batch; b0 += GEMM_BATCH_MAX) {
         int nb = (int)(batch - b0 < GEMM_BATCH_MAX ? batch - b0 : GEMM_BATCH_MAX);
+        const char *pa = (const char *)A + (size_t)(b0 * stride_a) * esize;
+        const char *pb = (const char *)B + (size_t)(b0 * stride_b) * esize;
         lh_status st = lh__cuda_check_blas(
             be,
-            cublasGemmStridedBatchedEx(cu->cublas, op_b, op_a, (int)n, (int)m, (int)k, &alpha,
-                                       b + b0 * stride_b, CUDA_R_32F, ldb, (long long)stride_b,
-                                       a + b0 * stride_a, CUDA_R_32F, lda, (long long)stride_a,
-                                       &beta, c + b0 * stride_c, CUDA_R_32F, (int)n,
-                                       (long long)stride_c, nb, ct, CUBLAS_GEMM_DEFAULT),
+            cublasGemmStridedBatchedEx(cu->cublas, op_b, op_a, (int)n, (int)m, (int)k, &alpha, pb,
+                                       in_t, ldb, (long long)stride_b, pa, in_t, lda,
+                                       (long long)stride_a, &beta, c + b0 * stride_c, CUDA_R_32F,
+                                       (int)n, (long long)stride_c, nb, ct, CUBLAS_GEMM_DEFAULT),
             "gemm: cublasGemmStridedBatchedEx");
         if (st != LH_OK) return st;
     }
