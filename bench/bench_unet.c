@@ -1,9 +1,11 @@
 /* bench_unet: time lorahost's U-Net forward on a backend (cpu by default).
- * Usage: bench_unet UNET_DIR BATCH H W N_CTX ITERS [THREADS [DEVICE]]
+ * Usage: bench_unet UNET_DIR BATCH H W N_CTX ITERS [THREADS [DEVICE [PRECISION]]]
+ *        (PRECISION fp32, fp16 or bf16: lh_unet_set_precision)
  * Prints one JSON object: load time, per-iteration forward times, peak RSS.
  * Driven by bench/unet_cpu.py, which runs diffusers beside it. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -31,7 +33,8 @@ static void fill(float *p, size_t n, unsigned seed) {
 
 int main(int argc, char **argv) {
     if (argc < 7) {
-        fprintf(stderr, "usage: bench_unet UNET_DIR BATCH H W N_CTX ITERS [THREADS [DEVICE]]\n");
+        fprintf(stderr, "usage: bench_unet UNET_DIR BATCH H W N_CTX ITERS "
+                        "[THREADS [DEVICE [PRECISION]]]\n");
         return 2;
     }
     int64_t b = atoll(argv[2]), h = atoll(argv[3]), w = atoll(argv[4]), n_ctx = atoll(argv[5]);
@@ -51,6 +54,15 @@ int main(int argc, char **argv) {
         return 1;
     }
     double load_s = now() - t0;
+    const char *prec = argc > 9 ? argv[9] : "fp32";
+    lh_dtype dt = !strcmp(prec, "fp16") ? LH_DTYPE_F16 : !strcmp(prec, "bf16") ? LH_DTYPE_BF16
+                                                                                : LH_DTYPE_F32;
+    if ((dt == LH_DTYPE_F32 && strcmp(prec, "fp32")) ||
+        lh_unet_set_precision(m, dt, &err) != LH_OK) {
+        fprintf(stderr, "bench_unet: precision %s: %s\n", prec,
+                err.msg[0] ? err.msg : "expected fp32, fp16 or bf16");
+        return 1;
+    }
     const lh_unet_config *cfg = lh_unet_get_config(m);
     size_t nx = (size_t)(b * cfg->in_channels * h * w);
     size_t nout = (size_t)(b * cfg->out_channels * h * w);

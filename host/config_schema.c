@@ -44,8 +44,9 @@ static const char *const SAVE_FORMATS[] = {"kohya", "peft", NULL};
 static const lh_setting_def SCHEMA[] = {
     STRING("model", "path", "", ALL,
            "the base model: a diffusers directory or a single-file .safetensors checkpoint"),
-    ENUM("model", "dtype", "auto", DTYPES, ALL,
-         "weight precision on the backend; auto is f16 on cuda and f32 on cpu"),
+    ENUM("model", "dtype", "auto", DTYPES, GEN,
+         "U-Net precision (weights and activations, as diffusers' torch_dtype); auto is f16 "
+         "on cuda and f32 on cpu; train uses [train] mixed_precision instead"),
 
     ENUM("backend", "device", "cpu", DEVICES, ALL, "where compute runs"),
     INT("backend", "threads", "0", 0, 1024, ALL, "CPU threads; 0 uses all cores"),

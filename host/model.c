@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "backend_load.h"
 #include "ldm_keys.h"
 
 /* ---- Small helpers ---- */
@@ -479,6 +480,23 @@ lh_status lh_model_open(lh_model **out, lh_backend *be, const char *path, lh_err
 
 int64_t lh_model_downscale(const lh_model *m) {
     return m->vae ? lh_vae_downscale(m->vae) : 1;
+}
+
+lh_status lh_model_set_dtype(lh_model *m, const char *dtype, lh_error *err) {
+    if (!m || !dtype) return lh_error_set(err, LH_ERR_INVALID, "model dtype: NULL argument");
+    lh_dtype prec;
+    if (!strcmp(dtype, "auto"))
+        prec = lh_backend_host_memory(m->be) ? LH_DTYPE_F32 : LH_DTYPE_F16;
+    else if (!strcmp(dtype, "f32"))
+        prec = LH_DTYPE_F32;
+    else if (!strcmp(dtype, "f16"))
+        prec = LH_DTYPE_F16;
+    else if (!strcmp(dtype, "bf16"))
+        prec = LH_DTYPE_BF16;
+    else
+        return lh_error_set(err, LH_ERR_INVALID, "model.dtype: '%s' is not auto, f32, f16 or bf16",
+                            dtype);
+    return lh_unet_set_precision(m->unet, prec, err);
 }
 
 void lh_model_close(lh_model *m) {

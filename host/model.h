@@ -132,6 +132,13 @@ LH_API void lh_model_close(lh_model *m);
 LH_API lh_status lh_model_open_single_file(lh_model **out, lh_backend *be, const char *path,
                                            const lh_model_opts *opts, lh_error *err);
 
+/* The [model] dtype setting: "f32", "f16" or "bf16" runs the U-Net in that
+ * precision (lh_unet_set_precision: weights rounded once, activations
+ * written in it), as diffusers' torch_dtype does; "auto" is f16 on a
+ * device and f32 on the cpu. The text encoder and the VAE stay float32.
+ * LH_ERR_INVALID naming the value otherwise. */
+LH_API lh_status lh_model_set_dtype(lh_model *m, const char *dtype, lh_error *err);
+
 /* Pixels per latent pixel: the VAE's downscale factor (8 for SD), 1 for a
  * pixel-space model. */
 LH_API int64_t lh_model_downscale(const lh_model *m);

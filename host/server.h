@@ -21,6 +21,7 @@ typedef struct lh_server_opts {
     int port;                      /* 0: an ephemeral port (lh_server_port tells it) */
     int http_threads;              /* libmicrohttpd's pool */
     const char *device;            /* "cpu" (NULL), "cuda" or "cuda:N" (lh_backend_create) */
+    const char *dtype;             /* [model] dtype (lh_model_set_dtype); NULL: auto */
     int compute_threads;           /* CPU backend threads, 0 = all */
     const char *const *api_keys;   /* accepted keys; none: no authentication */
     size_t n_api_keys;

@@ -90,6 +90,8 @@ typedef struct lh_unet {
      * (F16/BF16 files are widened exactly), or the half type a mixed
      * precision step rounded them to. */
     lh_dtype weight_precision;
+    /* lh_unet_forward's activation precision (lh_unet_set_precision). */
+    lh_dtype act_precision;
     /* The training steps' activation arena, kept between steps (backend
      * memory; lh_unet_release_workspace frees it). */
     float *train_ws;
@@ -133,6 +135,13 @@ LH_API lh_status lh_unet_forward(lh_unet *m,
                                  const float *timesteps, /* host [b] */
                                  const float *context,   /* backend [b, n_ctx, cross_attention_dim] */
                                  int64_t b, int64_t h, int64_t w, int64_t n_ctx, lh_error *err);
+
+/* Inference precision: from now on lh_unet_forward writes its activations
+ * in `prec` (F32, F16 or BF16: the backend's set_precision), and for a half
+ * type the base weights are rounded to it, once, as diffusers' U-Net loaded
+ * with torch_dtype=float16 holds them. Going back to F32 keeps the rounded
+ * weights. LH_ERR_UNSUPPORTED when the backend cannot round. */
+LH_API lh_status lh_unet_set_precision(lh_unet *m, lh_dtype prec, lh_error *err);
 
 /* ---- Training ---- */
 

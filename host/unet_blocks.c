@@ -828,7 +828,11 @@ lh_status lh_unet_forward(lh_unet *m, float *out, const float *x, const float *t
 
     r.dry = 0;
     r.ctx = context;
-    st = forward(&r, out, x, timesteps, h, w);
+    r.act = m->act_precision;
+    if (r.act != LH_DTYPE_F32 && (st = m->be->ops->set_precision(m->be, r.act)) != LH_OK)
+        lh_error_set(err, st, "unet forward: set_precision failed");
+    if (st == LH_OK) st = forward(&r, out, x, timesteps, h, w);
+    if (r.act != LH_DTYPE_F32) m->be->ops->set_precision(m->be, LH_DTYPE_F32);
     if (st == LH_OK && r.top != 0)
         st = lh_error_set(err, LH_ERR_INTERNAL, "unet forward: %d skip connections left unused",
                           r.top);
@@ -1317,6 +1321,23 @@ static lh_status set_weight_precision(lh_unet *m, lh_dtype prec, lh_error *err) 
         return lh_error_set(err, LH_ERR_INTERNAL, "unet train: rounding the base weights to %s "
                             "failed", lh_dtype_name(prec));
     return LH_OK;
+}
+
+lh_status lh_unet_set_precision(lh_unet *m, lh_dtype prec, lh_error *err) {
+    if (!m) return lh_error_set(err, LH_ERR_INVALID, "unet precision: NULL model");
+    if (prec != LH_DTYPE_F32 && prec != LH_DTYPE_F16 && prec != LH_DTYPE_BF16)
+        return lh_error_set(err, LH_ERR_INVALID, "unet precision: %s is not F32, F16 or BF16",
+                            lh_dtype_name(prec));
+    const lh_backend_ops *ops = m->be->ops;
+    if (prec != LH_DTYPE_F32 && (!ops->set_precision || !ops->round))
+        return lh_error_set(err, LH_ERR_UNSUPPORTED, "unet precision: the %s backend has no "
+                            "half precision", ops->name);
+    if (m->weight_precision != LH_DTYPE_F32 && prec != LH_DTYPE_F32 && m->weight_precision != prec)
+        return lh_error_set(err, LH_ERR_INVALID, "unet precision: the weights are already "
+                            "rounded to %s", lh_dtype_name(m->weight_precision));
+    lh_status st = set_weight_precision(m, prec, err);
+    if (st == LH_OK) m->act_precision = prec;
+    return st;
 }
 
 lh_status lh_unet_mse_loss(void *ctx, float *dout, float *loss, const float *out, int64_t numel,

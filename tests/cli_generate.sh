@@ -121,6 +121,11 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
   check cuda 1 "--device cuda: cuda backend:" -- "${gen[@]}" --prompt x --device cuda
 fi
 check bad_device 2 "unknown device 'tpu'" -- "${gen[@]}" --prompt x --device tpu
+check bad_dtype 1 "model.dtype" -- "${gen[@]}" --prompt x --set model.dtype=f8
+# [model] dtype=f16: the U-Net in half precision, close to the float32 image
+check dtype_f16 0 "" -- "${gen[@]}" --prompt "a red square" --seed 3 --output f32.png
+check dtype_f16 0 "" -- "${gen[@]}" --prompt "a red square" --seed 3 --output f16.png --set model.dtype=f16
+if cmp -s f32.png f16.png; then echo "FAIL dtype_f16: f16 gave the float32 image bit for bit"; exit 1; fi
 check bad_cuda_index 1 "expected cuda or cuda:N" -- "${gen[@]}" --prompt x --device cuda:x
 check unknown_sched 1 "unknown scheduler 'Euler b'" -- "${gen[@]}" --prompt x --scheduler "Euler b"
 check unknown_key 1 "unknown key 'etta' for plugin 'ddim'" -- "${gen[@]}" --prompt x --scheduler ddim --set etta=1

@@ -77,6 +77,24 @@ START_TEST(test_unet) {
     ck_assert_msg(lh_unet_forward(g_mg->unet, og, xg, ts, cg, b, h, w, n_ctx, &err) == LH_OK,
                   "%s", err.msg);
     expect_close_dev("U-Net forward 2x4x16x16, 77 tokens", og, oc, no, TOL_F32);
+    /* half-precision inference (lh_unet_set_precision): fp16, then bf16 on
+     * fresh weights (fp16 rounded them) */
+    static const lh_dtype half[2] = {LH_DTYPE_F16, LH_DTYPE_BF16};
+    for (int k = 0; k < 2; k++) {
+        if (k) {
+            close_models();
+            open_models();
+        }
+        ck_assert_msg(lh_unet_set_precision(g_mc->unet, half[k], &err) == LH_OK, "%s", err.msg);
+        ck_assert_msg(lh_unet_set_precision(g_mg->unet, half[k], &err) == LH_OK, "%s", err.msg);
+        ck_assert_msg(lh_unet_forward(g_mc->unet, oc, xc, ts, cc, b, h, w, n_ctx, &err) == LH_OK,
+                      "%s", err.msg);
+        ck_assert_msg(lh_unet_forward(g_mg->unet, og, xg, ts, cg, b, h, w, n_ctx, &err) == LH_OK,
+                      "%s", err.msg);
+        char what[64];
+        snprintf(what, sizeof what, "U-Net forward %s activations", lh_dtype_name(half[k]));
+        expect_close_dev(what, og, oc, no, TOL_HALF);
+    }
     float *bufs_c[] = {xc, cc, oc}, *bufs_g[] = {xg, cg, og};
     for (int i = 0; i < 3; i++) {
         g_cpu->ops->free(g_cpu, bufs_c[i]);

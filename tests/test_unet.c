@@ -89,8 +89,9 @@ static double rel_l2(const float *a, const float *ref, size_t n) {
     return sqrt(num / (den > 0 ? den : 1));
 }
 
-/* Run case `name` of the reference file on the U-Net in `dir`; returns rel L2. */
-static double run_case(const char *dir, const char *name) {
+/* Run case `name` of the reference file on the U-Net in `dir` with
+ * activations in `prec` (lh_unet_set_precision); returns rel L2. */
+static double run_case_prec(const char *dir, const char *name, lh_dtype prec) {
     lh_error err = {0};
     lh_st_file *ref = NULL;
     path_buf rp = pathf("%s/tests/fixtures/models/unet_reference.safetensors", source_dir());
@@ -109,6 +110,7 @@ static double run_case(const char *dir, const char *name) {
     lh_backend *be = cpu_backend();
     lh_unet *m = NULL;
     ck_assert_msg(lh_unet_load(&m, be, dir, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_unet_set_precision(m, prec, &err) == LH_OK, "%s", err.msg);
     ck_assert_int_eq(cs[2], m->cfg.cross_attention_dim);
     float *dx = to_backend(be, x, nx), *dctx = to_backend(be, ctx, nc);
     float *dout = be->ops->alloc(be, no * sizeof(float));
@@ -120,8 +122,9 @@ static double run_case(const char *dir, const char *name) {
     ck_assert_int_eq(be->ops->download(be, got, dout, no * sizeof(float)), LH_OK);
     for (size_t i = 0; i < no; i++) ck_assert_msg(isfinite(got[i]), "%s: out[%zu] = %g", name, i, got[i]);
     double e = rel_l2(got, want, no);
-    printf("unet %-9s b=%lld %lldx%lld n_ctx=%lld: rel L2 %.3g\n", name, (long long)xs[0],
-           (long long)xs[2], (long long)xs[3], (long long)cs[1], e);
+    printf("unet %-9s %s b=%lld %lldx%lld n_ctx=%lld: rel L2 %.3g\n", name,
+           lh_dtype_name(prec), (long long)xs[0], (long long)xs[2], (long long)xs[3],
+           (long long)cs[1], e);
 
     be->ops->free(be, dx);
     be->ops->free(be, dctx);
@@ -135,6 +138,10 @@ static double run_case(const char *dir, const char *name) {
     free(got);
     lh_st_close(ref);
     return e;
+}
+
+static double run_case(const char *dir, const char *name) {
+    return run_case_prec(dir, name, LH_DTYPE_F32);
 }
 
 static json_t *load_json(const char *path) {
@@ -224,6 +231,29 @@ END_TEST
 
 START_TEST(test_sd1_odd_size) {
     ck_assert_double_lt(run_case(model_dir("sd1_tiny").s, "sd1_odd"), TOL);
+}
+END_TEST
+
+/* Half-precision inference (diffusers' torch_dtype=float16 / bfloat16):
+ * within 1e-2 of the float32 reference in fp16, and bf16's 8 significant
+ * bits within 5e-2; both farther than float32 (half really is on). */
+START_TEST(test_sd1_half) {
+    double e16 = run_case_prec(model_dir("sd1_tiny").s, "sd1", LH_DTYPE_F16);
+    double ebf = run_case_prec(model_dir("sd1_tiny").s, "sd1", LH_DTYPE_BF16);
+    ck_assert_msg(e16 < 1e-2 && e16 > 1e-5, "fp16: rel L2 %g", e16);
+    ck_assert_msg(ebf < 5e-2 && ebf > 1e-5, "bf16: rel L2 %g", ebf);
+    lh_error err = {0};
+    lh_unet *m = NULL;
+    lh_backend *be = cpu_backend();
+    ck_assert_msg(lh_unet_load(&m, be, model_dir("sd1_tiny").s, &err) == LH_OK, "%s", err.msg);
+    ck_assert_int_eq(lh_unet_set_precision(m, LH_DTYPE_I64, &err), LH_ERR_INVALID);
+    ck_assert_int_eq(lh_unet_set_precision(m, LH_DTYPE_F16, &err), LH_OK);
+    /* the weights are fp16 now: bf16 would need the float32 ones */
+    ck_assert_int_eq(lh_unet_set_precision(m, LH_DTYPE_BF16, &err), LH_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "already rounded to F16"), "%s", err.msg);
+    ck_assert_int_eq(lh_unet_set_precision(m, LH_DTYPE_F32, &err), LH_OK);
+    lh_unet_free(m);
+    lh_backend_destroy(be);
 }
 END_TEST
 
@@ -461,6 +491,7 @@ static Suite *unet_suite(void) {
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_sd1_forward);
     tcase_add_test(tc, test_sd1_odd_size);
+    tcase_add_test(tc, test_sd1_half);
     tcase_add_test(tc, test_sd2_forward);
     tcase_add_test(tc, test_sd2_odd_size);
     tcase_add_test(tc, test_sd1_time_options);

@@ -7,7 +7,7 @@ Builds (once, under --cache) a U-Net and a VAE with random weights and SD
 1.5's shapes (diffusers' configs), saved as F16 diffusers directories;
 times diffusers' UNet2DConditionModel forward (batch 2, 64x64 latents, 77
 tokens: one CFG step) in fp16 with SDPA and lorahost's bench_unet on the
-cuda backend, each in its own process, and prints a table with the ratio
+cuda backend with fp16 and with fp32 activations, each in its own process, and prints a table with the ratio
 and the peak device memory of each. Needs diffusers importable (the GPU
 image has torch; bench/gpu/run.sh installs carried wheels).
 """
@@ -90,6 +90,7 @@ def main():
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--ctx", type=int, default=77)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--precisions", nargs="+", default=["fp16", "fp32"])
     ap.add_argument("--cache", default="/tmp/lh-gpu-bench")
     ap.add_argument("--torch-worker", action="store_true")
     ap.add_argument("--dir")
@@ -101,20 +102,22 @@ def main():
     env = dict(os.environ, LH_CUDA_STATS="1")
     if os.environ.get("LH_LD_LIBRARY_PATH"):  # bench/gpu/run.sh: the packed libraries
         env["LD_LIBRARY_PATH"] = os.environ["LH_LD_LIBRARY_PATH"]
-    ours = run_json([os.path.join(args.build, "bench", "bench_unet"), d] + shape + ["0", "cuda"],
-                    env)
+    ours = {p: run_json([os.path.join(args.build, "bench", "bench_unet"), d] + shape +
+                        ["0", "cuda", p], env) for p in args.precisions}
     ref = run_json([sys.executable, __file__, "--torch-worker", "--dir", d, "--batch",
                     str(args.batch), "--size", str(args.size), "--ctx", str(args.ctx),
                     "--iters", str(args.iters)])
-    o, r = med(ours["forward_s"]), med(ref["forward_s"])
+    r = med(ref["forward_s"])
     print(f"U-Net step, SD 1.5 shapes (random weights), batch {args.batch}, "
           f"{args.size}x{args.size} latents, {args.ctx} tokens, {ref['gpu']}, torch {ref['torch']}")
-    print("| | lorahost (cuda backend, fp32 activations) | diffusers (fp16, SDPA) | ratio (torch / ours) |")
-    print("|---|---|---|---|")
-    print(f"| step (median) | {o * 1e3:.2f} ms | {r * 1e3:.2f} ms | {r / o:.2f}x |")
-    print(f"| load | {ours['load_s']:.2f} s | {ref['load_s']:.2f} s | |")
-    print(f"| peak device memory | {ours.get('peak_device_mb', float('nan')):.0f} MiB | "
-          f"{ref['peak_device_mb']:.0f} MiB | |")
+    print("| lorahost activations | lorahost step (median) | diffusers (fp16, SDPA) | ratio (torch / ours) "
+          "| load ours / torch | peak device memory ours / torch |")
+    print("|---|---|---|---|---|---|")
+    for p, o in ours.items():
+        m = med(o["forward_s"])
+        print(f"| {p} | {m * 1e3:.2f} ms | {r * 1e3:.2f} ms | {r / m:.2f}x | {o['load_s']:.2f} s / "
+              f"{ref['load_s']:.2f} s | {o.get('peak_device_mb', float('nan')):.0f} MiB / "
+              f"{ref['peak_device_mb']:.0f} MiB |")
     print(json.dumps({"ours": ours, "torch": ref}))
 
 
