@@ -153,47 +153,27 @@ static lh_status forward(void *p, lh_tensor *y, const lh_tensor *x, double scale
     return st == LH_OK ? lh_ad_forward(&s->b, y, x, &one, 1, 1.0, NULL, err, err_size) : st;
 }
 
-/* Linear chains: each weight gradient accumulates straight into the
- * host's gradient tensor (a 2-D view of it), where it lives. */
-static lh_status linear_chain_backward(lora *s, lh_tensor *dx, lh_tensor *const *grads,
-                                       const lh_tensor *dy, const lh_tensor *x, double scale,
-                                       char *err, size_t err_size) {
+/* The low-rank chain rule, stage by stage: each weight gradient
+ * accumulates straight into the host's gradient tensor (a view of it in the
+ * stage weight's shape), where it lives. */
+static lh_status chain_backward(lora *s, lh_tensor *dx, lh_tensor *const *grads,
+                                const lh_tensor *dy, const lh_tensor *x, double scale, char *err,
+                                size_t err_size) {
     const lh_host_api *h = s->b.host;
     lh_tensor *gt[LH_AD_MAX_STAGES] = {0};
     lh_status st = LH_OK;
     for (int k = 0; st == LH_OK && k < s->n_st; k++) {
         lh_tensor *g = lh_ad_grad(grads, s->gi[k]);
-        const int64_t shape[2] = {h->tensor_dim(s->st[k].w, 0), h->tensor_dim(s->st[k].w, 1)};
-        if (g && !(gt[k] = h->tensor_reshape(g, 2, shape)))
+        const lh_tensor *w = s->st[k].w;
+        int64_t shape[4];
+        for (int i = 0; i < h->tensor_ndim(w) && i < 4; i++) shape[i] = h->tensor_dim(w, i);
+        if (g && !(gt[k] = h->tensor_reshape(g, h->tensor_ndim(w), shape)))
             st = lh_ad_host_fail(&s->b, err, err_size, LH_ERR_SHAPE, "gradient view");
     }
     if (st == LH_OK)
         st = lh_ad_backward(&s->b, NULL, gt, dx, dy, x, s->st, s->n_st, scale * s->ratio, err,
                             err_size);
     for (int k = 0; k < s->n_st; k++) h->tensor_free(gt[k]);
-    return st;
-}
-
-/* The low-rank chain rule, stage by stage. */
-static lh_status chain_backward(lora *s, lh_tensor *dx, lh_tensor *const *grads,
-                                const lh_tensor *dy, const lh_tensor *x, double scale, char *err,
-                                size_t err_size) {
-    if (s->b.form.ndim == 2) return linear_chain_backward(s, dx, grads, dy, x, scale, err, err_size);
-    const lh_host_api *h = s->b.host;
-    float *gw[LH_AD_MAX_STAGES] = {0};
-    lh_status st = LH_OK;
-    for (int k = 0; st == LH_OK && k < s->n_st; k++)
-        if (lh_ad_grad(grads, s->gi[k]))
-            st = lh_ad_zeros(&s->b, &gw[k], h->tensor_numel(s->st[k].w), err, err_size);
-    if (st == LH_OK)
-        st = lh_ad_backward(&s->b, gw, NULL, dx, dy, x, s->st, s->n_st, scale * s->ratio, err,
-                            err_size);
-    for (int k = 0; k < s->n_st; k++) {
-        if (st == LH_OK && gw[k])
-            st = lh_ad_add(&s->b, grads[s->gi[k]], gw[k], h->tensor_numel(s->st[k].w), 1.0, err,
-                           err_size);
-        h->free(gw[k]);
-    }
     return st;
 }
 

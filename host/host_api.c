@@ -291,6 +291,43 @@ static lh_status svc_conv2d(lh_tensor *out, const lh_tensor *x, const lh_tensor 
     return keep(on_device(out) ? write_back(out, o, st) : st);
 }
 
+static lh_status svc_conv2d_backward(lh_tensor *dx, lh_tensor *dw, const lh_tensor *dy,
+                                     const lh_tensor *x, const lh_tensor *w, int stride, int pad,
+                                     double dw_scale) {
+    lh_tensor *out = dx ? dx : dw;
+    lh_backend *be = on_device(out) ? out->be : NULL;
+    if (!be && !on_device(dx) && !on_device(dw) && !on_device(dy) && !on_device(x) &&
+        !on_device(w))
+        return keep(lh_op_conv2d_backward(dx, dw, dy, x, w, stride, pad, dw_scale, &t_last));
+    /* everything where the first output lives; an output elsewhere gets a copy */
+    lh_status st = LH_OK;
+    lh_tensor *dxc = be ? device_copy(be, dx, &st) : host_copy(dx, &st);
+    lh_tensor *dwc = be ? device_copy(be, dw, &st) : host_copy(dw, &st);
+    lh_tensor *dyc = be ? device_copy(be, dy, &st) : host_copy(dy, &st);
+    lh_tensor *xc = be ? device_copy(be, x, &st) : host_copy(x, &st);
+    lh_tensor *wc = be ? device_copy(be, w, &st) : host_copy(w, &st);
+    if (st == LH_OK) st = lh_op_conv2d_backward(dxc, dwc, dyc, xc, wc, stride, pad, dw_scale, &t_last);
+    /* results back into outputs that live elsewhere */
+    lh_tensor *outs[2] = {dx, dw}, *copies[2] = {dxc, dwc};
+    for (int i = 0; i < 2; i++) {
+        if (!outs[i] || copies[i] == outs[i]) continue;
+        lh_tensor *h = host_copy(copies[i], &st); /* the copy's values on the host */
+        if (st == LH_OK && outs[i]->be) {
+            st = outs[i]->be->ops->upload(outs[i]->be, outs[i]->data, h->data,
+                                          (size_t)outs[i]->numel * sizeof(float));
+        } else if (st == LH_OK) {
+            for (int64_t k = 0; k < outs[i]->numel; k++)
+                lh_tensor_set(outs[i], k, ((float *)h->data)[k]);
+        }
+        drop(h, copies[i]);
+        lh_tensor_destroy(copies[i]);
+    }
+    drop(dyc, dy);
+    drop(xc, x);
+    drop(wc, w);
+    return keep(st);
+}
+
 static lh_tensor *svc_tensor_reshape(const lh_tensor *t, int ndim, const int64_t *shape) {
     if (!t) {
         keep(lh_error_set(&t_last, LH_ERR_INVALID, "tensor_reshape: NULL tensor"));
@@ -382,6 +419,7 @@ static const lh_host_api HOST_API = {
     .tensor_file_open = svc_tensor_file_open,
     .tensor_file_get = svc_tensor_file_get,
     .tensor_file_close = svc_tensor_file_close,
+    .conv2d_backward = svc_conv2d_backward,
 };
 
 const lh_host_api *lh_host_api_get(void) { return &HOST_API; }

@@ -57,5 +57,12 @@ lh_status lh_op_conv2d(lh_tensor *out,        // [N, Cout, Ho, Wo]
                        const lh_tensor *bias, // [Cout] or NULL
                        int stride_h, int stride_w, int pad_h, int pad_w, int dil_h,
                        int dil_w, int groups, lh_error *err);
+/* conv2d's gradients (F32, groups 1, dilation 1, square stride/padding):
+ * dx (may be NULL) = dL/dx, dw (may be NULL) += dw_scale * dL/dw. */
+lh_status lh_op_conv2d_backward(lh_tensor *dx,       // [N, Cin, H, W] or NULL
+                                lh_tensor *dw,       // [Cout, Cin, kh, kw] or NULL
+                                const lh_tensor *dy, // [N, Cout, Ho, Wo]
+                                const lh_tensor *x, const lh_tensor *w, int stride, int pad,
+                                double dw_scale, lh_error *err);
 
 #endif

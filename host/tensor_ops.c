@@ -277,3 +277,51 @@ lh_status lh_op_conv2d(lh_tensor *out, const lh_tensor *x, const lh_tensor *w,
         }
     return LH_OK;
 }
+
+lh_status lh_op_conv2d_backward(lh_tensor *dx, lh_tensor *dw, const lh_tensor *dy,
+                                const lh_tensor *x, const lh_tensor *w, int stride, int pad,
+                                double dw_scale, lh_error *err) {
+    if (!dy || !x || !w || (!dx && !dw))
+        return lh_error_set(err, LH_ERR_INVALID, "conv2d_backward: a NULL tensor");
+    const lh_tensor *ts[5] = {dx, dw, dy, x, w};
+    for (int i = 0; i < 5; i++)
+        if (ts[i] && (ts[i]->dtype != LH_DTYPE_F32 || ts[i]->ndim != 4))
+            return lh_error_set(err, LH_ERR_UNSUPPORTED, "conv2d_backward: tensors must be 4-D F32");
+    if (stride < 1 || pad < 0)
+        return lh_error_set(err, LH_ERR_INVALID, "conv2d_backward: stride %d, padding %d", stride,
+                            pad);
+    int64_t n = x->shape[0], cin = x->shape[1], h = x->shape[2], wd = x->shape[3];
+    int64_t cout = w->shape[0], kh = w->shape[2], kw = w->shape[3];
+    int64_t ho = (h + 2 * pad - kh) / stride + 1, wo = (wd + 2 * pad - kw) / stride + 1;
+    if (w->shape[1] != cin || h + 2 * pad < kh || wd + 2 * pad < kw || dy->shape[0] != n ||
+        dy->shape[1] != cout || dy->shape[2] != ho || dy->shape[3] != wo ||
+        (dx && dx->numel != x->numel) || (dw && dw->numel != w->numel))
+        return lh_error_set(err, LH_ERR_SHAPE, "conv2d_backward: dy [%lld, %lld, %lld, %lld] "
+                            "does not fit x [%lld, %lld, %lld, %lld] and w [%lld, %lld, %lld, "
+                            "%lld], or dx/dw are not shaped like them",
+                            (long long)dy->shape[0], (long long)dy->shape[1],
+                            (long long)dy->shape[2], (long long)dy->shape[3], (long long)n,
+                            (long long)cin, (long long)h, (long long)wd, (long long)cout,
+                            (long long)w->shape[1], (long long)kh, (long long)kw);
+    lh_backend *be = op_backend(dx ? dx : dw);
+    lh_status st = LH_OK;
+    if (dx) /* dL/dx: written */
+        st = be->ops->conv2d_backward(be, dx->data, NULL, NULL, dy->data, x->data, w->data, n, cin,
+                                      h, wd, cout, kh, kw, stride, pad);
+    if (st == LH_OK && dw && dw_scale == 1.0) {
+        st = be->ops->conv2d_backward(be, NULL, dw->data, NULL, dy->data, x->data, w->data, n,
+                                      cin, h, wd, cout, kh, kw, stride, pad);
+    } else if (st == LH_OK && dw) { /* on dy scaled by dw_scale */
+        size_t bytes = (size_t)dy->numel * sizeof(float);
+        float *sdy = be->ops->alloc(be, bytes ? bytes : 1);
+        st = sdy ? be->ops->axpby(be, sdy, (float)dw_scale, dy->data, 0.0f, dy->data, dy->numel)
+                 : LH_ERR_NOMEM;
+        if (st == LH_OK)
+            st = be->ops->conv2d_backward(be, NULL, dw->data, NULL, sdy, x->data, w->data, n,
+                                          cin, h, wd, cout, kh, kw, stride, pad);
+        if (sdy) be->ops->free(be, sdy);
+    }
+    return st == LH_OK ? st
+                       : lh_error_set(err, st, "conv2d_backward: the %s backend failed",
+                                      be->ops->name);
+}

@@ -8,6 +8,7 @@
 #include <check.h>
 #include <float.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -852,6 +853,61 @@ START_TEST(test_bad_runtime_shapes) {
 }
 END_TEST
 
+/* ---- The host's conv2d_backward service ---- */
+
+/* The host service against direct sums in double: dx written, dw +=
+ * dw_scale * dL/dw (dw starts non-zero), at stride 2 and padding 1 with a
+ * 3x3 kernel and at a 1x1 kernel; argument errors. */
+START_TEST(test_conv2d_backward_service) {
+    ck_assert(H->size > offsetof(lh_host_api, conv2d_backward) && H->conv2d_backward);
+    static const int geo[2][4] = {{3, 3, 2, 1}, {1, 1, 1, 0}}; /* kh, kw, stride, pad */
+    for (int gi = 0; gi < 2; gi++) {
+        int64_t n = 2, ci = 3, h = 7, w = 6, co = 4, kh = geo[gi][0], kw = geo[gi][1];
+        int stride = geo[gi][2], pad = geo[gi][3];
+        int64_t ho = (h + 2 * pad - kh) / stride + 1, wo = (w + 2 * pad - kw) / stride + 1;
+        const int64_t xs[4] = {n, ci, h, w}, ws[4] = {co, ci, kh, kw}, ys[4] = {n, co, ho, wo};
+        double *xv = randoms(prod(4, xs)), *wv = randoms(prod(4, ws)), *dyv = randoms(prod(4, ys));
+        double *dw0 = randoms(prod(4, ws)), *dxr = zeros(prod(4, xs)), *dwr = zeros(prod(4, ws));
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t o = 0; o < co; o++)
+                for (int64_t oy = 0; oy < ho; oy++)
+                    for (int64_t ox = 0; ox < wo; ox++) {
+                        double g = dyv[((i * co + o) * ho + oy) * wo + ox];
+                        for (int64_t c = 0; c < ci; c++)
+                            for (int64_t ky = 0; ky < kh; ky++)
+                                for (int64_t kx = 0; kx < kw; kx++) {
+                                    int64_t iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+                                    if (iy < 0 || iy >= h || ix < 0 || ix >= w) continue;
+                                    int64_t xi = ((i * ci + c) * h + iy) * w + ix;
+                                    int64_t wi = ((o * ci + c) * kh + ky) * kw + kx;
+                                    dxr[xi] += g * wv[wi];
+                                    dwr[wi] += g * xv[xi];
+                                }
+                    }
+        for (int64_t i = 0; i < prod(4, ws); i++) dwr[i] = dw0[i] + 0.5 * dwr[i];
+        lh_tensor *x = mk(4, xs, xv), *wt = mk(4, ws, wv), *dy = mk(4, ys, dyv);
+        lh_tensor *dx = mk(4, xs, xv), *dw = mk(4, ws, dw0); /* dx's old values are overwritten */
+        ck_assert_int_eq(H->conv2d_backward(dx, dw, dy, x, wt, stride, pad, 0.5), LH_OK);
+        double *dxg = rd(dx), *dwg = rd(dw);
+        double ex = rel(dxg, dxr, prod(4, xs)), ew = rel(dwg, dwr, prod(4, ws));
+        printf("conv2d_backward %lldx%lld stride %d pad %d: dx rel L2 %.2e, dw %.2e\n",
+               (long long)kh, (long long)kw, stride, pad, ex, ew);
+        ck_assert_msg(ex < 1e-6 && ew < 1e-6, "dx %g, dw %g", ex, ew);
+        /* errors: no output, a misshaped dy, a NULL input */
+        ck_assert_int_eq(H->conv2d_backward(NULL, NULL, dy, x, wt, stride, pad, 1.0),
+                         LH_ERR_INVALID);
+        ck_assert_int_eq(H->conv2d_backward(dx, NULL, x, x, wt, stride, pad, 1.0), LH_ERR_SHAPE);
+        ck_assert_msg(strstr(H->last_error(), "conv2d_backward"), "%s", H->last_error());
+        ck_assert_int_eq(H->conv2d_backward(dx, dw, dy, NULL, wt, stride, pad, 1.0),
+                         LH_ERR_INVALID);
+        lh_tensor *ts[] = {x, wt, dy, dx, dw};
+        for (int i = 0; i < 5; i++) drop(ts[i]);
+        double *vs[] = {xv, wv, dyv, dw0, dxr, dwr, dxg, dwg};
+        for (int i = 0; i < 8; i++) free(vs[i]);
+    }
+}
+END_TEST
+
 int main(void) {
     H = lh_host_api_get();
     lh_error err = {0};
@@ -866,6 +922,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_weight_delta, 0, N_CASES);
     tcase_add_loop_test(tc, test_forward_vs_merged, 0, N_CASES);
     tcase_add_loop_test(tc, test_backward_fd, 0, N_CASES);
+    tcase_add_test(tc, test_conv2d_backward_service);
     suite_add_tcase(s, tc);
     TCase *bad = tcase_create("bad_input");
     tcase_set_timeout(bad, 120);

@@ -1,10 +1,10 @@
 /* Adapter plugins: runtime forward and backward of a chain of linear or
  * convolution stages (LoRA's down [-> mid] -> up, or one dense delta).
- * Everything runs on the host's GEMM / conv2d; the conv backward through
- * im2col / col2im on host arrays around the GEMMs. */
+ * Everything runs on the host's gemm, conv2d and conv2d_backward, where the
+ * host keeps the tensors (a device's memory during training on one). */
 #include "ad_common.h"
 
-/* ---- Convolution gradients: im2col and the host's GEMM ---- */
+#include <stddef.h>
 
 /* dst [numel(t)] += t */
 static lh_status add_tensor(const lh_ad_base *b, float *dst, const lh_tensor *t, char *err,
@@ -13,98 +13,6 @@ static lh_status add_tensor(const lh_ad_base *b, float *dst, const lh_tensor *t,
     lh_status st = lh_ad_read(b, &v, t, err, err_size);
     for (int64_t i = 0, n = b->host->tensor_numel(t); st == LH_OK && i < n; i++) dst[i] += v[i];
     b->host->free(v);
-    return st;
-}
-
-
-typedef struct conv_dims {
-    int64_t n, cin, h, w, cout, kh, kw, ho, wo;
-    int64_t stride, pad;
-} conv_dims;
-
-/* cols [cin * kh * kw, ho * wo] of one image x [cin, h, w] (zero padding). */
-static void im2col(float *cols, const float *x, const conv_dims *c) {
-    int64_t p = c->ho * c->wo;
-    for (int64_t ci = 0; ci < c->cin; ci++)
-        for (int64_t ky = 0; ky < c->kh; ky++)
-            for (int64_t kx = 0; kx < c->kw; kx++) {
-                float *row = cols + ((ci * c->kh + ky) * c->kw + kx) * p;
-                for (int64_t oy = 0; oy < c->ho; oy++) {
-                    int64_t iy = oy * c->stride + ky - c->pad;
-                    for (int64_t ox = 0; ox < c->wo; ox++) {
-                        int64_t ix = ox * c->stride + kx - c->pad;
-                        row[oy * c->wo + ox] = iy >= 0 && iy < c->h && ix >= 0 && ix < c->w
-                                                   ? x[(ci * c->h + iy) * c->w + ix]
-                                                   : 0.0f;
-                    }
-                }
-            }
-}
-
-/* dx [cin, h, w] += the columns dcols [cin * kh * kw, ho * wo] put back. */
-static void col2im(float *dx, const float *dcols, const conv_dims *c) {
-    int64_t p = c->ho * c->wo;
-    for (int64_t ci = 0; ci < c->cin; ci++)
-        for (int64_t ky = 0; ky < c->kh; ky++)
-            for (int64_t kx = 0; kx < c->kw; kx++) {
-                const float *row = dcols + ((ci * c->kh + ky) * c->kw + kx) * p;
-                for (int64_t oy = 0; oy < c->ho; oy++) {
-                    int64_t iy = oy * c->stride + ky - c->pad;
-                    if (iy < 0 || iy >= c->h) continue;
-                    for (int64_t ox = 0; ox < c->wo; ox++) {
-                        int64_t ix = ox * c->stride + kx - c->pad;
-                        if (ix >= 0 && ix < c->w) dx[(ci * c->h + iy) * c->w + ix] += row[oy * c->wo + ox];
-                    }
-                }
-            }
-}
-
-/* The scratch of one conv stage's gradients: per image, dy [cout, P] and
- * the columns [K, P] (P = ho * wo, K = cin * kh * kw) as host tensors. */
-typedef struct conv_scratch {
-    lh_tensor *dy, *cols, *wk; /* wk: the weight viewed as [cout, K] */
-    float *buf;                /* [K * P] host columns */
-} conv_scratch;
-
-static void scratch_free(const lh_ad_base *b, conv_scratch *k) {
-    b->host->tensor_free(k->dy);
-    b->host->tensor_free(k->cols);
-    b->host->tensor_free(k->wk);
-    b->host->free(k->buf);
-}
-
-/* gw [cout, cin, kh, kw] += a * sum over images of dy_n cols_n^T, and
- * gin [n, cin, h, w] (when not NULL) = sum of col2im(w^T dy_n), both
- * through the host's GEMM. */
-static lh_status conv_grads(const lh_ad_base *b, float *gw, float *gin, const float *x,
-                            const float *dy, const lh_ad_stage *s, const conv_dims *c, double a,
-                            char *err, size_t err_size) {
-    const lh_host_api *h = b->host;
-    int64_t p = c->ho * c->wo, k = c->cin * c->kh * c->kw;
-    const int64_t dshape[2] = {c->cout, p}, cshape[2] = {k, p}, wshape[2] = {c->cout, k};
-    conv_scratch sc = {h->tensor_new(LH_DTYPE_F32, 2, dshape), h->tensor_new(LH_DTYPE_F32, 2, cshape),
-                       h->tensor_reshape(s->w, 2, wshape), NULL};
-    lh_tensor *dw = gw ? h->tensor_new(LH_DTYPE_F32, 2, wshape) : NULL;
-    lh_status st = sc.dy && sc.cols && sc.wk && (!gw || dw) ? LH_OK : LH_ERR_NOMEM;
-    if (st == LH_OK) st = lh_ad_zeros(b, &sc.buf, k * p, err, err_size);
-    else st = lh_ad_host_fail(b, err, err_size, st, "conv gradient scratch");
-    for (int64_t i = 0; st == LH_OK && i < c->n; i++) {
-        st = h->tensor_write(sc.dy, dy + i * c->cout * p, c->cout * p);
-        if (st == LH_OK && gw) {
-            im2col(sc.buf, x + i * c->cin * c->h * c->w, c);
-            st = h->tensor_write(sc.cols, sc.buf, k * p);
-            if (st == LH_OK) st = h->gemm(dw, sc.dy, sc.cols, 0, 1, a, i ? 1.0 : 0.0);
-        }
-        if (st == LH_OK && gin) {
-            st = h->gemm(sc.cols, sc.wk, sc.dy, 1, 0, 1.0, 0.0);
-            if (st == LH_OK) st = h->tensor_read(sc.cols, sc.buf, k * p);
-            if (st == LH_OK) col2im(gin + i * c->cin * c->h * c->w, sc.buf, c);
-        }
-        if (st != LH_OK) st = lh_ad_host_fail(b, err, err_size, st, "conv gradient");
-    }
-    if (st == LH_OK && gw && c->n) st = add_tensor(b, gw, dw, err, err_size);
-    h->tensor_free(dw);
-    scratch_free(b, &sc);
     return st;
 }
 
@@ -254,52 +162,39 @@ static lh_status linear_backward(const lh_ad_base *b, float *const *gw, lh_tenso
     return s;
 }
 
-static conv_dims dims_of(const lh_host_api *h, const lh_tensor *in, const lh_ad_stage *s) {
-    conv_dims c = {h->tensor_dim(in, 0),
-                   h->tensor_dim(in, 1),
-                   h->tensor_dim(in, 2),
-                   h->tensor_dim(in, 3),
-                   h->tensor_dim(s->w, 0),
-                   h->tensor_dim(s->w, 2),
-                   h->tensor_dim(s->w, 3),
-                   0,
-                   0,
-                   s->stride,
-                   s->pad};
-    c.ho = (c.h + 2 * c.pad - c.kh) / c.stride + 1;
-    c.wo = (c.w + 2 * c.pad - c.kw) / c.stride + 1;
-    return c;
-}
-
-/* One conv stage backward: gw += a * wgrad; *g becomes dL/d(input) when
- * needed (then the old *g is freed). */
-static lh_status conv_stage_back(const lh_ad_base *b, float *gw, float **g, int need_gin,
-                                 const lh_tensor *in, const lh_ad_stage *s, double a, char *err,
-                                 size_t err_size) {
-    conv_dims c = dims_of(b->host, in, s);
-    float *v = NULL, *gin = NULL;
-    lh_status st = gw ? lh_ad_read(b, &v, in, err, err_size) : LH_OK;
-    if (st == LH_OK && need_gin) st = lh_ad_zeros(b, &gin, c.n * c.cin * c.h * c.w, err, err_size);
-    if (st == LH_OK && (gw || gin)) st = conv_grads(b, gw, gin, v, *g, s, &c, a, err, err_size);
-    b->host->free(v);
-    if (st == LH_OK && gin) {
-        b->host->free(*g);
-        *g = gin;
-    } else {
-        b->host->free(gin);
+/* Conv chains: each stage's gradients by the host's conv2d_backward; the
+ * weight gradient accumulates into gt[k] (a tensor shaped like the stage's
+ * weight, where it lives) or gw[k] (host floats), scaled by a; the
+ * gradient flowing down stays unscaled until dx += a * it. */
+static lh_status conv_backward(const lh_ad_base *b, float *const *gw, lh_tensor *const *gt,
+                               lh_tensor *dx, const lh_tensor *dy, lh_tensor *const *hs,
+                               const lh_tensor *x, const lh_ad_stage *st, int n, double a,
+                               char *err, size_t err_size) {
+    const lh_host_api *h = b->host;
+    if (h->size <= offsetof(lh_host_api, conv2d_backward) || !h->conv2d_backward)
+        return lh_ad_fail(b, err, err_size, LH_ERR_UNSUPPORTED,
+                          "the host has no conv2d_backward: convolution adapters cannot train");
+    const lh_tensor *g = dy; /* dL/d(output of stage k) */
+    lh_tensor *own = NULL;   /* g, when this function made it */
+    lh_status s = LH_OK;
+    for (int k = n - 1; s == LH_OK && k >= 0; k--) {
+        const lh_tensor *in = k ? hs[k - 1] : x;
+        lh_tensor *gin = NULL, *tmp = NULL, *acc = gt && gt[k] ? gt[k] : NULL;
+        if ((k > 0 || dx) && !(gin = h->tensor_new_like(in))) s = LH_ERR_NOMEM;
+        if (s == LH_OK && !acc && gw && gw[k] && !(acc = tmp = h->tensor_new_like(st[k].w)))
+            s = LH_ERR_NOMEM;
+        if (s == LH_OK && (gin || acc))
+            s = h->conv2d_backward(gin, acc, g, in, st[k].w, st[k].stride, st[k].pad, a);
+        if (s != LH_OK) s = lh_ad_host_fail(b, err, err_size, s, "conv gradient");
+        if (s == LH_OK && tmp) s = add_tensor(b, gw[k], tmp, err, err_size);
+        h->tensor_free(tmp);
+        h->tensor_free(own);
+        own = gin;
+        g = gin;
     }
-    return st;
-}
-
-static lh_status conv_backward(const lh_ad_base *b, float *const *gw, lh_tensor *dx,
-                               const lh_tensor *dy, lh_tensor *const *hs, const lh_tensor *x,
-                               const lh_ad_stage *st, int n, double a, char *err, size_t err_size) {
-    float *g = NULL;
-    lh_status s = lh_ad_read(b, &g, dy, err, err_size);
-    for (int k = n - 1; s == LH_OK && k >= 0; k--)
-        s = conv_stage_back(b, gw[k], &g, k > 0 || dx, k ? hs[k - 1] : x, &st[k], a, err, err_size);
-    if (s == LH_OK && dx) s = lh_ad_add(b, dx, g, b->host->tensor_numel(x), a, err, err_size);
-    b->host->free(g);
+    if (s == LH_OK && dx && (s = h->tensor_axpby(dx, 1.0, dx, a, g)) != LH_OK)
+        s = lh_ad_host_fail(b, err, err_size, s, "input gradient");
+    h->tensor_free(own);
     return s;
 }
 
@@ -329,7 +224,7 @@ lh_status lh_ad_backward(const lh_ad_base *b, float *const *gw, lh_tensor *const
     if (s == LH_OK && b->form.ndim == 2)
         s = linear_backward(b, gw, gt, dx, dy, hs, x, st, n, a, err, err_size);
     else if (s == LH_OK)
-        s = conv_backward(b, gw, dx, dy, hs, x, st, n, a, err, err_size);
+        s = conv_backward(b, gw, gt, dx, dy, hs, x, st, n, a, err, err_size);
     free_all(b, hs, n);
     return s;
 }

@@ -158,11 +158,10 @@ lh_status lh_ad_forward(const lh_ad_base *b, lh_tensor *y, const lh_tensor *x,
                         char *err, size_t err_size);
 /* Backward of lh_ad_forward without bias, given dy: gw[k] (host floats
  * shaped like st[k].w; NULL skips) += dL/dw_k, dx (may be NULL) += dL/dx.
- * Linear chains may instead accumulate into tensors: gt (NULL, or gt[k] a
- * tensor of st[k].w's 2-D shape, used where not NULL) += dL/dw_k by one
- * GEMM, where the tensors live (no copy to the host). Linear chains run on
- * the host's GEMM; conv chains compute the weight gradient and the
- * transposed convolution through im2col / col2im on host arrays around it. */
+ * The weight gradients may instead accumulate into tensors: gt (NULL, or
+ * gt[k] a tensor of st[k].w's shape, used where not NULL), where the
+ * tensors live (no copy to the host). Linear chains run on the host's
+ * gemm, conv chains on its conv2d_backward. */
 lh_status lh_ad_backward(const lh_ad_base *b, float *const *gw, lh_tensor *const *gt,
                          lh_tensor *dx, const lh_tensor *dy, const lh_tensor *x,
                          const lh_ad_stage *st, int n, double a, char *err, size_t err_size);

@@ -189,6 +189,15 @@ typedef struct lh_host_api {
     lh_tensor *(*tensor_file_get)(const lh_tensor_file *file, const char *name);
     void (*tensor_file_close)(lh_tensor_file *file);
 
+    /* The gradients of conv2d (added after tensor_file_close: check
+     * `size`), for groups 1, dilation 1 and square stride and padding:
+     * given dy [N, Cout, Ho, Wo] = dL/d(out) and the forward's x and w,
+     * dx (may be NULL) = dL/dx, written, and dw (may be NULL) +=
+     * dw_scale * dL/dw. On the backend, as conv2d. */
+    lh_status (*conv2d_backward)(lh_tensor *dx, lh_tensor *dw, const lh_tensor *dy,
+                                 const lh_tensor *x, const lh_tensor *w, int stride, int pad,
+                                 double dw_scale);
+
     void *reserved[LH_RESERVED_SLOTS];
 } lh_host_api;
 
