@@ -7,8 +7,8 @@
  *   gradients also against torch autograd's float64 ones (relative L2 1e-4,
  *   as test_unet_backward);
  * - whole runs of lh_train_run, three optimizer steps each: LoRA in float32
- *   (U-Net only, and with the text encoder) and in fp16, and full-parameter
- *   training (the U-Net's own weights and
+ *   (U-Net only, and with the text encoder and LoRA dropout) and in fp16,
+ *   and full-parameter training (the U-Net's own weights and
  *   AdamW on the device): each step's loss, and the exported adapter or
  *   U-Net tensors.
  * Skips (77) without the module or a device. Run: ctest -R cuda_parity_train. */
@@ -294,6 +294,7 @@ static void train(lh_backend *be, const char *name, int full, int te, lh_dtype p
     o.save_every = 0;
     o.full_parameter = full;
     o.train_text_encoder = te;
+    o.dropout = te ? 0.1 : 0.0; /* the text-encoder case also takes LoRA dropout (staged) */
     o.precision = prec;
     o.checkpointing = prec != LH_DTYPE_F32;
     memset(l, 0, sizeof *l);
