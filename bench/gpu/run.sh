@@ -87,14 +87,18 @@ if want train; then
   rc=$?
   summary+=("| LoRA training step vs diffusers + PEFT | $([[ $rc == 0 ]] && echo ran || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
 fi
-echo
-echo "| step | result | time |"
-echo "|---|---|---|"
-printf '%s\n' "${summary[@]}"
-echo
-grep -h "rel err\|rel L2\|worst pixel" "$out"/test_cuda_parity_*.log 2>/dev/null | sort | uniq | head -80
-echo
-[[ -f "$out/unet.log" ]] && head -12 "$out/unet.log"
-[[ -f "$out/train.log" ]] && cat "$out/train.log"
-grep -h "ERROR SUMMARY\|Invalid\|hazard" "$out"/memcheck_*.log "$out"/racecheck_*.log 2>/dev/null | head -20
+# the summary, also as $out/summary.md for bench/RESULTS.md
+{
+  echo
+  echo "| step | result | time |"
+  echo "|---|---|---|"
+  printf '%s\n' "${summary[@]}"
+  echo
+  grep -h "rel err\|rel L2\|worst pixel" "$out"/test_cuda_parity_*.log 2>/dev/null | sort | uniq | head -80
+  echo
+  [[ -f "$out/unet.log" ]] && head -8 "$out/unet.log"
+  echo
+  [[ -f "$out/train.log" ]] && cat "$out/train.log"
+  grep -h "ERROR SUMMARY\|Invalid\|hazard" "$out"/memcheck_*.log "$out"/racecheck_*.log 2>/dev/null | head -20
+} | tee "$out/summary.md"
 exit $status

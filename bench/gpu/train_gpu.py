@@ -20,7 +20,8 @@ One step, as diffusers' train_text_to_image_lora.py takes it:
 Each side runs in its own process per setting; the step time is the median
 after two warm-up steps; peak device memory is torch.cuda's
 max_memory_allocated and the cuda backend's peak in use (LH_CUDA_STATS).
-Prints a table with the ratios.
+Prints a table with the ratios. `--device cpu --unet DIR --size 8` is a dry
+run of the script itself on a machine without a GPU.
 """
 import argparse
 import json
@@ -44,7 +45,8 @@ def torch_worker(args):
         hf_peft.check_peft_version = lambda min_version: None
     except ImportError:
         pass
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
+    cuda = args.device == "cuda"
     dt = torch.float16 if args.precision == "fp16" else torch.bfloat16
     m = UNet2DConditionModel.from_pretrained(args.dir, torch_dtype=dt)
     m.load_lora_adapter(args.lora, prefix="unet", adapter_name="A")
@@ -58,20 +60,22 @@ def torch_worker(args):
     if args.ckpt:
         m.enable_gradient_checkpointing()
     opt = torch.optim.AdamW(params, lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(args.device) if args.precision == "fp16" else None
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     g = torch.Generator(device="cpu").manual_seed(0)
     cfg = m.config
     x = torch.randn(args.batch, cfg.in_channels, args.size, args.size, generator=g).to(dev, dt)
     ctx = torch.randn(args.batch, args.ctx, cfg.cross_attention_dim, generator=g).to(dev, dt)
     target = torch.randn(args.batch, cfg.out_channels, args.size, args.size, generator=g).to(dev)
     t = torch.tensor([999 - 37 * i for i in range(args.batch)], device=dev)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(args.iters):
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=dt):
+        with torch.autocast(args.device, dtype=dt):
             pred = m(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
         loss = F.mse_loss(pred.float(), target)
         if scaler:
@@ -85,18 +89,20 @@ def torch_worker(args):
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
         opt.zero_grad()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     print(json.dumps({"step_s": times, "loss": loss.item(),
-                      "peak_device_mb": torch.cuda.max_memory_allocated() / 1048576.0,
-                      "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0),
+                      "peak_device_mb": torch.cuda.max_memory_allocated() / 1048576.0
+                      if cuda else float("nan"),
+                      "torch": torch.__version__,
+                      "gpu": torch.cuda.get_device_name(0) if cuda else "cpu",
                       "layers_unet": sum(1 for n, _ in m.named_modules()
                                          if n.endswith(".lora_A.A"))}))
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--build", required=True)
+    ap.add_argument("--build", help="a build with bench_train (required but for --torch-worker)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--ckpt", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--precisions", nargs="+", default=["fp16", "bf16"])
@@ -105,6 +111,9 @@ def main():
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--cache", default="/tmp/lh-gpu-bench")
+    ap.add_argument("--device", default="cuda",
+                    help="cpu: a dry run of this script (with --unet, small --size)")
+    ap.add_argument("--unet", help="a U-Net directory instead of the random SD 1.5 one")
     ap.add_argument("--torch-worker", action="store_true")
     ap.add_argument("--dir")
     ap.add_argument("--lora")
@@ -114,9 +123,11 @@ def main():
     if args.torch_worker:
         args.ckpt = args.ckpt[0]
         return torch_worker(args)
+    if not args.build:
+        ap.error("--build is required")
     import train_cpu  # bench/train_cpu.py: the LoRA file
-    d = unet_gpu.unet_dir(args.cache)
-    lora = train_cpu.build_lora("sd15gpu", d, args.rank)
+    d = args.unet or unet_gpu.unet_dir(args.cache)
+    lora = train_cpu.build_lora("sd15gpu" if not args.unet else "dry", d, args.rank)
     env = dict(os.environ, LH_CUDA_STATS="1")
     if os.environ.get("LH_LD_LIBRARY_PATH"):  # bench/gpu/run.sh: the packed libraries
         env["LD_LIBRARY_PATH"] = os.environ["LH_LD_LIBRARY_PATH"]
@@ -126,18 +137,21 @@ def main():
             for ck in args.ckpt:
                 ours = unet_gpu.run_json([os.path.join(args.build, "bench", "bench_train"), d, lora,
                                           str(b), str(args.size), str(args.size), str(args.ctx),
-                                          str(args.iters), str(ck), "0", prec, "cuda"], env)
+                                          str(args.iters), str(ck), "0", prec, args.device],
+                                         env)
                 ref = unet_gpu.run_json([sys.executable, __file__, "--torch-worker", "--dir", d,
                                          "--lora", lora, "--batch", str(b), "--size",
                                          str(args.size), "--ctx", str(args.ctx), "--iters",
-                                         str(args.iters), "--ckpt", str(ck), "--precision", prec])
+                                         str(args.iters), "--ckpt", str(ck), "--precision", prec,
+                                         "--device", args.device])
                 gpu, tv = ref["gpu"], ref["torch"]
                 o, r = unet_gpu.med(ours["step_s"]), unet_gpu.med(ref["step_s"])
                 rows.append((prec, b, ck, o, r, ours.get("peak_device_mb", float("nan")),
                              ref["peak_device_mb"], ours["layers_unet"], ref["layers_unet"]))
                 print(json.dumps({"precision": prec, "batch": b, "ckpt": ck, "ours": ours,
                                   "torch": ref}), file=sys.stderr)
-    print(f"Adapter training step, SD 1.5 shapes (random weights), {args.size}x{args.size} "
+    what = f"U-Net {args.unet}" if args.unet else "SD 1.5 shapes (random weights)"
+    print(f"Adapter training step, {what}, {args.size}x{args.size} "
           f"latents, {args.ctx} tokens, LoRA rank {args.rank} on to_q/to_k/to_v/to_out.0, "
           f"{gpu}, torch {tv}")
     print("| precision | batch | checkpointing | lorahost | diffusers + PEFT | ratio (torch / ours) "

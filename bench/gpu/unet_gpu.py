@@ -45,10 +45,12 @@ def unet_dir(cache):
 def torch_worker(args):
     import torch
     from diffusers import UNet2DConditionModel
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
+    cuda = args.device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     t0 = time.perf_counter()
     m = UNet2DConditionModel.from_pretrained(args.dir, torch_dtype=torch.float16).to(dev).eval()
-    torch.cuda.synchronize()
+    sync()
     load = time.perf_counter() - t0
     g = torch.Generator(device="cpu").manual_seed(0)
     cfg = m.config
@@ -56,17 +58,19 @@ def torch_worker(args):
     ctx = torch.randn(args.batch, args.ctx, cfg.cross_attention_dim, generator=g).to(dev, torch.float16)
     t = torch.tensor([999.0 - 37.0 * i for i in range(args.batch)], device=dev)
     times = []
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     with torch.no_grad():
         for _ in range(args.iters):
-            torch.cuda.synchronize()
+            sync()
             t0 = time.perf_counter()
             m(x, t, encoder_hidden_states=ctx)
-            torch.cuda.synchronize()
+            sync()
             times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 1048576.0
+    peak = torch.cuda.max_memory_allocated() / 1048576.0 if cuda else float("nan")
     print(json.dumps({"load_s": load, "forward_s": times, "peak_device_mb": peak,
-                      "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0)}))
+                      "torch": torch.__version__,
+                      "gpu": torch.cuda.get_device_name(0) if cuda else "cpu"}))
 
 
 def run_json(cmd, env=None):
@@ -85,7 +89,10 @@ def med(v):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--build", required=True)
+    ap.add_argument("--build", help="a build with bench_unet (required but for --torch-worker)")
+    ap.add_argument("--device", default="cuda",
+                    help="cpu: a dry run of this script (with --unet, small --size)")
+    ap.add_argument("--unet", help="a U-Net directory instead of the random SD 1.5 one")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--ctx", type=int, default=77)
@@ -97,18 +104,21 @@ def main():
     args = ap.parse_args()
     if args.torch_worker:
         return torch_worker(args)
-    d = unet_dir(args.cache)
+    if not args.build:
+        ap.error("--build is required")
+    d = args.unet or unet_dir(args.cache)
     shape = [str(args.batch), str(args.size), str(args.size), str(args.ctx), str(args.iters)]
     env = dict(os.environ, LH_CUDA_STATS="1")
     if os.environ.get("LH_LD_LIBRARY_PATH"):  # bench/gpu/run.sh: the packed libraries
         env["LD_LIBRARY_PATH"] = os.environ["LH_LD_LIBRARY_PATH"]
     ours = {p: run_json([os.path.join(args.build, "bench", "bench_unet"), d] + shape +
-                        ["0", "cuda", p], env) for p in args.precisions}
+                        ["0", args.device, p], env) for p in args.precisions}
     ref = run_json([sys.executable, __file__, "--torch-worker", "--dir", d, "--batch",
                     str(args.batch), "--size", str(args.size), "--ctx", str(args.ctx),
-                    "--iters", str(args.iters)])
+                    "--iters", str(args.iters), "--device", args.device])
     r = med(ref["forward_s"])
-    print(f"U-Net step, SD 1.5 shapes (random weights), batch {args.batch}, "
+    what = f"U-Net {args.unet}" if args.unet else "SD 1.5 shapes (random weights)"
+    print(f"U-Net step, {what}, batch {args.batch}, "
           f"{args.size}x{args.size} latents, {args.ctx} tokens, {ref['gpu']}, torch {ref['torch']}")
     print("| lorahost activations | lorahost step (median) | diffusers (fp16, SDPA) | ratio (torch / ours) "
           "| load ours / torch | peak device memory ours / torch |")
