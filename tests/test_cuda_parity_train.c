@@ -10,7 +10,8 @@
  *   (U-Net only, and with the text encoder and LoRA dropout) and in fp16,
  *   and full-parameter training (the U-Net's own weights and
  *   AdamW on the device): each step's loss, and the exported adapter or
- *   U-Net tensors.
+ *   U-Net tensors; and a run resumed on the device from its checkpoint
+ *   against the uninterrupted one.
  * Skips (77) without the module or a device. Run: ctest -R cuda_parity_train. */
 #include "cuda_parity.h"
 
@@ -270,8 +271,10 @@ static void dataset(char *path, size_t size) {
                   err.msg);
 }
 
-/* Three steps of lh_train_run on be into g_dir/<name>. */
-static void train(lh_backend *be, const char *name, int full, int te, lh_dtype prec, losses *l) {
+/* `steps` steps of lh_train_run on be into g_dir/<name> (resuming from its
+ * newest checkpoint when `resume`). */
+static void train_steps(lh_backend *be, const char *name, int full, int te, lh_dtype prec,
+                        int64_t steps, int resume, losses *l) {
     char model[4400], data[4400], out[4400];
     snprintf(model, sizeof model, "%s/tests/fixtures/models/sd1_tiny", g_src);
     dataset(data, sizeof data);
@@ -286,7 +289,8 @@ static void train(lh_backend *be, const char *name, int full, int te, lh_dtype p
     o.output_dir = out;
     o.backend = be;
     o.threads = 1;
-    o.steps = 3;
+    o.steps = steps;
+    o.resume = resume;
     o.batch_size = 2;
     o.lr = 1e-3;
     o.max_grad_norm = 0.05; /* small enough to clip */
@@ -302,7 +306,12 @@ static void train(lh_backend *be, const char *name, int full, int te, lh_dtype p
     float smoothed = 0;
     ck_assert_msg(lh_train_run(&o, g_reg, keep_loss, l, &smoothed, &err) == LH_OK, "%s: %s",
                   be->ops->name, err.msg);
-    ck_assert_int_eq(l->n, 3);
+    ck_assert_int_eq(l->n, steps);
+}
+
+/* Three steps of lh_train_run on be into g_dir/<name>. */
+static void train(lh_backend *be, const char *name, int full, int te, lh_dtype prec, losses *l) {
+    train_steps(be, name, full, te, prec, 3, 0, l);
 }
 
 /* Every tensor of file a against the same-named tensor of file b: all of
@@ -379,6 +388,22 @@ END_TEST
 START_TEST(test_train_full) { run_case("full", 1, 0, LH_DTYPE_F32, TOL_F32, TOL_F32, 100 * TOL_F32); }
 END_TEST
 
+/* On the device, a run stopped after step 2 and resumed from its
+ * checkpoint (parameters and AdamW moments copied out of device memory and
+ * back) ends where the uninterrupted run ends. */
+START_TEST(test_resume_on_device) {
+    losses a, b;
+    train_steps(g_gpu, "resume-whole", 0, 0, LH_DTYPE_F32, 3, 0, &a);
+    train_steps(g_gpu, "resume-split", 0, 0, LH_DTYPE_F32, 2, 0, &b);
+    train_steps(g_gpu, "resume-split", 0, 0, LH_DTYPE_F32, 3, 1, &b);
+    expect_close("resumed run: step 3 loss", &b.v[2], &a.v[2], 1, 1e-6);
+    char fa[4400], fb[4400];
+    snprintf(fa, sizeof fa, "%s/resume-split/lora.safetensors", g_dir);
+    snprintf(fb, sizeof fb, "%s/resume-whole/lora.safetensors", g_dir);
+    compare_files("resumed run: adapter", fa, fb, 1e-6, 1e-5);
+}
+END_TEST
+
 static void suite_setup(void) {
     const char *src = getenv("LH_SOURCE_DIR");
     snprintf(g_src, sizeof g_src, "%s", src ? src : "../..");
@@ -408,6 +433,7 @@ int main(void) {
     tcase_add_test(tc, test_train_lora_te);
     tcase_add_test(tc, test_train_lora_fp16);
     tcase_add_test(tc, test_train_full);
+    tcase_add_test(tc, test_resume_on_device);
     suite_add_tcase(s, tc);
     return parity_run(s);
 }
