@@ -134,6 +134,14 @@ typedef struct run {
     lh_unet_grads *grads; /* full-parameter gradients, or NULL: frozen base */
     lh_dtype act;         /* activation precision (the backend's set_precision) */
     lh_unet_overflow *ovf; /* half precision: where NaN/Inf appeared, or NULL */
+    /* the NaN/Inf checks of a half-precision step: counted into backend
+     * memory as the step runs, read back once at its end */
+    int64_t *ovf_dev; /* backend [ovf_cap] */
+    struct ovf_check {
+        char unit[64];
+        int backward;
+    } *ovf_at; /* host [ovf_cap]: what each count is of */
+    int ovf_n, ovf_cap;
 } run;
 
 /* a * b * c * d elements as size_t, flagging overflow. */
@@ -1159,21 +1167,41 @@ static void unit_info(const run *r, const unit *u, char *name, size_t size, size
     *n_out = b * co * hwo;
 }
 
-/* Count NaN/Inf in x [n]; note them in the report under `name`. */
+/* Count NaN/Inf in x [n] under `name`, into the next backend slot (no
+ * wait); report_overflow reads them all after the step. */
 static lh_status check_finite(run *r, const char *name, const float *x, size_t n, int backward) {
     if (!r->ovf || !x || n == 0) return LH_OK;
-    int64_t bad = 0;
-    OP(r->ops->count_nonfinite(r->m->be, &bad, x, (int64_t)n), name);
-    if (bad == 0) return LH_OK;
-    lh_unet_overflow *o = r->ovf;
-    if (o->count < LH_UNET_OVERFLOW_MAX) {
-        lh_unet_overflow_at *a = &o->at[o->count];
-        snprintf(a->unit, sizeof a->unit, "%s", name);
-        a->backward = backward;
-        a->n_bad = bad;
-    }
-    o->count++;
+    if (r->ovf_n == r->ovf_cap)
+        return lh_error_set(r->err, LH_ERR_INTERNAL, "unet train: more than %d overflow checks",
+                            r->ovf_cap);
+    struct ovf_check *c = &r->ovf_at[r->ovf_n];
+    snprintf(c->unit, sizeof c->unit, "%s", name);
+    c->backward = backward;
+    OP(r->ops->count_nonfinite_into(r->m->be, r->ovf_dev + r->ovf_n, x, (int64_t)n), name);
+    r->ovf_n++;
     return LH_OK;
+}
+
+/* The step's checks into the report, in the order they ran. */
+static lh_status report_overflow(run *r) {
+    if (!r->ovf || !r->ovf_n) return LH_OK;
+    int64_t *bad = malloc((size_t)r->ovf_n * sizeof *bad);
+    if (!bad) return lh_error_set(r->err, LH_ERR_NOMEM, "unet train: out of host memory");
+    lh_status st = r->ops->download(r->m->be, bad, r->ovf_dev, (size_t)r->ovf_n * sizeof *bad);
+    if (st != LH_OK) lh_error_set(r->err, st, "unet train: reading the overflow checks failed");
+    lh_unet_overflow *o = r->ovf;
+    for (int i = 0; st == LH_OK && i < r->ovf_n; i++) {
+        if (bad[i] == 0) continue;
+        if (o->count < LH_UNET_OVERFLOW_MAX) {
+            lh_unet_overflow_at *a = &o->at[o->count];
+            snprintf(a->unit, sizeof a->unit, "%s", r->ovf_at[i].unit);
+            a->backward = r->ovf_at[i].backward;
+            a->n_bad = bad[i];
+        }
+        o->count++;
+    }
+    free(bad);
+    return st;
 }
 
 /* After the training forward: every unit's output, in forward order. */
@@ -1392,7 +1420,8 @@ static lh_status train(lh_unet *m, const lh_unet_train_opts *o, lh_unet_loss_fn 
     if (prec != LH_DTYPE_F32 && prec != LH_DTYPE_F16 && prec != LH_DTYPE_BF16)
         return lh_error_set(err, LH_ERR_INVALID, "unet train: precision must be fp32, fp16 or "
                             "bf16, not %s", lh_dtype_name(prec));
-    if (prec != LH_DTYPE_F32 && (!ops->set_precision || !ops->round || !ops->count_nonfinite))
+    if (prec != LH_DTYPE_F32 &&
+        (!ops->set_precision || !ops->round || !ops->count_nonfinite_into))
         return lh_error_set(err, LH_ERR_UNSUPPORTED, "unet train: the %s backend has no mixed "
                             "precision", ops->name);
     float scale = o->loss_scale == 0.0f ? 1.0f : o->loss_scale;
@@ -1438,7 +1467,15 @@ static lh_status train(lh_unet *m, const lh_unet_train_opts *o, lh_unet_loss_fn 
     r.grads = g;
     r.act = prec;
     r.ovf = prec != LH_DTYPE_F32 ? report : NULL;
-    if (prec != LH_DTYPE_F32) {
+    if (r.ovf) { /* a count per unit output, per input gradient, and the time embedding */
+        r.ovf_cap = 2 * MAX_UNITS + 2;
+        r.ovf_at = malloc((size_t)r.ovf_cap * sizeof *r.ovf_at);
+        r.ovf_dev = ops->alloc(m->be, (size_t)r.ovf_cap * sizeof *r.ovf_dev);
+        if (!r.ovf_at || !r.ovf_dev)
+            st = lh_error_set(err, LH_ERR_NOMEM, "unet train: out of memory for the overflow "
+                              "checks");
+    }
+    if (st == LH_OK && prec != LH_DTYPE_F32) {
         st = ops->set_precision(m->be, prec);
         if (st != LH_OK) lh_error_set(err, st, "unet train: set_precision failed");
     }
@@ -1474,7 +1511,10 @@ static lh_status train(lh_unet *m, const lh_unet_train_opts *o, lh_unet_loss_fn 
         st = ops->sync(m->be);
         if (st != LH_OK) lh_error_set(err, st, "unet backward: backend sync failed");
     }
+    if (st == LH_OK) st = report_overflow(&r);
     if (prec != LH_DTYPE_F32) ops->set_precision(m->be, LH_DTYPE_F32);
+    if (r.ovf_dev) ops->free(m->be, r.ovf_dev);
+    free(r.ovf_at);
     if (loss) *loss = l;
     free(tape);
     return st;

@@ -206,6 +206,9 @@ typedef struct lh_backend_ops {
     lh_status (*round)(lh_backend *be, float *x, int64_t n, lh_dtype dtype);
     /* *count (host memory) = how many of x [n] are NaN or +-Inf. */
     lh_status (*count_nonfinite)(lh_backend *be, int64_t *count, const float *x, int64_t n);
+    /* The same count into backend memory (one int64), without waiting for
+     * it: many checks, one download. */
+    lh_status (*count_nonfinite_into)(lh_backend *be, int64_t *count, const float *x, int64_t n);
 
     /* ---- Training updates (float32 parameters and gradients; no rounding
      * to the activation precision) ---- */

@@ -331,6 +331,11 @@ static lh_status fake_count_nonfinite(lh_backend *be, int64_t *count, /* host me
     return CALL(count_nonfinite, count, FAKE_R(x), n);
 }
 
+static lh_status fake_count_nonfinite_into(lh_backend *be, int64_t *count, const float *x,
+                                           int64_t n) {
+    return CALL(count_nonfinite_into, FAKE_R(count), FAKE_R(x), n);
+}
+
 static lh_status fake_scale(lh_backend *be, float *x, int64_t n, float s) {
     return CALL(scale, FAKE_R(x), n, s);
 }
@@ -398,6 +403,7 @@ static const lh_backend_ops fake_device_ops = {
     .set_precision = fake_set_precision,
     .round = fake_round,
     .count_nonfinite = fake_count_nonfinite,
+    .count_nonfinite_into = fake_count_nonfinite_into,
     .scale = fake_scale,
     .sum_squares = fake_sum_squares,
     .mse_backward = fake_mse_backward,

@@ -602,6 +602,15 @@ START_TEST(test_train_ops) {
         ck_assert_int_eq(g_gpu->ops->sum_squares(g_gpu, sg, x.g, 5), LH_OK);
         ck_assert_int_eq(g_cpu->ops->sum_squares(g_cpu, sc, x.c, 5), LH_OK);
         ck_assert(!isfinite(back_double(g_gpu, sg)) && !isfinite(back_double(g_cpu, sc)));
+        /* the count, into device memory (no wait), against the cpu's */
+        int64_t want = -1, got = -1, *dc = g_gpu->ops->alloc(g_gpu, sizeof *dc);
+        ck_assert_ptr_nonnull(dc);
+        ck_assert_int_eq(g_cpu->ops->count_nonfinite(g_cpu, &want, x.c, 5), LH_OK);
+        ck_assert_int_eq(g_gpu->ops->count_nonfinite_into(g_gpu, dc, x.g, 5), LH_OK);
+        ck_assert_int_eq(g_gpu->ops->download(g_gpu, &got, dc, sizeof got), LH_OK);
+        ck_assert_int_eq(got, want);
+        ck_assert_int_eq(want, 1);
+        g_gpu->ops->free(g_gpu, dc);
         pair_free(&x);
     }
     /* mse_backward at the trainer's shapes: batch rows of 4x64x64 latents, and odd ones */

@@ -131,6 +131,7 @@ static const lh_backend_ops cpu_ops = {
     .set_precision = lh__cpu_set_precision,
     .round = lh__cpu_round,
     .count_nonfinite = lh__cpu_count_nonfinite,
+    .count_nonfinite_into = lh__cpu_count_nonfinite, /* backend memory is host memory */
     .scale = lh__cpu_scale,
     .sum_squares = lh__cpu_sum_squares,
     .mse_backward = lh__cpu_mse_backward,

@@ -254,6 +254,17 @@ extern "C" lh_status lh__cuda_count_nonfinite(lh_backend *be, int64_t *count, co
     return LH_OK;
 }
 
+extern "C" lh_status lh__cuda_count_nonfinite_into(lh_backend *be, int64_t *count,
+                                                   const float *x, int64_t n) {
+    if (!count || n < 0 || (n && !x)) return LH_ERR_INVALID;
+    lh_cuda *cu = lh__cuda(be);
+    lh_status st = cuda_memset0(be, count, sizeof *count);
+    if (st != LH_OK || !n) return st;
+    count_nonfinite_kernel<<<lh__cuda_grid(n, 256) > 1024 ? 1024 : lh__cuda_grid(n, 256), 256, 0,
+                             cu->stream>>>((unsigned long long *)count, x, n);
+    return lh__cuda_launched(be, "count_nonfinite_into");
+}
+
 /* ---- Rounding fronts: ops that write activations ---- */
 
 static lh_status r_gemm(lh_backend *be, float *c, const float *a, const float *b, int ta, int tb,
@@ -470,6 +481,7 @@ static const lh_backend_ops cuda_ops = {
     /* .set_precision = */ cuda_set_precision,
     /* .round = */ lh__cuda_round,
     /* .count_nonfinite = */ lh__cuda_count_nonfinite,
+    /* .count_nonfinite_into = */ lh__cuda_count_nonfinite_into,
     /* .scale = */ lh__cuda_scale,
     /* .sum_squares = */ lh__cuda_sum_squares,
     /* .mse_backward = */ lh__cuda_mse_backward,
