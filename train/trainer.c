@@ -296,13 +296,14 @@ static lh_status load_item(trainer *t, int64_t idx, int drop, lh_rng *r, item *o
 
 /* Weighted mse over a group of same-size items: L = sum_i w_i mean_i((pred -
  * target)^2) / denom; dL/dpred likewise. The gradient is made on the
- * backend (mse_backward); only the n row sums come back. */
+ * backend (mse_backward) without waiting for it; the n row sums, and so
+ * the loss, are read after the backward (wmse_value). */
 typedef struct wmse {
     lh_backend *be;
     const float *target; /* backend [n, per] */
     const float *w;      /* host [n] */
     double *sq;          /* backend [n] */
-    int64_t n;
+    int64_t n, per;
     double denom;
 } wmse;
 
@@ -310,21 +311,33 @@ static lh_status wmse_loss(void *ctx, float *dout, float *loss, const float *out
                            lh_error *err) {
     wmse *c = ctx;
     lh_backend *be = c->be;
-    int64_t per = numel / c->n;
-    double *coef = malloc((size_t)c->n * sizeof *coef), *sq = malloc((size_t)c->n * sizeof *sq);
-    lh_status st = coef && sq ? LH_OK : lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    c->per = numel / c->n;
+    double *coef = malloc((size_t)c->n * sizeof *coef);
+    lh_status st = coef ? LH_OK : lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
     for (int64_t i = 0; st == LH_OK && i < c->n; i++)
-        coef[i] = 2.0 * c->w[i] / ((double)per * c->denom);
+        coef[i] = 2.0 * c->w[i] / ((double)c->per * c->denom);
     if (st == LH_OK &&
-        ((st = be->ops->mse_backward(be, dout, c->sq, out, c->target, coef, c->n, per)) != LH_OK ||
-         (st = be->ops->download(be, sq, c->sq, (size_t)c->n * sizeof *sq)) != LH_OK))
+        (st = be->ops->mse_backward(be, dout, c->sq, out, c->target, coef, c->n, c->per)) != LH_OK)
         st = lh_error_set(err, st, "train: the loss on the %s backend failed", be->ops->name);
-    double l = 0.0;
-    for (int64_t i = 0; st == LH_OK && i < c->n; i++) l += c->w[i] * sq[i] / (double)per;
     free(coef);
+    *loss = 0.0f; /* wmse_value, after the step */
+    return st;
+}
+
+/* The loss of the step wmse_loss seeded. */
+static lh_status wmse_value(const wmse *c, float *loss, lh_error *err) {
+    double *sq = malloc((size_t)c->n * sizeof *sq), l = 0.0;
+    lh_status st = sq ? c->be->ops->download(c->be, sq, c->sq, (size_t)c->n * sizeof *sq)
+                      : LH_ERR_NOMEM;
+    if (st != LH_OK) {
+        free(sq);
+        return lh_error_set(err, st, "train: reading the loss from the %s backend failed",
+                            c->be->ops->name);
+    }
+    for (int64_t i = 0; i < c->n; i++) l += c->w[i] * sq[i] / (double)c->per;
     free(sq);
     *loss = (float)(l / c->denom);
-    return st;
+    return LH_OK;
 }
 
 /* Forward + backward of `n` same-size items; *loss += their share. */
@@ -393,7 +406,7 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
         t->ad->layers.dropout_seed = (uint64_t)lh_rng_u32(r) << 32 | lh_rng_u32(r);
     }
     if (st == LH_OK) {
-        wmse c = {be, d_target, wts, d_sq, n, denom};
+        wmse c = {be, d_target, wts, d_sq, n, 0, denom};
         lh_unet_train_opts uo = {.checkpointing = o->checkpointing,
                                  .precision = o->precision,
                                  .loss_scale = t->scaler.scale,
@@ -402,6 +415,7 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
         lh_unet_overflow one;
         st = lh_unet_train_step(t->m->unet, &uo, wmse_loss, &c, &l, g_ctx, d_noisy, ts_f, d_ctx,
                                 n, h, w, t->tokens, &one, err);
+        if (st == LH_OK) st = wmse_value(&c, &l, err);
         /* the text encoder's adapter: dL/d(context) back through it (float32) */
         if (st == LH_OK && te)
             st = lh_clip_encode_backward(t->m->clip, NULL, NULL, g_ctx, ids, n, t->tokens, 0,
