@@ -58,12 +58,21 @@ extern "C" lh_status lh__cuda_sum_squares(lh_backend *be, double *out, const flo
     return lh__cuda_launched(be, "sum_squares");
 }
 
-/* One block per row: dpred = coef[r] * d, sq[r] = sum d^2 (d in double). */
+/* Up to this many rows take their coefficients as a kernel argument (no
+ * copy to wait for); more go through scratch. */
+#define MSE_ROWS_ARG 64
+typedef struct mse_coef {
+    double v[MSE_ROWS_ARG];
+} mse_coef;
+
+/* One block per row: dpred = coef[r] * d, sq[r] = sum d^2 (d in double);
+ * coef from `dcoef` (device) when not NULL, else from `acoef`. */
 __global__ void mse_backward_kernel(float *dpred, double *sq, const float *pred,
-                                    const float *target, const double *coef, int64_t cols) {
+                                    const float *target, const double *dcoef, mse_coef acoef,
+                                    int64_t cols) {
     __shared__ double shm[32];
     int64_t r = blockIdx.x, base = r * cols;
-    double k = coef[r], s = 0.0;
+    double k = dcoef ? dcoef[r] : acoef.v[r], s = 0.0;
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) {
         double d = (double)pred[base + j] - (double)target[base + j];
         s += d * d;
@@ -84,17 +93,22 @@ extern "C" lh_status lh__cuda_mse_backward(lh_backend *be, float *dpred, double 
         return LH_ERR_OVERFLOW;
     if (rows == 0) return LH_OK;
     cudaStream_t s = lh__cuda(be)->stream;
+    mse_coef acoef;
     void *dcoef = NULL;
-    lh_status st = lh__cuda_scratch(be, (size_t)rows * sizeof(double), &dcoef);
-    if (st == LH_OK)
-        st = lh__cuda_check(be, cudaMemcpyAsync(dcoef, coef, (size_t)rows * sizeof(double),
-                                                cudaMemcpyHostToDevice, s),
-                            "mse_backward");
-    /* coef is the caller's host memory: the copy must finish before we return */
-    if (st == LH_OK) st = lh__cuda_check(be, cudaStreamSynchronize(s), "mse_backward");
-    if (st != LH_OK) return st;
+    if (rows <= MSE_ROWS_ARG) {
+        for (int64_t r = 0; r < rows; r++) acoef.v[r] = coef[r];
+    } else {
+        lh_status st = lh__cuda_scratch(be, (size_t)rows * sizeof(double), &dcoef);
+        if (st == LH_OK)
+            st = lh__cuda_check(be, cudaMemcpyAsync(dcoef, coef, (size_t)rows * sizeof(double),
+                                                    cudaMemcpyHostToDevice, s),
+                                "mse_backward");
+        /* coef is the caller's host memory: the copy must finish before we return */
+        if (st == LH_OK) st = lh__cuda_check(be, cudaStreamSynchronize(s), "mse_backward");
+        if (st != LH_OK) return st;
+    }
     mse_backward_kernel<<<(unsigned)rows, TO_BLOCK, 0, s>>>(dpred, sq, pred, target,
-                                                           (const double *)dcoef, cols);
+                                                           (const double *)dcoef, acoef, cols);
     return lh__cuda_launched(be, "mse_backward");
 }
 
