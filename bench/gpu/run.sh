@@ -54,6 +54,18 @@ want parity && for t in "$build"/tests/test_cuda_parity_*; do
   summary+=("| $name | $r | $(( $(date +%s) - s )) s |")
   [[ $rc == 0 ]] || status=1
 done
+# the attention forward's other implementation (cuBLAS + softmax) through
+# the same suites
+want parity && for name in test_cuda_parity_ops test_cuda_parity_model; do
+  t="$build/tests/$name"
+  [[ -x "$t" ]] || continue
+  s=$(date +%s)
+  (cd "$build/tests" && LORAHOST_CUDA_ATTENTION=gemm lh timeout 150 "$t") >"$out/$name.gemm.log" 2>&1
+  rc=$?
+  r=$([[ $rc == 0 ]] && echo pass || echo "FAIL ($rc): $(grep -m1 -E ':F:|:E:' "$out/$name.gemm.log" | cut -c1-160)")
+  summary+=("| $name, attention=gemm | $r | $(( $(date +%s) - s )) s |")
+  [[ $rc == 0 ]] || status=1
+done
 if want memcheck && command -v compute-sanitizer >/dev/null; then
   for name in test_cuda_parity_ops test_cuda_parity_dense; do
     [[ -x "$build/tests/$name" ]] || continue

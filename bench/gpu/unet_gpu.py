@@ -98,6 +98,8 @@ def main():
     ap.add_argument("--ctx", type=int, default=77)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--precisions", nargs="+", default=["fp16", "fp32"])
+    ap.add_argument("--attention", nargs="+", default=["flash", "gemm"],
+                    help="the cuda backend's attention forward (LORAHOST_CUDA_ATTENTION)")
     ap.add_argument("--cache", default="/tmp/lh-gpu-bench")
     ap.add_argument("--torch-worker", action="store_true")
     ap.add_argument("--dir")
@@ -111,8 +113,13 @@ def main():
     env = dict(os.environ, LH_CUDA_STATS="1")
     if os.environ.get("LH_LD_LIBRARY_PATH"):  # bench/gpu/run.sh: the packed libraries
         env["LD_LIBRARY_PATH"] = os.environ["LH_LD_LIBRARY_PATH"]
-    ours = {p: run_json([os.path.join(args.build, "bench", "bench_unet"), d] + shape +
-                        ["0", args.device, p], env) for p in args.precisions}
+    ours = {}
+    for p in args.precisions:
+        for att in args.attention:
+            e = dict(env, LORAHOST_CUDA_ATTENTION=att)
+            ours[f"{p}, attention {att}"] = run_json(
+                [os.path.join(args.build, "bench", "bench_unet"), d] + shape +
+                ["0", args.device, p], e)
     ref = run_json([sys.executable, __file__, "--torch-worker", "--dir", d, "--batch",
                     str(args.batch), "--size", str(args.size), "--ctx", str(args.ctx),
                     "--iters", str(args.iters), "--device", args.device])
@@ -120,7 +127,7 @@ def main():
     what = f"U-Net {args.unet}" if args.unet else "SD 1.5 shapes (random weights)"
     print(f"U-Net step, {what}, batch {args.batch}, "
           f"{args.size}x{args.size} latents, {args.ctx} tokens, {ref['gpu']}, torch {ref['torch']}")
-    print("| lorahost activations | lorahost step (median) | diffusers (fp16, SDPA) | ratio (torch / ours) "
+    print("| lorahost (activations, attention) | lorahost step (median) | diffusers (fp16, SDPA) | ratio (torch / ours) "
           "| load ours / torch | peak device memory ours / torch |")
     print("|---|---|---|---|---|---|")
     for p, o in ours.items():

@@ -543,6 +543,8 @@ extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *
     cu->act = LH_DTYPE_F32;
     const char *tf32 = getenv("LORAHOST_CUDA_TF32"); /* "1": TF32 GEMMs and convolutions */
     cu->tf32 = tf32 && tf32[0] == '1' && tf32[1] == '\0';
+    const char *att = getenv("LORAHOST_CUDA_ATTENTION"); /* "gemm" or "flash" (default) */
+    cu->att_gemm = att && !strcmp(att, "gemm");
     const char *what = NULL, *detail = NULL;
     cublasStatus_t bs;
     cudnnStatus_t ds;

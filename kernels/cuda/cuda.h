@@ -42,6 +42,7 @@ typedef struct lh_cuda {
     cudnnHandle_t cudnn;
     lh_dtype act;        /* activation precision (set_precision) */
     int tf32;            /* GEMMs and convolutions may use TF32 (LORAHOST_CUDA_TF32=1) */
+    int att_gemm;        /* attention forward by cuBLAS + softmax (LORAHOST_CUDA_ATTENTION=gemm) */
     void *workspace;     /* cuDNN / scratch; grows, never shrinks */
     size_t workspace_bytes;
     lh_cuda_conv_algo conv[LH_CUDA_CONV_CACHE];
@@ -103,6 +104,12 @@ lh_status lh__cuda_group_norm_backward(lh_backend *be, float *dx, float *dgamma,
 lh_status lh__cuda_layer_norm_backward(lh_backend *be, float *dx, float *dgamma, float *dbeta,
                                        const float *dy, const float *x, const float *gamma,
                                        int64_t rows, int64_t cols, float eps);
+/* The attention forward as two batched cuBLAS products around a softmax
+ * kernel (attention_gemm.cu); LH_ERR_UNSUPPORTED for what it does not take
+ * (the caller then runs the flash kernel). */
+lh_status lh__cuda_attention_gemm(lh_backend *be, float *out, float *lse, const float *q,
+                                  const float *k, const float *v, int64_t b, int64_t heads,
+                                  int64_t nq, int64_t nk, int64_t d, float scale, int causal);
 lh_status lh__cuda_attention(lh_backend *be, float *out, float *lse, const float *q,
                              const float *k, const float *v, int64_t b, int64_t heads, int64_t nq,
                              int64_t nk, int64_t d, float scale, int causal);
