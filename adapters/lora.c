@@ -121,6 +121,23 @@ static lh_status create(void **out, const lh_host_api *host, const lh_adapter_la
     return lh_ad_create(out, sizeof(lora), host, layer, err, err_size, init, destroy);
 }
 
+/* Training moved the values: copy them into the stage tensors where they
+ * live (DoRA's derived state is rebuilt by a new instance instead). */
+static lh_status update(void *p, const lh_adapter_layer *layer, char *err, size_t err_size) {
+    lora *s = p;
+    if (s->dora_on) return LH_ERR_UNSUPPORTED;
+    const lh_host_api *h = s->b.host;
+    for (int k = 0; k < s->n_st; k++) {
+        int gi = s->gi[k];
+        if (gi < 0 || gi >= layer->n_tensors)
+            return lh_ad_fail(&s->b, err, err_size, LH_ERR_INVALID, "update: tensor %d missing", gi);
+        lh_tensor *w = (lh_tensor *)s->st[k].w; /* the factor's own tensor (s->f) */
+        lh_status st = h->tensor_copy(w, layer->tensors[gi].tensor);
+        if (st != LH_OK) return lh_ad_host_fail(&s->b, err, err_size, st, "update");
+    }
+    return LH_OK;
+}
+
 /* ---- Applying ---- */
 
 /* The single dense stage DoRA runs on, at `scale`. */
@@ -217,6 +234,7 @@ static const lh_adapter_desc DESC = {
     .weight_delta = weight_delta,
     .forward = forward,
     .backward = backward,
+    .update = update,
 };
 
 LH_API const lh_plugin_info *lorahost_plugin_entry(uint32_t index) {

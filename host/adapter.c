@@ -4,6 +4,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -716,6 +717,24 @@ lh_status lh_adapter_param(lh_adapter *a, size_t i, const char **key, lh_tensor 
     return LH_ERR_NOT_FOUND;
 }
 
+/* The kind's update() of part p's instance from al (bound to a device
+ * backend as create_state is); LH_ERR_UNSUPPORTED when the kind has none or
+ * declines: the caller recreates the instance. */
+static lh_status update_state(lh_adapt *ad, lh_adapter_part *p, const lh_adapter_layer *al,
+                              lh_error *err) {
+    const lh_adapter_desc *d = p->desc;
+    if (d->info.size <= offsetof(lh_adapter_desc, update) || !d->update) return LH_ERR_UNSUPPORTED;
+    lh_backend *be = ad->layers.be, *prev = NULL;
+    int dev = be && !lh_backend_host_memory(be);
+    if (dev) prev = lh_host_api_bind(be);
+    char msg[LH_ERROR_MAX] = "";
+    lh_status st = d->update(p->state, al, msg, sizeof msg);
+    if (dev) lh_host_api_bind(prev);
+    if (st == LH_OK || st == LH_ERR_UNSUPPORTED) return st;
+    return lh_error_set(err, st, "adapter kind %s, layer %s: %s", d->info.id, al->name,
+                        msg[0] ? msg : "update failed");
+}
+
 /* Replace state `old` by `now` wherever layer li holds it. */
 static void swap_state(lh_adapt *ad, size_t li, const void *old, void *now) {
     lh_layer *l = &ad->layers.v[li];
@@ -743,6 +762,11 @@ lh_status lh_adapter_refresh(lh_adapter *a, lh_error *err) {
         lh_adapter_part *p = &a->parts[i];
         lh_adapter_layer al;
         layer_desc(&al, &ad->layers.v[p->layer], p, p->alpha);
+        st = update_state(ad, p, &al, err);
+        if (st != LH_ERR_UNSUPPORTED) {
+            if (st != LH_OK) return st;
+            continue;
+        }
         void *now = NULL;
         st = create_state(&now, ad, p, p->desc, &al, err);
         if (st != LH_OK) return st;

@@ -44,10 +44,10 @@ static void svc_free(void *p) { free(p); }
 /* ---- Where tensors live ----
  * While an adapter on a device backend is created, run or differentiated,
  * the host binds that backend to the thread (lh_host_api_bind): tensor_new
- * then makes F32 tensors in its memory, and gemm, conv2d (groups 1, square
- * stride and padding), axpby and fill with 0 run there. Every other op, and
- * any op whose operands live in different places, runs on host copies:
- * slower, never wrong. */
+ * then makes F32 tensors in its memory, and copy, gemm, conv2d (groups 1,
+ * square stride and padding), conv2d_backward, axpby and fill with 0 run
+ * there. Every other op, and any op whose operands live in different
+ * places, runs on host copies: slower, never wrong. */
 
 static _Thread_local lh_backend *t_bound;
 
@@ -163,6 +163,8 @@ static lh_status svc_tensor_write(lh_tensor *t, const float *src, int64_t n) {
 /* The ops that run on host copies when a device is involved. */
 static lh_status svc_copy(lh_tensor *out, const lh_tensor *x) {
     if (!on_device(out) && !on_device(x)) return keep(lh_op_copy(out, x, &t_last));
+    if (on_device(out) && x && x->be == out->be && x->dtype == LH_DTYPE_F32)
+        return keep(lh_op_copy(out, x, &t_last));
     lh_status st = LH_OK;
     lh_tensor *o = host_copy(out, &st), *xc = host_copy(x, &st);
     if (st == LH_OK) st = lh_op_copy(o, xc, &t_last);

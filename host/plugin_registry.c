@@ -130,7 +130,7 @@ static int valid_id(const char *id) {
 static size_t min_size(uint32_t kind) {
     switch (kind) {
     case LH_PLUGIN_SCHEDULER: return offsetof(lh_scheduler_desc, reserved);
-    case LH_PLUGIN_ADAPTER: return offsetof(lh_adapter_desc, reserved);
+    case LH_PLUGIN_ADAPTER: return offsetof(lh_adapter_desc, update); /* update: optional */
     case LH_PLUGIN_SAFETY: return offsetof(lh_safety_desc, reserved);
     }
     return 0;

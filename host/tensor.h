@@ -36,8 +36,8 @@ float lh_tensor_get(const lh_tensor *t, int64_t i);
 void lh_tensor_set(lh_tensor *t, int64_t i, float v);
 
 /* ---- Ops used by the host-services table (outputs first) ----
- * Operands are all host tensors, or all in one device's memory (gemm,
- * conv2d with groups 1 and square stride/padding, axpby, fill with 0);
+ * Operands are all host tensors, or all in one device's memory (copy,
+ * gemm, conv2d with groups 1 and square stride/padding, axpby, fill with 0);
  * host_api.c moves mixed operands to one place first. */
 lh_status lh_op_copy(lh_tensor *out, const lh_tensor *x, lh_error *err);
 lh_status lh_op_fill(lh_tensor *out, double value, lh_error *err);

@@ -230,6 +230,9 @@ typedef struct lh_backend_ops {
     lh_status (*adamw)(lh_backend *be, float *param, float *exp_avg, float *exp_avg_sq, /* [n] */
                        const float *grad,                                           /* [n] */
                        int64_t n, const lh_adamw_coef *coef);
+    /* dst = src, `bytes` of backend memory to backend memory (the ranges do
+     * not overlap), without waiting for it. */
+    lh_status (*copy)(lh_backend *be, void *dst, const void *src, size_t bytes);
 } lh_backend_ops;
 
 struct lh_backend {

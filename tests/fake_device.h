@@ -351,6 +351,10 @@ static lh_status fake_mse_backward(lh_backend *be, float *dpred, double *sq, con
                 rows, cols);
 }
 
+static lh_status fake_copy(lh_backend *be, void *dst, const void *src, size_t bytes) {
+    return CALL(copy, FAKE_R(dst), FAKE_R(src), bytes);
+}
+
 static lh_status fake_adamw(lh_backend *be, float *param, float *exp_avg, float *exp_avg_sq,
                             const float *grad, int64_t n, const lh_adamw_coef *coef /* host */) {
     return CALL(adamw, FAKE_R(param), FAKE_R(exp_avg), FAKE_R(exp_avg_sq), FAKE_R(grad), n,
@@ -408,6 +412,7 @@ static const lh_backend_ops fake_device_ops = {
     .sum_squares = fake_sum_squares,
     .mse_backward = fake_mse_backward,
     .adamw = fake_adamw,
+    .copy = fake_copy,
 };
 
 /* The poison device over a cpu backend of `threads` threads. */

@@ -853,6 +853,46 @@ START_TEST(test_bad_runtime_shapes) {
 }
 END_TEST
 
+/* update(): an instance made from values A, updated with values B, runs
+ * exactly as one made from B; a kind without it (or DoRA, which declines
+ * with LH_ERR_UNSUPPORTED) is recreated by the host instead. */
+START_TEST(test_update) {
+    const kcase *c = &CASES[_i];
+    vals a, b;
+    vals_make(&a, c, (uint64_t)_i + 301);
+    vals_make(&b, c, (uint64_t)_i + 401);
+    inst ia, ib;
+    inst_make(&ia, &a);
+    inst_make(&ib, &b);
+    const lh_adapter_desc *d = ia.d;
+    int has = d->info.size > offsetof(lh_adapter_desc, update) && d->update;
+    ck_assert_msg(has == !strcmp(c->kind, "lora"), "%s: only lora has update", c->name);
+    lh_status st = has ? d->update(ia.s, &ib.layer, ia.err, sizeof ia.err) : LH_ERR_UNSUPPORTED;
+    if (c->dora || !has) {
+        ck_assert_msg(st == LH_ERR_UNSUPPORTED, "%s: update gave %d", c->name, (int)st);
+    } else {
+        ck_assert_msg(st == LH_OK, "%s: update: %s", c->name, ia.err);
+        double *x = randoms(prod(c->xndim, c->x));
+        int64_t ys[4];
+        int nd = yshape(c, ys);
+        int64_t ny = prod(nd, ys);
+        lh_tensor *xt = mk(c->xndim, c->x, x);
+        lh_tensor *ya = mk(nd, ys, NULL), *yb = mk(nd, ys, NULL);
+        ck_assert_int_eq(d->forward(ia.s, ya, xt, 0.9, ia.err, sizeof ia.err), LH_OK);
+        ck_assert_int_eq(d->forward(ib.s, yb, xt, 0.9, ib.err, sizeof ib.err), LH_OK);
+        double *va = rd(ya), *vb = rd(yb);
+        ck_assert_msg(!memcmp(va, vb, sizeof(double) * (size_t)ny), "%s: updated instance "
+                      "differs from a fresh one", c->name);
+        free(x), free(va), free(vb);
+        drop(xt), drop(ya), drop(yb);
+    }
+    inst_free(&ia);
+    inst_free(&ib);
+    vals_free(&a);
+    vals_free(&b);
+}
+END_TEST
+
 /* ---- The host's conv2d_backward service ---- */
 
 /* The host service against direct sums in double: dx written, dw +=
@@ -922,6 +962,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_weight_delta, 0, N_CASES);
     tcase_add_loop_test(tc, test_forward_vs_merged, 0, N_CASES);
     tcase_add_loop_test(tc, test_backward_fd, 0, N_CASES);
+    tcase_add_loop_test(tc, test_update, 0, N_CASES);
     tcase_add_test(tc, test_conv2d_backward_service);
     suite_add_tcase(s, tc);
     TCase *bad = tcase_create("bad_input");

@@ -342,6 +342,12 @@ typedef struct lh_adapter_desc {
      * NULL for kinds that never touch the bias. forward() includes it. */
     lh_status (*bias_delta)(void *state, lh_tensor *delta, double scale, char *err,
                             size_t err_size);
+    /* Optional (added after bias_delta: the host reads it only when
+     * info.size covers it; may be NULL). Training changed the values of
+     * the layer's tensors, not their shapes: refresh the instance's copies
+     * from `layer` (valid during the call only). LH_ERR_UNSUPPORTED asks the
+     * host to destroy the instance and create it anew instead. */
+    lh_status (*update)(void *state, const lh_adapter_layer *layer, char *err, size_t err_size);
 
     void *reserved[LH_RESERVED_SLOTS];
 } lh_adapter_desc;

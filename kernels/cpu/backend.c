@@ -136,6 +136,7 @@ static const lh_backend_ops cpu_ops = {
     .sum_squares = lh__cpu_sum_squares,
     .mse_backward = lh__cpu_mse_backward,
     .adamw = lh__cpu_adamw,
+    .copy = lh__cpu_copy,
 };
 
 /* ---- Create / destroy ---- */

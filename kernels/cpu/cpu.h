@@ -173,6 +173,7 @@ lh_status lh__cpu_mse_backward(lh_backend *be, float *dpred, double *sq, const f
                                int64_t cols);
 lh_status lh__cpu_adamw(lh_backend *be, float *param, float *exp_avg, float *exp_avg_sq,
                         const float *grad, int64_t n, const lh_adamw_coef *coef);
+lh_status lh__cpu_copy(lh_backend *be, void *dst, const void *src, size_t bytes);
 lh_status lh__cpu_r_gemm(lh_backend *be, float *c, const float *a, const float *b, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, float beta, int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c);
 lh_status lh__cpu_r_linear(lh_backend *be, float *out, const float *x, const float *w, const float *bias, int64_t rows, int64_t n_in, int64_t n_out);
 lh_status lh__cpu_r_conv2d(lh_backend *be, float *out, const float *x, const float *w, const float *bias, int64_t n, int64_t c_in, int64_t h, int64_t wd, int64_t c_out, int64_t kh, int64_t kw, int stride, int pad);

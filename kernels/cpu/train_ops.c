@@ -1,7 +1,9 @@
-/* Training updates on the cpu backend: scale, sum_squares, mse_backward and
- * adamw (see backend.h). Plain loops: sums in double in index order, the
+/* Training updates on the cpu backend: scale, sum_squares, mse_backward,
+ * adamw and copy (see backend.h). Plain loops: sums in double in index order, the
  * same order as the host code they replace, so results do not depend on the
  * thread count. */
+#include <string.h>
+
 #include "../adamw.h"
 #include "cpu.h"
 
@@ -60,5 +62,12 @@ lh_status lh__cpu_adamw(lh_backend *be, float *param, float *exp_avg, float *exp
         int64_t lo = c * chunk, len = n - lo < chunk ? n - lo : chunk;
         lh_adamw_apply(param + lo, exp_avg + lo, exp_avg_sq + lo, grad + lo, len, coef);
     }
+    return LH_OK;
+}
+
+lh_status lh__cpu_copy(lh_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes && (!dst || !src)) return LH_ERR_INVALID;
+    if (bytes) memmove(dst, src, bytes);
     return LH_OK;
 }

@@ -486,6 +486,7 @@ static const lh_backend_ops cuda_ops = {
     /* .sum_squares = */ lh__cuda_sum_squares,
     /* .mse_backward = */ lh__cuda_mse_backward,
     /* .adamw = */ lh__cuda_adamw,
+    /* .copy = */ lh__cuda_copy,
 };
 
 /* ---- Create / destroy ---- */

@@ -160,6 +160,7 @@ lh_status lh__cuda_mse_backward(lh_backend *be, float *dpred, double *sq, const 
                                 int64_t cols);
 lh_status lh__cuda_adamw(lh_backend *be, float *param, float *exp_avg, float *exp_avg_sq,
                          const float *grad, int64_t n, const lh_adamw_coef *coef);
+lh_status lh__cuda_copy(lh_backend *be, void *dst, const void *src, size_t bytes);
 
 /* The module's entry point (dlsym'd by host/backend_load.c): the cuda
  * backend on `device`. Fails (nothing left allocated) with a message when

@@ -1,5 +1,5 @@
-/* Training updates on the device: scale, sum_squares, mse_backward and
- * adamw (kernels/backend.h). Sums run in double with a fixed reduction
+/* Training updates on the device: scale, sum_squares, mse_backward, adamw
+ * and copy (kernels/backend.h). Sums run in double with a fixed reduction
  * order (one block per row, or per-block partials summed by one block), so
  * a run repeats bit for bit. AdamW does kernels/adamw.h's steps with
  * round-to-nearest intrinsics, so nvcc contracts nothing into an FMA that
@@ -141,4 +141,12 @@ extern "C" lh_status lh__cuda_adamw(lh_backend *be, float *param, float *exp_avg
     adamw_kernel<<<lh__cuda_grid(n, TO_BLOCK), TO_BLOCK, 0, lh__cuda(be)->stream>>>(
         param, exp_avg, exp_avg_sq, grad, n, *coef);
     return lh__cuda_launched(be, "adamw");
+}
+
+extern "C" lh_status lh__cuda_copy(lh_backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes && (!dst || !src)) return LH_ERR_INVALID;
+    if (!bytes) return LH_OK;
+    return lh__cuda_check(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
+                                              lh__cuda(be)->stream),
+                          "copy");
 }
