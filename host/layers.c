@@ -385,27 +385,6 @@ static lh_status backward_terms(const lh_layers *t, const lh_layer *l, float *dx
     return st;
 }
 
-/* The terms of layer l (forward, or backward when dy) where the backend's
- * memory is: the plugins' tensors there (lh_host_api_bind) and their ops in
- * float32, as on the host (the caller rounds the output to act). */
-static lh_status device_terms(const lh_layers *t, const lh_layer *l, float *out, const float *dy,
-                              const float *x, int64_t n, int64_t h, int64_t w_, lh_dtype act,
-                              lh_error *err) {
-    lh_backend *be = t->be, *prev = lh_host_api_bind(be);
-    lh_status st = act != LH_DTYPE_F32 ? be->ops->set_precision(be, LH_DTYPE_F32) : LH_OK;
-    if (st != LH_OK) st = lh_error_set(err, st, "layer %s: set_precision failed", l->name);
-    if (st == LH_OK)
-        st = dy ? backward_terms(t, l, out, dy, x, n, h, w_, be, err)
-                : forward_terms(t, l, out, x, n, h, w_, be, err);
-    if (act != LH_DTYPE_F32) {
-        lh_status s2 = be->ops->set_precision(be, act);
-        if (st == LH_OK && s2 != LH_OK)
-            st = lh_error_set(err, s2, "layer %s: set_precision failed", l->name);
-    }
-    lh_host_api_bind(prev);
-    return st;
-}
-
 /* n floats of backend memory src copied to a new host buffer (*out). */
 static lh_status stage_in(const lh_layers *t, const lh_layer *l, float **out, const float *src,
                           int64_t n, lh_error *err) {
@@ -415,32 +394,65 @@ static lh_status stage_in(const lh_layers *t, const lh_layer *l, float **out, co
     return st == LH_OK ? st : lh_error_set(err, st, "layer %s: download failed", l->name);
 }
 
-/* On a backend whose memory is not the host's (cuda) the plugins compute
- * there (device_terms), except under LoRA dropout, whose mask is made on
- * the host: then the layer's input and output go through host buffers. */
+/* The terms of layer l through host buffers: the layer's input, output
+ * (forward) or gradients (backward, when dy) copied to the host and back. */
+static lh_status staged_terms(const lh_layers *t, const lh_layer *l, float *out, const float *dy,
+                              const float *x, int64_t n, int64_t h, int64_t w_, lh_error *err) {
+    lh_tensor yt = {0}, xt = {0}; /* headers only: their counts */
+    float *hx = NULL, *hy = NULL, *hout = NULL;
+    lh_status st = io_views(&yt, &xt, l, dy ? dy : out, x, n, h, w_, err);
+    int64_t nx = xt.numel, ny = yt.numel, nout = dy ? nx : ny;
+    if (st == LH_OK) st = stage_in(t, l, &hx, x, nx, err);
+    if (st == LH_OK && dy) st = stage_in(t, l, &hy, dy, ny, err);
+    if (st == LH_OK && out) st = stage_in(t, l, &hout, out, nout, err);
+    if (st == LH_OK)
+        st = dy ? backward_terms(t, l, hout, hy, hx, n, h, w_, NULL, err)
+                : forward_terms(t, l, hout, hx, n, h, w_, NULL, err);
+    if (st == LH_OK && out &&
+        (st = t->be->ops->upload(t->be, out, hout, (size_t)nout * sizeof *hout)) != LH_OK)
+        st = lh_error_set(err, st, "layer %s: upload failed", l->name);
+    free(hx);
+    free(hy);
+    free(hout);
+    return st;
+}
+
+/* The terms of layer l (forward into out, or backward into out = dx when
+ * dy) on a backend whose memory is not the host's (cuda), in float32 as on
+ * the host (the caller rounds the output to act after). The plugins
+ * compute on the device (lh_host_api_bind: their tensors there), except
+ * under LoRA dropout, whose mask is made on the host: then through host
+ * buffers (staged_terms). */
+static lh_status device_terms(const lh_layers *t, const lh_layer *l, float *out, const float *dy,
+                              const float *x, int64_t n, int64_t h, int64_t w_, lh_dtype act,
+                              lh_error *err) {
+    lh_backend *be = t->be;
+    lh_status st = act != LH_DTYPE_F32 ? be->ops->set_precision(be, LH_DTYPE_F32) : LH_OK;
+    if (st != LH_OK) st = lh_error_set(err, st, "layer %s: set_precision failed", l->name);
+    if (st == LH_OK && t->dropout > 0.0) {
+        st = staged_terms(t, l, out, dy, x, n, h, w_, err);
+    } else if (st == LH_OK) {
+        lh_backend *prev = lh_host_api_bind(be);
+        st = dy ? backward_terms(t, l, out, dy, x, n, h, w_, be, err)
+                : forward_terms(t, l, out, x, n, h, w_, be, err);
+        lh_host_api_bind(prev);
+    }
+    if (act != LH_DTYPE_F32) {
+        lh_status s2 = be->ops->set_precision(be, act);
+        if (st == LH_OK && s2 != LH_OK)
+            st = lh_error_set(err, s2, "layer %s: set_precision failed", l->name);
+    }
+    return st;
+}
+
 lh_status lh_layers_runtime(const lh_layers *t, const float *w, float *y, const float *x,
                             int64_t n, int64_t h, int64_t w_, lh_dtype act, lh_error *err) {
     if (!t || !t->n_runtime) return LH_OK;
     const lh_layer *l = find_w(t, w);
     if (!l || !l->n_terms) return LH_OK;
-    lh_status st;
-    if (lh_backend_host_memory(t->be)) {
-        st = forward_terms(t, l, y, x, n, h, w_, NULL, err);
-    } else if (t->dropout <= 0.0) {
-        st = device_terms(t, l, y, NULL, x, n, h, w_, act, err);
-    } else {
-        lh_tensor yt = {0}, xt = {0}; /* headers only: their counts */
-        float *hx = NULL, *hy = NULL;
-        st = io_views(&yt, &xt, l, y, x, n, h, w_, err);
-        int64_t nx = xt.numel, ny = yt.numel;
-        if (st == LH_OK) st = stage_in(t, l, &hx, x, nx, err);
-        if (st == LH_OK) st = stage_in(t, l, &hy, y, ny, err);
-        if (st == LH_OK) st = forward_terms(t, l, hy, hx, n, h, w_, NULL, err);
-        if (st == LH_OK && (st = t->be->ops->upload(t->be, y, hy, (size_t)ny * sizeof *hy)))
-            st = lh_error_set(err, st, "layer %s: upload failed", l->name);
-        free(hx);
-        free(hy);
-    }
+    lh_status st = lh_backend_host_memory(t->be)
+                       ? forward_terms(t, l, y, x, n, h, w_, NULL, err)
+                       : device_terms(t, l, y, NULL, x, n, h, w_, act, err);
     lh_tensor yt, xt;
     if (st == LH_OK) st = io_views(&yt, &xt, l, y, x, n, h, w_, err);
     if (st == LH_OK) st = round_act(t, l, y, &yt, act, err);
@@ -453,27 +465,9 @@ lh_status lh_layers_runtime_backward(const lh_layers *t, const float *w, float *
     if (!t || !t->n_runtime) return LH_OK;
     const lh_layer *l = find_w(t, w);
     if (!l || !l->n_terms) return LH_OK;
-    lh_status st;
-    if (lh_backend_host_memory(t->be)) {
-        st = backward_terms(t, l, dx, dy, x, n, h, w_, NULL, err);
-    } else if (t->dropout <= 0.0) {
-        st = device_terms(t, l, dx, dy, x, n, h, w_, act, err);
-    } else {
-        lh_tensor yt = {0}, xt = {0}; /* headers only: their counts */
-        float *hx = NULL, *hdy = NULL, *hdx = NULL;
-        st = io_views(&yt, &xt, l, dy, x, n, h, w_, err);
-        int64_t nx = xt.numel, ny = yt.numel;
-        if (st == LH_OK) st = stage_in(t, l, &hx, x, nx, err);
-        if (st == LH_OK) st = stage_in(t, l, &hdy, dy, ny, err);
-        if (st == LH_OK && dx) st = stage_in(t, l, &hdx, dx, nx, err);
-        if (st == LH_OK) st = backward_terms(t, l, hdx, hdy, hx, n, h, w_, NULL, err);
-        if (st == LH_OK && dx &&
-            (st = t->be->ops->upload(t->be, dx, hdx, (size_t)nx * sizeof *hdx)))
-            st = lh_error_set(err, st, "layer %s: upload failed", l->name);
-        free(hx);
-        free(hdy);
-        free(hdx);
-    }
+    lh_status st = lh_backend_host_memory(t->be)
+                       ? backward_terms(t, l, dx, dy, x, n, h, w_, NULL, err)
+                       : device_terms(t, l, dx, dy, x, n, h, w_, act, err);
     lh_tensor yt, xt;
     if (st == LH_OK && dx) st = io_views(&yt, &xt, l, dy, dx, n, h, w_, err);
     if (st == LH_OK && dx) st = round_act(t, l, dx, &xt, act, err);

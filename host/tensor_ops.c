@@ -99,13 +99,18 @@ lh_status lh_op_axpby(lh_tensor *out, double a, const lh_tensor *x, double b,
     lh_status st = check_same_numel(out, x, "axpby", err);
     if (st == LH_OK && y) st = check_same_numel(out, y, "axpby", err);
     if (st != LH_OK) return st;
-    if (out->be) { /* on the device: y NULL reads as 0 * x */
+    if (out->be) { /* on the device; without y, out = a x as a copy and a scale (0 * Inf is NaN) */
+        lh_backend *be = out->be;
         if (out->numel == 0) return LH_OK;
-        st = out->be->ops->axpby(out->be, out->data, (float)a, x->data, y ? (float)b : 0.0f,
-                                 y ? y->data : x->data, out->numel);
+        if (y)
+            st = be->ops->axpby(be, out->data, (float)a, x->data, (float)b, y->data, out->numel);
+        else if (out->data != x->data)
+            st = be->ops->copy(be, out->data, x->data, (size_t)out->numel * sizeof(float));
+        if (st == LH_OK && !y)
+            st = be->ops->scale(be, out->data, out->numel, (float)a);
         return st == LH_OK ? st
                            : lh_error_set(err, st, "axpby: the %s backend failed",
-                                          out->be->ops->name);
+                                          be->ops->name);
     }
     if (all_f32(out, x, out, y)) { /* the same arithmetic without the dtype switch */
         float *o = out->data;
@@ -321,8 +326,8 @@ lh_status lh_op_conv2d_backward(lh_tensor *dx, lh_tensor *dw, const lh_tensor *d
     } else if (st == LH_OK && dw) { /* on dy scaled by dw_scale */
         size_t bytes = (size_t)dy->numel * sizeof(float);
         float *sdy = be->ops->alloc(be, bytes ? bytes : 1);
-        st = sdy ? be->ops->axpby(be, sdy, (float)dw_scale, dy->data, 0.0f, dy->data, dy->numel)
-                 : LH_ERR_NOMEM;
+        st = sdy ? be->ops->copy(be, sdy, dy->data, bytes) : LH_ERR_NOMEM;
+        if (st == LH_OK) st = be->ops->scale(be, sdy, dy->numel, (float)dw_scale);
         if (st == LH_OK)
             st = be->ops->conv2d_backward(be, NULL, dw->data, NULL, sdy, x->data, w->data, n,
                                           cin, h, wd, cout, kh, kw, stride, pad);

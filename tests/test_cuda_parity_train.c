@@ -3,7 +3,8 @@
  *   with runtime PEFT LoRA adapters, LoCon 3x3 convolutions included
  *   (tests/fixtures/gradients): the loss and every adapter gradient, in
  *   float32 with and without gradient checkpointing (TOL_F32), and with
- *   fp16 (loss scale 65536) and bf16 activations (TOL_HALF); the float32
+ *   fp16 (loss scale 65536; also with LoRA dropout, whose gradients must
+ *   stay float32 accumulators) and bf16 activations (TOL_HALF); the float32
  *   gradients also against torch autograd's float64 ones (relative L2 1e-4,
  *   as test_unet_backward);
  * - whole runs of lh_train_run, three optimizer steps each: LoRA in float32
@@ -211,6 +212,53 @@ START_TEST(test_step_fp32) {
         printf("%-48s relative L2 %.2e against torch fp64 (tol %.0e)\n", what, e, TOL_REF);
         ck_assert_msg(e <= TOL_REF, "%s: %.3e against float64", what, e);
     }
+    side_close(&g);
+    side_close(&c);
+    lh_st_close(ref);
+}
+END_TEST
+
+/* Whether v is an fp16 number in the normal range (the low 13 mantissa
+ * bits zero): a float32 gradient accumulator is, by chance, once in 8192. */
+static int exactly_half(float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    uint32_t e = (u >> 23) & 0xFFu;
+    return e >= 113 && e <= 142 && (u & 0x1FFFu) == 0;
+}
+
+/* An fp16 step with LoRA dropout (the staged path on a device): gradients
+ * as the cpu's, and still float32 accumulators (not rounded to fp16). */
+START_TEST(test_step_fp16_dropout) {
+    lh_st_file *ref = open_ref();
+    side g, c;
+    side_open(&g, g_gpu, ref);
+    side_open(&c, g_cpu, ref);
+    side *both[2] = {&g, &c};
+    lh_error err = {0};
+    for (int k = 0; k < 2; k++) {
+        lh_adapt *ad = NULL;
+        ck_assert_msg(lh_adapt_get(&ad, both[k]->m, &err) == LH_OK, "%s", err.msg);
+        ad->layers.dropout = 0.1;
+        ad->layers.dropout_seed = 1234;
+    }
+    float lg = side_step(&g, ref, LH_DTYPE_F16, 65536.0f, 0);
+    float lc = side_step(&c, ref, LH_DTYPE_F16, 65536.0f, 0);
+    expect_close("step fp16 + dropout loss", &lg, &lc, 1, TOL_HALF);
+    compare_grads("fp16 dropout", &g, &c, ref, TOL_HALF);
+    int64_t nonzero = 0, half = 0;
+    for (size_t i = 0; i < lh_st_count(ref); i++) {
+        const lh_st_tensor *t = lh_st_get(ref, i);
+        if (strncmp(t->name, GRAD_PREFIX, strlen(GRAD_PREFIX)) != 0) continue;
+        float *v = values(lh_adapter_grad(g.a, t->name + strlen(GRAD_PREFIX)));
+        for (int64_t e = 0; e < t->numel; e++)
+            if (v[e] != 0.0f) nonzero++, half += exactly_half(v[e]);
+        free(v);
+    }
+    printf("%-48s %lld of %lld gradient values exactly fp16\n", "fp16 dropout", (long long)half,
+           (long long)nonzero);
+    ck_assert_msg(half * 100 < nonzero, "%lld of %lld gradient values are exactly fp16: "
+                  "the accumulators were rounded", (long long)half, (long long)nonzero);
     side_close(&g);
     side_close(&c);
     lh_st_close(ref);
@@ -429,6 +477,7 @@ int main(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_step_fp32);
     tcase_add_test(tc, test_step_half);
+    tcase_add_test(tc, test_step_fp16_dropout);
     tcase_add_test(tc, test_train_lora_fp32);
     tcase_add_test(tc, test_train_lora_te);
     tcase_add_test(tc, test_train_lora_fp16);
