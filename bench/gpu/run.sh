@@ -66,25 +66,19 @@ want parity && for name in test_cuda_parity_ops test_cuda_parity_model; do
   summary+=("| $name, attention=gemm | $r | $(( $(date +%s) - s )) s |")
   [[ $rc == 0 ]] || status=1
 done
+# memcheck, and racecheck for the kernels' shared-memory reductions (norm,
+# bias and attention backwards); four runs of at most 140 s fit one call
 if want memcheck && command -v compute-sanitizer >/dev/null; then
-  for name in test_cuda_parity_ops test_cuda_parity_dense; do
-    [[ -x "$build/tests/$name" ]] || continue
-    s=$(date +%s)
-    (cd "$build/tests" && lh timeout 240 compute-sanitizer --tool memcheck \
-      --error-exitcode 9 "$build/tests/$name") >"$out/memcheck_$name.log" 2>&1
-    rc=$?
-    summary+=("| memcheck $name | $([[ $rc == 0 ]] && echo clean || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
-    [[ $rc == 0 ]] || status=1
-  done
-  # the reductions of the backward kernels share memory across threads
-  for name in test_cuda_parity_dense test_cuda_parity_ops; do
-    [[ -x "$build/tests/$name" ]] || continue
-    s=$(date +%s)
-    (cd "$build/tests" && lh timeout 240 compute-sanitizer --tool racecheck \
-      --error-exitcode 9 "$build/tests/$name") >"$out/racecheck_$name.log" 2>&1
-    rc=$?
-    summary+=("| racecheck $name | $([[ $rc == 0 ]] && echo clean || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
-    [[ $rc == 0 ]] || status=1
+  for tool in memcheck racecheck; do
+    for name in test_cuda_parity_dense test_cuda_parity_ops; do
+      [[ -x "$build/tests/$name" ]] || continue
+      s=$(date +%s)
+      (cd "$build/tests" && lh timeout 140 compute-sanitizer --tool "$tool" \
+        --error-exitcode 9 "$build/tests/$name") >"$out/${tool}_$name.log" 2>&1
+      rc=$?
+      summary+=("| $tool $name | $([[ $rc == 0 ]] && echo clean || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
+      [[ $rc == 0 ]] || status=1
+    done
   done
 fi
 if want bench; then
