@@ -18,6 +18,7 @@
 #include "lr_schedule.h"
 #include "noise.h"
 #include "optim.h"
+#include "../kernels/backend.h"
 
 static json_t *load(const char *name) {
     const char *src = getenv("LH_SOURCE_DIR");
@@ -187,6 +188,103 @@ START_TEST(test_clip_grad_norm_matches_torch) {
         }
     }
     json_decref(doc);
+}
+END_TEST
+
+/* The backend ops the trainer updates with (kernels/cpu, the reference of
+ * the cuda ones): adamw against torch's AdamW as lh_adamw_step is;
+ * sum_squares + scale as the trainer clips, against torch's
+ * clip_grad_norm_; mse_backward's gradient against finite differences of
+ * the loss it sums. */
+START_TEST(test_backend_update_ops) {
+    lh_backend *be = NULL;
+    char msg[256];
+    ck_assert_msg(lh_backend_cpu_create(&be, 1, msg, sizeof msg) == LH_OK, "%s", msg);
+    json_t *doc = load("adamw.json");
+    json_t *cases = json_object_get(doc, "cases");
+    for (size_t c = 0; c < json_array_size(cases); c++) {
+        json_t *k = json_array_get(cases, c);
+        size_t n = (size_t)num(k, "n"), steps = (size_t)num(k, "steps");
+        lh_adamw_opts o;
+        lh_adamw_opts_default(&o);
+        o.weight_decay = num(k, "weight_decay");
+        float *p = floats(json_object_get(k, "param0"), n);
+        float *m = calloc(n, sizeof *m), *v = calloc(n, sizeof *v);
+        int64_t step = 0;
+        lh_error err = {0};
+        for (size_t st = 0; st < steps; st++) {
+            double lr = json_number_value(json_array_get(json_object_get(k, "lr"), st));
+            float *g = floats(json_array_get(json_object_get(k, "grads"), st), n);
+            lh_adamw_coef co;
+            ck_assert_msg(lh_adamw_coef_make(&co, &step, lr, &o, &err) == LH_OK, "%s", err.msg);
+            ck_assert_int_eq(be->ops->adamw(be, p, m, v, g, (int64_t)n, &co), LH_OK);
+            float *want = floats(json_array_get(json_object_get(k, "param_after"), st), n);
+            assert_close("adamw op", p, want, n, ADAMW_PARAM_ULPS);
+            free(g);
+            free(want);
+        }
+        float *wm = floats(json_object_get(k, "exp_avg"), n);
+        assert_close("adamw op exp_avg", m, wm, n, 0);
+        free(wm), free(p), free(m), free(v);
+    }
+    json_t *clips = json_object_get(doc, "clip");
+    for (size_t c = 0; c < json_array_size(clips); c++) {
+        json_t *k = json_array_get(clips, c);
+        json_t *sizes_j = json_object_get(k, "sizes");
+        size_t count = json_array_size(sizes_j);
+        float *grads[8];
+        double sq[8], sum = 0.0;
+        ck_assert(count <= 8);
+        for (size_t i = 0; i < count; i++) {
+            int64_t sz = json_integer_value(json_array_get(sizes_j, i));
+            grads[i] = floats(json_array_get(json_object_get(k, "grads"), i), (size_t)sz);
+            ck_assert_int_eq(be->ops->sum_squares(be, &sq[i], grads[i], sz), LH_OK);
+            double nrm = (double)(float)sqrt(sq[i]);
+            sum += nrm * nrm;
+        }
+        float total = (float)sqrt(sum);
+        ck_assert_msg(ulps(total, (float)num(k, "total_norm")) <= CLIP_ULPS,
+                      "clip case %zu: total norm %.9g", c, total);
+        float coef = (float)num(k, "max_norm") / (total + (float)1e-6);
+        for (size_t i = 0; i < count; i++) {
+            int64_t sz = json_integer_value(json_array_get(sizes_j, i));
+            if (coef < 1.0f) ck_assert_int_eq(be->ops->scale(be, grads[i], sz, coef), LH_OK);
+            float *want = floats(json_array_get(json_object_get(k, "clipped"), i), (size_t)sz);
+            assert_close("clipped grad (ops)", grads[i], want, (size_t)sz, CLIP_ULPS);
+            free(want);
+            free(grads[i]);
+        }
+    }
+    json_decref(doc);
+    /* L = sum_r coef_r / 2 * sq_r, so dL/dpred = coef_r * (pred - target) */
+    enum { R = 3, C = 5 };
+    float pred[R * C], target[R * C], dpred[R * C];
+    double coef[R] = {0.5, 2.0, 0.125}, sqv[R];
+    for (int i = 0; i < R * C; i++) {
+        pred[i] = (float)sin(1.3 * i + 0.2);
+        target[i] = (float)cos(0.7 * i);
+    }
+    ck_assert_int_eq(be->ops->mse_backward(be, dpred, sqv, pred, target, coef, R, C), LH_OK);
+    double worst = 0.0;
+    for (int i = 0; i < R * C; i += 4) {
+        double l[2];
+        float keep = pred[i], tmp[R * C];
+        for (int s = 0; s < 2; s++) {
+            pred[i] = keep + (s ? 1e-2f : -1e-2f);
+            ck_assert_int_eq(be->ops->mse_backward(be, tmp, sqv, pred, target, coef, R, C), LH_OK);
+            l[s] = 0.0;
+            for (int r = 0; r < R; r++) l[s] += coef[r] / 2 * sqv[r];
+        }
+        double h = (double)(keep + 1e-2f) - (double)(keep - 1e-2f);
+        pred[i] = keep;
+        double fd = (l[1] - l[0]) / h;
+        worst = fmax(worst, fabs(fd - dpred[i]) / fmax(fabs(fd), 1e-3));
+    }
+    printf("mse_backward against finite differences: worst relative error %.2e\n", worst);
+    ck_assert_msg(worst < 1e-6, "mse_backward: finite differences differ by %g", worst);
+    ck_assert_int_eq(be->ops->mse_backward(be, dpred, NULL, pred, target, coef, R, C),
+                     LH_ERR_INVALID);
+    lh_backend_destroy(be);
 }
 END_TEST
 
@@ -417,6 +515,7 @@ int main(void) {
     tcase_add_test(tc, test_adamw_matches_torch);
     tcase_add_test(tc, test_clip_grad_norm_matches_torch);
     tcase_add_test(tc, test_optim_errors);
+    tcase_add_test(tc, test_backend_update_ops);
     suite_add_tcase(s, tc);
     tc = tcase_create("lr_schedule");
     tcase_add_test(tc, test_lr_schedules_match_diffusers);
