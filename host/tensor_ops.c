@@ -195,7 +195,9 @@ lh_status lh_op_gemm(lh_tensor *out, const lh_tensor *a, const lh_tensor *b, int
     lh_backend *be = all_f32(out, a, b, NULL) ? op_backend(out) : NULL;
     if (be) {
         if (m == 0 || n == 0) return LH_OK;
-        if (k == 0) return lh_op_axpby(out, beta, out, 0.0, NULL, err);
+        if (k == 0) /* out = beta out; beta 0 writes zeros whatever out held */
+            return beta == 0.0 ? lh_op_fill(out, 0.0, err)
+                               : lh_op_axpby(out, beta, out, 0.0, NULL, err);
         st = be->ops->gemm(be, out->data, a->data, b->data, trans_a, trans_b, m, n, k,
                            (float)alpha, (float)beta, 1, 0, 0, 0);
         if (st != LH_OK) return lh_error_set(err, st, "gemm: the %s backend failed", be->ops->name);

@@ -12,9 +12,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "checkpoint.h"
 #include "dataset.h"
 #include "lorahost/adapters.h"
 #include "lorahost/lorahost.h"
+#include "lorahost/safetensors.h"
 #include "model.h"
 #include "model_init.h"
 #include "pipeline.h"
@@ -288,12 +290,88 @@ START_TEST(test_adapter_moves_colours) {
 }
 END_TEST
 
+/* A checkpoint whose parameters hold a NaN (written through the store, so
+ * it is well-formed) is refused on resume with a message naming it. */
+START_TEST(test_resume_refuses_nan) {
+    const char *src = getenv("LH_SOURCE_DIR");
+    char dir[] = "/tmp/lh-trainer-XXXXXX", model[4200], data[4200], out[4200], ck[4300];
+    ck_assert(mkdtemp(dir));
+    snprintf(model, sizeof model, "%s/tests/fixtures/models/sd1_tiny", src ? src : "../..");
+    double mean_rgb[3];
+    red_dataset(dir, mean_rgb, 1);
+    snprintf(data, sizeof data, "%s/data.h5", dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    snprintf(ck, sizeof ck, "%s/checkpoints", out);
+    lh_error err = {0};
+    lh_registry *reg = NULL;
+    ck_assert_msg(lh_registry_create(&reg, &err) == LH_OK &&
+                      lh_registry_scan(reg, NULL, 0, 1, 1, &err) == LH_OK,
+                  "%s", err.msg);
+    lh_train_opts o;
+    lh_train_opts_default(&o);
+    o.model = model;
+    o.dataset = data;
+    o.output_dir = out;
+    o.threads = 1;
+    o.steps = 2;
+    o.save_every = 0;
+    o.seed = 3;
+    ck_assert_msg(lh_train_run(&o, reg, NULL, NULL, NULL, &err) == LH_OK, "%s", err.msg);
+    /* rewrite the newest checkpoint with param/...[0] = NaN */
+    lh_ckpt *c = NULL;
+    ck_assert_msg(lh_ckpt_open_latest(&c, ck, &err) == LH_OK, "%s", err.msg);
+    const lh_st_file *f = lh_ckpt_file(c);
+    size_t n = lh_st_count(f);
+    lh_ckpt_tensor *ts = calloc(n, sizeof *ts);
+    void **bufs = calloc(n, sizeof *bufs);
+    ck_assert(ts && bufs);
+    int poisoned = 0;
+    for (size_t i = 0; i < n; i++) {
+        const lh_st_tensor *t = lh_st_get(f, i);
+        bufs[i] = malloc((size_t)t->numel * lh_dtype_size(t->dtype) + 1);
+        ck_assert(bufs[i]);
+        ck_assert_msg(lh_ckpt_read(bufs[i], c, t->name, t->dtype, t->ndim, t->shape, &err) == LH_OK,
+                      "%s", err.msg);
+        if (!poisoned && !strncmp(t->name, "param/", 6) && t->dtype == LH_DTYPE_F32 && t->numel) {
+            ((float *)bufs[i])[0] = NAN;
+            poisoned = 1;
+        }
+        ts[i] = (lh_ckpt_tensor){t->name, t->dtype, t->ndim, {0}, bufs[i]};
+        memcpy(ts[i].shape, t->shape, sizeof ts[i].shape);
+    }
+    ck_assert(poisoned);
+    static const char *const keys[] = {"fingerprint", "scaler_scale", "scaler_clean",
+                                       "scaler_skipped", "scaler_steps"};
+    lh_ckpt_meta meta[5];
+    for (int k = 0; k < 5; k++) {
+        meta[k] = (lh_ckpt_meta){keys[k], lh_ckpt_meta_find(c, keys[k])};
+        ck_assert_ptr_nonnull(meta[k].value);
+    }
+    ck_assert_msg(lh_ckpt_save(ck, lh_ckpt_step(c), 10, ts, n, meta, 5, &err) == LH_OK, "%s",
+                  err.msg);
+    lh_ckpt_close(c);
+    for (size_t i = 0; i < n; i++) free(bufs[i]);
+    free(bufs);
+    free(ts);
+    o.steps = 4;
+    o.resume = 1;
+    lh_status st = lh_train_run(&o, reg, NULL, NULL, NULL, &err);
+    ck_assert_msg(st == LH_ERR_NUMERIC, "status %d: %s", (int)st, err.msg);
+    ck_assert_msg(strstr(err.msg, "NaN/Inf") && strstr(err.msg, "checkpoint-"), "%s", err.msg);
+    lh_registry_destroy(reg);
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert(system(cmd) == 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("trainer");
     TCase *tc = tcase_create("tiny");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_loss_goes_down);
     tcase_add_test(tc, test_adapter_moves_colours);
+    tcase_add_test(tc, test_resume_refuses_nan);
     suite_add_tcase(s, tc);
     TCase *tc_cap = tcase_create("caption_dropout");
     tcase_set_timeout(tc_cap, 300);

@@ -422,9 +422,12 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
                                          err);
         if (t->ad) t->ad->layers.dropout = 0.0; /* encoding and sampling run without it */
         *loss += l;
-        for (int k = 0; st == LH_OK && k < one.count && rep->count < LH_UNET_OVERFLOW_MAX; k++)
-            rep->at[rep->count++] = one.at[k];
-        if (st == LH_OK && one.count > LH_UNET_OVERFLOW_MAX) rep->count += one.count;
+        /* the first places of all the groups' overflows, and their total */
+        for (int k = 0; st == LH_OK && k < one.count && k < LH_UNET_OVERFLOW_MAX &&
+                        rep->count + k < LH_UNET_OVERFLOW_MAX;
+             k++)
+            rep->at[rep->count + k] = one.at[k];
+        if (st == LH_OK) rep->count += one.count;
     }
     free(x0), free(noise), free(noisy), free(target), free(ctx), free(wts), free(snr);
     free(ts_f), free(offs), free(ts);
@@ -723,7 +726,16 @@ static lh_status resume(trainer *t, char *from, size_t from_size, lh_error *err)
         t->scaler.steps = strtoll(ss, NULL, 10);
         t->step = step;
         snprintf(from, from_size, "%s", lh_ckpt_path(c));
-        if (t->a) st = lh_adapter_refresh(t->a, err);
+        /* a checkpoint holding NaN/Inf would train on silently */
+        for (size_t i = 0; st == LH_OK && i < t->np; i++) {
+            int64_t bad = 0;
+            if (t->be->ops->count_nonfinite(t->be, &bad, t->p[i].data, t->p[i].numel) != LH_OK)
+                bad = 1;
+            if (bad)
+                st = lh_error_set(err, LH_ERR_NUMERIC, "train: %s holds %lld NaN/Inf values in "
+                                  "param/%s", lh_ckpt_path(c), (long long)bad, t->p[i].key);
+        }
+        if (st == LH_OK && t->a) st = lh_adapter_refresh(t->a, err);
     }
     lh_ckpt_close(c);
     return st;
