@@ -111,6 +111,19 @@ START_TEST(test_adamw_defaults) {
 }
 END_TEST
 
+/* One AdamW update: lh_adamw_step (_i 0) or the cpu backend's adamw op
+ * with lh_adamw_coef_make's coefficients (_i 1, what the trainer runs). */
+static lh_status adamw_by(int how, float *p, float *m, float *v, int64_t *step, const float *g,
+                          int64_t n, double lr, const lh_adamw_opts *o, lh_error *err) {
+    if (how == 0) return lh_adamw_step(p, m, v, step, g, n, lr, o, err);
+    static lh_backend *be;
+    char msg[256];
+    if (!be) ck_assert_msg(lh_backend_cpu_create(&be, 1, msg, sizeof msg) == LH_OK, "%s", msg);
+    lh_adamw_coef c;
+    lh_status st = lh_adamw_coef_make(&c, step, lr, o, err);
+    return st == LH_OK ? be->ops->adamw(be, p, m, v, g, n, &c) : st;
+}
+
 START_TEST(test_adamw_matches_torch) {
     json_t *doc = load("adamw.json");
     json_t *cases = json_object_get(doc, "cases");
@@ -136,11 +149,12 @@ START_TEST(test_adamw_matches_torch) {
             ck_assert_msg(lr == want_lr, "case %zu step %zu: lr %.17g, torch %.17g", c, s, lr,
                           want_lr);
             float *g = floats(json_array_get(json_object_get(k, "grads"), s), n);
-            ck_assert_msg(lh_adamw_step(p, m, v, &step, g, (int64_t)n, lr, &o, &err) == LH_OK, "%s",
-                          err.msg);
+            ck_assert_msg(adamw_by(_i, p, m, v, &step, g, (int64_t)n, lr, &o, &err) == LH_OK,
+                          "%s", err.msg);
             float *want = floats(json_array_get(json_object_get(k, "param_after"), s), n);
             char what[96];
-            snprintf(what, sizeof what, "adamw case %zu param after step %zu", c, s + 1);
+            snprintf(what, sizeof what, "adamw (%s) case %zu param after step %zu",
+                     _i ? "backend op" : "lh_adamw_step", c, s + 1);
             assert_close(what, p, want, n, ADAMW_PARAM_ULPS);
             free(g);
             free(want);
@@ -192,7 +206,7 @@ START_TEST(test_clip_grad_norm_matches_torch) {
 END_TEST
 
 /* The backend ops the trainer updates with (kernels/cpu, the reference of
- * the cuda ones): adamw against torch's AdamW as lh_adamw_step is;
+ * the cuda ones; adamw is test_adamw_matches_torch's second run):
  * sum_squares + scale as the trainer clips, against torch's
  * clip_grad_norm_; mse_backward's gradient against finite differences of
  * the loss it sums. */
@@ -201,32 +215,6 @@ START_TEST(test_backend_update_ops) {
     char msg[256];
     ck_assert_msg(lh_backend_cpu_create(&be, 1, msg, sizeof msg) == LH_OK, "%s", msg);
     json_t *doc = load("adamw.json");
-    json_t *cases = json_object_get(doc, "cases");
-    for (size_t c = 0; c < json_array_size(cases); c++) {
-        json_t *k = json_array_get(cases, c);
-        size_t n = (size_t)num(k, "n"), steps = (size_t)num(k, "steps");
-        lh_adamw_opts o;
-        lh_adamw_opts_default(&o);
-        o.weight_decay = num(k, "weight_decay");
-        float *p = floats(json_object_get(k, "param0"), n);
-        float *m = calloc(n, sizeof *m), *v = calloc(n, sizeof *v);
-        int64_t step = 0;
-        lh_error err = {0};
-        for (size_t st = 0; st < steps; st++) {
-            double lr = json_number_value(json_array_get(json_object_get(k, "lr"), st));
-            float *g = floats(json_array_get(json_object_get(k, "grads"), st), n);
-            lh_adamw_coef co;
-            ck_assert_msg(lh_adamw_coef_make(&co, &step, lr, &o, &err) == LH_OK, "%s", err.msg);
-            ck_assert_int_eq(be->ops->adamw(be, p, m, v, g, (int64_t)n, &co), LH_OK);
-            float *want = floats(json_array_get(json_object_get(k, "param_after"), st), n);
-            assert_close("adamw op", p, want, n, ADAMW_PARAM_ULPS);
-            free(g);
-            free(want);
-        }
-        float *wm = floats(json_object_get(k, "exp_avg"), n);
-        assert_close("adamw op exp_avg", m, wm, n, 0);
-        free(wm), free(p), free(m), free(v);
-    }
     json_t *clips = json_object_get(doc, "clip");
     for (size_t c = 0; c < json_array_size(clips); c++) {
         json_t *k = json_array_get(clips, c);
@@ -512,7 +500,7 @@ int main(void) {
     Suite *s = suite_create("train_math");
     TCase *tc = tcase_create("optim");
     tcase_add_test(tc, test_adamw_defaults);
-    tcase_add_test(tc, test_adamw_matches_torch);
+    tcase_add_loop_test(tc, test_adamw_matches_torch, 0, 2);
     tcase_add_test(tc, test_clip_grad_norm_matches_torch);
     tcase_add_test(tc, test_optim_errors);
     tcase_add_test(tc, test_backend_update_ops);

@@ -73,21 +73,44 @@ static void red_dataset(const char *dir, double mean_rgb[3], int captions) {
                   err.msg);
 }
 
-START_TEST(test_loss_goes_down) {
-    const char *src = getenv("LH_SOURCE_DIR");
-    char dir[] = "/tmp/lh-trainer-XXXXXX", model[4200];
-    ck_assert(mkdtemp(dir));
-    snprintf(model, sizeof model, "%s/tests/fixtures/models/sd1_tiny", src ? src : "../..");
-    double want[3];
-    red_dataset(dir, want, 1);
-    char data[4200], out[4200];
-    snprintf(data, sizeof data, "%s/data.h5", dir);
-    snprintf(out, sizeof out, "%s/out", dir);
+/* The plugin registry with the built-in plugins. */
+static lh_registry *registry(void) {
     lh_error err = {0};
     lh_registry *reg = NULL;
     ck_assert_msg(lh_registry_create(&reg, &err) == LH_OK &&
                       lh_registry_scan(reg, NULL, 0, 1, 1, &err) == LH_OK,
                   "%s", err.msg);
+    return reg;
+}
+
+static void remove_tree(const char *dir) {
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert(system(cmd) == 0);
+}
+
+/* A scratch directory holding the red dataset (captioned) for the tiny SD
+ * 1.x model: the paths lh_train_opts needs, out under dir. */
+typedef struct workdir {
+    char dir[32], model[4200], data[4200], out[4200];
+    double mean_rgb[3];
+} workdir;
+
+static void workdir_make(workdir *w) {
+    const char *src = getenv("LH_SOURCE_DIR");
+    snprintf(w->dir, sizeof w->dir, "/tmp/lh-trainer-XXXXXX");
+    ck_assert(mkdtemp(w->dir));
+    snprintf(w->model, sizeof w->model, "%s/tests/fixtures/models/sd1_tiny", src ? src : "../..");
+    red_dataset(w->dir, w->mean_rgb, 1);
+    snprintf(w->data, sizeof w->data, "%s/data.h5", w->dir);
+    snprintf(w->out, sizeof w->out, "%s/out", w->dir);
+}
+
+START_TEST(test_loss_goes_down) {
+    workdir w;
+    workdir_make(&w);
+    lh_error err = {0};
+    lh_registry *reg = registry();
     lh_train_opts o;
     lh_train_opts_default(&o);
     static const char *const targets[] = {"to_q", "to_k", "to_v", "to_out.0", "proj_in",
@@ -95,9 +118,9 @@ START_TEST(test_loss_goes_down) {
                                           "conv2"};
     for (int i = 0; i < 10; i++) o.targets[i] = targets[i];
     o.n_targets = 10;
-    o.model = model;
-    o.dataset = data;
-    o.output_dir = out;
+    o.model = w.model;
+    o.dataset = w.data;
+    o.output_dir = w.out;
     o.threads = 1;
     o.steps = 300;
     o.batch_size = 2;
@@ -117,9 +140,7 @@ START_TEST(test_loss_goes_down) {
     ck_assert_msg(last < first - 0.015, "loss did not go down: %.4f -> %.4f", first, last);
     free(l);
     lh_registry_destroy(reg);
-    char cmd[4300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert(system(cmd) == 0);
+    remove_tree(w.dir);
 }
 END_TEST
 
@@ -135,10 +156,7 @@ START_TEST(test_caption_dropout) {
     red_dataset(with, want, 1);
     red_dataset(without, want, 0);
     lh_error err = {0};
-    lh_registry *reg = NULL;
-    ck_assert_msg(lh_registry_create(&reg, &err) == LH_OK &&
-                      lh_registry_scan(reg, NULL, 0, 1, 1, &err) == LH_OK,
-                  "%s", err.msg);
+    lh_registry *reg = registry();
     losses *l[3];
     const char *dirs[3] = {with, without, with};
     const double rate[3] = {1.0, 0.0, 0.0};
@@ -174,9 +192,8 @@ START_TEST(test_caption_dropout) {
     ck_assert_msg(l[2]->v[0] != l[1]->v[0], "the captions did not change the loss");
     for (int k = 0; k < 3; k++) free(l[k]);
     lh_registry_destroy(reg);
-    char cmd[4300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", with, without);
-    ck_assert(system(cmd) == 0);
+    remove_tree(with);
+    remove_tree(without);
 }
 END_TEST
 
@@ -248,10 +265,7 @@ START_TEST(test_adapter_moves_colours) {
     lh_model_init_opts mo = {.unet_config = unet_cfg, .text_encoder_config = te_cfg, .seed = 0};
     lh_error err = {0};
     ck_assert_msg(lh_model_init(model, &mo, &err) == LH_OK, "%s", err.msg);
-    lh_registry *reg = NULL;
-    ck_assert_msg(lh_registry_create(&reg, &err) == LH_OK &&
-                      lh_registry_scan(reg, NULL, 0, 1, 1, &err) == LH_OK,
-                  "%s", err.msg);
+    lh_registry *reg = registry();
     double before = colour_distance(model, NULL, want, reg);
 
     char data[4200], out[4200], lora[4300];
@@ -284,34 +298,24 @@ START_TEST(test_adapter_moves_colours) {
     ck_assert_msg(after < 0.35 * before, "the adapter did not move the colours: %.1f -> %.1f",
                   before, after);
     lh_registry_destroy(reg);
-    char cmd[4300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert(system(cmd) == 0);
+    remove_tree(dir);
 }
 END_TEST
 
 /* A checkpoint whose parameters hold a NaN (written through the store, so
  * it is well-formed) is refused on resume with a message naming it. */
 START_TEST(test_resume_refuses_nan) {
-    const char *src = getenv("LH_SOURCE_DIR");
-    char dir[] = "/tmp/lh-trainer-XXXXXX", model[4200], data[4200], out[4200], ck[4300];
-    ck_assert(mkdtemp(dir));
-    snprintf(model, sizeof model, "%s/tests/fixtures/models/sd1_tiny", src ? src : "../..");
-    double mean_rgb[3];
-    red_dataset(dir, mean_rgb, 1);
-    snprintf(data, sizeof data, "%s/data.h5", dir);
-    snprintf(out, sizeof out, "%s/out", dir);
-    snprintf(ck, sizeof ck, "%s/checkpoints", out);
+    workdir w;
+    workdir_make(&w);
+    char ck[4300];
+    snprintf(ck, sizeof ck, "%s/checkpoints", w.out);
     lh_error err = {0};
-    lh_registry *reg = NULL;
-    ck_assert_msg(lh_registry_create(&reg, &err) == LH_OK &&
-                      lh_registry_scan(reg, NULL, 0, 1, 1, &err) == LH_OK,
-                  "%s", err.msg);
+    lh_registry *reg = registry();
     lh_train_opts o;
     lh_train_opts_default(&o);
-    o.model = model;
-    o.dataset = data;
-    o.output_dir = out;
+    o.model = w.model;
+    o.dataset = w.data;
+    o.output_dir = w.out;
     o.threads = 1;
     o.steps = 2;
     o.save_every = 0;
@@ -359,9 +363,7 @@ START_TEST(test_resume_refuses_nan) {
     ck_assert_msg(st == LH_ERR_NUMERIC, "status %d: %s", (int)st, err.msg);
     ck_assert_msg(strstr(err.msg, "NaN/Inf") && strstr(err.msg, "checkpoint-"), "%s", err.msg);
     lh_registry_destroy(reg);
-    char cmd[4300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    ck_assert(system(cmd) == 0);
+    remove_tree(w.dir);
 }
 END_TEST
 
