@@ -121,6 +121,10 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
   check cuda 1 "--device cuda: cuda backend:" -- "${gen[@]}" --prompt x --device cuda
 fi
 check bad_device 2 "unknown device 'tpu'" -- "${gen[@]}" --prompt x --device tpu
+if [[ -f "$2/lib/lorahost/backends/lh_backend_cuda.so" ]]; then
+  check bad_attention 1 "LORAHOST_CUDA_ATTENTION must be flash or gemm, not: fast" -- \
+    env LORAHOST_CUDA_ATTENTION=fast "${gen[@]}" --prompt x --device cuda
+fi
 check bad_dtype 1 "model.dtype" -- "${gen[@]}" --prompt x --set model.dtype=f8
 # [model] dtype=f16: the U-Net in half precision, close to the float32 image
 check dtype_f16 0 "" -- "${gen[@]}" --prompt "a red square" --seed 3 --output f32.png

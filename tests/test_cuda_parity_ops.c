@@ -1,6 +1,6 @@
 /* CUDA parity: attention (forward and backward), the elementwise ops and
  * activation backwards, the layout ops, the timestep embedding and the
- * training updates (scale, sum_squares, mse_backward, adamw) of the
+ * training updates (scale, sum_squares, mse_backward, adamw, copy) of the
  * cuda backend against the cpu backend, on random inputs at Stable
  * Diffusion 1.5 and CLIP shapes and at odd sizes; argument errors give the
  * cpu's status codes; F16/BF16 activations agree at TOL_HALF. Skips (77)
@@ -539,6 +539,8 @@ START_TEST(test_errors) {
     /* training updates */
     lh_adamw_coef co = {1, 0.1f, 0.999f, 1e-3f, 1, 1e-8f, -1e-3f, 1};
     double coef[2] = {1, 1};
+    SAME(copy, NULL, B, 16);
+    SAME(copy, B, NULL, 16);
     SAME(scale, NULL, 4, 2.0f);
     SAME(scale, B, -1, 2.0f);
     SAME(scale, B, big, 2.0f);
@@ -587,6 +589,12 @@ START_TEST(test_train_ops) {
         ck_assert_int_eq(g_cpu->ops->scale(g_cpu, x.c, n, 0.37f), LH_OK);
         snprintf(what, sizeof what, "scale n=%lld", (long long)n);
         expect_pair(what, x, 0.0);
+        pair y = pair_of(NULL, n);
+        ck_assert_int_eq(g_gpu->ops->copy(g_gpu, y.g, x.g, (size_t)n * sizeof(float)), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->copy(g_cpu, y.c, x.c, (size_t)n * sizeof(float)), LH_OK);
+        snprintf(what, sizeof what, "copy n=%lld", (long long)n);
+        expect_pair(what, y, 0.0);
+        pair_free(&y);
         /* sums in double: only the order differs */
         ck_assert_int_eq(g_gpu->ops->sum_squares(g_gpu, sg, x.g, n), LH_OK);
         ck_assert_int_eq(g_cpu->ops->sum_squares(g_cpu, sc, x.c, n), LH_OK);
