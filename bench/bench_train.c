@@ -96,7 +96,9 @@ typedef struct adam {
     lh_tensor **v, **g;
     float **m1, **m2;
     int64_t *steps;
-    double *sq, *hsq; /* each gradient's sum of squares: backend, host */
+    double *sq;    /* backend [n]: each gradient's sum of squares */
+    float *coef;   /* backend: step_check's clip multiplier */
+    int64_t *skip; /* backend: step_check's found */
 } adam;
 
 static void adam_init(adam *o, lh_backend *be, lh_adapter *a) {
@@ -106,9 +108,10 @@ static void adam_init(adam *o, lh_backend *be, lh_adapter *a) {
     o->m1 = calloc(o->n, sizeof *o->m1);
     o->m2 = calloc(o->n, sizeof *o->m2);
     o->steps = calloc(o->n, sizeof *o->steps);
-    o->hsq = calloc(o->n, sizeof *o->hsq);
     o->sq = be->ops->alloc(be, o->n * sizeof *o->sq);
-    if (!o->v || !o->g || !o->m1 || !o->m2 || !o->steps || !o->hsq || !o->sq)
+    o->coef = be->ops->alloc(be, sizeof *o->coef);
+    o->skip = be->ops->alloc(be, sizeof *o->skip);
+    if (!o->v || !o->g || !o->m1 || !o->m2 || !o->steps || !o->sq || !o->coef || !o->skip)
         die("adamw", "out of memory");
     for (size_t i = 0; i < o->n; i++) {
         if (lh_adapter_param(a, i, NULL, &o->v[i], &o->g[i]) != LH_OK || !o->g[i])
@@ -122,20 +125,18 @@ static void adam_init(adam *o, lh_backend *be, lh_adapter *a) {
     }
 }
 
-/* The gradients clipped to norm 1 (clip_grad_norm_), then one AdamW update
- * of every adapter tensor (lr 1e-4), then a sync. */
+/* As the trainer's step: the overflow check and the gradients clipped to
+ * norm 1 (clip_grad_norm_) on the backend, then one AdamW update of every
+ * adapter tensor (lr 1e-4), then a sync. */
 static void adam_step(adam *o, lh_backend *be) {
-    double total = 0.0;
     for (size_t i = 0; i < o->n; i++)
         if (be->ops->sum_squares(be, o->sq + i, o->g[i]->data, o->g[i]->numel) != LH_OK)
             die("clip", "sum_squares failed");
-    if (be->ops->download(be, o->hsq, o->sq, o->n * sizeof *o->hsq) != LH_OK)
-        die("clip", "download failed");
-    for (size_t i = 0; i < o->n; i++) total += o->hsq[i];
-    float coef = (float)(1.0 / (sqrt(total) + 1e-6));
-    for (size_t i = 0; coef < 1.0f && i < o->n; i++)
-        if (be->ops->scale(be, o->g[i]->data, o->g[i]->numel, coef) != LH_OK)
-            die("clip", "scale failed");
+    if (be->ops->step_check(be, o->coef, o->skip, o->sq, (int64_t)o->n, NULL, 0, 1.0f) != LH_OK)
+        die("clip", "step_check failed");
+    for (size_t i = 0; i < o->n; i++)
+        if (be->ops->scale_by(be, o->g[i]->data, o->g[i]->numel, o->coef) != LH_OK)
+            die("clip", "scale_by failed");
     lh_adamw_opts ao;
     lh_adamw_opts_default(&ao);
     lh_error err = {0};
@@ -143,7 +144,7 @@ static void adam_step(adam *o, lh_backend *be) {
         lh_adamw_coef c;
         if (lh_adamw_coef_make(&c, &o->steps[i], 1e-4, &ao, &err) != LH_OK) die("adamw", err.msg);
         if (be->ops->adamw(be, o->v[i]->data, o->m1[i], o->m2[i], o->g[i]->data, o->v[i]->numel,
-                           &c) != LH_OK)
+                           &c, o->skip) != LH_OK)
             die("adamw", "the backend's adamw failed");
     }
     if (be->ops->sync(be) != LH_OK) die("adamw", "sync failed");

@@ -222,6 +222,10 @@ typedef struct lh_unet_train_opts {
      * fp16 loss scaling. Gradients come out scaled by it. */
     float loss_scale;
     lh_unet_grads *grads; /* full-parameter gradients, or NULL: frozen base */
+    /* F16/BF16: where the step's NaN/Inf checks go (see lh_unet_checks), or
+     * NULL: the step waits for the device at its end and reads them into
+     * its report */
+    struct lh_unet_checks *checks;
 } lh_unet_train_opts;
 
 /* Where NaN or Inf appeared during a step, in the order they did: a unit's
@@ -238,6 +242,23 @@ typedef struct lh_unet_overflow {
     int count; /* units with NaN/Inf; the first LH_UNET_OVERFLOW_MAX are in `at` */
     lh_unet_overflow_at at[LH_UNET_OVERFLOW_MAX];
 } lh_unet_overflow;
+
+/* A half-precision step's NaN/Inf checks left in backend memory, so that a
+ * trainer reads them with its other per-step values in one download (or,
+ * when its own check finds nothing, never): each step given it (its
+ * opts.checks) appends its checks and does not wait for the device.
+ * Zero-initialise it; set n to 0 to start over (the memory is kept);
+ * lh_unet_checks_free releases it. */
+typedef struct lh_unet_checks {
+    lh_backend *be;          /* the backend of counts (set by the first step) */
+    int64_t *counts;         /* backend [cap]: NaN/Inf elements each check found */
+    lh_unet_overflow_at *at; /* host [cap]: what each check is of (n_bad unused) */
+    int n, cap;              /* checks made, room */
+} lh_unet_checks;
+LH_API void lh_unet_checks_free(lh_unet_checks *c);
+/* *report from the checks of c, counts: a host copy of c->counts [c->n]. */
+LH_API void lh_unet_checks_report(lh_unet_overflow *report, const lh_unet_checks *c,
+                                  const int64_t *counts);
 
 /* One training step: the forward keeping what the backward needs, then
  * loss_fn on its prediction, then the backward from the forward's own

@@ -6,6 +6,7 @@
  * (lh_unet_backward, at the end) runs the same forward with activation
  * records that keep what the backward reads, then walks a tape of units
  * backwards; checkpointing reruns each unit's forward from its kept input. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,15 +134,9 @@ typedef struct run {
     int n_units;
     lh_unet_grads *grads; /* full-parameter gradients, or NULL: frozen base */
     lh_dtype act;         /* activation precision (the backend's set_precision) */
-    lh_unet_overflow *ovf; /* half precision: where NaN/Inf appeared, or NULL */
-    /* the NaN/Inf checks of a half-precision step: counted into backend
-     * memory as the step runs, read back once at its end */
-    int64_t *ovf_dev; /* backend [ovf_cap] */
-    struct ovf_check {
-        char unit[64];
-        int backward;
-    } *ovf_at; /* host [ovf_cap]: what each count is of */
-    int ovf_n, ovf_cap;
+    /* the NaN/Inf checks of a half-precision step, counted into backend
+     * memory as the step runs (lh_unet_checks), or NULL: none */
+    lh_unet_checks *ovf;
 } run;
 
 /* a * b * c * d elements as size_t, flagging overflow. */
@@ -1167,39 +1162,79 @@ static void unit_info(const run *r, const unit *u, char *name, size_t size, size
     *n_out = b * co * hwo;
 }
 
-/* Count NaN/Inf in x [n] under `name`, into the next backend slot (no
- * wait); report_overflow reads them all after the step. */
+/* Count NaN/Inf in x [n] under `name`, into the next slot of r->ovf (no
+ * wait). */
 static lh_status check_finite(run *r, const char *name, const float *x, size_t n, int backward) {
-    if (!r->ovf || !x || n == 0) return LH_OK;
-    if (r->ovf_n == r->ovf_cap)
+    lh_unet_checks *c = r->ovf;
+    if (!c || !x || n == 0) return LH_OK;
+    if (c->n == c->cap)
         return lh_error_set(r->err, LH_ERR_INTERNAL, "unet train: more than %d overflow checks",
-                            r->ovf_cap);
-    struct ovf_check *c = &r->ovf_at[r->ovf_n];
-    snprintf(c->unit, sizeof c->unit, "%s", name);
-    c->backward = backward;
-    OP(r->ops->count_nonfinite_into(r->m->be, r->ovf_dev + r->ovf_n, x, (int64_t)n), name);
-    r->ovf_n++;
+                            c->cap);
+    lh_unet_overflow_at *a = &c->at[c->n];
+    snprintf(a->unit, sizeof a->unit, "%s", name);
+    a->backward = backward;
+    a->n_bad = 0;
+    OP(r->ops->count_nonfinite_into(r->m->be, c->counts + c->n, x, (int64_t)n), name);
+    c->n++;
     return LH_OK;
 }
 
-/* The step's checks into the report, in the order they ran. */
-static lh_status report_overflow(run *r) {
-    if (!r->ovf || !r->ovf_n) return LH_OK;
-    int64_t *bad = malloc((size_t)r->ovf_n * sizeof *bad);
-    if (!bad) return lh_error_set(r->err, LH_ERR_NOMEM, "unet train: out of host memory");
-    lh_status st = r->ops->download(r->m->be, bad, r->ovf_dev, (size_t)r->ovf_n * sizeof *bad);
-    if (st != LH_OK) lh_error_set(r->err, st, "unet train: reading the overflow checks failed");
-    lh_unet_overflow *o = r->ovf;
-    for (int i = 0; st == LH_OK && i < r->ovf_n; i++) {
-        if (bad[i] == 0) continue;
-        if (o->count < LH_UNET_OVERFLOW_MAX) {
-            lh_unet_overflow_at *a = &o->at[o->count];
-            snprintf(a->unit, sizeof a->unit, "%s", r->ovf_at[i].unit);
-            a->backward = r->ovf_at[i].backward;
-            a->n_bad = bad[i];
-        }
-        o->count++;
+/* Room in c for `more` checks past c->n, keeping those made. */
+static lh_status checks_reserve(lh_unet_checks *c, lh_backend *be, int more, lh_error *err) {
+    if (c->be && c->be != be)
+        return lh_error_set(err, LH_ERR_INVALID, "unet train: the overflow checks belong to "
+                            "another backend");
+    if (c->n < 0 || c->n > c->cap || (c->cap > 0 && (!c->counts || !c->at)))
+        return lh_error_set(err, LH_ERR_INVALID, "unet train: corrupt overflow checks");
+    if (c->cap - c->n >= more) return LH_OK;
+    if (c->n > INT_MAX / 2 - more)
+        return lh_error_set(err, LH_ERR_OVERFLOW, "unet train: too many overflow checks");
+    int cap = 2 * (c->n + more);
+    int64_t *counts = be->ops->alloc(be, (size_t)cap * sizeof *counts);
+    lh_unet_overflow_at *at = realloc(c->at, (size_t)cap * sizeof *at);
+    if (at) c->at = at;
+    lh_status st = counts && at ? LH_OK : LH_ERR_NOMEM;
+    if (st == LH_OK && c->n > 0)
+        st = be->ops->copy(be, counts, c->counts, (size_t)c->n * sizeof *counts);
+    if (st != LH_OK) {
+        if (counts) be->ops->free(be, counts);
+        return lh_error_set(err, st, "unet train: no memory for %d overflow checks", cap);
     }
+    if (c->counts) be->ops->free(be, c->counts);
+    c->be = be;
+    c->counts = counts;
+    c->cap = cap;
+    return LH_OK;
+}
+
+void lh_unet_checks_free(lh_unet_checks *c) {
+    if (!c) return;
+    if (c->counts && c->be) c->be->ops->free(c->be, c->counts);
+    free(c->at);
+    memset(c, 0, sizeof *c);
+}
+
+void lh_unet_checks_report(lh_unet_overflow *report, const lh_unet_checks *c,
+                           const int64_t *counts) {
+    memset(report, 0, sizeof *report);
+    for (int i = 0; c && counts && i < c->n; i++) {
+        if (counts[i] == 0) continue;
+        if (report->count < LH_UNET_OVERFLOW_MAX) {
+            report->at[report->count] = c->at[i];
+            report->at[report->count].n_bad = counts[i];
+        }
+        report->count++;
+    }
+}
+
+/* *report from the checks in c, read back now. */
+static lh_status read_checks(lh_unet_overflow *report, const lh_unet_checks *c, lh_error *err) {
+    if (c->n == 0) return LH_OK;
+    int64_t *bad = malloc((size_t)c->n * sizeof *bad);
+    if (!bad) return lh_error_set(err, LH_ERR_NOMEM, "unet train: out of host memory");
+    lh_status st = c->be->ops->download(c->be, bad, c->counts, (size_t)c->n * sizeof *bad);
+    if (st == LH_OK) lh_unet_checks_report(report, c, bad);
+    else lh_error_set(err, st, "unet train: reading the overflow checks failed");
     free(bad);
     return st;
 }
@@ -1466,14 +1501,12 @@ static lh_status train(lh_unet *m, const lh_unet_train_opts *o, lh_unet_loss_fn 
     r.ctx = context;
     r.grads = g;
     r.act = prec;
-    r.ovf = prec != LH_DTYPE_F32 ? report : NULL;
-    if (r.ovf) { /* a count per unit output, per input gradient, and the time embedding */
-        r.ovf_cap = 2 * MAX_UNITS + 2;
-        r.ovf_at = malloc((size_t)r.ovf_cap * sizeof *r.ovf_at);
-        r.ovf_dev = ops->alloc(m->be, (size_t)r.ovf_cap * sizeof *r.ovf_dev);
-        if (!r.ovf_at || !r.ovf_dev)
-            st = lh_error_set(err, LH_ERR_NOMEM, "unet train: out of memory for the overflow "
-                              "checks");
+    /* half precision: a count per unit output, per input gradient, and the
+     * time embedding, into the caller's checks or (read at the end) ours */
+    lh_unet_checks mine = {0}, *ck = o->checks ? o->checks : &mine;
+    if (prec != LH_DTYPE_F32 && (o->checks || report)) {
+        st = checks_reserve(ck, m->be, 2 * MAX_UNITS + 2, err);
+        r.ovf = ck;
     }
     if (st == LH_OK && prec != LH_DTYPE_F32) {
         st = ops->set_precision(m->be, prec);
@@ -1507,14 +1540,13 @@ static lh_status train(lh_unet *m, const lh_unet_train_opts *o, lh_unet_loss_fn 
         if (st != LH_OK) lh_error_set(err, st, "unet train: rounding dL/d(out) failed");
     }
     if (st == LH_OK) st = backward(&r, d_context, dout);
-    if (st == LH_OK) {
+    if (st == LH_OK && !o->checks) { /* the caller's checks are read by the caller */
         st = ops->sync(m->be);
         if (st != LH_OK) lh_error_set(err, st, "unet backward: backend sync failed");
+        if (st == LH_OK && report) st = read_checks(report, &mine, err);
     }
-    if (st == LH_OK) st = report_overflow(&r);
     if (prec != LH_DTYPE_F32) ops->set_precision(m->be, LH_DTYPE_F32);
-    if (r.ovf_dev) ops->free(m->be, r.ovf_dev);
-    free(r.ovf_at);
+    lh_unet_checks_free(&mine);
     if (loss) *loss = l;
     free(tape);
     return st;

@@ -214,6 +214,8 @@ typedef struct lh_backend_ops {
      * to the activation precision) ---- */
     /* x [n] *= s. */
     lh_status (*scale)(lh_backend *be, float *x, int64_t n, float s);
+    /* x [n] *= *s, s one float in backend memory (step_check's coef). */
+    lh_status (*scale_by)(lh_backend *be, float *x, int64_t n, const float *s);
     /* *out (backend memory, one double) = sum of x[i]^2, summed in double:
      * the gradient-norm clip's input and, non-finite, the overflow check. */
     lh_status (*sum_squares)(lh_backend *be, double *out, const float *x, int64_t n);
@@ -225,11 +227,23 @@ typedef struct lh_backend_ops {
                               const float *pred, const float *target, /* [rows, cols] */
                               const double *coef,                     /* [rows], host */
                               int64_t rows, int64_t cols);
+    /* The optimizer step's go/no-go and gradient clip, from sum_squares'
+     * sums, without the host: *found (backend, one int64) = 1 when any of
+     * sq [n] is non-finite or any of counts [nc] (count_nonfinite_into's
+     * counts, may be NULL when nc is 0) is non-zero, else 0; *coef
+     * (backend, one float) = torch's clip_grad_norm_ multiplier
+     * min(1, max_norm / (total + 1e-6)) in float32, total = the float32
+     * 2-norm of the tensors' float32 norms sqrt(sq[i]) (summed in double in
+     * index order); 1 when max_norm <= 0 or *found. */
+    lh_status (*step_check)(lh_backend *be, float *coef, int64_t *found, const double *sq,
+                            int64_t n, const int64_t *counts, int64_t nc, float max_norm);
     /* One AdamW update with the step's coefficients (lh_adamw_coef_make in
-     * train/optim.h); the arithmetic of kernels/adamw.h. */
+     * train/optim.h); the arithmetic of kernels/adamw.h. Nothing changes
+     * when skip (backend, one int64; NULL: never) is non-zero: step_check's
+     * found, so a skipped step needs no host decision. */
     lh_status (*adamw)(lh_backend *be, float *param, float *exp_avg, float *exp_avg_sq, /* [n] */
                        const float *grad,                                           /* [n] */
-                       int64_t n, const lh_adamw_coef *coef);
+                       int64_t n, const lh_adamw_coef *coef, const int64_t *skip);
     /* dst = src, `bytes` of backend memory to backend memory (the ranges do
      * not overlap), without waiting for it. */
     lh_status (*copy)(lh_backend *be, void *dst, const void *src, size_t bytes);

@@ -13,7 +13,8 @@
  * buffer) aborts with a message: that is a bug too. NULL stays NULL. The
  * host pointers of the table (timestep_embedding's timesteps,
  * count_nonfinite's count, mse_backward's and adamw's coef, upload's
- * source, download's destination) pass through unchanged. */
+ * source, download's destination) pass through unchanged. It also counts
+ * the calls that make the host wait for a real device (fake_device_waits). */
 #ifndef LH_TESTS_FAKE_DEVICE_H
 #define LH_TESTS_FAKE_DEVICE_H
 
@@ -39,6 +40,8 @@ typedef struct {
     pthread_mutex_t mu;
     fake_region *regions; /* sorted by fake */
     size_t count, cap;
+    size_t waits; /* calls after which a real device's host waits: download, sync,
+                     count_nonfinite */
 } fake_device;
 
 static fake_device *fake__dev(lh_backend *be) { return be->impl; }
@@ -155,6 +158,7 @@ static lh_status fake_upload(lh_backend *be, void *dst, const void *src, size_t 
     return CALL(upload, FAKE_R(dst), src, bytes);
 }
 static lh_status fake_download(lh_backend *be, void *dst, const void *src, size_t bytes) {
+    fake__dev(be)->waits++;
     return CALL(download, dst, FAKE_R(src), bytes);
 }
 static lh_status fake_memset0(lh_backend *be, void *dst, size_t bytes) {
@@ -164,7 +168,10 @@ static lh_status fake_upload_weights(lh_backend *be, float *dst, const void *src
                                      lh_dtype src_dtype, size_t n) {
     return CALL(upload_weights, FAKE_R(dst), src, src_dtype, n);
 }
-static lh_status fake_sync(lh_backend *be) { return CPU->ops->sync(CPU); }
+static lh_status fake_sync(lh_backend *be) {
+    fake__dev(be)->waits++;
+    return CPU->ops->sync(CPU);
+}
 
 /* ---- Compute: every backend pointer mapped back ---- */
 
@@ -328,6 +335,7 @@ static lh_status fake_round(lh_backend *be, float *x, int64_t n, lh_dtype dtype)
 }
 static lh_status fake_count_nonfinite(lh_backend *be, int64_t *count, /* host memory */
                                       const float *x, int64_t n) {
+    fake__dev(be)->waits++;
     return CALL(count_nonfinite, count, FAKE_R(x), n);
 }
 
@@ -338,6 +346,16 @@ static lh_status fake_count_nonfinite_into(lh_backend *be, int64_t *count, const
 
 static lh_status fake_scale(lh_backend *be, float *x, int64_t n, float s) {
     return CALL(scale, FAKE_R(x), n, s);
+}
+
+static lh_status fake_scale_by(lh_backend *be, float *x, int64_t n, const float *s) {
+    return CALL(scale_by, FAKE_R(x), n, FAKE_R(s));
+}
+
+static lh_status fake_step_check(lh_backend *be, float *coef, int64_t *found, const double *sq,
+                                 int64_t n, const int64_t *counts, int64_t nc, float max_norm) {
+    return CALL(step_check, FAKE_R(coef), FAKE_R(found), FAKE_R(sq), n, FAKE_R(counts), nc,
+                max_norm);
 }
 
 static lh_status fake_sum_squares(lh_backend *be, double *out, const float *x, int64_t n) {
@@ -356,9 +374,10 @@ static lh_status fake_copy(lh_backend *be, void *dst, const void *src, size_t by
 }
 
 static lh_status fake_adamw(lh_backend *be, float *param, float *exp_avg, float *exp_avg_sq,
-                            const float *grad, int64_t n, const lh_adamw_coef *coef /* host */) {
+                            const float *grad, int64_t n, const lh_adamw_coef *coef, /* host */
+                            const int64_t *skip) {
     return CALL(adamw, FAKE_R(param), FAKE_R(exp_avg), FAKE_R(exp_avg_sq), FAKE_R(grad), n,
-                coef);
+                coef, FAKE_R(skip));
 }
 
 #undef CALL
@@ -409,11 +428,16 @@ static const lh_backend_ops fake_device_ops = {
     .count_nonfinite = fake_count_nonfinite,
     .count_nonfinite_into = fake_count_nonfinite_into,
     .scale = fake_scale,
+    .scale_by = fake_scale_by,
     .sum_squares = fake_sum_squares,
     .mse_backward = fake_mse_backward,
+    .step_check = fake_step_check,
     .adamw = fake_adamw,
     .copy = fake_copy,
 };
+
+/* How many times so far the host would have waited for a real device. */
+static inline size_t fake_device_waits(lh_backend *be) { return fake__dev(be)->waits; }
 
 /* The poison device over a cpu backend of `threads` threads. */
 static lh_status fake_device_create(lh_backend **out, int threads, char *err, size_t err_size) {

@@ -553,10 +553,19 @@ START_TEST(test_errors) {
     SAME(mse_backward, B, (double *)B, NULL, B, coef, 2, 4);
     SAME(mse_backward, B, (double *)B, B, B, coef, -2, 4);
     SAME(mse_backward, B, (double *)B, B, B, coef, big, big);
-    SAME(adamw, B, B, B, B, 4, NULL);
-    SAME(adamw, B, NULL, B, B, 4, &co);
-    SAME(adamw, B, B, B, B, -4, &co);
-    SAME(adamw, B, B, B, B, big, &co);
+    SAME(adamw, B, B, B, B, 4, NULL, NULL);
+    SAME(adamw, B, NULL, B, B, 4, &co, NULL);
+    SAME(adamw, B, B, B, B, -4, &co, NULL);
+    SAME(adamw, B, B, B, B, big, &co, NULL);
+    SAME(scale_by, B, 4, NULL);
+    SAME(scale_by, NULL, 4, B);
+    SAME(scale_by, B, -4, B);
+    SAME(step_check, NULL, (int64_t *)B, (double *)B, 4, NULL, 0, 1.0f);
+    SAME(step_check, B, NULL, (double *)B, 4, NULL, 0, 1.0f);
+    SAME(step_check, B, (int64_t *)B, NULL, 4, NULL, 0, 1.0f);
+    SAME(step_check, B, (int64_t *)B, (double *)B, -4, NULL, 0, 1.0f);
+    SAME(step_check, B, (int64_t *)B, (double *)B, 4, NULL, 2, 1.0f);
+    SAME(step_check, B, (int64_t *)B, (double *)B, 4, NULL, 0, NAN);
     g_gpu->ops->free(g_gpu, bg);
     g_cpu->ops->free(g_cpu, bc);
 }
@@ -649,6 +658,59 @@ START_TEST(test_train_ops) {
         pair_free(&tgt);
         pair_free(&d);
     }
+    /* step_check at the trainer's scale (a few hundred gradients), then
+     * scale_by with its multiplier: the same float32 bits on both */
+    enum { NT = 300 };
+    double *sqg = g_gpu->ops->alloc(g_gpu, NT * sizeof(double));
+    double *sqc = g_cpu->ops->alloc(g_cpu, NT * sizeof(double));
+    int64_t *cg = g_gpu->ops->alloc(g_gpu, 4 * sizeof(int64_t));
+    int64_t *cc = g_cpu->ops->alloc(g_cpu, 4 * sizeof(int64_t));
+    int64_t *skip_g = g_gpu->ops->alloc(g_gpu, sizeof(int64_t));
+    int64_t *skip_c = g_cpu->ops->alloc(g_cpu, sizeof(int64_t));
+    float *kg = g_gpu->ops->alloc(g_gpu, sizeof(float)), *kc = g_cpu->ops->alloc(g_cpu, sizeof(float));
+    ck_assert(sqg && sqc && cg && cc && skip_g && skip_c && kg && kc);
+    double sq[NT];
+    uint32_t lcg = 131;
+    for (int i = 0; i < NT; i++) {
+        lcg = lcg * 1664525u + 1013904223u;
+        sq[i] = (double)(lcg >> 8) * 1e-12 * (i % 7 + 1);
+    }
+    /* max_norm: clips, does not clip, no clipping; then an Inf sum, then a U-Net count */
+    static const float norms[] = {0.05f, 1e3f, 0.0f, 1.0f, 1.0f};
+    for (int k = 0; k < 5; k++) {
+        int64_t counts[4] = {0, 0, k == 4 ? 3 : 0, 0}, fg = -1, fc = -1;
+        double sqk[NT];
+        memcpy(sqk, sq, sizeof sq);
+        if (k == 3) sqk[NT / 2] = INFINITY;
+        ck_assert_int_eq(g_gpu->ops->upload(g_gpu, sqg, sqk, sizeof sqk), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->upload(g_cpu, sqc, sqk, sizeof sqk), LH_OK);
+        ck_assert_int_eq(g_gpu->ops->upload(g_gpu, cg, counts, sizeof counts), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->upload(g_cpu, cc, counts, sizeof counts), LH_OK);
+        ck_assert_int_eq(g_gpu->ops->step_check(g_gpu, kg, skip_g, sqg, NT, cg, 4, norms[k]),
+                         LH_OK);
+        ck_assert_int_eq(g_cpu->ops->step_check(g_cpu, kc, skip_c, sqc, NT, cc, 4, norms[k]),
+                         LH_OK);
+        float kgh = 0, kch = 0;
+        ck_assert_int_eq(g_gpu->ops->download(g_gpu, &kgh, kg, sizeof kgh), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->download(g_cpu, &kch, kc, sizeof kch), LH_OK);
+        ck_assert_int_eq(g_gpu->ops->download(g_gpu, &fg, skip_g, sizeof fg), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->download(g_cpu, &fc, skip_c, sizeof fc), LH_OK);
+        printf("step_check max_norm=%g: coef cuda %.9g cpu %.9g, found %lld %lld\n",
+               (double)norms[k], (double)kgh, (double)kch, (long long)fg, (long long)fc);
+        ck_assert_msg(kgh == kch, "step_check max_norm=%g: coef cuda %.9g, cpu %.9g",
+                      (double)norms[k], (double)kgh, (double)kch);
+        ck_assert_int_eq(fg, fc);
+        ck_assert_int_eq(fc, k >= 3);
+        if (k == 0) ck_assert(kch < 1.0f);
+        if (k == 1 || k == 2 || k >= 3) ck_assert(kch == 1.0f);
+        pair x = pair_rand(4099, 141 + (size_t)k, -2, 2);
+        ck_assert_int_eq(g_gpu->ops->scale_by(g_gpu, x.g, 4099, kg), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->scale_by(g_cpu, x.c, 4099, kc), LH_OK);
+        snprintf(what, sizeof what, "scale_by step_check's coef (max_norm %g)", (double)norms[k]);
+        expect_pair(what, x, 0.0);
+        pair_free(&x);
+    }
+    /* skip_* now hold found = 1: adamw's skipped steps below */
     /* adamw: three steps from zero moments, with and without weight decay */
     for (size_t t = 0; t < sizeof ew_sizes / sizeof ew_sizes[0]; t++) {
         int64_t n = ew_sizes[t];
@@ -661,8 +723,11 @@ START_TEST(test_train_ops) {
             pair g = pair_rand(n, 111 + 10 * t + (size_t)k, -1e-2f, 1e-2f);
             lh_adamw_coef c;
             ck_assert_int_eq(lh_adamw_coef_make(&c, &step, 1e-3, &o, NULL), LH_OK);
-            ck_assert_int_eq(g_gpu->ops->adamw(g_gpu, p.g, m.g, v.g, g.g, n, &c), LH_OK);
-            ck_assert_int_eq(g_cpu->ops->adamw(g_cpu, p.c, m.c, v.c, g.c, n, &c), LH_OK);
+            ck_assert_int_eq(g_gpu->ops->adamw(g_gpu, p.g, m.g, v.g, g.g, n, &c, NULL), LH_OK);
+            ck_assert_int_eq(g_cpu->ops->adamw(g_cpu, p.c, m.c, v.c, g.c, n, &c, NULL), LH_OK);
+            /* a skipped step (step_check found a NaN/Inf) changes nothing */
+            ck_assert_int_eq(g_gpu->ops->adamw(g_gpu, p.g, m.g, v.g, g.g, n, &c, skip_g), LH_OK);
+            ck_assert_int_eq(g_cpu->ops->adamw(g_cpu, p.c, m.c, v.c, g.c, n, &c, skip_c), LH_OK);
             pair_free(&g);
         }
         snprintf(what, sizeof what, "adamw param n=%lld wd=%g", (long long)n, o.weight_decay);
@@ -677,6 +742,10 @@ START_TEST(test_train_ops) {
     }
     g_gpu->ops->free(g_gpu, sg);
     g_cpu->ops->free(g_cpu, sc);
+    g_gpu->ops->free(g_gpu, sqg), g_cpu->ops->free(g_cpu, sqc);
+    g_gpu->ops->free(g_gpu, cg), g_cpu->ops->free(g_cpu, cc);
+    g_gpu->ops->free(g_gpu, skip_g), g_cpu->ops->free(g_cpu, skip_c);
+    g_gpu->ops->free(g_gpu, kg), g_cpu->ops->free(g_cpu, kc);
 }
 END_TEST
 

@@ -121,7 +121,7 @@ static lh_status adamw_by(int how, float *p, float *m, float *v, int64_t *step, 
     if (!be) ck_assert_msg(lh_backend_cpu_create(&be, 1, msg, sizeof msg) == LH_OK, "%s", msg);
     lh_adamw_coef c;
     lh_status st = lh_adamw_coef_make(&c, step, lr, o, err);
-    return st == LH_OK ? be->ops->adamw(be, p, m, v, g, n, &c) : st;
+    return st == LH_OK ? be->ops->adamw(be, p, m, v, g, n, &c, NULL) : st;
 }
 
 START_TEST(test_adamw_matches_torch) {
@@ -207,42 +207,72 @@ END_TEST
 
 /* The backend ops the trainer updates with (kernels/cpu, the reference of
  * the cuda ones; adamw is test_adamw_matches_torch's second run):
- * sum_squares + scale as the trainer clips, against torch's
- * clip_grad_norm_; mse_backward's gradient against finite differences of
- * the loss it sums. */
+ * sum_squares + step_check + scale_by as the trainer clips, against torch's
+ * clip_grad_norm_, and step_check's overflow verdict, which makes adamw
+ * skip; mse_backward's gradient against finite differences of the loss it
+ * sums. */
 START_TEST(test_backend_update_ops) {
     lh_backend *be = NULL;
     char msg[256];
     ck_assert_msg(lh_backend_cpu_create(&be, 1, msg, sizeof msg) == LH_OK, "%s", msg);
     json_t *doc = load("adamw.json");
     json_t *clips = json_object_get(doc, "clip");
+    int clipped = 0;
     for (size_t c = 0; c < json_array_size(clips); c++) {
         json_t *k = json_array_get(clips, c);
         json_t *sizes_j = json_object_get(k, "sizes");
         size_t count = json_array_size(sizes_j);
-        float *grads[8];
-        double sq[8], sum = 0.0;
+        float *grads[8], coef = 0.0f;
+        double sq[8];
+        int64_t found = -1;
         ck_assert(count <= 8);
         for (size_t i = 0; i < count; i++) {
             int64_t sz = json_integer_value(json_array_get(sizes_j, i));
             grads[i] = floats(json_array_get(json_object_get(k, "grads"), i), (size_t)sz);
             ck_assert_int_eq(be->ops->sum_squares(be, &sq[i], grads[i], sz), LH_OK);
-            double nrm = (double)(float)sqrt(sq[i]);
-            sum += nrm * nrm;
         }
-        float total = (float)sqrt(sum);
-        ck_assert_msg(ulps(total, (float)num(k, "total_norm")) <= CLIP_ULPS,
-                      "clip case %zu: total norm %.9g", c, total);
-        float coef = (float)num(k, "max_norm") / (total + (float)1e-6);
+        ck_assert_int_eq(be->ops->step_check(be, &coef, &found, sq, (int64_t)count, NULL, 0,
+                                             (float)num(k, "max_norm")),
+                         LH_OK);
+        ck_assert_int_eq(found, 0);
+        clipped += coef < 1.0f;
         for (size_t i = 0; i < count; i++) {
             int64_t sz = json_integer_value(json_array_get(sizes_j, i));
-            if (coef < 1.0f) ck_assert_int_eq(be->ops->scale(be, grads[i], sz, coef), LH_OK);
+            ck_assert_int_eq(be->ops->scale_by(be, grads[i], sz, &coef), LH_OK);
             float *want = floats(json_array_get(json_object_get(k, "clipped"), i), (size_t)sz);
             assert_close("clipped grad (ops)", grads[i], want, (size_t)sz, CLIP_ULPS);
             free(want);
             free(grads[i]);
         }
     }
+    ck_assert_msg(clipped > 0, "no clip case of adamw.json clips");
+    /* a non-finite sum, or a count from the U-Net's checks: found, coef 1,
+     * and adamw then changes nothing */
+    double sq3[3] = {1.0, INFINITY, 4.0};
+    int64_t counts[2] = {0, 0}, found = -1;
+    float kclip = 0.0f;
+    for (int k = 0; k < 3; k++) {
+        sq3[1] = k == 0 ? INFINITY : k == 1 ? NAN : 9.0;
+        counts[1] = k == 2 ? 5 : 0;
+        ck_assert_int_eq(be->ops->step_check(be, &kclip, &found, sq3, 3, counts, 2, 0.5f), LH_OK);
+        ck_assert_int_eq(found, 1);
+        ck_assert(kclip == 1.0f);
+    }
+    counts[1] = 0;
+    ck_assert_int_eq(be->ops->step_check(be, &kclip, &found, sq3, 3, counts, 2, 0.5f), LH_OK);
+    ck_assert_int_eq(found, 0); /* sqrt(1 + 9 + 4): clipped to 0.5 */
+    ck_assert_msg(fabsf(kclip - 0.5f / (float)sqrt(14.0)) <= 1e-7f, "coef %.9g", (double)kclip);
+    float p[4] = {1, 2, 3, 4}, m1[4] = {0}, m2[4] = {0}, g[4] = {1, 1, 1, 1};
+    lh_adamw_opts ao;
+    lh_adamw_opts_default(&ao);
+    lh_adamw_coef ac;
+    int64_t step = 0, skip = 1;
+    ck_assert_int_eq(lh_adamw_coef_make(&ac, &step, 1e-3, &ao, NULL), LH_OK);
+    ck_assert_int_eq(be->ops->adamw(be, p, m1, m2, g, 4, &ac, &skip), LH_OK);
+    ck_assert(p[0] == 1 && p[3] == 4 && m1[0] == 0 && m2[0] == 0);
+    skip = 0;
+    ck_assert_int_eq(be->ops->adamw(be, p, m1, m2, g, 4, &ac, &skip), LH_OK);
+    ck_assert(p[0] < 1 && m1[0] > 0 && m2[0] > 0);
     json_decref(doc);
     /* L = sum_r coef_r / 2 * sq_r, so dL/dpred = coef_r * (pred - target) */
     enum { R = 3, C = 5 };

@@ -14,6 +14,7 @@
 
 #include "checkpoint.h"
 #include "dataset.h"
+#include "fake_device.h"
 #include "lorahost/adapters.h"
 #include "lorahost/lorahost.h"
 #include "lorahost/safetensors.h"
@@ -367,6 +368,72 @@ START_TEST(test_resume_refuses_nan) {
 }
 END_TEST
 
+/* Per optimizer step the host waits for the device once (the loss rows and
+ * the overflow verdict in one download), with cached latents and text: on
+ * the poison device, which counts the downloads and syncs a GPU would wait
+ * for, in fp32 with clipping and in fp16 with loss scaling, with gradient
+ * accumulation. */
+typedef struct waits {
+    lh_backend *be;
+    size_t at[8];
+    int n;
+    int64_t skipped;
+} waits;
+
+static void count_waits(void *user, const lh_train_progress *p) {
+    waits *w = user;
+    if (p->step >= 1 && p->step <= 8) w->at[p->step - 1] = fake_device_waits(w->be), w->n = (int)p->step;
+    w->skipped = p->skipped;
+}
+
+START_TEST(test_one_wait_per_step) {
+    workdir w;
+    workdir_make(&w);
+    lh_error err = {0};
+    char msg[256];
+    lh_backend *cpu = NULL, *dev = NULL;
+    ck_assert_msg(lh_backend_cpu_create(&cpu, 1, msg, sizeof msg) == LH_OK, "%s", msg);
+    lh_model *m = NULL;
+    ck_assert_msg(lh_model_open(&m, cpu, w.model, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_dataset_cache(w.data, m, w.model, NULL, NULL, &err) == LH_OK, "%s", err.msg);
+    lh_model_close(m);
+    lh_backend_destroy(cpu);
+    ck_assert_msg(fake_device_create(&dev, 1, msg, sizeof msg) == LH_OK, "%s", msg);
+    lh_registry *reg = registry();
+    for (int half = 0; half < 2; half++) {
+        lh_train_opts o;
+        lh_train_opts_default(&o);
+        o.model = w.model;
+        o.dataset = w.data;
+        o.output_dir = w.out;
+        o.backend = dev;
+        o.threads = 1;
+        o.steps = 5;
+        o.batch_size = 2;
+        o.grad_accum = 2;
+        o.max_grad_norm = 1.0;
+        o.precision = half ? LH_DTYPE_F16 : LH_DTYPE_F32;
+        o.save_every = 0;
+        o.seed = 5;
+        waits c = {.be = dev};
+        ck_assert_msg(lh_train_run(&o, reg, count_waits, &c, NULL, &err) == LH_OK, "%s", err.msg);
+        ck_assert_int_eq(c.n, 5);
+        ck_assert_int_eq(c.skipped, 0);
+        /* steps 2..4 (step 5 also writes the checkpoint and the export) */
+        fprintf(stderr, "%s: waits after each step:", half ? "fp16" : "fp32");
+        for (int k = 0; k < 5; k++) fprintf(stderr, " %zu", c.at[k]);
+        fprintf(stderr, "\n");
+        for (int k = 1; k < 4; k++)
+            ck_assert_msg(c.at[k] - c.at[k - 1] == 1, "%s: step %d waited %zu times for the device",
+                          half ? "fp16" : "fp32", k + 1, c.at[k] - c.at[k - 1]);
+        remove_tree(w.out);
+    }
+    lh_registry_destroy(reg);
+    lh_backend_destroy(dev);
+    remove_tree(w.dir);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("trainer");
     TCase *tc = tcase_create("tiny");
@@ -374,6 +441,7 @@ int main(void) {
     tcase_add_test(tc, test_loss_goes_down);
     tcase_add_test(tc, test_adapter_moves_colours);
     tcase_add_test(tc, test_resume_refuses_nan);
+    tcase_add_test(tc, test_one_wait_per_step);
     suite_add_tcase(s, tc);
     TCase *tc_cap = tcase_create("caption_dropout");
     tcase_set_timeout(tc_cap, 300);

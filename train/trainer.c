@@ -84,6 +84,14 @@ typedef struct trainer {
     lh_backend *be; /* the model's, and the trained tensors' (both in its memory) */
     int own_be;     /* be was created here (not opts->backend) */
     double *d_sq;   /* be [np]: each gradient's sum of squares */
+    /* What the host reads of an optimizer step, in one download after it:
+     * the loss's row sums of every micro-batch, then step_check's found
+     * (an int64 in the last slot). */
+    double *d_step; /* be [rows + 1] */
+    float *d_coef;  /* be [1]: step_check's clip multiplier */
+    double *row_k;  /* host [rows]: each row sum's share of the loss */
+    int64_t rows, n_rows; /* batch_size * grad_accum; rows written this step */
+    lh_unet_checks checks; /* fp16/bf16: the U-Net's NaN/Inf counts of this step */
     lh_model *m;
     lh_dataset *ds;
     lh_registry *reg;
@@ -296,8 +304,8 @@ static lh_status load_item(trainer *t, int64_t idx, int drop, lh_rng *r, item *o
 
 /* Weighted mse over a group of same-size items: L = sum_i w_i mean_i((pred -
  * target)^2) / denom; dL/dpred likewise. The gradient is made on the
- * backend (mse_backward) without waiting for it; the n row sums, and so
- * the loss, are read after the backward (wmse_value). */
+ * backend (mse_backward) without waiting for it; the n row sums land in
+ * the step's d_step, read once after the optimizer step. */
 typedef struct wmse {
     lh_backend *be;
     const float *target; /* backend [n, per] */
@@ -320,29 +328,13 @@ static lh_status wmse_loss(void *ctx, float *dout, float *loss, const float *out
         (st = be->ops->mse_backward(be, dout, c->sq, out, c->target, coef, c->n, c->per)) != LH_OK)
         st = lh_error_set(err, st, "train: the loss on the %s backend failed", be->ops->name);
     free(coef);
-    *loss = 0.0f; /* wmse_value, after the step */
+    *loss = 0.0f; /* read after the optimizer step */
     return st;
 }
 
-/* The loss of the step wmse_loss seeded. */
-static lh_status wmse_value(const wmse *c, float *loss, lh_error *err) {
-    double *sq = malloc((size_t)c->n * sizeof *sq), l = 0.0;
-    lh_status st = sq ? c->be->ops->download(c->be, sq, c->sq, (size_t)c->n * sizeof *sq)
-                      : LH_ERR_NOMEM;
-    if (st != LH_OK) {
-        free(sq);
-        return lh_error_set(err, st, "train: reading the loss from the %s backend failed",
-                            c->be->ops->name);
-    }
-    for (int64_t i = 0; i < c->n; i++) l += c->w[i] * sq[i] / (double)c->per;
-    free(sq);
-    *loss = (float)(l / c->denom);
-    return LH_OK;
-}
-
-/* Forward + backward of `n` same-size items; *loss += their share. */
+/* Forward + backward of `n` same-size items; their loss rows into d_step. */
 static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, double denom,
-                           float *loss, lh_unet_overflow *rep, lh_error *err) {
+                           lh_error *err) {
     const lh_train_opts *o = t->o;
     lh_backend *be = t->be;
     int64_t h = its[0]->h, w = its[0]->w;
@@ -357,14 +349,16 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
     float *d_noisy = be->ops->alloc(be, nl * sizeof(float));
     float *d_target = be->ops->alloc(be, nl * sizeof(float));
     float *d_ctx = be->ops->alloc(be, nc * sizeof(float));
-    double *d_sq = be->ops->alloc(be, (size_t)n * sizeof(double));
     int te = o->train_text_encoder;
     float *g_ctx = te ? be->ops->alloc(be, nc * sizeof(float)) : NULL;
     int32_t *ids = te ? malloc((size_t)(n * t->tokens) * sizeof *ids) : NULL;
     lh_status st = LH_OK;
     if (!x0 || !noise || !noisy || !target || !ctx || !wts || !snr || !ts_f || !offs || !ts ||
-        !d_noisy || !d_target || !d_ctx || !d_sq || (te && (!g_ctx || !ids)))
+        !d_noisy || !d_target || !d_ctx || (te && (!g_ctx || !ids)))
         st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    if (st == LH_OK && t->n_rows + n > t->rows)
+        st = lh_error_set(err, LH_ERR_INTERNAL, "train: more than %lld loss rows in a step",
+                          (long long)t->rows);
     for (int64_t i = 0; st == LH_OK && i < n; i++) {
         memcpy(x0 + i * per, its[i]->latent, (size_t)per * sizeof *x0);
         memcpy(ctx + i * t->tokens * t->dim, its[i]->text,
@@ -406,43 +400,36 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
         t->ad->layers.dropout_seed = (uint64_t)lh_rng_u32(r) << 32 | lh_rng_u32(r);
     }
     if (st == LH_OK) {
-        wmse c = {be, d_target, wts, d_sq, n, 0, denom};
+        wmse c = {be, d_target, wts, t->d_step + t->n_rows, n, 0, denom};
         lh_unet_train_opts uo = {.checkpointing = o->checkpointing,
                                  .precision = o->precision,
                                  .loss_scale = t->scaler.scale,
-                                 .grads = t->ugrads};
+                                 .grads = t->ugrads,
+                                 .checks = &t->checks};
         float l = 0.0f;
-        lh_unet_overflow one;
         st = lh_unet_train_step(t->m->unet, &uo, wmse_loss, &c, &l, g_ctx, d_noisy, ts_f, d_ctx,
-                                n, h, w, t->tokens, &one, err);
-        if (st == LH_OK) st = wmse_value(&c, &l, err);
+                                n, h, w, t->tokens, NULL, err);
+        for (int64_t i = 0; st == LH_OK && i < n; i++)
+            t->row_k[t->n_rows + i] = (double)wts[i] / (double)c.per / denom;
+        if (st == LH_OK) t->n_rows += n;
         /* the text encoder's adapter: dL/d(context) back through it (float32) */
         if (st == LH_OK && te)
             st = lh_clip_encode_backward(t->m->clip, NULL, NULL, g_ctx, ids, n, t->tokens, 0,
                                          err);
         if (t->ad) t->ad->layers.dropout = 0.0; /* encoding and sampling run without it */
-        *loss += l;
-        /* the first places of all the groups' overflows, and their total */
-        for (int k = 0; st == LH_OK && k < one.count && k < LH_UNET_OVERFLOW_MAX &&
-                        rep->count + k < LH_UNET_OVERFLOW_MAX;
-             k++)
-            rep->at[rep->count + k] = one.at[k];
-        if (st == LH_OK) rep->count += one.count;
     }
     free(x0), free(noise), free(noisy), free(target), free(ctx), free(wts), free(snr);
     free(ts_f), free(offs), free(ts);
     if (d_noisy) be->ops->free(be, d_noisy);
     if (d_target) be->ops->free(be, d_target);
     if (d_ctx) be->ops->free(be, d_ctx);
-    if (d_sq) be->ops->free(be, d_sq);
     if (g_ctx) be->ops->free(be, g_ctx);
     free(ids);
     return st;
 }
 
 /* One micro-batch: batch_size samples from position pos, grouped by size. */
-static lh_status micro_batch(trainer *t, int64_t pos, lh_rng *r, double denom, float *loss,
-                             lh_unet_overflow *rep, lh_error *err) {
+static lh_status micro_batch(trainer *t, int64_t pos, lh_rng *r, double denom, lh_error *err) {
     int64_t b = t->o->batch_size;
     item *its = calloc((size_t)b, sizeof *its);
     item **grp = calloc((size_t)b, sizeof *grp);
@@ -461,7 +448,7 @@ static lh_status micro_batch(trainer *t, int64_t pos, lh_rng *r, double denom, f
                 grp[n++] = &its[k];
                 done[k] = 1;
             }
-        st = run_group(t, grp, n, r, denom, loss, rep, err);
+        st = run_group(t, grp, n, r, denom, err);
     }
     for (int64_t j = 0; its && j < b; j++) item_free(&its[j]);
     free(its);
@@ -483,11 +470,17 @@ static lh_status alloc_params(trainer *t, size_t n, lh_error *err) {
     return LH_OK;
 }
 
-/* The AdamW moments (zeros) and the gradient sums, in the backend's memory. */
+/* The AdamW moments (zeros), the gradient sums and the step's read-back,
+ * in the backend's memory. */
 static lh_status alloc_moments(trainer *t, lh_error *err) {
     lh_backend *be = t->be;
+    t->rows = t->o->batch_size * t->o->grad_accum;
     t->d_sq = be->ops->alloc(be, (t->np ? t->np : 1) * sizeof *t->d_sq);
-    if (!t->d_sq) return lh_error_set(err, LH_ERR_NOMEM, "train: out of %s memory", be->ops->name);
+    t->d_step = be->ops->alloc(be, (size_t)(t->rows + 1) * sizeof *t->d_step);
+    t->d_coef = be->ops->alloc(be, sizeof *t->d_coef);
+    t->row_k = calloc((size_t)t->rows, sizeof *t->row_k);
+    if (!t->d_sq || !t->d_step || !t->d_coef || !t->row_k)
+        return lh_error_set(err, LH_ERR_NOMEM, "train: out of %s memory", be->ops->name);
     for (size_t i = 0; i < t->np; i++) {
         size_t bytes = (size_t)t->p[i].numel * sizeof(float);
         t->m1[i] = be->ops->alloc(be, bytes ? bytes : 1);
@@ -572,39 +565,52 @@ static lh_status grads_zero(trainer *t, lh_error *err) {
     return LH_OK;
 }
 
-/* Every gradient multiplied by inv, then sq[i] (host) = the sum of squares
- * of gradient i: non-finite where it holds a NaN or an Inf. All of it runs
- * on the backend; the np sums come back in one download. */
-static lh_status grads_unscale(trainer *t, float inv, double *sq, lh_error *err) {
+/* Every gradient multiplied by inv, its sum of squares into d_sq, then
+ * step_check: the overflow check (a non-finite sum, or a NaN/Inf the U-Net
+ * counted) and, when clipping, torch's clip_grad_norm_ multiplier applied
+ * to every gradient. All of it on the backend, without waiting. */
+static lh_status grads_check(trainer *t, float inv, lh_error *err) {
     lh_backend *be = t->be;
+    double max_norm = t->o->max_grad_norm;
+    int64_t *found = (int64_t *)(t->d_step + t->rows);
     lh_status st = LH_OK;
     for (size_t i = 0; st == LH_OK && i < t->np; i++) {
         if (inv != 1.0f) st = be->ops->scale(be, t->p[i].grad, t->p[i].numel, inv);
         if (st == LH_OK) st = be->ops->sum_squares(be, t->d_sq + i, t->p[i].grad, t->p[i].numel);
     }
-    if (st == LH_OK && t->np) st = be->ops->download(be, sq, t->d_sq, t->np * sizeof *sq);
+    if (st == LH_OK)
+        st = be->ops->step_check(be, t->d_coef, found, t->d_sq, (int64_t)t->np, t->checks.counts,
+                                 t->checks.n, max_norm > 0 ? (float)max_norm : 0.0f);
+    for (size_t i = 0; st == LH_OK && max_norm > 0 && i < t->np; i++)
+        st = be->ops->scale_by(be, t->p[i].grad, t->p[i].numel, t->d_coef);
     return st == LH_OK ? st
-                       : lh_error_set(err, st, "train: gradient unscale on the %s backend failed",
-                                      be->ops->name);
+                       : lh_error_set(err, st, "train: the gradient check on the %s backend "
+                                      "failed", be->ops->name);
 }
 
-/* torch.nn.utils.clip_grad_norm_ (norm 2) from the gradients' sums of
- * squares, as lh_clip_grad_norm computes it (each tensor's norm a float32). */
-static lh_status grads_clip(trainer *t, const double *sq, double max_norm, lh_error *err) {
-    double sum = 0.0;
-    for (size_t i = 0; i < t->np; i++) {
-        double norm = (double)(float)sqrt(sq[i]);
-        sum += norm * norm;
+/* The warning for a step skipped for NaN/Inf: how many gradients hold one
+ * and where the first appeared (read back only now). */
+static void warn_skipped(trainer *t) {
+    lh_backend *be = t->be;
+    double *sq = malloc((t->np ? t->np : 1) * sizeof *sq);
+    int64_t *counts = malloc((size_t)(t->checks.n ? t->checks.n : 1) * sizeof *counts);
+    lh_unet_overflow rep = {0};
+    int64_t bad = 0;
+    size_t first = 0;
+    if (sq && counts &&
+        be->ops->download(be, sq, t->d_sq, t->np * sizeof *sq) == LH_OK &&
+        (t->checks.n == 0 || be->ops->download(be, counts, t->checks.counts,
+                                               (size_t)t->checks.n * sizeof *counts) == LH_OK)) {
+        for (size_t i = t->np; i-- > 0;)
+            if (!isfinite(sq[i])) bad++, first = i;
+        lh_unet_checks_report(&rep, &t->checks, counts);
     }
-    float total = (float)sqrt(sum);
-    float coef = (float)max_norm / (total + (float)1e-6);
-    if (coef >= 1.0f) return LH_OK; /* torch multiplies by 1: no change */
-    lh_status st = LH_OK;
-    for (size_t i = 0; st == LH_OK && i < t->np; i++)
-        st = t->be->ops->scale(t->be, t->p[i].grad, t->p[i].numel, coef);
-    return st == LH_OK ? st
-                       : lh_error_set(err, st, "train: gradient clipping on the %s backend failed",
-                                      t->be->ops->name);
+    lh_log(LH_LOG_WARN, "train", "step %lld: Inf/NaN gradients in %lld tensors (first at %s); "
+           "step skipped, loss scale now %g", (long long)t->step + 1, (long long)bad,
+           rep.count ? rep.at[0].unit : bad ? t->p[first].key : "the parameters",
+           (double)t->scaler.scale);
+    free(sq);
+    free(counts);
 }
 
 /* What must agree for a resume: the settings the saved state depends on. */
@@ -1005,6 +1011,10 @@ static void teardown(trainer *t) {
         if (t->m2 && t->m2[i]) t->be->ops->free(t->be, t->m2[i]);
     }
     if (t->d_sq) t->be->ops->free(t->be, t->d_sq);
+    if (t->d_step) t->be->ops->free(t->be, t->d_step);
+    if (t->d_coef) t->be->ops->free(t->be, t->d_coef);
+    free(t->row_k);
+    lh_unet_checks_free(&t->checks);
     free(t->p), free(t->m1), free(t->m2), free(t->adam_step);
     lh_unet_grads_free(t->ugrads);
     free(t->betas), free(t->alphas_cumprod), free(t->loss);
@@ -1022,56 +1032,60 @@ static double now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* One optimizer step; *applied 0 if fp16 overflow skipped it. Unscale,
- * overflow check, clip and AdamW run on the backend; the host reads back
- * the loss and one sum of squares per gradient. */
+/* One optimizer step; *applied 0 if an overflow skipped it. Unscale,
+ * overflow check, clip and AdamW run on the backend (AdamW does nothing
+ * when the check found a NaN/Inf); the host waits for the device once, at
+ * the end, reading the loss rows and the check's verdict together. */
 static lh_status opt_step(trainer *t, float *loss, double *lr, int *applied, lh_error *err) {
     const lh_train_opts *o = t->o;
+    lh_backend *be = t->be;
     lh_status st = grads_zero(t, err);
-    lh_unet_overflow rep = {0};
-    float l = 0.0f;
     double denom = (double)(o->batch_size * o->grad_accum);
+    t->n_rows = 0;
+    t->checks.n = 0;
     for (int64_t k = 0; st == LH_OK && k < o->grad_accum; k++) {
         lh_rng *r = stream(t, S_STEP, (uint64_t)(t->step * o->grad_accum + k), err);
         if (!r) return err ? err->code : LH_ERR_NOMEM;
-        st = micro_batch(t, (t->step * o->grad_accum + k) * o->batch_size, r, denom, &l, &rep,
-                         err);
+        st = micro_batch(t, (t->step * o->grad_accum + k) * o->batch_size, r, denom, err);
         lh_rng_destroy(r);
     }
+    if (st == LH_OK) st = grads_check(t, 1.0f / t->scaler.scale, err);
     if (st != LH_OK) return st;
-    *loss = l;
-    double *sq = malloc((t->np ? t->np : 1) * sizeof *sq);
-    if (!sq) return lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
-    st = grads_unscale(t, 1.0f / t->scaler.scale, sq, err);
-    int64_t bad = 0;
-    size_t first = 0;
-    for (size_t i = t->np; st == LH_OK && i-- > 0;)
-        if (!isfinite(sq[i])) bad++, first = i;
-    if (st == LH_OK) {
-        *applied = lh_loss_scaler_update(&t->scaler, bad > 0 || rep.count > 0);
-        *lr = lh_lr_schedule_lr(&t->sched, t->step);
-    }
-    if (st == LH_OK && !*applied) {
-        lh_log(LH_LOG_WARN, "train", "step %lld: Inf/NaN gradients in %lld tensors (first at %s); "
-               "step skipped, loss scale now %g", (long long)t->step + 1, (long long)bad,
-               rep.count ? rep.at[0].unit : bad ? t->p[first].key : "the parameters",
-               (double)t->scaler.scale);
-        free(sq);
-        return LH_OK;
-    }
-    if (st == LH_OK && o->max_grad_norm > 0) st = grads_clip(t, sq, o->max_grad_norm, err);
-    free(sq);
+    *lr = lh_lr_schedule_lr(&t->sched, t->step);
+    const int64_t *found = (const int64_t *)(t->d_step + t->rows);
     for (size_t i = 0; st == LH_OK && i < t->np; i++) {
         lh_adamw_coef c;
         st = lh_adamw_coef_make(&c, &t->adam_step[i], *lr, &t->ao, err);
         if (st == LH_OK &&
-            (st = t->be->ops->adamw(t->be, t->p[i].data, t->m1[i], t->m2[i], t->p[i].grad,
-                                     t->p[i].numel, &c)) != LH_OK)
+            (st = be->ops->adamw(be, t->p[i].data, t->m1[i], t->m2[i], t->p[i].grad,
+                                 t->p[i].numel, &c, found)) != LH_OK)
             st = lh_error_set(err, st, "train: AdamW on the %s backend failed (%s)",
-                              t->be->ops->name, t->p[i].key);
+                              be->ops->name, t->p[i].key);
     }
-    if (st == LH_OK && t->a) st = lh_adapter_refresh(t->a, err);
-    return st;
+    /* the step's one wait: the loss rows, then found, in one download */
+    size_t nb = (size_t)(t->rows + 1) * sizeof(double);
+    double *back = st == LH_OK ? malloc(nb) : NULL;
+    if (st == LH_OK && !back) st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
+    if (st == LH_OK && (st = be->ops->download(be, back, t->d_step, nb)) != LH_OK)
+        st = lh_error_set(err, st, "train: reading the step's loss from the %s backend failed",
+                          be->ops->name);
+    if (st != LH_OK) {
+        free(back);
+        return st;
+    }
+    double l = 0.0;
+    for (int64_t i = 0; i < t->n_rows; i++) l += t->row_k[i] * back[i];
+    int64_t bad;
+    memcpy(&bad, back + t->rows, sizeof bad);
+    free(back);
+    *loss = (float)l;
+    *applied = lh_loss_scaler_update(&t->scaler, bad != 0);
+    if (!*applied) { /* torch skips optimizer.step(): its step counts stay */
+        for (size_t i = 0; i < t->np; i++) t->adam_step[i]--;
+        warn_skipped(t);
+        return LH_OK;
+    }
+    return t->a ? lh_adapter_refresh(t->a, err) : LH_OK;
 }
 
 lh_status lh_train_run(const lh_train_opts *o, lh_registry *reg, lh_train_progress_fn progress,

@@ -133,8 +133,10 @@ static const lh_backend_ops cpu_ops = {
     .count_nonfinite = lh__cpu_count_nonfinite,
     .count_nonfinite_into = lh__cpu_count_nonfinite, /* backend memory is host memory */
     .scale = lh__cpu_scale,
+    .scale_by = lh__cpu_scale_by,
     .sum_squares = lh__cpu_sum_squares,
     .mse_backward = lh__cpu_mse_backward,
+    .step_check = lh__cpu_step_check,
     .adamw = lh__cpu_adamw,
     .copy = lh__cpu_copy,
 };

@@ -167,12 +167,16 @@ lh_status lh__cpu_count_nonfinite(lh_backend *be, int64_t *count, const float *x
 
 /* ---- Training updates (train_ops.c) ---- */
 lh_status lh__cpu_scale(lh_backend *be, float *x, int64_t n, float s);
+lh_status lh__cpu_scale_by(lh_backend *be, float *x, int64_t n, const float *s);
 lh_status lh__cpu_sum_squares(lh_backend *be, double *out, const float *x, int64_t n);
+lh_status lh__cpu_step_check(lh_backend *be, float *coef, int64_t *found, const double *sq,
+                             int64_t n, const int64_t *counts, int64_t nc, float max_norm);
 lh_status lh__cpu_mse_backward(lh_backend *be, float *dpred, double *sq, const float *pred,
                                const float *target, const double *coef, int64_t rows,
                                int64_t cols);
 lh_status lh__cpu_adamw(lh_backend *be, float *param, float *exp_avg, float *exp_avg_sq,
-                        const float *grad, int64_t n, const lh_adamw_coef *coef);
+                        const float *grad, int64_t n, const lh_adamw_coef *coef,
+                        const int64_t *skip);
 lh_status lh__cpu_copy(lh_backend *be, void *dst, const void *src, size_t bytes);
 lh_status lh__cpu_r_gemm(lh_backend *be, float *c, const float *a, const float *b, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, float beta, int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c);
 lh_status lh__cpu_r_linear(lh_backend *be, float *out, const float *x, const float *w, const float *bias, int64_t rows, int64_t n_in, int64_t n_out);

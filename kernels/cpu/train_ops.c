@@ -1,7 +1,8 @@
-/* Training updates on the cpu backend: scale, sum_squares, mse_backward,
- * adamw and copy (see backend.h). Plain loops: sums in double in index order, the
+/* Training updates on the cpu backend: scale, scale_by, sum_squares,
+ * mse_backward, step_check, adamw and copy (see backend.h). Plain loops: sums in double in index order, the
  * same order as the host code they replace, so results do not depend on the
  * thread count. */
+#include <math.h>
 #include <string.h>
 
 #include "../adamw.h"
@@ -14,6 +15,11 @@ lh_status lh__cpu_scale(lh_backend *be, float *x, int64_t n, float s) {
 #pragma omp parallel for num_threads(nt) schedule(static) if (n > LH_CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) x[i] *= s;
     return LH_OK;
+}
+
+lh_status lh__cpu_scale_by(lh_backend *be, float *x, int64_t n, const float *s) {
+    if (!s) return LH_ERR_INVALID;
+    return lh__cpu_scale(be, x, n, *s);
 }
 
 lh_status lh__cpu_sum_squares(lh_backend *be, double *out, const float *x, int64_t n) {
@@ -49,11 +55,39 @@ lh_status lh__cpu_mse_backward(lh_backend *be, float *dpred, double *sq, const f
     return LH_OK;
 }
 
+lh_status lh__cpu_step_check(lh_backend *be, float *coef, int64_t *found, const double *sq,
+                             int64_t n, const int64_t *counts, int64_t nc, float max_norm) {
+    (void)be;
+    if (!coef || !found || n < 0 || nc < 0 || (n > 0 && !sq) || (nc > 0 && !counts) ||
+        isnan(max_norm))
+        return LH_ERR_INVALID;
+    int64_t bad = 0;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(sq[i])) bad = 1;
+        double norm = (double)(float)sqrt(sq[i]); /* torch: each tensor's norm a float32 */
+        sum += norm * norm;
+    }
+    for (int64_t i = 0; i < nc; i++)
+        if (counts[i] != 0) bad = 1;
+    float c = 1.0f;
+    if (!bad && max_norm > 0.0f) {
+        float total = (float)sqrt(sum);
+        float k = max_norm / (total + 1e-6f);
+        if (k < 1.0f) c = k; /* torch clamps the multiplier to 1 */
+    }
+    *coef = c;
+    *found = bad;
+    return LH_OK;
+}
+
 lh_status lh__cpu_adamw(lh_backend *be, float *param, float *exp_avg, float *exp_avg_sq,
-                        const float *grad, int64_t n, const lh_adamw_coef *coef) {
+                        const float *grad, int64_t n, const lh_adamw_coef *coef,
+                        const int64_t *skip) {
     if (!coef || n < 0 || (n > 0 && (!param || !exp_avg || !exp_avg_sq || !grad)))
         return LH_ERR_INVALID;
     if (!lh__bytes_ok(n)) return LH_ERR_OVERFLOW;
+    if (skip && *skip) return LH_OK;
     int nt = lh__cpu_threads(be);
     const int64_t chunk = 16384;
     int64_t chunks = (n + chunk - 1) / chunk;

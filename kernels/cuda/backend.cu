@@ -483,8 +483,10 @@ static const lh_backend_ops cuda_ops = {
     /* .count_nonfinite = */ lh__cuda_count_nonfinite,
     /* .count_nonfinite_into = */ lh__cuda_count_nonfinite_into,
     /* .scale = */ lh__cuda_scale,
+    /* .scale_by = */ lh__cuda_scale_by,
     /* .sum_squares = */ lh__cuda_sum_squares,
     /* .mse_backward = */ lh__cuda_mse_backward,
+    /* .step_check = */ lh__cuda_step_check,
     /* .adamw = */ lh__cuda_adamw,
     /* .copy = */ lh__cuda_copy,
 };

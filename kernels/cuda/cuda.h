@@ -154,12 +154,16 @@ lh_status lh__cuda_round(lh_backend *be, float *x, int64_t n, lh_dtype dtype);
 lh_status lh__cuda_count_nonfinite(lh_backend *be, int64_t *count, const float *x, int64_t n);
 /* Training updates (train_ops.cu) */
 lh_status lh__cuda_scale(lh_backend *be, float *x, int64_t n, float s);
+lh_status lh__cuda_scale_by(lh_backend *be, float *x, int64_t n, const float *s);
 lh_status lh__cuda_sum_squares(lh_backend *be, double *out, const float *x, int64_t n);
+lh_status lh__cuda_step_check(lh_backend *be, float *coef, int64_t *found, const double *sq,
+                              int64_t n, const int64_t *counts, int64_t nc, float max_norm);
 lh_status lh__cuda_mse_backward(lh_backend *be, float *dpred, double *sq, const float *pred,
                                 const float *target, const double *coef, int64_t rows,
                                 int64_t cols);
 lh_status lh__cuda_adamw(lh_backend *be, float *param, float *exp_avg, float *exp_avg_sq,
-                         const float *grad, int64_t n, const lh_adamw_coef *coef);
+                         const float *grad, int64_t n, const lh_adamw_coef *coef,
+                         const int64_t *skip);
 lh_status lh__cuda_copy(lh_backend *be, void *dst, const void *src, size_t bytes);
 
 /* The module's entry point (dlsym'd by host/backend_load.c): the cuda

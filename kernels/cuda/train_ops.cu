@@ -1,5 +1,5 @@
-/* Training updates on the device: scale, sum_squares, mse_backward, adamw
- * and copy (kernels/backend.h). Sums run in double with a fixed reduction
+/* Training updates on the device: scale, scale_by, sum_squares,
+ * mse_backward, step_check, adamw and copy (kernels/backend.h). Sums run in double with a fixed reduction
  * order (one block per row, or per-block partials summed by one block), so
  * a run repeats bit for bit. AdamW does kernels/adamw.h's steps with
  * round-to-nearest intrinsics, so nvcc contracts nothing into an FMA that
@@ -21,6 +21,19 @@ extern "C" lh_status lh__cuda_scale(lh_backend *be, float *x, int64_t n, float s
     if (n == 0) return LH_OK;
     scale_kernel<<<lh__cuda_grid(n, TO_BLOCK), TO_BLOCK, 0, lh__cuda(be)->stream>>>(x, n, s);
     return lh__cuda_launched(be, "scale");
+}
+
+__global__ void scale_by_kernel(float *x, int64_t n, const float *s) {
+    float k = *s;
+    LH_CU_FOR(i, n) x[i] = __fmul_rn(x[i], k);
+}
+
+extern "C" lh_status lh__cuda_scale_by(lh_backend *be, float *x, int64_t n, const float *s) {
+    if (!s || n < 0 || (n > 0 && !x)) return LH_ERR_INVALID;
+    if (!lh__cu_bytes_ok(n)) return LH_ERR_OVERFLOW;
+    if (n == 0) return LH_OK;
+    scale_by_kernel<<<lh__cuda_grid(n, TO_BLOCK), TO_BLOCK, 0, lh__cuda(be)->stream>>>(x, n, s);
+    return lh__cuda_launched(be, "scale_by");
 }
 
 /* part[blockIdx.x] = the block's share of sum x^2 (grid-stride, fixed grid) */
@@ -112,9 +125,45 @@ extern "C" lh_status lh__cuda_mse_backward(lh_backend *be, float *dpred, double 
     return lh__cuda_launched(be, "mse_backward");
 }
 
-/* kernels/adamw.h, element by element, every rounding explicit. */
+/* train_ops.c's step_check in one thread, in the same order and
+ * roundings (a few hundred tensors: the loop costs microseconds). */
+__global__ void step_check_kernel(float *coef, int64_t *found, const double *sq, int64_t n,
+                                  const int64_t *counts, int64_t nc, float max_norm) {
+    int64_t bad = 0;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(sq[i])) bad = 1;
+        double norm = (double)__double2float_rn(__dsqrt_rn(sq[i]));
+        sum = __dadd_rn(sum, __dmul_rn(norm, norm));
+    }
+    for (int64_t i = 0; i < nc; i++)
+        if (counts[i] != 0) bad = 1;
+    float c = 1.0f;
+    if (!bad && max_norm > 0.0f) {
+        float total = __double2float_rn(__dsqrt_rn(sum));
+        float k = __fdiv_rn(max_norm, __fadd_rn(total, 1e-6f));
+        if (k < 1.0f) c = k;
+    }
+    *coef = c;
+    *found = bad;
+}
+
+extern "C" lh_status lh__cuda_step_check(lh_backend *be, float *coef, int64_t *found,
+                                         const double *sq, int64_t n, const int64_t *counts,
+                                         int64_t nc, float max_norm) {
+    if (!coef || !found || n < 0 || nc < 0 || (n > 0 && !sq) || (nc > 0 && !counts) ||
+        isnan(max_norm))
+        return LH_ERR_INVALID;
+    step_check_kernel<<<1, 1, 0, lh__cuda(be)->stream>>>(coef, found, sq, n, counts, nc,
+                                                         max_norm);
+    return lh__cuda_launched(be, "step_check");
+}
+
+/* kernels/adamw.h, element by element, every rounding explicit; nothing
+ * when *skip (step_check's found) is set. */
 __global__ void adamw_kernel(float *param, float *exp_avg, float *exp_avg_sq, const float *grad,
-                             int64_t n, lh_adamw_coef c) {
+                             int64_t n, lh_adamw_coef c, const int64_t *skip) {
+    if (skip && *skip) return;
     LH_CU_FOR(i, n) {
         float g = grad[i], p = param[i];
         if (c.decoupled) p = __fmul_rn(p, c.decay);
@@ -133,13 +182,13 @@ __global__ void adamw_kernel(float *param, float *exp_avg, float *exp_avg_sq, co
 
 extern "C" lh_status lh__cuda_adamw(lh_backend *be, float *param, float *exp_avg,
                                     float *exp_avg_sq, const float *grad, int64_t n,
-                                    const lh_adamw_coef *coef) {
+                                    const lh_adamw_coef *coef, const int64_t *skip) {
     if (!coef || n < 0 || (n > 0 && (!param || !exp_avg || !exp_avg_sq || !grad)))
         return LH_ERR_INVALID;
     if (!lh__cu_bytes_ok(n)) return LH_ERR_OVERFLOW;
     if (n == 0) return LH_OK;
     adamw_kernel<<<lh__cuda_grid(n, TO_BLOCK), TO_BLOCK, 0, lh__cuda(be)->stream>>>(
-        param, exp_avg, exp_avg_sq, grad, n, *coef);
+        param, exp_avg, exp_avg_sq, grad, n, *coef, skip);
     return lh__cuda_launched(be, "adamw");
 }
 
