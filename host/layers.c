@@ -293,36 +293,32 @@ static lh_status round_act(const lh_layers *t, const lh_layer *l, float *y, cons
     return LH_OK;
 }
 
-/* Dropout on the terms' input. Element i of layer l survives when a hash of
- * (seed, layer, i) is at least p * 2^64. */
+/* Dropout on the terms' input: the backend's dropout op, with a seed per
+ * (step, layer). */
 static uint64_t drop_base(const lh_layers *t, const lh_layer *l) {
     return t->dropout_seed ^ ((uint64_t)(l - t->v) * 0xD1B54A32D192ED03ull);
 }
 
-static int kept(uint64_t base, int64_t i, double p) {
-    uint64_t z = base + (uint64_t)i * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (double)(z >> 11) * 0x1p-53 >= p;
-}
-
-/* *out = x * mask / (1 - p), malloc'd; NULL when dropout is off. */
+/* *out = x * mask / (1 - p) in a new buffer of the layer's backend; NULL
+ * when dropout is off. */
 static lh_status dropped(float **out, const lh_layers *t, const lh_layer *l, const float *x,
                          int64_t numel, lh_error *err) {
     *out = NULL;
     if (t->dropout <= 0.0) return LH_OK;
-    float *d = malloc((size_t)numel * sizeof *d);
+    lh_backend *be = t->be;
+    float *d = be->ops->alloc(be, (size_t)(numel ? numel : 1) * sizeof *d);
     if (!d) return lh_error_set(err, LH_ERR_NOMEM, "layer %s: out of memory for dropout", l->name);
-    uint64_t base = drop_base(t, l);
-    float keep = (float)(1.0 / (1.0 - t->dropout));
-    for (int64_t i = 0; i < numel; i++) d[i] = kept(base, i, t->dropout) ? x[i] * keep : 0.0f;
+    lh_status st = be->ops->dropout(be, d, x, numel, drop_base(t, l), t->dropout);
+    if (st != LH_OK) {
+        be->ops->free(be, d);
+        return lh_error_set(err, st, "layer %s: dropout failed", l->name);
+    }
     *out = d;
     return LH_OK;
 }
 
 /* y += the terms of layer l on x: host memory (mem NULL), or device
- * memory of backend mem (no dropout there). */
+ * memory of backend mem. */
 static lh_status forward_terms(const lh_layers *t, const lh_layer *l, float *y, const float *x,
                                int64_t n, int64_t h, int64_t w_, lh_backend *mem, lh_error *err) {
     lh_tensor yt, xt;
@@ -338,7 +334,7 @@ static lh_status forward_terms(const lh_layers *t, const lh_layer *l, float *y, 
         if (st != LH_OK) st = lh_error_set(err, st, "adapter %s on layer %s: %s", d->info.id,
                                            l->name, msg);
     }
-    free(xd);
+    if (xd) t->be->ops->free(t->be, xd);
     return st;
 }
 
@@ -352,10 +348,15 @@ static lh_status backward_terms(const lh_layers *t, const lh_layer *l, float *dx
     dyt.be = xt.be = mem;
     /* with dropout the terms saw x * mask / (1 - p): their dx goes through
      * the same mask, via a zeroed buffer */
+    lh_backend *be = t->be;
     float *xd = NULL, *dxd = NULL;
     if (st == LH_OK) st = dropped(&xd, t, l, x, xt.numel, err);
-    if (st == LH_OK && xd && dx && !(dxd = calloc((size_t)xt.numel, sizeof *dxd)))
-        st = lh_error_set(err, LH_ERR_NOMEM, "layer %s: out of memory for dropout", l->name);
+    if (st == LH_OK && xd && dx) {
+        size_t bytes = (size_t)xt.numel * sizeof *dxd;
+        dxd = be->ops->alloc(be, bytes ? bytes : 1);
+        if (!dxd || be->ops->memset0(be, dxd, bytes) != LH_OK)
+            st = lh_error_set(err, LH_ERR_NOMEM, "layer %s: out of memory for dropout", l->name);
+    }
     if (xd) xt.data = xd;
     if (st == LH_OK && dx)
         st = lh_tensor_view(&dxt, dxd ? dxd : dx, LH_DTYPE_F32, xt.ndim, xt.shape, err);
@@ -374,64 +375,27 @@ static lh_status backward_terms(const lh_layers *t, const lh_layer *l, float *dx
             st = lh_error_set(err, st, "adapter %s on layer %s (backward): %s", d->info.id,
                               l->name, msg);
     }
-    if (st == LH_OK && dxd) { /* d(x * m / (1 - p)) / dx = m / (1 - p): where xd kept x */
-        float keep = (float)(1.0 / (1.0 - t->dropout));
-        uint64_t base = drop_base(t, l);
-        for (int64_t i = 0; i < xt.numel; i++)
-            if (kept(base, i, t->dropout)) dx[i] += keep * dxd[i];
-    }
-    free(xd);
-    free(dxd);
-    return st;
-}
-
-/* n floats of backend memory src copied to a new host buffer (*out). */
-static lh_status stage_in(const lh_layers *t, const lh_layer *l, float **out, const float *src,
-                          int64_t n, lh_error *err) {
-    *out = malloc((size_t)(n ? n : 1) * sizeof **out);
-    if (!*out) return lh_error_set(err, LH_ERR_NOMEM, "layer %s: out of memory", l->name);
-    lh_status st = n ? t->be->ops->download(t->be, *out, src, (size_t)n * sizeof **out) : LH_OK;
-    return st == LH_OK ? st : lh_error_set(err, st, "layer %s: download failed", l->name);
-}
-
-/* The terms of layer l through host buffers: the layer's input, output
- * (forward) or gradients (backward, when dy) copied to the host and back. */
-static lh_status staged_terms(const lh_layers *t, const lh_layer *l, float *out, const float *dy,
-                              const float *x, int64_t n, int64_t h, int64_t w_, lh_error *err) {
-    lh_tensor yt = {0}, xt = {0}; /* headers only: their counts */
-    float *hx = NULL, *hy = NULL, *hout = NULL;
-    lh_status st = io_views(&yt, &xt, l, dy ? dy : out, x, n, h, w_, err);
-    int64_t nx = xt.numel, ny = yt.numel, nout = dy ? nx : ny;
-    if (st == LH_OK) st = stage_in(t, l, &hx, x, nx, err);
-    if (st == LH_OK && dy) st = stage_in(t, l, &hy, dy, ny, err);
-    if (st == LH_OK && out) st = stage_in(t, l, &hout, out, nout, err);
-    if (st == LH_OK)
-        st = dy ? backward_terms(t, l, hout, hy, hx, n, h, w_, NULL, err)
-                : forward_terms(t, l, hout, hx, n, h, w_, NULL, err);
-    if (st == LH_OK && out &&
-        (st = t->be->ops->upload(t->be, out, hout, (size_t)nout * sizeof *hout)) != LH_OK)
-        st = lh_error_set(err, st, "layer %s: upload failed", l->name);
-    free(hx);
-    free(hy);
-    free(hout);
+    /* d(x * m / (1 - p)) / dx = m / (1 - p): where xd kept x */
+    if (st == LH_OK && dxd &&
+        (st = be->ops->dropout_backward(be, dx, dxd, xt.numel, drop_base(t, l), t->dropout)) !=
+            LH_OK)
+        st = lh_error_set(err, st, "layer %s: dropout backward failed", l->name);
+    if (xd) be->ops->free(be, xd);
+    if (dxd) be->ops->free(be, dxd);
     return st;
 }
 
 /* The terms of layer l (forward into out, or backward into out = dx when
  * dy) on a backend whose memory is not the host's (cuda), in float32 as on
  * the host (the caller rounds the output to act after). The plugins
- * compute on the device (lh_host_api_bind: their tensors there), except
- * under LoRA dropout, whose mask is made on the host: then through host
- * buffers (staged_terms). */
+ * compute on the device (lh_host_api_bind: their tensors there). */
 static lh_status device_terms(const lh_layers *t, const lh_layer *l, float *out, const float *dy,
                               const float *x, int64_t n, int64_t h, int64_t w_, lh_dtype act,
                               lh_error *err) {
     lh_backend *be = t->be;
     lh_status st = act != LH_DTYPE_F32 ? be->ops->set_precision(be, LH_DTYPE_F32) : LH_OK;
     if (st != LH_OK) st = lh_error_set(err, st, "layer %s: set_precision failed", l->name);
-    if (st == LH_OK && t->dropout > 0.0) {
-        st = staged_terms(t, l, out, dy, x, n, h, w_, err);
-    } else if (st == LH_OK) {
+    if (st == LH_OK) {
         lh_backend *prev = lh_host_api_bind(be);
         st = dy ? backward_terms(t, l, out, dy, x, n, h, w_, be, err)
                 : forward_terms(t, l, out, x, n, h, w_, be, err);

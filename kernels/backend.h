@@ -247,6 +247,14 @@ typedef struct lh_backend_ops {
     /* dst = src, `bytes` of backend memory to backend memory (the ranges do
      * not overlap), without waiting for it. */
     lh_status (*copy)(lh_backend *be, void *dst, const void *src, size_t bytes);
+    /* LoRA dropout on an adapter's input, float32 (not rounded to the
+     * activation precision): out [n] = x * mask / (1 - p), the mask of
+     * kernels/dropout.h for `seed`; 0 <= p < 1; out may be x. */
+    lh_status (*dropout)(lh_backend *be, float *out, const float *x, int64_t n, uint64_t seed,
+                         double p);
+    /* Its backward: dx [n] += mask * dxd / (1 - p), the same mask. */
+    lh_status (*dropout_backward)(lh_backend *be, float *dx, const float *dxd, int64_t n,
+                                  uint64_t seed, double p);
 } lh_backend_ops;
 
 struct lh_backend {

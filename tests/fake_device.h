@@ -380,6 +380,16 @@ static lh_status fake_adamw(lh_backend *be, float *param, float *exp_avg, float 
                 coef, FAKE_R(skip));
 }
 
+static lh_status fake_dropout(lh_backend *be, float *out, const float *x, int64_t n,
+                              uint64_t seed, double p) {
+    return CALL(dropout, FAKE_R(out), FAKE_R(x), n, seed, p);
+}
+
+static lh_status fake_dropout_backward(lh_backend *be, float *dx, const float *dxd, int64_t n,
+                                       uint64_t seed, double p) {
+    return CALL(dropout_backward, FAKE_R(dx), FAKE_R(dxd), n, seed, p);
+}
+
 #undef CALL
 #undef CPU
 #undef FAKE_R
@@ -434,6 +444,8 @@ static const lh_backend_ops fake_device_ops = {
     .step_check = fake_step_check,
     .adamw = fake_adamw,
     .copy = fake_copy,
+    .dropout = fake_dropout,
+    .dropout_backward = fake_dropout_backward,
 };
 
 /* How many times so far the host would have waited for a real device. */

@@ -557,6 +557,12 @@ START_TEST(test_errors) {
     SAME(adamw, B, NULL, B, B, 4, &co, NULL);
     SAME(adamw, B, B, B, B, -4, &co, NULL);
     SAME(adamw, B, B, B, B, big, &co, NULL);
+    SAME(dropout, B, NULL, 4, 1, 0.5);
+    SAME(dropout, B, B, -4, 1, 0.5);
+    SAME(dropout, B, B, 4, 1, 1.0);
+    SAME(dropout, B, B, 4, 1, NAN);
+    SAME(dropout_backward, NULL, B, 4, 1, 0.5);
+    SAME(dropout_backward, B, B, 4, 1, -0.1);
     SAME(scale_by, B, 4, NULL);
     SAME(scale_by, NULL, 4, B);
     SAME(scale_by, B, -4, B);
@@ -709,6 +715,23 @@ START_TEST(test_train_ops) {
         snprintf(what, sizeof what, "scale_by step_check's coef (max_norm %g)", (double)norms[k]);
         expect_pair(what, x, 0.0);
         pair_free(&x);
+    }
+    /* LoRA dropout and its backward: the same mask, the same float32 bits */
+    for (size_t t = 0; t < sizeof ew_sizes / sizeof ew_sizes[0]; t++) {
+        int64_t n = ew_sizes[t];
+        double p = t % 2 ? 0.1 : 0.5;
+        uint64_t seed = 0x5eed0000u + t;
+        pair x = pair_rand(n, 151 + t, -2, 2), y = pair_of(NULL, n);
+        ck_assert_int_eq(g_gpu->ops->dropout(g_gpu, y.g, x.g, n, seed, p), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->dropout(g_cpu, y.c, x.c, n, seed, p), LH_OK);
+        snprintf(what, sizeof what, "dropout n=%lld p=%g", (long long)n, p);
+        expect_pair(what, y, 0.0);
+        ck_assert_int_eq(g_gpu->ops->dropout_backward(g_gpu, x.g, y.g, n, seed, p), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->dropout_backward(g_cpu, x.c, y.c, n, seed, p), LH_OK);
+        snprintf(what, sizeof what, "dropout_backward n=%lld p=%g", (long long)n, p);
+        expect_pair(what, x, 0.0);
+        pair_free(&x);
+        pair_free(&y);
     }
     /* skip_* now hold found = 1: adamw's skipped steps below */
     /* adamw: three steps from zero moments, with and without weight decay */

@@ -371,8 +371,8 @@ END_TEST
 /* Per optimizer step the host waits for the device once (the loss rows and
  * the overflow verdict in one download), with cached latents and text: on
  * the poison device, which counts the downloads and syncs a GPU would wait
- * for, in fp32 with clipping and in fp16 with loss scaling, with gradient
- * accumulation. */
+ * for, in fp32 with clipping, in fp16 with loss scaling and with LoRA
+ * dropout, with gradient accumulation. */
 typedef struct waits {
     lh_backend *be;
     size_t at[8];
@@ -400,7 +400,8 @@ START_TEST(test_one_wait_per_step) {
     lh_backend_destroy(cpu);
     ck_assert_msg(fake_device_create(&dev, 1, msg, sizeof msg) == LH_OK, "%s", msg);
     lh_registry *reg = registry();
-    for (int half = 0; half < 2; half++) {
+    static const char *const runs[] = {"fp32", "fp16", "dropout"};
+    for (int k = 0; k < 3; k++) {
         lh_train_opts o;
         lh_train_opts_default(&o);
         o.model = w.model;
@@ -412,7 +413,8 @@ START_TEST(test_one_wait_per_step) {
         o.batch_size = 2;
         o.grad_accum = 2;
         o.max_grad_norm = 1.0;
-        o.precision = half ? LH_DTYPE_F16 : LH_DTYPE_F32;
+        o.precision = k == 1 ? LH_DTYPE_F16 : LH_DTYPE_F32;
+        o.dropout = k == 2 ? 0.25 : 0.0;
         o.save_every = 0;
         o.seed = 5;
         waits c = {.be = dev};
@@ -420,12 +422,12 @@ START_TEST(test_one_wait_per_step) {
         ck_assert_int_eq(c.n, 5);
         ck_assert_int_eq(c.skipped, 0);
         /* steps 2..4 (step 5 also writes the checkpoint and the export) */
-        fprintf(stderr, "%s: waits after each step:", half ? "fp16" : "fp32");
-        for (int k = 0; k < 5; k++) fprintf(stderr, " %zu", c.at[k]);
+        fprintf(stderr, "%s: waits after each step:", runs[k]);
+        for (int i = 0; i < 5; i++) fprintf(stderr, " %zu", c.at[i]);
         fprintf(stderr, "\n");
-        for (int k = 1; k < 4; k++)
-            ck_assert_msg(c.at[k] - c.at[k - 1] == 1, "%s: step %d waited %zu times for the device",
-                          half ? "fp16" : "fp32", k + 1, c.at[k] - c.at[k - 1]);
+        for (int i = 1; i < 4; i++)
+            ck_assert_msg(c.at[i] - c.at[i - 1] == 1, "%s: step %d waited %zu times for the device",
+                          runs[k], i + 1, c.at[i] - c.at[i - 1]);
         remove_tree(w.out);
     }
     lh_registry_destroy(reg);

@@ -139,6 +139,8 @@ static const lh_backend_ops cpu_ops = {
     .step_check = lh__cpu_step_check,
     .adamw = lh__cpu_adamw,
     .copy = lh__cpu_copy,
+    .dropout = lh__cpu_dropout,
+    .dropout_backward = lh__cpu_dropout_backward,
 };
 
 /* ---- Create / destroy ---- */

@@ -167,6 +167,10 @@ lh_status lh__cpu_count_nonfinite(lh_backend *be, int64_t *count, const float *x
 
 /* ---- Training updates (train_ops.c) ---- */
 lh_status lh__cpu_scale(lh_backend *be, float *x, int64_t n, float s);
+lh_status lh__cpu_dropout(lh_backend *be, float *out, const float *x, int64_t n, uint64_t seed,
+                          double p);
+lh_status lh__cpu_dropout_backward(lh_backend *be, float *dx, const float *dxd, int64_t n,
+                                   uint64_t seed, double p);
 lh_status lh__cpu_scale_by(lh_backend *be, float *x, int64_t n, const float *s);
 lh_status lh__cpu_sum_squares(lh_backend *be, double *out, const float *x, int64_t n);
 lh_status lh__cpu_step_check(lh_backend *be, float *coef, int64_t *found, const double *sq,

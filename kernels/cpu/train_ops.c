@@ -1,11 +1,12 @@
 /* Training updates on the cpu backend: scale, scale_by, sum_squares,
- * mse_backward, step_check, adamw and copy (see backend.h). Plain loops: sums in double in index order, the
+ * mse_backward, step_check, adamw, copy and LoRA dropout (see backend.h). Plain loops: sums in double in index order, the
  * same order as the host code they replace, so results do not depend on the
  * thread count. */
 #include <math.h>
 #include <string.h>
 
 #include "../adamw.h"
+#include "../dropout.h"
 #include "cpu.h"
 
 lh_status lh__cpu_scale(lh_backend *be, float *x, int64_t n, float s) {
@@ -96,6 +97,29 @@ lh_status lh__cpu_adamw(lh_backend *be, float *param, float *exp_avg, float *exp
         int64_t lo = c * chunk, len = n - lo < chunk ? n - lo : chunk;
         lh_adamw_apply(param + lo, exp_avg + lo, exp_avg_sq + lo, grad + lo, len, coef);
     }
+    return LH_OK;
+}
+
+lh_status lh__cpu_dropout(lh_backend *be, float *out, const float *x, int64_t n, uint64_t seed,
+                          double p) {
+    if (n < 0 || (n > 0 && (!out || !x)) || !(p >= 0.0 && p < 1.0)) return LH_ERR_INVALID;
+    if (!lh__bytes_ok(n)) return LH_ERR_OVERFLOW;
+    float keep = (float)(1.0 / (1.0 - p));
+    int nt = lh__cpu_threads(be);
+#pragma omp parallel for num_threads(nt) schedule(static) if (n > LH_CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++) out[i] = lh_dropout_kept(seed, i, p) ? x[i] * keep : 0.0f;
+    return LH_OK;
+}
+
+lh_status lh__cpu_dropout_backward(lh_backend *be, float *dx, const float *dxd, int64_t n,
+                                   uint64_t seed, double p) {
+    if (n < 0 || (n > 0 && (!dx || !dxd)) || !(p >= 0.0 && p < 1.0)) return LH_ERR_INVALID;
+    if (!lh__bytes_ok(n)) return LH_ERR_OVERFLOW;
+    float keep = (float)(1.0 / (1.0 - p));
+    int nt = lh__cpu_threads(be);
+#pragma omp parallel for num_threads(nt) schedule(static) if (n > LH_CPU_PAR_MIN)
+    for (int64_t i = 0; i < n; i++)
+        if (lh_dropout_kept(seed, i, p)) dx[i] += keep * dxd[i];
     return LH_OK;
 }
 

@@ -489,6 +489,8 @@ static const lh_backend_ops cuda_ops = {
     /* .step_check = */ lh__cuda_step_check,
     /* .adamw = */ lh__cuda_adamw,
     /* .copy = */ lh__cuda_copy,
+    /* .dropout = */ lh__cuda_dropout,
+    /* .dropout_backward = */ lh__cuda_dropout_backward,
 };
 
 /* ---- Create / destroy ---- */

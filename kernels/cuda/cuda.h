@@ -154,6 +154,10 @@ lh_status lh__cuda_round(lh_backend *be, float *x, int64_t n, lh_dtype dtype);
 lh_status lh__cuda_count_nonfinite(lh_backend *be, int64_t *count, const float *x, int64_t n);
 /* Training updates (train_ops.cu) */
 lh_status lh__cuda_scale(lh_backend *be, float *x, int64_t n, float s);
+lh_status lh__cuda_dropout(lh_backend *be, float *out, const float *x, int64_t n, uint64_t seed,
+                           double p);
+lh_status lh__cuda_dropout_backward(lh_backend *be, float *dx, const float *dxd, int64_t n,
+                                    uint64_t seed, double p);
 lh_status lh__cuda_scale_by(lh_backend *be, float *x, int64_t n, const float *s);
 lh_status lh__cuda_sum_squares(lh_backend *be, double *out, const float *x, int64_t n);
 lh_status lh__cuda_step_check(lh_backend *be, float *coef, int64_t *found, const double *sq,

@@ -1,9 +1,11 @@
 /* Training updates on the device: scale, scale_by, sum_squares,
- * mse_backward, step_check, adamw and copy (kernels/backend.h). Sums run in double with a fixed reduction
+ * mse_backward, step_check, adamw, copy and LoRA dropout
+ * (kernels/backend.h). Sums run in double with a fixed reduction
  * order (one block per row, or per-block partials summed by one block), so
  * a run repeats bit for bit. AdamW does kernels/adamw.h's steps with
  * round-to-nearest intrinsics, so nvcc contracts nothing into an FMA that
  * the cpu reference does not have. Argument checks are train_ops.c's. */
+#include "../dropout.h"
 #include "block_reduce.cuh"
 #include "cuda.h"
 #include "op_checks.h"
@@ -190,6 +192,41 @@ extern "C" lh_status lh__cuda_adamw(lh_backend *be, float *param, float *exp_avg
     adamw_kernel<<<lh__cuda_grid(n, TO_BLOCK), TO_BLOCK, 0, lh__cuda(be)->stream>>>(
         param, exp_avg, exp_avg_sq, grad, n, *coef, skip);
     return lh__cuda_launched(be, "adamw");
+}
+
+/* train_ops.c's dropout loops; explicit roundings (no FMA in the backward). */
+__global__ void dropout_kernel(float *out, const float *x, int64_t n, uint64_t seed, double p,
+                               float keep) {
+    LH_CU_FOR(i, n) out[i] = lh_dropout_kept(seed, i, p) ? __fmul_rn(x[i], keep) : 0.0f;
+}
+
+__global__ void dropout_backward_kernel(float *dx, const float *dxd, int64_t n, uint64_t seed,
+                                        double p, float keep) {
+    LH_CU_FOR(i, n) {
+        if (lh_dropout_kept(seed, i, p)) dx[i] = __fadd_rn(dx[i], __fmul_rn(keep, dxd[i]));
+    }
+}
+
+extern "C" lh_status lh__cuda_dropout(lh_backend *be, float *out, const float *x, int64_t n,
+                                      uint64_t seed, double p) {
+    if (n < 0 || (n > 0 && (!out || !x)) || !(p >= 0.0 && p < 1.0)) return LH_ERR_INVALID;
+    if (!lh__cu_bytes_ok(n)) return LH_ERR_OVERFLOW;
+    if (n == 0) return LH_OK;
+    float keep = (float)(1.0 / (1.0 - p));
+    dropout_kernel<<<lh__cuda_grid(n, TO_BLOCK), TO_BLOCK, 0, lh__cuda(be)->stream>>>(
+        out, x, n, seed, p, keep);
+    return lh__cuda_launched(be, "dropout");
+}
+
+extern "C" lh_status lh__cuda_dropout_backward(lh_backend *be, float *dx, const float *dxd,
+                                               int64_t n, uint64_t seed, double p) {
+    if (n < 0 || (n > 0 && (!dx || !dxd)) || !(p >= 0.0 && p < 1.0)) return LH_ERR_INVALID;
+    if (!lh__cu_bytes_ok(n)) return LH_ERR_OVERFLOW;
+    if (n == 0) return LH_OK;
+    float keep = (float)(1.0 / (1.0 - p));
+    dropout_backward_kernel<<<lh__cuda_grid(n, TO_BLOCK), TO_BLOCK, 0, lh__cuda(be)->stream>>>(
+        dx, dxd, n, seed, p, keep);
+    return lh__cuda_launched(be, "dropout_backward");
 }
 
 extern "C" lh_status lh__cuda_copy(lh_backend *be, void *dst, const void *src, size_t bytes) {
