@@ -122,7 +122,7 @@ if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
 fi
 check bad_device 2 "unknown device 'tpu'" -- "${gen[@]}" --prompt x --device tpu
 if [[ -f "$2/lib/lorahost/backends/lh_backend_cuda.so" ]]; then
-  check bad_attention 1 "LORAHOST_CUDA_ATTENTION must be flash or gemm, not: fast" -- \
+  check bad_attention 1 "LORAHOST_CUDA_ATTENTION must be auto, flash or gemm, not: fast" -- \
     env LORAHOST_CUDA_ATTENTION=fast "${gen[@]}" --prompt x --device cuda
 fi
 check bad_dtype 1 "model.dtype" -- "${gen[@]}" --prompt x --set model.dtype=f8

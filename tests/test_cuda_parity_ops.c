@@ -45,6 +45,10 @@ typedef struct att_shape {
     int causal;
 } att_shape;
 
+/* The half type q, k and v are rounded to first (F32: none): under F16/BF16
+ * activations every op's output is, so the inputs an attention sees are. */
+static lh_dtype g_att_inputs = LH_DTYPE_F32;
+
 /* Forward with and without lse, then the backward: with the forward's lse,
  * with NULL lse, and with some outputs NULL (those left untouched). Both
  * backwards read the cpu's out and lse, so only the op itself differs. */
@@ -58,6 +62,14 @@ static void att_case(att_shape s, int backward, double tol) {
     pair q = pair_rand(qn, seed + 1, -1.0f, 1.0f), k = pair_rand(kn, seed + 2, -1.0f, 1.0f);
     pair v = pair_rand(kn, seed + 3, -1.0f, 1.0f);
     pair out = pair_of(NULL, qn), lse = pair_of(NULL, ln);
+    if (g_att_inputs != LH_DTYPE_F32) {
+        pair *in[3] = {&q, &k, &v};
+        for (int i = 0; i < 3; i++) {
+            int64_t n = i ? kn : qn;
+            ck_assert_int_eq(G->round(g_gpu, in[i]->g, n, g_att_inputs), LH_OK);
+            ck_assert_int_eq(C->round(g_cpu, in[i]->c, n, g_att_inputs), LH_OK);
+        }
+    }
 #define SHAPE "b%lld h%lld nq%lld nk%lld d%lld%s"
 #define SHAPE_ARGS (long long)s.b, (long long)s.heads, (long long)s.nq, (long long)s.nk, \
                    (long long)s.d, s.causal ? " causal" : ""
@@ -817,9 +829,20 @@ START_TEST(test_half_outputs) {
         pair_free(&out);
         pair_free(&dy);
         pair_free(&dx);
-        /* attention, forward and backward */
+        /* attention, forward and backward, on inputs already in the half
+         * type; the forward on the tensor cores (the default, d <= 160) at
+         * SD 1.5's shapes and off every tile, and d 256 (the float32 kernel) */
+        g_att_inputs = types[t];
         att_case((att_shape){1, 2, 77, 77, 40, 0}, 1, TOL_HALF);
         att_case((att_shape){1, 12, 77, 77, 64, 1}, 1, TOL_HALF);
+        static const att_shape fwd[] = {
+            {1, 8, 4096, 4096, 40, 0}, {2, 8, 4096, 77, 40, 0}, {1, 8, 1024, 1024, 80, 0},
+            {2, 8, 256, 256, 160, 0},  {2, 8, 256, 77, 160, 0}, {2, 3, 33, 65, 17, 1},
+            {1, 2, 65, 33, 33, 1},     {1, 1, 47, 47, 1, 1},    {3, 1, 17, 1, 64, 0},
+            {1, 4, 100, 129, 96, 1},   {1, 2, 40, 50, 256, 0}, {2, 2, 31, 97, 160, 1},
+        };
+        for (size_t i = 0; i < sizeof fwd / sizeof fwd[0]; i++) att_case(fwd[i], 0, TOL_HALF);
+        g_att_inputs = LH_DTYPE_F32;
         ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, LH_DTYPE_F32), LH_OK);
         ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, LH_DTYPE_F32), LH_OK);
     }

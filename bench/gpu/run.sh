@@ -54,17 +54,20 @@ want parity && for t in "$build"/tests/test_cuda_parity_*; do
   summary+=("| $name | $r | $(( $(date +%s) - s )) s |")
   [[ $rc == 0 ]] || status=1
 done
-# the attention forward's other implementation (cuBLAS + softmax) through
-# the same suites
-want parity && for name in test_cuda_parity_ops test_cuda_parity_model; do
-  t="$build/tests/$name"
-  [[ -x "$t" ]] || continue
-  s=$(date +%s)
-  (cd "$build/tests" && LORAHOST_CUDA_ATTENTION=gemm lh timeout 150 "$t") >"$out/$name.gemm.log" 2>&1
-  rc=$?
-  r=$([[ $rc == 0 ]] && echo pass || echo "FAIL ($rc): $(grep -m1 -E ':F:|:E:' "$out/$name.gemm.log" | cut -c1-160)")
-  summary+=("| $name, attention=gemm | $r | $(( $(date +%s) - s )) s |")
-  [[ $rc == 0 ]] || status=1
+# the attention forward's other implementations through the same suites:
+# cuBLAS + softmax, and the float32 flash kernel where the default (auto)
+# takes the tensor-core one (F16/BF16 activations)
+want parity && for att in gemm flash; do
+  for name in test_cuda_parity_ops test_cuda_parity_model; do
+    t="$build/tests/$name"
+    [[ -x "$t" ]] || continue
+    s=$(date +%s)
+    (cd "$build/tests" && LORAHOST_CUDA_ATTENTION=$att lh timeout 150 "$t") >"$out/$name.$att.log" 2>&1
+    rc=$?
+    r=$([[ $rc == 0 ]] && echo pass || echo "FAIL ($rc): $(grep -m1 -E ':F:|:E:' "$out/$name.$att.log" | cut -c1-160)")
+    summary+=("| $name, attention=$att | $r | $(( $(date +%s) - s )) s |")
+    [[ $rc == 0 ]] || status=1
+  done
 done
 # memcheck, and racecheck for the kernels' shared-memory reductions (norm,
 # bias and attention backwards); four runs of at most 140 s fit one call

@@ -98,7 +98,7 @@ def main():
     ap.add_argument("--ctx", type=int, default=77)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--precisions", nargs="+", default=["fp16", "fp32"])
-    ap.add_argument("--attention", nargs="+", default=["flash", "gemm"],
+    ap.add_argument("--attention", nargs="+", default=["auto", "flash", "gemm"],
                     help="the cuda backend's attention forward (LORAHOST_CUDA_ATTENTION)")
     ap.add_argument("--cache", default="/tmp/lh-gpu-bench")
     ap.add_argument("--torch-worker", action="store_true")
@@ -116,6 +116,8 @@ def main():
     ours = {}
     for p in args.precisions:
         for att in args.attention:
+            if att == "auto" and p == "fp32" and "flash" in args.attention:
+                continue  # auto is the flash kernel under float32 activations
             e = dict(env, LORAHOST_CUDA_ATTENTION=att)
             ours[f"{p}, attention {att}"] = run_json(
                 [os.path.join(args.build, "bench", "bench_unet"), d] + shape +

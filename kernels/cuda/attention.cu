@@ -515,11 +515,14 @@ extern "C" lh_status lh__cuda_attention(lh_backend *be, float *out, /* [b, nq, h
     if (qn == 0) return LH_OK;
     if (nk == 0) return LH_ERR_INVALID; /* softmax over no keys */
     if (!out || !q || !k || !v) return LH_ERR_INVALID;
-    if (lh__cuda(be)->att_gemm) {
-        lh_status st = lh__cuda_attention_gemm(be, out, lse, q, k, v, b, heads, nq, nk, d, scale,
-                                               causal);
-        if (st != LH_ERR_UNSUPPORTED) return st;
-    }
+    lh_cuda *cu = lh__cuda(be);
+    lh_status st = LH_ERR_UNSUPPORTED;
+    if (cu->att_mode == LH_CUDA_ATT_GEMM)
+        st = lh__cuda_attention_gemm(be, out, lse, q, k, v, b, heads, nq, nk, d, scale, causal);
+    else if (cu->att_mode == LH_CUDA_ATT_AUTO)
+        st = lh__cuda_attention_tc(be, out, lse, q, k, v, b, heads, nq, nk, d, scale, causal,
+                                   cu->act);
+    if (st != LH_ERR_UNSUPPORTED) return st;
     if (d > 32 * ATT_NC_MAX) return att_d_unsupported(be, d);
     att_launch a = {};
     a.out = out, a.lse = lse, a.q = q, a.k = k, a.v = v;

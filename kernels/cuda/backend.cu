@@ -525,10 +525,10 @@ extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *
                                             size_t err_size) {
     if (!out) return create_fail(err, err_size, LH_ERR_INVALID, "NULL output pointer", NULL);
     *out = NULL;
-    const char *att = getenv("LORAHOST_CUDA_ATTENTION"); /* "gemm" or "flash" (default) */
-    if (att && *att && strcmp(att, "gemm") && strcmp(att, "flash"))
+    const char *att = getenv("LORAHOST_CUDA_ATTENTION"); /* auto (default), flash or gemm */
+    if (att && *att && strcmp(att, "auto") && strcmp(att, "gemm") && strcmp(att, "flash"))
         return create_fail(err, err_size, LH_ERR_CONFIG,
-                           "LORAHOST_CUDA_ATTENTION must be flash or gemm, not", att);
+                           "LORAHOST_CUDA_ATTENTION must be auto, flash or gemm, not", att);
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0)
@@ -552,7 +552,9 @@ extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *
     cu->act = LH_DTYPE_F32;
     const char *tf32 = getenv("LORAHOST_CUDA_TF32"); /* "1": TF32 GEMMs and convolutions */
     cu->tf32 = tf32 && tf32[0] == '1' && tf32[1] == '\0';
-    cu->att_gemm = att && !strcmp(att, "gemm");
+    cu->att_mode = !att || !*att || !strcmp(att, "auto") ? LH_CUDA_ATT_AUTO
+                   : !strcmp(att, "flash")               ? LH_CUDA_ATT_FLASH
+                                                         : LH_CUDA_ATT_GEMM;
     const char *what = NULL, *detail = NULL;
     cublasStatus_t bs;
     cudnnStatus_t ds;

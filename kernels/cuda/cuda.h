@@ -32,6 +32,14 @@ typedef struct lh_cuda_block {
     int used;
 } lh_cuda_block;
 
+/* LORAHOST_CUDA_ATTENTION: which kernel runs the attention forward */
+enum {
+    LH_CUDA_ATT_AUTO,  /* "auto" (default): tensor cores under F16/BF16, else flash */
+    LH_CUDA_ATT_FLASH, /* "flash": attention.cu's float32 kernel always */
+    LH_CUDA_ATT_GEMM   /* "gemm": cuBLAS products around a softmax (attention_gemm.cu) */
+};
+#define LH_CUDA_ATT_TC_D_MAX 160 /* head dims the tensor-core kernel takes */
+
 typedef struct lh_cuda {
     int device;
     lh_cuda_block *blocks;
@@ -42,7 +50,7 @@ typedef struct lh_cuda {
     cudnnHandle_t cudnn;
     lh_dtype act;        /* activation precision (set_precision) */
     int tf32;            /* GEMMs and convolutions may use TF32 (LORAHOST_CUDA_TF32=1) */
-    int att_gemm;        /* attention forward by cuBLAS + softmax (LORAHOST_CUDA_ATTENTION=gemm) */
+    int att_mode;        /* the attention forward: LH_CUDA_ATT_* (LORAHOST_CUDA_ATTENTION) */
     void *workspace;     /* cuDNN / scratch; grows, never shrinks */
     size_t workspace_bytes;
     lh_cuda_conv_algo conv[LH_CUDA_CONV_CACHE];
@@ -107,6 +115,11 @@ lh_status lh__cuda_layer_norm_backward(lh_backend *be, float *dx, float *dgamma,
 /* The attention forward as two batched cuBLAS products around a softmax
  * kernel (attention_gemm.cu); LH_ERR_UNSUPPORTED for what it does not take
  * (the caller then runs the flash kernel). */
+/* attention_tc.cu: LH_ERR_UNSUPPORTED when act or d do not suit it. */
+lh_status lh__cuda_attention_tc(lh_backend *be, float *out, float *lse, const float *q,
+                                const float *k, const float *v, int64_t b, int64_t heads,
+                                int64_t nq, int64_t nk, int64_t d, float scale, int causal,
+                                lh_dtype act);
 lh_status lh__cuda_attention_gemm(lh_backend *be, float *out, float *lse, const float *q,
                                   const float *k, const float *v, int64_t b, int64_t heads,
                                   int64_t nq, int64_t nk, int64_t d, float scale, int causal);
