@@ -577,6 +577,12 @@ extern "C" lh_status lh__cuda_attention_backward(lh_backend *be, float *dq, floa
             if ((st = att_run(be, ATT_FWD, &a, b * heads, nq)) != LH_OK) return st;
         }
     }
+    lh_cuda *cu = lh__cuda(be);
+    if (cu->att_mode == LH_CUDA_ATT_AUTO && rows > 0) {
+        st = lh__cuda_attention_tc_backward(be, dq, dk, dv, dout, a.lse_in, dd, q, k, v, b, heads,
+                                            nq, nk, d, scale, causal, cu->act);
+        if (st != LH_ERR_UNSUPPORTED) return st;
+    }
     if (dq) {
         a.dq = dq;
         if ((st = att_run(be, ATT_BWD_DQ, &a, b * heads, nq)) != LH_OK) return st;

@@ -38,7 +38,6 @@ enum {
     LH_CUDA_ATT_FLASH, /* "flash": attention.cu's float32 kernel always */
     LH_CUDA_ATT_GEMM   /* "gemm": cuBLAS products around a softmax (attention_gemm.cu) */
 };
-#define LH_CUDA_ATT_TC_D_MAX 160 /* head dims the tensor-core kernel takes */
 
 typedef struct lh_cuda {
     int device;
@@ -115,11 +114,18 @@ lh_status lh__cuda_layer_norm_backward(lh_backend *be, float *dx, float *dgamma,
 /* The attention forward as two batched cuBLAS products around a softmax
  * kernel (attention_gemm.cu); LH_ERR_UNSUPPORTED for what it does not take
  * (the caller then runs the flash kernel). */
-/* attention_tc.cu: LH_ERR_UNSUPPORTED when act or d do not suit it. */
+/* attention_tc.cu: LH_ERR_UNSUPPORTED when act, d or the device's shared
+ * memory do not suit them (the caller runs attention.cu's kernels). The
+ * backward takes lse and D = rowsum(dO * O) [b, heads, nq] from the caller. */
 lh_status lh__cuda_attention_tc(lh_backend *be, float *out, float *lse, const float *q,
                                 const float *k, const float *v, int64_t b, int64_t heads,
                                 int64_t nq, int64_t nk, int64_t d, float scale, int causal,
                                 lh_dtype act);
+lh_status lh__cuda_attention_tc_backward(lh_backend *be, float *dq, float *dk, float *dv,
+                                         const float *dout, const float *lse, const float *dd,
+                                         const float *q, const float *k, const float *v,
+                                         int64_t b, int64_t heads, int64_t nq, int64_t nk,
+                                         int64_t d, float scale, int causal, lh_dtype act);
 lh_status lh__cuda_attention_gemm(lh_backend *be, float *out, float *lse, const float *q,
                                   const float *k, const float *v, int64_t b, int64_t heads,
                                   int64_t nq, int64_t nk, int64_t d, float scale, int causal);
