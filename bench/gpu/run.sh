@@ -49,7 +49,7 @@ want parity && for t in "$build"/tests/test_cuda_parity_*; do
   case $rc in
     0) r=pass ;;
     77) r="NOT RUN: $(grep -m1 SKIP "$out/$name.log")" ;; # on a GPU machine, a failure too
-    *) r="FAIL ($rc): $(grep -m1 -E ':F:|:E:' "$out/$name.log" | cut -c1-160)" ;;
+    *) r="FAIL ($rc): $(grep -m1 -E '^FAIL |:F:|:E:' "$out/$name.log" | cut -c1-160)" ;;
   esac
   summary+=("| $name | $r | $(( $(date +%s) - s )) s |")
   [[ $rc == 0 ]] || status=1
@@ -64,7 +64,7 @@ want parity && for att in gemm flash; do
     s=$(date +%s)
     (cd "$build/tests" && LORAHOST_CUDA_ATTENTION=$att lh timeout 150 "$t") >"$out/$name.$att.log" 2>&1
     rc=$?
-    r=$([[ $rc == 0 ]] && echo pass || echo "FAIL ($rc): $(grep -m1 -E ':F:|:E:' "$out/$name.$att.log" | cut -c1-160)")
+    r=$([[ $rc == 0 ]] && echo pass || echo "FAIL ($rc): $(grep -m1 -E '^FAIL |:F:|:E:' "$out/$name.$att.log" | cut -c1-160)")
     summary+=("| $name, attention=$att | $r | $(( $(date +%s) - s )) s |")
     [[ $rc == 0 ]] || status=1
   done
@@ -102,6 +102,9 @@ fi
   echo "| step | result | time |"
   echo "|---|---|---|"
   printf '%s\n' "${summary[@]}"
+  echo
+  # every comparison out of tolerance (the suites go on past them), then the measured errors
+  grep -H "^FAIL " "$out"/test_cuda_parity_*.log 2>/dev/null | sed "s|^$out/||" | head -60
   echo
   grep -h "rel err\|rel L2\|worst pixel" "$out"/test_cuda_parity_*.log 2>/dev/null | sort | uniq | head -80
   echo
