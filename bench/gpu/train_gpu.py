@@ -126,7 +126,8 @@ def main():
     if not args.build:
         ap.error("--build is required")
     import train_cpu  # bench/train_cpu.py: the LoRA file
-    d = args.unet or unet_gpu.unet_dir(args.cache)
+    d = args.unet or unet_gpu.random_dir(args.cache, "unet", "UNet2DConditionModel",
+                                         unet_gpu.SD15_UNET, 0)
     lora = train_cpu.build_lora("sd15gpu" if not args.unet else "dry", d, args.rank)
     env = dict(os.environ, LH_CUDA_STATS="1")
     if os.environ.get("LH_LD_LIBRARY_PATH"):  # bench/gpu/run.sh: the packed libraries

@@ -4,12 +4,15 @@ diffusers (PyTorch SDPA, fp16), same run, same random SD 1.5 weights.
 
 Usage: python3 bench/gpu/unet_gpu.py --build BUILD [--iters 20] [--cache DIR]
 Builds (once, under --cache) a U-Net and a VAE with random weights and SD
-1.5's shapes (diffusers' configs), saved as F16 diffusers directories;
-times diffusers' UNet2DConditionModel forward (batch 2, 64x64 latents, 77
-tokens: one CFG step) in fp16 with SDPA and lorahost's bench_unet on the
-cuda backend with fp16 and with fp32 activations, each in its own process, and prints a table with the ratio
-and the peak device memory of each. Needs diffusers importable (the GPU
-image has torch; bench/gpu/run.sh installs carried wheels).
+1.5's shapes (diffusers' configs), saved as F16 diffusers directories.
+U-Net: times diffusers' UNet2DConditionModel forward (batch 2, 64x64
+latents, 77 tokens: one CFG step) in fp16 with SDPA and lorahost's
+bench_unet on the cuda backend with fp16 and with fp32 activations and
+each attention kernel. VAE: times diffusers' AutoencoderKL decode of one
+64x64 latent to 512x512 in fp16 and fp32 and lorahost's bench_vae (float32
+activations). Each in its own process; prints a table each with the ratio
+and the peak device memory. Needs diffusers importable (the GPU image has
+torch; bench/gpu/run.sh installs carried wheels).
 """
 import argparse
 import json
@@ -31,32 +34,39 @@ SD15_UNET = {
 }
 
 
-def unet_dir(cache):
-    path = os.path.join(cache, "sd15-random", "unet")
+SD15_VAE = {
+    "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "in_channels": 3, "latent_channels": 4,
+    "layers_per_block": 2, "norm_num_groups": 32, "out_channels": 3, "sample_size": 512,
+    "scaling_factor": 0.18215, "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+
+
+def random_dir(cache, name, cls, config, seed):
+    """A diffusers folder of `cls(**config)` with random weights, saved F16 once."""
+    path = os.path.join(cache, "sd15-random", name)
     if not os.path.exists(os.path.join(path, "diffusion_pytorch_model.safetensors")):
         import torch
-        from diffusers import UNet2DConditionModel
-        torch.manual_seed(0)
-        m = UNet2DConditionModel(**SD15_UNET)
+        import diffusers
+        torch.manual_seed(seed)
+        m = getattr(diffusers, cls)(**config)
         m.to(torch.float16).save_pretrained(path, safe_serialization=True)
     return path
 
 
-def torch_worker(args):
+def timed(args, cls, dtype, call):
+    """Load args.dir as diffusers' `cls` in `dtype`, then time call(model, torch,
+    dev) args.iters times: load seconds, the times, peak device MiB."""
     import torch
-    from diffusers import UNet2DConditionModel
+    import diffusers
     dev = torch.device(args.device)
     cuda = args.device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     t0 = time.perf_counter()
-    m = UNet2DConditionModel.from_pretrained(args.dir, torch_dtype=torch.float16).to(dev).eval()
+    m = getattr(diffusers, cls).from_pretrained(args.dir, torch_dtype=dtype).to(dev).eval()
     sync()
     load = time.perf_counter() - t0
-    g = torch.Generator(device="cpu").manual_seed(0)
-    cfg = m.config
-    x = torch.randn(args.batch, cfg.in_channels, args.size, args.size, generator=g).to(dev, torch.float16)
-    ctx = torch.randn(args.batch, args.ctx, cfg.cross_attention_dim, generator=g).to(dev, torch.float16)
-    t = torch.tensor([999.0 - 37.0 * i for i in range(args.batch)], device=dev)
+    run = call(m, torch, dev)
     times = []
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -64,10 +74,40 @@ def torch_worker(args):
         for _ in range(args.iters):
             sync()
             t0 = time.perf_counter()
-            m(x, t, encoder_hidden_states=ctx)
+            run()
             sync()
             times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() / 1048576.0 if cuda else float("nan")
+    return load, times, peak
+
+
+def vae_worker(args):
+    import torch
+    dtype = torch.float16 if args.vae_dtype == "fp16" else torch.float32
+
+    def call(m, torch, dev):
+        g = torch.Generator(device="cpu").manual_seed(0)
+        z = torch.randn(1, m.config.latent_channels, args.vae_size, args.vae_size,
+                        generator=g).to(dev, dtype)
+        return lambda: m.decode(z / m.config.scaling_factor)
+    load, times, peak = timed(args, "AutoencoderKL", dtype, call)
+    print(json.dumps({"load_s": load, "decode_s": times, "peak_device_mb": peak}))
+
+
+def torch_worker(args):
+    import torch
+
+    def call(m, torch, dev):
+        g = torch.Generator(device="cpu").manual_seed(0)
+        cfg = m.config
+        x = torch.randn(args.batch, cfg.in_channels, args.size, args.size,
+                        generator=g).to(dev, torch.float16)
+        ctx = torch.randn(args.batch, args.ctx, cfg.cross_attention_dim,
+                          generator=g).to(dev, torch.float16)
+        t = torch.tensor([999.0 - 37.0 * i for i in range(args.batch)], device=dev)
+        return lambda: m(x, t, encoder_hidden_states=ctx)
+    load, times, peak = timed(args, "UNet2DConditionModel", torch.float16, call)
+    cuda = args.device == "cuda"
     print(json.dumps({"load_s": load, "forward_s": times, "peak_device_mb": peak,
                       "torch": torch.__version__,
                       "gpu": torch.cuda.get_device_name(0) if cuda else "cpu"}))
@@ -100,15 +140,21 @@ def main():
     ap.add_argument("--precisions", nargs="+", default=["fp16", "fp32"])
     ap.add_argument("--attention", nargs="+", default=["auto", "flash", "gemm"],
                     help="the cuda backend's attention forward (LORAHOST_CUDA_ATTENTION)")
+    ap.add_argument("--vae", help="a VAE directory instead of the random SD 1.5 one")
+    ap.add_argument("--vae-size", type=int, default=64, help="latent side of the VAE decode")
+    ap.add_argument("--vae-dtype", default="fp16", help=argparse.SUPPRESS)
     ap.add_argument("--cache", default="/tmp/lh-gpu-bench")
     ap.add_argument("--torch-worker", action="store_true")
+    ap.add_argument("--vae-worker", action="store_true")
     ap.add_argument("--dir")
     args = ap.parse_args()
     if args.torch_worker:
         return torch_worker(args)
+    if args.vae_worker:
+        return vae_worker(args)
     if not args.build:
         ap.error("--build is required")
-    d = args.unet or unet_dir(args.cache)
+    d = args.unet or random_dir(args.cache, "unet", "UNet2DConditionModel", SD15_UNET, 0)
     shape = [str(args.batch), str(args.size), str(args.size), str(args.ctx), str(args.iters)]
     env = dict(os.environ, LH_CUDA_STATS="1")
     if os.environ.get("LH_LD_LIBRARY_PATH"):  # bench/gpu/run.sh: the packed libraries
@@ -137,7 +183,29 @@ def main():
         print(f"| {p} | {m * 1e3:.2f} ms | {r * 1e3:.2f} ms | {r / m:.2f}x | {o['load_s']:.2f} s / "
               f"{ref['load_s']:.2f} s | {o.get('peak_device_mb', float('nan')):.0f} MiB / "
               f"{ref['peak_device_mb']:.0f} MiB |")
-    print(json.dumps({"ours": ours, "torch": ref}))
+    # VAE decode of one latent (512x512 for SD 1.5)
+    vd = args.vae or random_dir(args.cache, "vae", "AutoencoderKL", SD15_VAE, 1)
+    vs = str(args.vae_size)
+    vae_ours = run_json([os.path.join(args.build, "bench", "bench_vae"), vd, "1", vs, vs,
+                         str(args.iters), "0", args.device], env)
+    vae_ref = {}
+    for dt in ("fp16", "fp32"):
+        vae_ref[dt] = run_json([sys.executable, __file__, "--vae-worker", "--dir", vd,
+                                "--vae-size", vs, "--vae-dtype", dt, "--iters", str(args.iters),
+                                "--device", args.device])
+    print()
+    print(f"VAE decode, {'VAE ' + args.vae if args.vae else 'SD 1.5 shapes (random weights)'}, "
+          f"one {args.vae_size}x{args.vae_size} latent")
+    print("| diffusers dtype | lorahost (float32 activations) | diffusers | ratio (torch / ours) "
+          "| peak device memory ours / torch |")
+    print("|---|---|---|---|---|")
+    mo = med(vae_ours["decode_s"])
+    for dt, rv in vae_ref.items():
+        mr = med(rv["decode_s"])
+        print(f"| {dt} | {mo * 1e3:.2f} ms | {mr * 1e3:.2f} ms | {mr / mo:.2f}x | "
+              f"{vae_ours.get('peak_device_mb', float('nan')):.0f} MiB / "
+              f"{rv['peak_device_mb']:.0f} MiB |")
+    print(json.dumps({"ours": ours, "torch": ref, "vae_ours": vae_ours, "vae_torch": vae_ref}))
 
 
 if __name__ == "__main__":
