@@ -17,6 +17,7 @@
 #define MODULE "lh_backend_cuda.so"
 
 typedef lh_status (*cuda_create_fn)(lh_backend **out, int device, char *err, size_t err_size);
+typedef uint32_t (*cuda_abi_fn)(void);
 
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static cuda_create_fn g_create;
@@ -68,6 +69,15 @@ static cuda_create_fn load_cuda(char *err, size_t size) {
         if (!h) { /* e.g. libcudart, libcublas or libcudnn missing */
             snprintf(last, sizeof last, "%s", dlerror());
             continue;
+        }
+        cuda_abi_fn abi = (cuda_abi_fn)(uintptr_t)dlsym(h, "lh_backend_cuda_abi");
+        uint32_t have = abi ? abi() : 0;
+        if (have != lh_backend_abi()) {
+            snprintf(last, sizeof last, "%s was built for backend ABI %u.%u, this lorahost has "
+                     "%u.%u: rebuild or reinstall it", path, (unsigned)(have >> 16),
+                     (unsigned)(have & 0xffff), (unsigned)(lh_backend_abi() >> 16),
+                     (unsigned)(lh_backend_abi() & 0xffff));
+            break; /* the first module found is the one asked for: no silent fallback */
         }
         fn = (cuda_create_fn)(uintptr_t)dlsym(h, "lh_backend_cuda_create");
         if (!fn) snprintf(last, sizeof last, "%s: no lh_backend_cuda_create", path);

@@ -306,6 +306,9 @@ static lh_status dropped(float **out, const lh_layers *t, const lh_layer *l, con
     *out = NULL;
     if (t->dropout <= 0.0) return LH_OK;
     lh_backend *be = t->be;
+    if (!be->ops->dropout || !be->ops->dropout_backward)
+        return lh_error_set(err, LH_ERR_UNSUPPORTED, "layer %s: the %s backend has no dropout",
+                            l->name, be->ops->name);
     float *d = be->ops->alloc(be, (size_t)(numel ? numel : 1) * sizeof *d);
     if (!d) return lh_error_set(err, LH_ERR_NOMEM, "layer %s: out of memory for dropout", l->name);
     lh_status st = be->ops->dropout(be, d, x, numel, drop_base(t, l), t->dropout);

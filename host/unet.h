@@ -222,9 +222,9 @@ typedef struct lh_unet_train_opts {
      * fp16 loss scaling. Gradients come out scaled by it. */
     float loss_scale;
     lh_unet_grads *grads; /* full-parameter gradients, or NULL: frozen base */
-    /* F16/BF16: where the step's NaN/Inf checks go (see lh_unet_checks), or
-     * NULL: the step waits for the device at its end and reads them into
-     * its report */
+    /* F16/BF16: where the step's NaN/Inf checks go (see lh_unet_checks;
+     * the report argument must then be NULL), or NULL: the step waits for
+     * the device at its end and reads them into its report */
     struct lh_unet_checks *checks;
 } lh_unet_train_opts;
 

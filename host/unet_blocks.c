@@ -1469,6 +1469,9 @@ static lh_status train(lh_unet *m, const lh_unet_train_opts *o, lh_unet_loss_fn 
         if (!isfinite(timesteps[i]))
             return lh_error_set(err, LH_ERR_NUMERIC, "unet backward: timestep %lld is not finite",
                                 (long long)i);
+    if (o->checks && report)
+        return lh_error_set(err, LH_ERR_INVALID, "unet train: a step leaves its overflow checks "
+                            "to the caller (opts.checks) or fills a report, not both");
     if (report) memset(report, 0, sizeof *report);
     st = set_weight_precision(m, prec, err);
     if (st != LH_OK) return st;

@@ -262,6 +262,16 @@ struct lh_backend {
     void *impl; /* backend-private state */
 };
 
+/* The table's layout: a separately built backend module (the cuda one)
+ * exports lh_backend_<name>_abi() returning this, and the loader refuses a
+ * module whose value differs (a stale build read through a changed table
+ * would call the wrong ops). Bump the version when an op's signature or
+ * the order of the table changes. */
+#define LH_BACKEND_ABI_VERSION 2u
+static inline uint32_t lh_backend_abi(void) {
+    return LH_BACKEND_ABI_VERSION << 16 | (uint32_t)sizeof(lh_backend_ops);
+}
+
 /* The cpu backend (OpenBLAS GEMM, OpenMP across `threads`, 0 = all cores). */
 LH_API lh_status lh_backend_cpu_create(lh_backend **out, int threads, char *err,
                                        size_t err_size);

@@ -131,6 +131,9 @@ check dtype_f16 0 "" -- "${gen[@]}" --prompt "a red square" --seed 3 --output f3
 check dtype_f16 0 "" -- "${gen[@]}" --prompt "a red square" --seed 3 --output f16.png --set model.dtype=f16
 if cmp -s f32.png f16.png; then echo "FAIL dtype_f16: f16 gave the float32 image bit for bit"; exit 1; fi
 check bad_cuda_index 1 "expected cuda or cuda:N" -- "${gen[@]}" --prompt x --device cuda:x
+# a module built against another backend table is refused, not misread
+check stale_module 1 "was built for backend ABI 1.8" -- \
+  env LORAHOST_BACKEND_PATH="$2/tests/stale_backend" "${gen[@]}" --prompt x --device cuda
 check unknown_sched 1 "unknown scheduler 'Euler b'" -- "${gen[@]}" --prompt x --scheduler "Euler b"
 check unknown_key 1 "unknown key 'etta' for plugin 'ddim'" -- "${gen[@]}" --prompt x --scheduler ddim --set etta=1
 check unknown_opt 2 "unknown option '--colour'" -- "${gen[@]}" --prompt x --colour red

@@ -412,11 +412,13 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
         for (int64_t i = 0; st == LH_OK && i < n; i++)
             t->row_k[t->n_rows + i] = (double)wts[i] / (double)c.per / denom;
         if (st == LH_OK) t->n_rows += n;
+        /* encoding (load_item), its backward and sampling run without dropout:
+         * the backward recomputes the forward the U-Net's context came from */
+        if (t->ad) t->ad->layers.dropout = 0.0;
         /* the text encoder's adapter: dL/d(context) back through it (float32) */
         if (st == LH_OK && te)
             st = lh_clip_encode_backward(t->m->clip, NULL, NULL, g_ctx, ids, n, t->tokens, 0,
                                          err);
-        if (t->ad) t->ad->layers.dropout = 0.0; /* encoding and sampling run without it */
     }
     free(x0), free(noise), free(noisy), free(target), free(ctx), free(wts), free(snr);
     free(ts_f), free(offs), free(ts);
@@ -964,6 +966,13 @@ static lh_status setup(trainer *t, lh_error *err) {
         lh_status bs = lh_backend_create(&t->be, dev, o->threads, msg, sizeof msg);
         if (bs != LH_OK) st = lh_error_set(err, bs, "train: device %s: %s", dev, msg);
         t->own_be = st == LH_OK;
+    }
+    if (st == LH_OK) {
+        const lh_backend_ops *ops = t->be->ops;
+        if (!ops->scale || !ops->scale_by || !ops->sum_squares || !ops->mse_backward ||
+            !ops->step_check || !ops->adamw || !ops->copy || (o->dropout > 0 && !ops->dropout))
+            st = lh_error_set(err, LH_ERR_UNSUPPORTED, "train: the %s backend lacks the "
+                              "training update ops", ops->name);
     }
     if (st == LH_OK) st = lh_model_open(&t->m, t->be, o->model, err);
     if (st == LH_OK) st = lh_dataset_open(&t->ds, o->dataset, err);

@@ -521,6 +521,8 @@ static lh_status create_fail(char *err, size_t size, lh_status code, const char 
     return code;
 }
 
+extern "C" uint32_t lh_backend_cuda_abi(void) { return lh_backend_abi(); }
+
 extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *err,
                                             size_t err_size) {
     if (!out) return create_fail(err, err_size, LH_ERR_INVALID, "NULL output pointer", NULL);

@@ -195,6 +195,9 @@ lh_status lh__cuda_copy(lh_backend *be, void *dst, const void *src, size_t bytes
 __attribute__((visibility("default"))) lh_status lh_backend_cuda_create(lh_backend **out,
                                                                         int device, char *err,
                                                                         size_t err_size);
+/* lh_backend_abi() as this module was built: the loader refuses a module
+ * built against another backend table. */
+__attribute__((visibility("default"))) uint32_t lh_backend_cuda_abi(void);
 
 #ifdef __cplusplus
 }

@@ -114,12 +114,12 @@ extern "C" lh_status lh__cuda_mse_backward(lh_backend *be, float *dpred, double 
         for (int64_t r = 0; r < rows; r++) acoef.v[r] = coef[r];
     } else {
         lh_status st = lh__cuda_scratch(be, (size_t)rows * sizeof(double), &dcoef);
+        /* from pageable host memory the copy is staged before it returns: the
+         * caller may free coef at once, and nothing waits for the device */
         if (st == LH_OK)
             st = lh__cuda_check(be, cudaMemcpyAsync(dcoef, coef, (size_t)rows * sizeof(double),
                                                     cudaMemcpyHostToDevice, s),
                                 "mse_backward");
-        /* coef is the caller's host memory: the copy must finish before we return */
-        if (st == LH_OK) st = lh__cuda_check(be, cudaStreamSynchronize(s), "mse_backward");
         if (st != LH_OK) return st;
     }
     mse_backward_kernel<<<(unsigned)rows, TO_BLOCK, 0, s>>>(dpred, sq, pred, target,
@@ -127,19 +127,23 @@ extern "C" lh_status lh__cuda_mse_backward(lh_backend *be, float *dpred, double 
     return lh__cuda_launched(be, "mse_backward");
 }
 
-/* train_ops.c's step_check in one thread, in the same order and
- * roundings (a few hundred tensors: the loop costs microseconds). */
+/* train_ops.c's step_check: the block scans the U-Net's counts (one per
+ * unit and call: thousands with gradient accumulation), then thread 0 sums
+ * the norms in the cpu's order and roundings (a few hundred tensors: the
+ * loop costs microseconds). */
 __global__ void step_check_kernel(float *coef, int64_t *found, const double *sq, int64_t n,
                                   const int64_t *counts, int64_t nc, float max_norm) {
-    int64_t bad = 0;
+    int mine = 0;
+    for (int64_t i = threadIdx.x; i < nc; i += blockDim.x) mine |= counts[i] != 0;
+    int any = __syncthreads_or(mine);
+    if (threadIdx.x != 0) return;
+    int64_t bad = any;
     double sum = 0.0;
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(sq[i])) bad = 1;
         double norm = (double)__double2float_rn(__dsqrt_rn(sq[i]));
         sum = __dadd_rn(sum, __dmul_rn(norm, norm));
     }
-    for (int64_t i = 0; i < nc; i++)
-        if (counts[i] != 0) bad = 1;
     float c = 1.0f;
     if (!bad && max_norm > 0.0f) {
         float total = __double2float_rn(__dsqrt_rn(sum));
@@ -156,8 +160,8 @@ extern "C" lh_status lh__cuda_step_check(lh_backend *be, float *coef, int64_t *f
     if (!coef || !found || n < 0 || nc < 0 || (n > 0 && !sq) || (nc > 0 && !counts) ||
         isnan(max_norm))
         return LH_ERR_INVALID;
-    step_check_kernel<<<1, 1, 0, lh__cuda(be)->stream>>>(coef, found, sq, n, counts, nc,
-                                                         max_norm);
+    step_check_kernel<<<1, TO_BLOCK, 0, lh__cuda(be)->stream>>>(coef, found, sq, n, counts, nc,
+                                                                max_norm);
     return lh__cuda_launched(be, "step_check");
 }
 
