@@ -578,10 +578,10 @@ extern "C" lh_status lh__cuda_attention_backward(lh_backend *be, float *dq, floa
         }
     }
     lh_cuda *cu = lh__cuda(be);
-    if (cu->att_mode == LH_CUDA_ATT_AUTO && rows > 0) {
-        st = lh__cuda_attention_tc_backward(be, dq, dk, dv, dout, a.lse_in, dd, q, k, v, b, heads,
-                                            nq, nk, d, scale, causal, cu->act);
-        if (st != LH_ERR_UNSUPPORTED) return st;
+    if (cu->att_mode == LH_CUDA_ATT_AUTO && rows > 0) { /* leaves to us what it does not do */
+        st = lh__cuda_attention_tc_backward(be, &dq, &dk, &dv, dout, a.lse_in, dd, q, k, v, b,
+                                            heads, nq, nk, d, scale, causal, cu->act);
+        if (st != LH_OK) return st;
     }
     if (dq) {
         a.dq = dq;

@@ -46,6 +46,7 @@ using namespace nvcuda;
 #define TC_M (16 * TC_WARPS) /* query rows per block */
 #define TC_N 64              /* keys per tile */
 #define TC_THREADS (32 * TC_WARPS)
+static_assert(TC_M == TC_N, "the backward's tiles of queries and keys share one size");
 #define FULL_MASK 0xffffffffu
 
 #define TC_D_MAX 256
@@ -387,6 +388,7 @@ __global__ void __launch_bounds__(TC_THREADS)
         dkw[r * L.ldo + c] = 0.0f;
         dvw[r * L.ldo + c] = 0.0f;
     }
+    __syncwarp(); /* the epilogue reads other lanes' zeros when no query tile runs */
     const int rme = lane >> 1, side = lane & 1;
     const int64_t kme = j0 + warp * 16 + rme;
     const T *kw = ks + warp * 16 * ldh, *vw = vs + warp * 16 * ldh;
@@ -462,46 +464,48 @@ static lh_status tc_launch(lh_backend *be, float *out, float *lse, const float *
     return lh__cuda_launched(be, "attention (tensor cores)");
 }
 
+/* The backward kernels that fit the device's shared memory; each one run
+ * sets its outputs' pointers to NULL (what is left, the caller computes). */
 template <typename T>
-static lh_status tc_backward(lh_backend *be, float *dq, float *dk, float *dv, const float *dout,
-                             const float *lse, const float *dd, const float *q, const float *k,
-                             const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk,
-                             int d, float scale, int causal) {
+static lh_status tc_backward(lh_backend *be, float **dq, float **dk, float **dv,
+                             const float *dout, const float *lse, const float *dd, const float *q,
+                             const float *k, const float *v, int64_t b, int64_t heads, int64_t nq,
+                             int64_t nk, int d, float scale, int causal) {
     cudaStream_t st = lh__cuda(be)->stream;
     tc_bwd_layout Lq = tc_bwd_layout_for(d, 0), Lkv = tc_bwd_layout_for(d, 1);
-    /* both kernels must fit before either runs */
-    lh_status s = LH_OK;
-    if (dq) s = tc_smem_optin(be, (const void *)attn_tc_dq_kernel<T>, Lq.bytes);
-    if (s == LH_OK && (dk || dv))
-        s = tc_smem_optin(be, (const void *)attn_tc_dkv_kernel<T>, Lkv.bytes);
-    if (s != LH_OK) return s;
     int64_t qt = (nq + TC_M - 1) / TC_M, kt = (nk + TC_N - 1) / TC_N, qb, kb;
     if (!lh__cu_mul2(&qb, b * heads, qt) || !lh__cu_mul2(&kb, b * heads, kt) || qb > INT32_MAX ||
-        kb > INT32_MAX)
-        return LH_ERR_UNSUPPORTED;
-    if (dq && qb > 0) {
+        kb > INT32_MAX || qb == 0 || kb == 0)
+        return LH_OK; /* all left to the float32 kernels */
+    lh_status s;
+    if (*dq && (s = tc_smem_optin(be, (const void *)attn_tc_dq_kernel<T>, Lq.bytes)) !=
+                   LH_ERR_UNSUPPORTED) {
+        if (s != LH_OK) return s;
         attn_tc_dq_kernel<T><<<(unsigned)qb, TC_THREADS, Lq.bytes, st>>>(
-            dq, dout, lse, dd, q, k, v, heads, nq, nk, d, scale, causal, qt, Lq);
+            *dq, dout, lse, dd, q, k, v, heads, nq, nk, d, scale, causal, qt, Lq);
         if ((s = lh__cuda_launched(be, "attention_backward (tensor cores, dq)")) != LH_OK) return s;
+        *dq = NULL;
     }
-    if ((dk || dv) && kb > 0) {
+    if ((*dk || *dv) && (s = tc_smem_optin(be, (const void *)attn_tc_dkv_kernel<T>,
+                                           Lkv.bytes)) != LH_ERR_UNSUPPORTED) {
+        if (s != LH_OK) return s;
         attn_tc_dkv_kernel<T><<<(unsigned)kb, TC_THREADS, Lkv.bytes, st>>>(
-            dk, dv, dout, lse, dd, q, k, v, heads, nq, nk, d, scale, causal, kt, Lkv);
+            *dk, *dv, dout, lse, dd, q, k, v, heads, nq, nk, d, scale, causal, kt, Lkv);
         if ((s = lh__cuda_launched(be, "attention_backward (tensor cores, dk, dv)")) != LH_OK)
             return s;
+        *dk = *dv = NULL;
     }
     return LH_OK;
 }
 
-extern "C" lh_status lh__cuda_attention_tc_backward(lh_backend *be, float *dq, float *dk,
-                                                    float *dv, const float *dout,
+extern "C" lh_status lh__cuda_attention_tc_backward(lh_backend *be, float **dq, float **dk,
+                                                    float **dv, const float *dout,
                                                     const float *lse, const float *dd,
                                                     const float *q, const float *k,
                                                     const float *v, int64_t b, int64_t heads,
                                                     int64_t nq, int64_t nk, int64_t d,
                                                     float scale, int causal, lh_dtype act) {
-    if (d < 1 || d > TC_D_MAX || (act != LH_DTYPE_F16 && act != LH_DTYPE_BF16))
-        return LH_ERR_UNSUPPORTED;
+    if (d < 1 || d > TC_D_MAX || (act != LH_DTYPE_F16 && act != LH_DTYPE_BF16)) return LH_OK;
     return act == LH_DTYPE_F16
                ? tc_backward<__half>(be, dq, dk, dv, dout, lse, dd, q, k, v, b, heads, nq, nk,
                                      (int)d, scale, causal)

@@ -114,14 +114,16 @@ lh_status lh__cuda_layer_norm_backward(lh_backend *be, float *dx, float *dgamma,
 /* The attention forward as two batched cuBLAS products around a softmax
  * kernel (attention_gemm.cu); LH_ERR_UNSUPPORTED for what it does not take
  * (the caller then runs the flash kernel). */
-/* attention_tc.cu: LH_ERR_UNSUPPORTED when act, d or the device's shared
- * memory do not suit them (the caller runs attention.cu's kernels). The
- * backward takes lse and D = rowsum(dO * O) [b, heads, nq] from the caller. */
+/* attention_tc.cu. The forward: LH_ERR_UNSUPPORTED when act, d or the
+ * device's shared memory do not suit it (the caller runs attention.cu's
+ * kernel). The backward takes lse and D = rowsum(dO * O) [b, heads, nq]
+ * from the caller and sets *dq, and *dk and *dv, to NULL for what it
+ * computed; the caller computes the rest. */
 lh_status lh__cuda_attention_tc(lh_backend *be, float *out, float *lse, const float *q,
                                 const float *k, const float *v, int64_t b, int64_t heads,
                                 int64_t nq, int64_t nk, int64_t d, float scale, int causal,
                                 lh_dtype act);
-lh_status lh__cuda_attention_tc_backward(lh_backend *be, float *dq, float *dk, float *dv,
+lh_status lh__cuda_attention_tc_backward(lh_backend *be, float **dq, float **dk, float **dv,
                                          const float *dout, const float *lse, const float *dd,
                                          const float *q, const float *k, const float *v,
                                          int64_t b, int64_t heads, int64_t nq, int64_t nk,
