@@ -5,6 +5,7 @@
  * checkpoints, export and bad input are tests/cli_train.sh's.)
  * Run from <build>/tests with LH_SOURCE_DIR set (ctest does this). */
 #include <check.h>
+#include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -378,26 +379,36 @@ typedef struct waits {
     size_t at[8];
     int n;
     int64_t skipped;
+    float scale;
 } waits;
 
 static void count_waits(void *user, const lh_train_progress *p) {
     waits *w = user;
     if (p->step >= 1 && p->step <= 8) w->at[p->step - 1] = fake_device_waits(w->be), w->n = (int)p->step;
     w->skipped = p->skipped;
+    w->scale = p->loss_scale;
+}
+
+/* w's dataset with cached latents and text (made on the cpu backend). */
+static void cache_dataset(const workdir *w) {
+    lh_error err = {0};
+    char msg[256];
+    lh_backend *cpu = NULL;
+    ck_assert_msg(lh_backend_cpu_create(&cpu, 1, msg, sizeof msg) == LH_OK, "%s", msg);
+    lh_model *m = NULL;
+    ck_assert_msg(lh_model_open(&m, cpu, w->model, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_dataset_cache(w->data, m, w->model, NULL, NULL, &err) == LH_OK, "%s", err.msg);
+    lh_model_close(m);
+    lh_backend_destroy(cpu);
 }
 
 START_TEST(test_one_wait_per_step) {
     workdir w;
     workdir_make(&w);
+    cache_dataset(&w);
     lh_error err = {0};
     char msg[256];
-    lh_backend *cpu = NULL, *dev = NULL;
-    ck_assert_msg(lh_backend_cpu_create(&cpu, 1, msg, sizeof msg) == LH_OK, "%s", msg);
-    lh_model *m = NULL;
-    ck_assert_msg(lh_model_open(&m, cpu, w.model, &err) == LH_OK, "%s", err.msg);
-    ck_assert_msg(lh_dataset_cache(w.data, m, w.model, NULL, NULL, &err) == LH_OK, "%s", err.msg);
-    lh_model_close(m);
-    lh_backend_destroy(cpu);
+    lh_backend *dev = NULL;
     ck_assert_msg(fake_device_create(&dev, 1, msg, sizeof msg) == LH_OK, "%s", msg);
     lh_registry *reg = registry();
     static const char *const runs[] = {"fp32", "fp16", "dropout"};
@@ -436,6 +447,71 @@ START_TEST(test_one_wait_per_step) {
 }
 END_TEST
 
+/* An fp16 step whose loss gradient overflows (loss weights of 1e30: dL/d(out)
+ * times the loss scale is past 65504) is skipped on the device: AdamW does
+ * nothing (every adam_step of the checkpoint is 0), the scale halves each
+ * step, and the host reads back only to say where (3 waits a step: the
+ * step's, then the sums and the U-Net's counts for the warning). */
+START_TEST(test_overflow_skipped_on_device) {
+    workdir w;
+    workdir_make(&w);
+    cache_dataset(&w);
+    hid_t f = H5Fopen(w.data, H5F_ACC_RDWR, H5P_DEFAULT);
+    ck_assert(f >= 0);
+    hsize_t n = 6;
+    float big[6] = {1e30f, 1e30f, 1e30f, 1e30f, 1e30f, 1e30f};
+    hid_t sp = H5Screate_simple(1, &n, NULL);
+    hid_t d = H5Dcreate2(f, "/weights", H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    ck_assert(d >= 0 && H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, big) >= 0);
+    H5Dclose(d), H5Sclose(sp), H5Fclose(f);
+    lh_error err = {0};
+    char msg[256];
+    lh_backend *dev = NULL;
+    ck_assert_msg(fake_device_create(&dev, 1, msg, sizeof msg) == LH_OK, "%s", msg);
+    lh_registry *reg = registry();
+    lh_train_opts o;
+    lh_train_opts_default(&o);
+    o.model = w.model;
+    o.dataset = w.data;
+    o.output_dir = w.out;
+    o.backend = dev;
+    o.threads = 1;
+    o.steps = 3;
+    o.max_grad_norm = 1.0;
+    o.precision = LH_DTYPE_F16;
+    o.save_every = 0;
+    o.seed = 9;
+    waits c = {.be = dev};
+    ck_assert_msg(lh_train_run(&o, reg, count_waits, &c, NULL, &err) == LH_OK, "%s", err.msg);
+    ck_assert_int_eq(c.n, 3);
+    ck_assert_int_eq(c.skipped, 3);
+    ck_assert_msg(c.scale == 8192.0f, "loss scale %g after three overflows", (double)c.scale);
+    ck_assert_msg(c.at[1] - c.at[0] == 3, "a skipped step waited %zu times", c.at[1] - c.at[0]);
+    char ck[4300];
+    snprintf(ck, sizeof ck, "%s/checkpoints", w.out);
+    lh_ckpt *cp = NULL;
+    ck_assert_msg(lh_ckpt_open_latest(&cp, ck, &err) == LH_OK, "%s", err.msg);
+    const lh_st_file *sf = lh_ckpt_file(cp);
+    int found = 0;
+    for (size_t i = 0; i < lh_st_count(sf); i++) {
+        const lh_st_tensor *t = lh_st_get(sf, i);
+        if (strcmp(t->name, "adam_step")) continue;
+        int64_t *steps = calloc((size_t)t->numel + 1, sizeof *steps);
+        ck_assert(steps);
+        ck_assert_msg(lh_ckpt_read(steps, cp, t->name, t->dtype, t->ndim, t->shape, &err) == LH_OK,
+                      "%s", err.msg);
+        for (int64_t k = 0; k < t->numel; k++) ck_assert_int_eq(steps[k], 0);
+        free(steps);
+        found = 1;
+    }
+    ck_assert(found);
+    lh_ckpt_close(cp);
+    lh_registry_destroy(reg);
+    lh_backend_destroy(dev);
+    remove_tree(w.dir);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("trainer");
     TCase *tc = tcase_create("tiny");
@@ -444,6 +520,7 @@ int main(void) {
     tcase_add_test(tc, test_adapter_moves_colours);
     tcase_add_test(tc, test_resume_refuses_nan);
     tcase_add_test(tc, test_one_wait_per_step);
+    tcase_add_test(tc, test_overflow_skipped_on_device);
     suite_add_tcase(s, tc);
     TCase *tc_cap = tcase_create("caption_dropout");
     tcase_set_timeout(tc_cap, 300);
