@@ -402,6 +402,19 @@ static void cache_dataset(const workdir *w) {
     lh_backend_destroy(cpu);
 }
 
+/* Options for a run of w on the device dev, clipping at 1, no saves but the last. */
+static void device_opts(lh_train_opts *o, const workdir *w, lh_backend *dev, int64_t steps) {
+    lh_train_opts_default(o);
+    o->model = w->model;
+    o->dataset = w->data;
+    o->output_dir = w->out;
+    o->backend = dev;
+    o->threads = 1;
+    o->steps = steps;
+    o->max_grad_norm = 1.0;
+    o->save_every = 0;
+}
+
 START_TEST(test_one_wait_per_step) {
     workdir w;
     workdir_make(&w);
@@ -414,19 +427,11 @@ START_TEST(test_one_wait_per_step) {
     static const char *const runs[] = {"fp32", "fp16", "dropout"};
     for (int k = 0; k < 3; k++) {
         lh_train_opts o;
-        lh_train_opts_default(&o);
-        o.model = w.model;
-        o.dataset = w.data;
-        o.output_dir = w.out;
-        o.backend = dev;
-        o.threads = 1;
-        o.steps = 5;
+        device_opts(&o, &w, dev, 5);
         o.batch_size = 2;
         o.grad_accum = 2;
-        o.max_grad_norm = 1.0;
         o.precision = k == 1 ? LH_DTYPE_F16 : LH_DTYPE_F32;
         o.dropout = k == 2 ? 0.25 : 0.0;
-        o.save_every = 0;
         o.seed = 5;
         waits c = {.be = dev};
         ck_assert_msg(lh_train_run(&o, reg, count_waits, &c, NULL, &err) == LH_OK, "%s", err.msg);
@@ -470,16 +475,8 @@ START_TEST(test_overflow_skipped_on_device) {
     ck_assert_msg(fake_device_create(&dev, 1, msg, sizeof msg) == LH_OK, "%s", msg);
     lh_registry *reg = registry();
     lh_train_opts o;
-    lh_train_opts_default(&o);
-    o.model = w.model;
-    o.dataset = w.data;
-    o.output_dir = w.out;
-    o.backend = dev;
-    o.threads = 1;
-    o.steps = 3;
-    o.max_grad_norm = 1.0;
+    device_opts(&o, &w, dev, 3);
     o.precision = LH_DTYPE_F16;
-    o.save_every = 0;
     o.seed = 9;
     waits c = {.be = dev};
     ck_assert_msg(lh_train_run(&o, reg, count_waits, &c, NULL, &err) == LH_OK, "%s", err.msg);
