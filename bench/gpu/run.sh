@@ -78,7 +78,7 @@ if want memcheck && command -v compute-sanitizer >/dev/null; then
     for name in test_cuda_parity_dense test_cuda_parity_ops; do
       [[ -x "$build/tests/$name" ]] || continue
       s=$(date +%s)
-      (cd "$build/tests" && lh timeout 140 compute-sanitizer --tool "$tool" \
+      (cd "$build/tests" && LH_PARITY_SMALL=1 lh timeout 140 compute-sanitizer --tool "$tool" \
         --error-exitcode 9 "$build/tests/$name") >"$out/${tool}_$name.log" 2>&1
       rc=$?
       summary+=("| $tool $name | $([[ $rc == 0 ]] && echo clean || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
