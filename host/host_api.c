@@ -45,9 +45,10 @@ static void svc_free(void *p) { free(p); }
  * While an adapter on a device backend is created, run or differentiated,
  * the host binds that backend to the thread (lh_host_api_bind): tensor_new
  * then makes F32 tensors in its memory, and copy, gemm, conv2d (groups 1,
- * square stride and padding), conv2d_backward, axpby and fill with 0 run
- * there. Every other op, and any op whose operands live in different
- * places, runs on host copies: slower, never wrong. */
+ * square stride and padding), conv2d_backward, axpby, mul (F32 operands
+ * there) and fill with 0 run there. Every other op, and any op whose
+ * operands live in different places, runs on host copies: slower, never
+ * wrong. */
 
 static _Thread_local lh_backend *t_bound;
 
@@ -195,6 +196,9 @@ static lh_status svc_lincomb(lh_tensor *out, int n, const double *coef,
 }
 static lh_status svc_mul(lh_tensor *out, const lh_tensor *x, const lh_tensor *y) {
     if (!on_device(out) && !on_device(x) && !on_device(y)) return keep(lh_op_mul(out, x, y, &t_last));
+    if (on_device(out) && x && y && x->be == out->be && y->be == out->be &&
+        x->dtype == LH_DTYPE_F32 && y->dtype == LH_DTYPE_F32)
+        return keep(lh_op_mul(out, x, y, &t_last));
     lh_status st = LH_OK;
     lh_tensor *o = host_copy(out, &st), *xc = host_copy(x, &st), *yc = host_copy(y, &st);
     if (st == LH_OK) st = lh_op_mul(o, xc, yc, &t_last);

@@ -104,6 +104,8 @@ typedef struct lh_backend_ops {
     lh_status (*geglu)(lh_backend *be, float *out, const float *x, int64_t rows, int64_t f);
     /* out = a + b (out may alias a or b). */
     lh_status (*add)(lh_backend *be, float *out, const float *a, const float *b, int64_t n);
+    /* out = a * b elementwise (out may alias a or b). */
+    lh_status (*mul)(lh_backend *be, float *out, const float *a, const float *b, int64_t n);
     /* out = alpha * a + beta * b. */
     lh_status (*axpby)(lh_backend *be, float *out, float alpha, const float *a, float beta,
                        const float *b, int64_t n);
@@ -267,7 +269,7 @@ struct lh_backend {
  * module whose value differs (a stale build read through a changed table
  * would call the wrong ops). Bump the version when an op's signature or
  * the order of the table changes. */
-#define LH_BACKEND_ABI_VERSION 2u
+#define LH_BACKEND_ABI_VERSION 3u
 static inline uint32_t lh_backend_abi(void) {
     return LH_BACKEND_ABI_VERSION << 16 | (uint32_t)sizeof(lh_backend_ops);
 }

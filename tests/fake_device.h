@@ -227,6 +227,10 @@ static lh_status fake_add(lh_backend *be, float *out, const float *a, const floa
                           int64_t n) {
     return CALL(add, FAKE_R(out), FAKE_R(a), FAKE_R(b), n);
 }
+static lh_status fake_mul(lh_backend *be, float *out, const float *a, const float *b,
+                          int64_t n) {
+    return CALL(mul, FAKE_R(out), FAKE_R(a), FAKE_R(b), n);
+}
 static lh_status fake_axpby(lh_backend *be, float *out, float alpha, const float *a, float beta,
                             const float *b, int64_t n) {
     return CALL(axpby, FAKE_R(out), alpha, FAKE_R(a), beta, FAKE_R(b), n);
@@ -415,6 +419,7 @@ static const lh_backend_ops fake_device_ops = {
     .quick_gelu = fake_quick_gelu,
     .geglu = fake_geglu,
     .add = fake_add,
+    .mul = fake_mul,
     .axpby = fake_axpby,
     .add_channel_bias = fake_add_channel_bias,
     .upsample_nearest2x = fake_upsample_nearest2x,

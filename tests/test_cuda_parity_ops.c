@@ -301,7 +301,7 @@ START_TEST(test_geglu) {
 }
 END_TEST
 
-START_TEST(test_add_axpby) {
+START_TEST(test_add_mul_axpby) {
     for (size_t t = 0; t < sizeof ew_sizes / sizeof ew_sizes[0]; t++) {
         int64_t n = ew_sizes[t];
         char what[96];
@@ -315,6 +315,10 @@ START_TEST(test_add_axpby) {
         ck_assert_int_eq(g_cpu->ops->axpby(g_cpu, out.c, 0.7f, a.c, -1.3f, b.c, n), LH_OK);
         snprintf(what, sizeof what, "axpby n=%lld", (long long)n);
         expect_pair(what, out, TOL_F32);
+        ck_assert_int_eq(g_gpu->ops->mul(g_gpu, out.g, a.g, b.g, n), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->mul(g_cpu, out.c, a.c, b.c, n), LH_OK);
+        snprintf(what, sizeof what, "mul n=%lld", (long long)n);
+        expect_pair(what, out, TOL_F32);
         /* out aliasing a, then b */
         ck_assert_int_eq(g_gpu->ops->add(g_gpu, a.g, a.g, b.g, n), LH_OK);
         ck_assert_int_eq(g_cpu->ops->add(g_cpu, a.c, a.c, b.c, n), LH_OK);
@@ -322,7 +326,9 @@ START_TEST(test_add_axpby) {
         ck_assert_int_eq(g_cpu->ops->add(g_cpu, b.c, a.c, b.c, n), LH_OK);
         ck_assert_int_eq(g_gpu->ops->axpby(g_gpu, a.g, 2.0f, a.g, 0.5f, b.g, n), LH_OK);
         ck_assert_int_eq(g_cpu->ops->axpby(g_cpu, a.c, 2.0f, a.c, 0.5f, b.c, n), LH_OK);
-        snprintf(what, sizeof what, "add/axpby in place n=%lld", (long long)n);
+        ck_assert_int_eq(g_gpu->ops->mul(g_gpu, b.g, b.g, a.g, n), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->mul(g_cpu, b.c, b.c, a.c, n), LH_OK);
+        snprintf(what, sizeof what, "add/axpby/mul in place n=%lld", (long long)n);
         expect_pair(what, a, TOL_F32);
         expect_pair(what, b, TOL_F32);
         pair_free(&a);
@@ -867,7 +873,7 @@ int main(void) {
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_activations);
     tcase_add_test(tc, test_geglu);
-    tcase_add_test(tc, test_add_axpby);
+    tcase_add_test(tc, test_add_mul_axpby);
     tcase_add_test(tc, test_channel_bias);
     tcase_add_test(tc, test_timestep_embedding);
     tcase_add_test(tc, test_upsample);

@@ -9,6 +9,7 @@
  *   as test_unet_backward);
  * - whole runs of lh_train_run, three optimizer steps each: LoRA in float32
  *   (U-Net only, and with the text encoder and LoRA dropout) and in fp16,
+ *   LoHa in float32 and bf16,
  *   and full-parameter training (the U-Net's own weights and
  *   AdamW on the device): each step's loss, and the exported adapter or
  *   U-Net tensors; and a run resumed on the device from its checkpoint
@@ -319,9 +320,12 @@ static void dataset(char *path, size_t size) {
                   err.msg);
 }
 
+/* What a run trains: a LoRA (LoCon on the convs), a LoHa, or every U-Net weight. */
+typedef enum { RUN_LORA, RUN_LOHA, RUN_FULL } run_kind;
+
 /* `steps` steps of lh_train_run on be into g_dir/<name> (resuming from its
  * newest checkpoint when `resume`). */
-static void train_steps(lh_backend *be, const char *name, int full, int te, lh_dtype prec,
+static void train_steps(lh_backend *be, const char *name, run_kind kind, int te, lh_dtype prec,
                         int64_t steps, int resume, losses *l) {
     char model[4400], data[4400], out[4400];
     snprintf(model, sizeof model, "%s/tests/fixtures/models/sd1_tiny", g_src);
@@ -344,7 +348,8 @@ static void train_steps(lh_backend *be, const char *name, int full, int te, lh_d
     o.max_grad_norm = 0.05; /* small enough to clip */
     o.seed = 7;
     o.save_every = 0;
-    o.full_parameter = full;
+    o.full_parameter = kind == RUN_FULL;
+    o.adapter = kind == RUN_LOHA ? "loha" : "lora";
     o.train_text_encoder = te;
     o.dropout = te ? 0.1 : 0.0; /* the text-encoder case also takes LoRA dropout (staged) */
     o.precision = prec;
@@ -358,8 +363,9 @@ static void train_steps(lh_backend *be, const char *name, int full, int te, lh_d
 }
 
 /* Three steps of lh_train_run on be into g_dir/<name>. */
-static void train(lh_backend *be, const char *name, int full, int te, lh_dtype prec, losses *l) {
-    train_steps(be, name, full, te, prec, 3, 0, l);
+static void train(lh_backend *be, const char *name, run_kind kind, int te, lh_dtype prec,
+                  losses *l) {
+    train_steps(be, name, kind, te, prec, 3, 0, l);
 }
 
 /* Every tensor of file a against the same-named tensor of file b: all of
@@ -398,16 +404,17 @@ static void compare_files(const char *what, const char *a, const char *b, double
     lh_st_close(fb);
 }
 
-static void run_case(const char *name, int full, int te, lh_dtype prec, double tol_loss,
+static void run_case(const char *name, run_kind kind, int te, lh_dtype prec, double tol_loss,
                      double tol_w, double tol_each) {
     losses lg, lc;
     char gname[64], cname[64], what[96], fa[4400], fb[4400];
     snprintf(gname, sizeof gname, "%s-device", name);
     snprintf(cname, sizeof cname, "%s-cpu", name);
-    train(g_gpu, gname, full, te, prec, &lg);
-    train(g_cpu, cname, full, te, prec, &lc);
+    train(g_gpu, gname, kind, te, prec, &lg);
+    train(g_cpu, cname, kind, te, prec, &lc);
     snprintf(what, sizeof what, "train %s: step losses", name);
     expect_close(what, lg.v, lc.v, 3, tol_loss);
+    int full = kind == RUN_FULL;
     const char *file = full ? "unet/diffusion_pytorch_model.safetensors" : "lora.safetensors";
     snprintf(fa, sizeof fa, "%s/%s/%s", g_dir, gname, file);
     snprintf(fb, sizeof fb, "%s/%s/%s", g_dir, cname, file);
@@ -419,21 +426,32 @@ static void run_case(const char *name, int full, int te, lh_dtype prec, double t
  * size, so a weight whose gradients are tiny and noisy carries more of the
  * backends' rounding than the whole: each tensor gets 100 times the room. */
 START_TEST(test_train_lora_fp32) {
-    run_case("lora-fp32", 0, 0, LH_DTYPE_F32, TOL_F32, TOL_F32, 100 * TOL_F32);
+    run_case("lora-fp32", RUN_LORA, 0, LH_DTYPE_F32, TOL_F32, TOL_F32, 100 * TOL_F32);
 }
 END_TEST
 
 START_TEST(test_train_lora_te) {
-    run_case("lora-te", 0, 1, LH_DTYPE_F32, TOL_F32, TOL_F32, 100 * TOL_F32);
+    run_case("lora-te", RUN_LORA, 1, LH_DTYPE_F32, TOL_F32, TOL_F32, 100 * TOL_F32);
 }
 END_TEST
 
 START_TEST(test_train_lora_fp16) {
-    run_case("lora-fp16", 0, 0, LH_DTYPE_F16, TOL_HALF, TOL_HALF, 5 * TOL_HALF);
+    run_case("lora-fp16", RUN_LORA, 0, LH_DTYPE_F16, TOL_HALF, TOL_HALF, 5 * TOL_HALF);
 }
 END_TEST
 
-START_TEST(test_train_full) { run_case("full", 1, 0, LH_DTYPE_F32, TOL_F32, TOL_F32, 100 * TOL_F32); }
+/* LoHa: its delta rebuilt and differentiated on the device each step. */
+START_TEST(test_train_loha_fp32) {
+    run_case("loha-fp32", RUN_LOHA, 0, LH_DTYPE_F32, TOL_F32, TOL_F32, 100 * TOL_F32);
+}
+END_TEST
+
+START_TEST(test_train_loha_bf16) {
+    run_case("loha-bf16", RUN_LOHA, 0, LH_DTYPE_BF16, TOL_HALF, TOL_HALF, 5 * TOL_HALF);
+}
+END_TEST
+
+START_TEST(test_train_full) { run_case("full", RUN_FULL, 0, LH_DTYPE_F32, TOL_F32, TOL_F32, 100 * TOL_F32); }
 END_TEST
 
 /* On the device, a run stopped after step 2 and resumed from its
@@ -441,9 +459,9 @@ END_TEST
  * back) ends where the uninterrupted run ends. */
 START_TEST(test_resume_on_device) {
     losses a, b;
-    train_steps(g_gpu, "resume-whole", 0, 0, LH_DTYPE_F32, 3, 0, &a);
-    train_steps(g_gpu, "resume-split", 0, 0, LH_DTYPE_F32, 2, 0, &b);
-    train_steps(g_gpu, "resume-split", 0, 0, LH_DTYPE_F32, 3, 1, &b);
+    train_steps(g_gpu, "resume-whole", RUN_LORA, 0, LH_DTYPE_F32, 3, 0, &a);
+    train_steps(g_gpu, "resume-split", RUN_LORA, 0, LH_DTYPE_F32, 2, 0, &b);
+    train_steps(g_gpu, "resume-split", RUN_LORA, 0, LH_DTYPE_F32, 3, 1, &b);
     expect_close("resumed run: step 3 loss", &b.v[2], &a.v[2], 1, 1e-6);
     char fa[4400], fb[4400];
     snprintf(fa, sizeof fa, "%s/resume-split/lora.safetensors", g_dir);
@@ -481,6 +499,8 @@ int main(void) {
     tcase_add_test(tc, test_train_lora_fp32);
     tcase_add_test(tc, test_train_lora_te);
     tcase_add_test(tc, test_train_lora_fp16);
+    tcase_add_test(tc, test_train_loha_fp32);
+    tcase_add_test(tc, test_train_loha_bf16);
     tcase_add_test(tc, test_train_full);
     tcase_add_test(tc, test_resume_on_device);
     suite_add_tcase(s, tc);

@@ -773,6 +773,17 @@ START_TEST(test_elementwise) {
             CHECK_REL(got, ref, n, 1e-7, "add in place n=%lld", (long long)n);
             free(got);
             ck_assert_int_eq(be->ops->upload(be, da, a, (size_t)n * sizeof(float)), LH_OK);
+            /* mul, then in place: out = b */
+            ck_assert_int_eq(be->ops->mul(be, dout, da, db, n), LH_OK);
+            got = down(be, dout, n);
+            for (int64_t i = 0; i < n; i++) ref[i] = (double)a[i] * b[i];
+            CHECK_REL(got, ref, n, 1e-7, "mul n=%lld", (long long)n);
+            free(got);
+            ck_assert_int_eq(be->ops->mul(be, db, da, db, n), LH_OK);
+            got = down(be, db, n);
+            CHECK_REL(got, ref, n, 1e-7, "mul in place n=%lld", (long long)n);
+            free(got);
+            ck_assert_int_eq(be->ops->upload(be, db, b, (size_t)n * sizeof(float)), LH_OK);
             /* axpby, out = b */
             ck_assert_int_eq(be->ops->axpby(be, db, 0.3f, da, -1.7f, db, n), LH_OK);
             got = down(be, db, n);

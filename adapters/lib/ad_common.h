@@ -111,6 +111,17 @@ lh_status lh_ad_factor_dense(const lh_ad_base *b, float **out, const lh_ad_facto
  * NULL grads are skipped. */
 lh_status lh_ad_factor_grad(const lh_ad_base *b, lh_tensor *const *grads, const lh_ad_factor *f,
                             const float *g, char *err, size_t err_size);
+/* The same two on tensors, where they live (a device's memory during
+ * training on one: no copy to the host), float32 GEMMs: out = alpha * the
+ * dense value (out holds rows * in * k elements), and grads[gi_*] +=
+ * alpha * dL/d(each stored tensor) given the tensor g = dL/d(dense).
+ * LH_ERR_UNSUPPORTED for Tucker factors or a host without tensor_reshape
+ * (the callers then take the host arrays above); other failures carry the
+ * host's message. */
+lh_status lh_ad_factor_dense_t(const lh_ad_base *b, lh_tensor *out, const lh_ad_factor *f,
+                               double alpha, char *err, size_t err_size);
+lh_status lh_ad_factor_grad_t(const lh_ad_base *b, lh_tensor *const *grads, const lh_ad_factor *f,
+                              const lh_tensor *g, double alpha, char *err, size_t err_size);
 
 /* ---- DoRA weight decomposition ----
  * V = W + cv * unit, nrm = ||V|| per slice (a slice is an output row,
@@ -185,5 +196,9 @@ lh_status lh_ad_dense_forward(void *state, lh_tensor *y, const lh_tensor *x, dou
 /* *g = new array dL/d(unit) [numel] for the forward at `scale`; dx += dL/dx. */
 lh_status lh_ad_dense_backward(lh_ad_dense *d, float **g, lh_tensor *dx, const lh_tensor *dy,
                                const lh_tensor *x, double scale, char *err, size_t err_size);
+/* The same into a new tensor *g shaped like the base weight, where the
+ * host keeps tensors (no copy to the host). */
+lh_status lh_ad_dense_backward_t(lh_ad_dense *d, lh_tensor **g, lh_tensor *dx, const lh_tensor *dy,
+                                 const lh_tensor *x, double scale, char *err, size_t err_size);
 
 #endif

@@ -36,6 +36,14 @@ lh_status lh_ad_dense_forward(void *state, lh_tensor *y, const lh_tensor *x, dou
     return lh_ad_forward(&d->b, y, x, &one, 1, scale, NULL, err, err_size);
 }
 
+lh_status lh_ad_dense_backward_t(lh_ad_dense *d, lh_tensor **g, lh_tensor *dx, const lh_tensor *dy,
+                                 const lh_tensor *x, double scale, char *err, size_t err_size) {
+    lh_ad_stage one = stage_of(d);
+    lh_status st = (*g = lh_ad_new_weight(&d->b)) ? d->b.host->tensor_fill(*g, 0.0) : LH_ERR_NOMEM;
+    if (st != LH_OK) return lh_ad_host_fail(&d->b, err, err_size, st, "delta gradient");
+    return lh_ad_backward(&d->b, NULL, g, dx, dy, x, &one, 1, scale, err, err_size);
+}
+
 lh_status lh_ad_dense_backward(lh_ad_dense *d, float **g, lh_tensor *dx, const lh_tensor *dy,
                                const lh_tensor *x, double scale, char *err, size_t err_size) {
     lh_ad_stage one = stage_of(d);

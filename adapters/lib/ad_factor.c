@@ -120,6 +120,52 @@ lh_status lh_ad_factor_dense(const lh_ad_base *b, float **out, const lh_ad_facto
     return st;
 }
 
+lh_status lh_ad_factor_dense_t(const lh_ad_base *b, lh_tensor *out, const lh_ad_factor *f,
+                               double alpha, char *err, size_t err_size) {
+    lh_status st = f->w ? b->host->tensor_axpby(out, alpha, f->w, 0.0, NULL)
+                        : gemm_dense(b, out, f, alpha, 0.0);
+    return st == LH_OK || st == LH_ERR_UNSUPPORTED
+               ? st
+               : lh_ad_host_fail(b, err, err_size, st, "dense factor");
+}
+
+/* dst += alpha * op(a) op(b), each viewed as a matrix: dst [m, n], op(a)
+ * [m, k] (a stored [k, m] when ta), op(b) [k, n] (b stored [n, k] when tb). */
+static lh_status gemm_into(const lh_host_api *h, lh_tensor *dst, const lh_tensor *a,
+                           const lh_tensor *bt, int ta, int tb, int64_t m, int64_t k, int64_t n,
+                           double alpha) {
+    const int64_t sd[2] = {m, n}, sa[2] = {ta ? k : m, ta ? m : k}, sb[2] = {tb ? n : k, tb ? k : n};
+    lh_tensor *vd = h->tensor_reshape(dst, 2, sd), *va = h->tensor_reshape(a, 2, sa);
+    lh_tensor *vb = h->tensor_reshape(bt, 2, sb);
+    lh_status st = vd && va && vb ? h->gemm(vd, va, vb, ta, tb, alpha, 1.0) : LH_ERR_NOMEM;
+    h->tensor_free(vd);
+    h->tensor_free(va);
+    h->tensor_free(vb);
+    return st;
+}
+
+lh_status lh_ad_factor_grad_t(const lh_ad_base *b, lh_tensor *const *grads, const lh_ad_factor *f,
+                              const lh_tensor *g, double alpha, char *err, size_t err_size) {
+    const lh_host_api *h = b->host;
+    lh_tensor *gw = lh_ad_grad(grads, f->gi_w), *gu = lh_ad_grad(grads, f->gi_up);
+    lh_tensor *gd = lh_ad_grad(grads, f->gi_down);
+    int64_t cols = f->in * f->k;
+    lh_status st = LH_OK;
+    if (f->w) {
+        st = gw ? h->tensor_axpby(gw, 1.0, gw, alpha, g) : LH_OK;
+    } else if (f->mid || h->size <= offsetof(lh_host_api, tensor_reshape) || !h->tensor_reshape) {
+        return LH_ERR_UNSUPPORTED;
+    } else { /* dense = U [rows, r] @ D [r, cols], U stored [r, rows] when up_t */
+        if (gu && f->up_t) /* gU^T = D G^T */
+            st = gemm_into(h, gu, f->down, g, 0, 1, f->r, cols, f->rows, alpha);
+        else if (gu) /* gU = G D^T */
+            st = gemm_into(h, gu, g, f->down, 0, 1, f->rows, cols, f->r, alpha);
+        if (st == LH_OK && gd) /* gD = U^T G */
+            st = gemm_into(h, gd, f->up, g, !f->up_t, 0, f->r, f->rows, cols, alpha);
+    }
+    return st == LH_OK ? st : lh_ad_host_fail(b, err, err_size, st, "factor gradient");
+}
+
 /* grads of mid and down from gcore = dL/d(core) [r, in, k]. */
 static lh_status tucker_grad(const lh_ad_base *b, lh_tensor *gm, lh_tensor *gd, const arrays *a,
                              const float *gc, const lh_ad_factor *f, char *err, size_t err_size) {

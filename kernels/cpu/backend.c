@@ -110,6 +110,7 @@ static const lh_backend_ops cpu_ops = {
     .quick_gelu = lh__cpu_r_quick_gelu,
     .geglu = lh__cpu_r_geglu,
     .add = lh__cpu_r_add,
+    .mul = lh__cpu_r_mul,
     .axpby = lh__cpu_r_axpby,
     .add_channel_bias = lh__cpu_r_add_channel_bias,
     .upsample_nearest2x = lh__cpu_upsample_nearest2x,

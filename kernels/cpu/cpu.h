@@ -106,6 +106,7 @@ lh_status lh__cpu_gelu(lh_backend *be, float *out, const float *x, int64_t n);
 lh_status lh__cpu_quick_gelu(lh_backend *be, float *out, const float *x, int64_t n);
 lh_status lh__cpu_geglu(lh_backend *be, float *out, const float *x, int64_t rows, int64_t f);
 lh_status lh__cpu_add(lh_backend *be, float *out, const float *a, const float *b, int64_t n);
+lh_status lh__cpu_mul(lh_backend *be, float *out, const float *a, const float *b, int64_t n);
 lh_status lh__cpu_axpby(lh_backend *be, float *out, float alpha, const float *a, float beta,
                         const float *b, int64_t n);
 lh_status lh__cpu_add_channel_bias(lh_backend *be, float *out, const float *x, const float *bias,
@@ -193,6 +194,7 @@ lh_status lh__cpu_r_gelu(lh_backend *be, float *out, const float *x, int64_t n);
 lh_status lh__cpu_r_quick_gelu(lh_backend *be, float *out, const float *x, int64_t n);
 lh_status lh__cpu_r_geglu(lh_backend *be, float *out, const float *x, int64_t rows, int64_t f);
 lh_status lh__cpu_r_add(lh_backend *be, float *out, const float *a, const float *b, int64_t n);
+lh_status lh__cpu_r_mul(lh_backend *be, float *out, const float *a, const float *b, int64_t n);
 lh_status lh__cpu_r_axpby(lh_backend *be, float *out, float alpha, const float *a, float beta, const float *b, int64_t n);
 lh_status lh__cpu_r_add_channel_bias(lh_backend *be, float *out, const float *x, const float *bias, int64_t outer, int64_t c, int64_t inner);
 lh_status lh__cpu_r_timestep_embedding(lh_backend *be, float *out, const float *timesteps, int64_t n, int64_t dim, int flip_sin_to_cos, float downscale_freq_shift, float max_period);

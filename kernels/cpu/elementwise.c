@@ -8,6 +8,10 @@ LH_HOT static void add_run(float *out, const float *a, const float *b, int64_t n
     for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
+LH_HOT static void mul_run(float *out, const float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] * b[i];
+}
+
 LH_HOT static void axpby_run(float *out, float alpha, const float *a, float beta, const float *b,
                              int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = alpha * a[i] + beta * b[i];
@@ -20,16 +24,26 @@ static lh_status check_n(int64_t n, const void *p, const void *q, const void *r)
     return LH_OK;
 }
 
-lh_status lh__cpu_add(lh_backend *be, float *out, const float *a, const float *b, int64_t n) {
+/* out = run(a, b) chunk by chunk across the threads. */
+static lh_status binary(lh_backend *be, void (*run)(float *, const float *, const float *, int64_t),
+                        float *out, const float *a, const float *b, int64_t n) {
     lh_status st = check_n(n, out, a, b);
     if (st != LH_OK || n == 0) return st;
     int64_t chunks = (n + EW_CHUNK - 1) / EW_CHUNK;
 #pragma omp parallel for num_threads(lh__cpu_threads(be)) schedule(static) if (chunks > 1)
     for (int64_t ch = 0; ch < chunks; ch++) {
         int64_t i0 = ch * EW_CHUNK;
-        add_run(out + i0, a + i0, b + i0, n - i0 < EW_CHUNK ? n - i0 : EW_CHUNK);
+        run(out + i0, a + i0, b + i0, n - i0 < EW_CHUNK ? n - i0 : EW_CHUNK);
     }
     return LH_OK;
+}
+
+lh_status lh__cpu_add(lh_backend *be, float *out, const float *a, const float *b, int64_t n) {
+    return binary(be, add_run, out, a, b, n);
+}
+
+lh_status lh__cpu_mul(lh_backend *be, float *out, const float *a, const float *b, int64_t n) {
+    return binary(be, mul_run, out, a, b, n);
 }
 
 lh_status lh__cpu_axpby(lh_backend *be, float *out, float alpha, const float *a, float beta,

@@ -170,6 +170,10 @@ lh_status lh__cpu_r_add(lh_backend *be, float *out, const float *a, const float 
     return after(be, lh__cpu_add(be, out, a, b, n), out, n);
 }
 
+lh_status lh__cpu_r_mul(lh_backend *be, float *out, const float *a, const float *b, int64_t n) {
+    return after(be, lh__cpu_mul(be, out, a, b, n), out, n);
+}
+
 lh_status lh__cpu_r_axpby(lh_backend *be, float *out, float alpha, const float *a, float beta,
                           const float *b, int64_t n) {
     return after(be, lh__cpu_axpby(be, out, alpha, a, beta, b, n), out, n);

@@ -333,6 +333,10 @@ static lh_status r_add(lh_backend *be, float *out, const float *a, const float *
     return lh__cuda_after(be, lh__cuda_add(be, out, a, b, n), out, (uint64_t)n);
 }
 
+static lh_status r_mul(lh_backend *be, float *out, const float *a, const float *b, int64_t n) {
+    return lh__cuda_after(be, lh__cuda_mul(be, out, a, b, n), out, (uint64_t)n);
+}
+
 static lh_status r_axpby(lh_backend *be, float *out, float alpha, const float *a, float beta,
                          const float *b, int64_t n) {
     return lh__cuda_after(be, lh__cuda_axpby(be, out, alpha, a, beta, b, n), out, (uint64_t)n);
@@ -460,6 +464,7 @@ static const lh_backend_ops cuda_ops = {
     /* .quick_gelu = */ r_quick_gelu,
     /* .geglu = */ r_geglu,
     /* .add = */ r_add,
+    /* .mul = */ r_mul,
     /* .axpby = */ r_axpby,
     /* .add_channel_bias = */ r_add_channel_bias,
     /* .upsample_nearest2x = */ lh__cuda_upsample_nearest2x,

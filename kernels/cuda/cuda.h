@@ -144,6 +144,7 @@ lh_status lh__cuda_gelu(lh_backend *be, float *out, const float *x, int64_t n);
 lh_status lh__cuda_quick_gelu(lh_backend *be, float *out, const float *x, int64_t n);
 lh_status lh__cuda_geglu(lh_backend *be, float *out, const float *x, int64_t rows, int64_t f);
 lh_status lh__cuda_add(lh_backend *be, float *out, const float *a, const float *b, int64_t n);
+lh_status lh__cuda_mul(lh_backend *be, float *out, const float *a, const float *b, int64_t n);
 lh_status lh__cuda_axpby(lh_backend *be, float *out, float alpha, const float *a, float beta,
                          const float *b, int64_t n);
 lh_status lh__cuda_add_channel_bias(lh_backend *be, float *out, const float *x, const float *bias,

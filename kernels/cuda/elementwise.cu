@@ -105,6 +105,10 @@ __global__ void add_kernel(float *out, const float *a, const float *b, int64_t n
     LH_CU_FOR(i, n) out[i] = a[i] + b[i];
 }
 
+__global__ void mul_kernel(float *out, const float *a, const float *b, int64_t n) {
+    LH_CU_FOR(i, n) out[i] = __fmul_rn(a[i], b[i]);
+}
+
 __global__ void axpby_kernel(float *out, float alpha, const float *a, float beta, const float *b,
                              int64_t n) {
     LH_CU_FOR(i, n) out[i] = alpha * a[i] + beta * b[i];
@@ -123,12 +127,23 @@ static lh_status check_n(int64_t n, const void *p, const void *q, const void *r)
     return LH_OK;
 }
 
-extern "C" lh_status lh__cuda_add(lh_backend *be, float *out, const float *a, const float *b,
-                                  int64_t n) {
+/* out = kernel(a, b) over n elements. */
+static lh_status binary(lh_backend *be, void (*kernel)(float *, const float *, const float *, int64_t),
+                        float *out, const float *a, const float *b, int64_t n, const char *what) {
     lh_status st = check_n(n, out, a, b);
     if (st != LH_OK || n == 0) return st;
-    add_kernel<<<lh__cuda_grid(n, EW_BLOCK), EW_BLOCK, 0, lh__cuda(be)->stream>>>(out, a, b, n);
-    return lh__cuda_launched(be, "add");
+    kernel<<<lh__cuda_grid(n, EW_BLOCK), EW_BLOCK, 0, lh__cuda(be)->stream>>>(out, a, b, n);
+    return lh__cuda_launched(be, what);
+}
+
+extern "C" lh_status lh__cuda_add(lh_backend *be, float *out, const float *a, const float *b,
+                                  int64_t n) {
+    return binary(be, add_kernel, out, a, b, n, "add");
+}
+
+extern "C" lh_status lh__cuda_mul(lh_backend *be, float *out, const float *a, const float *b,
+                                  int64_t n) {
+    return binary(be, mul_kernel, out, a, b, n, "mul");
 }
 
 extern "C" lh_status lh__cuda_axpby(lh_backend *be, float *out, float alpha, const float *a,
