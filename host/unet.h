@@ -96,6 +96,18 @@ typedef struct lh_unet {
      * memory; lh_unet_release_workspace frees it). */
     float *train_ws;
     size_t train_ws_floats;
+    /* lh_unet_forward's graph (a backend with graph ops, no runtime
+     * adapters): the call it serves, its buffers (backend memory: the
+     * activations, then x, context and out) and the backend's graph once
+     * recorded. lh_unet_release_workspace frees it. */
+    struct lh_unet_graph {
+        int64_t b, h, w, n_ctx;
+        lh_dtype act, weights;
+        size_t floats; /* activations */
+        float *arena;
+        void *graph;
+        int state; /* 0 new, 1 ran once, 2 recorded, 3 recording failed */
+    } graph;
 } lh_unet;
 
 /* ---- Loading ---- */
@@ -278,7 +290,8 @@ LH_API lh_status lh_unet_train_step(lh_unet *m, const lh_unet_train_opts *opts,
 
 /* Training steps keep their activation arena in the U-Net for the next
  * step (no allocation or page faults per step): a U-Net trains one step at
- * a time. This frees it (lh_unet_free does too). */
+ * a time, and lh_unet_forward keeps its graph and that graph's buffers.
+ * This frees both (lh_unet_free does too). */
 LH_API void lh_unet_release_workspace(lh_unet *m);
 
 /* Private to the host: call fn for every parameter of m with its diffusers

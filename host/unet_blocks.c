@@ -14,6 +14,7 @@
 
 #include "unet.h"
 #include "layers.h"
+#include "log.h"
 
 /* ---- The activation plan ---- */
 
@@ -134,6 +135,7 @@ typedef struct run {
     int n_units;
     lh_unet_grads *grads; /* full-parameter gradients, or NULL: frozen base */
     lh_dtype act;         /* activation precision (the backend's set_precision) */
+    int tproj_done;       /* SLOT_TPROJ already holds the timestep table (graphs) */
     /* the NaN/Inf checks of a half-precision step, counted into backend
      * memory as the step runs (lh_unet_checks), or NULL: none */
     lh_unet_checks *ovf;
@@ -632,8 +634,9 @@ static lh_status time_fwd(run *r, const time_acts *a, const float *timesteps) {
     const lh_backend_ops *ops = r->ops;
     lh_backend *be = m->be;
     int64_t b = r->b, c0 = c->block_out_channels[0];
-    OP(ops->timestep_embedding(be, a->tp, timesteps, b, c0, c->flip_sin_to_cos, c->freq_shift,
-                               10000.0f), "time_proj");
+    if (!r->tproj_done)
+        OP(ops->timestep_embedding(be, a->tp, timesteps, b, c0, c->flip_sin_to_cos,
+                                   c->freq_shift, 10000.0f), "time_proj");
     OP(ops->linear(be, a->th, a->tp, m->time1_w, m->time1_b, b, c0, 4 * c0), "time_embedding");
     ADAPT(m->time1_w, a->th, a->tp, b, 1, 1);
     OP(ops->silu(be, a->ths, a->th, b * 4 * c0), "time_embedding");
@@ -805,6 +808,138 @@ size_t lh_unet_forward_workspace(lh_unet *m, int64_t b, int64_t h, int64_t w, in
     return floats * sizeof(float);
 }
 
+/* ---- Inference through a graph ----
+ * On a backend with graph ops and without runtime adapters, the forward
+ * keeps its arena and its own x, context and out buffers between calls of
+ * one shape. The first call runs the ops; the second records them
+ * (graph_begin .. graph_end) and every later one launches the recording.
+ * Each call still computes the timestep table on the host (an upload, which
+ * a graph cannot hold) into its slot, and copies x and context in and out
+ * out, so the recorded pointers never change. Runtime adapters (their
+ * terms allocate and read scales on the host) run op by op, and leave the
+ * recording for when they are gone: no re-recording on a switch. */
+
+enum { GRAPH_NEW, GRAPH_WARM, GRAPH_READY, GRAPH_REFUSED };
+
+static int graph_usable(const lh_unet *m) {
+    const lh_backend_ops *ops = m->be->ops;
+    return ops->graph_begin && ops->graph_end && ops->graph_launch && ops->graph_free &&
+           !(m->adapt && m->adapt->n_runtime);
+}
+
+static void graph_drop(lh_unet *m) {
+    struct lh_unet_graph *g = &m->graph;
+    if (g->graph) m->be->ops->graph_free(m->be, g->graph);
+    if (g->arena) m->be->ops->free(m->be, g->arena);
+    memset(g, 0, sizeof *g);
+}
+
+/* Record the forward into a graph and launch it; when the recording
+ * fails (an op a graph cannot hold), say why once and run the ops. */
+static lh_status graph_record(run *r, float *go, const float *gx, int64_t h, int64_t w) {
+    lh_unet *m = r->m;
+    lh_backend *be = m->be;
+    const lh_backend_ops *ops = be->ops;
+    struct lh_unet_graph *g = &m->graph;
+    lh_error why = {0}, *err = r->err;
+    void *graph = NULL;
+    r->err = &why;
+    lh_status st = ops->graph_begin(be);
+    int refused = st != LH_OK; /* by choice (LORAHOST_CUDA_GRAPHS=0): no warning */
+    if (refused) {
+        lh_error_set(&why, st, "the %s backend does not record graphs", ops->name);
+    } else {
+        lh_status fs = forward(r, go, gx, NULL, h, w);
+        if (fs == LH_OK && r->top != 0)
+            fs = lh_error_set(&why, LH_ERR_INTERNAL, "skip connections left unused");
+        lh_status es = ops->graph_end(be, &graph);
+        if (fs == LH_OK && es != LH_OK) lh_error_set(&why, es, "recording failed");
+        if (fs != LH_OK && graph) {
+            ops->graph_free(be, graph);
+            graph = NULL;
+        }
+        st = fs != LH_OK ? fs : es;
+    }
+    r->err = err;
+    if (st == LH_OK) {
+        g->graph = graph;
+        g->state = GRAPH_READY;
+        st = ops->graph_launch(be, graph);
+        return st == LH_OK ? st : lh_error_set(err, st, "unet forward: graph launch failed");
+    }
+    g->state = GRAPH_REFUSED;
+    lh_log(refused ? LH_LOG_INFO : LH_LOG_WARN, "unet", "forward at batch %lld, %lldx%lld runs op by op, not as a "
+           "graph: %s", (long long)r->b, (long long)h, (long long)w, why.msg);
+    st = forward(r, go, gx, NULL, h, w);
+    if (st == LH_OK && r->top != 0)
+        st = lh_error_set(err, LH_ERR_INTERNAL, "unet forward: %d skip connections left unused",
+                          r->top);
+    return st;
+}
+
+/* lh_unet_forward on the graph's buffers (r planned: `floats`). */
+static lh_status graph_forward(run *r, size_t floats, float *out, const float *x,
+                               const float *timesteps, const float *context, int64_t h,
+                               int64_t w, int64_t n_ctx, lh_error *err) {
+    lh_unet *m = r->m;
+    lh_backend *be = m->be;
+    const lh_backend_ops *ops = be->ops;
+    const lh_unet_config *c = &m->cfg;
+    struct lh_unet_graph *g = &m->graph;
+    int64_t b = r->b;
+    size_t nx = (size_t)(b * c->in_channels * h * w), no = (size_t)(b * c->out_channels * h * w);
+    size_t nc = (size_t)(b * n_ctx * c->cross_attention_dim);
+    if (g->arena && (g->b != b || g->h != h || g->w != w || g->n_ctx != n_ctx ||
+                     g->act != m->act_precision || g->weights != m->weight_precision ||
+                     g->floats != floats))
+        graph_drop(m);
+    if (!g->arena) {
+        size_t total = align_up(floats) + align_up(nx) + align_up(nc) + no;
+        if (!(g->arena = ops->alloc(be, total * sizeof(float))))
+            return lh_error_set(err, LH_ERR_NOMEM, "unet forward: cannot allocate %zu MiB of "
+                                "activations (batch %lld, %lldx%lld)",
+                                (total * sizeof(float)) >> 20, (long long)b, (long long)h,
+                                (long long)w);
+        *g = (struct lh_unet_graph){b, h, w, n_ctx, m->act_precision, m->weight_precision,
+                                    floats, g->arena, NULL, GRAPH_NEW};
+    }
+    float *gx = g->arena + align_up(floats), *gc = gx + align_up(nx), *go = gc + align_up(nc);
+    carve(r, g->arena);
+    r->dry = 0;
+    r->ctx = gc;
+    r->act = m->act_precision;
+    r->tproj_done = 1;
+    const int64_t c0 = c->block_out_channels[0];
+    lh_status st = LH_OK;
+    if (r->act != LH_DTYPE_F32 && (st = ops->set_precision(be, r->act)) != LH_OK)
+        lh_error_set(err, st, "unet forward: set_precision failed");
+    if (st == LH_OK && (st = ops->timestep_embedding(be, S(r, SLOT_TPROJ), timesteps, b, c0,
+                                                     c->flip_sin_to_cos, c->freq_shift,
+                                                     10000.0f)) != LH_OK)
+        lh_error_set(err, st, "unet forward: time_proj failed");
+    if (st == LH_OK && ((st = ops->copy(be, gx, x, nx * sizeof(float))) != LH_OK ||
+                        (st = ops->copy(be, gc, context, nc * sizeof(float))) != LH_OK))
+        lh_error_set(err, st, "unet forward: copying the inputs failed");
+    if (st == LH_OK && g->state == GRAPH_READY) {
+        if ((st = ops->graph_launch(be, g->graph)) != LH_OK)
+            lh_error_set(err, st, "unet forward: graph launch failed");
+    } else if (st == LH_OK && g->state == GRAPH_WARM) {
+        st = graph_record(r, go, gx, h, w);
+    } else if (st == LH_OK) {
+        st = forward(r, go, gx, NULL, h, w);
+        if (st == LH_OK && r->top != 0)
+            st = lh_error_set(err, LH_ERR_INTERNAL, "unet forward: %d skip connections left "
+                              "unused", r->top);
+        if (st == LH_OK && g->state == GRAPH_NEW) g->state = GRAPH_WARM;
+    }
+    if (r->act != LH_DTYPE_F32) ops->set_precision(be, LH_DTYPE_F32);
+    if (st == LH_OK && (st = ops->copy(be, out, go, no * sizeof(float))) != LH_OK)
+        lh_error_set(err, st, "unet forward: copying the output failed");
+    if (st == LH_OK && (st = ops->sync(be)) != LH_OK)
+        lh_error_set(err, st, "unet forward: backend sync failed");
+    return st;
+}
+
 lh_status lh_unet_forward(lh_unet *m, float *out, const float *x, const float *timesteps,
                           const float *context, int64_t b, int64_t h, int64_t w, int64_t n_ctx,
                           lh_error *err) {
@@ -822,7 +957,14 @@ lh_status lh_unet_forward(lh_unet *m, float *out, const float *x, const float *t
     size_t floats;
     st = plan(&r, m, b, h, w, n_ctx, NULL, 0, &floats, err);
     if (st != LH_OK) return st;
-    float *arena = m->be->ops->alloc(m->be, (floats ? floats : 1) * sizeof(float));
+    if (graph_usable(m))
+        return graph_forward(&r, floats, out, x, timesteps, context, h, w, n_ctx, err);
+    /* op by op (runtime adapters): in the graph's arena when it fits */
+    struct lh_unet_graph *g = &m->graph;
+    int shared = g->arena && g->b == b && g->h == h && g->w == w && g->n_ctx == n_ctx &&
+                 g->floats == floats;
+    float *arena = shared ? g->arena
+                          : m->be->ops->alloc(m->be, (floats ? floats : 1) * sizeof(float));
     if (!arena)
         return lh_error_set(err, LH_ERR_NOMEM, "unet forward: cannot allocate %zu MiB of "
                             "activations (batch %lld, %lldx%lld)", (floats * sizeof(float)) >> 20,
@@ -843,7 +985,7 @@ lh_status lh_unet_forward(lh_unet *m, float *out, const float *x, const float *t
         st = m->be->ops->sync(m->be);
         if (st != LH_OK) lh_error_set(err, st, "unet forward: backend sync failed");
     }
-    m->be->ops->free(m->be, arena);
+    if (!shared) m->be->ops->free(m->be, arena);
     return st;
 }
 
@@ -1430,6 +1572,13 @@ lh_status lh_unet_mse_loss(void *ctx, float *dout, float *loss, const float *out
     return LH_OK;
 }
 
+static void train_ws_free(lh_unet *m) {
+    if (!m->train_ws) return;
+    m->be->ops->free(m->be, m->train_ws);
+    m->train_ws = NULL;
+    m->train_ws_floats = 0;
+}
+
 /* The shared body of the training entry points. out_keep: where to copy the
  * prediction (may be NULL); dout_fixed: lh_unet_backward's given gradient,
  * used when loss_fn is NULL. */
@@ -1487,7 +1636,7 @@ static lh_status train(lh_unet *m, const lh_unet_train_opts *o, lh_unet_loss_fn 
     int64_t n_out = b * m->cfg.out_channels * h * w;
     size_t need = floats + align_up((size_t)n_out); /* the activations, then dL/d(out) */
     if (m->train_ws_floats < need) {
-        lh_unet_release_workspace(m);
+        train_ws_free(m);
         m->train_ws = ops->alloc(m->be, need * sizeof(float));
         if (!m->train_ws) {
             free(tape);
@@ -1556,10 +1705,9 @@ static lh_status train(lh_unet *m, const lh_unet_train_opts *o, lh_unet_loss_fn 
 }
 
 void lh_unet_release_workspace(lh_unet *m) {
-    if (!m || !m->train_ws) return;
-    m->be->ops->free(m->be, m->train_ws);
-    m->train_ws = NULL;
-    m->train_ws_floats = 0;
+    if (!m) return;
+    graph_drop(m);
+    train_ws_free(m);
 }
 
 lh_status lh_unet_backward(lh_unet *m, float *out, float *d_context, const float *dout,

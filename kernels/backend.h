@@ -257,6 +257,23 @@ typedef struct lh_backend_ops {
     /* Its backward: dx [n] += mask * dxd / (1 - p), the same mask. */
     lh_status (*dropout_backward)(lh_backend *be, float *dx, const float *dxd, int64_t n,
                                   uint64_t seed, double p);
+
+    /* ---- Graphs (NULL in a backend without them: the cpu one) ----
+     * graph_begin: the ops that follow are recorded, not run, until
+     * graph_end, which ends the recording whatever happened and makes
+     * *graph from it. Ops that wait for the device or read host memory
+     * (upload, download, sync, timestep_embedding, count_nonfinite) fail
+     * while recording; a caller whose recorded ops failed frees the graph
+     * (if one was made) and runs the ops directly. graph_launch runs the
+     * recorded ops again, on the pointers and sizes they were given and
+     * whatever those buffers hold then; memory the recorded ops allocated
+     * (or freed) stays theirs until graph_free, but buffers allocated
+     * before graph_begin must outlive the graph. graph_begin may refuse
+     * (LORAHOST_CUDA_GRAPHS=0 on cuda). */
+    lh_status (*graph_begin)(lh_backend *be);
+    lh_status (*graph_end)(lh_backend *be, void **graph);
+    lh_status (*graph_launch)(lh_backend *be, void *graph);
+    void (*graph_free)(lh_backend *be, void *graph);
 } lh_backend_ops;
 
 struct lh_backend {

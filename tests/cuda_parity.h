@@ -45,6 +45,13 @@ static int g_parity_failed;
         }                                                                                      \
     } while (0)
 
+/* Whether the device under test records graphs: cuda, unless
+ * LORAHOST_CUDA_GRAPHS=0 (the poison device refuses to). */
+__attribute__((unused)) static int parity_graphs(void) {
+    const char *off = getenv("LORAHOST_CUDA_GRAPHS");
+    return !strcmp(g_gpu->ops->name, "cuda") && !(off && !strcmp(off, "0"));
+}
+
 /* 0, or PARITY_SKIP with the reason printed. */
 static int parity_init(void) {
     char msg[512] = "";

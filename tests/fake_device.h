@@ -14,7 +14,8 @@
  * host pointers of the table (timestep_embedding's timesteps,
  * count_nonfinite's count, mse_backward's and adamw's coef, upload's
  * source, download's destination) pass through unchanged. It also counts
- * the calls that make the host wait for a real device (fake_device_waits). */
+ * the calls that make the host wait for a real device (fake_device_waits),
+ * and refuses to record graphs. */
 #ifndef LH_TESTS_FAKE_DEVICE_H
 #define LH_TESTS_FAKE_DEVICE_H
 
@@ -394,6 +395,23 @@ static lh_status fake_dropout_backward(lh_backend *be, float *dx, const float *d
     return CALL(dropout_backward, FAKE_R(dx), FAKE_R(dxd), n, seed, p);
 }
 
+/* Graphs: refused at graph_begin (the host then runs its graph path op by
+ * op, which these tests check against the cpu backend). */
+static lh_status fake_graph_begin(lh_backend *be) {
+    (void)be;
+    return LH_ERR_UNSUPPORTED;
+}
+static lh_status fake_graph_end(lh_backend *be, void **graph) {
+    (void)be;
+    if (graph) *graph = NULL;
+    return LH_ERR_INVALID;
+}
+static lh_status fake_graph_launch(lh_backend *be, void *graph) {
+    (void)be, (void)graph;
+    return LH_ERR_INVALID;
+}
+static void fake_graph_free(lh_backend *be, void *graph) { (void)be, (void)graph; }
+
 #undef CALL
 #undef CPU
 #undef FAKE_R
@@ -451,6 +469,10 @@ static const lh_backend_ops fake_device_ops = {
     .copy = fake_copy,
     .dropout = fake_dropout,
     .dropout_backward = fake_dropout_backward,
+    .graph_begin = fake_graph_begin,
+    .graph_end = fake_graph_end,
+    .graph_launch = fake_graph_launch,
+    .graph_free = fake_graph_free,
 };
 
 /* How many times so far the host would have waited for a real device. */

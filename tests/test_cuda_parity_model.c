@@ -4,8 +4,11 @@
  * fp32 components at 1e-5 relative (each is many ops deep, so the bound
  * is on the output's largest magnitude); the whole generation compares the
  * final latents at 1e-4 (20 scheduler steps feed rounding back) and the
- * decoded images within 1/255; the same with a LoRA, runtime and merged. Skips (77) without the module or a device;
- * run with CK_FORK=no. */
+ * decoded images within 1/255; the same with a LoRA, runtime and merged.
+ * The U-Net's repeated calls run through a CUDA graph (recorded on the
+ * second call of a shape): its outputs on new inputs, and that runtime
+ * adapters switched on and off leave the graph as it was. Skips (77)
+ * without the module or a device; run with CK_FORK=no. */
 #include "cuda_parity.h"
 #include "lorahost/adapters.h"
 #include "lorahost/lorahost.h"
@@ -77,6 +80,34 @@ START_TEST(test_unet) {
     ck_assert_msg(lh_unet_forward(g_mg->unet, og, xg, ts, cg, b, h, w, n_ctx, &err) == LH_OK,
                   "%s", err.msg);
     expect_close_dev("U-Net forward 2x4x16x16, 77 tokens", og, oc, no, TOL_F32);
+    /* later calls of the same shape: the second records a graph, the rest
+     * launch it, each on new inputs (the timestep table, x and context
+     * change; out is another buffer each time) */
+    for (int k = 0; k < 3; k++) {
+        float *x2 = rand_host(nx, 10 + (uint64_t)k, -2, 2), *c2 = rand_host(nc, 20 + (uint64_t)k, -1, 1);
+        const float ts2[2] = {(float)(100 * k + 7), (float)(900 - 250 * k)};
+        float *x2c = on(g_cpu, x2, nx), *x2g = on(g_gpu, x2, nx), *c2c = on(g_cpu, c2, nc),
+              *c2g = on(g_gpu, c2, nc), *o2c = on(g_cpu, NULL, no), *o2g = on(g_gpu, NULL, no);
+        ck_assert_msg(lh_unet_forward(g_mc->unet, o2c, x2c, ts2, c2c, b, h, w, n_ctx, &err) ==
+                          LH_OK, "%s", err.msg);
+        ck_assert_msg(lh_unet_forward(g_mg->unet, o2g, x2g, ts2, c2g, b, h, w, n_ctx, &err) ==
+                          LH_OK, "%s", err.msg);
+        char what[64];
+        snprintf(what, sizeof what, "U-Net forward, call %d of the shape", k + 2);
+        expect_close_dev(what, o2g, o2c, no, TOL_F32);
+        float *bc[] = {x2c, c2c, o2c}, *bg[] = {x2g, c2g, o2g};
+        for (int i = 0; i < 3; i++) {
+            g_cpu->ops->free(g_cpu, bc[i]);
+            g_gpu->ops->free(g_gpu, bg[i]);
+        }
+        free(x2);
+        free(c2);
+    }
+    /* a backend with graphs recorded one (state 2) */
+    if (parity_graphs())
+        PARITY_EXPECT(g_mg->unet->graph.state == 2 && g_mg->unet->graph.graph,
+                      "U-Net forward: no graph after 4 calls (state %d)",
+                      g_mg->unet->graph.state);
     /* half-precision inference (lh_unet_set_precision): fp16, then bf16 on
      * fresh weights (fp16 rounded them) */
     static const lh_dtype half[2] = {LH_DTYPE_F16, LH_DTYPE_BF16};
@@ -171,6 +202,25 @@ START_TEST(test_txt2img) {
 }
 END_TEST
 
+/* One 64x64 ddim txt2img on each model; the latents compared at 1e-4. */
+static void txt2img_both(const char *what, int steps, uint64_t seed) {
+    lh_gen_params p;
+    lh_gen_params_init(&p);
+    p.prompt = "a red cube on a table";
+    p.steps = steps;
+    p.width = p.height = 64;
+    p.seed = seed;
+    p.scheduler = "ddim";
+    lh_gen_result rc, rg;
+    lh_error err = {0};
+    ck_assert_msg(lh_pipeline_txt2img(g_mc, g_reg, &p, &rc, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_pipeline_txt2img(g_mg, g_reg, &p, &rg, &err) == LH_OK, "%s", err.msg);
+    expect_close(what, rg.latents, rc.latents, rc.batch * rc.channels * rc.latent_h * rc.latent_w,
+                 1e-4);
+    lh_gen_result_free(&rc);
+    lh_gen_result_free(&rg);
+}
+
 /* A LoRA (kohya file of the test fixtures) at scale 0.8, in runtime and
  * in merged mode, through a whole txt2img on each backend. */
 START_TEST(test_txt2img_lora) {
@@ -189,21 +239,26 @@ START_TEST(test_txt2img_lora) {
         lh_adapter_mode mode = merged ? LH_ADAPTER_MERGED : LH_ADAPTER_RUNTIME;
         ck_assert_msg(lh_adapter_set_ex(g_mc, &ac, &w, 1, mode, &err) == LH_OK, "%s", err.msg);
         ck_assert_msg(lh_adapter_set_ex(g_mg, &ag, &w, 1, mode, &err) == LH_OK, "%s", err.msg);
-        lh_gen_params p;
-        lh_gen_params_init(&p);
-        p.prompt = "a red cube on a table";
-        p.steps = 10;
-        p.width = p.height = 64;
-        p.seed = 7;
-        p.scheduler = "ddim";
-        lh_gen_result rc, rg;
-        ck_assert_msg(lh_pipeline_txt2img(g_mc, g_reg, &p, &rc, &err) == LH_OK, "%s", err.msg);
-        ck_assert_msg(lh_pipeline_txt2img(g_mg, g_reg, &p, &rg, &err) == LH_OK, "%s", err.msg);
-        expect_close(merged ? "txt2img latents, LoRA merged" : "txt2img latents, LoRA runtime",
-                     rg.latents, rc.latents, rc.batch * rc.channels * rc.latent_h * rc.latent_w,
-                     1e-4);
-        lh_gen_result_free(&rc);
-        lh_gen_result_free(&rg);
+        txt2img_both(merged ? "txt2img latents, LoRA merged" : "txt2img latents, LoRA runtime",
+                     10, 7);
+    }
+    /* the merged run recorded the U-Net's graph; runtime adapters run op by
+     * op beside it, and once they are gone the same graph serves again */
+    int graphs = parity_graphs();
+    void *graph = g_mg->unet->graph.graph;
+    if (graphs) PARITY_EXPECT(graph != NULL, "txt2img with a merged LoRA: no U-Net graph");
+    for (int on_ = 1; on_ >= 0; on_--) {
+        lh_adapter_weights w;
+        lh_adapter_weights_init(&w, 0.5);
+        ck_assert_msg(lh_adapter_set_ex(g_mc, &ac, &w, on_, LH_ADAPTER_RUNTIME, &err) == LH_OK,
+                      "%s", err.msg);
+        ck_assert_msg(lh_adapter_set_ex(g_mg, &ag, &w, on_, LH_ADAPTER_RUNTIME, &err) == LH_OK,
+                      "%s", err.msg);
+        txt2img_both(on_ ? "txt2img latents, LoRA runtime 0.5" : "txt2img latents, LoRA removed",
+                     4, 8);
+        if (graphs)
+            PARITY_EXPECT(g_mg->unet->graph.graph == graph,
+                          "the U-Net graph was recorded again (LoRA %s)", on_ ? "on" : "off");
     }
     ck_assert_msg(lh_adapter_set(g_mc, NULL, NULL, 0, &err) == LH_OK, "%s", err.msg);
     ck_assert_msg(lh_adapter_set(g_mg, NULL, NULL, 0, &err) == LH_OK, "%s", err.msg);

@@ -168,6 +168,10 @@ def main():
             ours[f"{p}, attention {att}"] = run_json(
                 [os.path.join(args.build, "bench", "bench_unet"), d] + shape +
                 ["0", args.device, p], e)
+    if "fp16" in args.precisions and "auto" in args.attention:  # what the graph buys
+        ours["fp16, attention auto, no graph"] = run_json(
+            [os.path.join(args.build, "bench", "bench_unet"), d] + shape + ["0", args.device, "fp16"],
+            dict(env, LORAHOST_CUDA_ATTENTION="auto", LORAHOST_CUDA_GRAPHS="0"))
     ref = run_json([sys.executable, __file__, "--torch-worker", "--dir", d, "--batch",
                     str(args.batch), "--size", str(args.size), "--ctx", str(args.ctx),
                     "--iters", str(args.iters), "--device", args.device])

@@ -43,13 +43,32 @@ extern "C" lh_status lh__cuda_launched(lh_backend *be, const char *what) {
     return lh__cuda_check(be, cudaGetLastError(), what);
 }
 
+extern "C" lh_status lh__cuda_not_recording(lh_backend *be, const char *what) {
+    return lh__cuda(be)->recording ? lh__cuda_fail(be, what, "cannot be part of a graph") : LH_OK;
+}
+
+extern "C" void lh__cuda_free_retired(lh_cuda *cu) {
+    for (size_t i = 0; i < cu->n_retired; i++) cudaFree(cu->retired[i]);
+    free(cu->retired);
+    cu->retired = NULL;
+    cu->n_retired = 0;
+}
+
 extern "C" lh_status lh__cuda_scratch(lh_backend *be, size_t bytes, void **out) {
     lh_cuda *cu = lh__cuda(be);
     if (bytes > cu->workspace_bytes) {
+        lh_status st = lh__cuda_not_recording(be, "scratch: growing it");
         /* the stream may still use the old one */
-        lh_status st = lh__cuda_check(be, cudaStreamSynchronize(cu->stream), "scratch");
+        if (st == LH_OK) st = lh__cuda_check(be, cudaStreamSynchronize(cu->stream), "scratch");
         if (st != LH_OK) return st;
-        cudaFree(cu->workspace);
+        if (cu->n_graphs && cu->workspace) { /* a graph's kernels point into it */
+            void **r = (void **)realloc(cu->retired, (cu->n_retired + 1) * sizeof *r);
+            if (!r) return LH_ERR_NOMEM;
+            cu->retired = r;
+            cu->retired[cu->n_retired++] = cu->workspace;
+        } else {
+            cudaFree(cu->workspace);
+        }
         cu->workspace = NULL;
         cu->workspace_bytes = 0;
         size_t want = bytes + bytes / 4;
@@ -63,12 +82,14 @@ extern "C" lh_status lh__cuda_scratch(lh_backend *be, size_t bytes, void **out) 
 
 /* ---- Memory ---- */
 
-/* Give the cached (unused) blocks back to CUDA. */
+/* Give the cached (unused, not held) blocks back to CUDA; not while a
+ * graph is recorded (the wait would end the recording). */
 static void release_cached(lh_cuda *cu) {
+    if (cu->recording) return;
     cudaStreamSynchronize(cu->stream);
     size_t k = 0;
     for (size_t i = 0; i < cu->n_blocks; i++) {
-        if (cu->blocks[i].used) {
+        if (cu->blocks[i].used || cu->blocks[i].held) {
             cu->blocks[k++] = cu->blocks[i];
             continue;
         }
@@ -78,13 +99,39 @@ static void release_cached(lh_cuda *cu) {
     cu->n_blocks = k;
 }
 
+/* While a graph is recorded, block b becomes the graph's: held (no other
+ * allocation takes it) until graph_free. 0 when out of memory. */
+static int hold_for_recording(lh_cuda *cu, lh_cuda_block *b) {
+    if (!cu->recording || b->held) return 1;
+    if (cu->n_rec == cu->cap_rec) {
+        size_t cap = cu->cap_rec ? cu->cap_rec * 2 : 64;
+        void **r = (void **)realloc(cu->rec_blocks, cap * sizeof *r);
+        if (!r) return 0;
+        cu->rec_blocks = r;
+        cu->cap_rec = cap;
+    }
+    cu->rec_blocks[cu->n_rec++] = b->ptr;
+    b->held = 1;
+    return 1;
+}
+
+extern "C" void lh__cuda_unhold(lh_cuda *cu, void *const *ptrs, size_t n) {
+    for (size_t k = 0; k < n; k++)
+        for (size_t i = 0; i < cu->n_blocks; i++)
+            if (cu->blocks[i].ptr == ptrs[k]) {
+                cu->blocks[i].held = 0;
+                break;
+            }
+}
+
 static void *cuda_alloc(lh_backend *be, size_t bytes) {
     lh_cuda *cu = lh__cuda(be);
     if (bytes > SIZE_MAX - 511) return NULL;
     size_t want = bytes ? (bytes + 511) & ~(size_t)511 : 512;
     /* a freed block of this size: the stream orders its old users first */
     for (size_t i = cu->n_blocks; i-- > 0;)
-        if (!cu->blocks[i].used && cu->blocks[i].bytes == want) {
+        if (!cu->blocks[i].used && !cu->blocks[i].held && cu->blocks[i].bytes == want) {
+            if (!hold_for_recording(cu, &cu->blocks[i])) return NULL;
             cu->blocks[i].used = 1;
             cu->bytes_used += want;
             if (cu->bytes_used > cu->bytes_peak) cu->bytes_peak = cu->bytes_used;
@@ -107,7 +154,12 @@ static void *cuda_alloc(lh_backend *be, size_t bytes) {
             return NULL;
         }
     }
-    cu->blocks[cu->n_blocks++] = (lh_cuda_block){p, want, 1};
+    cu->blocks[cu->n_blocks++] = (lh_cuda_block){p, want, 1, 0};
+    if (!hold_for_recording(cu, &cu->blocks[cu->n_blocks - 1])) {
+        cu->blocks[cu->n_blocks - 1].used = 0; /* cached for later */
+        cu->bytes_held += want;
+        return NULL;
+    }
     cu->bytes_held += want;
     cu->bytes_used += want;
     if (cu->bytes_used > cu->bytes_peak) cu->bytes_peak = cu->bytes_used;
@@ -119,25 +171,72 @@ static void cuda_free(lh_backend *be, void *ptr) {
     lh_cuda *cu = lh__cuda(be);
     for (size_t i = cu->n_blocks; i-- > 0;)
         if (cu->blocks[i].ptr == ptr && cu->blocks[i].used) {
+            /* a block freed while recording may be what recorded kernels use */
+            hold_for_recording(cu, &cu->blocks[i]);
             cu->blocks[i].used = 0; /* kept for reuse */
             cu->bytes_used -= cu->blocks[i].bytes;
             return;
         }
 }
 
-static lh_status cuda_upload(lh_backend *be, void *dst, const void *src, size_t bytes) {
+/* A pageable source makes the driver wait for the stream before copying
+ * (a hidden host wait); a small one goes through the next pinned slot
+ * instead, which waits only if that slot's last copy has not run yet. */
+extern "C" lh_status lh__cuda_upload_async(lh_backend *be, void *dst, const void *src,
+                                           size_t bytes) {
     if (!bytes) return LH_OK;
     if (!dst || !src) return LH_ERR_INVALID;
-    return lh__cuda_check(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice,
-                                              lh__cuda(be)->stream),
-                          "upload");
+    lh_cuda *cu = lh__cuda(be);
+    lh_status st = lh__cuda_not_recording(be, "upload");
+    if (st != LH_OK) return st;
+    if (!cu->stage || bytes > LH_CUDA_STAGE_BYTES)
+        return lh__cuda_check(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice,
+                                                  cu->stream),
+                              "upload");
+    int k = cu->stage_next;
+    cu->stage_next = (k + 1) % LH_CUDA_STAGE_SLOTS;
+    if (cu->stage_pending[k] &&
+        (st = lh__cuda_check(be, cudaEventSynchronize(cu->stage_done[k]), "upload")) != LH_OK)
+        return st;
+    cu->stage_pending[k] = 0;
+    unsigned char *slot = cu->stage + (size_t)k * LH_CUDA_STAGE_BYTES;
+    memcpy(slot, src, bytes);
+    st = lh__cuda_check(be, cudaMemcpyAsync(dst, slot, bytes, cudaMemcpyHostToDevice, cu->stream),
+                        "upload");
+    if (st == LH_OK)
+        st = lh__cuda_check(be, cudaEventRecord(cu->stage_done[k], cu->stream), "upload");
+    if (st == LH_OK) cu->stage_pending[k] = 1;
+    return st;
+}
+
+/* The pinned slots; without them (pinned memory refused) uploads stay pageable. */
+static void stage_create(lh_cuda *cu) {
+    void *p = NULL;
+    if (cudaMallocHost(&p, LH_CUDA_STAGE_SLOTS * LH_CUDA_STAGE_BYTES) != cudaSuccess) {
+        cudaGetLastError();
+        return;
+    }
+    for (int k = 0; k < LH_CUDA_STAGE_SLOTS; k++)
+        if (cudaEventCreateWithFlags(&cu->stage_done[k], cudaEventDisableTiming) != cudaSuccess) {
+            cudaGetLastError();
+            while (k-- > 0) cudaEventDestroy(cu->stage_done[k]);
+            cudaFreeHost(p);
+            return;
+        }
+    cu->stage = (unsigned char *)p;
+}
+
+static lh_status cuda_upload(lh_backend *be, void *dst, const void *src, size_t bytes) {
+    return lh__cuda_upload_async(be, dst, src, bytes);
 }
 
 static lh_status cuda_download(lh_backend *be, void *dst, const void *src, size_t bytes) {
     if (!bytes) return LH_OK;
     if (!dst || !src) return LH_ERR_INVALID;
     lh_cuda *cu = lh__cuda(be);
-    lh_status st = lh__cuda_check(
+    lh_status st = lh__cuda_not_recording(be, "download");
+    if (st != LH_OK) return st;
+    st = lh__cuda_check(
         be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cu->stream), "download");
     if (st == LH_OK) st = lh__cuda_check(be, cudaStreamSynchronize(cu->stream), "download");
     return st;
@@ -183,7 +282,9 @@ static lh_status cuda_upload_weights(lh_backend *be, float *dst, const void *src
 }
 
 static lh_status cuda_sync(lh_backend *be) {
-    return lh__cuda_check(be, cudaStreamSynchronize(lh__cuda(be)->stream), "sync");
+    lh_status st = lh__cuda_not_recording(be, "sync");
+    return st != LH_OK ? st
+                       : lh__cuda_check(be, cudaStreamSynchronize(lh__cuda(be)->stream), "sync");
 }
 
 /* ---- Mixed precision ---- */
@@ -496,6 +597,10 @@ static const lh_backend_ops cuda_ops = {
     /* .copy = */ lh__cuda_copy,
     /* .dropout = */ lh__cuda_dropout,
     /* .dropout_backward = */ lh__cuda_dropout_backward,
+    /* .graph_begin = */ lh__cuda_graph_begin,
+    /* .graph_end = */ lh__cuda_graph_end,
+    /* .graph_launch = */ lh__cuda_graph_launch,
+    /* .graph_free = */ lh__cuda_graph_free,
 };
 
 /* ---- Create / destroy ---- */
@@ -507,7 +612,14 @@ static void release(lh_cuda *cu) {
                 (double)cu->bytes_peak / 1048576.0, (double)cu->bytes_held / 1048576.0);
     for (size_t i = 0; i < cu->n_blocks; i++) cudaFree(cu->blocks[i].ptr);
     free(cu->blocks);
+    free(cu->rec_blocks);
     cudaFree(cu->workspace);
+    lh__cuda_free_retired(cu);
+    cudaFree(cu->blas_workspace);
+    if (cu->stage) {
+        cudaFreeHost(cu->stage);
+        for (int k = 0; k < LH_CUDA_STAGE_SLOTS; k++) cudaEventDestroy(cu->stage_done[k]);
+    }
     if (cu->cudnn) cudnnDestroy(cu->cudnn);
     if (cu->cublas) cublasDestroy(cu->cublas);
     if (cu->stream) cudaStreamDestroy(cu->stream);
@@ -562,6 +674,8 @@ extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *
     cu->att_mode = !att || !*att || !strcmp(att, "auto") ? LH_CUDA_ATT_AUTO
                    : !strcmp(att, "flash")               ? LH_CUDA_ATT_FLASH
                                                          : LH_CUDA_ATT_GEMM;
+    const char *graphs = getenv("LORAHOST_CUDA_GRAPHS"); /* "0": no graphs */
+    cu->graphs_off = graphs && !strcmp(graphs, "0");
     const char *what = NULL, *detail = NULL;
     cublasStatus_t bs;
     cudnnStatus_t ds;
@@ -574,11 +688,19 @@ extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *
                    CUBLAS_STATUS_SUCCESS) {
         what = "cuBLAS";
         detail = cublasGetStatusString(bs);
+    } else if ((e = cudaMalloc(&cu->blas_workspace, LH_CUDA_BLAS_WORKSPACE)) != cudaSuccess) {
+        what = "cuBLAS workspace";
+        detail = cudaGetErrorString(e);
+    } else if ((bs = cublasSetWorkspace(cu->cublas, cu->blas_workspace,
+                                        LH_CUDA_BLAS_WORKSPACE)) != CUBLAS_STATUS_SUCCESS) {
+        what = "cuBLAS workspace";
+        detail = cublasGetStatusString(bs);
     } else if ((ds = cudnnCreate(&cu->cudnn)) != CUDNN_STATUS_SUCCESS ||
                (ds = cudnnSetStream(cu->cudnn, cu->stream)) != CUDNN_STATUS_SUCCESS) {
         what = "cuDNN";
         detail = cudnnGetErrorString(ds);
     }
+    if (!what) stage_create(cu);
     if (what) {
         release(cu);
         free(be);

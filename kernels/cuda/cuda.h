@@ -30,7 +30,18 @@ typedef struct lh_cuda_block {
     void *ptr;
     size_t bytes;
     int used;
+    int held; /* allocated while a graph was recorded: its until graph_free */
 } lh_cuda_block;
+
+/* Pinned staging for small uploads: LH_CUDA_STAGE_SLOTS slots of
+ * LH_CUDA_STAGE_BYTES, taken in turn; a slot is written again only after
+ * the copy out of it ran (its event). */
+#define LH_CUDA_STAGE_SLOTS 8
+#define LH_CUDA_STAGE_BYTES ((size_t)1 << 20)
+
+/* cuBLAS's own workspace (cublasSetWorkspace), so a recorded GEMM never
+ * makes cuBLAS allocate: 32 MiB, what cuBLAS takes on Hopper. */
+#define LH_CUDA_BLAS_WORKSPACE ((size_t)32 << 20)
 
 /* LORAHOST_CUDA_ATTENTION: which kernel runs the attention forward */
 enum {
@@ -52,6 +63,18 @@ typedef struct lh_cuda {
     int att_mode;        /* the attention forward: LH_CUDA_ATT_* (LORAHOST_CUDA_ATTENTION) */
     void *workspace;     /* cuDNN / scratch; grows, never shrinks */
     size_t workspace_bytes;
+    void **retired;      /* outgrown workspaces a live graph may still use */
+    size_t n_retired;
+    void *blas_workspace; /* LH_CUDA_BLAS_WORKSPACE bytes */
+    unsigned char *stage; /* pinned, LH_CUDA_STAGE_SLOTS * LH_CUDA_STAGE_BYTES; NULL: none */
+    cudaEvent_t stage_done[LH_CUDA_STAGE_SLOTS];
+    int stage_pending[LH_CUDA_STAGE_SLOTS], stage_next;
+    /* graphs (graph.cu) */
+    int graphs_off;   /* LORAHOST_CUDA_GRAPHS=0 */
+    int recording;    /* between graph_begin and graph_end */
+    int n_graphs;     /* live ones */
+    void **rec_blocks; /* what alloc handed out while recording */
+    size_t n_rec, cap_rec;
     lh_cuda_conv_algo conv[LH_CUDA_CONV_CACHE];
     int n_conv;
     char last_error[256];
@@ -72,6 +95,23 @@ lh_status lh__cuda_check_dnn(lh_backend *be, cudnnStatus_t s, const char *what);
 lh_status lh__cuda_launched(lh_backend *be, const char *what);
 /* Scratch of at least `bytes` (valid until the next call). */
 lh_status lh__cuda_scratch(lh_backend *be, size_t bytes, void **out);
+/* LH_ERR_BACKEND naming `what` while a graph is being recorded (an op the
+ * recording cannot hold: one that waits for the device or reads host
+ * memory), else LH_OK. */
+lh_status lh__cuda_not_recording(lh_backend *be, const char *what);
+/* dst (device) = src (host), `bytes`, queued without waiting for the
+ * device: through a pinned staging slot when it fits one; src may be freed
+ * on return. */
+lh_status lh__cuda_upload_async(lh_backend *be, void *dst, const void *src, size_t bytes);
+/* Clear the held mark of the blocks at ptrs (a graph's, freed). */
+void lh__cuda_unhold(lh_cuda *cu, void *const *ptrs, size_t n);
+/* Free the retired workspaces (no graph left that may use them). */
+void lh__cuda_free_retired(lh_cuda *cu);
+/* The graph ops of the table (graph.cu). */
+lh_status lh__cuda_graph_begin(lh_backend *be);
+lh_status lh__cuda_graph_end(lh_backend *be, void **graph);
+lh_status lh__cuda_graph_launch(lh_backend *be, void *graph);
+void lh__cuda_graph_free(lh_backend *be, void *graph);
 /* Round out [n] to the activation precision after a successful op. */
 lh_status lh__cuda_after(lh_backend *be, lh_status st, float *out, uint64_t n);
 

@@ -175,7 +175,8 @@ extern "C" lh_status lh__cuda_add_channel_bias(lh_backend *be, float *out, /* [o
 
 /* Computed on the host with kernels/cpu/timestep_embedding.c's float32
  * arithmetic (the timesteps are host memory, the table is n x dim, tiny),
- * then uploaded: the same numbers bit for bit. */
+ * then uploaded: the same numbers bit for bit. Not part of a graph (an
+ * upload): lh_unet_forward runs it before launching one. */
 extern "C" lh_status lh__cuda_timestep_embedding(lh_backend *be, float *out, /* [n, dim] */
                                                  const float *timesteps,     /* [n], host */
                                                  int64_t n, int64_t dim, int flip_sin_to_cos,
@@ -206,14 +207,8 @@ extern "C" lh_status lh__cuda_timestep_embedding(lh_backend *be, float *out, /* 
         }
         if (dim % 2) row[dim - 1] = 0.0f;
     }
-    lh_cuda *cu = lh__cuda(be);
-    lh_status st = lh__cuda_check(be,
-                                  cudaMemcpyAsync(out, host, (size_t)total * sizeof(float),
-                                                  cudaMemcpyHostToDevice, cu->stream),
-                                  "timestep_embedding");
-    /* pageable source: wait before freeing it */
-    if (st == LH_OK)
-        st = lh__cuda_check(be, cudaStreamSynchronize(cu->stream), "timestep_embedding");
+    /* staged: no wait for the device, and host may go at once */
+    lh_status st = lh__cuda_upload_async(be, out, host, (size_t)total * sizeof(float));
     free(host);
     return st;
 }
