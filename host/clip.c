@@ -490,7 +490,6 @@ lh_status lh_clip_encode(lh_clip *m, float *out, const int32_t *ids, int64_t b, 
         if ((st = layer_forward(m, l, &s, b, n, err)) != LH_OK) goto done;
     /* final_layer_norm, also after a clip_skip (as diffusers applies it) */
     st = ops->layer_norm(be, out, x, m->final_w, m->final_b, R, H, c->layer_norm_eps);
-    if (st == LH_OK) st = ops->sync(be);
     if (st != LH_OK)
         lh_error_set(err, st, "text encoder: backend final layer_norm failed (%s)",
                      lh_strerror(st));
@@ -651,8 +650,6 @@ lh_status lh_clip_encode_backward(lh_clip *m, float *out, float *d_emb, const fl
     }
     for (int64_t l = n_layers - 1; l >= 0; l--)
         if ((st = layer_backward(m, l, &g, &s[l], b, n, err)) != LH_OK) goto done;
-    if ((st = ops->sync(be)) != LH_OK)
-        lh_error_set(err, st, "text encoder backward: backend sync failed (%s)", lh_strerror(st));
 done:
     if (acts) ops->free(be, acts);
     if (grads) ops->free(be, grads);

@@ -98,7 +98,8 @@ LH_API int64_t lh_clip_hidden_size(const lh_clip *m);
  * of its 24 layers, so clip_skip 0 is right for SD 2.x.
  *
  * out: backend memory [b, n, hidden_size]; ids: host memory [b, n], each in
- * [0, vocab_size). */
+ * [0, vocab_size). The ops are queued on the backend without waiting for
+ * them (the caller's next download waits, and reports a failure of theirs). */
 LH_API lh_status lh_clip_encode(lh_clip *m, float *out, const int32_t *ids, int64_t b, int64_t n,
                                 int clip_skip, lh_error *err);
 
@@ -109,7 +110,8 @@ LH_API lh_status lh_clip_encode(lh_clip *m, float *out, const int32_t *ids, int6
  * adapted linear; enable them with lh_adapter_grads_enable before
  * lh_adapter_set), frozen base weights get none, and d_emb (backend
  * [b, n, hidden], may be NULL) receives dL/d(token + position embeddings).
- * out (backend [b, n, hidden], may be NULL) receives the forward output. */
+ * out (backend [b, n, hidden], may be NULL) receives the forward output.
+ * Queued without waiting, as lh_clip_encode. */
 LH_API lh_status lh_clip_encode_backward(lh_clip *m, float *out, float *d_emb, const float *dout,
                                          const int32_t *ids, int64_t b, int64_t n, int clip_skip,
                                          lh_error *err);

@@ -424,8 +424,8 @@ START_TEST(test_one_wait_per_step) {
     lh_backend *dev = NULL;
     ck_assert_msg(fake_device_create(&dev, 1, msg, sizeof msg) == LH_OK, "%s", msg);
     lh_registry *reg = registry();
-    static const char *const runs[] = {"fp32", "fp16", "dropout", "loha"};
-    for (int k = 0; k < 4; k++) {
+    static const char *const runs[] = {"fp32", "fp16", "dropout", "loha", "te"};
+    for (int k = 0; k < 5; k++) {
         lh_train_opts o;
         device_opts(&o, &w, dev, 5);
         o.batch_size = 2;
@@ -433,6 +433,7 @@ START_TEST(test_one_wait_per_step) {
         o.precision = k == 1 ? LH_DTYPE_F16 : LH_DTYPE_F32;
         o.dropout = k == 2 ? 0.25 : 0.0;
         o.adapter = k == 3 ? "loha" : "lora";
+        o.train_text_encoder = k == 4;
         o.seed = 5;
         waits c = {.be = dev};
         ck_assert_msg(lh_train_run(&o, reg, count_waits, &c, NULL, &err) == LH_OK, "%s", err.msg);

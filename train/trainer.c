@@ -177,9 +177,9 @@ static lh_status sample_index(const trainer *t, int64_t pos, int64_t *idx, lh_er
 typedef struct item {
     int64_t h, w;  /* latent size */
     float *latent; /* host [4, h, w] */
-    float *text;   /* host [tokens, dim] */
+    float *text;   /* host [tokens, dim] (cached), or NULL: encode ids where the group runs */
     float weight;
-    int32_t ids[LH_TOKENIZER_WINDOW]; /* the caption's window (text encoder training) */
+    int32_t ids[LH_TOKENIZER_WINDOW]; /* the caption's window, when not cached */
 } item;
 
 static void item_free(item *it) {
@@ -188,7 +188,9 @@ static void item_free(item *it) {
     memset(it, 0, sizeof *it);
 }
 
-/* Latent and text embedding of dataset item idx (cached, or encoded now). */
+/* Latent of dataset item idx (cached, or encoded now) and its text
+ * embedding (cached), or the caption's token window for run_group to
+ * encode on the backend. */
 static lh_status load_item(trainer *t, int64_t idx, int drop, lh_rng *r, item *out,
                            lh_error *err) {
     memset(out, 0, sizeof *out);
@@ -282,20 +284,9 @@ static lh_status load_item(trainer *t, int64_t idx, int drop, lh_rng *r, item *o
         out->text = di.text;
         di.text = NULL;
     } else if (st == LH_OK) {
-        int32_t ids[LH_TOKENIZER_WINDOW];
         size_t nw = 0;
-        size_t ne = (size_t)(t->tokens * t->dim);
-        float *demb = be->ops->alloc(be, ne * sizeof(float));
-        out->text = malloc(ne * sizeof *out->text);
-        if (!demb || !out->text) st = lh_error_set(err, LH_ERR_NOMEM, "train: out of memory");
-        if (st == LH_OK)
-            st = lh_tokenizer_window(t->m->tok, drop ? "" : di.caption, t->m->pad_id,
-                                     LH_TOKENIZER_TRUNCATE,
-                                     ids, 1, &nw, err);
-        memcpy(out->ids, ids, sizeof ids);
-        if (st == LH_OK) st = lh_clip_encode(t->m->clip, demb, ids, 1, t->tokens, 0, err);
-        if (st == LH_OK) st = be->ops->download(be, out->text, demb, ne * sizeof(float));
-        if (demb) be->ops->free(be, demb);
+        st = lh_tokenizer_window(t->m->tok, drop ? "" : di.caption, t->m->pad_id,
+                                 LH_TOKENIZER_TRUNCATE, out->ids, 1, &nw, err);
     }
     lh_dataset_item_free(&di);
     if (st != LH_OK) item_free(out);
@@ -361,8 +352,11 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
                           (long long)t->rows);
     for (int64_t i = 0; st == LH_OK && i < n; i++) {
         memcpy(x0 + i * per, its[i]->latent, (size_t)per * sizeof *x0);
-        memcpy(ctx + i * t->tokens * t->dim, its[i]->text,
-               (size_t)(t->tokens * t->dim) * sizeof *ctx);
+        if (its[i]->text)
+            memcpy(ctx + i * t->tokens * t->dim, its[i]->text,
+                   (size_t)(t->tokens * t->dim) * sizeof *ctx);
+        else /* encoded below, on the backend */
+            memset(ctx + i * t->tokens * t->dim, 0, (size_t)(t->tokens * t->dim) * sizeof *ctx);
         wts[i] = its[i]->weight;
         if (te) memcpy(ids + i * t->tokens, its[i]->ids, (size_t)t->tokens * sizeof *ids);
         ts[i] = (int64_t)uniform(r, (uint32_t)t->nc.num_train_timesteps);
@@ -394,6 +388,12 @@ static lh_status run_group(trainer *t, item *const *its, int64_t n, lh_rng *r, d
     if (st == LH_OK) st = be->ops->upload(be, d_noisy, noisy, nl * sizeof(float));
     if (st == LH_OK) st = be->ops->upload(be, d_target, target, nl * sizeof(float));
     if (st == LH_OK) st = be->ops->upload(be, d_ctx, ctx, nc * sizeof(float));
+    /* the captions without a cached embedding, one at a time as the text
+     * encoder sees them at inference, into their rows where they run */
+    for (int64_t i = 0; st == LH_OK && i < n; i++)
+        if (!its[i]->text)
+            st = lh_clip_encode(t->m->clip, d_ctx + i * t->tokens * t->dim, its[i]->ids, 1,
+                                t->tokens, 0, err);
     /* LoRA dropout: a mask per U-Net call, the same in its backward */
     if (st == LH_OK && t->ad && o->dropout > 0) {
         t->ad->layers.dropout = o->dropout;
