@@ -183,6 +183,7 @@ static lh_status set_layer(lh_adapt *ad, size_t i, const lh_layer_term *t, int n
     free(l->terms);
     l->terms = NULL;
     ad->layers.n_runtime -= l->n_terms ? 1 : 0;
+    ad->layers.n_runtime_unet -= l->n_terms && l->part != LH_LAYER_TE ? 1 : 0;
     l->n_terms = 0;
     free(s->applied);
     s->applied = NULL;
@@ -197,6 +198,7 @@ static lh_status set_layer(lh_adapt *ad, size_t i, const lh_layer_term *t, int n
         l->terms = rt;
         l->n_terms = n;
         ad->layers.n_runtime++;
+        ad->layers.n_runtime_unet += l->part != LH_LAYER_TE;
     }
     s->applied = copy;
     s->n_applied = n;

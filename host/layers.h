@@ -68,6 +68,7 @@ typedef struct lh_layers {
     int32_t *by_w;
     size_t by_w_size;
     int n_runtime; /* layers with terms: the forward passes skip lookups when 0 */
+    int n_runtime_unet; /* of them, the U-Net's (its forward runs as a graph when 0) */
     /* Training: LoRA dropout on the terms' input, x -> x * mask / (1 - p),
      * the mask a hash of (dropout_seed, layer, element): the backward and a
      * checkpointed recompute see the same mask as the forward. 0: off. */

@@ -382,9 +382,14 @@ static lh_status decode(lh_model *m, const lh_gen_params *p, lh_gen_result *r, l
             st = lh_error_set(err, st, "VAE decode: upload failed");
             goto done;
         }
-        if ((st = lh_vae_decode(m->vae, img_be, lat_be, r->batch, r->latent_h, r->latent_w,
-                                p->vae_tiling, err)) != LH_OK)
-            goto done;
+        st = lh_vae_decode(m->vae, img_be, lat_be, r->batch, r->latent_h, r->latent_w,
+                           p->vae_tiling, err);
+        if (st == LH_ERR_NOMEM && m->unet) { /* the U-Net's kept graph and buffers give way */
+            lh_unet_release_workspace(m->unet);
+            st = lh_vae_decode(m->vae, img_be, lat_be, r->batch, r->latent_h, r->latent_w,
+                               p->vae_tiling, err);
+        }
+        if (st != LH_OK) goto done;
         if ((st = be->ops->download(be, img, img_be, n_img * sizeof(float))) != LH_OK) {
             st = lh_error_set(err, st, "VAE decode: download failed");
             goto done;

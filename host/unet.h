@@ -133,14 +133,18 @@ LH_API const lh_unet_config *lh_unet_get_config(const lh_unet *m);
 
 /* ---- Forward ---- */
 
-/* Bytes of backend memory lh_unet_forward allocates for these sizes (0 if
- * they are invalid or overflow). */
+/* Bytes of backend memory lh_unet_forward's activations take for these
+ * sizes (0 if they are invalid or overflow); on a backend with graphs it
+ * also keeps copies of x, context and out beside them. */
 LH_API size_t lh_unet_forward_workspace(lh_unet *m, int64_t b, int64_t h, int64_t w,
                                         int64_t n_ctx);
 
 /* The predicted noise (or v) for latents x at `timesteps` given text
  * embeddings `context`. h and w must be multiples of 2^(n_blocks - 1). The
- * activations are planned and allocated once per call, then freed. */
+ * activations are planned and allocated once per call, then freed; on a
+ * backend with graphs (cuda) and without runtime adapters on the U-Net
+ * they stay, with the call's graph, until a call of another shape or
+ * lh_unet_release_workspace. Returns after the device finished. */
 LH_API lh_status lh_unet_forward(lh_unet *m,
                                  float *out,             /* backend [b, out_channels, h, w] */
                                  const float *x,         /* backend [b, in_channels, h, w] */

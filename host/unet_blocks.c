@@ -824,7 +824,7 @@ enum { GRAPH_NEW, GRAPH_WARM, GRAPH_READY, GRAPH_REFUSED };
 static int graph_usable(const lh_unet *m) {
     const lh_backend_ops *ops = m->be->ops;
     return ops->graph_begin && ops->graph_end && ops->graph_launch && ops->graph_free &&
-           !(m->adapt && m->adapt->n_runtime);
+           !(m->adapt && m->adapt->n_runtime_unet);
 }
 
 static void graph_drop(lh_unet *m) {
@@ -845,9 +845,11 @@ static lh_status graph_record(run *r, float *go, const float *gx, int64_t h, int
     void *graph = NULL;
     r->err = &why;
     lh_status st = ops->graph_begin(be);
-    int refused = st != LH_OK; /* by choice (LORAHOST_CUDA_GRAPHS=0): no warning */
+    int refused = st == LH_ERR_UNSUPPORTED; /* by choice (LORAHOST_CUDA_GRAPHS=0): no warning */
     if (refused) {
         lh_error_set(&why, st, "the %s backend does not record graphs", ops->name);
+    } else if (st != LH_OK) {
+        lh_error_set(&why, st, "the %s backend could not start recording", ops->name);
     } else {
         lh_status fs = forward(r, go, gx, NULL, h, w);
         if (fs == LH_OK && r->top != 0)
@@ -1637,6 +1639,7 @@ static lh_status train(lh_unet *m, const lh_unet_train_opts *o, lh_unet_loss_fn 
     size_t need = floats + align_up((size_t)n_out); /* the activations, then dL/d(out) */
     if (m->train_ws_floats < need) {
         train_ws_free(m);
+        graph_drop(m); /* inference's kept buffers give way to training's */
         m->train_ws = ops->alloc(m->be, need * sizeof(float));
         if (!m->train_ws) {
             free(tape);

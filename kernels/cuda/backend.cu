@@ -47,11 +47,20 @@ extern "C" lh_status lh__cuda_not_recording(lh_backend *be, const char *what) {
     return lh__cuda(be)->recording ? lh__cuda_fail(be, what, "cannot be part of a graph") : LH_OK;
 }
 
-extern "C" void lh__cuda_free_retired(lh_cuda *cu) {
-    for (size_t i = 0; i < cu->n_retired; i++) cudaFree(cu->retired[i]);
-    free(cu->retired);
-    cu->retired = NULL;
-    cu->n_retired = 0;
+extern "C" void lh__cuda_workspace_unref(lh_cuda *cu, void *ws) {
+    if (!ws) return;
+    if (ws == cu->workspace) {
+        cu->workspace_refs--;
+        return;
+    }
+    for (size_t i = 0; i < cu->n_retired; i++)
+        if (cu->retired[i].ptr == ws) {
+            if (--cu->retired[i].refs == 0) {
+                cudaFree(ws);
+                cu->retired[i] = cu->retired[--cu->n_retired];
+            }
+            return;
+        }
 }
 
 extern "C" lh_status lh__cuda_scratch(lh_backend *be, size_t bytes, void **out) {
@@ -61,11 +70,13 @@ extern "C" lh_status lh__cuda_scratch(lh_backend *be, size_t bytes, void **out) 
         /* the stream may still use the old one */
         if (st == LH_OK) st = lh__cuda_check(be, cudaStreamSynchronize(cu->stream), "scratch");
         if (st != LH_OK) return st;
-        if (cu->n_graphs && cu->workspace) { /* a graph's kernels point into it */
-            void **r = (void **)realloc(cu->retired, (cu->n_retired + 1) * sizeof *r);
+        if (cu->workspace_refs) { /* graphs' kernels point into it */
+            lh_cuda_retired *r = (lh_cuda_retired *)realloc(
+                cu->retired, (cu->n_retired + 1) * sizeof *r);
             if (!r) return LH_ERR_NOMEM;
             cu->retired = r;
-            cu->retired[cu->n_retired++] = cu->workspace;
+            cu->retired[cu->n_retired++] = (lh_cuda_retired){cu->workspace, cu->workspace_refs};
+            cu->workspace_refs = 0;
         } else {
             cudaFree(cu->workspace);
         }
@@ -99,10 +110,10 @@ static void release_cached(lh_cuda *cu) {
     cu->n_blocks = k;
 }
 
-/* While a graph is recorded, block b becomes the graph's: held (no other
- * allocation takes it) until graph_free. 0 when out of memory. */
+/* While a graph is recorded, block b becomes also the graph's: held (no
+ * other allocation takes it) until graph_free. 0 when out of memory. */
 static int hold_for_recording(lh_cuda *cu, lh_cuda_block *b) {
-    if (!cu->recording || b->held) return 1;
+    if (!cu->recording || b->rec == cu->rec_serial) return 1;
     if (cu->n_rec == cu->cap_rec) {
         size_t cap = cu->cap_rec ? cu->cap_rec * 2 : 64;
         void **r = (void **)realloc(cu->rec_blocks, cap * sizeof *r);
@@ -111,7 +122,8 @@ static int hold_for_recording(lh_cuda *cu, lh_cuda_block *b) {
         cu->cap_rec = cap;
     }
     cu->rec_blocks[cu->n_rec++] = b->ptr;
-    b->held = 1;
+    b->held++;
+    b->rec = cu->rec_serial;
     return 1;
 }
 
@@ -119,7 +131,7 @@ extern "C" void lh__cuda_unhold(lh_cuda *cu, void *const *ptrs, size_t n) {
     for (size_t k = 0; k < n; k++)
         for (size_t i = 0; i < cu->n_blocks; i++)
             if (cu->blocks[i].ptr == ptrs[k]) {
-                cu->blocks[i].held = 0;
+                if (cu->blocks[i].held > 0) cu->blocks[i].held--;
                 break;
             }
 }
@@ -154,7 +166,7 @@ static void *cuda_alloc(lh_backend *be, size_t bytes) {
             return NULL;
         }
     }
-    cu->blocks[cu->n_blocks++] = (lh_cuda_block){p, want, 1, 0};
+    cu->blocks[cu->n_blocks++] = (lh_cuda_block){p, want, 1, 0, 0};
     if (!hold_for_recording(cu, &cu->blocks[cu->n_blocks - 1])) {
         cu->blocks[cu->n_blocks - 1].used = 0; /* cached for later */
         cu->bytes_held += want;
@@ -171,8 +183,9 @@ static void cuda_free(lh_backend *be, void *ptr) {
     lh_cuda *cu = lh__cuda(be);
     for (size_t i = cu->n_blocks; i-- > 0;)
         if (cu->blocks[i].ptr == ptr && cu->blocks[i].used) {
-            /* a block freed while recording may be what recorded kernels use */
-            hold_for_recording(cu, &cu->blocks[i]);
+            /* a block freed while recording may be what recorded kernels
+             * use: held (or, out of memory for that, never reused) */
+            if (!hold_for_recording(cu, &cu->blocks[i])) return;
             cu->blocks[i].used = 0; /* kept for reuse */
             cu->bytes_used -= cu->blocks[i].bytes;
             return;
@@ -203,10 +216,13 @@ extern "C" lh_status lh__cuda_upload_async(lh_backend *be, void *dst, const void
     memcpy(slot, src, bytes);
     st = lh__cuda_check(be, cudaMemcpyAsync(dst, slot, bytes, cudaMemcpyHostToDevice, cu->stream),
                         "upload");
-    if (st == LH_OK)
-        st = lh__cuda_check(be, cudaEventRecord(cu->stage_done[k], cu->stream), "upload");
-    if (st == LH_OK) cu->stage_pending[k] = 1;
-    return st;
+    if (st != LH_OK) return st;
+    if (cudaEventRecord(cu->stage_done[k], cu->stream) != cudaSuccess) {
+        cudaGetLastError(); /* no event to wait for: the copy must be done before reuse */
+        return lh__cuda_check(be, cudaStreamSynchronize(cu->stream), "upload");
+    }
+    cu->stage_pending[k] = 1;
+    return LH_OK;
 }
 
 /* The pinned slots; without them (pinned memory refused) uploads stay pageable. */
@@ -614,7 +630,8 @@ static void release(lh_cuda *cu) {
     free(cu->blocks);
     free(cu->rec_blocks);
     cudaFree(cu->workspace);
-    lh__cuda_free_retired(cu);
+    for (size_t i = 0; i < cu->n_retired; i++) cudaFree(cu->retired[i].ptr);
+    free(cu->retired);
     cudaFree(cu->blas_workspace);
     if (cu->stage) {
         cudaFreeHost(cu->stage);

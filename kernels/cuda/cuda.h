@@ -30,8 +30,15 @@ typedef struct lh_cuda_block {
     void *ptr;
     size_t bytes;
     int used;
-    int held; /* allocated while a graph was recorded: its until graph_free */
+    int held;     /* graphs whose recording allocated or freed it: not reused until 0 */
+    unsigned rec; /* the last recording that counted it in held */
 } lh_cuda_block;
+
+/* A workspace outgrown while graphs recorded on it were alive. */
+typedef struct lh_cuda_retired {
+    void *ptr;
+    int refs; /* live graphs recorded on it */
+} lh_cuda_retired;
 
 /* Pinned staging for small uploads: LH_CUDA_STAGE_SLOTS slots of
  * LH_CUDA_STAGE_BYTES, taken in turn; a slot is written again only after
@@ -63,7 +70,8 @@ typedef struct lh_cuda {
     int att_mode;        /* the attention forward: LH_CUDA_ATT_* (LORAHOST_CUDA_ATTENTION) */
     void *workspace;     /* cuDNN / scratch; grows, never shrinks */
     size_t workspace_bytes;
-    void **retired;      /* outgrown workspaces a live graph may still use */
+    int workspace_refs;  /* live graphs recorded on the workspace */
+    lh_cuda_retired *retired; /* outgrown workspaces live graphs still use */
     size_t n_retired;
     void *blas_workspace; /* LH_CUDA_BLAS_WORKSPACE bytes */
     unsigned char *stage; /* pinned, LH_CUDA_STAGE_SLOTS * LH_CUDA_STAGE_BYTES; NULL: none */
@@ -72,8 +80,8 @@ typedef struct lh_cuda {
     /* graphs (graph.cu) */
     int graphs_off;   /* LORAHOST_CUDA_GRAPHS=0 */
     int recording;    /* between graph_begin and graph_end */
-    int n_graphs;     /* live ones */
-    void **rec_blocks; /* what alloc handed out while recording */
+    unsigned rec_serial; /* the current (or last) recording */
+    void **rec_blocks; /* what alloc handed out or free took back while recording */
     size_t n_rec, cap_rec;
     lh_cuda_conv_algo conv[LH_CUDA_CONV_CACHE];
     int n_conv;
@@ -103,10 +111,11 @@ lh_status lh__cuda_not_recording(lh_backend *be, const char *what);
  * device: through a pinned staging slot when it fits one; src may be freed
  * on return. */
 lh_status lh__cuda_upload_async(lh_backend *be, void *dst, const void *src, size_t bytes);
-/* Clear the held mark of the blocks at ptrs (a graph's, freed). */
+/* One graph fewer holds the blocks at ptrs (a graph's, freed). */
 void lh__cuda_unhold(lh_cuda *cu, void *const *ptrs, size_t n);
-/* Free the retired workspaces (no graph left that may use them). */
-void lh__cuda_free_retired(lh_cuda *cu);
+/* A graph recorded on workspace ws (may be NULL) was freed: ws is freed
+ * when it was retired and no other graph uses it. */
+void lh__cuda_workspace_unref(lh_cuda *cu, void *ws);
 /* The graph ops of the table (graph.cu). */
 lh_status lh__cuda_graph_begin(lh_backend *be);
 lh_status lh__cuda_graph_end(lh_backend *be, void **graph);

@@ -4,8 +4,9 @@
  * launch instead of one per kernel. The recording keeps every pointer and
  * size its ops were given, so what the recorded kernels use must outlive
  * the graph: blocks allocated or freed while recording stay held (no other
- * allocation takes them) until graph_free, and a scratch workspace
- * outgrown meanwhile is retired, not freed. Ops that wait for the device
+ * allocation takes them; a count, as graphs may share one) until
+ * graph_free, and the scratch workspace it was recorded on, if outgrown
+ * meanwhile, is retired, not freed, until its last graph goes. Ops that wait for the device
  * or read host memory (upload, download, sync, a growing scratch) refuse
  * while recording; the recording then fails and the caller runs the ops
  * directly. LORAHOST_CUDA_GRAPHS=0 refuses every recording. */
@@ -17,17 +18,24 @@ typedef struct lh_cuda_graph {
     cudaGraphExec_t exec;
     void **blocks; /* held allocations */
     size_t n_blocks;
+    void *workspace; /* the scratch workspace it was recorded on */
 } lh_cuda_graph;
 
 extern "C" lh_status lh__cuda_graph_begin(lh_backend *be) {
     lh_cuda *cu = lh__cuda(be);
-    if (cu->graphs_off) return lh__cuda_fail(be, "graph", "off (LORAHOST_CUDA_GRAPHS=0)");
+    if (cu->graphs_off) {
+        lh__cuda_fail(be, "graph", "off (LORAHOST_CUDA_GRAPHS=0)");
+        return LH_ERR_UNSUPPORTED;
+    }
     if (cu->recording) return lh__cuda_fail(be, "graph", "already recording one");
-    lh_status st = lh__cuda_check(
-        be, cudaStreamBeginCapture(cu->stream, cudaStreamCaptureModeRelaxed), "graph: begin");
-    if (st != LH_OK) return st;
+    cudaError_t e = cudaStreamBeginCapture(cu->stream, cudaStreamCaptureModeRelaxed);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: the next op's check must not see it */
+        return lh__cuda_check(be, e, "graph: begin");
+    }
     cu->recording = 1;
     cu->n_rec = 0;
+    cu->rec_serial++;
     return LH_OK;
 }
 
@@ -68,7 +76,8 @@ extern "C" lh_status lh__cuda_graph_end(lh_backend *be, void **graph) {
     for (size_t i = 0; i < cu->n_rec; i++) h->blocks[i] = cu->rec_blocks[i];
     h->n_blocks = cu->n_rec;
     cu->n_rec = 0;
-    cu->n_graphs++;
+    h->workspace = cu->workspace;
+    if (h->workspace) cu->workspace_refs++;
     *graph = h;
     return LH_OK;
 }
@@ -86,10 +95,11 @@ extern "C" void lh__cuda_graph_free(lh_backend *be, void *graph) {
     if (!graph) return;
     lh_cuda *cu = lh__cuda(be);
     lh_cuda_graph *h = (lh_cuda_graph *)graph;
-    cudaStreamSynchronize(cu->stream); /* a launch may still run */
+    if (cudaStreamSynchronize(cu->stream) != cudaSuccess) /* a launch may still run */
+        cudaGetLastError();
     cudaGraphExecDestroy(h->exec);
     lh__cuda_unhold(cu, h->blocks, h->n_blocks);
+    lh__cuda_workspace_unref(cu, h->workspace);
     free(h->blocks);
     free(h);
-    if (--cu->n_graphs == 0) lh__cuda_free_retired(cu);
 }

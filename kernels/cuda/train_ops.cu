@@ -114,12 +114,8 @@ extern "C" lh_status lh__cuda_mse_backward(lh_backend *be, float *dpred, double 
         for (int64_t r = 0; r < rows; r++) acoef.v[r] = coef[r];
     } else {
         lh_status st = lh__cuda_scratch(be, (size_t)rows * sizeof(double), &dcoef);
-        /* from pageable host memory the copy is staged before it returns: the
-         * caller may free coef at once, and nothing waits for the device */
-        if (st == LH_OK)
-            st = lh__cuda_check(be, cudaMemcpyAsync(dcoef, coef, (size_t)rows * sizeof(double),
-                                                    cudaMemcpyHostToDevice, s),
-                                "mse_backward");
+        /* staged: the caller may free coef at once, and nothing waits */
+        if (st == LH_OK) st = lh__cuda_upload_async(be, dcoef, coef, (size_t)rows * sizeof(double));
         if (st != LH_OK) return st;
     }
     mse_backward_kernel<<<(unsigned)rows, TO_BLOCK, 0, s>>>(dpred, sq, pred, target,
