@@ -139,13 +139,17 @@ def main():
                 ours = unet_gpu.run_json([os.path.join(args.build, "bench", "bench_train"), d, lora,
                                           str(b), str(args.size), str(args.size), str(args.ctx),
                                           str(args.iters), str(ck), "0", prec, args.device],
-                                         env)
+                                         env, fatal=False)
                 ref = unet_gpu.run_json([sys.executable, __file__, "--torch-worker", "--dir", d,
                                          "--lora", lora, "--batch", str(b), "--size",
                                          str(args.size), "--ctx", str(args.ctx), "--iters",
                                          str(args.iters), "--ckpt", str(ck), "--precision", prec,
                                          "--device", args.device])
                 gpu, tv = ref["gpu"], ref["torch"]
+                if "error" in ours:  # the row says so; the others still run
+                    print(f"ours failed at {prec}, batch {b}, checkpointing {ck}: "
+                          f"{ours['error']}", file=sys.stderr)
+                    ours = {"step_s": [float("nan")], "layers_unet": "failed"}
                 o, r = unet_gpu.med(ours["step_s"]), unet_gpu.med(ref["step_s"])
                 rows.append((prec, b, ck, o, r, ours.get("peak_device_mb", float("nan")),
                              ref["peak_device_mb"], ours["layers_unet"], ref["layers_unet"]))

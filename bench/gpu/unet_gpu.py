@@ -113,9 +113,20 @@ def torch_worker(args):
                       "gpu": torch.cuda.get_device_name(0) if cuda else "cpu"}))
 
 
-def run_json(cmd, env=None):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+def run_json(cmd, env=None, fatal=True):
+    """The JSON object a benchmark prints last. A failing run of ours
+    (fatal=False) gives {"error": ...} instead, so the other rows still run."""
+    try:
+        out = subprocess.run(cmd, check=fatal, capture_output=True, text=True, env=env)
+    except OSError as e:
+        if fatal:
+            raise
+        return {"error": str(e)[:160]}
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {out.returncode}: {tail[:160]}"}
+    res = json.loads(lines[-1])
     for line in out.stderr.splitlines():  # LH_CUDA_STATS
         if "peak device memory in use" in line:
             res["peak_device_mb"] = float(line.split("in use")[1].split("MiB")[0])
@@ -167,11 +178,11 @@ def main():
             e = dict(env, LORAHOST_CUDA_ATTENTION=att)
             ours[f"{p}, attention {att}"] = run_json(
                 [os.path.join(args.build, "bench", "bench_unet"), d] + shape +
-                ["0", args.device, p], e)
+                ["0", args.device, p], e, fatal=False)
     if "fp16" in args.precisions and "auto" in args.attention:  # what the graph buys
         ours["fp16, attention auto, no graph"] = run_json(
             [os.path.join(args.build, "bench", "bench_unet"), d] + shape + ["0", args.device, "fp16"],
-            dict(env, LORAHOST_CUDA_ATTENTION="auto", LORAHOST_CUDA_GRAPHS="0"))
+            dict(env, LORAHOST_CUDA_ATTENTION="auto", LORAHOST_CUDA_GRAPHS="0"), fatal=False)
     ref = run_json([sys.executable, __file__, "--torch-worker", "--dir", d, "--batch",
                     str(args.batch), "--size", str(args.size), "--ctx", str(args.ctx),
                     "--iters", str(args.iters), "--device", args.device])
@@ -183,6 +194,9 @@ def main():
           "| load ours / torch | peak device memory ours / torch |")
     print("|---|---|---|---|---|---|")
     for p, o in ours.items():
+        if "error" in o:
+            print(f"| {p} | failed ({o['error']}) | {r * 1e3:.2f} ms | | | |")
+            continue
         m = med(o["forward_s"])
         print(f"| {p} | {m * 1e3:.2f} ms | {r * 1e3:.2f} ms | {r / m:.2f}x | {o['load_s']:.2f} s / "
               f"{ref['load_s']:.2f} s | {o.get('peak_device_mb', float('nan')):.0f} MiB / "
@@ -191,7 +205,7 @@ def main():
     vd = args.vae or random_dir(args.cache, "vae", "AutoencoderKL", SD15_VAE, 1)
     vs = str(args.vae_size)
     vae_ours = run_json([os.path.join(args.build, "bench", "bench_vae"), vd, "1", vs, vs,
-                         str(args.iters), "0", args.device], env)
+                         str(args.iters), "0", args.device], env, fatal=False)
     vae_ref = {}
     for dt in ("fp16", "fp32"):
         vae_ref[dt] = run_json([sys.executable, __file__, "--vae-worker", "--dir", vd,
@@ -203,7 +217,9 @@ def main():
     print("| diffusers dtype | lorahost (float32 activations) | diffusers | ratio (torch / ours) "
           "| peak device memory ours / torch |")
     print("|---|---|---|---|---|")
-    mo = med(vae_ours["decode_s"])
+    mo = med(vae_ours["decode_s"]) if "error" not in vae_ours else float("nan")
+    if "error" in vae_ours:
+        print(f"| (ours failed: {vae_ours['error']}) | | | | |")
     for dt, rv in vae_ref.items():
         mr = med(rv["decode_s"])
         print(f"| {dt} | {mo * 1e3:.2f} ms | {mr * 1e3:.2f} ms | {mr / mo:.2f}x | "
