@@ -382,7 +382,9 @@ extern "C" lh_status lh__cuda_count_nonfinite_into(lh_backend *be, int64_t *coun
     return lh__cuda_launched(be, "count_nonfinite_into");
 }
 
-/* ---- Rounding fronts: ops that write activations ---- */
+/* ---- Rounding fronts: ops that write activations ----
+ * The elementwise ops and the norms round in their own stores (lh__cu_act);
+ * the products, convolutions and attention get the pass after them. */
 
 static lh_status r_gemm(lh_backend *be, float *c, const float *a, const float *b, int ta, int tb,
                         int64_t m, int64_t n, int64_t k, float alpha, float beta, int64_t batch,
@@ -403,23 +405,10 @@ static lh_status r_conv2d(lh_backend *be, float *out, const float *x, const floa
                           const float *bias, int64_t n, int64_t c_in, int64_t h, int64_t wd,
                           int64_t c_out, int64_t kh, int64_t kw, int stride, int pad) {
     lh_status st = lh__cuda_conv2d(be, out, x, w, bias, n, c_in, h, wd, c_out, kh, kw, stride, pad);
-    if (st != LH_OK) return st;
+    /* with a bias (or no input) the bias kernel stored it rounded */
+    if (st != LH_OK || bias || c_in == 0 || h == 0 || wd == 0) return st;
     int64_t ho = (h + 2 * pad - kh) / stride + 1, wo = (wd + 2 * pad - kw) / stride + 1;
     return lh__cuda_after(be, st, out, (uint64_t)n * c_out * ho * wo);
-}
-
-static lh_status r_group_norm(lh_backend *be, float *out, const float *x, const float *gamma,
-                              const float *beta, int64_t n, int64_t c, int64_t hw, int64_t groups,
-                              float eps, int silu) {
-    return lh__cuda_after(
-        be, lh__cuda_group_norm(be, out, x, gamma, beta, n, c, hw, groups, eps, silu), out,
-        (uint64_t)n * c * hw);
-}
-
-static lh_status r_layer_norm(lh_backend *be, float *out, const float *x, const float *gamma,
-                              const float *beta, int64_t rows, int64_t cols, float eps) {
-    return lh__cuda_after(be, lh__cuda_layer_norm(be, out, x, gamma, beta, rows, cols, eps), out,
-                          (uint64_t)rows * cols);
 }
 
 static lh_status r_attention(lh_backend *be, float *out, float *lse, const float *q,
@@ -428,41 +417,6 @@ static lh_status r_attention(lh_backend *be, float *out, float *lse, const float
     return lh__cuda_after(
         be, lh__cuda_attention(be, out, lse, q, k, v, b, heads, nq, nk, d, scale, causal), out,
         (uint64_t)b * nq * heads * d);
-}
-
-static lh_status r_silu(lh_backend *be, float *out, const float *x, int64_t n) {
-    return lh__cuda_after(be, lh__cuda_silu(be, out, x, n), out, (uint64_t)n);
-}
-
-static lh_status r_gelu(lh_backend *be, float *out, const float *x, int64_t n) {
-    return lh__cuda_after(be, lh__cuda_gelu(be, out, x, n), out, (uint64_t)n);
-}
-
-static lh_status r_quick_gelu(lh_backend *be, float *out, const float *x, int64_t n) {
-    return lh__cuda_after(be, lh__cuda_quick_gelu(be, out, x, n), out, (uint64_t)n);
-}
-
-static lh_status r_geglu(lh_backend *be, float *out, const float *x, int64_t rows, int64_t f) {
-    return lh__cuda_after(be, lh__cuda_geglu(be, out, x, rows, f), out, (uint64_t)rows * f);
-}
-
-static lh_status r_add(lh_backend *be, float *out, const float *a, const float *b, int64_t n) {
-    return lh__cuda_after(be, lh__cuda_add(be, out, a, b, n), out, (uint64_t)n);
-}
-
-static lh_status r_mul(lh_backend *be, float *out, const float *a, const float *b, int64_t n) {
-    return lh__cuda_after(be, lh__cuda_mul(be, out, a, b, n), out, (uint64_t)n);
-}
-
-static lh_status r_axpby(lh_backend *be, float *out, float alpha, const float *a, float beta,
-                         const float *b, int64_t n) {
-    return lh__cuda_after(be, lh__cuda_axpby(be, out, alpha, a, beta, b, n), out, (uint64_t)n);
-}
-
-static lh_status r_add_channel_bias(lh_backend *be, float *out, const float *x, const float *bias,
-                                    int64_t outer, int64_t c, int64_t inner) {
-    return lh__cuda_after(be, lh__cuda_add_channel_bias(be, out, x, bias, outer, c, inner), out,
-                          (uint64_t)outer * c * inner);
 }
 
 static lh_status r_timestep_embedding(lh_backend *be, float *out, const float *timesteps,
@@ -573,17 +527,17 @@ static const lh_backend_ops cuda_ops = {
     /* .gemm = */ r_gemm,
     /* .linear = */ r_linear,
     /* .conv2d = */ r_conv2d,
-    /* .group_norm = */ r_group_norm,
-    /* .layer_norm = */ r_layer_norm,
+    /* .group_norm = */ lh__cuda_group_norm,
+    /* .layer_norm = */ lh__cuda_layer_norm,
     /* .attention = */ r_attention,
-    /* .silu = */ r_silu,
-    /* .gelu = */ r_gelu,
-    /* .quick_gelu = */ r_quick_gelu,
-    /* .geglu = */ r_geglu,
-    /* .add = */ r_add,
-    /* .mul = */ r_mul,
-    /* .axpby = */ r_axpby,
-    /* .add_channel_bias = */ r_add_channel_bias,
+    /* .silu = */ lh__cuda_silu,
+    /* .gelu = */ lh__cuda_gelu,
+    /* .quick_gelu = */ lh__cuda_quick_gelu,
+    /* .geglu = */ lh__cuda_geglu,
+    /* .add = */ lh__cuda_add,
+    /* .mul = */ lh__cuda_mul,
+    /* .axpby = */ lh__cuda_axpby,
+    /* .add_channel_bias = */ lh__cuda_add_channel_bias,
     /* .upsample_nearest2x = */ lh__cuda_upsample_nearest2x,
     /* .concat_channels = */ lh__cuda_concat_channels,
     /* .transpose_c_hw = */ lh__cuda_transpose_c_hw,

@@ -29,13 +29,14 @@ static int conv_tf32(const lh_cuda *cu) {
 
 /* ---- Kernels ---- */
 
-/* out [n, c, hw] = bias[ch] (0 without bias) if `set`, else out += bias[ch]. */
+/* out [n, c, hw] = bias[ch] (0 without bias) if `set`, else out += bias[ch];
+ * stored in the activation precision act (lh__cu_act). */
 static __global__ void conv_bias(float *out, const float *bias, int64_t c, int64_t hw,
-                                 int64_t total, int set) {
+                                 int64_t total, int set, int act) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
         float v = bias ? bias[i / hw % c] : 0.0f;
-        out[i] = set ? v : out[i] + v;
+        out[i] = lh__cu_act(set ? v : out[i] + v, act);
     }
 }
 
@@ -276,7 +277,8 @@ extern "C" lh_status lh__cuda_conv2d(lh_backend *be, float *out, /* [n, c_out, h
     cudaStream_t stream = lh__cuda(be)->stream;
     if (in_img == 0) { /* nothing to convolve: out = bias (or 0) */
         conv_bias<<<lh__cuda_grid(out_total, 256), 256, 0, stream>>>(out, bias, c_out, hw_out,
-                                                                     out_total, 1);
+                                                                     out_total, 1,
+                                                                     lh__cuda(be)->act);
         return lh__cuda_launched(be, "conv2d: bias");
     }
     const int64_t s[9] = {n, c_in, h, wd, c_out, kh, kw, stride, pad};
@@ -297,7 +299,8 @@ extern "C" lh_status lh__cuda_conv2d(lh_backend *be, float *out, /* [n, c_out, h
     descs_destroy(&d);
     if (st == LH_OK && bias) {
         conv_bias<<<lh__cuda_grid(out_total, 256), 256, 0, stream>>>(out, bias, c_out, hw_out,
-                                                                     out_total, 0);
+                                                                     out_total, 0,
+                                                                     lh__cuda(be)->act);
         st = lh__cuda_launched(be, "conv2d: bias");
     }
     return st;

@@ -124,6 +124,19 @@ void lh__cuda_graph_free(lh_backend *be, void *graph);
 /* Round out [n] to the activation precision after a successful op. */
 lh_status lh__cuda_after(lh_backend *be, lh_status st, float *out, uint64_t n);
 
+#ifdef __CUDACC__
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+/* v as the activation precision `act` (an lh_dtype) holds it: what
+ * lh__cuda_after's pass would leave, fused into an op's own store (F16 and
+ * BF16 round to nearest even, F16 overflows to +-Inf; F32 keeps v). */
+static __device__ __forceinline__ float lh__cu_act(float v, int act) {
+    return act == LH_DTYPE_F16    ? __half2float(__float2half_rn(v))
+           : act == LH_DTYPE_BF16 ? __bfloat162float(__float2bfloat16_rn(v))
+                                  : v;
+}
+#endif
+
 /* Grid size for n elements at `block` threads, capped for grid-stride loops. */
 static inline unsigned lh__cuda_grid(int64_t n, int block) {
     int64_t g = (n + block - 1) / block;

@@ -27,33 +27,35 @@ __device__ __forceinline__ float gelu_pdf(float x) {
 
 /* ---- Activations ---- */
 
-__global__ void silu_kernel(float *out, const float *x, int64_t n) {
+/* The forward kernels store in the activation precision `act` (lh__cu_act):
+ * no rounding pass after them. */
+__global__ void silu_kernel(float *out, const float *x, int64_t n, int act) {
     LH_CU_FOR(i, n) {
         float v = x[i];
-        out[i] = v / (1.0f + expf(-v));
+        out[i] = lh__cu_act(v / (1.0f + expf(-v)), act);
     }
 }
 
-__global__ void gelu_kernel(float *out, const float *x, int64_t n) {
+__global__ void gelu_kernel(float *out, const float *x, int64_t n, int act) {
     LH_CU_FOR(i, n) {
         float v = x[i];
-        out[i] = v * gelu_cdf(v);
+        out[i] = lh__cu_act(v * gelu_cdf(v), act);
     }
 }
 
-__global__ void quick_gelu_kernel(float *out, const float *x, int64_t n) {
+__global__ void quick_gelu_kernel(float *out, const float *x, int64_t n, int act) {
     LH_CU_FOR(i, n) {
         float v = x[i];
-        out[i] = v / (1.0f + expf(-1.702f * v));
+        out[i] = lh__cu_act(v / (1.0f + expf(-1.702f * v)), act);
     }
 }
 
 /* out [rows, f] = hidden * gelu(gate), x [rows, 2f] = [hidden | gate] */
-__global__ void geglu_kernel(float *out, const float *x, int64_t rows, int64_t f) {
+__global__ void geglu_kernel(float *out, const float *x, int64_t rows, int64_t f, int act) {
     LH_CU_FOR(i, rows * f) {
         int64_t r = i / f, j = i - r * f;
         float g = x[r * 2 * f + f + j];
-        out[i] = x[r * 2 * f + j] * (g * gelu_cdf(g));
+        out[i] = lh__cu_act(x[r * 2 * f + j] * (g * gelu_cdf(g)), act);
     }
 }
 
@@ -66,9 +68,10 @@ static lh_status pointwise(lh_backend *be, act_kind kind, float *out, const floa
     if (!out || !x) return LH_ERR_INVALID;
     cudaStream_t s = lh__cuda(be)->stream;
     unsigned g = lh__cuda_grid(n, EW_BLOCK);
-    if (kind == ACT_SILU) silu_kernel<<<g, EW_BLOCK, 0, s>>>(out, x, n);
-    else if (kind == ACT_GELU) gelu_kernel<<<g, EW_BLOCK, 0, s>>>(out, x, n);
-    else quick_gelu_kernel<<<g, EW_BLOCK, 0, s>>>(out, x, n);
+    int act = lh__cuda(be)->act;
+    if (kind == ACT_SILU) silu_kernel<<<g, EW_BLOCK, 0, s>>>(out, x, n, act);
+    else if (kind == ACT_GELU) gelu_kernel<<<g, EW_BLOCK, 0, s>>>(out, x, n, act);
+    else quick_gelu_kernel<<<g, EW_BLOCK, 0, s>>>(out, x, n, act);
     return lh__cuda_launched(be, kind == ACT_SILU   ? "silu"
                                  : kind == ACT_GELU ? "gelu"
                                                     : "quick_gelu");
@@ -95,29 +98,29 @@ extern "C" lh_status lh__cuda_geglu(lh_backend *be, float *out, /* [rows, f] */
     if (total == 0) return LH_OK;
     if (!out || !x) return LH_ERR_INVALID;
     geglu_kernel<<<lh__cuda_grid(rows * f, EW_BLOCK), EW_BLOCK, 0, lh__cuda(be)->stream>>>(
-        out, x, rows, f);
+        out, x, rows, f, lh__cuda(be)->act);
     return lh__cuda_launched(be, "geglu");
 }
 
 /* ---- Arithmetic ---- */
 
-__global__ void add_kernel(float *out, const float *a, const float *b, int64_t n) {
-    LH_CU_FOR(i, n) out[i] = a[i] + b[i];
+__global__ void add_kernel(float *out, const float *a, const float *b, int64_t n, int act) {
+    LH_CU_FOR(i, n) out[i] = lh__cu_act(a[i] + b[i], act);
 }
 
-__global__ void mul_kernel(float *out, const float *a, const float *b, int64_t n) {
-    LH_CU_FOR(i, n) out[i] = __fmul_rn(a[i], b[i]);
+__global__ void mul_kernel(float *out, const float *a, const float *b, int64_t n, int act) {
+    LH_CU_FOR(i, n) out[i] = lh__cu_act(__fmul_rn(a[i], b[i]), act);
 }
 
 __global__ void axpby_kernel(float *out, float alpha, const float *a, float beta, const float *b,
-                             int64_t n) {
-    LH_CU_FOR(i, n) out[i] = alpha * a[i] + beta * b[i];
+                             int64_t n, int act) {
+    LH_CU_FOR(i, n) out[i] = lh__cu_act(alpha * a[i] + beta * b[i], act);
 }
 
 /* out[r * inner + k] = x[r * inner + k] + bias[r] */
 __global__ void channel_bias_kernel(float *out, const float *x, const float *bias, int64_t total,
-                                    int64_t inner) {
-    LH_CU_FOR(i, total) out[i] = x[i] + bias[i / inner];
+                                    int64_t inner, int act) {
+    LH_CU_FOR(i, total) out[i] = lh__cu_act(x[i] + bias[i / inner], act);
 }
 
 static lh_status check_n(int64_t n, const void *p, const void *q, const void *r) {
@@ -128,11 +131,13 @@ static lh_status check_n(int64_t n, const void *p, const void *q, const void *r)
 }
 
 /* out = kernel(a, b) over n elements. */
-static lh_status binary(lh_backend *be, void (*kernel)(float *, const float *, const float *, int64_t),
+static lh_status binary(lh_backend *be,
+                        void (*kernel)(float *, const float *, const float *, int64_t, int),
                         float *out, const float *a, const float *b, int64_t n, const char *what) {
     lh_status st = check_n(n, out, a, b);
     if (st != LH_OK || n == 0) return st;
-    kernel<<<lh__cuda_grid(n, EW_BLOCK), EW_BLOCK, 0, lh__cuda(be)->stream>>>(out, a, b, n);
+    kernel<<<lh__cuda_grid(n, EW_BLOCK), EW_BLOCK, 0, lh__cuda(be)->stream>>>(out, a, b, n,
+                                                                             lh__cuda(be)->act);
     return lh__cuda_launched(be, what);
 }
 
@@ -151,7 +156,7 @@ extern "C" lh_status lh__cuda_axpby(lh_backend *be, float *out, float alpha, con
     lh_status st = check_n(n, out, a, b);
     if (st != LH_OK || n == 0) return st;
     axpby_kernel<<<lh__cuda_grid(n, EW_BLOCK), EW_BLOCK, 0, lh__cuda(be)->stream>>>(
-        out, alpha, a, beta, b, n);
+        out, alpha, a, beta, b, n, lh__cuda(be)->act);
     return lh__cuda_launched(be, "axpby");
 }
 
@@ -167,7 +172,7 @@ extern "C" lh_status lh__cuda_add_channel_bias(lh_backend *be, float *out, /* [o
     if (total == 0) return LH_OK;
     if (!out || !x || !bias) return LH_ERR_INVALID;
     channel_bias_kernel<<<lh__cuda_grid(total, EW_BLOCK), EW_BLOCK, 0, lh__cuda(be)->stream>>>(
-        out, x, bias, total, inner);
+        out, x, bias, total, inner, lh__cuda(be)->act);
     return lh__cuda_launched(be, "add_channel_bias");
 }
 

@@ -55,7 +55,7 @@ static __device__ __forceinline__ float silu_chain(float dy, float y, int silu) 
 /* Task t = (image, group) of x [n, c, hw]: cg * hw contiguous values. */
 static __global__ void group_norm_fwd(float *out, const float *x, const float *gamma,
                                       const float *beta, int64_t tasks, int64_t c, int64_t hw,
-                                      int64_t groups, float eps, int silu) {
+                                      int64_t groups, float eps, int silu, int act) {
     __shared__ double shm[32];
     int64_t cg = c / groups, len = cg * hw;
     for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x) {
@@ -67,7 +67,7 @@ static __global__ void group_norm_fwd(float *out, const float *x, const float *g
         for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
             int64_t ch = c0 + i / hw;
             float a = rstd * gamma[ch], y = (xs[i] - mf) * a + beta[ch];
-            os[i] = silu ? y / (1.0f + expf(-y)) : y;
+            os[i] = lh__cu_act(silu ? y / (1.0f + expf(-y)) : y, act);
         }
     }
 }
@@ -135,7 +135,8 @@ static __global__ void group_norm_params(float *dgamma, float *dbeta, const doub
 /* ---- Layer norm ---- */
 
 static __global__ void layer_norm_fwd(float *out, const float *x, const float *gamma,
-                                      const float *beta, int64_t rows, int64_t cols, float eps) {
+                                      const float *beta, int64_t rows, int64_t cols, float eps,
+                                      int act) {
     __shared__ double shm[32];
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
         const float *xs = x + r * cols;
@@ -143,7 +144,7 @@ static __global__ void layer_norm_fwd(float *out, const float *x, const float *g
         float mf, rstd;
         block_stats(&mf, &rstd, xs, cols, eps, &shm[0]);
         for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
-            os[i] = (xs[i] - mf) * rstd * gamma[i] + beta[i];
+            os[i] = lh__cu_act((xs[i] - mf) * rstd * gamma[i] + beta[i], act);
     }
 }
 
@@ -239,7 +240,7 @@ extern "C" lh_status lh__cuda_group_norm(lh_backend *be, float *out, /* [n, c, h
     if (!out || !x || !gamma || !beta) return LH_ERR_INVALID;
     int64_t tasks = n * groups;
     group_norm_fwd<<<task_grid(tasks), GN_BLOCK, 0, lh__cuda(be)->stream>>>(
-        out, x, gamma, beta, tasks, c, hw, groups, eps, silu != 0);
+        out, x, gamma, beta, tasks, c, hw, groups, eps, silu != 0, lh__cuda(be)->act);
     return lh__cuda_launched(be, "group_norm");
 }
 
@@ -284,8 +285,8 @@ extern "C" lh_status lh__cuda_layer_norm(lh_backend *be, float *out, /* [rows, c
     if (!lh__cu_mul2(&total, rows, cols) || !lh__cu_bytes_ok(total)) return LH_ERR_OVERFLOW;
     if (total == 0) return LH_OK;
     if (!out || !x || !gamma || !beta) return LH_ERR_INVALID;
-    layer_norm_fwd<<<task_grid(rows), LN_BLOCK, 0, lh__cuda(be)->stream>>>(out, x, gamma, beta,
-                                                                          rows, cols, eps);
+    layer_norm_fwd<<<task_grid(rows), LN_BLOCK, 0, lh__cuda(be)->stream>>>(
+        out, x, gamma, beta, rows, cols, eps, lh__cuda(be)->act);
     return lh__cuda_launched(be, "layer_norm");
 }
 
