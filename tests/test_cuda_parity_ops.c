@@ -186,6 +186,18 @@ START_TEST(test_attention_sd15) {
 }
 END_TEST
 
+/* The SD VAE's mid-block attention: one head of 512 over the latent's
+ * pixels (past the flash kernels' head dims: the dense products serve it),
+ * at 32x32 and, for a 512x512 image, 64x64 latents; forward only. Then one
+ * head whose scores (8200^2 floats) pass the dense path's 256 MiB chunk,
+ * which LORAHOST_CUDA_ATTENTION=gemm takes a chunk of query rows at a time. */
+START_TEST(test_attention_vae) {
+    att_case((att_shape){1, 1, 1024, 1024, 512, 0}, 0, TOL_F32);
+    att_case((att_shape){1, 1, 4096, 4096, 512, 0}, 0, TOL_F32);
+    att_case((att_shape){1, 1, 8200, 8200, 8, 0}, 0, TOL_F32);
+}
+END_TEST
+
 /* CLIP's text encoder: causal, 12 heads of 64, 77 tokens. */
 START_TEST(test_attention_clip) {
     att_case((att_shape){2, 12, 77, 77, 64, 1}, 1, TOL_F32);
@@ -882,6 +894,7 @@ int main(void) {
     tcase_add_test(tc, test_attention_odd);
     tcase_add_test(tc, test_attention_no_queries);
     tcase_add_test(tc, test_attention_clip);
+    tcase_add_test(tc, test_attention_vae);
     tcase_add_test(tc, test_attention_sd15);
     tcase_add_test(tc, test_half_outputs);
     tcase_add_test(tc, test_train_ops);

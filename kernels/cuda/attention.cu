@@ -523,7 +523,10 @@ extern "C" lh_status lh__cuda_attention(lh_backend *be, float *out, /* [b, nq, h
         st = lh__cuda_attention_tc(be, out, lse, q, k, v, b, heads, nq, nk, d, scale, causal,
                                    cu->act);
     if (st != LH_ERR_UNSUPPORTED) return st;
-    if (d > 32 * ATT_NC_MAX) return att_d_unsupported(be, d);
+    if (d > 32 * ATT_NC_MAX) { /* past the register tiles (the VAE's one head of 512) */
+        st = lh__cuda_attention_gemm(be, out, lse, q, k, v, b, heads, nq, nk, d, scale, causal);
+        return st == LH_ERR_UNSUPPORTED ? att_d_unsupported(be, d) : st;
+    }
     att_launch a = {};
     a.out = out, a.lse = lse, a.q = q, a.k = k, a.v = v;
     a.heads = heads, a.nq = nq, a.nk = nk, a.d = (int)d, a.stride = att_stride(d);

@@ -6,9 +6,11 @@
  *   O = P V           (cuBLAS, written into out's interleaved heads)
  * Layouts as kernels/backend.h: q/out [b, n, heads * d], so head h of an
  * image is a matrix with leading dimension heads * d, and batches over heads
- * step by d. A chunk's S stays within ATT_GEMM_CHUNK bytes; a single head
- * that needs more is LH_ERR_UNSUPPORTED (the caller runs the flash kernel),
- * and so is causal attention with nq != nk. Float32 products (TF32 when
+ * step by d. A chunk's S stays within ATT_GEMM_CHUNK bytes: several heads
+ * at once, or, when one head's S is larger, one head's query rows a chunk
+ * at a time. It also serves head dims past the flash kernel's 256 (the SD
+ * VAE's mid-block attention is one head of 512). Causal attention with
+ * nq != nk is LH_ERR_UNSUPPORTED. Float32 products (TF32 when
  * lh_cuda.tf32 or under F16/BF16 activations, as gemm.cu); the softmax in
  * float32 with a fixed reduction order. */
 #include <limits.h>
@@ -37,13 +39,15 @@ __device__ __forceinline__ float block_max(float v, float *shm) {
     return warp_max(v);
 }
 
-/* Rows of s [rows, nk] (row r = head hr * nq + query i) to softmax in place;
- * lse[lse0 + r] when lse is not NULL. Causal: keys j > i get 0. */
-__global__ void softmax_rows(float *s, float *lse, int64_t lse0, int64_t nq, int64_t nk,
-                             int causal) {
+/* Rows of s [rows, nk] (row r = head hr * nqc + query q0 + r % nqc of a
+ * chunk of nqc queries) to softmax in place; lse[lse0 + hr * nq + i] when
+ * lse is not NULL. Causal: keys j > i get 0. */
+__global__ void softmax_rows(float *s, float *lse, int64_t lse0, int64_t nq, int64_t q0,
+                             int64_t nqc, int64_t nk, int causal) {
     __shared__ float shm[32];
     __shared__ double shd[32];
-    int64_t r = blockIdx.x, i = r % nq, n = causal ? (i + 1 < nk ? i + 1 : nk) : nk;
+    int64_t r = blockIdx.x, hr = r / nqc, i = q0 + r % nqc;
+    int64_t n = causal ? (i + 1 < nk ? i + 1 : nk) : nk;
     float *row = s + r * nk;
     float m = -INFINITY;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, row[j]);
@@ -54,7 +58,7 @@ __global__ void softmax_rows(float *s, float *lse, int64_t lse0, int64_t nq, int
     float inv = (float)(1.0 / l);
     for (int64_t j = threadIdx.x; j < nk; j += blockDim.x)
         row[j] = j < n ? expf(row[j] - m) * inv : 0.0f;
-    if (lse && threadIdx.x == 0) lse[lse0 + r] = m + (float)log(l);
+    if (lse && threadIdx.x == 0) lse[lse0 + hr * nq + i] = m + (float)log(l);
 }
 
 extern "C" lh_status lh__cuda_attention_gemm(lh_backend *be, float *out, float *lse,
@@ -63,14 +67,16 @@ extern "C" lh_status lh__cuda_attention_gemm(lh_backend *be, float *out, float *
                                              int64_t d, float scale, int causal) {
     /* argument checks are lh__cuda_attention's, made before it calls here */
     if (nq < 1 || nk < 1 || d < 1 || (causal && nq != nk)) return LH_ERR_UNSUPPORTED;
-    size_t per_head = (size_t)nq * (size_t)nk * sizeof(float);
-    if (per_head > ATT_GEMM_CHUNK || nq > INT_MAX || nk > INT_MAX || heads * d > INT_MAX)
+    size_t per_row = (size_t)nk * sizeof(float), per_head = (size_t)nq * per_row;
+    if (per_row > ATT_GEMM_CHUNK || nq > INT_MAX || nk > INT_MAX || heads * d > INT_MAX)
         return LH_ERR_UNSUPPORTED;
     lh_cuda *cu = lh__cuda(be);
-    int64_t hc = (int64_t)(ATT_GEMM_CHUNK / per_head);
+    /* heads per chunk hc, and query rows per chunk qc (all when a head fits) */
+    int64_t hc = per_head <= ATT_GEMM_CHUNK ? (int64_t)(ATT_GEMM_CHUNK / per_head) : 1;
+    int64_t qc = per_head <= ATT_GEMM_CHUNK ? nq : (int64_t)(ATT_GEMM_CHUNK / per_row);
     if (hc > heads) hc = heads;
     void *sbuf = NULL;
-    lh_status st = lh__cuda_scratch(be, (size_t)hc * per_head, &sbuf);
+    lh_status st = lh__cuda_scratch(be, (size_t)hc * (size_t)qc * per_row, &sbuf);
     if (st != LH_OK) return st;
     float *s = (float *)sbuf;
     int half_act = cu->act == LH_DTYPE_F16 || cu->act == LH_DTYPE_BF16;
@@ -84,28 +90,33 @@ extern "C" lh_status lh__cuda_attention_gemm(lh_backend *be, float *out, float *
         float *ob = out + bi * nq * heads * d;
         for (int64_t h0 = 0; st == LH_OK && h0 < heads; h0 += hc) {
             int nh = (int)(heads - h0 < hc ? heads - h0 : hc);
-            /* column-major: S^T [nk, nq] = K_h^T Q_h, K_h and Q_h [d, n] with ld */
-            st = lh__cuda_check_blas(
-                be,
-                cublasGemmStridedBatchedEx(cu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nk, (int)nq,
-                                           (int)d, &scale, kb + h0 * d, CUDA_R_32F, ld,
-                                           (long long)d, qb + h0 * d, CUDA_R_32F, ld,
-                                           (long long)d, &zero, s, CUDA_R_32F, (int)nk,
-                                           (long long)nq * nk, nh, ct, CUBLAS_GEMM_DEFAULT),
-                "attention: QK^T");
-            if (st != LH_OK) break;
-            softmax_rows<<<(unsigned)(nh * nq), SM_BLOCK, 0, cu->stream>>>(
-                s, lse, (bi * heads + h0) * nq, nq, nk, causal);
-            if ((st = lh__cuda_launched(be, "attention: softmax")) != LH_OK) break;
-            /* column-major: O_h [d, nq] (ld) = V_h [d, nk] (ld) P^T [nk, nq] */
-            st = lh__cuda_check_blas(
-                be,
-                cublasGemmStridedBatchedEx(cu->cublas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d, (int)nq,
-                                           (int)nk, &one, vb + h0 * d, CUDA_R_32F, ld,
-                                           (long long)d, s, CUDA_R_32F, (int)nk,
-                                           (long long)nq * nk, &zero, ob + h0 * d, CUDA_R_32F, ld,
-                                           (long long)d, nh, ct, CUBLAS_GEMM_DEFAULT),
-                "attention: PV");
+            for (int64_t q0 = 0; st == LH_OK && q0 < nq; q0 += qc) {
+                int nqc = (int)(nq - q0 < qc ? nq - q0 : qc);
+                const float *qs = qb + q0 * ld + h0 * d;
+                float *os = ob + q0 * ld + h0 * d;
+                /* column-major: S^T [nk, nqc] = K_h^T Q_h, K_h and Q_h [d, n] with ld */
+                st = lh__cuda_check_blas(
+                    be,
+                    cublasGemmStridedBatchedEx(cu->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nk, nqc,
+                                               (int)d, &scale, kb + h0 * d, CUDA_R_32F, ld,
+                                               (long long)d, qs, CUDA_R_32F, ld, (long long)d,
+                                               &zero, s, CUDA_R_32F, (int)nk,
+                                               (long long)nqc * nk, nh, ct, CUBLAS_GEMM_DEFAULT),
+                    "attention: QK^T");
+                if (st != LH_OK) break;
+                softmax_rows<<<(unsigned)(nh * nqc), SM_BLOCK, 0, cu->stream>>>(
+                    s, lse, (bi * heads + h0) * nq, nq, q0, nqc, nk, causal);
+                if ((st = lh__cuda_launched(be, "attention: softmax")) != LH_OK) break;
+                /* column-major: O_h [d, nqc] (ld) = V_h [d, nk] (ld) P^T [nk, nqc] */
+                st = lh__cuda_check_blas(
+                    be,
+                    cublasGemmStridedBatchedEx(cu->cublas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d, nqc,
+                                               (int)nk, &one, vb + h0 * d, CUDA_R_32F, ld,
+                                               (long long)d, s, CUDA_R_32F, (int)nk,
+                                               (long long)nqc * nk, &zero, os, CUDA_R_32F, ld,
+                                               (long long)d, nh, ct, CUBLAS_GEMM_DEFAULT),
+                    "attention: PV");
+            }
         }
     }
     return st;
