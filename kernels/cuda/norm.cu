@@ -3,7 +3,10 @@
  * and backward_norm.c do: mean, then biased variance in a second pass, both
  * accumulated in double; eps inside the square root; the normalisation in
  * float32. One block per (image, group) or per row, block-stride loops over
- * its elements (any hw * channels per group). Parameter gradients go
+ * its elements (any hw * channels per group); a group norm with few groups
+ * of many values (the VAE at 512x512: 32 groups of a million) spreads each
+ * group over many blocks instead: partial sums, then the statistics, then
+ * the normalisation, four kernels. Parameter gradients go
  * through partial sums in double in scratch (per (image, channel), or per
  * (row chunk, column)), added up by a second kernel in a fixed order: no
  * atomics, so the same bits every run. */
@@ -19,6 +22,9 @@
 #define LN_BY 8             /* row lanes per block */
 #define LN_CHUNKS 1024      /* row chunks, at most */
 #define NORM_GRID (1 << 20) /* blocks, at most (they loop over the tasks) */
+#define GN_SPLIT_LEN 65536  /* values a group from which groups are split... */
+#define GN_SPLIT_TASKS 256  /* ...when there are fewer groups than this */
+#define GN_CHUNK 16384      /* values per block of the split path */
 
 static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static unsigned task_grid(int64_t tasks) {
@@ -70,6 +76,98 @@ static __global__ void group_norm_fwd(float *out, const float *x, const float *g
             os[i] = lh__cu_act(silu ? y / (1.0f + expf(-y)) : y, act);
         }
     }
+}
+
+/* ---- Group norm over many blocks a group ----
+ * Task t's values split into `chunks` chunks of GN_CHUNK; part [tasks,
+ * chunks] holds each chunk's sum, then its sum of squared deviations. */
+
+/* The chunk's range of task t (block blockIdx.x = t * chunks + chunk). */
+static __device__ void gn_chunk(const float **xs, int64_t *n, const float *x, int64_t len,
+                                int64_t chunks) {
+    int64_t t = blockIdx.x / chunks, ch = blockIdx.x % chunks, i0 = ch * GN_CHUNK;
+    *xs = x + t * len + i0;
+    *n = len - i0 < GN_CHUNK ? len - i0 : GN_CHUNK;
+}
+
+/* The mean of task t from its chunks' sums, added in chunk order. */
+static __device__ double gn_mean(const double *part, int64_t t, int64_t chunks, int64_t len) {
+    double s = 0.0;
+    for (int64_t k = 0; k < chunks; k++) s += part[t * chunks + k];
+    return s / (double)len;
+}
+
+static __global__ void gn_split_sum(double *part, const float *x, int64_t len, int64_t chunks) {
+    __shared__ double shm[32];
+    const float *xs;
+    int64_t n;
+    gn_chunk(&xs, &n, x, len, chunks);
+    double s = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += (double)xs[i];
+    s = lh__block_sum(s, shm);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+static __global__ void gn_split_sq(double *sq, const double *part, const float *x, int64_t len,
+                                   int64_t chunks) {
+    __shared__ double shm[32], mean_s;
+    const float *xs;
+    int64_t n;
+    gn_chunk(&xs, &n, x, len, chunks);
+    if (threadIdx.x == 0) mean_s = gn_mean(part, blockIdx.x / chunks, chunks, len);
+    __syncthreads();
+    double mean = mean_s, q = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        double d = (double)xs[i] - mean;
+        q += d * d;
+    }
+    q = lh__block_sum(q, shm);
+    if (threadIdx.x == 0) sq[blockIdx.x] = q;
+}
+
+/* stats [tasks, 2] = mean, rstd (float) as block_stats gives them. */
+static __global__ void gn_split_stats(float *stats, const double *part, const double *sq,
+                                      int64_t tasks, int64_t chunks, int64_t len, float eps) {
+    int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (t >= tasks) return;
+    double q = 0.0;
+    for (int64_t k = 0; k < chunks; k++) q += sq[t * chunks + k];
+    stats[2 * t] = (float)gn_mean(part, t, chunks, len);
+    stats[2 * t + 1] = (float)(1.0 / sqrt(q / (double)len + (double)eps));
+}
+
+/* out [n, c, hw] normalised with its group's stats (as group_norm_fwd). */
+static __global__ void gn_split_apply(float *out, const float *x, const float *gamma,
+                                      const float *beta, const float *stats, int64_t total,
+                                      int64_t c, int64_t hw, int64_t groups, int silu, int act) {
+    int64_t cg = c / groups;
+    LH_CU_FOR(i, total) {
+        int64_t ch = i / hw % c, t = i / hw / c * groups + ch / cg;
+        float mf = stats[2 * t], a = stats[2 * t + 1] * gamma[ch];
+        float y = (x[i] - mf) * a + beta[ch];
+        out[i] = lh__cu_act(silu ? y / (1.0f + expf(-y)) : y, act);
+    }
+}
+
+static lh_status group_norm_split(lh_backend *be, float *out, const float *x, const float *gamma,
+                                  const float *beta, int64_t n, int64_t c, int64_t hw,
+                                  int64_t groups, float eps, int silu) {
+    int64_t tasks = n * groups, len = c / groups * hw, chunks = cdiv(len, GN_CHUNK);
+    int64_t blocks = tasks * chunks, total = n * c * hw;
+    void *scratch = NULL;
+    size_t bytes = (size_t)blocks * 2 * sizeof(double) + (size_t)tasks * 2 * sizeof(float);
+    lh_status st = lh__cuda_scratch(be, bytes, &scratch);
+    if (st != LH_OK) return st;
+    double *part = (double *)scratch, *sq = part + blocks;
+    float *stats = (float *)(sq + blocks);
+    cudaStream_t s = lh__cuda(be)->stream;
+    gn_split_sum<<<(unsigned)blocks, GN_BLOCK, 0, s>>>(part, x, len, chunks);
+    gn_split_sq<<<(unsigned)blocks, GN_BLOCK, 0, s>>>(sq, part, x, len, chunks);
+    gn_split_stats<<<(unsigned)cdiv(tasks, 128), 128, 0, s>>>(stats, part, sq, tasks, chunks,
+                                                             len, eps);
+    gn_split_apply<<<lh__cuda_grid(total, 256), 256, 0, s>>>(
+        out, x, gamma, beta, stats, total, c, hw, groups, silu, lh__cuda(be)->act);
+    return lh__cuda_launched(be, "group_norm");
 }
 
 /* Task t = (image, group): dx (if wanted) and the per-channel sums sb[img,
@@ -239,6 +337,8 @@ extern "C" lh_status lh__cuda_group_norm(lh_backend *be, float *out, /* [n, c, h
     if (total == 0) return LH_OK;
     if (!out || !x || !gamma || !beta) return LH_ERR_INVALID;
     int64_t tasks = n * groups;
+    if (c / groups * hw >= GN_SPLIT_LEN && tasks < GN_SPLIT_TASKS)
+        return group_norm_split(be, out, x, gamma, beta, n, c, hw, groups, eps, silu != 0);
     group_norm_fwd<<<task_grid(tasks), GN_BLOCK, 0, lh__cuda(be)->stream>>>(
         out, x, gamma, beta, tasks, c, hw, groups, eps, silu != 0, lh__cuda(be)->act);
     return lh__cuda_launched(be, "group_norm");
