@@ -1,10 +1,12 @@
 /* bench_vae: time lorahost's VAE decode on a backend (cpu by default).
- * Usage: bench_vae VAE_DIR BATCH LH LW ITERS [THREADS [DEVICE]]
- *        (LH x LW latents: 64 x 64 decode to 512 x 512 for SD)
+ * Usage: bench_vae VAE_DIR BATCH LH LW ITERS [THREADS [DEVICE [PRECISION]]]
+ *        (LH x LW latents: 64 x 64 decode to 512 x 512 for SD; PRECISION
+ *        fp32 (default), fp16 or bf16 activations, lh_vae_set_precision)
  * Prints one JSON object: load time, per-iteration decode times, peak RSS.
  * Driven by bench/gpu/unet_gpu.py, which runs diffusers beside it. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -21,12 +23,20 @@ static double now(void) {
 
 int main(int argc, char **argv) {
     if (argc < 6) {
-        fprintf(stderr, "usage: bench_vae VAE_DIR BATCH LH LW ITERS [THREADS [DEVICE]]\n");
+        fprintf(stderr,
+                "usage: bench_vae VAE_DIR BATCH LH LW ITERS [THREADS [DEVICE [PRECISION]]]\n");
         return 2;
     }
     int64_t b = atoll(argv[2]), lh = atoll(argv[3]), lw = atoll(argv[4]);
     int iters = atoi(argv[5]), threads = argc > 6 ? atoi(argv[6]) : 0;
-    const char *device = argc > 7 ? argv[7] : "cpu";
+    const char *device = argc > 7 ? argv[7] : "cpu", *prec = argc > 8 ? argv[8] : "fp32";
+    lh_dtype act = !strcmp(prec, "fp16")   ? LH_DTYPE_F16
+                   : !strcmp(prec, "bf16") ? LH_DTYPE_BF16
+                                           : LH_DTYPE_F32;
+    if (act == LH_DTYPE_F32 && strcmp(prec, "fp32")) {
+        fprintf(stderr, "bench_vae: PRECISION must be fp32, fp16 or bf16, not %s\n", prec);
+        return 2;
+    }
     if (b < 1 || lh < 1 || lw < 1 || iters < 1) {
         fprintf(stderr, "bench_vae: BATCH, LH, LW and ITERS must be positive\n");
         return 2;
@@ -45,6 +55,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     double load_s = now() - t0;
+    if (lh_vae_set_precision(m, act, &err) != LH_OK) {
+        fprintf(stderr, "bench_vae: %s\n", err.msg);
+        return 1;
+    }
     const lh_vae_config *cfg = lh_vae_get_config(m);
     int64_t ds = lh_vae_downscale(m);
     size_t nl = (size_t)(b * cfg->latent_channels * lh * lw);

@@ -47,6 +47,9 @@ static const lh_setting_def SCHEMA[] = {
     ENUM("model", "dtype", "auto", DTYPES, GEN,
          "U-Net precision (weights and activations, as diffusers' torch_dtype); auto is f16 "
          "on cuda and f32 on cpu; train uses [train] mixed_precision instead"),
+    ENUM("model", "vae_dtype", "auto", DTYPES, GEN,
+         "VAE precision (activations; the decode's convolutions on the tensor cores); auto is "
+         "f16 on cuda (a decode that overflows it is redone in f32) and f32 on cpu"),
 
     ENUM("backend", "device", "cpu", DEVICES, ALL, "where compute runs"),
     INT("backend", "threads", "0", 0, 1024, ALL, "CPU threads; 0 uses all cores"),

@@ -482,21 +482,36 @@ int64_t lh_model_downscale(const lh_model *m) {
     return m->vae ? lh_vae_downscale(m->vae) : 1;
 }
 
+/* "auto", "f32", "f16", "bf16" into *prec; auto is `device` on a device. */
+static lh_status parse_dtype(lh_dtype *prec, const lh_model *m, const char *dtype,
+                             lh_dtype device, const char *key, lh_error *err) {
+    if (!strcmp(dtype, "auto"))
+        *prec = lh_backend_host_memory(m->be) ? LH_DTYPE_F32 : device;
+    else if (!strcmp(dtype, "f32"))
+        *prec = LH_DTYPE_F32;
+    else if (!strcmp(dtype, "f16"))
+        *prec = LH_DTYPE_F16;
+    else if (!strcmp(dtype, "bf16"))
+        *prec = LH_DTYPE_BF16;
+    else
+        return lh_error_set(err, LH_ERR_INVALID, "%s: '%s' is not auto, f32, f16 or bf16", key,
+                            dtype);
+    return LH_OK;
+}
+
+lh_status lh_model_set_vae_dtype(lh_model *m, const char *dtype, lh_error *err) {
+    if (!m || !dtype) return lh_error_set(err, LH_ERR_INVALID, "model vae_dtype: NULL argument");
+    lh_dtype prec = LH_DTYPE_F32;
+    lh_status st = parse_dtype(&prec, m, dtype, LH_DTYPE_F16, "model.vae_dtype", err);
+    if (st != LH_OK || !m->vae) return st; /* pixel space: no VAE */
+    return lh_vae_set_precision(m->vae, prec, err);
+}
+
 lh_status lh_model_set_dtype(lh_model *m, const char *dtype, lh_error *err) {
     if (!m || !dtype) return lh_error_set(err, LH_ERR_INVALID, "model dtype: NULL argument");
-    lh_dtype prec;
-    if (!strcmp(dtype, "auto"))
-        prec = lh_backend_host_memory(m->be) ? LH_DTYPE_F32 : LH_DTYPE_F16;
-    else if (!strcmp(dtype, "f32"))
-        prec = LH_DTYPE_F32;
-    else if (!strcmp(dtype, "f16"))
-        prec = LH_DTYPE_F16;
-    else if (!strcmp(dtype, "bf16"))
-        prec = LH_DTYPE_BF16;
-    else
-        return lh_error_set(err, LH_ERR_INVALID, "model.dtype: '%s' is not auto, f32, f16 or bf16",
-                            dtype);
-    return lh_unet_set_precision(m->unet, prec, err);
+    lh_dtype prec = LH_DTYPE_F32;
+    lh_status st = parse_dtype(&prec, m, dtype, LH_DTYPE_F16, "model.dtype", err);
+    return st == LH_OK ? lh_unet_set_precision(m->unet, prec, err) : st;
 }
 
 void lh_model_close(lh_model *m) {

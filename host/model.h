@@ -135,9 +135,15 @@ LH_API lh_status lh_model_open_single_file(lh_model **out, lh_backend *be, const
 /* The [model] dtype setting: "f32", "f16" or "bf16" runs the U-Net in that
  * precision (lh_unet_set_precision: weights rounded once, activations
  * written in it), as diffusers' torch_dtype does; "auto" is f16 on a
- * device and f32 on the cpu. The text encoder and the VAE stay float32.
+ * device and f32 on the cpu. The text encoder stays float32.
  * LH_ERR_INVALID naming the value otherwise. */
 LH_API lh_status lh_model_set_dtype(lh_model *m, const char *dtype, lh_error *err);
+/* The [model] vae_dtype setting, the same for the VAE's activations
+ * (lh_vae_set_precision); "auto" is f16 on a device (as diffusers' fp16
+ * pipelines; a decode that overflows it is redone in float32, see
+ * lh_pipeline_txt2img) and f32 on the cpu. Nothing for a pixel-space
+ * model. */
+LH_API lh_status lh_model_set_vae_dtype(lh_model *m, const char *dtype, lh_error *err);
 
 /* Pixels per latent pixel: the VAE's downscale factor (8 for SD), 1 for a
  * pixel-space model. */

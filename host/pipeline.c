@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "log.h"
 #include "rng.h"
 #include "tensor.h"
 
@@ -357,6 +358,29 @@ done:
 
 /* ---- Decoding ---- */
 
+/* The VAE on the uploaded latents lat_be into img_be, then into host img;
+ * out of device memory, the U-Net's kept graph and buffers give way once. */
+static lh_status decode_once(lh_model *m, const lh_gen_params *p, lh_gen_result *r, float *img,
+                             float *img_be, const float *lat_be, size_t n_img, lh_error *err) {
+    lh_backend *be = m->be;
+    lh_status st = lh_vae_decode(m->vae, img_be, lat_be, r->batch, r->latent_h, r->latent_w,
+                                 p->vae_tiling, err);
+    if (st == LH_ERR_NOMEM && m->unet) {
+        lh_unet_release_workspace(m->unet);
+        st = lh_vae_decode(m->vae, img_be, lat_be, r->batch, r->latent_h, r->latent_w,
+                           p->vae_tiling, err);
+    }
+    if (st == LH_OK && (st = be->ops->download(be, img, img_be, n_img * sizeof(float))) != LH_OK)
+        st = lh_error_set(err, st, "VAE decode: download failed");
+    return st;
+}
+
+static int all_finite(const float *v, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) return 0;
+    return 1;
+}
+
 /* latents / scaling_factor -> VAE -> (x / 2 + 0.5).clamp(0, 1) -> (x * 255).round()
  * (VaeImageProcessor.postprocess + numpy_to_pil; numpy rounds half to even,
  * as nearbyintf does in the default rounding mode). A pixel-space model's
@@ -382,18 +406,16 @@ static lh_status decode(lh_model *m, const lh_gen_params *p, lh_gen_result *r, l
             st = lh_error_set(err, st, "VAE decode: upload failed");
             goto done;
         }
-        st = lh_vae_decode(m->vae, img_be, lat_be, r->batch, r->latent_h, r->latent_w,
-                           p->vae_tiling, err);
-        if (st == LH_ERR_NOMEM && m->unet) { /* the U-Net's kept graph and buffers give way */
-            lh_unet_release_workspace(m->unet);
-            st = lh_vae_decode(m->vae, img_be, lat_be, r->batch, r->latent_h, r->latent_w,
-                               p->vae_tiling, err);
+        st = decode_once(m, p, r, img, img_be, lat_be, n_img, err);
+        if (st == LH_OK && lh_vae_precision(m->vae) == LH_DTYPE_F16 && !all_finite(img, n_img) &&
+            all_finite(r->latents, n_lat)) {
+            /* an fp16 decoder past 65504 (A1111's "NaNs in VAE"): float32 from now on */
+            lh_log(LH_LOG_WARN, "pipeline", "the VAE's fp16 decode gave NaN/Inf; decoding again, "
+                   "and from now on, in float32 (set model.vae_dtype=f32 or bf16 to skip this)");
+            st = lh_vae_set_precision(m->vae, LH_DTYPE_F32, err);
+            if (st == LH_OK) st = decode_once(m, p, r, img, img_be, lat_be, n_img, err);
         }
         if (st != LH_OK) goto done;
-        if ((st = be->ops->download(be, img, img_be, n_img * sizeof(float))) != LH_OK) {
-            st = lh_error_set(err, st, "VAE decode: download failed");
-            goto done;
-        }
     }
     int64_t hw = r->height * r->width;
     for (int64_t b = 0; b < r->batch; b++)

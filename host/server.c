@@ -741,6 +741,8 @@ lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error 
         }
     }
     if (st == LH_OK) st = lh_model_set_dtype(s->model, opts->dtype ? opts->dtype : "auto", err);
+    if (st == LH_OK)
+        st = lh_model_set_vae_dtype(s->model, opts->vae_dtype ? opts->vae_dtype : "auto", err);
     if (st == LH_OK) st = build_lists(s, err);
     if (st == LH_OK) st = lh__worker_start(s, err);
     if (st != LH_OK) {

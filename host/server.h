@@ -22,6 +22,7 @@ typedef struct lh_server_opts {
     int http_threads;              /* libmicrohttpd's pool */
     const char *device;            /* "cpu" (NULL), "cuda" or "cuda:N" (lh_backend_create) */
     const char *dtype;             /* [model] dtype (lh_model_set_dtype); NULL: auto */
+    const char *vae_dtype;         /* [model] vae_dtype (lh_model_set_vae_dtype); NULL: auto */
     int compute_threads;           /* CPU backend threads, 0 = all */
     const char *const *api_keys;   /* accepted keys; none: no authentication */
     size_t n_api_keys;

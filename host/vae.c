@@ -71,6 +71,7 @@ struct lh_vae {
     vae_block up[LH_VAE_MAX_BLOCKS];
     vae_norm dec_norm_out;
     int64_t tile_sample, tile_latent; /* diffusers' tile_sample_min_size, tile_latent_min_size */
+    lh_dtype act; /* activation precision of encode and decode (lh_vae_set_precision) */
     double tile_overlap;              /* tile_overlap_factor */
 };
 
@@ -548,6 +549,21 @@ float lh_vae_scaling_factor(const lh_vae *m) { return m->cfg.scaling_factor; }
 
 int64_t lh_vae_downscale(const lh_vae *m) { return (int64_t)1 << (m->cfg.n_blocks - 1); }
 
+lh_status lh_vae_set_precision(lh_vae *m, lh_dtype act, lh_error *err) {
+    if (!m) return lh_error_set(err, LH_ERR_INVALID, "VAE precision: NULL model");
+    if (act != LH_DTYPE_F32 && act != LH_DTYPE_F16 && act != LH_DTYPE_BF16)
+        return lh_error_set(err, LH_ERR_INVALID, "VAE precision: %s is not F32, F16 or BF16",
+                            lh_dtype_name(act));
+    const lh_backend_ops *ops = m->be->ops;
+    if (act != LH_DTYPE_F32 && (!ops->set_precision || !ops->round))
+        return lh_error_set(err, LH_ERR_UNSUPPORTED, "VAE precision: the %s backend has no "
+                            "half precision", ops->name);
+    m->act = act;
+    return LH_OK;
+}
+
+lh_dtype lh_vae_precision(const lh_vae *m) { return m ? m->act : LH_DTYPE_F32; }
+
 lh_status lh_vae_set_tiling(lh_vae *m, int64_t tile_sample_size, double overlap_factor,
                             lh_error *err) {
     int64_t ds = lh_vae_downscale(m);
@@ -680,10 +696,17 @@ static lh_status fwd_open(vae_fwd *F, lh_vae *m, const vae_plan *p, lh_error *er
         F->base = NULL;
         return lh_error_set(err, st, "VAE: backend memset failed");
     }
+    /* the ops until fwd_close write their activations in m->act */
+    if (m->act != LH_DTYPE_F32 && (st = m->be->ops->set_precision(m->be, m->act)) != LH_OK) {
+        m->be->ops->free(m->be, F->base);
+        F->base = NULL;
+        return lh_error_set(err, st, "VAE: set_precision failed");
+    }
     return LH_OK;
 }
 
 static void fwd_close(vae_fwd *F) {
+    if (F->base && F->m->act != LH_DTYPE_F32) F->be->ops->set_precision(F->be, LH_DTYPE_F32);
     if (F->base) F->be->ops->free(F->be, F->base);
     F->base = NULL;
 }

@@ -84,6 +84,15 @@ LH_API float lh_vae_scaling_factor(const lh_vae *m);
 /* Image pixels per latent pixel along each axis: 2^(n_blocks - 1) (SD: 8). */
 LH_API int64_t lh_vae_downscale(const lh_vae *m);
 
+/* The activation precision of lh_vae_encode and lh_vae_decode: F32 (as
+ * loaded), or F16 / BF16, the backend's set_precision (each op's output
+ * rounded to it; products and convolutions accumulate in float32, on a
+ * device's tensor cores), as diffusers' vae.to(torch_dtype) runs it. The
+ * weights stay as loaded. LH_ERR_INVALID for another dtype,
+ * LH_ERR_UNSUPPORTED on a backend without half precision. */
+LH_API lh_status lh_vae_set_precision(lh_vae *m, lh_dtype act, lh_error *err);
+LH_API lh_dtype lh_vae_precision(const lh_vae *m);
+
 /* Tiling for lh_vae_decode(..., tiled = 1), as diffusers' AutoencoderKL
  * attributes: tiles of tile_sample_size image pixels (tile_latent_min_size =
  * tile_sample_size / downscale latents) overlapping by overlap_factor

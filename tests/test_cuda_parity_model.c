@@ -147,6 +147,20 @@ START_TEST(test_vae) {
     ck_assert_msg(lh_vae_decode(g_mc->vae, ic, lc, b, lh, lw, 0, &err) == LH_OK, "%s", err.msg);
     ck_assert_msg(lh_vae_decode(g_mg->vae, ig, lg, b, lh, lw, 0, &err) == LH_OK, "%s", err.msg);
     expect_close_dev("VAE decode 8x8 latents", ig, ic, ni, TOL_F32);
+    /* half-precision decodes (model.vae_dtype), then float32 again */
+    static const lh_dtype half[2] = {LH_DTYPE_F16, LH_DTYPE_BF16};
+    for (int k = 0; k < 3; k++) {
+        lh_dtype dt = k < 2 ? half[k] : LH_DTYPE_F32;
+        ck_assert_msg(lh_vae_set_precision(g_mc->vae, dt, &err) == LH_OK, "%s", err.msg);
+        ck_assert_msg(lh_vae_set_precision(g_mg->vae, dt, &err) == LH_OK, "%s", err.msg);
+        ck_assert_msg(lh_vae_decode(g_mc->vae, ic, lc, b, lh, lw, 0, &err) == LH_OK, "%s",
+                      err.msg);
+        ck_assert_msg(lh_vae_decode(g_mg->vae, ig, lg, b, lh, lw, 0, &err) == LH_OK, "%s",
+                      err.msg);
+        char what[64];
+        snprintf(what, sizeof what, "VAE decode %s activations", lh_dtype_name(dt));
+        expect_close_dev(what, ig, ic, ni, k < 2 ? TOL_HALF : TOL_F32);
+    }
     /* the encoder on the decoded image */
     float *mc = on(g_cpu, NULL, nl), *mg = on(g_gpu, NULL, nl), *vc = on(g_cpu, NULL, nl),
           *vg = on(g_gpu, NULL, nl);

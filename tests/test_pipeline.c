@@ -562,6 +562,87 @@ START_TEST(test_params) {
 }
 END_TEST
 
+/* A copy of the tiny model (links) whose VAE decoder's conv_in is scaled
+ * by 1e6: float32 holds its activations, fp16 overflows to Inf. */
+static void hot_vae_model(char *dir, size_t size) {
+    snprintf(dir, size, "%s/hot", g_tmp);
+    char path[4400], target[4400], vae[4400];
+    ck_assert(mkdir(dir, 0755) == 0);
+    static const char *const links[] = {"model_index.json", "scheduler", "text_encoder",
+                                        "tokenizer", "unet"};
+    for (int i = 0; i < 5; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, links[i]);
+        snprintf(target, sizeof target, "%s/%s", g_model, links[i]);
+        ck_assert(symlink(target, path) == 0);
+    }
+    snprintf(vae, sizeof vae, "%s/vae", dir);
+    ck_assert(mkdir(vae, 0755) == 0);
+    snprintf(path, sizeof path, "%s/config.json", vae);
+    snprintf(target, sizeof target, "%s/vae/config.json", g_model);
+    ck_assert(symlink(target, path) == 0);
+    lh_error err = {0};
+    lh_st_file *f = NULL;
+    snprintf(target, sizeof target, "%s/vae/diffusion_pytorch_model.safetensors", g_model);
+    ck_assert_msg(lh_st_open(&f, target, &err) == LH_OK, "%s", err.msg);
+    lh_st_writer *w = NULL;
+    ck_assert(lh_st_writer_create(&w, &err) == LH_OK);
+    size_t n = lh_st_count(f);
+    float **vals = calloc(n, sizeof *vals);
+    for (size_t i = 0; i < n; i++) {
+        const lh_st_tensor *t = lh_st_get(f, i);
+        int64_t numel = 1;
+        for (int d = 0; d < t->ndim; d++) numel *= t->shape[d];
+        vals[i] = malloc((size_t)(numel ? numel : 1) * sizeof(float));
+        ck_assert(lh_st_read_f32(vals[i], (size_t)numel, f, t->name, &err) == LH_OK);
+        if (!strncmp(t->name, "decoder.conv_in.", 16))
+            for (int64_t k = 0; k < numel; k++) vals[i][k] *= 1e6f;
+        ck_assert(lh_st_writer_add(w, t->name, LH_DTYPE_F32, t->ndim, t->shape, vals[i], &err) ==
+                  LH_OK);
+    }
+    snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", vae);
+    ck_assert_msg(lh_st_save(w, path, &err) == LH_OK, "%s", err.msg);
+    lh_st_writer_destroy(w);
+    for (size_t i = 0; i < n; i++) free(vals[i]);
+    free(vals);
+    lh_st_close(f);
+}
+
+/* model.vae_dtype: auto is f32 on the cpu, the names are checked; a
+ * decoder that overflows fp16 (NaN/Inf pixels) is run again in float32,
+ * which the VAE then keeps: the image is the float32 one. */
+START_TEST(test_vae_dtype) {
+    lh_error err = {0};
+    lh_model *m, *m32;
+    char dir[4300];
+    hot_vae_model(dir, sizeof dir);
+    ck_assert_msg(lh_model_open(&m, g_be, dir, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_model_open(&m32, g_be, dir, &err) == LH_OK, "%s", err.msg);
+    ck_assert_int_eq(lh_model_set_vae_dtype(m, "auto", &err), LH_OK);
+    ck_assert_int_eq(lh_vae_precision(m->vae), LH_DTYPE_F32);
+    ck_assert_int_eq(lh_model_set_vae_dtype(m, "f8", &err), LH_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "model.vae_dtype") && strstr(err.msg, "f8"), "%s", err.msg);
+    ck_assert_int_eq(lh_model_set_vae_dtype(m, "bf16", &err), LH_OK);
+    ck_assert_int_eq(lh_vae_precision(m->vae), LH_DTYPE_BF16);
+    ck_assert_int_eq(lh_model_set_vae_dtype(m, "f16", &err), LH_OK);
+    lh_gen_params p;
+    lh_gen_params_init(&p);
+    p.prompt = "x";
+    p.width = p.height = 32;
+    p.steps = 2;
+    lh_gen_result r, r32;
+    ck_assert_msg(lh_pipeline_txt2img(m, g_reg, &p, &r, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_pipeline_txt2img(m32, g_reg, &p, &r32, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_vae_precision(m->vae) == LH_DTYPE_F32, "the fp16 decode was kept (%s)",
+                  lh_dtype_name(lh_vae_precision(m->vae)));
+    size_t bytes = (size_t)(r.batch * r.height * r.width * 3);
+    ck_assert(!memcmp(r.images, r32.images, bytes));
+    lh_gen_result_free(&r);
+    lh_gen_result_free(&r32);
+    lh_model_close(m);
+    lh_model_close(m32);
+}
+END_TEST
+
 START_TEST(test_parameters_text) {
     lh_gen_params p;
     lh_gen_params_init(&p);
@@ -689,6 +770,7 @@ static Suite *pipeline_suite(int n_cases, int n_cases2) {
     tcase_add_test(tc, test_detect_sd2);
     tcase_add_test(tc, test_detect_errors);
     tcase_add_test(tc, test_params);
+    tcase_add_test(tc, test_vae_dtype);
     tcase_add_test(tc, test_parameters_text);
     tcase_add_test(tc, test_png);
     suite_add_tcase(s, tc);

@@ -299,6 +299,22 @@ START_TEST(test_decode) {
     ck_assert_msg(lh_vae_set_tiling(m, 64, 0.25, &err) == LH_OK, "%s", err.msg);
     double e2 = decode_vs(m, "decode_latents", "decode_image", 1);
     ck_assert_msg(e2 == e, "tiling with one tile changed the result: %g vs %g", e2, e);
+    /* half-precision activations (lh_vae_set_precision): every op's output
+     * rounded, so within a few of the half type's steps of float32; then
+     * back to float32, exactly as before */
+    static const lh_dtype half[2] = {LH_DTYPE_F16, LH_DTYPE_BF16};
+    static const double tol[2] = {5e-3, 3e-2};
+    for (int k = 0; k < 2; k++) {
+        ck_assert_msg(lh_vae_set_precision(m, half[k], &err) == LH_OK, "%s", err.msg);
+        ck_assert_int_eq(lh_vae_precision(m), half[k]);
+        double eh = decode_vs(m, "decode_latents", "decode_image", 0);
+        printf("vae decode, %s activations: rel L2 %.3g (tol %g)\n", lh_dtype_name(half[k]), eh,
+               tol[k]);
+        ck_assert_msg(eh < tol[k] && eh > e, "%s decode rel L2 %g", lh_dtype_name(half[k]), eh);
+    }
+    ck_assert_msg(lh_vae_set_precision(m, LH_DTYPE_F32, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(decode_vs(m, "decode_latents", "decode_image", 0) == e,
+                  "float32 again differs from the first decode");
     lh_vae_free(m);
 }
 END_TEST
@@ -539,6 +555,9 @@ START_TEST(test_bad_arguments) {
     ck_assert_int_eq(lh_vae_decode(m, d, d, 1, 0, 4, 0, &err), LH_ERR_INVALID);
     ck_assert_int_eq(lh_vae_decode(m, d, d, 1, (int64_t)1 << 40, 4, 0, &err), LH_ERR_INVALID);
     ck_assert_int_eq(lh_vae_sample_latents(m, d, d, NULL, NULL, 0, &err), LH_ERR_INVALID);
+    ck_assert_int_eq(lh_vae_set_precision(m, LH_DTYPE_F64, &err), LH_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "F64"), "%s", err.msg);
+    ck_assert_int_eq(lh_vae_precision(m), LH_DTYPE_F32);
     /* Tiling: tile a multiple of 8, overlap in [0, 1). */
     ck_assert_int_eq(lh_vae_set_tiling(m, 12, 0.25, &err), LH_ERR_INVALID);
     ck_assert_msg(strstr(err.msg, "12"), "%s", err.msg);

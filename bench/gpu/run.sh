@@ -71,6 +71,17 @@ want parity && for att in gemm flash; do
     [[ $rc == 0 ]] || status=1
   done
 done
+# convolutions a batch chunk (one image) at a time, as cuDNN gets tensors
+# of 2^31 elements or more (the VAE decoding 8 images at 1024x1024)
+want parity && [[ -x "$build/tests/test_cuda_parity_dense" ]] && {
+  s=$(date +%s)
+  (cd "$build/tests" && LH_CUDA_CONV_ONE_IMAGE=1 lh timeout 150 "$build/tests/test_cuda_parity_dense") \
+    >"$out/test_cuda_parity_dense.one_image.log" 2>&1
+  rc=$?
+  r=$([[ $rc == 0 ]] && echo pass || echo "FAIL ($rc): $(grep -m1 -E '^FAIL |:F:|:E:' "$out/test_cuda_parity_dense.one_image.log" | cut -c1-160)")
+  summary+=("| test_cuda_parity_dense, one image per cuDNN call | $r | $(( $(date +%s) - s )) s |")
+  [[ $rc == 0 ]] || status=1
+}
 # memcheck, and racecheck for the kernels' shared-memory reductions (norm,
 # bias and attention backwards); four runs of at most 140 s fit one call
 if want memcheck && command -v compute-sanitizer >/dev/null; then

@@ -204,8 +204,9 @@ def main():
     # VAE decode of one latent (512x512 for SD 1.5)
     vd = args.vae or random_dir(args.cache, "vae", "AutoencoderKL", SD15_VAE, 1)
     vs = str(args.vae_size)
-    vae_ours = run_json([os.path.join(args.build, "bench", "bench_vae"), vd, "1", vs, vs,
-                         str(args.iters), "0", args.device], env, fatal=False)
+    vae_ours = {p: run_json([os.path.join(args.build, "bench", "bench_vae"), vd, "1", vs, vs,
+                             str(args.iters), "0", args.device, p], env, fatal=False)
+                for p in ("fp16", "bf16", "fp32")}
     vae_ref = {}
     for dt in ("fp16", "fp32"):
         vae_ref[dt] = run_json([sys.executable, __file__, "--vae-worker", "--dir", vd,
@@ -214,17 +215,18 @@ def main():
     print()
     print(f"VAE decode, {'VAE ' + args.vae if args.vae else 'SD 1.5 shapes (random weights)'}, "
           f"one {args.vae_size}x{args.vae_size} latent")
-    print("| diffusers dtype | lorahost (float32 activations) | diffusers | ratio (torch / ours) "
-          "| peak device memory ours / torch |")
-    print("|---|---|---|---|---|")
-    mo = med(vae_ours["decode_s"]) if "error" not in vae_ours else float("nan")
-    if "error" in vae_ours:
-        print(f"| (ours failed: {vae_ours['error']}) | | | | |")
-    for dt, rv in vae_ref.items():
-        mr = med(rv["decode_s"])
-        print(f"| {dt} | {mo * 1e3:.2f} ms | {mr * 1e3:.2f} ms | {mr / mo:.2f}x | "
-              f"{vae_ours.get('peak_device_mb', float('nan')):.0f} MiB / "
-              f"{rv['peak_device_mb']:.0f} MiB |")
+    print("| lorahost activations | lorahost | diffusers fp16 | diffusers fp32 "
+          "| ratio (torch fp16 / ours) | peak device memory ours / torch fp16 |")
+    print("|---|---|---|---|---|---|")
+    r16, r32 = med(vae_ref["fp16"]["decode_s"]), med(vae_ref["fp32"]["decode_s"])
+    for p, vo in vae_ours.items():
+        if "error" in vo:
+            print(f"| {p} | failed ({vo['error']}) | {r16 * 1e3:.2f} ms | {r32 * 1e3:.2f} ms | | |")
+            continue
+        mo = med(vo["decode_s"])
+        print(f"| {p} | {mo * 1e3:.2f} ms | {r16 * 1e3:.2f} ms | {r32 * 1e3:.2f} ms | "
+              f"{r16 / mo:.2f}x | {vo.get('peak_device_mb', float('nan')):.0f} MiB / "
+              f"{vae_ref['fp16']['peak_device_mb']:.0f} MiB |")
     print(json.dumps({"ours": ours, "torch": ref, "vae_ours": vae_ours, "vae_torch": vae_ref}))
 
 

@@ -645,6 +645,8 @@ extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *
     cu->att_mode = !att || !*att || !strcmp(att, "auto") ? LH_CUDA_ATT_AUTO
                    : !strcmp(att, "flash")               ? LH_CUDA_ATT_FLASH
                                                          : LH_CUDA_ATT_GEMM;
+    const char *one = getenv("LH_CUDA_CONV_ONE_IMAGE"); /* "1": the chunked path always */
+    cu->conv_one_image = one && !strcmp(one, "1");
     const char *graphs = getenv("LORAHOST_CUDA_GRAPHS"); /* "0": no graphs */
     cu->graphs_off = graphs && !strcmp(graphs, "0");
     const char *what = NULL, *detail = NULL;

@@ -6,7 +6,10 @@
  * allow TF32 on sm_80+) unless lh_cuda.tf32 or half activations
  * (conv_tf32); no FFT or Winograd transform
  * while another algorithm serves. Bias and its gradient are our kernels;
- * the bias gradient is a per-channel sum in double, no atomics. */
+ * the bias gradient is a per-channel sum in double, no atomics. cuDNN's
+ * tensors hold fewer than 2^31 elements: a batch whose input or output
+ * would not is convolved a chunk of images at a time (the VAE decoding 8
+ * images at 1024x1024: [8, 256, 1024, 1024] is 2^31). */
 #include <limits.h>
 #include <string.h>
 
@@ -50,6 +53,16 @@ static __global__ void conv_bias_grad(float *db, const float *dy, int64_t n, int
         acc += (double)dy[(i / hw * c + co) * hw + i % hw];
     acc = lh__block_sum(acc, shm);
     if (threadIdx.x == 0) db[co] += (float)acc;
+}
+
+/* Images per cuDNN call: the most whose input (in_img elements each) and
+ * output (out_img each) stay within INT_MAX elements, at most n; 0 when
+ * one image is already too big. */
+static int64_t conv_chunk(const lh_cuda *cu, int64_t n, int64_t in_img, int64_t out_img) {
+    int64_t per = in_img > out_img ? in_img : out_img;
+    int64_t nb = per > 0 ? INT_MAX / per : n;
+    if (cu->conv_one_image && nb > 1) nb = 1; /* the parity suite's check of the chunking */
+    return nb < n ? nb : n;
 }
 
 /* ---- Descriptors ---- */
@@ -281,22 +294,27 @@ extern "C" lh_status lh__cuda_conv2d(lh_backend *be, float *out, /* [n, c_out, h
                                                                      lh__cuda(be)->act);
         return lh__cuda_launched(be, "conv2d: bias");
     }
-    const int64_t s[9] = {n, c_in, h, wd, c_out, kh, kw, stride, pad};
-    conv_descs d;
-    lh_status st = descs_create(be, &d, s, ho, wo);
-    if (st != LH_OK) return st;
-    int algo = 0;
-    void *ws = NULL;
-    size_t ws_bytes = 0;
-    const float one = 1.0f, zero = 0.0f;
-    st = conv_prepare(be, &d, s, CONV_FWD, &algo, &ws, &ws_bytes);
-    if (st == LH_OK)
-        st = lh__cuda_check_dnn(be,
-                                cudnnConvolutionForward(lh__cuda(be)->cudnn, &one, d.x, x, d.w, w,
-                                                        d.conv, (cudnnConvolutionFwdAlgo_t)algo,
-                                                        ws, ws_bytes, &zero, d.y, out),
-                                "conv2d: cudnnConvolutionForward");
-    descs_destroy(&d);
+    int64_t out_img = c_out * hw_out, nb = conv_chunk(lh__cuda(be), n, in_img, out_img);
+    if (nb < 1) return lh__cuda_fail(be, "conv2d", "one image has 2^31 or more elements");
+    lh_status st = LH_OK;
+    for (int64_t i0 = 0; st == LH_OK && i0 < n; i0 += nb) {
+        const int64_t s[9] = {n - i0 < nb ? n - i0 : nb, c_in, h, wd, c_out, kh, kw, stride, pad};
+        conv_descs d;
+        if ((st = descs_create(be, &d, s, ho, wo)) != LH_OK) return st;
+        int algo = 0;
+        void *ws = NULL;
+        size_t ws_bytes = 0;
+        const float one = 1.0f, zero = 0.0f;
+        st = conv_prepare(be, &d, s, CONV_FWD, &algo, &ws, &ws_bytes);
+        if (st == LH_OK)
+            st = lh__cuda_check_dnn(
+                be,
+                cudnnConvolutionForward(lh__cuda(be)->cudnn, &one, d.x, x + i0 * in_img, d.w, w,
+                                        d.conv, (cudnnConvolutionFwdAlgo_t)algo, ws, ws_bytes,
+                                        &zero, d.y, out + i0 * out_img),
+                "conv2d: cudnnConvolutionForward");
+        descs_destroy(&d);
+    }
     if (st == LH_OK && bias) {
         conv_bias<<<lh__cuda_grid(out_total, 256), 256, 0, stream>>>(out, bias, c_out, hw_out,
                                                                      out_total, 0,
@@ -348,33 +366,39 @@ extern "C" lh_status lh__cuda_conv2d_backward(lh_backend *be, float *dx, /* [n, 
                               cudaMemsetAsync(dx, 0, (size_t)in_total * sizeof(float), cu->stream),
                               "conv2d_backward: dx");
     if (!want_dx && !want_dw) return LH_OK;
-    const int64_t s[9] = {n, c_in, h, wd, c_out, kh, kw, stride, pad};
-    conv_descs d;
-    if ((st = descs_create(be, &d, s, ho, wo)) != LH_OK) return st;
-    int algo = 0;
-    void *ws = NULL;
-    size_t ws_bytes = 0;
-    const float one = 1.0f, zero = 0.0f;
-    if (want_dx) { /* dx = W^T dy (written) */
-        st = conv_prepare(be, &d, s, CONV_BWD_DATA, &algo, &ws, &ws_bytes);
-        if (st == LH_OK)
-            st = lh__cuda_check_dnn(
-                be,
-                cudnnConvolutionBackwardData(cu->cudnn, &one, d.w, w, d.y, dy, d.conv,
-                                             (cudnnConvolutionBwdDataAlgo_t)algo, ws, ws_bytes,
-                                             &zero, d.x, dx),
-                "conv2d_backward: cudnnConvolutionBackwardData");
+    int64_t in_img = in_total / n, out_img = c_out * hw_out;
+    int64_t nb = conv_chunk(cu, n, in_img, out_img);
+    if (nb < 1) return lh__cuda_fail(be, "conv2d_backward", "one image has 2^31 or more elements");
+    for (int64_t i0 = 0; st == LH_OK && i0 < n; i0 += nb) {
+        const int64_t s[9] = {n - i0 < nb ? n - i0 : nb, c_in, h, wd, c_out, kh, kw, stride, pad};
+        const float *dyc = dy + i0 * out_img, *xc = x ? x + i0 * in_img : NULL;
+        conv_descs d;
+        if ((st = descs_create(be, &d, s, ho, wo)) != LH_OK) return st;
+        int algo = 0;
+        void *ws = NULL;
+        size_t ws_bytes = 0;
+        const float one = 1.0f, zero = 0.0f;
+        if (want_dx) { /* dx = W^T dy (written) */
+            st = conv_prepare(be, &d, s, CONV_BWD_DATA, &algo, &ws, &ws_bytes);
+            if (st == LH_OK)
+                st = lh__cuda_check_dnn(
+                    be,
+                    cudnnConvolutionBackwardData(cu->cudnn, &one, d.w, w, d.y, dyc, d.conv,
+                                                 (cudnnConvolutionBwdDataAlgo_t)algo, ws,
+                                                 ws_bytes, &zero, d.x, dx + i0 * in_img),
+                    "conv2d_backward: cudnnConvolutionBackwardData");
+        }
+        if (st == LH_OK && want_dw) { /* dw += dy x^T (beta 1), chunk after chunk */
+            st = conv_prepare(be, &d, s, CONV_BWD_FILTER, &algo, &ws, &ws_bytes);
+            if (st == LH_OK)
+                st = lh__cuda_check_dnn(
+                    be,
+                    cudnnConvolutionBackwardFilter(cu->cudnn, &one, d.x, xc, d.y, dyc, d.conv,
+                                                   (cudnnConvolutionBwdFilterAlgo_t)algo, ws,
+                                                   ws_bytes, &one, d.w, dw),
+                    "conv2d_backward: cudnnConvolutionBackwardFilter");
+        }
+        descs_destroy(&d);
     }
-    if (st == LH_OK && want_dw) { /* dw += dy x^T (beta 1) */
-        st = conv_prepare(be, &d, s, CONV_BWD_FILTER, &algo, &ws, &ws_bytes);
-        if (st == LH_OK)
-            st = lh__cuda_check_dnn(
-                be,
-                cudnnConvolutionBackwardFilter(cu->cudnn, &one, d.x, x, d.y, dy, d.conv,
-                                               (cudnnConvolutionBwdFilterAlgo_t)algo, ws, ws_bytes,
-                                               &one, d.w, dw),
-                "conv2d_backward: cudnnConvolutionBackwardFilter");
-    }
-    descs_destroy(&d);
     return st;
 }

@@ -68,6 +68,7 @@ typedef struct lh_cuda {
     lh_dtype act;        /* activation precision (set_precision) */
     int tf32;            /* GEMMs and convolutions may use TF32 (LORAHOST_CUDA_TF32=1) */
     int att_mode;        /* the attention forward: LH_CUDA_ATT_* (LORAHOST_CUDA_ATTENTION) */
+    int conv_one_image;  /* LH_CUDA_CONV_ONE_IMAGE=1: cuDNN gets one image a call (tests) */
     void *workspace;     /* cuDNN / scratch; grows, never shrinks */
     size_t workspace_bytes;
     int workspace_refs;  /* live graphs recorded on the workspace */
