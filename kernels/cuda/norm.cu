@@ -4,8 +4,9 @@
  * accumulated in double; eps inside the square root; the normalisation in
  * float32. One block per (image, group) or per row, block-stride loops over
  * its elements (any hw * channels per group); a group norm with few groups
- * of many values (the VAE at 512x512: 32 groups of a million) spreads each
- * group over many blocks instead: partial sums, then the statistics, then
+ * of many values (the VAE at 512x512: 32 groups of a million; the U-Net's
+ * first level at 64x64: 64 of 40960) spreads each group over many blocks
+ * instead: partial sums, then the statistics, then
  * the normalisation, four kernels. Parameter gradients go
  * through partial sums in double in scratch (per (image, channel), or per
  * (row chunk, column)), added up by a second kernel in a fixed order: no
@@ -22,7 +23,7 @@
 #define LN_BY 8             /* row lanes per block */
 #define LN_CHUNKS 1024      /* row chunks, at most */
 #define NORM_GRID (1 << 20) /* blocks, at most (they loop over the tasks) */
-#define GN_SPLIT_LEN 65536  /* values a group from which groups are split... */
+#define GN_SPLIT_LEN 32768  /* values a group from which groups are split... */
 #define GN_SPLIT_TASKS 256  /* ...when there are fewer groups than this */
 #define GN_CHUNK 16384      /* values per block of the split path */
 
