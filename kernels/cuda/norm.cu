@@ -6,11 +6,12 @@
  * its elements (any hw * channels per group); a group norm with few groups
  * of many values (the VAE at 512x512: 32 groups of a million; the U-Net's
  * first level at 64x64: 64 of 40960) spreads each group over many blocks
- * instead: partial sums, then the statistics, then
- * the normalisation, four kernels. Parameter gradients go
- * through partial sums in double in scratch (per (image, channel), or per
- * (row chunk, column)), added up by a second kernel in a fixed order: no
- * atomics, so the same bits every run. */
+ * instead: partial sums, then the statistics, then the normalisation, four
+ * kernels (the backward: the statistics so, then per-channel sums a block
+ * per (image, channel), per-group coefficients, and dx elementwise).
+ * Parameter gradients go through partial sums in double in scratch (per
+ * (image, channel), or per (row chunk, column)), added up by a second
+ * kernel in a fixed order: no atomics, so the same bits every run. */
 #include <limits.h>
 
 #include "block_reduce.cuh"
@@ -150,22 +151,40 @@ static __global__ void gn_split_apply(float *out, const float *x, const float *g
     }
 }
 
-static lh_status group_norm_split(lh_backend *be, float *out, const float *x, const float *gamma,
-                                  const float *beta, int64_t n, int64_t c, int64_t hw,
-                                  int64_t groups, float eps, int silu) {
-    int64_t tasks = n * groups, len = c / groups * hw, chunks = cdiv(len, GN_CHUNK);
-    int64_t blocks = tasks * chunks, total = n * c * hw;
-    void *scratch = NULL;
-    size_t bytes = (size_t)blocks * 2 * sizeof(double) + (size_t)tasks * 2 * sizeof(float);
-    lh_status st = lh__cuda_scratch(be, bytes, &scratch);
-    if (st != LH_OK) return st;
-    double *part = (double *)scratch, *sq = part + blocks;
-    float *stats = (float *)(sq + blocks);
+/* Whether group norms of these sizes take the split path. */
+static int gn_split(int64_t tasks, int64_t len) { return len >= GN_SPLIT_LEN && tasks < GN_SPLIT_TASKS; }
+
+/* The split path's scratch: chunk partials, then stats [tasks, 2]. */
+static size_t gn_split_bytes(int64_t tasks, int64_t len) {
+    return (size_t)(tasks * cdiv(len, GN_CHUNK)) * 2 * sizeof(double) +
+           (size_t)tasks * 2 * sizeof(float);
+}
+
+/* stats [tasks, 2] (mean, rstd) of x's groups, the partials in `partials`. */
+static lh_status gn_split_run_stats(lh_backend *be, float *stats, double *partials,
+                                    const float *x, int64_t tasks, int64_t len, float eps) {
+    int64_t chunks = cdiv(len, GN_CHUNK), blocks = tasks * chunks;
+    double *part = partials, *sq = part + blocks;
     cudaStream_t s = lh__cuda(be)->stream;
     gn_split_sum<<<(unsigned)blocks, GN_BLOCK, 0, s>>>(part, x, len, chunks);
     gn_split_sq<<<(unsigned)blocks, GN_BLOCK, 0, s>>>(sq, part, x, len, chunks);
     gn_split_stats<<<(unsigned)cdiv(tasks, 128), 128, 0, s>>>(stats, part, sq, tasks, chunks,
                                                              len, eps);
+    return lh__cuda_launched(be, "group_norm: statistics");
+}
+
+static lh_status group_norm_split(lh_backend *be, float *out, const float *x, const float *gamma,
+                                  const float *beta, int64_t n, int64_t c, int64_t hw,
+                                  int64_t groups, float eps, int silu) {
+    int64_t tasks = n * groups, len = c / groups * hw, total = n * c * hw;
+    void *scratch = NULL;
+    lh_status st = lh__cuda_scratch(be, gn_split_bytes(tasks, len), &scratch);
+    if (st != LH_OK) return st;
+    int64_t blocks = tasks * cdiv(len, GN_CHUNK);
+    float *stats = (float *)((double *)scratch + 2 * blocks);
+    if ((st = gn_split_run_stats(be, stats, (double *)scratch, x, tasks, len, eps)) != LH_OK)
+        return st;
+    cudaStream_t s = lh__cuda(be)->stream;
     gn_split_apply<<<lh__cuda_grid(total, 256), 256, 0, s>>>(
         out, x, gamma, beta, stats, total, c, hw, groups, silu, lh__cuda(be)->act);
     return lh__cuda_launched(be, "group_norm");
@@ -213,6 +232,60 @@ static __global__ void group_norm_bwd(float *dx, double *sb, double *sg, const f
             float xh = (xg[i] - mf) * rstd, gy = silu_chain(dg[i], xh * a + b, silu);
             os[i] = rstd * (gy * a - k1 - xh * k2);
         }
+    }
+}
+
+/* The split backward: per (image, channel) block, sb and sg [n, c] (as
+ * group_norm_bwd's s1, s2: the same loop and block sum), from the group's
+ * stats; then per task k [tasks, 2] = (m1 / len, m2 / len); then dx. */
+static __global__ void gn_split_bwd_sums(double *sb, double *sg, const float *dy, const float *x,
+                                         const float *gamma, const float *beta,
+                                         const float *stats, int64_t c, int64_t hw,
+                                         int64_t groups, int silu) {
+    __shared__ double shm[32];
+    int64_t nc = blockIdx.x, ch = nc % c, t = nc / c * groups + ch / (c / groups);
+    const float *xs = x + nc * hw, *ds = dy + nc * hw;
+    float mf = stats[2 * t], rstd = stats[2 * t + 1], a = gamma[ch], b = silu ? beta[ch] : 0.0f;
+    double s1 = 0.0, s2 = 0.0;
+    for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
+        float xh = (xs[i] - mf) * rstd, gy = silu_chain(ds[i], xh * a + b, silu);
+        s1 += (double)gy;
+        s2 += (double)(gy * xh);
+    }
+    s1 = lh__block_sum(s1, &shm[0]);
+    s2 = lh__block_sum(s2, &shm[0]);
+    if (threadIdx.x == 0) {
+        sb[nc] = s1;
+        sg[nc] = s2;
+    }
+}
+
+static __global__ void gn_split_bwd_k(float *k, const double *sb, const double *sg,
+                                      const float *gamma, int64_t tasks, int64_t c,
+                                      int64_t groups, int64_t len) {
+    int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (t >= tasks) return;
+    int64_t cg = c / groups, c0 = t % groups * cg, nc0 = t / groups * c + c0;
+    double m1 = 0.0, m2 = 0.0;
+    for (int64_t ch = 0; ch < cg; ch++) {
+        m1 += sb[nc0 + ch] * (double)gamma[c0 + ch];
+        m2 += sg[nc0 + ch] * (double)gamma[c0 + ch];
+    }
+    k[2 * t] = (float)(m1 / (double)len);
+    k[2 * t + 1] = (float)(m2 / (double)len);
+}
+
+static __global__ void gn_split_bwd_dx(float *dx, const float *dy, const float *x,
+                                       const float *gamma, const float *beta,
+                                       const float *stats, const float *k, int64_t total,
+                                       int64_t c, int64_t hw, int64_t groups, int silu) {
+    int64_t cg = c / groups;
+    LH_CU_FOR(i, total) {
+        int64_t ch = i / hw % c, t = i / hw / c * groups + ch / cg;
+        float mf = stats[2 * t], rstd = stats[2 * t + 1];
+        float a = gamma[ch], b = silu ? beta[ch] : 0.0f;
+        float xh = (x[i] - mf) * rstd, gy = silu_chain(dy[i], xh * a + b, silu);
+        dx[i] = rstd * (gy * a - k[2 * t] - xh * k[2 * t + 1]);
     }
 }
 
@@ -338,7 +411,7 @@ extern "C" lh_status lh__cuda_group_norm(lh_backend *be, float *out, /* [n, c, h
     if (total == 0) return LH_OK;
     if (!out || !x || !gamma || !beta) return LH_ERR_INVALID;
     int64_t tasks = n * groups;
-    if (c / groups * hw >= GN_SPLIT_LEN && tasks < GN_SPLIT_TASKS)
+    if (gn_split(tasks, c / groups * hw))
         return group_norm_split(be, out, x, gamma, beta, n, c, hw, groups, eps, silu != 0);
     group_norm_fwd<<<task_grid(tasks), GN_BLOCK, 0, lh__cuda(be)->stream>>>(
         out, x, gamma, beta, tasks, c, hw, groups, eps, silu != 0, lh__cuda(be)->act);
@@ -362,6 +435,37 @@ extern "C" lh_status lh__cuda_group_norm_backward(lh_backend *be, float *dx, /* 
     lh_cuda *cu = lh__cuda(be);
     double *sb = NULL, *sg = NULL;
     lh_status st;
+    int64_t tasks = n * groups, len = c / groups * hw;
+    if (gn_split(tasks, len)) { /* few large groups: over many blocks */
+        size_t stat_bytes = gn_split_bytes(tasks, len);
+        void *p = NULL;
+        if ((st = lh__cuda_scratch(be, stat_bytes + (size_t)(2 * n * c) * sizeof(double) +
+                                           (size_t)tasks * 2 * sizeof(float),
+                                   &p)) != LH_OK)
+            return st;
+        float *stats = (float *)((double *)p + 2 * tasks * cdiv(len, GN_CHUNK));
+        sb = (double *)((char *)p + stat_bytes);
+        sg = sb + n * c;
+        float *k = (float *)(sg + n * c);
+        if ((st = gn_split_run_stats(be, stats, (double *)p, x, tasks, len, eps)) != LH_OK)
+            return st;
+        const float *bt = silu ? beta : NULL;
+        gn_split_bwd_sums<<<(unsigned)(n * c), GN_BLOCK, 0, cu->stream>>>(sb, sg, dy, x, gamma, bt,
+                                                                          stats, c, hw, groups,
+                                                                          silu != 0);
+        if (dx) {
+            gn_split_bwd_k<<<(unsigned)cdiv(tasks, 128), 128, 0, cu->stream>>>(k, sb, sg, gamma,
+                                                                              tasks, c, groups,
+                                                                              len);
+            gn_split_bwd_dx<<<lh__cuda_grid(total, 256), 256, 0, cu->stream>>>(
+                dx, dy, x, gamma, bt, stats, k, total, c, hw, groups, silu != 0);
+        }
+        if ((st = lh__cuda_launched(be, "group_norm_backward")) != LH_OK) return st;
+        if (!dgamma && !dbeta) return LH_OK;
+        group_norm_params<<<lh__cuda_grid(c, 256), 256, 0, cu->stream>>>(dgamma, dbeta, sg, sb,
+                                                                         n, c);
+        return lh__cuda_launched(be, "group_norm_backward: parameters");
+    }
     if (dgamma || dbeta) {
         void *p = NULL;
         if ((st = lh__cuda_scratch(be, (size_t)(2 * n * c) * sizeof(double), &p)) != LH_OK)
@@ -369,7 +473,6 @@ extern "C" lh_status lh__cuda_group_norm_backward(lh_backend *be, float *dx, /* 
         sb = (double *)p;
         sg = sb + n * c;
     }
-    int64_t tasks = n * groups;
     group_norm_bwd<<<task_grid(tasks), GN_BLOCK, 0, cu->stream>>>(
         dx, sb, sg, dy, x, gamma, silu ? beta : NULL, tasks, c, hw, groups, eps, silu != 0);
     if ((st = lh__cuda_launched(be, "group_norm_backward")) != LH_OK || !sb) return st;
