@@ -397,8 +397,9 @@ static lh_status r_gemm(lh_backend *be, float *c, const float *a, const float *b
 
 static lh_status r_linear(lh_backend *be, float *out, const float *x, const float *w,
                           const float *bias, int64_t rows, int64_t n_in, int64_t n_out) {
-    return lh__cuda_after(be, lh__cuda_linear(be, out, x, w, bias, rows, n_in, n_out), out,
-                          (uint64_t)rows * n_out);
+    lh_status st = lh__cuda_linear(be, out, x, w, bias, rows, n_in, n_out);
+    if (st != LH_OK || bias) return st; /* the bias kernel stored it rounded */
+    return lh__cuda_after(be, st, out, (uint64_t)rows * n_out);
 }
 
 static lh_status r_conv2d(lh_backend *be, float *out, const float *x, const float *w,

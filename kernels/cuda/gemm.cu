@@ -42,12 +42,15 @@ static __global__ void gemm_scale(float *c, float beta, int64_t mn, int64_t batc
     }
 }
 
-/* out [rows, cols] = bias [cols] broadcast over rows. */
-static __global__ void fill_rows(float *out, const float *bias, int64_t rows, int64_t cols) {
+/* out [rows, cols] += bias [cols] broadcast over rows, stored in the
+ * activation precision act (the one rounding of acc + bias that cuBLAS's
+ * beta = 1 over a bias-filled out gave, then the rounding pass's). */
+static __global__ void add_rows(float *out, const float *bias, int64_t rows, int64_t cols,
+                                int act) {
     int64_t total = rows * cols;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x)
-        out[i] = bias[i % cols];
+        out[i] = lh__cu_act(out[i] + bias[i % cols], act);
 }
 
 /* part [chunk, cols] = sums of dy [rows, cols] over the rows of each chunk
@@ -215,13 +218,12 @@ extern "C" lh_status lh__cuda_linear(lh_backend *be, float *out, /* [rows, n_out
     if (rows > INT_MAX || n_in > INT_MAX || n_out > INT_MAX) return LH_ERR_UNSUPPORTED;
     int64_t total;
     if (!lh__cu_mul2(&total, rows, n_out)) return LH_ERR_OVERFLOW;
-    if (bias) { /* out = bias, then out += x w^T */
-        fill_rows<<<lh__cuda_grid(total, 256), 256, 0, lh__cuda(be)->stream>>>(out, bias, rows,
-                                                                               n_out);
-        lh_status st = lh__cuda_launched(be, "linear: bias");
-        if (st != LH_OK) return st;
-    }
-    return gemm_run(be, out, x, w, 0, 1, rows, n_out, n_in, 1.0f, bias ? 1.0f : 0.0f, 1, 0, 0, 0);
+    /* out = x w^T, then with a bias out = act(out + bias): rounded already */
+    lh_status st = gemm_run(be, out, x, w, 0, 1, rows, n_out, n_in, 1.0f, 0.0f, 1, 0, 0, 0);
+    if (st != LH_OK || !bias) return st;
+    add_rows<<<lh__cuda_grid(total, 256), 256, 0, lh__cuda(be)->stream>>>(out, bias, rows, n_out,
+                                                                          lh__cuda(be)->act);
+    return lh__cuda_launched(be, "linear: bias");
 }
 
 extern "C" lh_status lh__cuda_linear_backward(lh_backend *be, float *dx, /* [rows, n_in] */
