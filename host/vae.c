@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "weights.h"
 
 #define VAE_EPS 1e-6f          /* every GroupNorm of the VAE (resnet_eps) */
@@ -71,7 +72,8 @@ struct lh_vae {
     vae_block up[LH_VAE_MAX_BLOCKS];
     vae_norm dec_norm_out;
     int64_t tile_sample, tile_latent; /* diffusers' tile_sample_min_size, tile_latent_min_size */
-    lh_dtype act; /* activation precision of encode and decode (lh_vae_set_precision) */
+    lh_dtype act;     /* activation precision of encode and decode (lh_vae_set_precision) */
+    lh_dtype weights; /* F32 as loaded, or the half type set_precision rounded them to */
     double tile_overlap;              /* tile_overlap_factor */
 };
 
@@ -558,6 +560,14 @@ lh_status lh_vae_set_precision(lh_vae *m, lh_dtype act, lh_error *err) {
     if (act != LH_DTYPE_F32 && (!ops->set_precision || !ops->round))
         return lh_error_set(err, LH_ERR_UNSUPPORTED, "VAE precision: the %s backend has no "
                             "half precision", ops->name);
+    if (act != LH_DTYPE_F32 && m->weights != LH_DTYPE_F32 && m->weights != act)
+        return lh_error_set(err, LH_ERR_INVALID, "VAE precision: the weights are already "
+                            "rounded to %s", lh_dtype_name(m->weights));
+    if (act != LH_DTYPE_F32 && m->weights != act) { /* once, as diffusers' vae.to(dtype) */
+        lh_status st = lh_wstore_round(&m->ws, act, err);
+        if (st != LH_OK) return st;
+        m->weights = act;
+    }
     m->act = act;
     return LH_OK;
 }
@@ -886,6 +896,7 @@ size_t lh_vae_encode_workspace(const lh_vae *m, int64_t b, int64_t h, int64_t w)
 
 lh_status lh_vae_encode(lh_vae *m, float *mean, float *logvar, const float *image, int64_t b,
                         int64_t h, int64_t w, lh_error *err) {
+    const float *image_in = image;
     const int64_t ds = lh_vae_downscale(m), lc = m->cfg.latent_channels;
     lh_status st = check_dims(b, h, w, ds, "encode", err);
     if (st != LH_OK) return st;
@@ -893,14 +904,37 @@ lh_status lh_vae_encode(lh_vae *m, float *mean, float *logvar, const float *imag
     vae_plan p = plan_encode(&m->cfg, b, h, w);
     vae_fwd F;
     if ((st = fwd_open(&F, m, &p, err)) != LH_OK) return st;
-    float *host = malloc(p.io[0] * sizeof *host);
+    float *host = malloc(p.io[0] * sizeof *host), *rounded = NULL;
     if (!host) st = lh_error_set(err, LH_ERR_NOMEM, "VAE encode: out of memory");
+    /* in half precision the image too is an activation of that type */
+    size_t n_img = (size_t)(b * m->cfg.in_channels * h * w);
+    if (st == LH_OK && m->act != LH_DTYPE_F32) {
+        const lh_backend_ops *ops = m->be->ops;
+        if (!(rounded = ops->alloc(m->be, n_img * sizeof(float))))
+            st = lh_error_set(err, LH_ERR_NOMEM, "VAE encode: out of backend memory");
+        else if ((st = ops->copy(m->be, rounded, image, n_img * sizeof(float))) != LH_OK ||
+                 (st = ops->round(m->be, rounded, (int64_t)n_img, m->act)) != LH_OK)
+            lh_error_set(err, st, "VAE encode: rounding the image failed");
+        image = rounded;
+    }
     if (st == LH_OK) st = encoder(&F, F.io[0], image, b, h, w);
     /* DiagonalGaussianDistribution: split the moments, clamp logvar. Small
      * (latent-sized), so on the host; the backend has no clamp. */
     if (st == LH_OK) {
         st = m->be->ops->download(m->be, host, F.io[0], p.io[0] * sizeof *host);
         if (st != LH_OK) st = lh_error_set(err, st, "VAE encode: download failed");
+    }
+    int overflow = 0; /* an fp16 encoder past 65504: float32 from now on, as the decode */
+    for (size_t i = 0; st == LH_OK && m->act == LH_DTYPE_F16 && i < p.io[0] && !overflow; i++)
+        overflow = !isfinite(host[i]);
+    if (overflow) {
+        free(host);
+        if (rounded) m->be->ops->free(m->be, rounded);
+        fwd_close(&F);
+        lh_log(LH_LOG_WARN, "vae", "the fp16 encode gave NaN/Inf; encoding again, and from now "
+               "on, in float32 (set model.vae_dtype=f32 or bf16 to skip this)");
+        m->act = LH_DTYPE_F32;
+        return lh_vae_encode(m, mean, logvar, image_in, b, h, w, err);
     }
     const size_t half = (size_t)(lc * hw);
     for (int64_t n = 0; st == LH_OK && n < b; n++) {
@@ -913,6 +947,7 @@ lh_status lh_vae_encode(lh_vae *m, float *mean, float *logvar, const float *imag
         if (st != LH_OK) st = lh_error_set(err, st, "VAE encode: upload failed");
     }
     free(host);
+    if (rounded) m->be->ops->free(m->be, rounded);
     fwd_close(&F);
     return st;
 }

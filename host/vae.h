@@ -88,8 +88,11 @@ LH_API int64_t lh_vae_downscale(const lh_vae *m);
  * loaded), or F16 / BF16, the backend's set_precision (each op's output
  * rounded to it; products and convolutions accumulate in float32, on a
  * device's tensor cores), as diffusers' vae.to(torch_dtype) runs it. The
- * weights stay as loaded. LH_ERR_INVALID for another dtype,
- * LH_ERR_UNSUPPORTED on a backend without half precision. */
+ * weights are rounded to the half type once (the first time), so only that
+ * type or F32 may be set after; an fp16 encode that overflows (NaN/Inf
+ * moments) is run again in float32, which the VAE keeps. LH_ERR_INVALID
+ * for another dtype, LH_ERR_UNSUPPORTED on a backend without half
+ * precision. */
 LH_API lh_status lh_vae_set_precision(lh_vae *m, lh_dtype act, lh_error *err);
 LH_API lh_dtype lh_vae_precision(const lh_vae *m);
 

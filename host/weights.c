@@ -14,22 +14,36 @@ void lh_wstore_init(lh_wstore *ws, lh_backend *be) {
 void lh_wstore_free(lh_wstore *ws) {
     for (size_t i = 0; i < ws->n; i++) ws->be->ops->free(ws->be, ws->ptrs[i]);
     free(ws->ptrs);
+    free(ws->floats);
     ws->ptrs = NULL;
+    ws->floats = NULL;
     ws->n = ws->cap = 0;
 }
 
-static lh_status track(lh_wstore *ws, void *p, lh_error *err) {
+static lh_status track(lh_wstore *ws, void *p, size_t n_floats, lh_error *err) {
     if (ws->n == ws->cap) {
         size_t cap = ws->cap ? ws->cap * 2 : 64;
         void **q = realloc(ws->ptrs, cap * sizeof *q);
-        if (!q) {
+        if (q) ws->ptrs = q;
+        size_t *f = q ? realloc(ws->floats, cap * sizeof *f) : NULL;
+        if (f) ws->floats = f;
+        if (!q || !f) {
             ws->be->ops->free(ws->be, p);
             return lh_error_set(err, LH_ERR_NOMEM, "out of memory tracking weights");
         }
-        ws->ptrs = q;
         ws->cap = cap;
     }
+    ws->floats[ws->n] = n_floats;
     ws->ptrs[ws->n++] = p;
+    return LH_OK;
+}
+
+lh_status lh_wstore_round(lh_wstore *ws, lh_dtype dtype, lh_error *err) {
+    for (size_t i = 0; i < ws->n; i++) {
+        lh_status st = ws->be->ops->round(ws->be, ws->ptrs[i], (int64_t)ws->floats[i], dtype);
+        if (st != LH_OK)
+            return lh_error_set(err, st, "rounding the weights to %s failed", lh_dtype_name(dtype));
+    }
     return LH_OK;
 }
 
@@ -117,7 +131,7 @@ lh_status lh_wstore_load_src(float **out, lh_wstore *ws, const lh_wsource *src, 
         ws->be->ops->free(ws->be, p);
         return lh_error_set(err, st, "%s: uploading %s failed", src->name, kt);
     }
-    st = track(ws, p, err);
+    st = track(ws, p, n, err);
     if (st != LH_OK) return st;
     ws->bytes += n * sizeof(float);
     *out = p;
@@ -129,7 +143,7 @@ lh_status lh_wstore_alloc(float **out, lh_wstore *ws, size_t n_floats, lh_error 
     float *p = ws->be->ops->alloc(ws->be, (n_floats ? n_floats : 1) * sizeof(float));
     if (!p) return lh_error_set(err, LH_ERR_NOMEM, "out of backend memory (%zu floats)", n_floats);
     lh_status st = ws->be->ops->memset0(ws->be, p, n_floats * sizeof(float));
-    if (st == LH_OK) st = track(ws, p, err);
+    if (st == LH_OK) st = track(ws, p, n_floats, err);
     if (st != LH_OK) return st;
     ws->bytes += n_floats * sizeof(float);
     *out = p;

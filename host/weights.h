@@ -14,6 +14,7 @@
 typedef struct lh_wstore {
     lh_backend *be;
     void **ptrs;
+    size_t *floats; /* each one's length */
     size_t n, cap;
     size_t bytes; /* uploaded so far */
 } lh_wstore;
@@ -58,5 +59,9 @@ lh_status lh_wstore_load_src(float **out, lh_wstore *ws, const lh_wsource *src, 
 
 /* Backend scratch memory owned by the store (zeroed); *out NULL on failure. */
 lh_status lh_wstore_alloc(float **out, lh_wstore *ws, size_t n_floats, lh_error *err);
+
+/* Every buffer of the store rounded in place to dtype (F16, BF16; the
+ * backend's round op), as a model run in that precision holds it. */
+lh_status lh_wstore_round(lh_wstore *ws, lh_dtype dtype, lh_error *err);
 
 #endif

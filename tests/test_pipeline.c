@@ -562,8 +562,9 @@ START_TEST(test_params) {
 }
 END_TEST
 
-/* A copy of the tiny model (links) whose VAE decoder's conv_in is scaled
- * by 1e6: float32 holds its activations, fp16 overflows to Inf. */
+/* A copy of the tiny model (links) whose VAE's conv_in layers are scaled
+ * (decoder 1e4, encoder 1.2e5): the weights still fit fp16, their outputs
+ * do not (float32 holds them). */
 static void hot_vae_model(char *dir, size_t size) {
     snprintf(dir, size, "%s/hot", g_tmp);
     char path[4400], target[4400], vae[4400];
@@ -594,8 +595,10 @@ static void hot_vae_model(char *dir, size_t size) {
         for (int d = 0; d < t->ndim; d++) numel *= t->shape[d];
         vals[i] = malloc((size_t)(numel ? numel : 1) * sizeof(float));
         ck_assert(lh_st_read_f32(vals[i], (size_t)numel, f, t->name, &err) == LH_OK);
-        if (!strncmp(t->name, "decoder.conv_in.", 16))
-            for (int64_t k = 0; k < numel; k++) vals[i][k] *= 1e6f;
+        float scale = !strncmp(t->name, "decoder.conv_in.", 16)   ? 1e4f
+                      : !strncmp(t->name, "encoder.conv_in.", 16) ? 1.2e5f
+                                                                  : 1.0f;
+        for (int64_t k = 0; k < numel; k++) vals[i][k] *= scale;
         ck_assert(lh_st_writer_add(w, t->name, LH_DTYPE_F32, t->ndim, t->shape, vals[i], &err) ==
                   LH_OK);
     }
@@ -607,9 +610,10 @@ static void hot_vae_model(char *dir, size_t size) {
     lh_st_close(f);
 }
 
-/* model.vae_dtype: auto is f32 on the cpu, the names are checked; a
- * decoder that overflows fp16 (NaN/Inf pixels) is run again in float32,
- * which the VAE then keeps: the image is the float32 one. */
+/* model.vae_dtype: auto is f32 on the cpu, the names are checked, the
+ * weights take one half type; a decoder that overflows fp16 (NaN/Inf
+ * pixels) is run again in float32, which the VAE then keeps: the image is
+ * the one of float32 activations on the same weights. */
 START_TEST(test_vae_dtype) {
     lh_error err = {0};
     lh_model *m, *m32;
@@ -621,9 +625,13 @@ START_TEST(test_vae_dtype) {
     ck_assert_int_eq(lh_vae_precision(m->vae), LH_DTYPE_F32);
     ck_assert_int_eq(lh_model_set_vae_dtype(m, "f8", &err), LH_ERR_INVALID);
     ck_assert_msg(strstr(err.msg, "model.vae_dtype") && strstr(err.msg, "f8"), "%s", err.msg);
-    ck_assert_int_eq(lh_model_set_vae_dtype(m, "bf16", &err), LH_OK);
-    ck_assert_int_eq(lh_vae_precision(m->vae), LH_DTYPE_BF16);
     ck_assert_int_eq(lh_model_set_vae_dtype(m, "f16", &err), LH_OK);
+    ck_assert_int_eq(lh_vae_precision(m->vae), LH_DTYPE_F16);
+    ck_assert_int_eq(lh_model_set_vae_dtype(m, "bf16", &err), LH_ERR_INVALID); /* weights f16 */
+    ck_assert_msg(strstr(err.msg, "already rounded to F16"), "%s", err.msg);
+    /* the reference: the same f16-rounded weights, float32 activations */
+    ck_assert_int_eq(lh_model_set_vae_dtype(m32, "f16", &err), LH_OK);
+    ck_assert_int_eq(lh_model_set_vae_dtype(m32, "f32", &err), LH_OK);
     lh_gen_params p;
     lh_gen_params_init(&p);
     p.prompt = "x";
@@ -636,6 +644,33 @@ START_TEST(test_vae_dtype) {
                   lh_dtype_name(lh_vae_precision(m->vae)));
     size_t bytes = (size_t)(r.batch * r.height * r.width * 3);
     ck_assert(!memcmp(r.images, r32.images, bytes));
+    uint8_t lo = 255, hi = 0; /* a picture, not NaN's black */
+    for (size_t i = 0; i < bytes; i++) {
+        lo = r.images[i] < lo ? r.images[i] : lo;
+        hi = r.images[i] > hi ? r.images[i] : hi;
+    }
+    ck_assert_msg(hi > lo, "the float32 decode is flat (%d)", lo);
+    /* the encoder likewise (img2img, training without cached latents) */
+    lh_model *me;
+    ck_assert_msg(lh_model_open(&me, g_be, dir, &err) == LH_OK, "%s", err.msg);
+    ck_assert_int_eq(lh_model_set_vae_dtype(me, "f16", &err), LH_OK);
+    const int64_t n_img = 3 * 32 * 32, n_lat = 4 * 4 * 4;
+    float img[3 * 32 * 32], lat[2][4 * 4 * 4];
+    for (int64_t i = 0; i < n_img; i++) img[i] = (float)((i * 37 % 255) / 127.5 - 1.0);
+    float *d_img = g_be->ops->alloc(g_be, sizeof img), *d_lat = g_be->ops->alloc(g_be, sizeof lat);
+    ck_assert(d_img && d_lat && g_be->ops->upload(g_be, d_img, img, sizeof img) == LH_OK);
+    lh_model *enc[2] = {me, m32};
+    for (int k = 0; k < 2; k++) {
+        ck_assert_msg(lh_vae_encode(enc[k]->vae, d_lat, NULL, d_img, 1, 32, 32, &err) == LH_OK,
+                      "%s", err.msg);
+        ck_assert(g_be->ops->download(g_be, lat[k], d_lat, sizeof lat[k]) == LH_OK);
+    }
+    ck_assert_msg(lh_vae_precision(me->vae) == LH_DTYPE_F32, "the fp16 encode was kept");
+    for (int64_t i = 0; i < n_lat; i++) ck_assert(isfinite(lat[0][i]));
+    ck_assert(!memcmp(lat[0], lat[1], sizeof lat[0]));
+    g_be->ops->free(g_be, d_img);
+    g_be->ops->free(g_be, d_lat);
+    lh_model_close(me);
     lh_gen_result_free(&r);
     lh_gen_result_free(&r32);
     lh_model_close(m);
