@@ -52,6 +52,24 @@ static __device__ void block_stats(float *mean_f, float *rstd_f, const float *x,
 }
 
 /* dy * silu'(y) if `silu`, else dy. */
+static __device__ __forceinline__ float silu_chain(float dy, float y, int silu);
+
+/* One channel's sums over its hw values, to every thread of the block:
+ * s1 = sum g, s2 = sum g xhat, g = dy through the SiLU, in double. */
+static __device__ void channel_sums(double *s1, double *s2, const float *xs, const float *ds,
+                                    int64_t hw, float mf, float rstd, float a, float b, int silu,
+                                    double *shm) {
+    double t1 = 0.0, t2 = 0.0;
+    for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
+        float xh = (xs[i] - mf) * rstd, gy = silu_chain(ds[i], xh * a + b, silu);
+        t1 += (double)gy;
+        t2 += (double)(gy * xh);
+    }
+    *s1 = lh__block_sum(t1, shm);
+    *s2 = lh__block_sum(t2, shm);
+}
+
+/* dy * silu'(y) if `silu`, else dy. */
 static __device__ __forceinline__ float silu_chain(float dy, float y, int silu) {
     if (!silu) return dy;
     float s = 1.0f / (1.0f + expf(-y));
@@ -206,16 +224,9 @@ static __global__ void group_norm_bwd(float *dx, double *sb, double *sg, const f
         block_stats(&mf, &rstd, xg, len, eps, &shm[0]);
         double m1 = 0.0, m2 = 0.0; /* sums of g and g xhat over the group */
         for (int64_t ch = 0; ch < cg; ch++) {
-            const float *xs = xg + ch * hw, *ds = dg + ch * hw;
             float a = gamma[c0 + ch], b = silu ? beta[c0 + ch] : 0.0f;
-            double s1 = 0.0, s2 = 0.0;
-            for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
-                float xh = (xs[i] - mf) * rstd, gy = silu_chain(ds[i], xh * a + b, silu);
-                s1 += (double)gy;
-                s2 += (double)(gy * xh);
-            }
-            s1 = lh__block_sum(s1, &shm[0]);
-            s2 = lh__block_sum(s2, &shm[0]);
+            double s1, s2;
+            channel_sums(&s1, &s2, xg + ch * hw, dg + ch * hw, hw, mf, rstd, a, b, silu, shm);
             if (sb && threadIdx.x == 0) {
                 sb[ch0 + ch] = s1;
                 sg[ch0 + ch] = s2;
@@ -246,14 +257,8 @@ static __global__ void gn_split_bwd_sums(double *sb, double *sg, const float *dy
     int64_t nc = blockIdx.x, ch = nc % c, t = nc / c * groups + ch / (c / groups);
     const float *xs = x + nc * hw, *ds = dy + nc * hw;
     float mf = stats[2 * t], rstd = stats[2 * t + 1], a = gamma[ch], b = silu ? beta[ch] : 0.0f;
-    double s1 = 0.0, s2 = 0.0;
-    for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
-        float xh = (xs[i] - mf) * rstd, gy = silu_chain(ds[i], xh * a + b, silu);
-        s1 += (double)gy;
-        s2 += (double)(gy * xh);
-    }
-    s1 = lh__block_sum(s1, &shm[0]);
-    s2 = lh__block_sum(s2, &shm[0]);
+    double s1, s2;
+    channel_sums(&s1, &s2, xs, ds, hw, mf, rstd, a, b, silu, shm);
     if (threadIdx.x == 0) {
         sb[nc] = s1;
         sg[nc] = s2;
