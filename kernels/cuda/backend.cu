@@ -620,6 +620,10 @@ extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *
     if (att && *att && strcmp(att, "auto") && strcmp(att, "gemm") && strcmp(att, "flash"))
         return create_fail(err, err_size, LH_ERR_CONFIG,
                            "LORAHOST_CUDA_ATTENTION must be auto, flash or gemm, not", att);
+    const char *graphs = getenv("LORAHOST_CUDA_GRAPHS"); /* "0": no graphs; "1" (default) */
+    if (graphs && *graphs && strcmp(graphs, "0") && strcmp(graphs, "1"))
+        return create_fail(err, err_size, LH_ERR_CONFIG, "LORAHOST_CUDA_GRAPHS must be 0 or 1, not",
+                           graphs);
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0)
@@ -648,7 +652,6 @@ extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *
                                                          : LH_CUDA_ATT_GEMM;
     const char *one = getenv("LH_CUDA_CONV_ONE_IMAGE"); /* "1": the chunked path always */
     cu->conv_one_image = one && !strcmp(one, "1");
-    const char *graphs = getenv("LORAHOST_CUDA_GRAPHS"); /* "0": no graphs */
     cu->graphs_off = graphs && !strcmp(graphs, "0");
     const char *what = NULL, *detail = NULL;
     cublasStatus_t bs;
