@@ -84,11 +84,12 @@ static lh_status build_unit(const lh_ad_ctx *c, loha *s) {
     const lh_ad_base *b = c->b;
     if (!s->w[0].mid) {
         float *v = NULL;
-        lh_status st = (s->d.unit = lh_ad_new_weight(b)) ? unit_t(s, c->err, c->err_size)
-                                                          : lh_ad_host_fail(b, c->err, c->err_size,
-                                                                            LH_ERR_NOMEM, "LoHa delta");
+        lh_status st = (s->d.unit = lh_ad_new_weight(b))
+                           ? unit_t(s, c->err, c->err_size)
+                           : lh_ad_host_fail(b, c->err, c->err_size, LH_ERR_NOMEM, "LoHa delta");
         if (st == LH_OK) st = lh_ad_read(b, &v, s->d.unit, c->err, c->err_size);
-        if (st == LH_OK) st = lh_ad_finite(c, v, b->form.numel, "the LoHa delta (hada_w1 * hada_w2)");
+        if (st == LH_OK)
+            st = lh_ad_finite(c, v, b->form.numel, "the LoHa delta (hada_w1 * hada_w2)");
         b->host->free(v);
         return st;
     }

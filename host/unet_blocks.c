@@ -870,8 +870,9 @@ static lh_status graph_record(run *r, float *go, const float *gx, int64_t h, int
         return st == LH_OK ? st : lh_error_set(err, st, "unet forward: graph launch failed");
     }
     g->state = GRAPH_REFUSED;
-    lh_log(refused ? LH_LOG_INFO : LH_LOG_WARN, "unet", "forward at batch %lld, %lldx%lld runs op by op, not as a "
-           "graph: %s", (long long)r->b, (long long)h, (long long)w, why.msg);
+    lh_log(refused ? LH_LOG_INFO : LH_LOG_WARN, "unet",
+           "forward at batch %lld, %lldx%lld runs op by op, not as a graph: %s", (long long)r->b,
+           (long long)h, (long long)w, why.msg);
     st = forward(r, go, gx, NULL, h, w);
     if (st == LH_OK && r->top != 0)
         st = lh_error_set(err, LH_ERR_INTERNAL, "unet forward: %d skip connections left unused",

@@ -134,7 +134,8 @@ lh_status lh_ad_factor_dense_t(const lh_ad_base *b, lh_tensor *out, const lh_ad_
 static lh_status gemm_into(const lh_host_api *h, lh_tensor *dst, const lh_tensor *a,
                            const lh_tensor *bt, int ta, int tb, int64_t m, int64_t k, int64_t n,
                            double alpha) {
-    const int64_t sd[2] = {m, n}, sa[2] = {ta ? k : m, ta ? m : k}, sb[2] = {tb ? n : k, tb ? k : n};
+    const int64_t sd[2] = {m, n}, sa[2] = {ta ? k : m, ta ? m : k};
+    const int64_t sb[2] = {tb ? n : k, tb ? k : n};
     lh_tensor *vd = h->tensor_reshape(dst, 2, sd), *va = h->tensor_reshape(a, 2, sa);
     lh_tensor *vb = h->tensor_reshape(bt, 2, sb);
     lh_status st = vd && va && vb ? h->gemm(vd, va, vb, ta, tb, alpha, 1.0) : LH_ERR_NOMEM;
