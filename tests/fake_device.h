@@ -15,7 +15,7 @@
  * count_nonfinite's count, mse_backward's and adamw's coef, upload's
  * source, download's destination) pass through unchanged. It also counts
  * the calls that make the host wait for a real device (fake_device_waits),
- * and refuses to record graphs. */
+ * and records graphs of the compute ops (see "Graphs" below). */
 #ifndef LH_TESTS_FAKE_DEVICE_H
 #define LH_TESTS_FAKE_DEVICE_H
 
@@ -43,6 +43,8 @@ typedef struct {
     size_t count, cap;
     size_t waits; /* calls after which a real device's host waits: download, sync,
                      count_nonfinite */
+    struct fake_graph *rec; /* the graph being recorded, or NULL */
+    int spoiled;            /* an op that cannot be recorded came while recording */
 } fake_device;
 
 static fake_device *fake__dev(lh_backend *be) { return be->impl; }
@@ -121,9 +123,12 @@ static void *fake_alloc(lh_backend *be, size_t bytes) {
     return fake;
 }
 
+static int fake__defer_free(fake_device *fd, void *ptr);
+
 static void fake_free(lh_backend *be, void *ptr) {
     if (!ptr) return;
     fake_device *fd = fake__dev(be);
+    if (fd->rec && fake__defer_free(fd, ptr)) return; /* recorded ops may use it: the graph's */
     pthread_mutex_lock(&fd->mu);
     size_t i = fake__lower(fd, (uintptr_t)ptr);
     if (i == fd->count || fd->regions[i].fake != (uintptr_t)ptr) {
@@ -153,7 +158,70 @@ static void fake_destroy(lh_backend *be) {
 }
 
 #define CPU fake__dev(be)->cpu
-#define CALL(op, ...) CPU->ops->op(CPU, __VA_ARGS__)
+
+/* ---- Graphs ----
+ * Between graph_begin and graph_end the compute ops the U-Net's forward
+ * uses are recorded as closures (their arguments copied), not run, as
+ * stream capture does; graph_launch runs them again, mapping their
+ * pointers then, so a buffer freed since aborts as a dangling pointer in a
+ * CUDA graph would fault. Any other op while recording fails and spoils
+ * the recording (graph_end then fails); buffers freed while recording are
+ * freed with the graph. */
+typedef lh_status (*fake_run_fn)(lh_backend *be, const void *args);
+typedef struct {
+    fake_run_fn run;
+    void *args;
+} fake_step;
+typedef struct fake_graph {
+    fake_step *steps;
+    size_t n, cap;
+    void **freed;
+    size_t n_freed, cap_freed;
+} fake_graph;
+
+static int fake__defer_free(fake_device *fd, void *ptr) {
+    fake_graph *g = fd->rec;
+    if (g->n_freed == g->cap_freed) {
+        size_t cap = g->cap_freed ? 2 * g->cap_freed : 16;
+        void **f = realloc(g->freed, cap * sizeof *f);
+        if (!f) return 0;
+        g->freed = f;
+        g->cap_freed = cap;
+    }
+    g->freed[g->n_freed++] = ptr;
+    return 1;
+}
+
+/* Run the op now, or record it while recording. */
+static lh_status fake__op(lh_backend *be, fake_run_fn run, const void *args, size_t size) {
+    fake_device *fd = fake__dev(be);
+    fake_graph *g = fd->rec;
+    if (!g) return run(be, args);
+    void *copy = malloc(size);
+    if (copy && g->n == g->cap) {
+        size_t cap = g->cap ? 2 * g->cap : 256;
+        fake_step *s = realloc(g->steps, cap * sizeof *s);
+        if (s) g->steps = s, g->cap = cap;
+    }
+    if (!copy || g->n == g->cap) {
+        free(copy);
+        fd->spoiled = 1;
+        return LH_ERR_NOMEM;
+    }
+    memcpy(copy, args, size);
+    g->steps[g->n++] = (fake_step){run, copy};
+    return LH_OK;
+}
+
+/* An op that cannot be recorded, called while recording. */
+static lh_status fake__refuse(lh_backend *be, const char *op) {
+    (void)op;
+    fake__dev(be)->spoiled = 1;
+    return LH_ERR_BACKEND;
+}
+
+#define CALL(op, ...)                                                                         \
+    (fake__dev(be)->rec ? fake__refuse(be, #op) : CPU->ops->op(CPU, __VA_ARGS__))
 
 static lh_status fake_upload(lh_backend *be, void *dst, const void *src, size_t bytes) {
     return CALL(upload, FAKE_R(dst), src, bytes);
@@ -162,97 +230,172 @@ static lh_status fake_download(lh_backend *be, void *dst, const void *src, size_
     fake__dev(be)->waits++;
     return CALL(download, dst, FAKE_R(src), bytes);
 }
+typedef struct { void *dst; size_t bytes; } fake_memset0_a;
+static lh_status fake_memset0_run(lh_backend *be, const void *p) {
+    const fake_memset0_a *A_ = p;
+    return CPU->ops->memset0(CPU, FAKE_R(A_->dst), A_->bytes);
+}
 static lh_status fake_memset0(lh_backend *be, void *dst, size_t bytes) {
-    return CALL(memset0, FAKE_R(dst), bytes);
+    fake_memset0_a A_ = {dst, bytes};
+    return fake__op(be, fake_memset0_run, &A_, sizeof A_);
 }
 static lh_status fake_upload_weights(lh_backend *be, float *dst, const void *src,
                                      lh_dtype src_dtype, size_t n) {
     return CALL(upload_weights, FAKE_R(dst), src, src_dtype, n);
 }
 static lh_status fake_sync(lh_backend *be) {
+    if (fake__dev(be)->rec) return fake__refuse(be, "sync");
     fake__dev(be)->waits++;
     return CPU->ops->sync(CPU);
 }
 
 /* ---- Compute: every backend pointer mapped back ---- */
 
-static lh_status fake_gemm(lh_backend *be, float *c, const float *a, const float *b,
-                           int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
-                           float alpha, float beta, int64_t batch, int64_t stride_a,
-                           int64_t stride_b, int64_t stride_c) {
-    return CALL(gemm, FAKE_R(c), FAKE_R(a), FAKE_R(b), trans_a, trans_b, m, n, k, alpha, beta,
-                batch, stride_a, stride_b, stride_c);
+typedef struct { float *c; const float *a; const float *b; int trans_a; int trans_b; int64_t m; int64_t n; int64_t k; float alpha; float beta; int64_t batch; int64_t stride_a; int64_t stride_b; int64_t stride_c; } fake_gemm_a;
+static lh_status fake_gemm_run(lh_backend *be, const void *p) {
+    const fake_gemm_a *A_ = p;
+    return CPU->ops->gemm(CPU, FAKE_R(A_->c), FAKE_R(A_->a), FAKE_R(A_->b), A_->trans_a, A_->trans_b, A_->m, A_->n, A_->k, A_->alpha, A_->beta, A_->batch, A_->stride_a, A_->stride_b, A_->stride_c);
 }
-static lh_status fake_linear(lh_backend *be, float *out, const float *x, const float *w,
-                             const float *bias, int64_t rows, int64_t n_in, int64_t n_out) {
-    return CALL(linear, FAKE_R(out), FAKE_R(x), FAKE_R(w), FAKE_R(bias), rows, n_in, n_out);
+static lh_status fake_gemm(lh_backend *be, float *c, const float *a, const float *b, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, float beta, int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c) {
+    fake_gemm_a A_ = {c, a, b, trans_a, trans_b, m, n, k, alpha, beta, batch, stride_a, stride_b, stride_c};
+    return fake__op(be, fake_gemm_run, &A_, sizeof A_);
 }
-static lh_status fake_conv2d(lh_backend *be, float *out, const float *x, const float *w,
-                             const float *bias, int64_t n, int64_t c_in, int64_t h, int64_t wd,
-                             int64_t c_out, int64_t kh, int64_t kw, int stride, int pad) {
-    return CALL(conv2d, FAKE_R(out), FAKE_R(x), FAKE_R(w), FAKE_R(bias), n, c_in, h, wd, c_out,
-                kh, kw, stride, pad);
+typedef struct { float *out; const float *x; const float *w; const float *bias; int64_t rows; int64_t n_in; int64_t n_out; } fake_linear_a;
+static lh_status fake_linear_run(lh_backend *be, const void *p) {
+    const fake_linear_a *A_ = p;
+    return CPU->ops->linear(CPU, FAKE_R(A_->out), FAKE_R(A_->x), FAKE_R(A_->w), FAKE_R(A_->bias), A_->rows, A_->n_in, A_->n_out);
 }
-static lh_status fake_group_norm(lh_backend *be, float *out, const float *x, const float *gamma,
-                                 const float *beta, int64_t n, int64_t c, int64_t hw,
-                                 int64_t groups, float eps, int silu) {
-    return CALL(group_norm, FAKE_R(out), FAKE_R(x), FAKE_R(gamma), FAKE_R(beta), n, c, hw,
-                groups, eps, silu);
+static lh_status fake_linear(lh_backend *be, float *out, const float *x, const float *w, const float *bias, int64_t rows, int64_t n_in, int64_t n_out) {
+    fake_linear_a A_ = {out, x, w, bias, rows, n_in, n_out};
+    return fake__op(be, fake_linear_run, &A_, sizeof A_);
 }
-static lh_status fake_layer_norm(lh_backend *be, float *out, const float *x, const float *gamma,
-                                 const float *beta, int64_t rows, int64_t cols, float eps) {
-    return CALL(layer_norm, FAKE_R(out), FAKE_R(x), FAKE_R(gamma), FAKE_R(beta), rows, cols,
-                eps);
+typedef struct { float *out; const float *x; const float *w; const float *bias; int64_t n; int64_t c_in; int64_t h; int64_t wd; int64_t c_out; int64_t kh; int64_t kw; int stride; int pad; } fake_conv2d_a;
+static lh_status fake_conv2d_run(lh_backend *be, const void *p) {
+    const fake_conv2d_a *A_ = p;
+    return CPU->ops->conv2d(CPU, FAKE_R(A_->out), FAKE_R(A_->x), FAKE_R(A_->w), FAKE_R(A_->bias), A_->n, A_->c_in, A_->h, A_->wd, A_->c_out, A_->kh, A_->kw, A_->stride, A_->pad);
 }
-static lh_status fake_attention(lh_backend *be, float *out, float *lse, const float *q,
-                                const float *k, const float *v, int64_t b, int64_t heads,
-                                int64_t nq, int64_t nk, int64_t d, float scale, int causal) {
-    return CALL(attention, FAKE_R(out), FAKE_R(lse), FAKE_R(q), FAKE_R(k), FAKE_R(v), b, heads,
-                nq, nk, d, scale, causal);
+static lh_status fake_conv2d(lh_backend *be, float *out, const float *x, const float *w, const float *bias, int64_t n, int64_t c_in, int64_t h, int64_t wd, int64_t c_out, int64_t kh, int64_t kw, int stride, int pad) {
+    fake_conv2d_a A_ = {out, x, w, bias, n, c_in, h, wd, c_out, kh, kw, stride, pad};
+    return fake__op(be, fake_conv2d_run, &A_, sizeof A_);
+}
+typedef struct { float *out; const float *x; const float *gamma; const float *beta; int64_t n; int64_t c; int64_t hw; int64_t groups; float eps; int silu; } fake_group_norm_a;
+static lh_status fake_group_norm_run(lh_backend *be, const void *p) {
+    const fake_group_norm_a *A_ = p;
+    return CPU->ops->group_norm(CPU, FAKE_R(A_->out), FAKE_R(A_->x), FAKE_R(A_->gamma), FAKE_R(A_->beta), A_->n, A_->c, A_->hw, A_->groups, A_->eps, A_->silu);
+}
+static lh_status fake_group_norm(lh_backend *be, float *out, const float *x, const float *gamma, const float *beta, int64_t n, int64_t c, int64_t hw, int64_t groups, float eps, int silu) {
+    fake_group_norm_a A_ = {out, x, gamma, beta, n, c, hw, groups, eps, silu};
+    return fake__op(be, fake_group_norm_run, &A_, sizeof A_);
+}
+typedef struct { float *out; const float *x; const float *gamma; const float *beta; int64_t rows; int64_t cols; float eps; } fake_layer_norm_a;
+static lh_status fake_layer_norm_run(lh_backend *be, const void *p) {
+    const fake_layer_norm_a *A_ = p;
+    return CPU->ops->layer_norm(CPU, FAKE_R(A_->out), FAKE_R(A_->x), FAKE_R(A_->gamma), FAKE_R(A_->beta), A_->rows, A_->cols, A_->eps);
+}
+static lh_status fake_layer_norm(lh_backend *be, float *out, const float *x, const float *gamma, const float *beta, int64_t rows, int64_t cols, float eps) {
+    fake_layer_norm_a A_ = {out, x, gamma, beta, rows, cols, eps};
+    return fake__op(be, fake_layer_norm_run, &A_, sizeof A_);
+}
+typedef struct { float *out; float *lse; const float *q; const float *k; const float *v; int64_t b; int64_t heads; int64_t nq; int64_t nk; int64_t d; float scale; int causal; } fake_attention_a;
+static lh_status fake_attention_run(lh_backend *be, const void *p) {
+    const fake_attention_a *A_ = p;
+    return CPU->ops->attention(CPU, FAKE_R(A_->out), FAKE_R(A_->lse), FAKE_R(A_->q), FAKE_R(A_->k), FAKE_R(A_->v), A_->b, A_->heads, A_->nq, A_->nk, A_->d, A_->scale, A_->causal);
+}
+static lh_status fake_attention(lh_backend *be, float *out, float *lse, const float *q, const float *k, const float *v, int64_t b, int64_t heads, int64_t nq, int64_t nk, int64_t d, float scale, int causal) {
+    fake_attention_a A_ = {out, lse, q, k, v, b, heads, nq, nk, d, scale, causal};
+    return fake__op(be, fake_attention_run, &A_, sizeof A_);
 }
 
+typedef struct {
+    float *out;
+    const float *x;
+    int64_t n;
+} fake_unary_a;
 #define FAKE_UNARY(op)                                                                        \
+    static lh_status fake_##op##_run(lh_backend *be, const void *p) {                         \
+        const fake_unary_a *A_ = p;                                                           \
+        return CPU->ops->op(CPU, FAKE_R(A_->out), FAKE_R(A_->x), A_->n);                      \
+    }                                                                                         \
     static lh_status fake_##op(lh_backend *be, float *out, const float *x, int64_t n) {       \
-        return CALL(op, FAKE_R(out), FAKE_R(x), n);                                           \
+        fake_unary_a A_ = {out, x, n};                                                        \
+        return fake__op(be, fake_##op##_run, &A_, sizeof A_);                                 \
     }
 FAKE_UNARY(silu)
 FAKE_UNARY(gelu)
 FAKE_UNARY(quick_gelu)
 #undef FAKE_UNARY
 
-static lh_status fake_geglu(lh_backend *be, float *out, const float *x, int64_t rows,
-                            int64_t f) {
-    return CALL(geglu, FAKE_R(out), FAKE_R(x), rows, f);
+typedef struct { float *out; const float *x; int64_t rows; int64_t f; } fake_geglu_a;
+static lh_status fake_geglu_run(lh_backend *be, const void *p) {
+    const fake_geglu_a *A_ = p;
+    return CPU->ops->geglu(CPU, FAKE_R(A_->out), FAKE_R(A_->x), A_->rows, A_->f);
 }
-static lh_status fake_add(lh_backend *be, float *out, const float *a, const float *b,
-                          int64_t n) {
-    return CALL(add, FAKE_R(out), FAKE_R(a), FAKE_R(b), n);
+static lh_status fake_geglu(lh_backend *be, float *out, const float *x, int64_t rows, int64_t f) {
+    fake_geglu_a A_ = {out, x, rows, f};
+    return fake__op(be, fake_geglu_run, &A_, sizeof A_);
 }
-static lh_status fake_mul(lh_backend *be, float *out, const float *a, const float *b,
-                          int64_t n) {
-    return CALL(mul, FAKE_R(out), FAKE_R(a), FAKE_R(b), n);
+typedef struct { float *out; const float *a; const float *b; int64_t n; } fake_add_a;
+static lh_status fake_add_run(lh_backend *be, const void *p) {
+    const fake_add_a *A_ = p;
+    return CPU->ops->add(CPU, FAKE_R(A_->out), FAKE_R(A_->a), FAKE_R(A_->b), A_->n);
 }
-static lh_status fake_axpby(lh_backend *be, float *out, float alpha, const float *a, float beta,
-                            const float *b, int64_t n) {
-    return CALL(axpby, FAKE_R(out), alpha, FAKE_R(a), beta, FAKE_R(b), n);
+static lh_status fake_add(lh_backend *be, float *out, const float *a, const float *b, int64_t n) {
+    fake_add_a A_ = {out, a, b, n};
+    return fake__op(be, fake_add_run, &A_, sizeof A_);
 }
-static lh_status fake_add_channel_bias(lh_backend *be, float *out, const float *x,
-                                       const float *bias, int64_t outer, int64_t c,
-                                       int64_t inner) {
-    return CALL(add_channel_bias, FAKE_R(out), FAKE_R(x), FAKE_R(bias), outer, c, inner);
+typedef struct { float *out; const float *a; const float *b; int64_t n; } fake_mul_a;
+static lh_status fake_mul_run(lh_backend *be, const void *p) {
+    const fake_mul_a *A_ = p;
+    return CPU->ops->mul(CPU, FAKE_R(A_->out), FAKE_R(A_->a), FAKE_R(A_->b), A_->n);
 }
-static lh_status fake_upsample_nearest2x(lh_backend *be, float *out, const float *x, int64_t n,
-                                         int64_t c, int64_t h, int64_t w) {
-    return CALL(upsample_nearest2x, FAKE_R(out), FAKE_R(x), n, c, h, w);
+static lh_status fake_mul(lh_backend *be, float *out, const float *a, const float *b, int64_t n) {
+    fake_mul_a A_ = {out, a, b, n};
+    return fake__op(be, fake_mul_run, &A_, sizeof A_);
 }
-static lh_status fake_concat_channels(lh_backend *be, float *out, const float *a,
-                                      const float *b, int64_t n, int64_t ca, int64_t cb,
-                                      int64_t hw) {
-    return CALL(concat_channels, FAKE_R(out), FAKE_R(a), FAKE_R(b), n, ca, cb, hw);
+typedef struct { float *out; float alpha; const float *a; float beta; const float *b; int64_t n; } fake_axpby_a;
+static lh_status fake_axpby_run(lh_backend *be, const void *p) {
+    const fake_axpby_a *A_ = p;
+    return CPU->ops->axpby(CPU, FAKE_R(A_->out), A_->alpha, FAKE_R(A_->a), A_->beta, FAKE_R(A_->b), A_->n);
 }
-static lh_status fake_transpose_c_hw(lh_backend *be, float *out, const float *x, int64_t n,
-                                     int64_t c, int64_t hw) {
-    return CALL(transpose_c_hw, FAKE_R(out), FAKE_R(x), n, c, hw);
+static lh_status fake_axpby(lh_backend *be, float *out, float alpha, const float *a, float beta, const float *b, int64_t n) {
+    fake_axpby_a A_ = {out, alpha, a, beta, b, n};
+    return fake__op(be, fake_axpby_run, &A_, sizeof A_);
+}
+typedef struct { float *out; const float *x; const float *bias; int64_t outer; int64_t c; int64_t inner; } fake_add_channel_bias_a;
+static lh_status fake_add_channel_bias_run(lh_backend *be, const void *p) {
+    const fake_add_channel_bias_a *A_ = p;
+    return CPU->ops->add_channel_bias(CPU, FAKE_R(A_->out), FAKE_R(A_->x), FAKE_R(A_->bias), A_->outer, A_->c, A_->inner);
+}
+static lh_status fake_add_channel_bias(lh_backend *be, float *out, const float *x, const float *bias, int64_t outer, int64_t c, int64_t inner) {
+    fake_add_channel_bias_a A_ = {out, x, bias, outer, c, inner};
+    return fake__op(be, fake_add_channel_bias_run, &A_, sizeof A_);
+}
+typedef struct { float *out; const float *x; int64_t n; int64_t c; int64_t h; int64_t w; } fake_upsample_nearest2x_a;
+static lh_status fake_upsample_nearest2x_run(lh_backend *be, const void *p) {
+    const fake_upsample_nearest2x_a *A_ = p;
+    return CPU->ops->upsample_nearest2x(CPU, FAKE_R(A_->out), FAKE_R(A_->x), A_->n, A_->c, A_->h, A_->w);
+}
+static lh_status fake_upsample_nearest2x(lh_backend *be, float *out, const float *x, int64_t n, int64_t c, int64_t h, int64_t w) {
+    fake_upsample_nearest2x_a A_ = {out, x, n, c, h, w};
+    return fake__op(be, fake_upsample_nearest2x_run, &A_, sizeof A_);
+}
+typedef struct { float *out; const float *a; const float *b; int64_t n; int64_t ca; int64_t cb; int64_t hw; } fake_concat_channels_a;
+static lh_status fake_concat_channels_run(lh_backend *be, const void *p) {
+    const fake_concat_channels_a *A_ = p;
+    return CPU->ops->concat_channels(CPU, FAKE_R(A_->out), FAKE_R(A_->a), FAKE_R(A_->b), A_->n, A_->ca, A_->cb, A_->hw);
+}
+static lh_status fake_concat_channels(lh_backend *be, float *out, const float *a, const float *b, int64_t n, int64_t ca, int64_t cb, int64_t hw) {
+    fake_concat_channels_a A_ = {out, a, b, n, ca, cb, hw};
+    return fake__op(be, fake_concat_channels_run, &A_, sizeof A_);
+}
+typedef struct { float *out; const float *x; int64_t n; int64_t c; int64_t hw; } fake_transpose_c_hw_a;
+static lh_status fake_transpose_c_hw_run(lh_backend *be, const void *p) {
+    const fake_transpose_c_hw_a *A_ = p;
+    return CPU->ops->transpose_c_hw(CPU, FAKE_R(A_->out), FAKE_R(A_->x), A_->n, A_->c, A_->hw);
+}
+static lh_status fake_transpose_c_hw(lh_backend *be, float *out, const float *x, int64_t n, int64_t c, int64_t hw) {
+    fake_transpose_c_hw_a A_ = {out, x, n, c, hw};
+    return fake__op(be, fake_transpose_c_hw_run, &A_, sizeof A_);
 }
 static lh_status fake_timestep_embedding(lh_backend *be, float *out,
                                          const float *timesteps, /* host memory */
@@ -333,10 +476,17 @@ static lh_status fake_split_channels(lh_backend *be, float *a, float *b, const f
 /* ---- Mixed precision ---- */
 
 static lh_status fake_set_precision(lh_backend *be, lh_dtype act) {
+    if (fake__dev(be)->rec) return fake__refuse(be, "set_precision");
     return CPU->ops->set_precision(CPU, act);
 }
+typedef struct { float *x; int64_t n; lh_dtype dtype; } fake_round_a;
+static lh_status fake_round_run(lh_backend *be, const void *p) {
+    const fake_round_a *A_ = p;
+    return CPU->ops->round(CPU, FAKE_R(A_->x), A_->n, A_->dtype);
+}
 static lh_status fake_round(lh_backend *be, float *x, int64_t n, lh_dtype dtype) {
-    return CALL(round, FAKE_R(x), n, dtype);
+    fake_round_a A_ = {x, n, dtype};
+    return fake__op(be, fake_round_run, &A_, sizeof A_);
 }
 static lh_status fake_count_nonfinite(lh_backend *be, int64_t *count, /* host memory */
                                       const float *x, int64_t n) {
@@ -374,8 +524,14 @@ static lh_status fake_mse_backward(lh_backend *be, float *dpred, double *sq, con
                 rows, cols);
 }
 
+typedef struct { void *dst; const void *src; size_t bytes; } fake_copy_a;
+static lh_status fake_copy_run(lh_backend *be, const void *p) {
+    const fake_copy_a *A_ = p;
+    return CPU->ops->copy(CPU, FAKE_R(A_->dst), FAKE_R(A_->src), A_->bytes);
+}
 static lh_status fake_copy(lh_backend *be, void *dst, const void *src, size_t bytes) {
-    return CALL(copy, FAKE_R(dst), FAKE_R(src), bytes);
+    fake_copy_a A_ = {dst, src, bytes};
+    return fake__op(be, fake_copy_run, &A_, sizeof A_);
 }
 
 static lh_status fake_adamw(lh_backend *be, float *param, float *exp_avg, float *exp_avg_sq,
@@ -395,22 +551,43 @@ static lh_status fake_dropout_backward(lh_backend *be, float *dx, const float *d
     return CALL(dropout_backward, FAKE_R(dx), FAKE_R(dxd), n, seed, p);
 }
 
-/* Graphs: refused at graph_begin (the host then runs its graph path op by
- * op, which these tests check against the cpu backend). */
 static lh_status fake_graph_begin(lh_backend *be) {
-    (void)be;
-    return LH_ERR_UNSUPPORTED;
+    fake_device *fd = fake__dev(be);
+    if (fd->rec) return LH_ERR_INVALID;
+    fd->spoiled = 0;
+    return (fd->rec = calloc(1, sizeof *fd->rec)) ? LH_OK : LH_ERR_NOMEM;
+}
+static void fake_graph_free(lh_backend *be, void *graph) {
+    fake_graph *g = graph;
+    if (!g) return;
+    for (size_t i = 0; i < g->n; i++) free(g->steps[i].args);
+    for (size_t i = 0; i < g->n_freed; i++) fake_free(be, g->freed[i]);
+    free(g->steps);
+    free(g->freed);
+    free(g);
 }
 static lh_status fake_graph_end(lh_backend *be, void **graph) {
-    (void)be;
+    fake_device *fd = fake__dev(be);
+    fake_graph *g = fd->rec;
+    fd->rec = NULL;
     if (graph) *graph = NULL;
-    return LH_ERR_INVALID;
+    if (!g) return LH_ERR_INVALID;
+    if (fd->spoiled || !graph) {
+        fake_graph_free(be, g);
+        return LH_ERR_BACKEND;
+    }
+    *graph = g;
+    return LH_OK;
 }
 static lh_status fake_graph_launch(lh_backend *be, void *graph) {
-    (void)be, (void)graph;
-    return LH_ERR_INVALID;
+    fake_graph *g = graph;
+    if (!g || fake__dev(be)->rec) return LH_ERR_INVALID;
+    for (size_t i = 0; i < g->n; i++) {
+        lh_status st = g->steps[i].run(be, g->steps[i].args);
+        if (st != LH_OK) return st;
+    }
+    return LH_OK;
 }
-static void fake_graph_free(lh_backend *be, void *graph) { (void)be, (void)graph; }
 
 #undef CALL
 #undef CPU
