@@ -124,8 +124,11 @@ check bad_device 2 "unknown device 'tpu'" -- "${gen[@]}" --prompt x --device tpu
 if [[ -f "$2/lib/lorahost/backends/lh_backend_cuda.so" ]]; then
   check bad_attention 1 "LORAHOST_CUDA_ATTENTION must be auto, flash or gemm, not: fast" -- \
     env LORAHOST_CUDA_ATTENTION=fast "${gen[@]}" --prompt x --device cuda
+  check bad_graphs 1 "LORAHOST_CUDA_GRAPHS must be 0 or 1, not: off" -- \
+    env LORAHOST_CUDA_GRAPHS=off "${gen[@]}" --prompt x --device cuda
 fi
 check bad_dtype 1 "model.dtype" -- "${gen[@]}" --prompt x --set model.dtype=f8
+check bad_vae_dtype 1 "model.vae_dtype" -- "${gen[@]}" --prompt x --set model.vae_dtype=f8
 # [model] dtype=f16: the U-Net in half precision, close to the float32 image
 check dtype_f16 0 "" -- "${gen[@]}" --prompt "a red square" --seed 3 --output f32.png
 check dtype_f16 0 "" -- "${gen[@]}" --prompt "a red square" --seed 3 --output f16.png --set model.dtype=f16
