@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The checkpoint store under kill -9: tests/ckpt_writer (a toy trainer that
 # checkpoints 32 MB every step) is killed at random points, mid-write included.
+# Half the kills wait for a temp file to appear (mid-write by construction).
 # After every kill the store must load a checkpoint at least as new as the last
 # one committed, with exactly the data of that step; resumed to the end, the
 # run's losses and final checkpoint equal an uninterrupted run's bit for bit.
@@ -24,7 +25,18 @@ kills=0 mid=0 committed=-1 started=0 finished=0
 while (( kills < 6 || (mid < 2 && kills < 16) )); do
     "$W" run "$T/run" $FINAL $NUMEL $KEEP >"$T/out.log" 2>"$T/err.log" &
     pid=$!
-    sleep "$(awk -v r=$RANDOM 'BEGIN { printf "%.3f", 0.1 + r / 32768 * 1.1 }')"
+    if (( kills % 2 )); then
+        # Odd kills aim at a write: spin (shell builtins only, no process per
+        # look) until a temp file shows, then kill at once. On a loaded machine
+        # the write is a small part of a step, and random times miss it.
+        end=$((SECONDS + 5))
+        while (( SECONDS < end )) && kill -0 $pid 2>/dev/null; do
+            set -- "$T"/run/*.tmp.*
+            [ -e "$1" ] && break
+        done
+    else
+        sleep "$(awk -v r=$RANDOM 'BEGIN { printf "%.3f", 0.1 + r / 32768 * 1.1 }')"
+    fi
     kill -9 $pid 2>/dev/null
     wait $pid 2>/dev/null
     rc=$?
