@@ -220,8 +220,8 @@ int main(int argc, char **argv) {
     printf(", \"lora_load_s\": %.4f, \"layers_unet\": %d, \"n_unmatched\": %zu",
            now() - t0, r->layers_unet, r->n_unmatched);
     size_t wsf = lh_unet_forward_workspace(unet, b, h, w, n_ctx);
-    size_t ws0 = lh_unet_backward_workspace(unet, b, h, w, n_ctx, 0);
-    size_t ws1 = lh_unet_backward_workspace(unet, b, h, w, n_ctx, 1);
+    size_t ws0 = lh_unet_backward_workspace(unet, b, h, w, n_ctx, 0, prec);
+    size_t ws1 = lh_unet_backward_workspace(unet, b, h, w, n_ctx, 1, prec);
     printf(", \"precision\": \"%s\", \"device\": \"%s\"", prec_name, device);
     adam opt;
     adam_init(&opt, be, a);

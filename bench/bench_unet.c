@@ -1,6 +1,8 @@
 /* bench_unet: time lorahost's U-Net forward on a backend (cpu by default).
- * Usage: bench_unet UNET_DIR BATCH H W N_CTX ITERS [THREADS [DEVICE [PRECISION]]]
- *        (PRECISION fp32, fp16 or bf16: lh_unet_set_precision)
+ * Usage: bench_unet UNET_DIR BATCH H W N_CTX ITERS [THREADS [DEVICE [PRECISION [STORAGE]]]]
+ *        (PRECISION fp32, fp16 or bf16: lh_unet_set_precision; STORAGE half, the
+ *        default, holds fp16/bf16 weights in that type, f32 keeps float32:
+ *        lh_unet_keep_f32_weights)
  * Prints one JSON object: load time, per-iteration forward times, peak RSS.
  * Driven by bench/unet_cpu.py, which runs diffusers beside it. */
 #include <stdio.h>
@@ -34,7 +36,7 @@ static void fill(float *p, size_t n, unsigned seed) {
 int main(int argc, char **argv) {
     if (argc < 7) {
         fprintf(stderr, "usage: bench_unet UNET_DIR BATCH H W N_CTX ITERS "
-                        "[THREADS [DEVICE [PRECISION]]]\n");
+                        "[THREADS [DEVICE [PRECISION [STORAGE]]]]\n");
         return 2;
     }
     int64_t b = atoll(argv[2]), h = atoll(argv[3]), w = atoll(argv[4]), n_ctx = atoll(argv[5]);
@@ -57,7 +59,13 @@ int main(int argc, char **argv) {
     const char *prec = argc > 9 ? argv[9] : "fp32";
     lh_dtype dt = !strcmp(prec, "fp16") ? LH_DTYPE_F16 : !strcmp(prec, "bf16") ? LH_DTYPE_BF16
                                                                                 : LH_DTYPE_F32;
+    const char *storage = argc > 10 ? argv[10] : "half";
+    if (strcmp(storage, "half") && strcmp(storage, "f32")) {
+        fprintf(stderr, "bench_unet: storage %s: expected half or f32\n", storage);
+        return 1;
+    }
     if ((dt == LH_DTYPE_F32 && strcmp(prec, "fp32")) ||
+        lh_unet_keep_f32_weights(m, !strcmp(storage, "f32"), &err) != LH_OK ||
         lh_unet_set_precision(m, dt, &err) != LH_OK) {
         fprintf(stderr, "bench_unet: precision %s: %s\n", prec,
                 err.msg[0] ? err.msg : "expected fp32, fp16 or bf16");

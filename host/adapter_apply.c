@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "adapter.h"
+#include "lorahost/safetensors.h"
 #include "tensor.h"
 
 void lh_adapter_weights_init(lh_adapter_weights *w, double scale) {
@@ -58,6 +59,32 @@ void lh_adapt_free(lh_model *m) {
     if (m->clip) lh_clip_set_adapt(m->clip, NULL);
 }
 
+/* A layer's weight between float32 host memory and its backend storage
+ * (l->wdt: F32, or a half type that the host narrows and widens). */
+static lh_status weight_get(lh_backend *be, const lh_layer *l, float *host) {
+    size_t n = lh_layer_numel(l);
+    if (l->wdt == LH_DTYPE_F32) return be->ops->download(be, host, l->w, n * sizeof(float));
+    uint16_t *h = malloc(n ? n * 2 : 2);
+    if (!h) return LH_ERR_NOMEM;
+    lh_status st = be->ops->download(be, h, l->w, n * 2);
+    for (size_t j = 0; st == LH_OK && j < n; j++)
+        host[j] = l->wdt == LH_DTYPE_BF16 ? lh_bf16_to_f32(h[j]) : lh_f16_to_f32(h[j]);
+    free(h);
+    return st;
+}
+
+static lh_status weight_put(lh_backend *be, const lh_layer *l, const float *host) {
+    size_t n = lh_layer_numel(l);
+    if (l->wdt == LH_DTYPE_F32) return be->ops->upload(be, l->w, host, n * sizeof(float));
+    uint16_t *h = malloc(n ? n * 2 : 2);
+    if (!h) return LH_ERR_NOMEM;
+    for (size_t j = 0; j < n; j++)
+        h[j] = l->wdt == LH_DTYPE_BF16 ? lh_f32_to_bf16(host[j]) : lh_f32_to_f16(host[j]);
+    lh_status st = be->ops->upload(be, l->w, h, n * 2);
+    free(h);
+    return st;
+}
+
 float *lh_adapt_base_weight(lh_adapt *ad, size_t i, lh_error *err) {
     const lh_layer *l = &ad->layers.v[i];
     size_t bytes = lh_layer_numel(l) * sizeof(float);
@@ -70,8 +97,7 @@ float *lh_adapt_base_weight(lh_adapt *ad, size_t i, lh_error *err) {
         memcpy(buf, ad->ls[i].orig_w, bytes);
         return buf;
     }
-    lh_backend *be = ad->layers.be;
-    if (be->ops->download(be, buf, l->w, bytes) != LH_OK) {
+    if (weight_get(ad->layers.be, l, buf) != LH_OK) {
         free(buf);
         lh_error_set(err, LH_ERR_BACKEND, "reading layer %s from the backend failed", l->name);
         return NULL;
@@ -86,7 +112,7 @@ static lh_status restore(lh_adapt *ad, size_t i, lh_error *err) {
     const lh_layer *l = &ad->layers.v[i];
     lh_backend *be = ad->layers.be;
     if (!s->merged) return LH_OK;
-    lh_status st = be->ops->upload(be, l->w, s->orig_w, lh_layer_numel(l) * sizeof(float));
+    lh_status st = weight_put(be, l, s->orig_w);
     if (st == LH_OK && s->orig_b)
         st = be->ops->upload(be, l->b, s->orig_b, (size_t)l->shape[0] * sizeof(float));
     if (st != LH_OK)
@@ -129,7 +155,7 @@ static lh_status merge(lh_adapt *ad, size_t i, const lh_layer_term *terms, int n
     if (st != LH_OK) return st;
     s->merged = 1; /* from here on a failure restores the saved bits */
     size_t numel = lh_layer_numel(l), nout = (size_t)l->shape[0];
-    int in_place = !strcmp(be->ops->name, "cpu");
+    int in_place = !strcmp(be->ops->name, "cpu") && l->wdt == LH_DTYPE_F32;
     float *w = in_place ? l->w : malloc((numel + nout) * sizeof *w);
     if (!w) return lh_error_set(err, LH_ERR_NOMEM, "out of memory merging layer %s", l->name);
     float *b = in_place ? l->b : w + numel;
@@ -149,7 +175,7 @@ static lh_status merge(lh_adapt *ad, size_t i, const lh_layer_term *terms, int n
             st = lh_error_set(err, st, "adapter %s on layer %s: %s", d->info.id, l->name, msg);
     }
     if (!in_place) {
-        if (st == LH_OK) st = be->ops->upload(be, l->w, w, numel * sizeof(float));
+        if (st == LH_OK) st = weight_put(be, l, w);
         if (st == LH_OK && s->orig_b) st = be->ops->upload(be, l->b, b, nout * sizeof(float));
         free(w);
     }

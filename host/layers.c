@@ -170,6 +170,8 @@ static void add_unet(builder *bd, lh_unet *u) {
     }
     add(bd, LH_LAYER_UNET, "conv_out", u->conv_out_w, u->conv_out_b, 4, c->out_channels, c0, 3);
     add_ldm_names(bd, first, c);
+    for (size_t j = first; bd->st == LH_OK && j < bd->t->n; j++)
+        bd->t->v[j].wdt = u->weight_storage;
 }
 
 /* ---- Text encoder ---- */
@@ -200,18 +202,23 @@ static size_t hash_ptr(const void *p, size_t size) {
     return (size_t)v & (size - 1);
 }
 
-static lh_status index_weights(lh_layers *t, lh_error *err) {
-    size_t size = 16;
-    while (size < 2 * t->n) size *= 2;
-    t->by_w = malloc(size * sizeof *t->by_w);
-    if (!t->by_w) return lh_error_set(err, LH_ERR_NOMEM, "out of memory for the layer index");
-    t->by_w_size = size;
+static void fill_index(lh_layers *t) {
+    size_t size = t->by_w_size;
     memset(t->by_w, 0xff, size * sizeof *t->by_w); /* -1 */
     for (size_t i = 0; i < t->n; i++) {
         size_t h = hash_ptr(t->v[i].w, size);
         while (t->by_w[h] >= 0) h = (h + 1) & (size - 1);
         t->by_w[h] = (int32_t)i;
     }
+}
+
+static lh_status index_weights(lh_layers *t, lh_error *err) {
+    size_t size = 16;
+    while (size < 2 * t->n) size *= 2;
+    t->by_w = malloc(size * sizeof *t->by_w);
+    if (!t->by_w) return lh_error_set(err, LH_ERR_NOMEM, "out of memory for the layer index");
+    t->by_w_size = size;
+    fill_index(t);
     return LH_OK;
 }
 
@@ -225,6 +232,14 @@ static const lh_layer *find_w(const lh_layers *t, const float *w) {
 }
 
 /* ---- API ---- */
+
+void lh_layers_moved(lh_layers *t, const float *old, float *now, lh_dtype dtype) {
+    lh_layer *l = (lh_layer *)find_w(t, old);
+    if (!l) return;
+    l->w = now;
+    l->wdt = dtype;
+    fill_index(t);
+}
 
 lh_status lh_layers_build(lh_layers *t, lh_backend *be, lh_unet *unet, lh_clip *clip,
                           lh_error *err) {

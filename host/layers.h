@@ -55,6 +55,7 @@ typedef struct lh_layer {
     int64_t shape[4];      /* [out, in] or [out, in, kh, kw] */
     int stride, pad;       /* ndim 4 */
     float *w, *b;          /* backend memory; b may be NULL */
+    lh_dtype wdt;          /* how w is held: F32, or F16/BF16 (the U-Net's half storage) */
     /* Runtime mode: terms applied after the base op (NULL/0 when none). */
     lh_layer_term *terms;
     int n_terms;
@@ -80,6 +81,10 @@ typedef struct lh_layers {
 lh_status lh_layers_build(lh_layers *t, lh_backend *be, lh_unet *unet, lh_clip *clip,
                           lh_error *err);
 void lh_layers_free(lh_layers *t);
+
+/* The model moved a weight (the U-Net's half storage): the layer whose
+ * weight was `old`, if any, now reads `now`, held in `dtype`. */
+void lh_layers_moved(lh_layers *t, const float *old, float *now, lh_dtype dtype);
 
 /* The layer called `name` (diffusers module name) in `part`, or -1. */
 LH_API int64_t lh_layers_find(const lh_layers *t, lh_layer_part part, const char *name);

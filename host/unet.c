@@ -381,7 +381,7 @@ typedef struct loader {
     lh_error *err;
     size_t n_loaded;
     /* Walk mode (lh__unet_params): name each loaded parameter instead of loading it. */
-    void (*walk)(void *ctx, const char *key, const float *w, size_t numel);
+    void (*walk)(void *ctx, const lh_unet_param *p);
     void *walk_ctx;
 } loader;
 
@@ -394,7 +394,7 @@ static lh_status ld(loader *l, float **out, const char *prefix, const char *suff
     if (l->walk) {
         size_t numel = 1;
         for (int i = 0; i < ndim; i++) numel *= (size_t)shape[i]; /* sizes were checked on load */
-        l->walk(l->walk_ctx, key, *out, numel);
+        l->walk(l->walk_ctx, &(lh_unet_param){key, out, ndim, numel});
         return LH_OK;
     }
     lh_status st = lh_wstore_load_src(out, l->ws, l->src, key, ndim, shape, l->err);
@@ -558,9 +558,7 @@ static lh_status load_all(lh_unet *m, loader *l) {
     return ld_vec(l, &m->conv_out_b, "conv_out", "bias", c->out_channels);
 }
 
-void lh__unet_params(lh_unet *m, void (*fn)(void *ctx, const char *key, const float *w,
-                                            size_t numel),
-                     void *ctx) {
+void lh__unet_params(lh_unet *m, void (*fn)(void *ctx, const lh_unet_param *p), void *ctx) {
     /* load_all in walk mode: it rewrites the block names and sizes it set on
      * load (the same values) and reports every tensor in loading order */
     loader l = {.file_prefix = "", .walk = fn, .walk_ctx = ctx};

@@ -85,11 +85,19 @@ typedef struct lh_unet {
     lh_unet_block down[LH_UNET_MAX_BLOCKS], mid, up[LH_UNET_MAX_BLOCKS];
     float *norm_out_w, *norm_out_b, *conv_out_w, *conv_out_b;
     /* Runtime adapters (host/layers.h), applied after each adapted layer; NULL: none. */
-    const struct lh_layers *adapt;
+    struct lh_layers *adapt;
     /* What the base weights are exactly representable in: F32 as loaded
      * (F16/BF16 files are widened exactly), or the half type a mixed
      * precision step rounded them to. */
     lh_dtype weight_precision;
+    /* How the linear and convolution weights are held: F32, or the half
+     * type they were rounded to (half the memory; lh_unet_set_precision),
+     * each widened into a float32 buffer of the activation arena (wide_max
+     * values: the largest) right before the op that reads it. Biases and
+     * norm parameters stay float32. */
+    lh_dtype weight_storage;
+    size_t wide_max;
+    int keep_f32; /* lh_unet_keep_f32_weights */
     /* lh_unet_forward's activation precision (lh_unet_set_precision). */
     lh_dtype act_precision;
     /* The training steps' activation arena, kept between steps (backend
@@ -158,6 +166,13 @@ LH_API lh_status lh_unet_forward(lh_unet *m,
  * with torch_dtype=float16 holds them. Going back to F32 keeps the rounded
  * weights. LH_ERR_UNSUPPORTED when the backend cannot round. */
 LH_API lh_status lh_unet_set_precision(lh_unet *m, lh_dtype prec, lh_error *err);
+
+/* The linear and convolution weights rounded to a half type are then held
+ * in it (half their memory) and widened op by op, unless this was called
+ * before (keep = 1: float32 storage of the rounded values, no widening;
+ * for comparisons). A U-Net trained in full (lh_unet_grads) keeps float32
+ * storage. LH_ERR_INVALID once they are held in half. */
+LH_API lh_status lh_unet_keep_f32_weights(lh_unet *m, int keep, lh_error *err);
 
 /* ---- Training ---- */
 
@@ -238,6 +253,11 @@ typedef struct lh_unet_train_opts {
      * fp16 loss scaling. Gradients come out scaled by it. */
     float loss_scale;
     lh_unet_grads *grads; /* full-parameter gradients, or NULL: frozen base */
+    /* F16/BF16 without checkpointing: what the backward reads is kept in
+     * the half type it is rounded to (half the memory, the same bits; the
+     * time embedding and attention's logsumexp stay float32), each unit
+     * widened back before its backward. 1 keeps all of it float32. */
+    int f32_saved;
     /* F16/BF16: where the step's NaN/Inf checks go (see lh_unet_checks;
      * the report argument must then be NULL), or NULL: the step waits for
      * the device at its end and reads them into its report */
@@ -298,15 +318,23 @@ LH_API lh_status lh_unet_train_step(lh_unet *m, const lh_unet_train_opts *opts,
  * This frees both (lh_unet_free does too). */
 LH_API void lh_unet_release_workspace(lh_unet *m);
 
-/* Private to the host: call fn for every parameter of m with its diffusers
- * key, its backend data and element count, in loading order. */
-void lh__unet_params(lh_unet *m, void (*fn)(void *ctx, const char *key, const float *w,
-                                            size_t numel),
-                     void *ctx);
+/* Private to the host: call fn for every parameter of m, in loading order:
+ * its diffusers key (valid during the call), the model's pointer to its
+ * backend data (fn may replace it: host/unet_blocks.c's half storage), its
+ * rank (2 and 4: the linear and convolution weights; 1: biases and norms)
+ * and element count. */
+typedef struct lh_unet_param {
+    const char *key;
+    float **w;
+    int ndim;
+    size_t numel;
+} lh_unet_param;
+void lh__unet_params(lh_unet *m, void (*fn)(void *ctx, const lh_unet_param *p), void *ctx);
 
-/* Bytes of backend memory lh_unet_backward allocates (activations and
- * activation gradients; 0 if the sizes are invalid). */
+/* Bytes of backend memory a training step allocates (activations and
+ * activation gradients; 0 if the sizes are invalid) at `precision` (F16,
+ * BF16: with the stash of lh_unet_train_opts; F32). */
 LH_API size_t lh_unet_backward_workspace(lh_unet *m, int64_t b, int64_t h, int64_t w,
-                                         int64_t n_ctx, int checkpointing);
+                                         int64_t n_ctx, int checkpointing, lh_dtype precision);
 
 #endif

@@ -31,6 +31,7 @@ enum {
     SLOT_THID,        /* time_embedding hidden [b, 4 c0] */
     SLOT_TEMB,        /* silu(time embedding) [b, 4 c0]: every resnet's input */
     SLOT_TRES,        /* one resnet's time_emb_proj output [b, c] */
+    SLOT_WIDE,        /* a half-stored weight widened for its op (m->wide_max) */
     /* Training only (zero bytes in inference). The recompute record of
      * gradient checkpointing: one unit's saved activations, recomputed
      * from its input during the backward. */
@@ -130,6 +131,25 @@ typedef struct run {
     int recompute; /* checkpointing: rerunning a unit's forward in the backward */
     size_t taken, toff; /* floats of saved activations (sizing / carving) */
     float *tbase;
+    /* The stash (training in F16/BF16 without checkpointing): unit u's
+     * saved activations are written to window win[u & 1]; once unit u + 2
+     * opens (its first take) they are packed into `stash` in the half type,
+     * exactly, as they are rounded to it, and the backward unpacks each
+     * unit back into its window before it is needed. Half the memory of
+     * keeping them as float32, for one pass over them each way. What is
+     * not rounded to the half type (the time embedding every resnet reads,
+     * attention's logsumexp) stays float32 (take_keep). */
+    lh_dtype stash;             /* the half type, or F32: off */
+    size_t unit_need[MAX_UNITS + 1]; /* floats each unit takes (sizing pass) */
+    size_t stash_off[MAX_UNITS + 1]; /* each unit's place in the stash, in halves */
+    size_t win_need[2], stash_halves, kept, koff, woff;
+    float *win[2], *kbase;
+    void *stash_base;
+    int take_unit; /* the unit the last take served, -1 before the first */
+    int packed;    /* units [0, packed) are in the stash (or took nothing) */
+    int checked;   /* units whose output the overflow checks counted */
+    int resident[2]; /* the unit each window holds, -1: none */
+    lh_status stash_st; /* a pack that failed (the error is in err) */
     float *dskip[MAX_SKIPS];
     unit *tape;
     int n_units;
@@ -139,6 +159,7 @@ typedef struct run {
     /* the NaN/Inf checks of a half-precision step, counted into backend
      * memory as the step runs (lh_unet_checks), or NULL: none */
     lh_unet_checks *ovf;
+    lh_status wide_st; /* a failed widening, which the op then refused */
 } run;
 
 /* a * b * c * d elements as size_t, flagging overflow. */
@@ -161,14 +182,45 @@ static float *S(run *r, int slot) { return r->slot[slot]; }
 
 static size_t align_up(size_t n) { return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS; }
 
-/* Training: a buffer of n floats that lives until the backward is done. */
+static lh_status stash_open(run *r, int u);
+
+/* Training: a buffer of n floats that lives until the backward is done,
+ * part of the unit being recorded (the stash's window when it is on). */
 static float *take(run *r, size_t n) {
+    if (r->stash != LH_DTYPE_F32) {
+        int u = r->n_units;
+        if (u > MAX_UNITS) {
+            r->overflow = 1;
+            return NULL;
+        }
+        if (r->dry) {
+            if (lh_add_size(r->unit_need[u], align_up(n), &r->unit_need[u])) r->overflow = 1;
+            return NULL;
+        }
+        if (u != r->take_unit && r->stash_st == LH_OK) r->stash_st = stash_open(r, u);
+        float *p = r->win[u & 1] + r->woff;
+        r->woff += align_up(n);
+        return p;
+    }
     if (r->dry) {
         if (lh_add_size(r->taken, align_up(n), &r->taken)) r->overflow = 1;
         return NULL;
     }
     float *p = r->tbase + r->toff;
     r->toff += align_up(n);
+    return p;
+}
+
+/* The same for what is not rounded to the activation precision: kept as
+ * float32 beside the stash. */
+static float *take_keep(run *r, size_t n) {
+    if (r->stash == LH_DTYPE_F32) return take(r, n);
+    if (r->dry) {
+        if (lh_add_size(r->kept, align_up(n), &r->kept)) r->overflow = 1;
+        return NULL;
+    }
+    float *p = r->kbase + r->koff;
+    r->koff += align_up(n);
     return p;
 }
 
@@ -234,10 +286,34 @@ static lh_status skip_pop(run *r, float **out, int64_t *c, const char *who) {
 #define OP(call, who)                                                                              \
     do {                                                                                           \
         lh_status st_ = (call);                                                                    \
+        if (st_ != LH_OK && r->wide_st != LH_OK)                                                   \
+            return lh_error_set(r->err, r->wide_st, "unet: %s: widening a half weight failed "     \
+                                "(%s)", (who), lh_strerror(r->wide_st));                           \
         if (st_ != LH_OK)                                                                          \
             return lh_error_set(r->err, st_, "unet: %s: backend op %s failed (%s)", (who),         \
                                 #call, lh_strerror(st_));                                          \
     } while (0)
+
+/* The float32 weights [n] an op reads: w itself, or with half storage
+ * (m->weight_storage) w widened into SLOT_WIDE, which the op reads before
+ * the next widening overwrites it (one stream: in order). NULL, which every
+ * op refuses, on failure. */
+static const float *wide(run *r, const float *w, size_t n) {
+    lh_unet *m = r->m;
+    if (m->weight_storage == LH_DTYPE_F32 || !w || r->dry) return w;
+    lh_status st = n > m->wide_max ? LH_ERR_INTERNAL
+                                   : r->ops->cast(m->be, S(r, SLOT_WIDE), LH_DTYPE_F32, w,
+                                                  m->weight_storage, (int64_t)n);
+    if (st != LH_OK) {
+        r->wide_st = st;
+        return NULL;
+    }
+    return S(r, SLOT_WIDE);
+}
+/* a linear weight [n_out, n_in], a convolution's [c_out, c_in, k, k] */
+#define WL(w, n_out, n_in) wide(r, (w), (size_t)(n_out) * (size_t)(n_in))
+#define WC(w, c_out, c_in, k)                                                                      \
+    wide(r, (w), (size_t)(c_out) * (size_t)(c_in) * (size_t)(k) * (size_t)(k))
 
 #define TRY(expr)                                                                                  \
     do {                                                                                           \
@@ -301,21 +377,27 @@ static lh_status resnet_fwd(run *r, const res_acts *a,
     OP(ops->group_norm(be, a->h1, x, p->norm1_w, p->norm1_b, b, ci, hw, c->norm_num_groups,
                        c->norm_eps, 1), who);
     if (!r->recompute) { /* checkpointing keeps a */
-        OP(ops->conv2d(be, a->a, a->h1, p->conv1_w, p->conv1_b, b, ci, h, w, co, 3, 3, 1, 1),
+        OP(ops->conv2d(be, a->a, a->h1, WC(p->conv1_w, co, ci, 3), p->conv1_b, b, ci, h, w, co, 3,
+                       3, 1, 1),
            who);
         ADAPT(p->conv1_w, a->a, a->h1, b, h, w);
-        OP(ops->linear(be, a->tres, r->temb, p->temb_w, p->temb_b, b,
-                       4 * c->block_out_channels[0], co), who);
+        OP(ops->linear(be, a->tres, r->temb, WL(p->temb_w, co, 4 * c->block_out_channels[0]),
+                       p->temb_b, b, 4 * c->block_out_channels[0], co),
+           who);
         ADAPT(p->temb_w, a->tres, r->temb, b, 1, 1);
         OP(ops->add_channel_bias(be, a->a, a->a, a->tres, b, co, hw), who);
     }
     OP(ops->group_norm(be, a->h2, a->a, p->norm2_w, p->norm2_b, b, co, hw, c->norm_num_groups,
                        c->norm_eps, 1), who);
     if (r->recompute) return LH_OK; /* the backward reads h1, a, h2; out is kept */
-    OP(ops->conv2d(be, out, a->h2, p->conv2_w, p->conv2_b, b, co, h, w, co, 3, 3, 1, 1), who);
+    OP(ops->conv2d(be, out, a->h2, WC(p->conv2_w, co, co, 3), p->conv2_b, b, co, h, w, co, 3, 3, 1,
+                   1),
+       who);
     ADAPT(p->conv2_w, out, a->h2, b, h, w);
     if (p->short_w) {
-        OP(ops->conv2d(be, a->sc, x, p->short_w, p->short_b, b, ci, h, w, co, 1, 1, 1, 0), who);
+        OP(ops->conv2d(be, a->sc, x, WC(p->short_w, co, ci, 1), p->short_b, b, ci, h, w, co, 1, 1,
+                       1, 0),
+           who);
         ADAPT(p->short_w, a->sc, x, b, h, w);
         OP(ops->add(be, out, out, a->sc, b * co * hw), who);
     } else {
@@ -346,18 +428,18 @@ static lh_status attention(run *r, const attn_acts *A,
     const lh_backend_ops *ops = r->ops;
     lh_backend *be = r->m->be;
     int64_t b = r->b, d = c / heads;
-    OP(ops->linear(be, A->q, ln, wq, NULL, b * hw, c, c), who);
+    OP(ops->linear(be, A->q, ln, WL(wq, c, c), NULL, b * hw, c, c), who);
     ADAPT(wq, A->q, ln, b * hw, 1, 1);
-    OP(ops->linear(be, A->k, kv, wk, NULL, b * n_kv, c_kv, c), who);
+    OP(ops->linear(be, A->k, kv, WL(wk, c, c_kv), NULL, b * n_kv, c_kv, c), who);
     ADAPT(wk, A->k, kv, b * n_kv, 1, 1);
-    OP(ops->linear(be, A->v, kv, wv, NULL, b * n_kv, c_kv, c), who);
+    OP(ops->linear(be, A->v, kv, WL(wv, c, c_kv), NULL, b * n_kv, c_kv, c), who);
     ADAPT(wv, A->v, kv, b * n_kv, 1, 1);
     /* checkpointing keeps attention outputs: the recompute skips the kernel */
     if (!r->recompute)
         OP(ops->attention(be, A->att, A->lse, A->q, A->k, A->v, b, heads, hw, n_kv, d,
                           1.0f / sqrtf((float)d), 0), who);
     /* inference: proj is ln's slot (ln is consumed once q, k and v exist) */
-    OP(ops->linear(be, A->proj, A->att, wo, bo, b * hw, c, c), who);
+    OP(ops->linear(be, A->proj, A->att, WL(wo, c, c), bo, b * hw, c, c), who);
     ADAPT(wo, A->proj, A->att, b * hw, 1, 1);
     OP(ops->add(be, s_out, s_in, A->proj, b * hw * c), who);
     return LH_OK;
@@ -417,11 +499,12 @@ static tf_acts tf_record(run *r, int64_t c, int64_t heads, int64_t h, int64_t w)
          * dearest part of a transformer's forward */
         int dear = keep[i].f == &a.a1.att || keep[i].f == &a.a2.att || keep[i].f == &a.a1.lse ||
                    keep[i].f == &a.a2.lse;
+        int is_lse = keep[i].f == &a.a1.lse || keep[i].f == &a.a2.lse;
         if (r->ckpt && !dear) {
             need(r, keep[i].slot, keep[i].n);
             *keep[i].f = S(r, keep[i].slot);
         } else {
-            *keep[i].f = take(r, keep[i].n);
+            *keep[i].f = is_lse ? take_keep(r, keep[i].n) : take(r, keep[i].n);
         }
     }
     return a;
@@ -445,7 +528,7 @@ static lh_status transformer_fwd(run *r, const tf_acts *A,
     OP(ops->group_norm(be, A->t1, x, a->norm_w, a->norm_b, b, c, hw, cfg->norm_num_groups, 1e-6f,
                        0), who);
     OP(ops->transpose_c_hw(be, A->tok, A->t1, b, c, hw), who);
-    OP(ops->linear(be, A->s0, A->tok, a->proj_in_w, a->proj_in_b, n, c, c), who);
+    OP(ops->linear(be, A->s0, A->tok, WL(a->proj_in_w, c, c), a->proj_in_b, n, c, c), who);
     ADAPT(a->proj_in_w, A->s0, A->tok, n, 1, 1);
 
     OP(ops->layer_norm(be, A->ln1, A->s0, t->norm1_w, t->norm1_b, n, c, 1e-5f), who);
@@ -455,15 +538,15 @@ static lh_status transformer_fwd(run *r, const tf_acts *A,
     TRY(attention(r, &A->a2, A->s2, A->s1, A->ln2, r->ctx, t->q2, t->k2, t->v2, t->o2_w, t->o2_b,
                   c, heads, hw, r->n_ctx, cfg->cross_attention_dim, who));
     OP(ops->layer_norm(be, A->ln3, A->s2, t->norm3_w, t->norm3_b, n, c, 1e-5f), who);
-    OP(ops->linear(be, A->ff, A->ln3, t->ff1_w, t->ff1_b, n, c, 8 * c), who);
+    OP(ops->linear(be, A->ff, A->ln3, WL(t->ff1_w, 8 * c, c), t->ff1_b, n, c, 8 * c), who);
     ADAPT(t->ff1_w, A->ff, A->ln3, n, 1, 1);
     OP(ops->geglu(be, A->gg, A->ff, n, 4 * c), who);
-    OP(ops->linear(be, A->ffo, A->gg, t->ff2_w, t->ff2_b, n, 4 * c, c), who);
+    OP(ops->linear(be, A->ffo, A->gg, WL(t->ff2_w, c, 4 * c), t->ff2_b, n, 4 * c, c), who);
     ADAPT(t->ff2_w, A->ffo, A->gg, n, 1, 1);
     OP(ops->add(be, A->s3, A->s2, A->ffo, n * c), who);
     if (r->recompute) return LH_OK; /* the backward reads up to s3; out is kept */
 
-    OP(ops->linear(be, A->t2, A->s3, a->proj_out_w, a->proj_out_b, n, c, c), who);
+    OP(ops->linear(be, A->t2, A->s3, WL(a->proj_out_w, c, c), a->proj_out_b, n, c, c), who);
     ADAPT(a->proj_out_w, A->t2, A->s3, n, 1, 1);
     OP(ops->transpose_c_hw(be, out, A->t2, b, hw, c), who);
     OP(ops->add(be, out, out, x, n * c), who);
@@ -483,8 +566,9 @@ static lh_status transformer(run *r, float *out, const float *x, const lh_unet_a
 static lh_status down_fwd(run *r, float *out, const float *x, const lh_unet_block *blk,
                           int64_t h, int64_t w) {
     int64_t c = blk->c_out;
-    OP(r->ops->conv2d(r->m->be, out, x, blk->sample_w, blk->sample_b, r->b, c, h, w, c, 3, 3, 2,
-                      1), "downsamplers.0");
+    OP(r->ops->conv2d(r->m->be, out, x, WC(blk->sample_w, c, c, 3), blk->sample_b, r->b, c, h, w, c,
+                      3, 3, 2, 1),
+       "downsamplers.0");
     ADAPT(blk->sample_w, out, x, r->b, h, w);
     return LH_OK;
 }
@@ -497,7 +581,8 @@ static lh_status up_fwd(run *r, float *up, float *out, const float *x, const lh_
     int64_t b = r->b, c = blk->c_out;
     OP(ops->upsample_nearest2x(be, up, x, b, c, h, w), "upsamplers.0");
     if (r->recompute) return LH_OK; /* the backward reads the upsampled input; out is kept */
-    OP(ops->conv2d(be, out, up, blk->sample_w, blk->sample_b, b, c, 2 * h, 2 * w, c, 3, 3, 1, 1),
+    OP(ops->conv2d(be, out, up, WC(blk->sample_w, c, c, 3), blk->sample_b, b, c, 2 * h, 2 * w, c, 3,
+                   3, 1, 1),
        "upsamplers.0");
     ADAPT(blk->sample_w, out, up, b, 2 * h, 2 * w);
     return LH_OK;
@@ -637,10 +722,12 @@ static lh_status time_fwd(run *r, const time_acts *a, const float *timesteps) {
     if (!r->tproj_done)
         OP(ops->timestep_embedding(be, a->tp, timesteps, b, c0, c->flip_sin_to_cos,
                                    c->freq_shift, 10000.0f), "time_proj");
-    OP(ops->linear(be, a->th, a->tp, m->time1_w, m->time1_b, b, c0, 4 * c0), "time_embedding");
+    OP(ops->linear(be, a->th, a->tp, WL(m->time1_w, 4 * c0, c0), m->time1_b, b, c0, 4 * c0),
+       "time_embedding");
     ADAPT(m->time1_w, a->th, a->tp, b, 1, 1);
     OP(ops->silu(be, a->ths, a->th, b * 4 * c0), "time_embedding");
-    OP(ops->linear(be, a->tep, a->ths, m->time2_w, m->time2_b, b, 4 * c0, 4 * c0),
+    OP(ops->linear(be, a->tep, a->ths, WL(m->time2_w, 4 * c0, 4 * c0), m->time2_b, b, 4 * c0,
+                   4 * c0),
        "time_embedding");
     ADAPT(m->time2_w, a->tep, a->ths, b, 1, 1);
     OP(ops->silu(be, a->te, a->tep, b * 4 * c0), "time_embedding");
@@ -658,6 +745,13 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
     r->top = 0;
     r->n_units = 0;
     r->toff = 0;
+    r->koff = 0;
+    r->woff = 0;
+    r->take_unit = -1;
+    r->packed = 0;
+    r->checked = -1;
+    r->resident[0] = r->resident[1] = -1;
+    if (m->weight_storage != LH_DTYPE_F32) need(r, SLOT_WIDE, m->wide_max);
 
     size_t ntp = elems(r, b, c0, 1, 1), nte = elems(r, b, 4, c0, 1);
     time_acts ta;
@@ -668,11 +762,11 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
         ta = (time_acts){S(r, SLOT_TPROJ), S(r, SLOT_THID), S(r, SLOT_THID), S(r, SLOT_TEMB),
                          S(r, SLOT_TEMB)};
     } else {
-        ta.tp = take(r, ntp);
-        ta.th = take(r, nte);
-        ta.ths = take(r, nte);
-        ta.tep = take(r, nte);
-        ta.te = take(r, nte);
+        ta.tp = take_keep(r, ntp);
+        ta.th = take_keep(r, nte);
+        ta.ths = take_keep(r, nte);
+        ta.tep = take_keep(r, nte);
+        ta.te = take_keep(r, nte);
         need(r, SLOT_DTEMB, nte);
         need(r, SLOT_GDT, nte);
         need(r, SLOT_GA, nte);
@@ -685,8 +779,9 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
     record(r, U_CONV_IN, NULL, h, w, x, first);
     mark_skip(r);
     if (!r->dry) {
-        OP(ops->conv2d(be, first, x, m->conv_in_w, m->conv_in_b, b, c->in_channels, h, w,
-                       c0, 3, 3, 1, 1), "conv_in");
+        OP(ops->conv2d(be, first, x, WC(m->conv_in_w, c0, c->in_channels, 3), m->conv_in_b, b,
+                       c->in_channels, h, w, c0, 3, 3, 1, 1),
+           "conv_in");
         ADAPT(m->conv_in_w, first, x, b, h, w);
     }
     const float *cur = first;
@@ -712,8 +807,9 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
     if (!r->dry) {
         OP(ops->group_norm(be, g, cur, m->norm_out_w, m->norm_out_b, b, c0, h * w,
                            c->norm_num_groups, c->norm_eps, 1), "conv_norm_out");
-        OP(ops->conv2d(be, out, g, m->conv_out_w, m->conv_out_b, b, c0, h, w, c->out_channels, 3,
-                       3, 1, 1), "conv_out");
+        OP(ops->conv2d(be, out, g, WC(m->conv_out_w, c->out_channels, c0, 3), m->conv_out_b, b, c0,
+                       h, w, c->out_channels, 3, 3, 1, 1),
+           "conv_out");
         ADAPT(m->conv_out_w, out, g, b, h, w);
     }
     return LH_OK;
@@ -751,8 +847,9 @@ static lh_status check_sizes(const lh_unet *m, int64_t b, int64_t h, int64_t w, 
  * (tape non-NULL) adds the skip connections' gradients and the kept
  * activations. */
 static lh_status plan(run *r, lh_unet *m, int64_t b, int64_t h, int64_t w, int64_t n_ctx,
-                      unit *tape, int ckpt, size_t *floats, lh_error *err) {
+                      unit *tape, int ckpt, lh_dtype stash, size_t *floats, lh_error *err) {
     memset(r, 0, sizeof *r);
+    r->stash = tape && !ckpt ? stash : LH_DTYPE_F32;
     r->m = m;
     r->ops = m->be->ops;
     r->err = err;
@@ -771,6 +868,21 @@ static lh_status plan(run *r, lh_unet *m, int64_t b, int64_t h, int64_t w, int64
         for (int i = 0; i < r->n_skips && !r->overflow; i++)
             if (lh_add_size(total, align_up(r->skip_need[i]), &total)) r->overflow = 1;
     if (!r->overflow && lh_add_size(total, r->taken, &total)) r->overflow = 1;
+    if (r->stash != LH_DTYPE_F32) { /* the kept float32, the windows, the stash */
+        for (int u = 0; u <= r->n_units && !r->overflow; u++) {
+            size_t *wn = &r->win_need[u & 1];
+            if (r->unit_need[u] > *wn) *wn = r->unit_need[u];
+            r->stash_off[u] = r->stash_halves;
+            if (lh_add_size(r->stash_halves, r->unit_need[u], &r->stash_halves))
+                r->overflow = 1;
+        }
+        size_t sf = (r->stash_halves + 1) / 2;
+        if (!r->overflow && (lh_add_size(total, r->kept, &total) ||
+                             lh_add_size(total, r->win_need[0], &total) ||
+                             lh_add_size(total, r->win_need[1], &total) ||
+                             lh_add_size(total, align_up(sf), &total)))
+            r->overflow = 1;
+    }
     size_t bytes;
     if (r->overflow || lh_mul_size(total, sizeof(float), &bytes))
         return lh_error_set(err, LH_ERR_OVERFLOW, "unet forward: activations for batch %lld at "
@@ -797,13 +909,81 @@ static void carve(run *r, float *arena) {
         p += align_up(r->skip_need[i]);
     }
     r->tbase = p;
+    if (r->stash == LH_DTYPE_F32) return;
+    r->kbase = p;
+    r->win[0] = r->kbase + r->kept;
+    r->win[1] = r->win[0] + r->win_need[0];
+    r->stash_base = r->win[1] + r->win_need[1];
+}
+
+/* ---- The stash (see run) ---- */
+
+static lh_status check_finite(run *r, const char *unit, const float *x, size_t n, int backward);
+static void unit_info(const run *r, const unit *u, char *name, size_t size, size_t *n_in,
+                      size_t *n_out);
+
+/* The overflow checks of the time embedding and then of unit outputs
+ * [checked, upto), in that order; each while its unit is in its window. */
+static lh_status check_units(run *r, int upto) {
+    if (!r->ovf) return LH_OK;
+    if (r->checked < 0) {
+        TRY(check_finite(r, "time_embedding", r->ta.te,
+                         (size_t)r->b * 4 * (size_t)r->m->cfg.block_out_channels[0], 0));
+        r->checked = 0;
+    }
+    for (; r->checked < upto; r->checked++) {
+        char name[64];
+        size_t n_in, n_out;
+        const unit *u = &r->tape[r->checked];
+        unit_info(r, u, name, sizeof name, &n_in, &n_out);
+        TRY(check_finite(r, name, u->out, n_out, 0));
+    }
+    return LH_OK;
+}
+
+/* Unit j's window into the stash (pack) or back (unpack). */
+static lh_status stash_move(run *r, int j, int pack) {
+    size_t n = r->unit_need[j];
+    if (!n) return LH_OK;
+    uint16_t *s = (uint16_t *)r->stash_base + r->stash_off[j];
+    lh_status st = pack ? r->ops->cast(r->m->be, s, r->stash, r->win[j & 1], LH_DTYPE_F32,
+                                       (int64_t)n)
+                        : r->ops->cast(r->m->be, r->win[j & 1], LH_DTYPE_F32, s, r->stash,
+                                       (int64_t)n);
+    if (st != LH_OK)
+        return lh_error_set(r->err, st, "unet train: %s the saved activations of unit %d failed",
+                            pack ? "packing" : "unpacking", j);
+    r->resident[j & 1] = pack ? r->resident[j & 1] : j;
+    return LH_OK;
+}
+
+/* Unit u takes its first buffer: every unit before u - 1 goes to the
+ * stash (u - 1's output is u's input: it stays), its checks first. */
+static lh_status stash_open(run *r, int u) {
+    for (; r->packed < u - 1; r->packed++) {
+        TRY(check_units(r, r->packed + 1));
+        TRY(stash_move(r, r->packed, 1));
+    }
+    r->take_unit = u;
+    r->woff = 0;
+    r->resident[u & 1] = u;
+    return LH_OK;
+}
+
+/* The backward of unit i reads its own saved activations and its input,
+ * unit i - 1's output: both in their windows. */
+static lh_status stash_need(run *r, int i) {
+    if (r->stash == LH_DTYPE_F32) return LH_OK;
+    for (int j = i; j >= i - 1 && j >= 0; j--)
+        if (r->resident[j & 1] != j) TRY(stash_move(r, j, 0));
+    return LH_OK;
 }
 
 size_t lh_unet_forward_workspace(lh_unet *m, int64_t b, int64_t h, int64_t w, int64_t n_ctx) {
     run r;
     size_t floats;
     if (!m || check_sizes(m, b, h, w, n_ctx, NULL) != LH_OK ||
-        plan(&r, m, b, h, w, n_ctx, NULL, 0, &floats, NULL) != LH_OK)
+        plan(&r, m, b, h, w, n_ctx, NULL, 0, LH_DTYPE_F32, &floats, NULL) != LH_OK)
         return 0;
     return floats * sizeof(float);
 }
@@ -958,7 +1138,7 @@ lh_status lh_unet_forward(lh_unet *m, float *out, const float *x, const float *t
     /* Sizing pass, then one allocation carved into slots and skips. */
     run r;
     size_t floats;
-    st = plan(&r, m, b, h, w, n_ctx, NULL, 0, &floats, err);
+    st = plan(&r, m, b, h, w, n_ctx, NULL, 0, LH_DTYPE_F32, &floats, err);
     if (st != LH_OK) return st;
     if (graph_usable(m))
         return graph_forward(&r, floats, out, x, timesteps, context, h, w, n_ctx, err);
@@ -1020,8 +1200,11 @@ struct lh_unet_grads {
     float *arena;
 };
 
-static void grads_add(void *ctx, const char *key, const float *w, size_t numel) {
+static void grads_add(void *ctx, const lh_unet_param *pm) {
     lh_unet_grads *g = ctx;
+    const char *key = pm->key;
+    const float *w = *pm->w;
+    size_t numel = pm->numel;
     if (g->overflow) return;
     if (g->n == g->cap) {
         size_t cap = g->cap ? 2 * g->cap : 512;
@@ -1045,6 +1228,12 @@ static void grads_add(void *ctx, const char *key, const float *w, size_t numel) 
 lh_status lh_unet_grads_create(lh_unet_grads **out, lh_unet *m, lh_error *err) {
     if (!out || !m) return lh_error_set(err, LH_ERR_INVALID, "unet grads: NULL argument");
     *out = NULL;
+    if (m->weight_storage != LH_DTYPE_F32)
+        return lh_error_set(err, LH_ERR_UNSUPPORTED, "unet grads: the base weights are held in "
+                            "%s; training them in full needs float32 storage "
+                            "(lh_unet_keep_f32_weights before the first half-precision call)",
+                            lh_dtype_name(m->weight_storage));
+    m->keep_f32 = 1; /* trained in full: its weights stay float32 */
     lh_unet_grads *g = calloc(1, sizeof *g);
     if (!g) return lh_error_set(err, LH_ERR_NOMEM, "unet grads: out of host memory");
     g->be = m->be;
@@ -1125,25 +1314,31 @@ static lh_status resnet_bw(run *r, const res_acts *a, float *din, const float *d
     float *dtres = S(r, SLOT_GE), *dte = S(r, SLOT_GDT);
     const char *who = p->name;
 
-    OP(ops->conv2d_backward(be, dh2, G(r, p->conv2_w), G(r, p->conv2_b), dout, a->h2, p->conv2_w,
-                            b, co, h, w, co, 3, 3, 1, 1), who);
+    OP(ops->conv2d_backward(be, dh2, G(r, p->conv2_w), G(r, p->conv2_b), dout, a->h2,
+                            WC(p->conv2_w, co, co, 3), b, co, h, w, co, 3, 3, 1, 1),
+       who);
     ADAPT_BW(p->conv2_w, dh2, dout, a->h2, b, h, w);
-    OP(ops->group_norm_backward(be, da, G(r, p->norm2_w), G(r, p->norm2_b), dh2, a->a, p->norm2_w, p->norm2_b, b, co, hw,
-                                c->norm_num_groups, c->norm_eps, 1), who);
+    OP(ops->group_norm_backward(be, da, G(r, p->norm2_w), G(r, p->norm2_b), dh2, a->a,
+                                p->norm2_w, p->norm2_b, b, co, hw, c->norm_num_groups,
+                                c->norm_eps, 1), who);
     /* a = conv1(h1) + temb_proj broadcast over hw */
     OP(ops->channel_bias_backward(be, dtres, da, b, co, hw), who);
-    OP(ops->linear_backward(be, dte, G(r, p->temb_w), G(r, p->temb_b), dtres, r->temb, p->temb_w,
-                            b, ct, co), who);
+    OP(ops->linear_backward(be, dte, G(r, p->temb_w), G(r, p->temb_b), dtres, r->temb,
+                            WL(p->temb_w, co, ct), b, ct, co),
+       who);
     ADAPT_BW(p->temb_w, dte, dtres, r->temb, b, 1, 1);
     OP(ops->add(be, S(r, SLOT_DTEMB), S(r, SLOT_DTEMB), dte, b * ct), who);
-    OP(ops->conv2d_backward(be, dh1, G(r, p->conv1_w), G(r, p->conv1_b), da, a->h1, p->conv1_w, b,
-                            ci, h, w, co, 3, 3, 1, 1), who);
+    OP(ops->conv2d_backward(be, dh1, G(r, p->conv1_w), G(r, p->conv1_b), da, a->h1,
+                            WC(p->conv1_w, co, ci, 3), b, ci, h, w, co, 3, 3, 1, 1),
+       who);
     ADAPT_BW(p->conv1_w, dh1, da, a->h1, b, h, w);
-    OP(ops->group_norm_backward(be, din, G(r, p->norm1_w), G(r, p->norm1_b), dh1, x, p->norm1_w, p->norm1_b, b, ci, hw,
-                                c->norm_num_groups, c->norm_eps, 1), who);
+    OP(ops->group_norm_backward(be, din, G(r, p->norm1_w), G(r, p->norm1_b), dh1, x,
+                                p->norm1_w, p->norm1_b, b, ci, hw, c->norm_num_groups,
+                                c->norm_eps, 1), who);
     if (p->short_w) {
-        OP(ops->conv2d_backward(be, dt, G(r, p->short_w), G(r, p->short_b), dout, x, p->short_w,
-                                b, ci, h, w, co, 1, 1, 1, 0), who);
+        OP(ops->conv2d_backward(be, dt, G(r, p->short_w), G(r, p->short_b), dout, x,
+                                WC(p->short_w, co, ci, 1), b, ci, h, w, co, 1, 1, 1, 0),
+           who);
         ADAPT_BW(p->short_w, dt, dout, x, b, h, w);
         OP(ops->add(be, din, din, dt, b * ci * hw), who);
     } else {
@@ -1165,24 +1360,26 @@ static lh_status attention_bw(run *r, const attn_acts *A, float *dln, float *d_c
     lh_backend *be = r->m->be;
     int64_t b = r->b, d = c / heads, n = b * hw;
     float *datt = S(r, SLOT_GA), *dq = S(r, SLOT_GQ), *dk = S(r, SLOT_GK), *dv = S(r, SLOT_GV);
-    OP(ops->linear_backward(be, datt, G(r, wo), G(r, bo), ds, A->att, wo, n, c, c), who);
+    OP(ops->linear_backward(be, datt, G(r, wo), G(r, bo), ds, A->att, WL(wo, c, c), n, c, c), who);
     ADAPT_BW(wo, datt, ds, A->att, n, 1, 1);
     OP(ops->attention_backward(be, dq, dk, dv, datt, A->att, A->lse, A->q, A->k, A->v, b, heads, hw,
                                n_kv, d, 1.0f / sqrtf((float)d), 0), who);
-    OP(ops->linear_backward(be, dln, G(r, wq), NULL, dq, ln, wq, n, c, c), who);
+    OP(ops->linear_backward(be, dln, G(r, wq), NULL, dq, ln, WL(wq, c, c), n, c, c), who);
     ADAPT_BW(wq, dln, dq, ln, n, 1, 1);
     const float *wkv[2] = {wk, wv}, *dkv[2] = {dk, dv};
     for (int i = 0; i < 2; i++) {
         if (self) {
             float *dt = S(r, SLOT_GE);
-            OP(ops->linear_backward(be, dt, G(r, wkv[i]), NULL, dkv[i], ln, wkv[i], n, c, c),
+            OP(ops->linear_backward(be, dt, G(r, wkv[i]), NULL, dkv[i], ln, WL(wkv[i], c, c), n, c,
+                                    c),
                who);
             OP(ops->add(be, dln, dln, dt, n * c), who);
             ADAPT_BW(wkv[i], dln, dkv[i], ln, n, 1, 1);
         } else {
             float *dc = d_ctx ? S(r, SLOT_GCTX) : NULL, *dw = G(r, wkv[i]);
             if (dc || dw)
-                OP(ops->linear_backward(be, dc, dw, NULL, dkv[i], kv, wkv[i], b * n_kv, c_kv, c),
+                OP(ops->linear_backward(be, dc, dw, NULL, dkv[i], kv, WL(wkv[i], c, c_kv), b * n_kv,
+                                        c_kv, c),
                    who);
             ADAPT_BW(wkv[i], dc, dkv[i], kv, b * n_kv, 1, 1);
             if (dc) OP(ops->add(be, d_ctx, d_ctx, dc, b * n_kv * c_kv), who);
@@ -1207,35 +1404,39 @@ static lh_status transformer_bw(run *r, const tf_acts *A, float *din, float *d_c
     /* out = x + transpose(proj_out(s3)) */
     OP(ops->transpose_c_hw(be, dt2, dout, b, c, hw), who);
     OP(ops->linear_backward(be, ds, G(r, a->proj_out_w), G(r, a->proj_out_b), dt2, A->s3,
-                            a->proj_out_w, n, c, c), who);
+                            WL(a->proj_out_w, c, c), n, c, c),
+       who);
     ADAPT_BW(a->proj_out_w, ds, dt2, A->s3, n, 1, 1);
     /* s3 = s2 + ff2(geglu(ff1(ln3(s2)))) */
-    OP(ops->linear_backward(be, dgg, G(r, t->ff2_w), G(r, t->ff2_b), ds, A->gg, t->ff2_w, n,
-                            4 * c, c), who);
+    OP(ops->linear_backward(be, dgg, G(r, t->ff2_w), G(r, t->ff2_b), ds, A->gg,
+                            WL(t->ff2_w, c, 4 * c), n, 4 * c, c),
+       who);
     ADAPT_BW(t->ff2_w, dgg, ds, A->gg, n, 1, 1);
     OP(ops->geglu_backward(be, dff, dgg, A->ff, n, 4 * c), who);
-    OP(ops->linear_backward(be, dln, G(r, t->ff1_w), G(r, t->ff1_b), dff, A->ln3, t->ff1_w, n, c,
-                            8 * c), who);
+    OP(ops->linear_backward(be, dln, G(r, t->ff1_w), G(r, t->ff1_b), dff, A->ln3,
+                            WL(t->ff1_w, 8 * c, c), n, c, 8 * c),
+       who);
     ADAPT_BW(t->ff1_w, dln, dff, A->ln3, n, 1, 1);
     OP(ops->layer_norm_backward(be, dt, G(r, t->norm3_w), G(r, t->norm3_b), dln, A->s2,
                                 t->norm3_w, n, c, 1e-5f), who);
     OP(ops->add(be, ds, ds, dt, n * c), who);
     /* s2 = s1 + attn2(ln2(s1), context) */
-    TRY(attention_bw(r, &A->a2, dln, d_ctx, ds, A->ln2, r->ctx, t->q2, t->k2, t->v2, t->o2_w, t->o2_b, c,
-                     heads, hw, r->n_ctx, cfg->cross_attention_dim, 0, who));
+    TRY(attention_bw(r, &A->a2, dln, d_ctx, ds, A->ln2, r->ctx, t->q2, t->k2, t->v2, t->o2_w,
+                     t->o2_b, c, heads, hw, r->n_ctx, cfg->cross_attention_dim, 0, who));
     OP(ops->layer_norm_backward(be, dt, G(r, t->norm2_w), G(r, t->norm2_b), dln, A->s1,
                                 t->norm2_w, n, c, 1e-5f), who);
     OP(ops->add(be, ds, ds, dt, n * c), who);
     /* s1 = s0 + attn1(ln1(s0)) */
-    TRY(attention_bw(r, &A->a1, dln, NULL, ds, A->ln1, A->ln1, t->q1, t->k1, t->v1, t->o1_w, t->o1_b, c,
-                     heads, hw, hw, c, 1, who));
+    TRY(attention_bw(r, &A->a1, dln, NULL, ds, A->ln1, A->ln1, t->q1, t->k1, t->v1, t->o1_w,
+                     t->o1_b, c, heads, hw, hw, c, 1, who));
     OP(ops->layer_norm_backward(be, dt, G(r, t->norm1_w), G(r, t->norm1_b), dln, A->s0,
                                 t->norm1_w, n, c, 1e-5f), who);
     OP(ops->add(be, ds, ds, dt, n * c), who);
     /* s0 = proj_in(transpose(gn(x))) */
     float *dtok = S(r, SLOT_GC), *dt1 = S(r, SLOT_GD);
     OP(ops->linear_backward(be, dtok, G(r, a->proj_in_w), G(r, a->proj_in_b), ds, A->tok,
-                            a->proj_in_w, n, c, c), who);
+                            WL(a->proj_in_w, c, c), n, c, c),
+       who);
     ADAPT_BW(a->proj_in_w, dtok, ds, A->tok, n, 1, 1);
     OP(ops->transpose_c_hw(be, dt1, dtok, b, hw, c), who);
     OP(ops->group_norm_backward(be, din, G(r, a->norm_w), G(r, a->norm_b), dt1, x, a->norm_w,
@@ -1254,13 +1455,15 @@ static lh_status time_bw(run *r) {
     int64_t b = r->b, c0 = m->cfg.block_out_channels[0], n = b * 4 * c0;
     float *dte = S(r, SLOT_DTEMB), *dh = S(r, SLOT_GA);
     OP(ops->silu_backward(be, dte, dte, a->tep, n), "time_embedding");
-    OP(ops->linear_backward(be, dh, G(r, m->time2_w), G(r, m->time2_b), dte, a->ths, m->time2_w,
-                            b, 4 * c0, 4 * c0), "time_embedding");
+    OP(ops->linear_backward(be, dh, G(r, m->time2_w), G(r, m->time2_b), dte, a->ths,
+                            WL(m->time2_w, 4 * c0, 4 * c0), b, 4 * c0, 4 * c0),
+       "time_embedding");
     ADAPT_BW(m->time2_w, dh, dte, a->ths, b, 1, 1);
     OP(ops->silu_backward(be, dh, dh, a->th, n), "time_embedding");
     if (r->grads)
-        OP(ops->linear_backward(be, NULL, G(r, m->time1_w), G(r, m->time1_b), dh, a->tp,
-                                m->time1_w, b, c0, 4 * c0), "time_embedding");
+        OP(ops->linear_backward(be, NULL, G(r, m->time1_w), G(r, m->time1_b), dh, a->tp, NULL, b,
+                                c0, 4 * c0),
+           "time_embedding");
     ADAPT_BW(m->time1_w, NULL, dh, a->tp, b, 1, 1);
     return LH_OK;
 }
@@ -1386,16 +1589,8 @@ static lh_status read_checks(lh_unet_overflow *report, const lh_unet_checks *c, 
 
 /* After the training forward: every unit's output, in forward order. */
 static lh_status check_forward(run *r) {
-    if (!r->ovf) return LH_OK;
-    TRY(check_finite(r, "time_embedding", r->ta.te,
-                     (size_t)r->b * 4 * (size_t)r->m->cfg.block_out_channels[0], 0));
-    for (int i = 0; i < r->n_units; i++) {
-        char name[64];
-        size_t n_in, n_out;
-        unit_info(r, &r->tape[i], name, sizeof name, &n_in, &n_out);
-        TRY(check_finite(r, name, r->tape[i].out, n_out, 0));
-    }
-    return LH_OK;
+    if (r->stash_st != LH_OK) return r->stash_st;
+    return check_units(r, r->n_units);
 }
 
 /* Walk the tape backwards from dout = dL/d(out). */
@@ -1415,14 +1610,16 @@ static lh_status backward(run *r, float *d_ctx, const float *dout) {
         int64_t h = u->h, w = u->w;
         const float *dy = u->kind == U_OUT ? dout : dc;
         float *dx = dc == g0 ? g1 : g0;
+        TRY(stash_need(r, i));
         if (u->skip_out >= 0) /* out also fed an up block */
             OP(ops->add(be, dc, dc, r->dskip[u->skip_out], (int64_t)r->skip_need[u->skip_out]),
                "skip connection");
         switch (u->kind) {
         case U_OUT:
-            OP(ops->conv2d_backward(be, S(r, SLOT_GA), G(r, m->conv_out_w), G(r, m->conv_out_b),
-                                    dy, u->buf, m->conv_out_w, b, c0, h, w, c->out_channels, 3,
-                                    3, 1, 1), "conv_out");
+            OP(ops->conv2d_backward(be, S(r, SLOT_GA), G(r, m->conv_out_w), G(r, m->conv_out_b), dy,
+                                    u->buf, WC(m->conv_out_w, c->out_channels, c0, 3), b, c0, h, w,
+                                    c->out_channels, 3, 3, 1, 1),
+               "conv_out");
             ADAPT_BW(m->conv_out_w, S(r, SLOT_GA), dy, u->buf, b, h, w);
             OP(ops->group_norm_backward(be, dx, G(r, m->norm_out_w), G(r, m->norm_out_b),
                                         S(r, SLOT_GA), u->in, m->norm_out_w,
@@ -1438,9 +1635,10 @@ static lh_status backward(run *r, float *d_ctx, const float *dout) {
                 r->recompute = 0;
                 if (rst != LH_OK) return rst;
             }
-            OP(ops->conv2d_backward(be, S(r, SLOT_GA), G(r, blk->sample_w), G(r, blk->sample_b),
-                                    dy, u->buf, blk->sample_w, b, ch, 2 * h, 2 * w, ch, 3, 3, 1,
-                                    1), "upsamplers.0");
+            OP(ops->conv2d_backward(be, S(r, SLOT_GA), G(r, blk->sample_w), G(r, blk->sample_b), dy,
+                                    u->buf, WC(blk->sample_w, ch, ch, 3), b, ch, 2 * h, 2 * w, ch,
+                                    3, 3, 1, 1),
+               "upsamplers.0");
             ADAPT_BW(blk->sample_w, S(r, SLOT_GA), dy, u->buf, b, 2 * h, 2 * w);
             OP(ops->upsample_nearest2x_backward(be, dx, S(r, SLOT_GA), b, ch, h, w),
                "upsamplers.0");
@@ -1476,15 +1674,16 @@ static lh_status backward(run *r, float *d_ctx, const float *dout) {
             const lh_unet_block *blk = u->p;
             int64_t ch = blk->c_out;
             OP(ops->conv2d_backward(be, dx, G(r, blk->sample_w), G(r, blk->sample_b), dy, u->in,
-                                    blk->sample_w, b, ch, h, w, ch, 3, 3, 2, 1), "downsamplers.0");
+                                    WC(blk->sample_w, ch, ch, 3), b, ch, h, w, ch, 3, 3, 2, 1),
+               "downsamplers.0");
             ADAPT_BW(blk->sample_w, dx, dy, u->in, b, h, w);
             break;
         }
         case U_CONV_IN:
             if (r->grads)
-                OP(ops->conv2d_backward(be, NULL, G(r, m->conv_in_w), G(r, m->conv_in_b), dy,
-                                        u->in, m->conv_in_w, b, c->in_channels, h, w, c0, 3, 3, 1,
-                                        1), "conv_in");
+                OP(ops->conv2d_backward(be, NULL, G(r, m->conv_in_w), G(r, m->conv_in_b), dy, u->in,
+                                        NULL, b, c->in_channels, h, w, c0, 3, 3, 1, 1),
+                   "conv_in");
             ADAPT_BW(m->conv_in_w, NULL, dy, u->in, b, h, w);
             break;
         default:
@@ -1502,32 +1701,81 @@ static lh_status backward(run *r, float *d_ctx, const float *dout) {
 }
 
 size_t lh_unet_backward_workspace(lh_unet *m, int64_t b, int64_t h, int64_t w, int64_t n_ctx,
-                                  int checkpointing) {
+                                  int checkpointing, lh_dtype precision) {
     run r;
     size_t floats = 0;
     if (!m || check_sizes(m, b, h, w, n_ctx, NULL) != LH_OK) return 0;
     unit *tape = malloc(MAX_UNITS * sizeof *tape);
     if (!tape) return 0;
-    if (plan(&r, m, b, h, w, n_ctx, tape, checkpointing, &floats, NULL) != LH_OK) floats = 0;
+    lh_dtype stash = (precision == LH_DTYPE_F16 || precision == LH_DTYPE_BF16) && m->be->ops->cast
+                         ? precision : LH_DTYPE_F32;
+    if (plan(&r, m, b, h, w, n_ctx, tape, checkpointing, stash, &floats, NULL) != LH_OK)
+        floats = 0;
     free(tape);
     return floats * sizeof(float);
 }
 
 /* Round every base weight to `prec` once (the first half-precision step). */
-static void round_param(void *ctx, const char *key, const float *w, size_t numel) {
-    (void)key;
+static void round_param(void *ctx, const lh_unet_param *p) {
     lh_unet *m = ctx;
-    if (m->be->ops->round(m->be, (float *)w, (int64_t)numel, m->weight_precision) != LH_OK)
+    if (m->be->ops->round(m->be, *p->w, (int64_t)p->numel, m->weight_precision) != LH_OK)
         m->weight_precision = LH_DTYPE_F32; /* flags the failure to the caller */
 }
 
-static lh_status set_weight_precision(lh_unet *m, lh_dtype prec, lh_error *err) {
-    if (prec == LH_DTYPE_F32 || m->weight_precision == prec) return LH_OK;
-    m->weight_precision = prec;
-    lh__unet_params(m, round_param, m);
-    if (m->weight_precision != prec)
-        return lh_error_set(err, LH_ERR_INTERNAL, "unet train: rounding the base weights to %s "
-                            "failed", lh_dtype_name(prec));
+typedef struct narrowing {
+    lh_unet *m;
+    lh_dtype dtype;
+    lh_status st;
+    lh_error *err;
+} narrowing;
+
+/* Hold one linear or convolution weight in the half type (host/weights.h). */
+static void narrow_param(void *ctx, const lh_unet_param *p) {
+    narrowing *n = ctx;
+    lh_unet *m = n->m;
+    if (n->st != LH_OK || p->ndim < 2) return;
+    float *old = *p->w;
+    n->st = lh_wstore_narrow(&m->ws, p->w, p->numel, n->dtype, n->err);
+    if (n->st != LH_OK) {
+        lh_error_prefix(n->err, "unet: %s", p->key);
+        return;
+    }
+    if (p->numel > m->wide_max) m->wide_max = p->numel;
+    if (m->adapt) lh_layers_moved(m->adapt, old, *p->w, n->dtype);
+}
+
+/* The weights rounded to `prec`, then (unless kept in float32, or trained
+ * in full) held in it. A failure part way leaves some weights in half:
+ * weight_storage says half from the first one on, as wide() must know. */
+static lh_status set_weight_precision(lh_unet *m, lh_dtype prec, int full, lh_error *err) {
+    if (full && m->weight_storage != LH_DTYPE_F32)
+        return lh_error_set(err, LH_ERR_UNSUPPORTED, "unet train: the base weights are held in "
+                            "%s, and training them in full needs float32 storage "
+                            "(lh_unet_keep_f32_weights before the first half-precision call)",
+                            lh_dtype_name(m->weight_storage));
+    if (prec == LH_DTYPE_F32) return LH_OK;
+    if (m->weight_precision != prec) {
+        m->weight_precision = prec;
+        lh__unet_params(m, round_param, m);
+        if (m->weight_precision != prec)
+            return lh_error_set(err, LH_ERR_INTERNAL, "unet: rounding the base weights to %s "
+                                "failed", lh_dtype_name(prec));
+    }
+    if (m->weight_storage != LH_DTYPE_F32 || m->keep_f32 || full || !m->be->ops->cast)
+        return LH_OK;
+    graph_drop(m); /* its recorded ops read the float32 buffers */
+    m->weight_storage = prec;
+    narrowing n = {m, prec, LH_OK, err};
+    lh__unet_params(m, narrow_param, &n);
+    return n.st;
+}
+
+lh_status lh_unet_keep_f32_weights(lh_unet *m, int keep, lh_error *err) {
+    if (!m) return lh_error_set(err, LH_ERR_INVALID, "unet weights: NULL model");
+    if (m->weight_storage != LH_DTYPE_F32)
+        return lh_error_set(err, LH_ERR_INVALID, "unet weights: already held in %s",
+                            lh_dtype_name(m->weight_storage));
+    m->keep_f32 = keep != 0;
     return LH_OK;
 }
 
@@ -1543,7 +1791,7 @@ lh_status lh_unet_set_precision(lh_unet *m, lh_dtype prec, lh_error *err) {
     if (m->weight_precision != LH_DTYPE_F32 && prec != LH_DTYPE_F32 && m->weight_precision != prec)
         return lh_error_set(err, LH_ERR_INVALID, "unet precision: the weights are already "
                             "rounded to %s", lh_dtype_name(m->weight_precision));
-    lh_status st = set_weight_precision(m, prec, err);
+    lh_status st = set_weight_precision(m, prec, 0, err);
     if (st == LH_OK) m->act_precision = prec;
     return st;
 }
@@ -1625,13 +1873,15 @@ static lh_status train(lh_unet *m, const lh_unet_train_opts *o, lh_unet_loss_fn 
         return lh_error_set(err, LH_ERR_INVALID, "unet train: a step leaves its overflow checks "
                             "to the caller (opts.checks) or fills a report, not both");
     if (report) memset(report, 0, sizeof *report);
-    st = set_weight_precision(m, prec, err);
+    st = set_weight_precision(m, prec, g != NULL, err);
     if (st != LH_OK) return st;
     unit *tape = malloc(MAX_UNITS * sizeof *tape);
     if (!tape) return lh_error_set(err, LH_ERR_NOMEM, "unet backward: out of host memory");
     run r;
     size_t floats;
-    st = plan(&r, m, b, h, w, n_ctx, tape, o->checkpointing, &floats, err);
+    /* the stash: half precision, a backend that casts, not turned off */
+    lh_dtype stash = prec != LH_DTYPE_F32 && ops->cast && !o->f32_saved ? prec : LH_DTYPE_F32;
+    st = plan(&r, m, b, h, w, n_ctx, tape, o->checkpointing, stash, &floats, err);
     if (st != LH_OK) {
         free(tape);
         return st;

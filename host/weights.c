@@ -15,8 +15,10 @@ void lh_wstore_free(lh_wstore *ws) {
     for (size_t i = 0; i < ws->n; i++) ws->be->ops->free(ws->be, ws->ptrs[i]);
     free(ws->ptrs);
     free(ws->floats);
+    free(ws->types);
     ws->ptrs = NULL;
     ws->floats = NULL;
+    ws->types = NULL;
     ws->n = ws->cap = 0;
 }
 
@@ -27,19 +29,51 @@ static lh_status track(lh_wstore *ws, void *p, size_t n_floats, lh_error *err) {
         if (q) ws->ptrs = q;
         size_t *f = q ? realloc(ws->floats, cap * sizeof *f) : NULL;
         if (f) ws->floats = f;
-        if (!q || !f) {
+        lh_dtype *t = f ? realloc(ws->types, cap * sizeof *t) : NULL;
+        if (t) ws->types = t;
+        if (!q || !f || !t) {
             ws->be->ops->free(ws->be, p);
             return lh_error_set(err, LH_ERR_NOMEM, "out of memory tracking weights");
         }
         ws->cap = cap;
     }
     ws->floats[ws->n] = n_floats;
+    ws->types[ws->n] = LH_DTYPE_F32;
     ws->ptrs[ws->n++] = p;
+    return LH_OK;
+}
+
+lh_status lh_wstore_narrow(lh_wstore *ws, float **w, size_t n, lh_dtype dtype, lh_error *err) {
+    size_t i = 0;
+    while (i < ws->n && ws->ptrs[i] != *w) i++;
+    if (i == ws->n || ws->types[i] != LH_DTYPE_F32 || ws->floats[i] != n ||
+        (dtype != LH_DTYPE_F16 && dtype != LH_DTYPE_BF16) || n > (size_t)INT64_MAX / 4)
+        return lh_error_set(err, LH_ERR_INTERNAL, "weights: cannot hold a buffer of %zu values "
+                            "in %s", n, lh_dtype_name(dtype));
+    lh_backend *be = ws->be;
+    if (!be->ops->cast)
+        return lh_error_set(err, LH_ERR_UNSUPPORTED, "weights: the %s backend cannot hold "
+                            "weights in %s", be->ops->name, lh_dtype_name(dtype));
+    void *h = be->ops->alloc(be, n ? n * 2 : 2);
+    if (!h) return lh_error_set(err, LH_ERR_NOMEM, "weights: out of backend memory (%zu values "
+                                "in %s)", n, lh_dtype_name(dtype));
+    lh_status st = be->ops->cast(be, h, dtype, *w, LH_DTYPE_F32, (int64_t)n);
+    if (st != LH_OK) {
+        be->ops->free(be, h);
+        return lh_error_set(err, st, "weights: casting %zu values to %s failed", n,
+                            lh_dtype_name(dtype));
+    }
+    be->ops->free(be, *w);
+    ws->ptrs[i] = h;
+    ws->types[i] = dtype;
+    ws->bytes -= n * 2;
+    *w = h;
     return LH_OK;
 }
 
 lh_status lh_wstore_round(lh_wstore *ws, lh_dtype dtype, lh_error *err) {
     for (size_t i = 0; i < ws->n; i++) {
+        if (ws->types[i] != LH_DTYPE_F32) continue; /* a half type holds its rounding */
         lh_status st = ws->be->ops->round(ws->be, ws->ptrs[i], (int64_t)ws->floats[i], dtype);
         if (st != LH_OK)
             return lh_error_set(err, st, "rounding the weights to %s failed", lh_dtype_name(dtype));

@@ -14,7 +14,8 @@
 typedef struct lh_wstore {
     lh_backend *be;
     void **ptrs;
-    size_t *floats; /* each one's length */
+    size_t *floats;  /* each one's length in values */
+    lh_dtype *types; /* each one's storage: F32, or F16/BF16 after lh_wstore_narrow */
     size_t n, cap;
     size_t bytes; /* uploaded so far */
 } lh_wstore;
@@ -60,8 +61,15 @@ lh_status lh_wstore_load_src(float **out, lh_wstore *ws, const lh_wsource *src, 
 /* Backend scratch memory owned by the store (zeroed); *out NULL on failure. */
 lh_status lh_wstore_alloc(float **out, lh_wstore *ws, size_t n_floats, lh_error *err);
 
-/* Every buffer of the store rounded in place to dtype (F16, BF16; the
- * backend's round op), as a model run in that precision holds it. */
+/* Every float32 buffer of the store rounded in place to dtype (F16, BF16;
+ * the backend's round op), as a model run in that precision holds it. */
 lh_status lh_wstore_round(lh_wstore *ws, lh_dtype dtype, lh_error *err);
+
+/* Hold the store's float32 buffer *w of n values in `dtype` (F16, BF16)
+ * instead: a new backend buffer of n halves gets the backend's cast of it
+ * (exact where *w is already rounded to dtype), the float32 buffer is freed
+ * and *w points at the new one (whose values are then 2-byte halves, not
+ * floats). Nothing changes on failure. */
+lh_status lh_wstore_narrow(lh_wstore *ws, float **w, size_t n, lh_dtype dtype, lh_error *err);
 
 #endif

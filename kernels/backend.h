@@ -206,6 +206,13 @@ typedef struct lh_backend_ops {
     lh_status (*set_precision)(lh_backend *be, lh_dtype act);
     /* x [n] rounded in place to dtype (F16, BF16; F32 leaves it). */
     lh_status (*round)(lh_backend *be, float *x, int64_t n, lh_dtype dtype);
+    /* n values of src_dtype at src into dst_dtype at dst (both backend
+     * memory, not overlapping): F32 -> F16/BF16 rounds to nearest even as
+     * `round` does (exact for values already rounded to that type), F16/BF16
+     * -> F32 widens exactly, a type to itself copies. Base weights held in a
+     * half type are widened so before the op that reads them. */
+    lh_status (*cast)(lh_backend *be, void *dst, lh_dtype dst_dtype, const void *src,
+                      lh_dtype src_dtype, int64_t n);
     /* *count (host memory) = how many of x [n] are NaN or +-Inf. */
     lh_status (*count_nonfinite)(lh_backend *be, int64_t *count, const float *x, int64_t n);
     /* The same count into backend memory (one int64), without waiting for
@@ -286,7 +293,7 @@ struct lh_backend {
  * module whose value differs (a stale build read through a changed table
  * would call the wrong ops). Bump the version when an op's signature or
  * the order of the table changes. */
-#define LH_BACKEND_ABI_VERSION 3u
+#define LH_BACKEND_ABI_VERSION 4u
 static inline uint32_t lh_backend_abi(void) {
     return LH_BACKEND_ABI_VERSION << 16 | (uint32_t)sizeof(lh_backend_ops);
 }

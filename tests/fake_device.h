@@ -488,6 +488,16 @@ static lh_status fake_round(lh_backend *be, float *x, int64_t n, lh_dtype dtype)
     fake_round_a A_ = {x, n, dtype};
     return fake__op(be, fake_round_run, &A_, sizeof A_);
 }
+typedef struct { void *dst; lh_dtype dt; const void *src; lh_dtype st; int64_t n; } fake_cast_a;
+static lh_status fake_cast_run(lh_backend *be, const void *p) {
+    const fake_cast_a *A_ = p;
+    return CPU->ops->cast(CPU, FAKE_R(A_->dst), A_->dt, FAKE_R(A_->src), A_->st, A_->n);
+}
+static lh_status fake_cast(lh_backend *be, void *dst, lh_dtype dst_dtype, const void *src,
+                           lh_dtype src_dtype, int64_t n) {
+    fake_cast_a A_ = {dst, dst_dtype, src, src_dtype, n};
+    return fake__op(be, fake_cast_run, &A_, sizeof A_);
+}
 static lh_status fake_count_nonfinite(lh_backend *be, int64_t *count, /* host memory */
                                       const float *x, int64_t n) {
     fake__dev(be)->waits++;
@@ -635,6 +645,7 @@ static const lh_backend_ops fake_device_ops = {
     .split_channels = fake_split_channels,
     .set_precision = fake_set_precision,
     .round = fake_round,
+    .cast = fake_cast,
     .count_nonfinite = fake_count_nonfinite,
     .count_nonfinite_into = fake_count_nonfinite_into,
     .scale = fake_scale,

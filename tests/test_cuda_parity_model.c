@@ -17,6 +17,7 @@
 #include "clip.h"
 #include "unet.h"
 #include "vae.h"
+#include "layers.h"
 
 static lh_model *g_mc, *g_mg;
 static lh_registry *g_reg;
@@ -221,8 +222,8 @@ START_TEST(test_txt2img) {
 }
 END_TEST
 
-/* One 64x64 ddim txt2img on each model; the latents compared at 1e-4. */
-static void txt2img_both(const char *what, int steps, uint64_t seed) {
+/* One 64x64 ddim txt2img on each model; the latents compared at tol. */
+static void txt2img_tol(const char *what, int steps, uint64_t seed, double tol) {
     lh_gen_params p;
     lh_gen_params_init(&p);
     p.prompt = "a red cube on a table";
@@ -235,9 +236,27 @@ static void txt2img_both(const char *what, int steps, uint64_t seed) {
     ck_assert_msg(lh_pipeline_txt2img(g_mc, g_reg, &p, &rc, &err) == LH_OK, "%s", err.msg);
     ck_assert_msg(lh_pipeline_txt2img(g_mg, g_reg, &p, &rg, &err) == LH_OK, "%s", err.msg);
     expect_close(what, rg.latents, rc.latents, rc.batch * rc.channels * rc.latent_h * rc.latent_w,
-                 1e-4);
+                 tol);
     lh_gen_result_free(&rc);
     lh_gen_result_free(&rg);
+}
+
+static void txt2img_both(const char *what, int steps, uint64_t seed) {
+    txt2img_tol(what, steps, seed, 1e-4);
+}
+
+/* The raw bytes (in its storage type) of U-Net layer `name` on the device model. */
+static void *layer_bytes(const char *name, size_t *bytes) {
+    const lh_layers *t = g_mg->unet->adapt;
+    ck_assert_ptr_nonnull(t);
+    int64_t i = lh_layers_find(t, LH_LAYER_UNET, name);
+    ck_assert_msg(i >= 0, "no layer %s", name);
+    const lh_layer *l = &t->v[i];
+    *bytes = lh_layer_numel(l) * (l->wdt == LH_DTYPE_F32 ? 4 : 2);
+    void *h = malloc(*bytes);
+    ck_assert_ptr_nonnull(h);
+    ck_assert_int_eq(g_gpu->ops->download(g_gpu, h, l->w, *bytes), LH_OK);
+    return h;
 }
 
 /* A LoRA (kohya file of the test fixtures) at scale 0.8, in runtime and
@@ -279,8 +298,43 @@ START_TEST(test_txt2img_lora) {
             PARITY_EXPECT(g_mg->unet->graph.graph == graph,
                           "the U-Net graph was recorded again (LoRA %s)", on_ ? "on" : "off");
     }
+    /* fp16 with the LoRA on at run time: the U-Net's weights go to half
+     * storage under it (the layer table follows them), then the LoRA merged
+     * into the half weights and taken out again, restoring their bits */
+    lh_adapter_weights w;
+    lh_adapter_weights_init(&w, 0.8);
+    ck_assert_msg(lh_adapter_set_ex(g_mc, &ac, &w, 1, LH_ADAPTER_RUNTIME, &err) == LH_OK, "%s",
+                  err.msg);
+    ck_assert_msg(lh_adapter_set_ex(g_mg, &ag, &w, 1, LH_ADAPTER_RUNTIME, &err) == LH_OK, "%s",
+                  err.msg);
+    ck_assert_msg(lh_unet_set_precision(g_mc->unet, LH_DTYPE_F16, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_unet_set_precision(g_mg->unet, LH_DTYPE_F16, &err) == LH_OK, "%s", err.msg);
+    const lh_layers *t = g_mg->unet->adapt;
+    int64_t ci = lh_layers_find(t, LH_LAYER_UNET, "conv_in");
+    ck_assert(ci >= 0);
+    ck_assert_int_eq(g_mg->unet->weight_storage, LH_DTYPE_F16);
+    ck_assert_msg(t->v[ci].w == g_mg->unet->conv_in_w && t->v[ci].wdt == LH_DTYPE_F16,
+                  "the layer table does not follow the U-Net's half storage");
+    const char *probe = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q";
+    size_t nb0, nb1;
+    void *before = layer_bytes(probe, &nb0);
+    txt2img_tol("txt2img latents fp16, half weights, LoRA runtime", 4, 9, TOL_HALF);
+    ck_assert_msg(lh_adapter_set_ex(g_mc, &ac, &w, 1, LH_ADAPTER_MERGED, &err) == LH_OK, "%s",
+                  err.msg);
+    ck_assert_msg(lh_adapter_set_ex(g_mg, &ag, &w, 1, LH_ADAPTER_MERGED, &err) == LH_OK, "%s",
+                  err.msg);
+    void *merged = layer_bytes(probe, &nb1);
+    ck_assert_msg(nb0 == nb1 && memcmp(before, merged, nb0), "the merge left %s unchanged",
+                  probe);
+    txt2img_tol("txt2img latents fp16, half weights, LoRA merged", 4, 9, TOL_HALF);
     ck_assert_msg(lh_adapter_set(g_mc, NULL, NULL, 0, &err) == LH_OK, "%s", err.msg);
     ck_assert_msg(lh_adapter_set(g_mg, NULL, NULL, 0, &err) == LH_OK, "%s", err.msg);
+    void *after = layer_bytes(probe, &nb1);
+    PARITY_EXPECT(nb0 == nb1 && !memcmp(before, after, nb0),
+                  "taking the merged LoRA out did not restore %s's half weights", probe);
+    free(before);
+    free(merged);
+    free(after);
     lh_adapter_unload(ac);
     lh_adapter_unload(ag);
     close_models();

@@ -813,6 +813,68 @@ END_TEST
 
 /* ---- Mixed precision: outputs rounded to F16 / BF16 as the cpu's ---- */
 
+/* cast (half weight storage, the training stash): float32 to F16/BF16 and
+ * back, bit for bit the cpu's, with values past F16's range, subnormal
+ * halves, ties and NaN among them. */
+START_TEST(test_cast) {
+    static const lh_dtype types[] = {LH_DTYPE_F16, LH_DTYPE_BF16};
+    const lh_backend_ops *G = g_gpu->ops, *C = g_cpu->ops;
+    const int64_t n = 10007;
+    float *h = rand_host(n, 301, -3, 3);
+    for (int64_t i = 0; i < n; i += 7) h[i] *= 3e4f;   /* F16 overflows past 65504 */
+    for (int64_t i = 3; i < n; i += 11) h[i] *= 1e-6f; /* F16 subnormals, zero */
+    h[1] = 1.0f + 0x1p-11f;                             /* an F16 tie: to even */
+    h[2] = 1.0f + 0x1p-8f;                              /* a BF16 tie */
+    h[4] = NAN;
+    pair x = pair_of(h, n), half = pair_of(NULL, n), back = pair_of(NULL, n);
+    uint16_t *hg = malloc((size_t)n * 2), *hc = malloc((size_t)n * 2);
+    float *fg = malloc((size_t)n * 4), *fc = malloc((size_t)n * 4);
+    ck_assert(hg && hc && fg && fc);
+    for (size_t t = 0; t < 2; t++) {
+        const char *tn = lh_dtype_name(types[t]);
+        ck_assert_int_eq(G->cast(g_gpu, half.g, types[t], x.g, LH_DTYPE_F32, n), LH_OK);
+        ck_assert_int_eq(C->cast(g_cpu, half.c, types[t], x.c, LH_DTYPE_F32, n), LH_OK);
+        ck_assert_int_eq(G->download(g_gpu, hg, half.g, (size_t)n * 2), LH_OK);
+        ck_assert_int_eq(C->download(g_cpu, hc, half.c, (size_t)n * 2), LH_OK);
+        int64_t bad = 0;
+        for (int64_t i = 0; i < n; i++) bad += hg[i] != hc[i] && !(i == 4); /* NaN payloads */
+        printf("cast F32 -> %-4s n=%lld: %lld values differ from the cpu\n", tn, (long long)n,
+               (long long)bad);
+        PARITY_EXPECT(bad == 0, "cast F32 -> %s: %lld values differ", tn, (long long)bad);
+        /* back: the device widens the cpu's halves */
+        ck_assert_int_eq(G->upload(g_gpu, half.g, hc, (size_t)n * 2), LH_OK);
+        ck_assert_int_eq(G->cast(g_gpu, back.g, LH_DTYPE_F32, half.g, types[t], n), LH_OK);
+        ck_assert_int_eq(C->cast(g_cpu, back.c, LH_DTYPE_F32, half.c, types[t], n), LH_OK);
+        ck_assert_int_eq(G->download(g_gpu, fg, back.g, (size_t)n * 4), LH_OK);
+        ck_assert_int_eq(C->download(g_cpu, fc, back.c, (size_t)n * 4), LH_OK);
+        bad = 0;
+        for (int64_t i = 0; i < n; i++) bad += memcmp(&fg[i], &fc[i], 4) && i != 4;
+        PARITY_EXPECT(bad == 0 && isnan(fg[4]), "cast %s -> F32: %lld values differ", tn,
+                      (long long)bad);
+        /* the round trip is the round op */
+        ck_assert_int_eq(C->round(g_cpu, x.c, n, types[t]), LH_OK);
+        ck_assert_int_eq(C->download(g_cpu, fg, x.c, (size_t)n * 4), LH_OK);
+        bad = 0;
+        for (int64_t i = 0; i < n; i++) bad += memcmp(&fg[i], &fc[i], 4) && i != 4;
+        PARITY_EXPECT(bad == 0, "cast to %s and back is not round: %lld values", tn,
+                      (long long)bad);
+        ck_assert_int_eq(C->upload(g_cpu, x.c, h, (size_t)n * 4), LH_OK);
+    }
+    /* a type to itself copies; others are refused */
+    ck_assert_int_eq(G->cast(g_gpu, back.g, LH_DTYPE_F32, x.g, LH_DTYPE_F32, n), LH_OK);
+    expect_close_dev("cast F32 -> F32", back.g, x.c, n, 0.0);
+    ck_assert_int_eq(G->cast(g_gpu, back.g, LH_DTYPE_F16, x.g, LH_DTYPE_BF16, n),
+                     LH_ERR_UNSUPPORTED);
+    ck_assert_int_eq(G->cast(g_gpu, back.g, LH_DTYPE_I32, x.g, LH_DTYPE_F32, n),
+                     LH_ERR_UNSUPPORTED);
+    ck_assert_int_eq(G->cast(g_gpu, back.g, LH_DTYPE_F32, x.g, LH_DTYPE_F32, -1), LH_ERR_INVALID);
+    pair_free(&x);
+    pair_free(&half);
+    pair_free(&back);
+    free(h), free(hg), free(hc), free(fg), free(fc);
+}
+END_TEST
+
 START_TEST(test_half_outputs) {
     static const lh_dtype types[] = {LH_DTYPE_F16, LH_DTYPE_BF16};
     for (size_t t = 0; t < 2; t++) {
@@ -896,6 +958,7 @@ int main(void) {
     tcase_add_test(tc, test_attention_clip);
     tcase_add_test(tc, test_attention_vae);
     tcase_add_test(tc, test_attention_sd15);
+    tcase_add_test(tc, test_cast);
     tcase_add_test(tc, test_half_outputs);
     tcase_add_test(tc, test_train_ops);
     suite_add_tcase(s, tc);

@@ -257,6 +257,116 @@ START_TEST(test_sd1_half) {
 }
 END_TEST
 
+/* One forward at m's precision and one training step (mse against a fixed
+ * target, dL/d(context) out) at `train` on the inputs of reference case
+ * sd1; host copies of the output, loss and dL/d(context). */
+typedef struct half_run {
+    float *out, *dctx, loss;
+    size_t no, nc;
+} half_run;
+
+static half_run run_fwd_bwd(lh_backend *be, lh_unet *m, const lh_st_file *ref, lh_dtype train,
+                            int f32_saved) {
+    lh_error err = {0};
+    int64_t xs[LH_MAX_DIMS], cs[LH_MAX_DIMS];
+    size_t nx, nt;
+    half_run h;
+    float *x = ref_tensor(ref, "sd1.x", xs, NULL, &nx);
+    float *t = ref_tensor(ref, "sd1.t", NULL, NULL, &nt);
+    float *ctx = ref_tensor(ref, "sd1.ctx", cs, NULL, &h.nc);
+    float *want = ref_tensor(ref, "sd1.out", NULL, NULL, &h.no);
+    float *dx = to_backend(be, x, nx), *dc = to_backend(be, ctx, h.nc);
+    float *dtarget = to_backend(be, want, h.no);
+    float *dout = be->ops->alloc(be, h.no * sizeof(float));
+    float *ddc = be->ops->alloc(be, h.nc * sizeof(float));
+    ck_assert(dout && ddc);
+    ck_assert_msg(lh_unet_forward(m, dout, dx, t, dc, xs[0], xs[2], xs[3], cs[1], &err) == LH_OK,
+                  "%s", err.msg);
+    h.out = malloc(h.no * sizeof(float));
+    h.dctx = malloc(h.nc * sizeof(float));
+    ck_assert(h.out && h.dctx);
+    ck_assert_int_eq(be->ops->download(be, h.out, dout, h.no * sizeof(float)), LH_OK);
+    lh_unet_train_opts o = {.precision = train, .f32_saved = f32_saved};
+    lh_unet_mse mse = {be, dtarget};
+    ck_assert_msg(lh_unet_train_step(m, &o, lh_unet_mse_loss, &mse, &h.loss, ddc, dx, t, dc,
+                                     xs[0], xs[2], xs[3], cs[1], NULL, &err) == LH_OK,
+                  "%s", err.msg);
+    ck_assert_int_eq(be->ops->download(be, h.dctx, ddc, h.nc * sizeof(float)), LH_OK);
+    be->ops->free(be, dx);
+    be->ops->free(be, dc);
+    be->ops->free(be, dtarget);
+    be->ops->free(be, dout);
+    be->ops->free(be, ddc);
+    free(x);
+    free(t);
+    free(ctx);
+    free(want);
+    return h;
+}
+
+/* Half storage (lh_unet_set_precision F16/BF16): the linear and conv
+ * weights are held in the half type, half the memory, and widened op by
+ * op, and a training step keeps its saved activations in it (the stash);
+ * the forward, a training step at the same precision and both at F32 give
+ * the same bits as float32 storage of the same rounded weights and float32
+ * saved activations. */
+START_TEST(test_half_storage) {
+    const lh_dtype half[] = {LH_DTYPE_F16, LH_DTYPE_BF16};
+    lh_error err = {0};
+    lh_st_file *ref = NULL;
+    path_buf rp = pathf("%s/tests/fixtures/models/unet_reference.safetensors", source_dir());
+    ck_assert_msg(lh_st_open(&ref, rp.s, &err) == LH_OK, "%s", err.msg);
+    lh_backend *be = cpu_backend();
+    for (int k = 0; k < 2; k++) {
+        lh_unet *kept = NULL, *m = NULL;
+        ck_assert_msg(lh_unet_load(&kept, be, model_dir("sd1_tiny").s, &err) == LH_OK, "%s",
+                      err.msg);
+        ck_assert_msg(lh_unet_load(&m, be, model_dir("sd1_tiny").s, &err) == LH_OK, "%s",
+                      err.msg);
+        size_t f32_bytes = m->ws.bytes;
+        ck_assert_int_eq(lh_unet_keep_f32_weights(kept, 1, &err), LH_OK);
+        ck_assert_msg(lh_unet_set_precision(kept, half[k], &err) == LH_OK, "%s", err.msg);
+        ck_assert_msg(lh_unet_set_precision(m, half[k], &err) == LH_OK, "%s", err.msg);
+        ck_assert_int_eq(kept->weight_storage, LH_DTYPE_F32);
+        ck_assert_int_eq(m->weight_storage, half[k]);
+        ck_assert_uint_eq(kept->ws.bytes, f32_bytes);
+        /* biases and norms stay float32: a little over half */
+        ck_assert_msg(m->ws.bytes < f32_bytes * 52 / 100 && m->ws.bytes > f32_bytes / 2,
+                      "%s storage: %zu bytes of %zu", lh_dtype_name(half[k]), m->ws.bytes,
+                      f32_bytes);
+        for (int pass = 0; pass < 2; pass++) { /* half activations, then float32 */
+            lh_dtype act = pass ? LH_DTYPE_F32 : half[k];
+            if (pass) {
+                ck_assert_int_eq(lh_unet_set_precision(kept, LH_DTYPE_F32, &err), LH_OK);
+                ck_assert_int_eq(lh_unet_set_precision(m, LH_DTYPE_F32, &err), LH_OK);
+            }
+            half_run a = run_fwd_bwd(be, kept, ref, act, 1), b = run_fwd_bwd(be, m, ref, act, 0);
+            ck_assert_msg(!memcmp(a.out, b.out, a.no * sizeof(float)),
+                          "%s storage, %s activations: the forward differs",
+                          lh_dtype_name(half[k]), lh_dtype_name(act));
+            ck_assert_msg(!memcmp(a.dctx, b.dctx, a.nc * sizeof(float)) && a.loss == b.loss,
+                          "%s storage, %s activations: the training step differs",
+                          lh_dtype_name(half[k]), lh_dtype_name(act));
+            if (!pass) { /* the stash: the step's arena is smaller */
+                printf("unet training arena, %s: %zu floats, stash %zu\n",
+                       lh_dtype_name(act), kept->train_ws_floats, m->train_ws_floats);
+                ck_assert_uint_lt(m->train_ws_floats, kept->train_ws_floats * 85 / 100);
+            }
+            free(a.out), free(a.dctx), free(b.out), free(b.dctx);
+        }
+        /* held in half: no going back, and no full training */
+        ck_assert_int_eq(lh_unet_keep_f32_weights(m, 1, &err), LH_ERR_INVALID);
+        lh_unet_grads *g = NULL;
+        ck_assert_int_eq(lh_unet_grads_create(&g, m, &err), LH_ERR_UNSUPPORTED);
+        ck_assert_msg(strstr(err.msg, "float32 storage"), "%s", err.msg);
+        lh_unet_free(kept);
+        lh_unet_free(m);
+    }
+    lh_backend_destroy(be);
+    lh_st_close(ref);
+}
+END_TEST
+
 START_TEST(test_sd2_forward) { ck_assert_double_lt(run_case(model_dir("sd2_tiny").s, "sd2"), TOL); }
 END_TEST
 
@@ -492,6 +602,7 @@ static Suite *unet_suite(void) {
     tcase_add_test(tc, test_sd1_forward);
     tcase_add_test(tc, test_sd1_odd_size);
     tcase_add_test(tc, test_sd1_half);
+    tcase_add_test(tc, test_half_storage);
     tcase_add_test(tc, test_sd2_forward);
     tcase_add_test(tc, test_sd2_odd_size);
     tcase_add_test(tc, test_sd1_time_options);

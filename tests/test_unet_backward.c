@@ -281,12 +281,13 @@ START_TEST(test_lora_grads_match_autograd) {
     }
     free(nul);
 
-    size_t ws0 = lh_unet_backward_workspace(f.m->unet, f.b, f.h, f.w, f.n_ctx, 0);
-    size_t ws1 = lh_unet_backward_workspace(f.m->unet, f.b, f.h, f.w, f.n_ctx, 1);
+    size_t ws0 = lh_unet_backward_workspace(f.m->unet, f.b, f.h, f.w, f.n_ctx, 0, LH_DTYPE_F32);
+    size_t ws1 = lh_unet_backward_workspace(f.m->unet, f.b, f.h, f.w, f.n_ctx, 1, LH_DTYPE_F32);
+    size_t wsh = lh_unet_backward_workspace(f.m->unet, f.b, f.h, f.w, f.n_ctx, 0, LH_DTYPE_F16);
     size_t wsf = lh_unet_forward_workspace(f.m->unet, f.b, f.h, f.w, f.n_ctx);
-    fprintf(stderr, "workspace bytes: inference %zu, backward %zu, with checkpointing %zu\n", wsf,
-            ws0, ws1);
-    ck_assert(wsf > 0 && ws1 > 0 && ws1 < ws0);
+    fprintf(stderr, "workspace bytes: inference %zu, backward %zu, with checkpointing %zu, "
+            "F16 with the stash %zu\n", wsf, ws0, ws1, wsh);
+    ck_assert(wsf > 0 && ws1 > 0 && ws1 < ws0 && wsh > 0 && wsh < ws0);
 
     for (size_t i = 0; i < n_saved; i++) {
         free(saved[i]);
@@ -629,7 +630,7 @@ START_TEST(test_bad_arguments) {
                                f.n_ctx, 0, &err) == LH_ERR_INVALID);
     ck_assert(lh_unet_backward(u, NULL, NULL, f.dev_dout, f.dev_x, f.t, f.dev_ctx, f.b, 7, f.w,
                                f.n_ctx, 0, &err) == LH_ERR_UNSUPPORTED);
-    ck_assert(lh_unet_backward_workspace(u, 0, f.h, f.w, f.n_ctx, 1) == 0);
+    ck_assert(lh_unet_backward_workspace(u, 0, f.h, f.w, f.n_ctx, 1, LH_DTYPE_F32) == 0);
     fixture_close(&f);
 }
 END_TEST

@@ -526,13 +526,16 @@ static lh_status adapter_params(trainer *t, lh_error *err) {
     return st == LH_OK ? alloc_moments(t, err) : st;
 }
 
-static void count_param(void *ctx, const char *key, const float *w, size_t numel) {
-    (void)key, (void)w, (void)numel;
+static void count_param(void *ctx, const lh_unet_param *pm) {
+    (void)pm;
     ((trainer *)ctx)->np++;
 }
 
-static void take_param(void *ctx, const char *key, const float *w, size_t numel) {
+static void take_param(void *ctx, const lh_unet_param *pm) {
     trainer *t = ctx;
+    const char *key = pm->key;
+    const float *w = *pm->w;
+    size_t numel = pm->numel;
     param *q = &t->p[t->np++];
     q->key = lh_unet_grads_key(t->ugrads, t->np - 1); /* key is only valid during the call */
     q->data = (float *)w; /* the U-Net's own weights: AdamW updates them in place */

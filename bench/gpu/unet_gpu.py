@@ -8,7 +8,8 @@ Builds (once, under --cache) a U-Net and a VAE with random weights and SD
 U-Net: times diffusers' UNet2DConditionModel forward (batch 2, 64x64
 latents, 77 tokens: one CFG step) in fp16 with SDPA and lorahost's
 bench_unet on the cuda backend with fp16 and with fp32 activations and
-each attention kernel. VAE: times diffusers' AutoencoderKL decode of one
+each attention kernel, without the CUDA graph and with float32 weight
+storage (fp16 weights are held in fp16 by default). VAE: times diffusers' AutoencoderKL decode of one
 64x64 latent to 512x512 in fp16 and fp32 and lorahost's bench_vae (float32
 activations). Each in its own process; prints a table each with the ratio
 and the peak device memory. Needs diffusers importable (the GPU image has
@@ -183,6 +184,11 @@ def main():
         ours["fp16, attention auto, no graph"] = run_json(
             [os.path.join(args.build, "bench", "bench_unet"), d] + shape + ["0", args.device, "fp16"],
             dict(env, LORAHOST_CUDA_ATTENTION="auto", LORAHOST_CUDA_GRAPHS="0"), fatal=False)
+        # what holding the weights in fp16 (widened op by op) costs against float32 storage
+        ours["fp16, attention auto, f32 weight storage"] = run_json(
+            [os.path.join(args.build, "bench", "bench_unet"), d] + shape +
+            ["0", args.device, "fp16", "f32"], dict(env, LORAHOST_CUDA_ATTENTION="auto"),
+            fatal=False)
     ref = run_json([sys.executable, __file__, "--torch-worker", "--dir", d, "--batch",
                     str(args.batch), "--size", str(args.size), "--ctx", str(args.ctx),
                     "--iters", str(args.iters), "--device", args.device])

@@ -131,6 +131,7 @@ static const lh_backend_ops cpu_ops = {
     .split_channels = lh__cpu_split_channels,
     .set_precision = lh__cpu_set_precision,
     .round = lh__cpu_round,
+    .cast = lh__cpu_cast,
     .count_nonfinite = lh__cpu_count_nonfinite,
     .count_nonfinite_into = lh__cpu_count_nonfinite, /* backend memory is host memory */
     .scale = lh__cpu_scale,

@@ -164,6 +164,8 @@ lh_status lh__cpu_split_channels(lh_backend *be, float *a, float *b, const float
  * at the lh__cpu_r_ fronts; tests call the bare ops. */
 lh_status lh__cpu_set_precision(lh_backend *be, lh_dtype act);
 lh_status lh__cpu_round(lh_backend *be, float *x, int64_t n, lh_dtype dtype);
+lh_status lh__cpu_cast(lh_backend *be, void *dst, lh_dtype dst_dtype, const void *src,
+                       lh_dtype src_dtype, int64_t n);
 lh_status lh__cpu_count_nonfinite(lh_backend *be, int64_t *count, const float *x, int64_t n);
 
 /* ---- Training updates (train_ops.c) ---- */

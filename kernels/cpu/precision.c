@@ -70,6 +70,37 @@ lh_status lh__cpu_round(lh_backend *be, float *x, int64_t n, lh_dtype dtype) {
     return LH_OK;
 }
 
+static int half_type(lh_dtype t) { return t == LH_DTYPE_F16 || t == LH_DTYPE_BF16; }
+
+lh_status lh__cpu_cast(lh_backend *be, void *dst, lh_dtype dst_dtype, const void *src,
+                       lh_dtype src_dtype, int64_t n) {
+    if (n < 0) return LH_ERR_INVALID;
+    if (n == 0) return LH_OK;
+    if (!dst || !src) return LH_ERR_INVALID;
+    int nt = lh__cpu_threads(be);
+    if (dst_dtype == src_dtype && (dst_dtype == LH_DTYPE_F32 || half_type(dst_dtype))) {
+        memmove(dst, src, (size_t)n * (dst_dtype == LH_DTYPE_F32 ? 4 : 2));
+        return LH_OK;
+    }
+    if (dst_dtype == LH_DTYPE_F32 && half_type(src_dtype)) {
+        const uint16_t *h = src;
+        float *f = dst;
+        int bf = src_dtype == LH_DTYPE_BF16;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n > LH_CPU_PAR_MIN)
+        for (int64_t i = 0; i < n; i++) f[i] = bf ? lh_bf16_to_f32(h[i]) : lh_f16_to_f32(h[i]);
+        return LH_OK;
+    }
+    if (src_dtype == LH_DTYPE_F32 && half_type(dst_dtype)) {
+        const float *f = src;
+        uint16_t *h = dst;
+        int bf = dst_dtype == LH_DTYPE_BF16;
+#pragma omp parallel for num_threads(nt) schedule(static) if (n > LH_CPU_PAR_MIN)
+        for (int64_t i = 0; i < n; i++) h[i] = bf ? lh_f32_to_bf16(f[i]) : lh_f32_to_f16(f[i]);
+        return LH_OK;
+    }
+    return LH_ERR_UNSUPPORTED;
+}
+
 lh_status lh__cpu_count_nonfinite(lh_backend *be, int64_t *count, const float *x, int64_t n) {
     if (!count || n < 0 || (n > 0 && !x)) return LH_ERR_INVALID;
     int nt = lh__cpu_threads(be);

@@ -264,16 +264,17 @@ static lh_status cuda_memset0(lh_backend *be, void *dst, size_t bytes) {
     return lh__cuda_check(be, cudaMemsetAsync(dst, 0, bytes, lh__cuda(be)->stream), "memset0");
 }
 
-__global__ void widen_f16(float *dst, const __half *src, int64_t n) {
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x)
-        dst[i] = __half2float(src[i]);
-}
+/* One value from S to D: halves widen exactly; float32 narrows to nearest
+ * even (F16 overflows to +-Inf as a half store does). */
+static __device__ float convert(float *, __half x) { return __half2float(x); }
+static __device__ float convert(float *, __nv_bfloat16 x) { return __bfloat162float(x); }
+static __device__ __half convert(__half *, float x) { return __float2half_rn(x); }
+static __device__ __nv_bfloat16 convert(__nv_bfloat16 *, float x) { return __float2bfloat16_rn(x); }
 
-__global__ void widen_bf16(float *dst, const __nv_bfloat16 *src, int64_t n) {
+template <typename D, typename S> __global__ void convert_kernel(D *dst, const S *src, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
-        dst[i] = __bfloat162float(src[i]);
+        dst[i] = convert((D *)nullptr, src[i]);
 }
 
 static lh_status cuda_upload_weights(lh_backend *be, float *dst, const void *src,
@@ -289,10 +290,10 @@ static lh_status cuda_upload_weights(lh_backend *be, float *dst, const void *src
     if (st == LH_OK) st = cuda_upload(be, half, src, n * 2);
     if (st != LH_OK) return st;
     if (src_dtype == LH_DTYPE_F16)
-        widen_f16<<<lh__cuda_grid((int64_t)n, 256), 256, 0, cu->stream>>>(
+        convert_kernel<<<lh__cuda_grid((int64_t)n, 256), 256, 0, cu->stream>>>(
             dst, (const __half *)half, (int64_t)n);
     else
-        widen_bf16<<<lh__cuda_grid((int64_t)n, 256), 256, 0, cu->stream>>>(
+        convert_kernel<<<lh__cuda_grid((int64_t)n, 256), 256, 0, cu->stream>>>(
             dst, (const __nv_bfloat16 *)half, (int64_t)n);
     return lh__cuda_launched(be, "upload_weights");
 }
@@ -328,6 +329,32 @@ extern "C" lh_status lh__cuda_round(lh_backend *be, float *x, int64_t n, lh_dtyp
     else if (dtype == LH_DTYPE_BF16) round_bf16<<<lh__cuda_grid(n, 256), 256, 0, s>>>(x, n);
     else return LH_ERR_UNSUPPORTED;
     return lh__cuda_launched(be, "round");
+}
+
+static int half_type(lh_dtype t) { return t == LH_DTYPE_F16 || t == LH_DTYPE_BF16; }
+
+static lh_status cuda_cast(lh_backend *be, void *dst, lh_dtype dst_dtype, const void *src,
+                           lh_dtype src_dtype, int64_t n) {
+    if (n < 0) return LH_ERR_INVALID;
+    if (!n) return LH_OK;
+    if (!dst || !src) return LH_ERR_INVALID;
+    cudaStream_t s = lh__cuda(be)->stream;
+    unsigned grid = lh__cuda_grid(n, 256);
+    if (dst_dtype == src_dtype && (dst_dtype == LH_DTYPE_F32 || half_type(dst_dtype)))
+        return lh__cuda_check(be, cudaMemcpyAsync(dst, src, (size_t)n * (dst_dtype == LH_DTYPE_F32
+                                                                         ? 4 : 2),
+                                                  cudaMemcpyDeviceToDevice, s), "cast");
+    if (dst_dtype == LH_DTYPE_F32 && src_dtype == LH_DTYPE_F16)
+        convert_kernel<<<grid, 256, 0, s>>>((float *)dst, (const __half *)src, n);
+    else if (dst_dtype == LH_DTYPE_F32 && src_dtype == LH_DTYPE_BF16)
+        convert_kernel<<<grid, 256, 0, s>>>((float *)dst, (const __nv_bfloat16 *)src, n);
+    else if (src_dtype == LH_DTYPE_F32 && dst_dtype == LH_DTYPE_F16)
+        convert_kernel<<<grid, 256, 0, s>>>((__half *)dst, (const float *)src, n);
+    else if (src_dtype == LH_DTYPE_F32 && dst_dtype == LH_DTYPE_BF16)
+        convert_kernel<<<grid, 256, 0, s>>>((__nv_bfloat16 *)dst, (const float *)src, n);
+    else
+        return LH_ERR_UNSUPPORTED;
+    return lh__cuda_launched(be, "cast");
 }
 
 static lh_status cuda_set_precision(lh_backend *be, lh_dtype act) {
@@ -557,6 +584,7 @@ static const lh_backend_ops cuda_ops = {
     /* .split_channels = */ lh__cuda_split_channels,
     /* .set_precision = */ cuda_set_precision,
     /* .round = */ lh__cuda_round,
+    /* .cast = */ cuda_cast,
     /* .count_nonfinite = */ lh__cuda_count_nonfinite,
     /* .count_nonfinite_into = */ lh__cuda_count_nonfinite_into,
     /* .scale = */ lh__cuda_scale,
