@@ -132,23 +132,27 @@ typedef struct run {
     size_t taken, toff; /* floats of saved activations (sizing / carving) */
     float *tbase;
     /* The stash (training in F16/BF16 without checkpointing): unit u's
-     * saved activations are written to window win[u & 1]; once unit u + 2
-     * opens (its first take) they are packed into `stash` in the half type,
-     * exactly, as they are rounded to it, and the backward unpacks each
-     * unit back into its window before it is needed. Half the memory of
-     * keeping them as float32, for one pass over them each way. What is
-     * not rounded to the half type (the time embedding every resnet reads,
-     * attention's logsumexp) stays float32 (take_keep). */
-    lh_dtype stash;             /* the half type, or F32: off */
-    size_t unit_need[MAX_UNITS + 1]; /* floats each unit takes (sizing pass) */
-    size_t stash_off[MAX_UNITS + 1]; /* each unit's place in the stash, in halves */
-    size_t win_need[2], stash_halves, kept, koff, woff;
-    float *win[2], *kbase;
+     * saved activations are written to a record window, its output (unit
+     * u + 1's input) to output window u & 1; when unit u + 1 opens (its
+     * first take) u's record is packed into `stash` in the half type,
+     * exactly, as it is rounded to it, and when unit u + 2 opens, u's
+     * output. The backward unpacks each unit's record, and its input, into
+     * the windows before it. Half the memory of keeping them as float32,
+     * for one pass over them each way. What is not rounded to the half
+     * type (the time embedding every resnet reads, attention's logsumexp)
+     * stays float32 (take_keep). */
+    lh_dtype stash; /* the half type, or F32: off */
+    /* per unit, [0] its record, [1] its output: floats (sizing pass), then
+     * the place in the stash, in halves */
+    size_t part_need[MAX_UNITS + 1][2], part_off[MAX_UNITS + 1][2];
+    size_t wrec_need, wout_need[2], stash_halves, kept, koff, roff, ooff;
+    float *wrec, *wout[2], *kbase;
     void *stash_base;
-    int take_unit; /* the unit the last take served, -1 before the first */
-    int packed;    /* units [0, packed) are in the stash (or took nothing) */
-    int checked;   /* units whose output the overflow checks counted */
-    int resident[2]; /* the unit each window holds, -1: none */
+    int take_unit;     /* the unit the last take served, -1 before the first */
+    int packed[2];     /* records / outputs of units [0, packed) are in the stash */
+    int res_rec;       /* the unit whose record the record window holds, -1: none */
+    int res_out[2];    /* the unit whose output each output window holds */
+    int checked;       /* units whose output the overflow checks counted */
     lh_status stash_st; /* a pack that failed (the error is in err) */
     float *dskip[MAX_SKIPS];
     unit *tape;
@@ -185,21 +189,24 @@ static size_t align_up(size_t n) { return (n + ALIGN_FLOATS - 1) / ALIGN_FLOATS 
 static lh_status stash_open(run *r, int u);
 
 /* Training: a buffer of n floats that lives until the backward is done,
- * part of the unit being recorded (the stash's window when it is on). */
-static float *take(run *r, size_t n) {
+ * part of the record (out 0) or the output (out 1) of the unit being
+ * recorded: in the stash's windows when it is on. */
+static float *take_part(run *r, size_t n, int out) {
     if (r->stash != LH_DTYPE_F32) {
         int u = r->n_units;
         if (u > MAX_UNITS) {
             r->overflow = 1;
             return NULL;
         }
+        size_t *need_ = &r->part_need[u][out];
         if (r->dry) {
-            if (lh_add_size(r->unit_need[u], align_up(n), &r->unit_need[u])) r->overflow = 1;
+            if (lh_add_size(*need_, align_up(n), need_)) r->overflow = 1;
             return NULL;
         }
         if (u != r->take_unit && r->stash_st == LH_OK) r->stash_st = stash_open(r, u);
-        float *p = r->win[u & 1] + r->woff;
-        r->woff += align_up(n);
+        size_t *off = out ? &r->ooff : &r->roff;
+        float *p = (out ? r->wout[u & 1] : r->wrec) + *off;
+        *off += align_up(n);
         return p;
     }
     if (r->dry) {
@@ -210,6 +217,8 @@ static float *take(run *r, size_t n) {
     r->toff += align_up(n);
     return p;
 }
+
+static float *take(run *r, size_t n) { return take_part(r, n, 0); }
 
 /* The same for what is not rounded to the activation precision: kept as
  * float32 beside the stash. */
@@ -253,7 +262,7 @@ static float *spare(run *r, const float *busy) {
 /* The next hidden state of n floats: a ping-pong slot in inference, kept
  * storage in training (the next unit's saved input). */
 static float *next(run *r, const float *busy, size_t n) {
-    if (r->train) return take(r, n);
+    if (r->train) return take_part(r, n, 1);
     need(r, SLOT_H0, n);
     need(r, SLOT_H1, n);
     return spare(r, busy);
@@ -745,12 +754,11 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
     r->top = 0;
     r->n_units = 0;
     r->toff = 0;
-    r->koff = 0;
-    r->woff = 0;
+    r->koff = r->roff = r->ooff = 0;
     r->take_unit = -1;
-    r->packed = 0;
+    r->packed[0] = r->packed[1] = 0;
     r->checked = -1;
-    r->resident[0] = r->resident[1] = -1;
+    r->res_rec = r->res_out[0] = r->res_out[1] = -1;
     if (m->weight_storage != LH_DTYPE_F32) need(r, SLOT_WIDE, m->wide_max);
 
     size_t ntp = elems(r, b, c0, 1, 1), nte = elems(r, b, 4, c0, 1);
@@ -796,7 +804,7 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
         g = S(r, SLOT_T1);
     } else {
         g = take(r, n);
-        float *o = take(r, elems(r, b, c->out_channels, h, w));
+        float *o = take_part(r, elems(r, b, c->out_channels, h, w), 1);
         if (!out) out = o;
         need(r, SLOT_GA, n);
         need(r, SLOT_G_CUR0, n);
@@ -870,16 +878,20 @@ static lh_status plan(run *r, lh_unet *m, int64_t b, int64_t h, int64_t w, int64
     if (!r->overflow && lh_add_size(total, r->taken, &total)) r->overflow = 1;
     if (r->stash != LH_DTYPE_F32) { /* the kept float32, the windows, the stash */
         for (int u = 0; u <= r->n_units && !r->overflow; u++) {
-            size_t *wn = &r->win_need[u & 1];
-            if (r->unit_need[u] > *wn) *wn = r->unit_need[u];
-            r->stash_off[u] = r->stash_halves;
-            if (lh_add_size(r->stash_halves, r->unit_need[u], &r->stash_halves))
-                r->overflow = 1;
+            size_t rec = r->part_need[u][0], out = r->part_need[u][1];
+            if (rec > r->wrec_need) r->wrec_need = rec;
+            if (out > r->wout_need[u & 1]) r->wout_need[u & 1] = out;
+            for (int k = 0; k < 2; k++) {
+                r->part_off[u][k] = r->stash_halves;
+                if (lh_add_size(r->stash_halves, r->part_need[u][k], &r->stash_halves))
+                    r->overflow = 1;
+            }
         }
         size_t sf = (r->stash_halves + 1) / 2;
         if (!r->overflow && (lh_add_size(total, r->kept, &total) ||
-                             lh_add_size(total, r->win_need[0], &total) ||
-                             lh_add_size(total, r->win_need[1], &total) ||
+                             lh_add_size(total, r->wrec_need, &total) ||
+                             lh_add_size(total, r->wout_need[0], &total) ||
+                             lh_add_size(total, r->wout_need[1], &total) ||
                              lh_add_size(total, align_up(sf), &total)))
             r->overflow = 1;
     }
@@ -911,9 +923,10 @@ static void carve(run *r, float *arena) {
     r->tbase = p;
     if (r->stash == LH_DTYPE_F32) return;
     r->kbase = p;
-    r->win[0] = r->kbase + r->kept;
-    r->win[1] = r->win[0] + r->win_need[0];
-    r->stash_base = r->win[1] + r->win_need[1];
+    r->wrec = r->kbase + r->kept;
+    r->wout[0] = r->wrec + r->wrec_need;
+    r->wout[1] = r->wout[0] + r->wout_need[0];
+    r->stash_base = r->wout[1] + r->wout_need[1];
 }
 
 /* ---- The stash (see run) ---- */
@@ -941,41 +954,44 @@ static lh_status check_units(run *r, int upto) {
     return LH_OK;
 }
 
-/* Unit j's window into the stash (pack) or back (unpack). */
-static lh_status stash_move(run *r, int j, int pack) {
-    size_t n = r->unit_need[j];
+/* Unit j's record (out 0) or output (out 1) from its window into the stash
+ * (pack) or back (unpack). */
+static lh_status stash_move(run *r, int j, int out, int pack) {
+    size_t n = r->part_need[j][out];
     if (!n) return LH_OK;
-    uint16_t *s = (uint16_t *)r->stash_base + r->stash_off[j];
-    lh_status st = pack ? r->ops->cast(r->m->be, s, r->stash, r->win[j & 1], LH_DTYPE_F32,
-                                       (int64_t)n)
-                        : r->ops->cast(r->m->be, r->win[j & 1], LH_DTYPE_F32, s, r->stash,
-                                       (int64_t)n);
+    uint16_t *s = (uint16_t *)r->stash_base + r->part_off[j][out];
+    float *w = out ? r->wout[j & 1] : r->wrec;
+    lh_status st = pack ? r->ops->cast(r->m->be, s, r->stash, w, LH_DTYPE_F32, (int64_t)n)
+                        : r->ops->cast(r->m->be, w, LH_DTYPE_F32, s, r->stash, (int64_t)n);
     if (st != LH_OK)
-        return lh_error_set(r->err, st, "unet train: %s the saved activations of unit %d failed",
-                            pack ? "packing" : "unpacking", j);
-    r->resident[j & 1] = pack ? r->resident[j & 1] : j;
+        return lh_error_set(r->err, st, "unet train: %s the saved %s of unit %d failed",
+                            pack ? "packing" : "unpacking", out ? "output" : "activations", j);
     return LH_OK;
 }
 
-/* Unit u takes its first buffer: every unit before u - 1 goes to the
- * stash (u - 1's output is u's input: it stays), its checks first. */
+/* Unit u takes its first buffer: the records of the units before it go to
+ * the stash, and the outputs of those before u - 1 (u - 1's output is u's
+ * input: it stays), each unit's overflow check first. */
 static lh_status stash_open(run *r, int u) {
-    for (; r->packed < u - 1; r->packed++) {
-        TRY(check_units(r, r->packed + 1));
-        TRY(stash_move(r, r->packed, 1));
+    for (; r->packed[0] < u; r->packed[0]++) TRY(stash_move(r, r->packed[0], 0, 1));
+    for (; r->packed[1] < u - 1; r->packed[1]++) {
+        TRY(check_units(r, r->packed[1] + 1));
+        TRY(stash_move(r, r->packed[1], 1, 1));
     }
     r->take_unit = u;
-    r->woff = 0;
-    r->resident[u & 1] = u;
+    r->roff = r->ooff = 0;
+    r->res_rec = r->res_out[u & 1] = u;
     return LH_OK;
 }
 
-/* The backward of unit i reads its own saved activations and its input,
- * unit i - 1's output: both in their windows. */
+/* The backward of unit i reads its record and its input, unit i - 1's
+ * output: both in their windows. */
 static lh_status stash_need(run *r, int i) {
     if (r->stash == LH_DTYPE_F32) return LH_OK;
-    for (int j = i; j >= i - 1 && j >= 0; j--)
-        if (r->resident[j & 1] != j) TRY(stash_move(r, j, 0));
+    if (r->res_rec != i) TRY(stash_move(r, i, 0, 0));
+    r->res_rec = i;
+    if (i > 0 && r->res_out[(i - 1) & 1] != i - 1) TRY(stash_move(r, i - 1, 1, 0));
+    if (i > 0) r->res_out[(i - 1) & 1] = i - 1;
     return LH_OK;
 }
 
