@@ -171,7 +171,7 @@ static void add_unet(builder *bd, lh_unet *u) {
     add(bd, LH_LAYER_UNET, "conv_out", u->conv_out_w, u->conv_out_b, 4, c->out_channels, c0, 3);
     add_ldm_names(bd, first, c);
     for (size_t j = first; bd->st == LH_OK && j < bd->t->n; j++)
-        bd->t->v[j].wdt = u->weight_storage;
+        bd->t->v[j].wdt = lh_wstore_type(&u->ws, bd->t->v[j].w);
 }
 
 /* ---- Text encoder ---- */

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend_load.h"
 #include "log.h"
 
 /* ---- Configuration ---- */
@@ -565,6 +566,17 @@ void lh__unet_params(lh_unet *m, void (*fn)(void *ctx, const lh_unet_param *p), 
     (void)load_all(m, &l);
 }
 
+/* After loading: the type the linear and convolution weights are held in
+ * (one half type for all, or F32) and the largest one held in a half type. */
+static void scan_storage(void *ctx, const lh_unet_param *p) {
+    lh_unet *m = ctx;
+    if (p->ndim < 2) return;
+    lh_dtype t = lh_wstore_type(&m->ws, *p->w);
+    if (t != LH_DTYPE_F32 && p->numel > m->wide_max) m->wide_max = p->numel;
+    if (m->weight_storage == LH_DTYPE_I64) m->weight_storage = t; /* the first one */
+    else if (m->weight_storage != t) m->weight_storage = LH_DTYPE_F32; /* a mixture */
+}
+
 static lh_status load_from(lh_unet **out, lh_backend *be, const lh_unet_config *cfg,
                            const lh_wsource *src, const char *prefix, lh_error *err) {
     *out = NULL;
@@ -583,12 +595,18 @@ static lh_status load_from(lh_unet **out, lh_backend *be, const lh_unet_config *
     m->cfg = *cfg;
     m->be = be;
     lh_wstore_init(&m->ws, be);
+    /* on a device, matrices a file holds in F16/BF16 stay so: half the
+     * memory, no float32 copy (widened op by op; host/unet_blocks.c) */
+    m->ws.hold_half = !lh_backend_host_memory(be) && be->ops->cast;
     loader l = {.ws = &m->ws, .src = src, .file_prefix = prefix ? prefix : "", .err = err};
     lh_status st = load_all(m, &l);
     if (st != LH_OK) {
         lh_unet_free(m);
         return st;
     }
+    m->weight_storage = LH_DTYPE_I64; /* none seen yet */
+    lh__unet_params(m, scan_storage, m);
+    if (m->weight_storage == LH_DTYPE_I64) m->weight_storage = LH_DTYPE_F32;
     if (!*l.file_prefix && l.n_loaded < src->count)
         lh_log(LH_LOG_WARN, "unet", "%s: %zu of %zu tensors are not part of the U-Net", src->name,
                src->count - l.n_loaded, src->count);

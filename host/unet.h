@@ -90,11 +90,13 @@ typedef struct lh_unet {
      * (F16/BF16 files are widened exactly), or the half type a mixed
      * precision step rounded them to. */
     lh_dtype weight_precision;
-    /* How the linear and convolution weights are held: F32, or the half
-     * type they were rounded to (half the memory; lh_unet_set_precision),
-     * each widened into a float32 buffer of the activation arena (wide_max
-     * values: the largest) right before the op that reads it. Biases and
-     * norm parameters stay float32. */
+    /* How the linear and convolution weights are held: F16/BF16 when all
+     * are held in that type (half the memory: on a device, loaded so from
+     * a file that holds them so; rounded to it by lh_unet_set_precision),
+     * F32 otherwise. Each one held in a half type is widened into a float32
+     * buffer of the activation arena (wide_max values: the largest such
+     * weight; 0: none) right before the op that reads it. Biases and norm
+     * parameters stay float32. */
     lh_dtype weight_storage;
     size_t wide_max;
     int keep_f32; /* lh_unet_keep_f32_weights */
@@ -168,11 +170,17 @@ LH_API lh_status lh_unet_forward(lh_unet *m,
 LH_API lh_status lh_unet_set_precision(lh_unet *m, lh_dtype prec, lh_error *err);
 
 /* The linear and convolution weights rounded to a half type are then held
- * in it (half their memory) and widened op by op, unless this was called
- * before (keep = 1: float32 storage of the rounded values, no widening;
- * for comparisons). A U-Net trained in full (lh_unet_grads) keeps float32
- * storage. LH_ERR_INVALID once they are held in half. */
+ * in it (half their memory) and widened op by op, unless keep is 1: then
+ * they are held in float32 from now on (those held in a half type are
+ * widened now, the values unchanged). A U-Net trained in full
+ * (lh_unet_grads_create) keeps float32. */
 LH_API lh_status lh_unet_keep_f32_weights(lh_unet *m, int keep, lh_error *err);
+
+/* Private to the host: hold every linear and convolution weight in dtype
+ * (F32, F16, BF16; to a half type: rounded to nearest even). The graph is
+ * dropped and the layer table follows. On failure some may be held in
+ * another type, which still computes. */
+lh_status lh__unet_store(lh_unet *m, lh_dtype dtype, lh_error *err);
 
 /* ---- Training ---- */
 

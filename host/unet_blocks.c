@@ -303,16 +303,18 @@ static lh_status skip_pop(run *r, float **out, int64_t *c, const char *who) {
                                 #call, lh_strerror(st_));                                          \
     } while (0)
 
-/* The float32 weights [n] an op reads: w itself, or with half storage
- * (m->weight_storage) w widened into SLOT_WIDE, which the op reads before
- * the next widening overwrites it (one stream: in order). NULL, which every
- * op refuses, on failure. */
+/* The float32 weights [n] an op reads: w itself, or, held in a half type
+ * (host/weights.h), w widened into SLOT_WIDE, which the op reads before the
+ * next widening overwrites it (one stream: in order). NULL, which every op
+ * refuses, on failure. */
 static const float *wide(run *r, const float *w, size_t n) {
     lh_unet *m = r->m;
-    if (m->weight_storage == LH_DTYPE_F32 || !w || r->dry) return w;
+    if (!m->wide_max || !w || r->dry) return w;
+    lh_dtype t = lh_wstore_type(&m->ws, w);
+    if (t == LH_DTYPE_F32) return w;
     lh_status st = n > m->wide_max ? LH_ERR_INTERNAL
-                                   : r->ops->cast(m->be, S(r, SLOT_WIDE), LH_DTYPE_F32, w,
-                                                  m->weight_storage, (int64_t)n);
+                                   : r->ops->cast(m->be, S(r, SLOT_WIDE), LH_DTYPE_F32, w, t,
+                                                  (int64_t)n);
     if (st != LH_OK) {
         r->wide_st = st;
         return NULL;
@@ -759,7 +761,7 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
     r->packed[0] = r->packed[1] = 0;
     r->checked = -1;
     r->res_rec = r->res_out[0] = r->res_out[1] = -1;
-    if (m->weight_storage != LH_DTYPE_F32) need(r, SLOT_WIDE, m->wide_max);
+    need(r, SLOT_WIDE, m->wide_max);
 
     size_t ntp = elems(r, b, c0, 1, 1), nte = elems(r, b, 4, c0, 1);
     time_acts ta;
@@ -1244,12 +1246,9 @@ static void grads_add(void *ctx, const lh_unet_param *pm) {
 lh_status lh_unet_grads_create(lh_unet_grads **out, lh_unet *m, lh_error *err) {
     if (!out || !m) return lh_error_set(err, LH_ERR_INVALID, "unet grads: NULL argument");
     *out = NULL;
-    if (m->weight_storage != LH_DTYPE_F32)
-        return lh_error_set(err, LH_ERR_UNSUPPORTED, "unet grads: the base weights are held in "
-                            "%s; training them in full needs float32 storage "
-                            "(lh_unet_keep_f32_weights before the first half-precision call)",
-                            lh_dtype_name(m->weight_storage));
-    m->keep_f32 = 1; /* trained in full: its weights stay float32 */
+    /* trained in full: its weights are float32 from here on */
+    lh_status kst = lh_unet_keep_f32_weights(m, 1, err);
+    if (kst != LH_OK) return kst;
     lh_unet_grads *g = calloc(1, sizeof *g);
     if (!g) return lh_error_set(err, LH_ERR_NOMEM, "unet grads: out of host memory");
     g->be = m->be;
@@ -1731,68 +1730,73 @@ size_t lh_unet_backward_workspace(lh_unet *m, int64_t b, int64_t h, int64_t w, i
     return floats * sizeof(float);
 }
 
-/* Round every base weight to `prec` once (the first half-precision step). */
+/* Round every base weight held in float32 to `prec` once (the first
+ * half-precision step). */
 static void round_param(void *ctx, const lh_unet_param *p) {
     lh_unet *m = ctx;
+    if (lh_wstore_type(&m->ws, *p->w) != LH_DTYPE_F32) return;
     if (m->be->ops->round(m->be, *p->w, (int64_t)p->numel, m->weight_precision) != LH_OK)
         m->weight_precision = LH_DTYPE_F32; /* flags the failure to the caller */
 }
 
-typedef struct narrowing {
+typedef struct storing {
     lh_unet *m;
     lh_dtype dtype;
     lh_status st;
     lh_error *err;
-} narrowing;
+    size_t wide_max;
+    int mixed; /* held in another type than dtype (a failure part way) */
+} storing;
 
-/* Hold one linear or convolution weight in the half type (host/weights.h). */
-static void narrow_param(void *ctx, const lh_unet_param *p) {
-    narrowing *n = ctx;
-    lh_unet *m = n->m;
-    if (n->st != LH_OK || p->ndim < 2) return;
+/* Hold one linear or convolution weight in s->dtype (host/weights.h); the
+ * layer table follows it. */
+static void store_param(void *ctx, const lh_unet_param *p) {
+    storing *s = ctx;
+    lh_unet *m = s->m;
+    if (p->ndim < 2) return;
     float *old = *p->w;
-    n->st = lh_wstore_narrow(&m->ws, p->w, p->numel, n->dtype, n->err);
-    if (n->st != LH_OK) {
-        lh_error_prefix(n->err, "unet: %s", p->key);
-        return;
+    if (s->st == LH_OK) {
+        s->st = lh_wstore_retype(&m->ws, p->w, p->numel, s->dtype, s->err);
+        if (s->st != LH_OK) lh_error_prefix(s->err, "unet: %s", p->key);
     }
-    if (p->numel > m->wide_max) m->wide_max = p->numel;
-    if (m->adapt) lh_layers_moved(m->adapt, old, *p->w, n->dtype);
+    lh_dtype t = lh_wstore_type(&m->ws, *p->w);
+    if (t != LH_DTYPE_F32 && p->numel > s->wide_max) s->wide_max = p->numel;
+    s->mixed |= t != s->dtype;
+    if (m->adapt && *p->w != old) lh_layers_moved(m->adapt, old, *p->w, t);
+}
+
+lh_status lh__unet_store(lh_unet *m, lh_dtype dtype, lh_error *err) {
+    graph_drop(m); /* its recorded ops read the old buffers */
+    storing s = {m, dtype, LH_OK, err, 0, 0};
+    lh__unet_params(m, store_param, &s);
+    /* wide() looks each weight's type up: a failure part way leaves a
+     * mixture, which still computes */
+    m->wide_max = s.wide_max;
+    m->weight_storage = s.mixed ? LH_DTYPE_F32 : dtype;
+    return s.st;
 }
 
 /* The weights rounded to `prec`, then (unless kept in float32, or trained
- * in full) held in it. A failure part way leaves some weights in half:
- * weight_storage says half from the first one on, as wide() must know. */
+ * in full) held in it. */
 static lh_status set_weight_precision(lh_unet *m, lh_dtype prec, int full, lh_error *err) {
-    if (full && m->weight_storage != LH_DTYPE_F32)
-        return lh_error_set(err, LH_ERR_UNSUPPORTED, "unet train: the base weights are held in "
-                            "%s, and training them in full needs float32 storage "
-                            "(lh_unet_keep_f32_weights before the first half-precision call)",
-                            lh_dtype_name(m->weight_storage));
+    if (full && m->wide_max) TRY(lh__unet_store(m, LH_DTYPE_F32, err));
     if (prec == LH_DTYPE_F32) return LH_OK;
     if (m->weight_precision != prec) {
         m->weight_precision = prec;
-        lh__unet_params(m, round_param, m);
+        lh__unet_params(m, round_param, m); /* those held in float32 */
         if (m->weight_precision != prec)
             return lh_error_set(err, LH_ERR_INTERNAL, "unet: rounding the base weights to %s "
                                 "failed", lh_dtype_name(prec));
     }
-    if (m->weight_storage != LH_DTYPE_F32 || m->keep_f32 || full || !m->be->ops->cast)
-        return LH_OK;
-    graph_drop(m); /* its recorded ops read the float32 buffers */
-    m->weight_storage = prec;
-    narrowing n = {m, prec, LH_OK, err};
-    lh__unet_params(m, narrow_param, &n);
-    return n.st;
+    /* the rest are held in a half type: the other one rounds to prec here */
+    if (m->weight_storage == prec || m->keep_f32 || full || !m->be->ops->cast) return LH_OK;
+    return lh__unet_store(m, prec, err);
 }
 
 lh_status lh_unet_keep_f32_weights(lh_unet *m, int keep, lh_error *err) {
     if (!m) return lh_error_set(err, LH_ERR_INVALID, "unet weights: NULL model");
-    if (m->weight_storage != LH_DTYPE_F32)
-        return lh_error_set(err, LH_ERR_INVALID, "unet weights: already held in %s",
-                            lh_dtype_name(m->weight_storage));
     m->keep_f32 = keep != 0;
-    return LH_OK;
+    return keep && m->wide_max ? lh__unet_store(m, LH_DTYPE_F32, err) : LH_OK;
 }
 
 lh_status lh_unet_set_precision(lh_unet *m, lh_dtype prec, lh_error *err) {

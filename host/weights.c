@@ -43,31 +43,46 @@ static lh_status track(lh_wstore *ws, void *p, size_t n_floats, lh_error *err) {
     return LH_OK;
 }
 
-lh_status lh_wstore_narrow(lh_wstore *ws, float **w, size_t n, lh_dtype dtype, lh_error *err) {
+static int half_type(lh_dtype t) { return t == LH_DTYPE_F16 || t == LH_DTYPE_BF16; }
+static size_t type_size(lh_dtype t) { return t == LH_DTYPE_F32 ? 4 : 2; }
+
+lh_dtype lh_wstore_type(const lh_wstore *ws, const void *w) {
+    for (size_t i = 0; i < ws->n; i++)
+        if (ws->ptrs[i] == w) return ws->types[i];
+    return LH_DTYPE_F32;
+}
+
+lh_status lh_wstore_retype(lh_wstore *ws, float **w, size_t n, lh_dtype dtype, lh_error *err) {
     size_t i = 0;
     while (i < ws->n && ws->ptrs[i] != *w) i++;
-    if (i == ws->n || ws->types[i] != LH_DTYPE_F32 || ws->floats[i] != n ||
-        (dtype != LH_DTYPE_F16 && dtype != LH_DTYPE_BF16) || n > (size_t)INT64_MAX / 4)
+    if (i == ws->n || ws->floats[i] != n || (dtype != LH_DTYPE_F32 && !half_type(dtype)) ||
+        n > (size_t)INT64_MAX / 4)
         return lh_error_set(err, LH_ERR_INTERNAL, "weights: cannot hold a buffer of %zu values "
                             "in %s", n, lh_dtype_name(dtype));
+    lh_dtype from = ws->types[i];
+    if (from == dtype) return LH_OK;
     lh_backend *be = ws->be;
     if (!be->ops->cast)
         return lh_error_set(err, LH_ERR_UNSUPPORTED, "weights: the %s backend cannot hold "
                             "weights in %s", be->ops->name, lh_dtype_name(dtype));
-    void *h = be->ops->alloc(be, n ? n * 2 : 2);
-    if (!h) return lh_error_set(err, LH_ERR_NOMEM, "weights: out of backend memory (%zu values "
-                                "in %s)", n, lh_dtype_name(dtype));
-    lh_status st = be->ops->cast(be, h, dtype, *w, LH_DTYPE_F32, (int64_t)n);
+    int via = half_type(from) && half_type(dtype); /* F16 <-> BF16: through float32 */
+    void *to = be->ops->alloc(be, n ? n * type_size(dtype) : 4);
+    void *mid = via ? be->ops->alloc(be, n ? n * 4 : 4) : NULL;
+    lh_status st = to && (!via || mid) ? LH_OK : LH_ERR_NOMEM;
+    if (st == LH_OK && via) st = be->ops->cast(be, mid, LH_DTYPE_F32, *w, from, (int64_t)n);
+    if (st == LH_OK)
+        st = be->ops->cast(be, to, dtype, via ? mid : *w, via ? LH_DTYPE_F32 : from, (int64_t)n);
+    be->ops->free(be, mid);
     if (st != LH_OK) {
-        be->ops->free(be, h);
-        return lh_error_set(err, st, "weights: casting %zu values to %s failed", n,
+        be->ops->free(be, to);
+        return lh_error_set(err, st, "weights: holding %zu values in %s failed", n,
                             lh_dtype_name(dtype));
     }
     be->ops->free(be, *w);
-    ws->ptrs[i] = h;
+    ws->ptrs[i] = to;
     ws->types[i] = dtype;
-    ws->bytes -= n * 2;
-    *w = h;
+    ws->bytes = ws->bytes - n * type_size(from) + n * type_size(dtype);
+    *w = to;
     return LH_OK;
 }
 
@@ -156,18 +171,24 @@ lh_status lh_wstore_load_src(float **out, lh_wstore *ws, const lh_wsource *src, 
         return lh_error_set(err, LH_ERR_NUMERIC, "%s: tensor %s has a NaN or Inf at element %lld",
                             src->name, kt, (long long)bad);
     size_t n = (size_t)t->numel;
-    float *p = ws->be->ops->alloc(ws->be, (n ? n : 1) * sizeof(float));
+    /* as the file holds it (hold_half), or float32 */
+    lh_dtype keep = ws->hold_half && ndim >= 2 && half_type(t->dtype) ? t->dtype : LH_DTYPE_F32;
+    size_t bytes = n * type_size(keep);
+    float *p = ws->be->ops->alloc(ws->be, bytes ? bytes : 4);
     if (!p)
         return lh_error_set(err, LH_ERR_NOMEM, "%s: out of backend memory for %s (%zu bytes)",
-                            src->name, kt, n * sizeof(float));
-    lh_status st = ws->be->ops->upload_weights(ws->be, p, t->data, t->dtype, n);
+                            src->name, kt, bytes);
+    lh_status st = keep == LH_DTYPE_F32 ? ws->be->ops->upload_weights(ws->be, p, t->data,
+                                                                       t->dtype, n)
+                                        : ws->be->ops->upload(ws->be, p, t->data, bytes);
     if (st != LH_OK) {
         ws->be->ops->free(ws->be, p);
         return lh_error_set(err, st, "%s: uploading %s failed", src->name, kt);
     }
     st = track(ws, p, n, err);
     if (st != LH_OK) return st;
-    ws->bytes += n * sizeof(float);
+    ws->types[ws->n - 1] = keep;
+    ws->bytes += bytes;
     *out = p;
     return LH_OK;
 }

@@ -15,9 +15,12 @@ typedef struct lh_wstore {
     lh_backend *be;
     void **ptrs;
     size_t *floats;  /* each one's length in values */
-    lh_dtype *types; /* each one's storage: F32, or F16/BF16 after lh_wstore_narrow */
+    lh_dtype *types; /* each one's storage: F32, or F16/BF16 (hold_half, lh_wstore_retype) */
     size_t n, cap;
     size_t bytes; /* uploaded so far */
+    /* Load matrices (rank 2 and up) that the file holds in F16 or BF16 in
+     * that type, as they are (no float32 copy, ever); the rest float32. */
+    int hold_half;
 } lh_wstore;
 
 /* Where weights are looked up: an open safetensors file (lh_wsource_file),
@@ -65,11 +68,15 @@ lh_status lh_wstore_alloc(float **out, lh_wstore *ws, size_t n_floats, lh_error 
  * the backend's round op), as a model run in that precision holds it. */
 lh_status lh_wstore_round(lh_wstore *ws, lh_dtype dtype, lh_error *err);
 
-/* Hold the store's float32 buffer *w of n values in `dtype` (F16, BF16)
- * instead: a new backend buffer of n halves gets the backend's cast of it
- * (exact where *w is already rounded to dtype), the float32 buffer is freed
- * and *w points at the new one (whose values are then 2-byte halves, not
- * floats). Nothing changes on failure. */
-lh_status lh_wstore_narrow(lh_wstore *ws, float **w, size_t n, lh_dtype dtype, lh_error *err);
+/* How the store holds buffer w: F32, F16 or BF16; F32 for one it does not own. */
+lh_dtype lh_wstore_type(const lh_wstore *ws, const void *w);
+
+/* Hold the store's buffer *w of n values in `dtype` (F32, F16, BF16)
+ * instead: a new backend buffer gets the backend's cast of it (to a half
+ * type: round to nearest even, exact where the values are already rounded
+ * to it; between the half types through float32), the old one is freed and
+ * *w points at the new one (whose values are 2-byte halves for a half
+ * type, not floats). Nothing changes on failure. */
+lh_status lh_wstore_retype(lh_wstore *ws, float **w, size_t n, lh_dtype dtype, lh_error *err);
 
 #endif

@@ -18,6 +18,7 @@
 #include "unet.h"
 #include "vae.h"
 #include "layers.h"
+#include "lorahost/safetensors.h"
 
 static lh_model *g_mc, *g_mg;
 static lh_registry *g_reg;
@@ -135,6 +136,110 @@ START_TEST(test_unet) {
     free(x);
     free(ctx);
     close_models();
+}
+END_TEST
+
+/* The tiny U-Net with every tensor in F16 (as most SD checkpoints ship), in
+ * a new directory under the build tree; its path. */
+static const char *f16_unet(char *dir, size_t size) {
+    const char *src = getenv("LH_SOURCE_DIR"), *bld = getenv("LH_BUILD_DIR");
+    snprintf(dir, size, "%s/tests/unet-f16-XXXXXX", bld ? bld : "..");
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char from[1024], to[1200], cmd[2600];
+    snprintf(from, sizeof from, "%s/tests/fixtures/models/sd1_tiny/unet", src ? src : "../..");
+    snprintf(cmd, sizeof cmd, "cp '%s/config.json' '%s/'", from, dir);
+    ck_assert_int_eq(system(cmd), 0);
+    lh_error err = {0};
+    lh_st_file *f = NULL;
+    snprintf(to, sizeof to, "%s/diffusion_pytorch_model.safetensors", from);
+    ck_assert_msg(lh_st_open(&f, to, &err) == LH_OK, "%s", err.msg);
+    lh_st_writer *wr = NULL;
+    ck_assert_int_eq(lh_st_writer_create(&wr, &err), LH_OK);
+    uint16_t **bufs = calloc(lh_st_count(f), sizeof *bufs); /* borrowed until the save */
+    ck_assert_ptr_nonnull(bufs);
+    for (size_t i = 0; i < lh_st_count(f); i++) {
+        const lh_st_tensor *t = lh_st_get(f, i);
+        ck_assert_int_eq(t->dtype, LH_DTYPE_F32);
+        uint16_t *h = bufs[i] = malloc((size_t)t->numel * 2 + 2);
+        ck_assert_ptr_nonnull(h);
+        for (int64_t j = 0; j < t->numel; j++) {
+            float v;
+            memcpy(&v, (const char *)t->data + 4 * j, 4);
+            h[j] = lh_f32_to_f16(v);
+        }
+        ck_assert_int_eq(lh_st_writer_add(wr, t->name, LH_DTYPE_F16, t->ndim, t->shape, h, &err),
+                         LH_OK);
+    }
+    snprintf(to, sizeof to, "%s/diffusion_pytorch_model.safetensors", dir);
+    ck_assert_msg(lh_st_save(wr, to, &err) == LH_OK, "%s", err.msg);
+    lh_st_writer_destroy(wr);
+    for (size_t i = 0; i < lh_st_count(f); i++) free(bufs[i]);
+    free(bufs);
+    lh_st_close(f);
+    return dir;
+}
+
+/* An F16 file on the device: its matrices are held in F16 from loading on
+ * (no float32 copy), widened op by op; float32 activations give the cpu's
+ * numbers (which widened the same values at upload), bf16 rounds them
+ * again from there, and float32 storage can be asked for afterwards. */
+START_TEST(test_unet_f16_file) {
+    char dir[1100];
+    f16_unet(dir, sizeof dir);
+    lh_error err = {0};
+    lh_unet *uc = NULL, *ug = NULL;
+    ck_assert_msg(lh_unet_load(&uc, g_cpu, dir, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_unet_load(&ug, g_gpu, dir, &err) == LH_OK, "%s", err.msg);
+    ck_assert_int_eq(uc->weight_storage, LH_DTYPE_F32);
+    ck_assert_int_eq(ug->weight_storage, LH_DTYPE_F16);
+    size_t f32_bytes = uc->ws.bytes;
+    ck_assert_msg(ug->ws.bytes < f32_bytes * 52 / 100, "held in F16: %zu bytes of %zu",
+                  ug->ws.bytes, f32_bytes);
+    const lh_unet_config *cfg = lh_unet_get_config(uc);
+    int64_t b = 2, h = 16, w = 16, n_ctx = 77;
+    int64_t nx = b * cfg->in_channels * h * w, no = b * cfg->out_channels * h * w,
+            nc = b * n_ctx * cfg->cross_attention_dim;
+    float *x = rand_host(nx, 41, -2, 2), *ctx = rand_host(nc, 42, -1, 1);
+    const float ts[2] = {801, 17};
+    float *xc = on(g_cpu, x, nx), *xg = on(g_gpu, x, nx), *cc = on(g_cpu, ctx, nc),
+          *cg = on(g_gpu, ctx, nc), *oc = on(g_cpu, NULL, no), *og = on(g_gpu, NULL, no);
+    static const struct {
+        lh_dtype prec;
+        int keep_f32;
+        const char *what;
+    } steps[] = {{LH_DTYPE_F32, 0, "U-Net forward, F16 file held in F16, F32 activations"},
+                 {LH_DTYPE_F32, 0, "U-Net forward, F16 file held in F16, again (graph)"},
+                 {LH_DTYPE_BF16, 0, "U-Net forward, F16 file rounded to BF16"},
+                 {LH_DTYPE_BF16, 1, "U-Net forward, BF16 weights held in float32"}};
+    for (size_t k = 0; k < sizeof steps / sizeof steps[0]; k++) {
+        if (steps[k].keep_f32) {
+            ck_assert_int_eq(lh_unet_keep_f32_weights(ug, 1, &err), LH_OK);
+            ck_assert_int_eq(ug->weight_storage, LH_DTYPE_F32);
+            ck_assert_uint_eq(ug->ws.bytes, f32_bytes);
+        }
+        ck_assert_msg(lh_unet_set_precision(uc, steps[k].prec, &err) == LH_OK, "%s", err.msg);
+        ck_assert_msg(lh_unet_set_precision(ug, steps[k].prec, &err) == LH_OK, "%s", err.msg);
+        if (steps[k].prec == LH_DTYPE_BF16 && !steps[k].keep_f32)
+            ck_assert_int_eq(ug->weight_storage, LH_DTYPE_BF16);
+        ck_assert_msg(lh_unet_forward(uc, oc, xc, ts, cc, b, h, w, n_ctx, &err) == LH_OK, "%s",
+                      err.msg);
+        ck_assert_msg(lh_unet_forward(ug, og, xg, ts, cg, b, h, w, n_ctx, &err) == LH_OK, "%s",
+                      err.msg);
+        expect_close_dev(steps[k].what, og, oc, no,
+                         steps[k].prec == LH_DTYPE_F32 ? TOL_F32 : TOL_HALF);
+    }
+    float *bc[] = {xc, cc, oc}, *bg[] = {xg, cg, og};
+    for (int i = 0; i < 3; i++) {
+        g_cpu->ops->free(g_cpu, bc[i]);
+        g_gpu->ops->free(g_gpu, bg[i]);
+    }
+    free(x);
+    free(ctx);
+    lh_unet_free(uc);
+    lh_unet_free(ug);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
 }
 END_TEST
 
@@ -347,6 +452,7 @@ int main(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_text_encoder);
     tcase_add_test(tc, test_unet);
+    tcase_add_test(tc, test_unet_f16_file);
     tcase_add_test(tc, test_vae);
     tcase_add_test(tc, test_txt2img);
     tcase_add_test(tc, test_txt2img_lora);
