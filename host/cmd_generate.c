@@ -60,6 +60,7 @@ static void usage(FILE *out) {
             "  --device cpu|cuda       compute device (cpu)                 [backend] device\n"
             "  --set model.dtype=f16   U-Net precision: auto (f16 on cuda), f32, f16, bf16\n"
             "  --set model.vae_dtype=f32  VAE precision: auto (f16 on cuda), f32, f16, bf16\n"
+            "  --set model.weight_storage=f32  U-Net weights in float32, not its f16/bf16\n"
             "  --threads N             CPU threads, 0 = all                 [backend] threads\n"
             "  --plugin-dir DIR        also load plugins from DIR           [plugins] dirs\n"
             "  --lora PATH[:SCALE]     apply an adapter (repeatable); <lora:NAME:SCALE> in the\n"
@@ -218,7 +219,8 @@ static int prediction_given(const lh_gen_params *p) {
 #define MAX_LORAS 16
 
 typedef struct opts {
-    const char *model, *init_image, *init_noise, *save_latents, *output, *device, *dtype, *vae_dtype;
+    const char *model, *init_image, *init_noise, *save_latents, *output, *device, *dtype, *vae_dtype,
+        *weight_storage;
     const char *loras[MAX_LORAS], *lora_mode, *lora_policy;
     size_t n_loras;
     const char *const *adapter_dirs;
@@ -330,6 +332,7 @@ static int settings_defaults(lh_gen_params *p, opts *o, const lh_settings *s) {
         lh_settings_get_string(&o->model, s, "model.path", &err) ||
         lh_settings_get_string(&o->dtype, s, "model.dtype", &err) ||
         lh_settings_get_string(&o->vae_dtype, s, "model.vae_dtype", &err) ||
+        lh_settings_get_string(&o->weight_storage, s, "model.weight_storage", &err) ||
         lh_settings_get_string(&o->device, s, "backend.device", &err) ||
         lh_settings_get_int(&o->threads, s, "backend.threads", &err) ||
         lh_settings_get(&sched, s, "plugins.scheduler", &err) ||
@@ -553,7 +556,8 @@ static int generate(lh_settings *settings, int argc, char **argv, const char **o
         fprintf(stderr, NAME ": %s\n", err.msg);
         goto done;
     }
-    if (lh_model_set_dtype(m, o.dtype, &err) != LH_OK ||
+    if (lh_model_set_weight_storage(m, o.weight_storage, &err) != LH_OK ||
+        lh_model_set_dtype(m, o.dtype, &err) != LH_OK ||
         lh_model_set_vae_dtype(m, o.vae_dtype, &err) != LH_OK) {
         fprintf(stderr, NAME ": %s\n", err.msg);
         goto done;

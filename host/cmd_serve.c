@@ -72,6 +72,7 @@ static int get_settings(lh_server_opts *o, const lh_settings *st, const char **k
     if (lh_settings_get_string(&o->model, st, "model.path", &err) != LH_OK ||
         lh_settings_get_string(&o->dtype, st, "model.dtype", &err) ||
         lh_settings_get_string(&o->vae_dtype, st, "model.vae_dtype", &err) ||
+        lh_settings_get_string(&o->weight_storage, st, "model.weight_storage", &err) ||
         lh_settings_get_string(&device, st, "backend.device", &err) ||
         lh_settings_get_int(&compute, st, "backend.threads", &err) ||
         lh_settings_get_list(&o->plugin_dirs, &o->n_plugin_dirs, st, "plugins.dirs", &err) ||

@@ -27,6 +27,7 @@
 
 /* Enum choices; the order is the index lh_settings_get_enum returns. */
 static const char *const DTYPES[] = {"auto", "f32", "f16", "bf16", NULL};
+static const char *const STORAGES[] = {"auto", "f32", NULL};
 static const char *const DEVICES[] = {"cpu", "cuda", NULL};
 static const char *const POLICIES[] = {"strict", "warn", NULL};
 static const char *const MODES[] = {"runtime", "merged", NULL};
@@ -47,6 +48,10 @@ static const lh_setting_def SCHEMA[] = {
     ENUM("model", "dtype", "auto", DTYPES, GEN,
          "U-Net precision (weights and activations, as diffusers' torch_dtype); auto is f16 "
          "on cuda and f32 on cpu; train uses [train] mixed_precision instead"),
+    ENUM("model", "weight_storage", "auto", STORAGES, GEN,
+         "how the U-Net holds its linear and convolution weights: auto holds them in its "
+         "f16/bf16 dtype (half the memory, widened layer by layer; on cuda an f16/bf16 file "
+         "is loaded as it is), f32 keeps float32 (no widening; the same numbers)"),
     ENUM("model", "vae_dtype", "auto", DTYPES, GEN,
          "VAE precision (activations; the decode's convolutions on the tensor cores); auto is "
          "f16 on cuda (a decode that overflows it is redone in f32) and f32 on cpu"),

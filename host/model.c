@@ -499,6 +499,16 @@ static lh_status parse_dtype(lh_dtype *prec, const lh_model *m, const char *dtyp
     return LH_OK;
 }
 
+lh_status lh_model_set_weight_storage(lh_model *m, const char *storage, lh_error *err) {
+    if (!m || !storage)
+        return lh_error_set(err, LH_ERR_INVALID, "model weight_storage: NULL argument");
+    int f32 = !strcmp(storage, "f32");
+    if (!f32 && strcmp(storage, "auto"))
+        return lh_error_set(err, LH_ERR_INVALID, "model.weight_storage: '%s' is not auto or f32",
+                            storage);
+    return lh_unet_keep_f32_weights(m->unet, f32, err);
+}
+
 lh_status lh_model_set_vae_dtype(lh_model *m, const char *dtype, lh_error *err) {
     if (!m || !dtype) return lh_error_set(err, LH_ERR_INVALID, "model vae_dtype: NULL argument");
     lh_dtype prec = LH_DTYPE_F32;

@@ -138,6 +138,10 @@ LH_API lh_status lh_model_open_single_file(lh_model **out, lh_backend *be, const
  * device and f32 on the cpu. The text encoder stays float32.
  * LH_ERR_INVALID naming the value otherwise. */
 LH_API lh_status lh_model_set_dtype(lh_model *m, const char *dtype, lh_error *err);
+/* The [model] weight_storage setting: "auto" holds the U-Net's linear and
+ * convolution weights in its half precision (lh_unet_set_precision), "f32"
+ * in float32 (lh_unet_keep_f32_weights; set it before the dtype). */
+LH_API lh_status lh_model_set_weight_storage(lh_model *m, const char *storage, lh_error *err);
 /* The [model] vae_dtype setting, the same for the VAE's activations
  * (lh_vae_set_precision); "auto" is f16 on a device (as diffusers' fp16
  * pipelines; a decode that overflows it is redone in float32, see

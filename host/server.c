@@ -740,6 +740,9 @@ lh_status lh_server_start(lh_server **out, const lh_server_opts *opts, lh_error 
             st = lh_model_open(&s->model, s->be, opts->model, err);
         }
     }
+    if (st == LH_OK)
+        st = lh_model_set_weight_storage(s->model,
+                                         opts->weight_storage ? opts->weight_storage : "auto", err);
     if (st == LH_OK) st = lh_model_set_dtype(s->model, opts->dtype ? opts->dtype : "auto", err);
     if (st == LH_OK)
         st = lh_model_set_vae_dtype(s->model, opts->vae_dtype ? opts->vae_dtype : "auto", err);

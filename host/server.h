@@ -23,6 +23,7 @@ typedef struct lh_server_opts {
     const char *device;            /* "cpu" (NULL), "cuda" or "cuda:N" (lh_backend_create) */
     const char *dtype;             /* [model] dtype (lh_model_set_dtype); NULL: auto */
     const char *vae_dtype;         /* [model] vae_dtype (lh_model_set_vae_dtype); NULL: auto */
+    const char *weight_storage;    /* [model] weight_storage (lh_model_set_weight_storage); NULL: auto */
     int compute_threads;           /* CPU backend threads, 0 = all */
     const char *const *api_keys;   /* accepted keys; none: no authentication */
     size_t n_api_keys;

@@ -38,6 +38,12 @@ check batch 0 "b-1.png" -- "${gen[@]}" --prompt "a cat" --batch-size 2 --schedul
 has batch_params b-1.png "Sampler: Euler a, CFG scale: 7.5"
 [[ -f b.png ]] && pass=$((pass + 1))
 check karras 0 "k.png" -- "${gen[@]}" --prompt x --scheduler euler --set use_karras_sigmas=true -o k.png
+# fp16 with the U-Net's weights held in f16 (auto) or float32: the same image, byte for byte
+check f16_half_weights 0 "h.png" -- "${gen[@]}" --prompt x --seed 3 --set model.dtype=f16 -o h.png
+check f16_f32_weights 0 "w.png" -- "${gen[@]}" --prompt x --seed 3 --set model.dtype=f16 \
+  --set model.weight_storage=f32 -o w.png
+cmp -s h.png w.png || { echo "FAIL weight_storage: f16 and f32 weight storage differ"; exit 1; }
+pass=$((pass + 1))
 noise_file n.safetensors "1,4,4,4" 64
 check init_noise 0 "n.png" -- "${gen[@]}" --prompt x --init-noise n.safetensors -o n.png \
   --save-latents lat.safetensors --scheduler ddim
@@ -129,6 +135,7 @@ if [[ -f "$2/lib/lorahost/backends/lh_backend_cuda.so" ]]; then
 fi
 check bad_dtype 1 "model.dtype" -- "${gen[@]}" --prompt x --set model.dtype=f8
 check bad_vae_dtype 1 "model.vae_dtype" -- "${gen[@]}" --prompt x --set model.vae_dtype=f8
+check bad_weight_storage 1 "model.weight_storage" -- "${gen[@]}" --prompt x --set model.weight_storage=f16
 # [model] dtype=f16: the U-Net in half precision, close to the float32 image
 check dtype_f16 0 "" -- "${gen[@]}" --prompt "a red square" --seed 3 --output f32.png
 check dtype_f16 0 "" -- "${gen[@]}" --prompt "a red square" --seed 3 --output f16.png --set model.dtype=f16
