@@ -340,10 +340,11 @@ static lh_status cuda_cast(lh_backend *be, void *dst, lh_dtype dst_dtype, const 
     if (!dst || !src) return LH_ERR_INVALID;
     cudaStream_t s = lh__cuda(be)->stream;
     unsigned grid = lh__cuda_grid(n, 256);
-    if (dst_dtype == src_dtype && (dst_dtype == LH_DTYPE_F32 || half_type(dst_dtype)))
-        return lh__cuda_check(be, cudaMemcpyAsync(dst, src, (size_t)n * (dst_dtype == LH_DTYPE_F32
-                                                                         ? 4 : 2),
-                                                  cudaMemcpyDeviceToDevice, s), "cast");
+    if (dst_dtype == src_dtype && (dst_dtype == LH_DTYPE_F32 || half_type(dst_dtype))) {
+        size_t bytes = (size_t)n * (dst_dtype == LH_DTYPE_F32 ? 4 : 2);
+        return lh__cuda_check(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s),
+                              "cast");
+    }
     if (dst_dtype == LH_DTYPE_F32 && src_dtype == LH_DTYPE_F16)
         convert_kernel<<<grid, 256, 0, s>>>((float *)dst, (const __half *)src, n);
     else if (dst_dtype == LH_DTYPE_F32 && src_dtype == LH_DTYPE_BF16)
