@@ -159,7 +159,7 @@ LH_API lh_status lh_unet_forward(lh_unet *m,
                                  float *out,             /* backend [b, out_channels, h, w] */
                                  const float *x,         /* backend [b, in_channels, h, w] */
                                  const float *timesteps, /* host [b] */
-                                 const float *context,   /* backend [b, n_ctx, cross_attention_dim] */
+                                 const float *context, /* backend [b, n_ctx, cross_attention_dim] */
                                  int64_t b, int64_t h, int64_t w, int64_t n_ctx, lh_error *err);
 
 /* Inference precision: from now on lh_unet_forward writes its activations
@@ -222,7 +222,7 @@ LH_API const char *lh_unet_grads_key(const lh_unet_grads *g, size_t i);
  * `g` (created for this U-Net; NULL: frozen base, as lh_unet_backward). */
 LH_API lh_status lh_unet_backward_full(lh_unet *m, lh_unet_grads *g,
                                        float *out,             /* backend [b, out_channels, h, w] */
-                                       float *d_context, /* backend [b, n_ctx, cross_attention_dim] */
+                                       float *d_context, /* backend [b, n_ctx, cross_attn_dim] */
                                        const float *dout,      /* backend [b, out_channels, h, w] */
                                        const float *x,         /* backend [b, in_channels, h, w] */
                                        const float *timesteps, /* host [b] */
@@ -261,10 +261,11 @@ typedef struct lh_unet_train_opts {
      * fp16 loss scaling. Gradients come out scaled by it. */
     float loss_scale;
     lh_unet_grads *grads; /* full-parameter gradients, or NULL: frozen base */
-    /* F16/BF16 without checkpointing: what the backward reads is kept in
-     * the half type it is rounded to (half the memory, the same bits; the
-     * time embedding and attention's logsumexp stay float32), each unit
-     * widened back before its backward. 1 keeps all of it float32. */
+    /* F16/BF16: what the backward reads (with checkpointing, what it
+     * keeps) is held in the half type it is rounded to (half the memory,
+     * the same bits; the time embedding and attention's logsumexp stay
+     * float32), each unit widened back before its backward. 1 keeps all of
+     * it float32. */
     int f32_saved;
     /* F16/BF16: where the step's NaN/Inf checks go (see lh_unet_checks;
      * the report argument must then be NULL), or NULL: the step waits for

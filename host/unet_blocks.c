@@ -131,11 +131,11 @@ typedef struct run {
     int recompute; /* checkpointing: rerunning a unit's forward in the backward */
     size_t taken, toff; /* floats of saved activations (sizing / carving) */
     float *tbase;
-    /* The stash (training in F16/BF16 without checkpointing): unit u's
-     * saved activations are written to a record window, its output (unit
-     * u + 1's input) to output window u & 1; when unit u + 1 opens (its
-     * first take) u's record is packed into `stash` in the half type,
-     * exactly, as it is rounded to it, and when unit u + 2 opens, u's
+    /* The stash (training in F16/BF16): unit u's saved activations (with
+     * checkpointing, what it keeps) are written to a record window, its
+     * output (unit u + 1's input) to output window u & 1; when unit u + 1
+     * opens (its first take) u's record is packed into `stash` in the half
+     * type, exactly, as it is rounded to it, and when unit u + 2 opens, u's
      * output. The backward unpacks each unit's record, and its input, into
      * the windows before it. Half the memory of keeping them as float32,
      * for one pass over them each way. What is not rounded to the half
@@ -859,7 +859,7 @@ static lh_status check_sizes(const lh_unet *m, int64_t b, int64_t h, int64_t w, 
 static lh_status plan(run *r, lh_unet *m, int64_t b, int64_t h, int64_t w, int64_t n_ctx,
                       unit *tape, int ckpt, lh_dtype stash, size_t *floats, lh_error *err) {
     memset(r, 0, sizeof *r);
-    r->stash = tape && !ckpt ? stash : LH_DTYPE_F32;
+    r->stash = tape ? stash : LH_DTYPE_F32;
     r->m = m;
     r->ops = m->be->ops;
     r->err = err;

@@ -266,7 +266,7 @@ typedef struct half_run {
 } half_run;
 
 static half_run run_fwd_bwd(lh_backend *be, lh_unet *m, const lh_st_file *ref, lh_dtype train,
-                            int f32_saved) {
+                            int f32_saved, int ckpt) {
     lh_error err = {0};
     int64_t xs[LH_MAX_DIMS], cs[LH_MAX_DIMS];
     size_t nx, nt;
@@ -286,7 +286,7 @@ static half_run run_fwd_bwd(lh_backend *be, lh_unet *m, const lh_st_file *ref, l
     h.dctx = malloc(h.nc * sizeof(float));
     ck_assert(h.out && h.dctx);
     ck_assert_int_eq(be->ops->download(be, h.out, dout, h.no * sizeof(float)), LH_OK);
-    lh_unet_train_opts o = {.precision = train, .f32_saved = f32_saved};
+    lh_unet_train_opts o = {.precision = train, .f32_saved = f32_saved, .checkpointing = ckpt};
     lh_unet_mse mse = {be, dtarget};
     ck_assert_msg(lh_unet_train_step(m, &o, lh_unet_mse_loss, &mse, &h.loss, ddc, dx, t, dc,
                                      xs[0], xs[2], xs[3], cs[1], NULL, &err) == LH_OK,
@@ -340,27 +340,38 @@ START_TEST(test_half_storage) {
                 ck_assert_int_eq(lh_unet_set_precision(kept, LH_DTYPE_F32, &err), LH_OK);
                 ck_assert_int_eq(lh_unet_set_precision(m, LH_DTYPE_F32, &err), LH_OK);
             }
-            half_run a = run_fwd_bwd(be, kept, ref, act, 1), b = run_fwd_bwd(be, m, ref, act, 0);
-            ck_assert_msg(!memcmp(a.out, b.out, a.no * sizeof(float)),
-                          "%s storage, %s activations: the forward differs",
-                          lh_dtype_name(half[k]), lh_dtype_name(act));
-            ck_assert_msg(!memcmp(a.dctx, b.dctx, a.nc * sizeof(float)) && a.loss == b.loss,
-                          "%s storage, %s activations: the training step differs",
-                          lh_dtype_name(half[k]), lh_dtype_name(act));
-            if (!pass) { /* the stash: the step's arena is smaller */
-                printf("unet training arena, %s: %zu floats, stash %zu\n",
-                       lh_dtype_name(act), kept->train_ws_floats, m->train_ws_floats);
-                ck_assert_uint_lt(m->train_ws_floats, kept->train_ws_floats * 85 / 100);
+            half_run a = run_fwd_bwd(be, kept, ref, act, 1, 0);
+            for (int ckpt = 0; ckpt < 2; ckpt++) { /* checkpointing changes no bit either */
+                size_t kept_ws = kept->train_ws_floats;
+                if (ckpt) lh_unet_release_workspace(kept), lh_unet_release_workspace(m);
+                half_run c = ckpt ? run_fwd_bwd(be, kept, ref, act, 1, 1) : a;
+                half_run b = run_fwd_bwd(be, m, ref, act, 0, ckpt);
+                ck_assert_msg(!memcmp(a.out, b.out, a.no * sizeof(float)),
+                              "%s storage, %s activations: the forward differs",
+                              lh_dtype_name(half[k]), lh_dtype_name(act));
+                ck_assert_msg(!memcmp(a.dctx, b.dctx, a.nc * sizeof(float)) &&
+                                  a.loss == b.loss && !memcmp(a.dctx, c.dctx, a.nc * 4),
+                              "%s storage, %s activations, checkpointing %d: the training step "
+                              "differs", lh_dtype_name(half[k]), lh_dtype_name(act), ckpt);
+                if (!pass) { /* the stash: the step's arena is smaller */
+                    printf("unet training arena, %s, checkpointing %d: %zu floats, stash %zu\n",
+                           lh_dtype_name(act), ckpt, ckpt ? kept->train_ws_floats : kept_ws,
+                           m->train_ws_floats);
+                    ck_assert_uint_lt(m->train_ws_floats,
+                                      (ckpt ? kept->train_ws_floats : kept_ws) * 95 / 100);
+                }
+                if (ckpt) free(c.out), free(c.dctx);
+                free(b.out), free(b.dctx);
             }
-            free(a.out), free(a.dctx), free(b.out), free(b.dctx);
+            free(a.out), free(a.dctx);
         }
         /* back to float32 storage (training in full asks for it): the same bits */
         lh_unet_grads *g = NULL;
         ck_assert_msg(lh_unet_grads_create(&g, m, &err) == LH_OK, "%s", err.msg);
         ck_assert_int_eq(m->weight_storage, LH_DTYPE_F32);
         ck_assert_uint_eq(m->ws.bytes, f32_bytes);
-        half_run a = run_fwd_bwd(be, kept, ref, LH_DTYPE_F32, 1);
-        half_run c = run_fwd_bwd(be, m, ref, LH_DTYPE_F32, 1);
+        half_run a = run_fwd_bwd(be, kept, ref, LH_DTYPE_F32, 1, 0);
+        half_run c = run_fwd_bwd(be, m, ref, LH_DTYPE_F32, 1, 0);
         ck_assert_msg(!memcmp(a.out, c.out, a.no * sizeof(float)) &&
                           !memcmp(a.dctx, c.dctx, a.nc * sizeof(float)),
                       "%s weights widened back: the numbers differ", lh_dtype_name(half[k]));
