@@ -310,7 +310,9 @@ static lh_status skip_pop(run *r, float **out, int64_t *c, const char *who) {
 static const float *wide(run *r, const float *w, size_t n) {
     lh_unet *m = r->m;
     if (!m->wide_max || !w || r->dry) return w;
-    lh_dtype t = lh_wstore_type(&m->ws, w);
+    /* all held in one half type (the usual case), or a mixture: look it up */
+    lh_dtype t = m->weight_storage != LH_DTYPE_F32 ? m->weight_storage
+                                                   : lh_wstore_type(&m->ws, w);
     if (t == LH_DTYPE_F32) return w;
     lh_status st = n > m->wide_max ? LH_ERR_INTERNAL
                                    : r->ops->cast(m->be, S(r, SLOT_WIDE), LH_DTYPE_F32, w, t,
