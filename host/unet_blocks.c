@@ -32,6 +32,8 @@ enum {
     SLOT_TEMB,        /* silu(time embedding) [b, 4 c0]: every resnet's input */
     SLOT_TRES,        /* one resnet's time_emb_proj output [b, c] */
     SLOT_WIDE,        /* a half-stored weight widened for its op (m->wide_max) */
+    SLOT_XIN,         /* F16/BF16: the input x rounded to it [b, c_in, h, w] */
+    SLOT_CTXIN,       /* ... and the context [b, n_ctx, cross_attention_dim] */
     /* Training only (zero bytes in inference). The recompute record of
      * gradient checkpointing: one unit's saved activations, recomputed
      * from its input during the backward. */
@@ -303,16 +305,22 @@ static lh_status skip_pop(run *r, float **out, int64_t *c, const char *who) {
                                 #call, lh_strerror(st_));                                          \
     } while (0)
 
-/* The float32 weights [n] an op reads: w itself, or, held in a half type
- * (host/weights.h), w widened into SLOT_WIDE, which the op reads before the
- * next widening overwrites it (one stream: in order). NULL, which every op
- * refuses, on failure. */
+/* The type weight w is held in: F32, or a half type (host/weights.h). */
+static lh_dtype held(const run *r, const float *w) {
+    const lh_unet *m = r->m;
+    if (!m->wide_max || !w) return LH_DTYPE_F32;
+    /* all held in one half type (the usual case), or a mixture: look it up */
+    return m->weight_storage != LH_DTYPE_F32 ? m->weight_storage : lh_wstore_type(&m->ws, w);
+}
+
+/* The float32 weights [n] an op reads: w itself, or, held in a half type,
+ * w widened into SLOT_WIDE, which the op reads before the next widening
+ * overwrites it (one stream: in order). NULL, which every op refuses, on
+ * failure. */
 static const float *wide(run *r, const float *w, size_t n) {
     lh_unet *m = r->m;
-    if (!m->wide_max || !w || r->dry) return w;
-    /* all held in one half type (the usual case), or a mixture: look it up */
-    lh_dtype t = m->weight_storage != LH_DTYPE_F32 ? m->weight_storage
-                                                   : lh_wstore_type(&m->ws, w);
+    if (r->dry) return w;
+    lh_dtype t = held(r, w);
     if (t == LH_DTYPE_F32) return w;
     lh_status st = n > m->wide_max ? LH_ERR_INTERNAL
                                    : r->ops->cast(m->be, S(r, SLOT_WIDE), LH_DTYPE_F32, w, t,
@@ -323,8 +331,39 @@ static const float *wide(run *r, const float *w, size_t n) {
     }
     return S(r, SLOT_WIDE);
 }
-/* a linear weight [n_out, n_in], a convolution's [c_out, c_in, k, k] */
-#define WL(w, n_out, n_in) wide(r, (w), (size_t)(n_out) * (size_t)(n_in))
+/* A half weight of the activation type, which the backend multiplies as
+ * it is (linear_hw), or NULL: widen it. */
+static const void *held_direct(const run *r, const float *w, int has_op, lh_dtype *t) {
+    if (r->dry || !has_op) return NULL;
+    *t = held(r, w);
+    return *t != LH_DTYPE_F32 && *t == r->act ? (const void *)w : NULL;
+}
+
+/* The backend's linear on out [rows, n_out] = x [rows, n_in] w^T + bias,
+ * with w [n_out, n_in] as it is held. */
+static lh_status lin(run *r, float *out, const float *x, const float *w, const float *bias,
+                     int64_t rows, int64_t n_in, int64_t n_out) {
+    lh_backend *be = r->m->be;
+    lh_dtype t = LH_DTYPE_F32;
+    const void *h = held_direct(r, w, r->ops->linear_hw != NULL, &t);
+    if (h) return r->ops->linear_hw(be, out, x, h, t, bias, rows, n_in, n_out);
+    return r->ops->linear(be, out, x, wide(r, w, (size_t)n_out * (size_t)n_in), bias, rows, n_in,
+                          n_out);
+}
+
+/* The backend's linear_backward, with w as it is held (a half one is frozen:
+ * no dw). */
+static lh_status lin_bwd(run *r, float *dx, float *dw, float *db, const float *dy, const float *x,
+                         const float *w, int64_t rows, int64_t n_in, int64_t n_out) {
+    lh_backend *be = r->m->be;
+    lh_dtype t = LH_DTYPE_F32;
+    const void *h = dx && !dw ? held_direct(r, w, r->ops->linear_backward_hw != NULL, &t) : NULL;
+    if (h) return r->ops->linear_backward_hw(be, dx, db, dy, h, t, rows, n_in, n_out);
+    return r->ops->linear_backward(be, dx, dw, db, dy, x, wide(r, w, (size_t)n_out * (size_t)n_in),
+                                   rows, n_in, n_out);
+}
+
+/* a convolution's weight [c_out, c_in, k, k] */
 #define WC(w, c_out, c_in, k)                                                                      \
     wide(r, (w), (size_t)(c_out) * (size_t)(c_in) * (size_t)(k) * (size_t)(k))
 
@@ -394,8 +433,7 @@ static lh_status resnet_fwd(run *r, const res_acts *a,
                        3, 1, 1),
            who);
         ADAPT(p->conv1_w, a->a, a->h1, b, h, w);
-        OP(ops->linear(be, a->tres, r->temb, WL(p->temb_w, co, 4 * c->block_out_channels[0]),
-                       p->temb_b, b, 4 * c->block_out_channels[0], co),
+        OP(lin(r, a->tres, r->temb, p->temb_w, p->temb_b, b, 4 * c->block_out_channels[0], co),
            who);
         ADAPT(p->temb_w, a->tres, r->temb, b, 1, 1);
         OP(ops->add_channel_bias(be, a->a, a->a, a->tres, b, co, hw), who);
@@ -441,18 +479,18 @@ static lh_status attention(run *r, const attn_acts *A,
     const lh_backend_ops *ops = r->ops;
     lh_backend *be = r->m->be;
     int64_t b = r->b, d = c / heads;
-    OP(ops->linear(be, A->q, ln, WL(wq, c, c), NULL, b * hw, c, c), who);
+    OP(lin(r, A->q, ln, wq, NULL, b * hw, c, c), who);
     ADAPT(wq, A->q, ln, b * hw, 1, 1);
-    OP(ops->linear(be, A->k, kv, WL(wk, c, c_kv), NULL, b * n_kv, c_kv, c), who);
+    OP(lin(r, A->k, kv, wk, NULL, b * n_kv, c_kv, c), who);
     ADAPT(wk, A->k, kv, b * n_kv, 1, 1);
-    OP(ops->linear(be, A->v, kv, WL(wv, c, c_kv), NULL, b * n_kv, c_kv, c), who);
+    OP(lin(r, A->v, kv, wv, NULL, b * n_kv, c_kv, c), who);
     ADAPT(wv, A->v, kv, b * n_kv, 1, 1);
     /* checkpointing keeps attention outputs: the recompute skips the kernel */
     if (!r->recompute)
         OP(ops->attention(be, A->att, A->lse, A->q, A->k, A->v, b, heads, hw, n_kv, d,
                           1.0f / sqrtf((float)d), 0), who);
     /* inference: proj is ln's slot (ln is consumed once q, k and v exist) */
-    OP(ops->linear(be, A->proj, A->att, WL(wo, c, c), bo, b * hw, c, c), who);
+    OP(lin(r, A->proj, A->att, wo, bo, b * hw, c, c), who);
     ADAPT(wo, A->proj, A->att, b * hw, 1, 1);
     OP(ops->add(be, s_out, s_in, A->proj, b * hw * c), who);
     return LH_OK;
@@ -541,7 +579,7 @@ static lh_status transformer_fwd(run *r, const tf_acts *A,
     OP(ops->group_norm(be, A->t1, x, a->norm_w, a->norm_b, b, c, hw, cfg->norm_num_groups, 1e-6f,
                        0), who);
     OP(ops->transpose_c_hw(be, A->tok, A->t1, b, c, hw), who);
-    OP(ops->linear(be, A->s0, A->tok, WL(a->proj_in_w, c, c), a->proj_in_b, n, c, c), who);
+    OP(lin(r, A->s0, A->tok, a->proj_in_w, a->proj_in_b, n, c, c), who);
     ADAPT(a->proj_in_w, A->s0, A->tok, n, 1, 1);
 
     OP(ops->layer_norm(be, A->ln1, A->s0, t->norm1_w, t->norm1_b, n, c, 1e-5f), who);
@@ -551,15 +589,15 @@ static lh_status transformer_fwd(run *r, const tf_acts *A,
     TRY(attention(r, &A->a2, A->s2, A->s1, A->ln2, r->ctx, t->q2, t->k2, t->v2, t->o2_w, t->o2_b,
                   c, heads, hw, r->n_ctx, cfg->cross_attention_dim, who));
     OP(ops->layer_norm(be, A->ln3, A->s2, t->norm3_w, t->norm3_b, n, c, 1e-5f), who);
-    OP(ops->linear(be, A->ff, A->ln3, WL(t->ff1_w, 8 * c, c), t->ff1_b, n, c, 8 * c), who);
+    OP(lin(r, A->ff, A->ln3, t->ff1_w, t->ff1_b, n, c, 8 * c), who);
     ADAPT(t->ff1_w, A->ff, A->ln3, n, 1, 1);
     OP(ops->geglu(be, A->gg, A->ff, n, 4 * c), who);
-    OP(ops->linear(be, A->ffo, A->gg, WL(t->ff2_w, c, 4 * c), t->ff2_b, n, 4 * c, c), who);
+    OP(lin(r, A->ffo, A->gg, t->ff2_w, t->ff2_b, n, 4 * c, c), who);
     ADAPT(t->ff2_w, A->ffo, A->gg, n, 1, 1);
     OP(ops->add(be, A->s3, A->s2, A->ffo, n * c), who);
     if (r->recompute) return LH_OK; /* the backward reads up to s3; out is kept */
 
-    OP(ops->linear(be, A->t2, A->s3, WL(a->proj_out_w, c, c), a->proj_out_b, n, c, c), who);
+    OP(lin(r, A->t2, A->s3, a->proj_out_w, a->proj_out_b, n, c, c), who);
     ADAPT(a->proj_out_w, A->t2, A->s3, n, 1, 1);
     OP(ops->transpose_c_hw(be, out, A->t2, b, hw, c), who);
     OP(ops->add(be, out, out, x, n * c), who);
@@ -735,13 +773,10 @@ static lh_status time_fwd(run *r, const time_acts *a, const float *timesteps) {
     if (!r->tproj_done)
         OP(ops->timestep_embedding(be, a->tp, timesteps, b, c0, c->flip_sin_to_cos,
                                    c->freq_shift, 10000.0f), "time_proj");
-    OP(ops->linear(be, a->th, a->tp, WL(m->time1_w, 4 * c0, c0), m->time1_b, b, c0, 4 * c0),
-       "time_embedding");
+    OP(lin(r, a->th, a->tp, m->time1_w, m->time1_b, b, c0, 4 * c0), "time_embedding");
     ADAPT(m->time1_w, a->th, a->tp, b, 1, 1);
     OP(ops->silu(be, a->ths, a->th, b * 4 * c0), "time_embedding");
-    OP(ops->linear(be, a->tep, a->ths, WL(m->time2_w, 4 * c0, 4 * c0), m->time2_b, b, 4 * c0,
-                   4 * c0),
-       "time_embedding");
+    OP(lin(r, a->tep, a->ths, m->time2_w, m->time2_b, b, 4 * c0, 4 * c0), "time_embedding");
     ADAPT(m->time2_w, a->tep, a->ths, b, 1, 1);
     OP(ops->silu(be, a->te, a->tep, b * 4 * c0), "time_embedding");
     return LH_OK;
@@ -764,6 +799,22 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
     r->checked = -1;
     r->res_rec = r->res_out[0] = r->res_out[1] = -1;
     need(r, SLOT_WIDE, m->wide_max);
+    /* Under F16/BF16 the inputs are rounded to it first, as autocast casts
+     * them for conv_in and the K/V projections (and diffusers' fp16
+     * pipeline hands the U-Net half tensors): every backend's products then
+     * read the same values (a device's half GEMMs could not read others). */
+    size_t nxi = elems(r, b, c->in_channels, h, w);
+    size_t nci = elems(r, b, r->n_ctx, c->cross_attention_dim, 1);
+    need(r, SLOT_XIN, nxi);
+    need(r, SLOT_CTXIN, nci);
+    if (!r->dry && r->act != LH_DTYPE_F32) {
+        OP(ops->copy(be, S(r, SLOT_XIN), x, nxi * sizeof(float)), "input");
+        OP(ops->round(be, S(r, SLOT_XIN), (int64_t)nxi, r->act), "input");
+        OP(ops->copy(be, S(r, SLOT_CTXIN), r->ctx, nci * sizeof(float)), "context");
+        OP(ops->round(be, S(r, SLOT_CTXIN), (int64_t)nci, r->act), "context");
+        x = S(r, SLOT_XIN);
+        r->ctx = S(r, SLOT_CTXIN);
+    }
 
     size_t ntp = elems(r, b, c0, 1, 1), nte = elems(r, b, 4, c0, 1);
     time_acts ta;
@@ -1340,8 +1391,7 @@ static lh_status resnet_bw(run *r, const res_acts *a, float *din, const float *d
                                 c->norm_eps, 1), who);
     /* a = conv1(h1) + temb_proj broadcast over hw */
     OP(ops->channel_bias_backward(be, dtres, da, b, co, hw), who);
-    OP(ops->linear_backward(be, dte, G(r, p->temb_w), G(r, p->temb_b), dtres, r->temb,
-                            WL(p->temb_w, co, ct), b, ct, co),
+    OP(lin_bwd(r, dte, G(r, p->temb_w), G(r, p->temb_b), dtres, r->temb, p->temb_w, b, ct, co),
        who);
     ADAPT_BW(p->temb_w, dte, dtres, r->temb, b, 1, 1);
     OP(ops->add(be, S(r, SLOT_DTEMB), S(r, SLOT_DTEMB), dte, b * ct), who);
@@ -1377,27 +1427,22 @@ static lh_status attention_bw(run *r, const attn_acts *A, float *dln, float *d_c
     lh_backend *be = r->m->be;
     int64_t b = r->b, d = c / heads, n = b * hw;
     float *datt = S(r, SLOT_GA), *dq = S(r, SLOT_GQ), *dk = S(r, SLOT_GK), *dv = S(r, SLOT_GV);
-    OP(ops->linear_backward(be, datt, G(r, wo), G(r, bo), ds, A->att, WL(wo, c, c), n, c, c), who);
+    OP(lin_bwd(r, datt, G(r, wo), G(r, bo), ds, A->att, wo, n, c, c), who);
     ADAPT_BW(wo, datt, ds, A->att, n, 1, 1);
     OP(ops->attention_backward(be, dq, dk, dv, datt, A->att, A->lse, A->q, A->k, A->v, b, heads, hw,
                                n_kv, d, 1.0f / sqrtf((float)d), 0), who);
-    OP(ops->linear_backward(be, dln, G(r, wq), NULL, dq, ln, WL(wq, c, c), n, c, c), who);
+    OP(lin_bwd(r, dln, G(r, wq), NULL, dq, ln, wq, n, c, c), who);
     ADAPT_BW(wq, dln, dq, ln, n, 1, 1);
     const float *wkv[2] = {wk, wv}, *dkv[2] = {dk, dv};
     for (int i = 0; i < 2; i++) {
         if (self) {
             float *dt = S(r, SLOT_GE);
-            OP(ops->linear_backward(be, dt, G(r, wkv[i]), NULL, dkv[i], ln, WL(wkv[i], c, c), n, c,
-                                    c),
-               who);
+            OP(lin_bwd(r, dt, G(r, wkv[i]), NULL, dkv[i], ln, wkv[i], n, c, c), who);
             OP(ops->add(be, dln, dln, dt, n * c), who);
             ADAPT_BW(wkv[i], dln, dkv[i], ln, n, 1, 1);
         } else {
             float *dc = d_ctx ? S(r, SLOT_GCTX) : NULL, *dw = G(r, wkv[i]);
-            if (dc || dw)
-                OP(ops->linear_backward(be, dc, dw, NULL, dkv[i], kv, WL(wkv[i], c, c_kv), b * n_kv,
-                                        c_kv, c),
-                   who);
+            if (dc || dw) OP(lin_bwd(r, dc, dw, NULL, dkv[i], kv, wkv[i], b * n_kv, c_kv, c), who);
             ADAPT_BW(wkv[i], dc, dkv[i], kv, b * n_kv, 1, 1);
             if (dc) OP(ops->add(be, d_ctx, d_ctx, dc, b * n_kv * c_kv), who);
         }
@@ -1420,19 +1465,14 @@ static lh_status transformer_bw(run *r, const tf_acts *A, float *din, float *d_c
 
     /* out = x + transpose(proj_out(s3)) */
     OP(ops->transpose_c_hw(be, dt2, dout, b, c, hw), who);
-    OP(ops->linear_backward(be, ds, G(r, a->proj_out_w), G(r, a->proj_out_b), dt2, A->s3,
-                            WL(a->proj_out_w, c, c), n, c, c),
+    OP(lin_bwd(r, ds, G(r, a->proj_out_w), G(r, a->proj_out_b), dt2, A->s3, a->proj_out_w, n, c, c),
        who);
     ADAPT_BW(a->proj_out_w, ds, dt2, A->s3, n, 1, 1);
     /* s3 = s2 + ff2(geglu(ff1(ln3(s2)))) */
-    OP(ops->linear_backward(be, dgg, G(r, t->ff2_w), G(r, t->ff2_b), ds, A->gg,
-                            WL(t->ff2_w, c, 4 * c), n, 4 * c, c),
-       who);
+    OP(lin_bwd(r, dgg, G(r, t->ff2_w), G(r, t->ff2_b), ds, A->gg, t->ff2_w, n, 4 * c, c), who);
     ADAPT_BW(t->ff2_w, dgg, ds, A->gg, n, 1, 1);
     OP(ops->geglu_backward(be, dff, dgg, A->ff, n, 4 * c), who);
-    OP(ops->linear_backward(be, dln, G(r, t->ff1_w), G(r, t->ff1_b), dff, A->ln3,
-                            WL(t->ff1_w, 8 * c, c), n, c, 8 * c),
-       who);
+    OP(lin_bwd(r, dln, G(r, t->ff1_w), G(r, t->ff1_b), dff, A->ln3, t->ff1_w, n, c, 8 * c), who);
     ADAPT_BW(t->ff1_w, dln, dff, A->ln3, n, 1, 1);
     OP(ops->layer_norm_backward(be, dt, G(r, t->norm3_w), G(r, t->norm3_b), dln, A->s2,
                                 t->norm3_w, n, c, 1e-5f), who);
@@ -1451,8 +1491,7 @@ static lh_status transformer_bw(run *r, const tf_acts *A, float *din, float *d_c
     OP(ops->add(be, ds, ds, dt, n * c), who);
     /* s0 = proj_in(transpose(gn(x))) */
     float *dtok = S(r, SLOT_GC), *dt1 = S(r, SLOT_GD);
-    OP(ops->linear_backward(be, dtok, G(r, a->proj_in_w), G(r, a->proj_in_b), ds, A->tok,
-                            WL(a->proj_in_w, c, c), n, c, c),
+    OP(lin_bwd(r, dtok, G(r, a->proj_in_w), G(r, a->proj_in_b), ds, A->tok, a->proj_in_w, n, c, c),
        who);
     ADAPT_BW(a->proj_in_w, dtok, ds, A->tok, n, 1, 1);
     OP(ops->transpose_c_hw(be, dt1, dtok, b, hw, c), who);
@@ -1472,14 +1511,13 @@ static lh_status time_bw(run *r) {
     int64_t b = r->b, c0 = m->cfg.block_out_channels[0], n = b * 4 * c0;
     float *dte = S(r, SLOT_DTEMB), *dh = S(r, SLOT_GA);
     OP(ops->silu_backward(be, dte, dte, a->tep, n), "time_embedding");
-    OP(ops->linear_backward(be, dh, G(r, m->time2_w), G(r, m->time2_b), dte, a->ths,
-                            WL(m->time2_w, 4 * c0, 4 * c0), b, 4 * c0, 4 * c0),
+    OP(lin_bwd(r, dh, G(r, m->time2_w), G(r, m->time2_b), dte, a->ths, m->time2_w, b, 4 * c0,
+               4 * c0),
        "time_embedding");
     ADAPT_BW(m->time2_w, dh, dte, a->ths, b, 1, 1);
     OP(ops->silu_backward(be, dh, dh, a->th, n), "time_embedding");
     if (r->grads)
-        OP(ops->linear_backward(be, NULL, G(r, m->time1_w), G(r, m->time1_b), dh, a->tp, NULL, b,
-                                c0, 4 * c0),
+        OP(lin_bwd(r, NULL, G(r, m->time1_w), G(r, m->time1_b), dh, a->tp, NULL, b, c0, 4 * c0),
            "time_embedding");
     ADAPT_BW(m->time1_w, NULL, dh, a->tp, b, 1, 1);
     return LH_OK;

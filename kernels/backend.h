@@ -60,6 +60,17 @@ typedef struct lh_backend_ops {
                         const float *bias,           /* [n_out] or NULL */
                         int64_t rows, int64_t n_in, int64_t n_out);
 
+    /* Optional (NULL: the caller widens w with `cast` and calls linear):
+     * linear with w held in wdt, a half type (F16 or BF16) that must be the
+     * activation precision (set_precision; else LH_ERR_INVALID). The same
+     * numbers as linear on w widened to float32; a device multiplies the
+     * half weights as they are, with no float32 copy. */
+    lh_status (*linear_hw)(lh_backend *be, float *out, /* [rows, n_out] */
+                           const float *x,             /* [rows, n_in] */
+                           const void *w, lh_dtype wdt, /* [n_out, n_in] */
+                           const float *bias,           /* [n_out] or NULL */
+                           int64_t rows, int64_t n_in, int64_t n_out);
+
     /* ---- Convolution (NCHW, groups = 1, square stride/pad, dilation 1) ---- */
     lh_status (*conv2d)(lh_backend *be, float *out, /* [n, c_out, h_out, w_out] */
                         const float *x,             /* [n, c_in, h, w] */
@@ -147,6 +158,12 @@ typedef struct lh_backend_ops {
                                  const float *x,  /* [rows, n_in] (for dw) */
                                  const float *w,  /* [n_out, n_in] (for dx) */
                                  int64_t rows, int64_t n_in, int64_t n_out);
+    /* Optional, as linear_hw: linear_backward's dx and db with w held in
+     * wdt (the activation precision); no dw: a half-held weight is frozen. */
+    lh_status (*linear_backward_hw)(lh_backend *be, float *dx, float *db,
+                                    const float *dy,              /* [rows, n_out] */
+                                    const void *w, lh_dtype wdt,  /* [n_out, n_in] */
+                                    int64_t rows, int64_t n_in, int64_t n_out);
     /* conv2d (as the forward: groups 1, square stride/pad): dx [n, c_in, h, w],
      * dw [c_out, c_in, kh, kw] +=, db [c_out] +=. */
     lh_status (*conv2d_backward)(lh_backend *be, float *dx, float *dw, float *db,
@@ -293,7 +310,7 @@ struct lh_backend {
  * module whose value differs (a stale build read through a changed table
  * would call the wrong ops). Bump the version when an op's signature or
  * the order of the table changes. */
-#define LH_BACKEND_ABI_VERSION 4u
+#define LH_BACKEND_ABI_VERSION 5u
 static inline uint32_t lh_backend_abi(void) {
     return LH_BACKEND_ABI_VERSION << 16 | (uint32_t)sizeof(lh_backend_ops);
 }

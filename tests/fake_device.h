@@ -45,6 +45,7 @@ typedef struct {
                      count_nonfinite */
     struct fake_graph *rec; /* the graph being recorded, or NULL */
     int spoiled;            /* an op that cannot be recorded came while recording */
+    lh_dtype act;           /* set_precision's activation type (linear_hw checks it) */
 } fake_device;
 
 static fake_device *fake__dev(lh_backend *be) { return be->impl; }
@@ -269,6 +270,36 @@ static lh_status fake_linear(lh_backend *be, float *out, const float *x, const f
     fake_linear_a A_ = {out, x, w, bias, rows, n_in, n_out};
     return fake__op(be, fake_linear_run, &A_, sizeof A_);
 }
+/* linear_hw (and its backward): the half weights widened into a host
+ * buffer with the cpu's cast, then the cpu's linear -- the contract's
+ * "same numbers as linear on w widened" by construction; what the parity
+ * suites check through it is that the host hands the op half weights of
+ * the activation type, in backend memory. */
+static int fake__held_ok(lh_backend *be, lh_dtype wdt) {
+    return (wdt == LH_DTYPE_F16 || wdt == LH_DTYPE_BF16) && wdt == fake__dev(be)->act;
+}
+static float *fake__widened(lh_backend *be, const void *w, lh_dtype wdt, int64_t n) {
+    float *f = malloc((size_t)(n > 0 ? n : 1) * sizeof *f);
+    if (f && CPU->ops->cast(CPU, f, LH_DTYPE_F32, w, wdt, n) != LH_OK) {
+        free(f);
+        return NULL;
+    }
+    return f;
+}
+typedef struct { float *out; const float *x; const void *w; lh_dtype wdt; const float *bias; int64_t rows; int64_t n_in; int64_t n_out; } fake_linear_hw_a;
+static lh_status fake_linear_hw_run(lh_backend *be, const void *p) {
+    const fake_linear_hw_a *A_ = p;
+    float *w = A_->w ? fake__widened(be, FAKE_R(A_->w), A_->wdt, A_->n_out * A_->n_in) : NULL;
+    if (A_->w && !w) return LH_ERR_NOMEM;
+    lh_status st = CPU->ops->linear(CPU, FAKE_R(A_->out), FAKE_R(A_->x), w, FAKE_R(A_->bias), A_->rows, A_->n_in, A_->n_out);
+    free(w);
+    return st;
+}
+static lh_status fake_linear_hw(lh_backend *be, float *out, const float *x, const void *w, lh_dtype wdt, const float *bias, int64_t rows, int64_t n_in, int64_t n_out) {
+    if (!fake__held_ok(be, wdt) || rows < 0 || n_in < 0 || n_out < 0) return LH_ERR_INVALID;
+    fake_linear_hw_a A_ = {out, x, w, wdt, bias, rows, n_in, n_out};
+    return fake__op(be, fake_linear_hw_run, &A_, sizeof A_);
+}
 typedef struct { float *out; const float *x; const float *w; const float *bias; int64_t n; int64_t c_in; int64_t h; int64_t wd; int64_t c_out; int64_t kh; int64_t kw; int stride; int pad; } fake_conv2d_a;
 static lh_status fake_conv2d_run(lh_backend *be, const void *p) {
     const fake_conv2d_a *A_ = p;
@@ -413,6 +444,18 @@ static lh_status fake_linear_backward(lh_backend *be, float *dx, float *dw, floa
     return CALL(linear_backward, FAKE_R(dx), FAKE_R(dw), FAKE_R(db), FAKE_R(dy), FAKE_R(x),
                 FAKE_R(w), rows, n_in, n_out);
 }
+static lh_status fake_linear_backward_hw(lh_backend *be, float *dx, float *db, const float *dy,
+                                         const void *w, lh_dtype wdt, int64_t rows,
+                                         int64_t n_in, int64_t n_out) {
+    if (fake__dev(be)->rec) return fake__refuse(be, "linear_backward_hw");
+    if (!fake__held_ok(be, wdt) || rows < 0 || n_in < 0 || n_out < 0) return LH_ERR_INVALID;
+    float *wf = w && dx ? fake__widened(be, FAKE_R(w), wdt, n_out * n_in) : NULL;
+    if (w && dx && !wf) return LH_ERR_NOMEM;
+    lh_status st = CPU->ops->linear_backward(CPU, FAKE_R(dx), NULL, FAKE_R(db), FAKE_R(dy), NULL,
+                                             wf, rows, n_in, n_out);
+    free(wf);
+    return st;
+}
 static lh_status fake_conv2d_backward(lh_backend *be, float *dx, float *dw, float *db,
                                       const float *dy, const float *x, const float *w,
                                       int64_t n, int64_t c_in, int64_t h, int64_t wd,
@@ -477,7 +520,9 @@ static lh_status fake_split_channels(lh_backend *be, float *a, float *b, const f
 
 static lh_status fake_set_precision(lh_backend *be, lh_dtype act) {
     if (fake__dev(be)->rec) return fake__refuse(be, "set_precision");
-    return CPU->ops->set_precision(CPU, act);
+    lh_status st = CPU->ops->set_precision(CPU, act);
+    if (st == LH_OK) fake__dev(be)->act = act;
+    return st;
 }
 typedef struct { float *x; int64_t n; lh_dtype dtype; } fake_round_a;
 static lh_status fake_round_run(lh_backend *be, const void *p) {
@@ -615,6 +660,7 @@ static const lh_backend_ops fake_device_ops = {
     .sync = fake_sync,
     .gemm = fake_gemm,
     .linear = fake_linear,
+    .linear_hw = fake_linear_hw,
     .conv2d = fake_conv2d,
     .group_norm = fake_group_norm,
     .layer_norm = fake_layer_norm,
@@ -632,6 +678,7 @@ static const lh_backend_ops fake_device_ops = {
     .transpose_c_hw = fake_transpose_c_hw,
     .timestep_embedding = fake_timestep_embedding,
     .linear_backward = fake_linear_backward,
+    .linear_backward_hw = fake_linear_backward_hw,
     .conv2d_backward = fake_conv2d_backward,
     .group_norm_backward = fake_group_norm_backward,
     .layer_norm_backward = fake_layer_norm_backward,

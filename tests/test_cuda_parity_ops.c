@@ -112,6 +112,10 @@ static void att_case(att_shape s, int backward, double tol) {
         free(o_h);
         free(l_h);
         pair dout = pair_rand(qn, seed + 4, -1.0f, 1.0f);
+        if (g_att_inputs != LH_DTYPE_F32) { /* an output gradient is rounded as any input */
+            ck_assert_int_eq(G->round(g_gpu, dout.g, qn, g_att_inputs), LH_OK);
+            ck_assert_int_eq(C->round(g_cpu, dout.c, qn, g_att_inputs), LH_OK);
+        }
         pair dq = pair_rand(qn, 91, -5, 5), dk = pair_rand(kn, 92, -5, 5);
         pair dv = pair_rand(kn, 93, -5, 5); /* garbage: the op writes them */
         for (int with_lse = 1; with_lse >= 0; with_lse--) {
@@ -875,6 +879,98 @@ START_TEST(test_cast) {
 }
 END_TEST
 
+/* x [n] of both backends rounded to t in place. */
+static void pair_round(pair p, lh_dtype t) {
+    ck_assert_int_eq(g_gpu->ops->round(g_gpu, p.g, p.n, t), LH_OK);
+    ck_assert_int_eq(g_cpu->ops->round(g_cpu, p.c, p.n, t), LH_OK);
+}
+
+/* Whether device buffers a and b [n] hold the same bits. */
+static int same_dev(const float *a, const float *b, int64_t n) {
+    float *ha = back(g_gpu, a, n), *hb = back(g_gpu, b, n);
+    int same = memcmp(ha, hb, (size_t)n * sizeof(float)) == 0;
+    free(ha), free(hb);
+    return same;
+}
+
+/* linear_hw and linear_backward_hw (a frozen weight held in the half
+ * activation type) against the device's own linear on the same weights
+ * widened (the same bits: the contract) and against the cpu's linear. */
+static void linear_hw_case(lh_dtype t, int64_t rows, int64_t n_in, int64_t n_out, int has_bias) {
+    const lh_backend_ops *G = g_gpu->ops, *C = g_cpu->ops;
+    const char *tn = lh_dtype_name(t);
+    char what[128];
+    uint64_t seed = (uint64_t)(rows * 7 + n_in * 3 + n_out);
+    pair x = pair_rand(rows * n_in, seed, -1, 1), w = pair_rand(n_out * n_in, seed + 1, -1, 1);
+    pair bias = has_bias ? pair_rand(n_out, seed + 2, -1, 1) : (pair){0};
+    pair dy = pair_rand(rows * n_out, seed + 3, -1, 1);
+    pair_round(x, t), pair_round(w, t), pair_round(dy, t);
+    pair out = pair_of(NULL, rows * n_out), dx = pair_of(NULL, rows * n_in);
+    pair db = pair_rand(n_out, seed + 4, -1, 1); /* accumulated into */
+    void *wh = G->alloc(g_gpu, (size_t)(n_out * n_in) * 2 + 2);
+    float *out2 = G->alloc(g_gpu, sizeof(float) * (size_t)(rows * n_out) + 4);
+    float *dx2 = G->alloc(g_gpu, sizeof(float) * (size_t)(rows * n_in) + 4);
+    float *db2 = G->alloc(g_gpu, sizeof(float) * (size_t)n_out + 4);
+    ck_assert(wh && out2 && dx2 && db2);
+    ck_assert_int_eq(G->copy(g_gpu, db2, db.g, sizeof(float) * (size_t)n_out), LH_OK);
+    ck_assert_int_eq(G->cast(g_gpu, wh, t, w.g, LH_DTYPE_F32, n_out * n_in), LH_OK);
+    ck_assert_int_eq(G->linear_hw(g_gpu, out.g, x.g, wh, t, bias.g, rows, n_in, n_out), LH_OK);
+    ck_assert_int_eq(G->linear(g_gpu, out2, x.g, w.g, bias.g, rows, n_in, n_out), LH_OK);
+    ck_assert_int_eq(C->linear(g_cpu, out.c, x.c, w.c, bias.c, rows, n_in, n_out), LH_OK);
+    snprintf(what, sizeof what, "linear_hw %s %lld x %lld -> %lld%s", tn, (long long)rows,
+             (long long)n_in, (long long)n_out, has_bias ? " + bias" : "");
+    expect_pair(what, out, TOL_HALF);
+    PARITY_EXPECT(same_dev(out.g, out2, rows * n_out), "%s: not the bits of linear on the "
+                  "widened weights", what);
+    ck_assert_int_eq(G->linear_backward_hw(g_gpu, dx.g, db.g, dy.g, wh, t, rows, n_in, n_out),
+                     LH_OK);
+    ck_assert_int_eq(G->linear_backward(g_gpu, dx2, NULL, db2, dy.g, NULL, w.g, rows, n_in, n_out),
+                     LH_OK);
+    ck_assert_int_eq(C->linear_backward(g_cpu, dx.c, NULL, db.c, dy.c, NULL, w.c, rows, n_in, n_out),
+                     LH_OK);
+    snprintf(what, sizeof what, "linear_backward_hw %s %lld x %lld -> %lld dx", tn,
+             (long long)rows, (long long)n_in, (long long)n_out);
+    expect_pair(what, dx, TOL_HALF);
+    PARITY_EXPECT(same_dev(dx.g, dx2, rows * n_in), "%s: not the bits of linear_backward", what);
+    snprintf(what, sizeof what, "linear_backward_hw %s %lld x %lld -> %lld db +=", tn,
+             (long long)rows, (long long)n_in, (long long)n_out);
+    expect_pair(what, db, TOL_HALF);
+    PARITY_EXPECT(same_dev(db.g, db2, n_out), "%s: not the bits of linear_backward", what);
+    G->free(g_gpu, wh), G->free(g_gpu, out2), G->free(g_gpu, dx2), G->free(g_gpu, db2);
+    pair_free(&x), pair_free(&w), pair_free(&dy), pair_free(&out), pair_free(&dx);
+    pair_free(&db);
+    if (has_bias) pair_free(&bias);
+}
+
+START_TEST(test_linear_hw) {
+    if (!g_gpu->ops->linear_hw || !g_gpu->ops->linear_backward_hw) {
+        printf("linear_hw: the device backend has none (the host widens)\n");
+        return;
+    }
+    static const lh_dtype types[] = {LH_DTYPE_F16, LH_DTYPE_BF16};
+    float dummy = 0;
+    for (size_t i = 0; i < 2; i++) {
+        lh_dtype t = types[i];
+        ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, t), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, t), LH_OK);
+        linear_hw_case(t, 4096, 320, 1280, 1); /* SD 1.5 feed-forward at 64x64: tensor cores */
+        linear_hw_case(t, 154, 768, 320, 0);   /* cross-attention k: tensor cores */
+        linear_hw_case(t, 5, 3, 7, 1);         /* small: widened, TF32 */
+        /* a weight type other than the activation type is refused */
+        lh_dtype other = t == LH_DTYPE_F16 ? LH_DTYPE_BF16 : LH_DTYPE_F16;
+        ck_assert_int_eq(g_gpu->ops->linear_hw(g_gpu, &dummy, &dummy, &dummy, other, NULL, 1, 1, 1),
+                         LH_ERR_INVALID);
+        ck_assert_int_eq(g_gpu->ops->linear_backward_hw(g_gpu, &dummy, NULL, &dummy, &dummy,
+                                                        LH_DTYPE_F32, 1, 1, 1),
+                         LH_ERR_INVALID);
+    }
+    ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, LH_DTYPE_F32), LH_OK);
+    ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, LH_DTYPE_F32), LH_OK);
+    ck_assert_int_eq(g_gpu->ops->linear_hw(g_gpu, &dummy, &dummy, &dummy, LH_DTYPE_F16, NULL, 1, 1, 1),
+                     LH_ERR_INVALID); /* float32 activations: no half weights */
+}
+END_TEST
+
 START_TEST(test_half_outputs) {
     static const lh_dtype types[] = {LH_DTYPE_F16, LH_DTYPE_BF16};
     for (size_t t = 0; t < 2; t++) {
@@ -959,6 +1055,7 @@ int main(void) {
     tcase_add_test(tc, test_attention_vae);
     tcase_add_test(tc, test_attention_sd15);
     tcase_add_test(tc, test_cast);
+    tcase_add_test(tc, test_linear_hw);
     tcase_add_test(tc, test_half_outputs);
     tcase_add_test(tc, test_train_ops);
     suite_add_tcase(s, tc);

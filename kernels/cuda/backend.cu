@@ -387,7 +387,9 @@ extern "C" lh_status lh__cuda_count_nonfinite(lh_backend *be, int64_t *count, co
     if (!n) return LH_OK;
     lh_cuda *cu = lh__cuda(be);
     void *d = NULL;
-    lh_status st = lh__cuda_scratch(be, sizeof(unsigned long long), &d);
+    /* it waits for its result: refused before queueing anything into a recording */
+    lh_status st = lh__cuda_not_recording(be, "count_nonfinite");
+    if (st == LH_OK) st = lh__cuda_scratch(be, sizeof(unsigned long long), &d);
     if (st == LH_OK) st = cuda_memset0(be, d, sizeof(unsigned long long));
     if (st != LH_OK) return st;
     count_nonfinite_kernel<<<lh__cuda_grid(n, 256) > 1024 ? 1024 : lh__cuda_grid(n, 256), 256, 0,
@@ -430,6 +432,14 @@ static lh_status r_linear(lh_backend *be, float *out, const float *x, const floa
     return lh__cuda_after(be, st, out, (uint64_t)rows * n_out);
 }
 
+static lh_status r_linear_hw(lh_backend *be, float *out, const float *x, const void *w,
+                             lh_dtype wdt, const float *bias, int64_t rows, int64_t n_in,
+                             int64_t n_out) {
+    lh_status st = lh__cuda_linear_hw(be, out, x, w, wdt, bias, rows, n_in, n_out);
+    if (st != LH_OK || bias) return st; /* the bias kernel stored it rounded */
+    return lh__cuda_after(be, st, out, (uint64_t)rows * n_out);
+}
+
 static lh_status r_conv2d(lh_backend *be, float *out, const float *x, const float *w,
                           const float *bias, int64_t n, int64_t c_in, int64_t h, int64_t wd,
                           int64_t c_out, int64_t kh, int64_t kw, int stride, int pad) {
@@ -462,6 +472,13 @@ static lh_status r_linear_backward(lh_backend *be, float *dx, float *dw, float *
                                    int64_t n_in, int64_t n_out) {
     return lh__cuda_after(be,
                           lh__cuda_linear_backward(be, dx, dw, db, dy, x, w, rows, n_in, n_out),
+                          dx, (uint64_t)rows * n_in);
+}
+
+static lh_status r_linear_backward_hw(lh_backend *be, float *dx, float *db, const float *dy,
+                                      const void *w, lh_dtype wdt, int64_t rows, int64_t n_in,
+                                      int64_t n_out) {
+    return lh__cuda_after(be, lh__cuda_linear_backward_hw(be, dx, db, dy, w, wdt, rows, n_in, n_out),
                           dx, (uint64_t)rows * n_in);
 }
 
@@ -555,6 +572,7 @@ static const lh_backend_ops cuda_ops = {
     /* .sync = */ cuda_sync,
     /* .gemm = */ r_gemm,
     /* .linear = */ r_linear,
+    /* .linear_hw = */ r_linear_hw,
     /* .conv2d = */ r_conv2d,
     /* .group_norm = */ lh__cuda_group_norm,
     /* .layer_norm = */ lh__cuda_layer_norm,
@@ -572,6 +590,7 @@ static const lh_backend_ops cuda_ops = {
     /* .transpose_c_hw = */ lh__cuda_transpose_c_hw,
     /* .timestep_embedding = */ r_timestep_embedding,
     /* .linear_backward = */ r_linear_backward,
+    /* .linear_backward_hw = */ r_linear_backward_hw,
     /* .conv2d_backward = */ r_conv2d_backward,
     /* .group_norm_backward = */ r_group_norm_backward,
     /* .layer_norm_backward = */ r_layer_norm_backward,

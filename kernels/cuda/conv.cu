@@ -143,14 +143,17 @@ static int exact_algo(cudnnConvolutionBwdFilterAlgo_t a) {
 }
 
 /* Index of the heuristics' first (best ranked) usable result: successful;
- * FMA math when TF32 is off; an exact algorithm; deterministic; workspace
- * within CONV_WS_PREFER. The wishes are dropped from the last when no
- * result has them all; -1 if none succeeded. */
+ * not a tensor-op result when TF32 is off (FMA or default math: the
+ * descriptor is set to FMA math either way); an exact algorithm;
+ * deterministic; workspace within CONV_WS_PREFER. The wishes are dropped
+ * from the last when no result has them all; -1 if none succeeded. */
 template <typename P> static int pick_algo(const P *perf, int got, int tf32) {
     for (int need = 4; need >= 0; need--) {
         for (int i = 0; i < got; i++) {
             if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
-            if (need > 0 && !tf32 && perf[i].mathType != CUDNN_FMA_MATH) continue;
+            if (need > 0 && !tf32 && perf[i].mathType != CUDNN_FMA_MATH &&
+                perf[i].mathType != CUDNN_DEFAULT_MATH)
+                continue;
             if (need > 1 && !exact_algo(perf[i].algo)) continue;
             if (need > 2 && perf[i].memory > CONV_WS_PREFER) continue;
             if (need > 3 && perf[i].determinism != CUDNN_DETERMINISTIC) continue;

@@ -155,6 +155,12 @@ lh_status lh__cuda_linear(lh_backend *be, float *out, const float *x, const floa
 lh_status lh__cuda_linear_backward(lh_backend *be, float *dx, float *dw, float *db,
                                    const float *dy, const float *x, const float *w, int64_t rows,
                                    int64_t n_in, int64_t n_out);
+lh_status lh__cuda_linear_hw(lh_backend *be, float *out, const float *x, const void *w,
+                             lh_dtype wdt, const float *bias, int64_t rows, int64_t n_in,
+                             int64_t n_out);
+lh_status lh__cuda_linear_backward_hw(lh_backend *be, float *dx, float *db, const float *dy,
+                                      const void *w, lh_dtype wdt, int64_t rows, int64_t n_in,
+                                      int64_t n_out);
 lh_status lh__cuda_conv2d(lh_backend *be, float *out, const float *x, const float *w,
                           const float *bias, int64_t n, int64_t c_in, int64_t h, int64_t wd,
                           int64_t c_out, int64_t kh, int64_t kw, int stride, int pad);

@@ -7,7 +7,9 @@
  * type, are converted to it in scratch and multiplied on the tensor cores
  * with float32 accumulation and a float32 C (as autocast's GEMMs
  * accumulate), which changes no input value; smaller products use TF32,
- * which holds such values exactly too. Bias gradients are column
+ * which holds such values exactly too. A frozen base weight held in the
+ * activation type (linear_hw) is multiplied as it is, with no widened
+ * float32 copy and no conversion back. Bias gradients are column
  * sums in double, in a fixed order (no atomics): the same bits every run. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -91,38 +93,72 @@ template <> __global__ void to_half<__nv_bfloat16>(__nv_bfloat16 *dst, const flo
     LH_CU_FOR(i, n) dst[i] = __float2bfloat16_rn(src[i]);
 }
 
+/* dst [n] = src [n] widened from the half type T (exact). */
+template <typename T> static __global__ void to_float(float *dst, const T *src, int64_t n) {
+    LH_CU_FOR(i, n) dst[i] = (float)src[i];
+}
+
 /* ---- Helpers ---- */
 
 /* The operands of a product in the half type `act`, in scratch: *ha holds
- * the span_a elements of a, *hb the span_b of b. */
+ * the span_a elements of a, *hb the span_b of b; b_half: b is held in
+ * `act` already and is used as it is. */
 static lh_status half_operands(lh_backend *be, lh_dtype act, const float *a, int64_t span_a,
-                               const float *b, int64_t span_b, const void **ha, const void **hb) {
+                               const void *b, int b_half, int64_t span_b, const void **ha,
+                               const void **hb) {
     int64_t off = cdiv(span_a, 64) * 64; /* b's part starts 128-byte aligned */
     void *w = NULL;
-    lh_status st = lh__cuda_scratch(be, (size_t)(off + span_b) * 2, &w);
+    lh_status st = lh__cuda_scratch(be, (size_t)(off + (b_half ? 0 : span_b)) * 2, &w);
     if (st != LH_OK) return st;
     cudaStream_t s = lh__cuda(be)->stream;
+    *hb = b;
     if (act == LH_DTYPE_F16) {
         __half *h = (__half *)w;
         to_half<__half><<<lh__cuda_grid(span_a, 256), 256, 0, s>>>(h, a, span_a);
-        to_half<__half><<<lh__cuda_grid(span_b, 256), 256, 0, s>>>(h + off, b, span_b);
+        if (!b_half) {
+            to_half<__half><<<lh__cuda_grid(span_b, 256), 256, 0, s>>>(h + off, (const float *)b,
+                                                                        span_b);
+            *hb = h + off;
+        }
         *ha = h;
-        *hb = h + off;
     } else {
         __nv_bfloat16 *h = (__nv_bfloat16 *)w;
         to_half<__nv_bfloat16><<<lh__cuda_grid(span_a, 256), 256, 0, s>>>(h, a, span_a);
-        to_half<__nv_bfloat16><<<lh__cuda_grid(span_b, 256), 256, 0, s>>>(h + off, b, span_b);
+        if (!b_half) {
+            to_half<__nv_bfloat16><<<lh__cuda_grid(span_b, 256), 256, 0, s>>>(
+                h + off, (const float *)b, span_b);
+            *hb = h + off;
+        }
         *ha = h;
-        *hb = h + off;
     }
     return lh__cuda_launched(be, "gemm: operands to half");
 }
 
+/* b [span] held in the half type t, widened into scratch (float32). */
+static lh_status widen_operand(lh_backend *be, lh_dtype t, const void *b, int64_t span,
+                               const float **out) {
+    void *w = NULL;
+    lh_status st = lh__cuda_scratch(be, (size_t)span * sizeof(float), &w);
+    if (st != LH_OK) return st;
+    cudaStream_t s = lh__cuda(be)->stream;
+    if (t == LH_DTYPE_F16)
+        to_float<__half><<<lh__cuda_grid(span, 256), 256, 0, s>>>((float *)w, (const __half *)b,
+                                                                   span);
+    else
+        to_float<__nv_bfloat16><<<lh__cuda_grid(span, 256), 256, 0, s>>>(
+            (float *)w, (const __nv_bfloat16 *)b, span);
+    *out = (const float *)w;
+    return lh__cuda_launched(be, "gemm: half weights to float32");
+}
+
 /* The product on checked arguments (m, n, k within int; a and b valid when
- * k > 0; strides checked for overflow). */
-static lh_status gemm_run(lh_backend *be, float *c, const float *a, const float *b, int trans_a,
-                          int trans_b, int64_t m, int64_t n, int64_t k, float alpha, float beta,
-                          int64_t batch, int64_t stride_a, int64_t stride_b, int64_t stride_c) {
+ * k > 0; strides checked for overflow). b is float32, or with b_half held
+ * in the activation type (F16/BF16; a frozen base weight): a large product
+ * multiplies it as it is, a small one widens it into scratch first. */
+static lh_status gemm_run(lh_backend *be, float *c, const float *a, const void *b, int b_half,
+                          int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                          float beta, int64_t batch, int64_t stride_a, int64_t stride_b,
+                          int64_t stride_c) {
     lh_cuda *cu = lh__cuda(be);
     if (m == 0 || n == 0 || batch == 0) return LH_OK;
     if (k == 0 || alpha == 0.0f) { /* C = beta C, without reading A or B */
@@ -144,11 +180,16 @@ static lh_status gemm_run(lh_backend *be, float *c, const float *a, const float 
     cudaDataType_t in_t = CUDA_R_32F;
     size_t esize = sizeof(float);
     if (half_act && (double)m * (double)n * (double)k >= (double)GEMM_HALF_MIN) {
-        lh_status st = half_operands(be, cu->act, a, span_a, b, span_b, &A, &B);
+        lh_status st = half_operands(be, cu->act, a, span_a, b, b_half, span_b, &A, &B);
         if (st != LH_OK) return st;
         in_t = cu->act == LH_DTYPE_F16 ? CUDA_R_16F : CUDA_R_16BF;
         esize = 2;
         ct = CUBLAS_COMPUTE_32F;
+    } else if (b_half) {
+        const float *wb = NULL;
+        lh_status st = widen_operand(be, cu->act, b, span_b, &wb);
+        if (st != LH_OK) return st;
+        B = wb;
     }
     for (int64_t b0 = 0; b0 < batch; b0 += GEMM_BATCH_MAX) {
         int nb = (int)(batch - b0 < GEMM_BATCH_MAX ? batch - b0 : GEMM_BATCH_MAX);
@@ -203,15 +244,16 @@ extern "C" lh_status lh__cuda_gemm(lh_backend *be, float *c, const float *a, con
         !lh__cu_mul2(&last, batch - 1, stride_c) || !lh__cu_mul2(&last, m, n) ||
         !lh__cu_mul2(&last, last, batch))
         return LH_ERR_OVERFLOW;
-    return gemm_run(be, c, a, b, trans_a != 0, trans_b != 0, m, n, k, alpha, beta, batch,
+    return gemm_run(be, c, a, b, 0, trans_a != 0, trans_b != 0, m, n, k, alpha, beta, batch,
                     stride_a, stride_b, stride_c);
 }
 
-extern "C" lh_status lh__cuda_linear(lh_backend *be, float *out, /* [rows, n_out] */
-                                     const float *x,             /* [rows, n_in] */
-                                     const float *w,             /* [n_out, n_in] */
-                                     const float *bias,          /* [n_out] or NULL */
-                                     int64_t rows, int64_t n_in, int64_t n_out) {
+/* linear with w float32, or with w_half held in the activation type. */
+static lh_status linear_run(lh_backend *be, float *out, /* [rows, n_out] */
+                            const float *x,             /* [rows, n_in] */
+                            const void *w, int w_half,  /* [n_out, n_in] */
+                            const float *bias,          /* [n_out] or NULL */
+                            int64_t rows, int64_t n_in, int64_t n_out) {
     if (rows < 0 || n_in < 0 || n_out < 0) return LH_ERR_INVALID;
     if (rows == 0 || n_out == 0) return LH_OK;
     if (!out || (n_in > 0 && (!x || !w))) return LH_ERR_INVALID;
@@ -219,20 +261,22 @@ extern "C" lh_status lh__cuda_linear(lh_backend *be, float *out, /* [rows, n_out
     int64_t total;
     if (!lh__cu_mul2(&total, rows, n_out)) return LH_ERR_OVERFLOW;
     /* out = x w^T, then with a bias out = act(out + bias): rounded already */
-    lh_status st = gemm_run(be, out, x, w, 0, 1, rows, n_out, n_in, 1.0f, 0.0f, 1, 0, 0, 0);
+    lh_status st = gemm_run(be, out, x, w, w_half, 0, 1, rows, n_out, n_in, 1.0f, 0.0f, 1, 0, 0, 0);
     if (st != LH_OK || !bias) return st;
     add_rows<<<lh__cuda_grid(total, 256), 256, 0, lh__cuda(be)->stream>>>(out, bias, rows, n_out,
                                                                           lh__cuda(be)->act);
     return lh__cuda_launched(be, "linear: bias");
 }
 
-extern "C" lh_status lh__cuda_linear_backward(lh_backend *be, float *dx, /* [rows, n_in] */
-                                              float *dw,       /* [n_out, n_in] += */
-                                              float *db,       /* [n_out] += */
-                                              const float *dy, /* [rows, n_out] */
-                                              const float *x,  /* [rows, n_in] */
-                                              const float *w,  /* [n_out, n_in] */
-                                              int64_t rows, int64_t n_in, int64_t n_out) {
+/* linear's backward with w float32, or with w_half held in the activation
+ * type (then dw is NULL: a half-held weight is frozen). */
+static lh_status linear_backward_run(lh_backend *be, float *dx, /* [rows, n_in] */
+                                     float *dw,                 /* [n_out, n_in] += */
+                                     float *db,                 /* [n_out] += */
+                                     const float *dy,           /* [rows, n_out] */
+                                     const float *x,            /* [rows, n_in] */
+                                     const void *w, int w_half, /* [n_out, n_in] */
+                                     int64_t rows, int64_t n_in, int64_t n_out) {
     int64_t t;
     if (rows < 0 || n_in < 0 || n_out < 0) return LH_ERR_INVALID;
     if (!lh__cu_mul2(&t, rows, n_in) || !lh__cu_bytes_ok(t) || !lh__cu_mul2(&t, rows, n_out) ||
@@ -245,10 +289,42 @@ extern "C" lh_status lh__cuda_linear_backward(lh_backend *be, float *dx, /* [row
         return LH_ERR_UNSUPPORTED; /* cuBLAS int */
     lh_status st = LH_OK;
     /* dx [rows, n_in] = dy [rows, n_out] w [n_out, n_in] */
-    if (dx) st = gemm_run(be, dx, dy, w, 0, 0, rows, n_in, n_out, 1.0f, 0.0f, 1, 0, 0, 0);
+    if (dx) st = gemm_run(be, dx, dy, w, w_half, 0, 0, rows, n_in, n_out, 1.0f, 0.0f, 1, 0, 0, 0);
     /* dw [n_out, n_in] += dy^T x */
     if (st == LH_OK && dw)
-        st = gemm_run(be, dw, dy, x, 1, 0, n_out, n_in, rows, 1.0f, 1.0f, 1, 0, 0, 0);
+        st = gemm_run(be, dw, dy, x, 0, 1, 0, n_out, n_in, rows, 1.0f, 1.0f, 1, 0, 0, 0);
     if (st == LH_OK && db && n_out > 0) st = colsum_add(be, db, dy, rows, n_out);
     return st;
+}
+
+extern "C" lh_status lh__cuda_linear(lh_backend *be, float *out, const float *x, const float *w,
+                                     const float *bias, int64_t rows, int64_t n_in,
+                                     int64_t n_out) {
+    return linear_run(be, out, x, w, 0, bias, rows, n_in, n_out);
+}
+
+extern "C" lh_status lh__cuda_linear_backward(lh_backend *be, float *dx, float *dw, float *db,
+                                              const float *dy, const float *x, const float *w,
+                                              int64_t rows, int64_t n_in, int64_t n_out) {
+    return linear_backward_run(be, dx, dw, db, dy, x, w, 0, rows, n_in, n_out);
+}
+
+/* The half-held weight's type must be the activation precision. */
+static int held_ok(lh_backend *be, lh_dtype wdt) {
+    lh_dtype act = lh__cuda(be)->act;
+    return (wdt == LH_DTYPE_F16 || wdt == LH_DTYPE_BF16) && wdt == act;
+}
+
+extern "C" lh_status lh__cuda_linear_hw(lh_backend *be, float *out, const float *x, const void *w,
+                                        lh_dtype wdt, const float *bias, int64_t rows,
+                                        int64_t n_in, int64_t n_out) {
+    if (!held_ok(be, wdt)) return LH_ERR_INVALID;
+    return linear_run(be, out, x, w, 1, bias, rows, n_in, n_out);
+}
+
+extern "C" lh_status lh__cuda_linear_backward_hw(lh_backend *be, float *dx, float *db,
+                                                 const float *dy, const void *w, lh_dtype wdt,
+                                                 int64_t rows, int64_t n_in, int64_t n_out) {
+    if (!held_ok(be, wdt)) return LH_ERR_INVALID;
+    return linear_backward_run(be, dx, NULL, db, dy, NULL, w, 1, rows, n_in, n_out);
 }
