@@ -363,9 +363,42 @@ static lh_status lin_bwd(run *r, float *dx, float *dw, float *db, const float *d
                                    rows, n_in, n_out);
 }
 
-/* a convolution's weight [c_out, c_in, k, k] */
-#define WC(w, c_out, c_in, k)                                                                      \
-    wide(r, (w), (size_t)(c_out) * (size_t)(c_in) * (size_t)(k) * (size_t)(k))
+/* The backend's conv2d with w [c_out, c_in, kh, kw] as it is held: a half
+ * weight of the activation type through conv2d_hw where the backend has it
+ * (and takes the shape), else widened. */
+static lh_status cnv(run *r, float *out, const float *x, const float *w, const float *bias,
+                     int64_t n, int64_t c_in, int64_t h, int64_t wd, int64_t c_out, int64_t kh,
+                     int64_t kw, int stride, int pad) {
+    lh_backend *be = r->m->be;
+    lh_dtype t = LH_DTYPE_F32;
+    const void *hw = held_direct(r, w, r->ops->conv2d_hw != NULL, &t);
+    if (hw) {
+        lh_status st =
+            r->ops->conv2d_hw(be, out, x, hw, t, bias, n, c_in, h, wd, c_out, kh, kw, stride, pad);
+        if (st != LH_ERR_UNSUPPORTED) return st;
+    }
+    size_t nw = (size_t)c_out * (size_t)c_in * (size_t)kh * (size_t)kw;
+    return r->ops->conv2d(be, out, x, wide(r, w, nw), bias, n, c_in, h, wd, c_out, kh, kw, stride,
+                          pad);
+}
+
+/* The backend's conv2d_backward, with w as it is held (a half one is
+ * frozen: no dw). */
+static lh_status cnv_bwd(run *r, float *dx, float *dw, float *db, const float *dy, const float *x,
+                         const float *w, int64_t n, int64_t c_in, int64_t h, int64_t wd,
+                         int64_t c_out, int64_t kh, int64_t kw, int stride, int pad) {
+    lh_backend *be = r->m->be;
+    lh_dtype t = LH_DTYPE_F32;
+    const void *hw = dx && !dw ? held_direct(r, w, r->ops->conv2d_backward_hw != NULL, &t) : NULL;
+    if (hw) {
+        lh_status st = r->ops->conv2d_backward_hw(be, dx, db, dy, hw, t, n, c_in, h, wd, c_out, kh,
+                                                  kw, stride, pad);
+        if (st != LH_ERR_UNSUPPORTED) return st;
+    }
+    size_t nw = (size_t)c_out * (size_t)c_in * (size_t)kh * (size_t)kw;
+    return r->ops->conv2d_backward(be, dx, dw, db, dy, x, wide(r, w, nw), n, c_in, h, wd, c_out, kh,
+                                   kw, stride, pad);
+}
 
 #define TRY(expr)                                                                                  \
     do {                                                                                           \
@@ -429,9 +462,7 @@ static lh_status resnet_fwd(run *r, const res_acts *a,
     OP(ops->group_norm(be, a->h1, x, p->norm1_w, p->norm1_b, b, ci, hw, c->norm_num_groups,
                        c->norm_eps, 1), who);
     if (!r->recompute) { /* checkpointing keeps a */
-        OP(ops->conv2d(be, a->a, a->h1, WC(p->conv1_w, co, ci, 3), p->conv1_b, b, ci, h, w, co, 3,
-                       3, 1, 1),
-           who);
+        OP(cnv(r, a->a, a->h1, p->conv1_w, p->conv1_b, b, ci, h, w, co, 3, 3, 1, 1), who);
         ADAPT(p->conv1_w, a->a, a->h1, b, h, w);
         OP(lin(r, a->tres, r->temb, p->temb_w, p->temb_b, b, 4 * c->block_out_channels[0], co),
            who);
@@ -441,14 +472,10 @@ static lh_status resnet_fwd(run *r, const res_acts *a,
     OP(ops->group_norm(be, a->h2, a->a, p->norm2_w, p->norm2_b, b, co, hw, c->norm_num_groups,
                        c->norm_eps, 1), who);
     if (r->recompute) return LH_OK; /* the backward reads h1, a, h2; out is kept */
-    OP(ops->conv2d(be, out, a->h2, WC(p->conv2_w, co, co, 3), p->conv2_b, b, co, h, w, co, 3, 3, 1,
-                   1),
-       who);
+    OP(cnv(r, out, a->h2, p->conv2_w, p->conv2_b, b, co, h, w, co, 3, 3, 1, 1), who);
     ADAPT(p->conv2_w, out, a->h2, b, h, w);
     if (p->short_w) {
-        OP(ops->conv2d(be, a->sc, x, WC(p->short_w, co, ci, 1), p->short_b, b, ci, h, w, co, 1, 1,
-                       1, 0),
-           who);
+        OP(cnv(r, a->sc, x, p->short_w, p->short_b, b, ci, h, w, co, 1, 1, 1, 0), who);
         ADAPT(p->short_w, a->sc, x, b, h, w);
         OP(ops->add(be, out, out, a->sc, b * co * hw), who);
     } else {
@@ -617,8 +644,7 @@ static lh_status transformer(run *r, float *out, const float *x, const lh_unet_a
 static lh_status down_fwd(run *r, float *out, const float *x, const lh_unet_block *blk,
                           int64_t h, int64_t w) {
     int64_t c = blk->c_out;
-    OP(r->ops->conv2d(r->m->be, out, x, WC(blk->sample_w, c, c, 3), blk->sample_b, r->b, c, h, w, c,
-                      3, 3, 2, 1),
+    OP(cnv(r, out, x, blk->sample_w, blk->sample_b, r->b, c, h, w, c, 3, 3, 2, 1),
        "downsamplers.0");
     ADAPT(blk->sample_w, out, x, r->b, h, w);
     return LH_OK;
@@ -632,8 +658,7 @@ static lh_status up_fwd(run *r, float *up, float *out, const float *x, const lh_
     int64_t b = r->b, c = blk->c_out;
     OP(ops->upsample_nearest2x(be, up, x, b, c, h, w), "upsamplers.0");
     if (r->recompute) return LH_OK; /* the backward reads the upsampled input; out is kept */
-    OP(ops->conv2d(be, out, up, WC(blk->sample_w, c, c, 3), blk->sample_b, b, c, 2 * h, 2 * w, c, 3,
-                   3, 1, 1),
+    OP(cnv(r, out, up, blk->sample_w, blk->sample_b, b, c, 2 * h, 2 * w, c, 3, 3, 1, 1),
        "upsamplers.0");
     ADAPT(blk->sample_w, out, up, b, 2 * h, 2 * w);
     return LH_OK;
@@ -842,8 +867,7 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
     record(r, U_CONV_IN, NULL, h, w, x, first);
     mark_skip(r);
     if (!r->dry) {
-        OP(ops->conv2d(be, first, x, WC(m->conv_in_w, c0, c->in_channels, 3), m->conv_in_b, b,
-                       c->in_channels, h, w, c0, 3, 3, 1, 1),
+        OP(cnv(r, first, x, m->conv_in_w, m->conv_in_b, b, c->in_channels, h, w, c0, 3, 3, 1, 1),
            "conv_in");
         ADAPT(m->conv_in_w, first, x, b, h, w);
     }
@@ -870,8 +894,7 @@ static lh_status forward(run *r, float *out, const float *x, const float *timest
     if (!r->dry) {
         OP(ops->group_norm(be, g, cur, m->norm_out_w, m->norm_out_b, b, c0, h * w,
                            c->norm_num_groups, c->norm_eps, 1), "conv_norm_out");
-        OP(ops->conv2d(be, out, g, WC(m->conv_out_w, c->out_channels, c0, 3), m->conv_out_b, b, c0,
-                       h, w, c->out_channels, 3, 3, 1, 1),
+        OP(cnv(r, out, g, m->conv_out_w, m->conv_out_b, b, c0, h, w, c->out_channels, 3, 3, 1, 1),
            "conv_out");
         ADAPT(m->conv_out_w, out, g, b, h, w);
     }
@@ -1382,8 +1405,8 @@ static lh_status resnet_bw(run *r, const res_acts *a, float *din, const float *d
     float *dtres = S(r, SLOT_GE), *dte = S(r, SLOT_GDT);
     const char *who = p->name;
 
-    OP(ops->conv2d_backward(be, dh2, G(r, p->conv2_w), G(r, p->conv2_b), dout, a->h2,
-                            WC(p->conv2_w, co, co, 3), b, co, h, w, co, 3, 3, 1, 1),
+    OP(cnv_bwd(r, dh2, G(r, p->conv2_w), G(r, p->conv2_b), dout, a->h2, p->conv2_w, b, co, h, w, co,
+               3, 3, 1, 1),
        who);
     ADAPT_BW(p->conv2_w, dh2, dout, a->h2, b, h, w);
     OP(ops->group_norm_backward(be, da, G(r, p->norm2_w), G(r, p->norm2_b), dh2, a->a,
@@ -1395,16 +1418,16 @@ static lh_status resnet_bw(run *r, const res_acts *a, float *din, const float *d
        who);
     ADAPT_BW(p->temb_w, dte, dtres, r->temb, b, 1, 1);
     OP(ops->add(be, S(r, SLOT_DTEMB), S(r, SLOT_DTEMB), dte, b * ct), who);
-    OP(ops->conv2d_backward(be, dh1, G(r, p->conv1_w), G(r, p->conv1_b), da, a->h1,
-                            WC(p->conv1_w, co, ci, 3), b, ci, h, w, co, 3, 3, 1, 1),
+    OP(cnv_bwd(r, dh1, G(r, p->conv1_w), G(r, p->conv1_b), da, a->h1, p->conv1_w, b, ci, h, w, co,
+               3, 3, 1, 1),
        who);
     ADAPT_BW(p->conv1_w, dh1, da, a->h1, b, h, w);
     OP(ops->group_norm_backward(be, din, G(r, p->norm1_w), G(r, p->norm1_b), dh1, x,
                                 p->norm1_w, p->norm1_b, b, ci, hw, c->norm_num_groups,
                                 c->norm_eps, 1), who);
     if (p->short_w) {
-        OP(ops->conv2d_backward(be, dt, G(r, p->short_w), G(r, p->short_b), dout, x,
-                                WC(p->short_w, co, ci, 1), b, ci, h, w, co, 1, 1, 1, 0),
+        OP(cnv_bwd(r, dt, G(r, p->short_w), G(r, p->short_b), dout, x, p->short_w, b, ci, h, w, co,
+                   1, 1, 1, 0),
            who);
         ADAPT_BW(p->short_w, dt, dout, x, b, h, w);
         OP(ops->add(be, din, din, dt, b * ci * hw), who);
@@ -1671,9 +1694,8 @@ static lh_status backward(run *r, float *d_ctx, const float *dout) {
                "skip connection");
         switch (u->kind) {
         case U_OUT:
-            OP(ops->conv2d_backward(be, S(r, SLOT_GA), G(r, m->conv_out_w), G(r, m->conv_out_b), dy,
-                                    u->buf, WC(m->conv_out_w, c->out_channels, c0, 3), b, c0, h, w,
-                                    c->out_channels, 3, 3, 1, 1),
+            OP(cnv_bwd(r, S(r, SLOT_GA), G(r, m->conv_out_w), G(r, m->conv_out_b), dy, u->buf,
+                       m->conv_out_w, b, c0, h, w, c->out_channels, 3, 3, 1, 1),
                "conv_out");
             ADAPT_BW(m->conv_out_w, S(r, SLOT_GA), dy, u->buf, b, h, w);
             OP(ops->group_norm_backward(be, dx, G(r, m->norm_out_w), G(r, m->norm_out_b),
@@ -1690,9 +1712,8 @@ static lh_status backward(run *r, float *d_ctx, const float *dout) {
                 r->recompute = 0;
                 if (rst != LH_OK) return rst;
             }
-            OP(ops->conv2d_backward(be, S(r, SLOT_GA), G(r, blk->sample_w), G(r, blk->sample_b), dy,
-                                    u->buf, WC(blk->sample_w, ch, ch, 3), b, ch, 2 * h, 2 * w, ch,
-                                    3, 3, 1, 1),
+            OP(cnv_bwd(r, S(r, SLOT_GA), G(r, blk->sample_w), G(r, blk->sample_b), dy, u->buf,
+                       blk->sample_w, b, ch, 2 * h, 2 * w, ch, 3, 3, 1, 1),
                "upsamplers.0");
             ADAPT_BW(blk->sample_w, S(r, SLOT_GA), dy, u->buf, b, 2 * h, 2 * w);
             OP(ops->upsample_nearest2x_backward(be, dx, S(r, SLOT_GA), b, ch, h, w),
@@ -1728,16 +1749,16 @@ static lh_status backward(run *r, float *d_ctx, const float *dout) {
         case U_DOWN: {
             const lh_unet_block *blk = u->p;
             int64_t ch = blk->c_out;
-            OP(ops->conv2d_backward(be, dx, G(r, blk->sample_w), G(r, blk->sample_b), dy, u->in,
-                                    WC(blk->sample_w, ch, ch, 3), b, ch, h, w, ch, 3, 3, 2, 1),
+            OP(cnv_bwd(r, dx, G(r, blk->sample_w), G(r, blk->sample_b), dy, u->in, blk->sample_w, b,
+                       ch, h, w, ch, 3, 3, 2, 1),
                "downsamplers.0");
             ADAPT_BW(blk->sample_w, dx, dy, u->in, b, h, w);
             break;
         }
         case U_CONV_IN:
             if (r->grads)
-                OP(ops->conv2d_backward(be, NULL, G(r, m->conv_in_w), G(r, m->conv_in_b), dy, u->in,
-                                        NULL, b, c->in_channels, h, w, c0, 3, 3, 1, 1),
+                OP(cnv_bwd(r, NULL, G(r, m->conv_in_w), G(r, m->conv_in_b), dy, u->in, NULL, b,
+                           c->in_channels, h, w, c0, 3, 3, 1, 1),
                    "conv_in");
             ADAPT_BW(m->conv_in_w, NULL, dy, u->in, b, h, w);
             break;

@@ -78,6 +78,17 @@ typedef struct lh_backend_ops {
                         const float *bias,          /* [c_out] or NULL */
                         int64_t n, int64_t c_in, int64_t h, int64_t wd, int64_t c_out,
                         int64_t kh, int64_t kw, int stride, int pad);
+    /* Optional, as linear_hw: conv2d with w held in wdt, the activation
+     * precision (F16/BF16). A device convolves half tensors (float32
+     * accumulation) and rounds its output to wdt before adding the bias,
+     * as torch's half convolutions do: within the half tolerance of conv2d
+     * on w widened, not its bits. LH_ERR_UNSUPPORTED, before anything runs,
+     * where it cannot (no algorithm for the shape, or turned off): the
+     * caller then widens w and calls conv2d. */
+    lh_status (*conv2d_hw)(lh_backend *be, float *out, const float *x, const void *w,
+                           lh_dtype wdt, const float *bias, int64_t n, int64_t c_in, int64_t h,
+                           int64_t wd, int64_t c_out, int64_t kh, int64_t kw, int stride,
+                           int pad);
 
     /* ---- Normalisation (statistics in float32, two-pass) ---- */
     /* torch.nn.GroupNorm over [n, c, hw], then SiLU if `silu`. */
@@ -172,6 +183,12 @@ typedef struct lh_backend_ops {
                                  const float *w,  /* [c_out, c_in, kh, kw] (for dx) */
                                  int64_t n, int64_t c_in, int64_t h, int64_t wd, int64_t c_out,
                                  int64_t kh, int64_t kw, int stride, int pad);
+    /* Optional, as conv2d_hw: conv2d_backward's dx and db with w held in
+     * wdt; no dw (a half-held weight is frozen). */
+    lh_status (*conv2d_backward_hw)(lh_backend *be, float *dx, float *db, const float *dy,
+                                    const void *w, lh_dtype wdt, int64_t n, int64_t c_in,
+                                    int64_t h, int64_t wd, int64_t c_out, int64_t kh, int64_t kw,
+                                    int stride, int pad);
     /* group_norm (+ SiLU if `silu`): dx [n, c, hw], dgamma/dbeta [c] +=. */
     lh_status (*group_norm_backward)(lh_backend *be, float *dx, float *dgamma, float *dbeta,
                                      const float *dy, const float *x, const float *gamma,

@@ -309,6 +309,29 @@ static lh_status fake_conv2d(lh_backend *be, float *out, const float *x, const f
     fake_conv2d_a A_ = {out, x, w, bias, n, c_in, h, wd, c_out, kh, kw, stride, pad};
     return fake__op(be, fake_conv2d_run, &A_, sizeof A_);
 }
+/* conv2d_hw likewise (the cpu's one rounding, within the contract's half
+ * tolerance); LH_FAKE_HALF_CONV=0 answers LH_ERR_UNSUPPORTED, as cuda's
+ * LORAHOST_CUDA_HALF_CONV=0 does, so the host's fallback runs. */
+static int fake__half_conv_off(void) {
+    const char *e = getenv("LH_FAKE_HALF_CONV");
+    return e && !strcmp(e, "0");
+}
+typedef struct { float *out; const float *x; const void *w; lh_dtype wdt; const float *bias; int64_t n; int64_t c_in; int64_t h; int64_t wd; int64_t c_out; int64_t kh; int64_t kw; int stride; int pad; } fake_conv2d_hw_a;
+static lh_status fake_conv2d_hw_run(lh_backend *be, const void *p) {
+    const fake_conv2d_hw_a *A_ = p;
+    int64_t nw = A_->c_out * A_->c_in * A_->kh * A_->kw;
+    float *w = A_->w ? fake__widened(be, FAKE_R(A_->w), A_->wdt, nw) : NULL;
+    if (A_->w && !w) return LH_ERR_NOMEM;
+    lh_status st = CPU->ops->conv2d(CPU, FAKE_R(A_->out), FAKE_R(A_->x), w, FAKE_R(A_->bias), A_->n, A_->c_in, A_->h, A_->wd, A_->c_out, A_->kh, A_->kw, A_->stride, A_->pad);
+    free(w);
+    return st;
+}
+static lh_status fake_conv2d_hw(lh_backend *be, float *out, const float *x, const void *w, lh_dtype wdt, const float *bias, int64_t n, int64_t c_in, int64_t h, int64_t wd, int64_t c_out, int64_t kh, int64_t kw, int stride, int pad) {
+    if (!fake__held_ok(be, wdt) || n < 0 || c_in < 0 || c_out < 0 || kh < 1 || kw < 1) return LH_ERR_INVALID;
+    if (fake__half_conv_off()) return LH_ERR_UNSUPPORTED;
+    fake_conv2d_hw_a A_ = {out, x, w, wdt, bias, n, c_in, h, wd, c_out, kh, kw, stride, pad};
+    return fake__op(be, fake_conv2d_hw_run, &A_, sizeof A_);
+}
 typedef struct { float *out; const float *x; const float *gamma; const float *beta; int64_t n; int64_t c; int64_t hw; int64_t groups; float eps; int silu; } fake_group_norm_a;
 static lh_status fake_group_norm_run(lh_backend *be, const void *p) {
     const fake_group_norm_a *A_ = p;
@@ -453,6 +476,22 @@ static lh_status fake_linear_backward_hw(lh_backend *be, float *dx, float *db, c
     if (w && dx && !wf) return LH_ERR_NOMEM;
     lh_status st = CPU->ops->linear_backward(CPU, FAKE_R(dx), NULL, FAKE_R(db), FAKE_R(dy), NULL,
                                              wf, rows, n_in, n_out);
+    free(wf);
+    return st;
+}
+static lh_status fake_conv2d_backward_hw(lh_backend *be, float *dx, float *db, const float *dy,
+                                         const void *w, lh_dtype wdt, int64_t n, int64_t c_in,
+                                         int64_t h, int64_t wd, int64_t c_out, int64_t kh,
+                                         int64_t kw, int stride, int pad) {
+    if (fake__dev(be)->rec) return fake__refuse(be, "conv2d_backward_hw");
+    if (!fake__held_ok(be, wdt) || n < 0 || c_in < 0 || c_out < 0 || kh < 1 || kw < 1)
+        return LH_ERR_INVALID;
+    if (fake__half_conv_off()) return LH_ERR_UNSUPPORTED;
+    int64_t nw = c_out * c_in * kh * kw;
+    float *wf = w && dx ? fake__widened(be, FAKE_R(w), wdt, nw) : NULL;
+    if (w && dx && !wf) return LH_ERR_NOMEM;
+    lh_status st = CPU->ops->conv2d_backward(CPU, FAKE_R(dx), NULL, FAKE_R(db), FAKE_R(dy), NULL,
+                                             wf, n, c_in, h, wd, c_out, kh, kw, stride, pad);
     free(wf);
     return st;
 }
@@ -662,6 +701,7 @@ static const lh_backend_ops fake_device_ops = {
     .linear = fake_linear,
     .linear_hw = fake_linear_hw,
     .conv2d = fake_conv2d,
+    .conv2d_hw = fake_conv2d_hw,
     .group_norm = fake_group_norm,
     .layer_norm = fake_layer_norm,
     .attention = fake_attention,
@@ -680,6 +720,7 @@ static const lh_backend_ops fake_device_ops = {
     .linear_backward = fake_linear_backward,
     .linear_backward_hw = fake_linear_backward_hw,
     .conv2d_backward = fake_conv2d_backward,
+    .conv2d_backward_hw = fake_conv2d_backward_hw,
     .group_norm_backward = fake_group_norm_backward,
     .layer_norm_backward = fake_layer_norm_backward,
     .attention_backward = fake_attention_backward,

@@ -971,6 +971,88 @@ START_TEST(test_linear_hw) {
 }
 END_TEST
 
+/* conv2d_hw and conv2d_backward_hw (a frozen weight held in the half
+ * activation type) against the cpu's conv2d on the weights widened: the
+ * device convolves half tensors and rounds before the bias, so within the
+ * half tolerance. */
+static void conv_hw_case(lh_dtype t, int64_t n, int64_t ci, int64_t h, int64_t wd, int64_t co,
+                         int64_t k, int stride, int pad, int has_bias) {
+    const lh_backend_ops *G = g_gpu->ops, *C = g_cpu->ops;
+    const char *tn = lh_dtype_name(t);
+    char what[160];
+    int64_t ho = (h + 2 * pad - k) / stride + 1, wo = (wd + 2 * pad - k) / stride + 1;
+    int64_t nx = n * ci * h * wd, ny = n * co * ho * wo, nw = co * ci * k * k;
+    uint64_t seed = (uint64_t)(n * 5 + ci * 7 + h * 11 + co * 13 + k + stride);
+    pair x = pair_rand(nx, seed, -1, 1), w = pair_rand(nw, seed + 1, -0.2f, 0.2f);
+    pair bias = has_bias ? pair_rand(co, seed + 2, -1, 1) : (pair){0};
+    pair dy = pair_rand(ny, seed + 3, -1, 1), out = pair_of(NULL, ny), dx = pair_of(NULL, nx);
+    pair db = pair_rand(co, seed + 4, -1, 1); /* accumulated into */
+    pair_round(x, t), pair_round(w, t), pair_round(dy, t);
+    void *wh = G->alloc(g_gpu, (size_t)nw * 2 + 2);
+    ck_assert_ptr_nonnull(wh);
+    ck_assert_int_eq(G->cast(g_gpu, wh, t, w.g, LH_DTYPE_F32, nw), LH_OK);
+    lh_status st = G->conv2d_hw(g_gpu, out.g, x.g, wh, t, bias.g, n, ci, h, wd, co, k, k, stride,
+                                pad);
+    snprintf(what, sizeof what, "conv2d_hw %s n%lld %lld->%lld %lldx%lld k%lld s%d p%d%s", tn,
+             (long long)n, (long long)ci, (long long)co, (long long)h, (long long)wd,
+             (long long)k, stride, pad, has_bias ? " + bias" : "");
+    if (st == LH_ERR_UNSUPPORTED) { /* allowed: the host widens instead */
+        printf("%s: unsupported by the device (the host widens)\n", what);
+    } else {
+        ck_assert_int_eq(st, LH_OK);
+        ck_assert_int_eq(C->conv2d(g_cpu, out.c, x.c, w.c, bias.c, n, ci, h, wd, co, k, k, stride,
+                                   pad),
+                         LH_OK);
+        expect_pair(what, out, TOL_HALF);
+        ck_assert_int_eq(G->conv2d_backward_hw(g_gpu, dx.g, db.g, dy.g, wh, t, n, ci, h, wd, co, k,
+                                               k, stride, pad),
+                         LH_OK);
+        ck_assert_int_eq(C->conv2d_backward(g_cpu, dx.c, NULL, db.c, dy.c, NULL, w.c, n, ci, h, wd,
+                                            co, k, k, stride, pad),
+                         LH_OK);
+        snprintf(what, sizeof what, "conv2d_backward_hw %s n%lld %lld->%lld %lldx%lld k%lld dx", tn,
+                 (long long)n, (long long)ci, (long long)co, (long long)h, (long long)wd,
+                 (long long)k);
+        expect_pair(what, dx, TOL_HALF);
+        snprintf(what, sizeof what, "conv2d_backward_hw %s n%lld %lld->%lld db +=", tn,
+                 (long long)n, (long long)ci, (long long)co);
+        expect_pair(what, db, TOL_HALF);
+    }
+    G->free(g_gpu, wh);
+    pair_free(&x), pair_free(&w), pair_free(&dy), pair_free(&out), pair_free(&dx);
+    pair_free(&db);
+    if (has_bias) pair_free(&bias);
+}
+
+START_TEST(test_conv_hw) {
+    if (!g_gpu->ops->conv2d_hw || !g_gpu->ops->conv2d_backward_hw) {
+        printf("conv2d_hw: the device backend has none (the host widens)\n");
+        return;
+    }
+    static const lh_dtype types[] = {LH_DTYPE_F16, LH_DTYPE_BF16};
+    float dummy = 0;
+    for (size_t i = 0; i < 2; i++) {
+        lh_dtype t = types[i];
+        ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, t), LH_OK);
+        ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, t), LH_OK);
+        conv_hw_case(t, 2, 320, 64, 64, 320, 3, 1, 1, 1); /* SD 1.5 first level at 64x64 */
+        conv_hw_case(t, 2, 640, 16, 16, 640, 3, 2, 1, 1); /* a downsample */
+        conv_hw_case(t, 2, 640, 32, 32, 320, 1, 1, 0, 1); /* a resnet shortcut */
+        conv_hw_case(t, 2, 4, 64, 64, 320, 3, 1, 1, 0);   /* conv_in (no bias) */
+        conv_hw_case(t, 3, 5, 7, 9, 6, 3, 2, 1, 1);       /* odd sizes */
+        lh_dtype other = t == LH_DTYPE_F16 ? LH_DTYPE_BF16 : LH_DTYPE_F16;
+        ck_assert_int_eq(g_gpu->ops->conv2d_hw(g_gpu, &dummy, &dummy, &dummy, other, NULL, 1, 1, 1,
+                                               1, 1, 1, 1, 1, 0),
+                         LH_ERR_INVALID);
+        ck_assert_int_eq(g_gpu->ops->conv2d_backward_hw(g_gpu, &dummy, NULL, &dummy, &dummy,
+                                                        LH_DTYPE_F32, 1, 1, 1, 1, 1, 1, 1, 1, 0),
+                         LH_ERR_INVALID);
+    }
+    ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, LH_DTYPE_F32), LH_OK);
+    ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, LH_DTYPE_F32), LH_OK);
+}
+END_TEST
+
 START_TEST(test_half_outputs) {
     static const lh_dtype types[] = {LH_DTYPE_F16, LH_DTYPE_BF16};
     for (size_t t = 0; t < 2; t++) {
@@ -1056,6 +1138,7 @@ int main(void) {
     tcase_add_test(tc, test_attention_sd15);
     tcase_add_test(tc, test_cast);
     tcase_add_test(tc, test_linear_hw);
+    tcase_add_test(tc, test_conv_hw);
     tcase_add_test(tc, test_half_outputs);
     tcase_add_test(tc, test_train_ops);
     suite_add_tcase(s, tc);

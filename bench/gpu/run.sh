@@ -71,6 +71,18 @@ want parity && for att in gemm flash; do
     [[ $rc == 0 ]] || status=1
   done
 done
+# the model and training suites with half-held convolution weights widened
+# into float32 convolutions (the fallback of conv2d_hw)
+want parity && for name in test_cuda_parity_model test_cuda_parity_train; do
+  t="$build/tests/$name"
+  [[ -x "$t" ]] || continue
+  s=$(date +%s)
+  (cd "$build/tests" && LORAHOST_CUDA_HALF_CONV=0 lh timeout 150 "$t") >"$out/$name.f32conv.log" 2>&1
+  rc=$?
+  r=$([[ $rc == 0 ]] && echo pass || echo "FAIL ($rc): $(grep -m1 -E '^FAIL |:F:|:E:' "$out/$name.f32conv.log" | cut -c1-160)")
+  summary+=("| $name, LORAHOST_CUDA_HALF_CONV=0 | $r | $(( $(date +%s) - s )) s |")
+  [[ $rc == 0 ]] || status=1
+done
 # convolutions a batch chunk (one image) at a time, as cuDNN gets tensors
 # of 2^31 elements or more (the VAE decoding 8 images at 1024x1024)
 want parity && [[ -x "$build/tests/test_cuda_parity_dense" ]] && {

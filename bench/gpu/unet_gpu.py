@@ -184,7 +184,11 @@ def main():
         ours["fp16, attention auto, no graph"] = run_json(
             [os.path.join(args.build, "bench", "bench_unet"), d] + shape + ["0", args.device, "fp16"],
             dict(env, LORAHOST_CUDA_ATTENTION="auto", LORAHOST_CUDA_GRAPHS="0"), fatal=False)
-        # what holding the weights in fp16 (widened op by op) costs against float32 storage
+        # half-tensor convolutions against widened weights in float32 (TF32) ones
+        ours["fp16, attention auto, float32 convolutions"] = run_json(
+            [os.path.join(args.build, "bench", "bench_unet"), d] + shape + ["0", args.device, "fp16"],
+            dict(env, LORAHOST_CUDA_ATTENTION="auto", LORAHOST_CUDA_HALF_CONV="0"), fatal=False)
+        # float32 weight storage: no half GEMM or convolution weights at all
         ours["fp16, attention auto, f32 weight storage"] = run_json(
             [os.path.join(args.build, "bench", "bench_unet"), d] + shape +
             ["0", args.device, "fp16", "f32"], dict(env, LORAHOST_CUDA_ATTENTION="auto"),

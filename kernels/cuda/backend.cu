@@ -574,6 +574,7 @@ static const lh_backend_ops cuda_ops = {
     /* .linear = */ r_linear,
     /* .linear_hw = */ r_linear_hw,
     /* .conv2d = */ r_conv2d,
+    /* .conv2d_hw = */ lh__cuda_conv2d_hw, /* rounds in its own output pass */
     /* .group_norm = */ lh__cuda_group_norm,
     /* .layer_norm = */ lh__cuda_layer_norm,
     /* .attention = */ r_attention,
@@ -592,6 +593,7 @@ static const lh_backend_ops cuda_ops = {
     /* .linear_backward = */ r_linear_backward,
     /* .linear_backward_hw = */ r_linear_backward_hw,
     /* .conv2d_backward = */ r_conv2d_backward,
+    /* .conv2d_backward_hw = */ lh__cuda_conv2d_backward_hw,
     /* .group_norm_backward = */ r_group_norm_backward,
     /* .layer_norm_backward = */ r_layer_norm_backward,
     /* .attention_backward = */ r_attention_backward,
@@ -700,6 +702,8 @@ extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *
                                                          : LH_CUDA_ATT_GEMM;
     const char *one = getenv("LH_CUDA_CONV_ONE_IMAGE"); /* "1": the chunked path always */
     cu->conv_one_image = one && !strcmp(one, "1");
+    const char *hc = getenv("LORAHOST_CUDA_HALF_CONV"); /* "0": half-held weights widened */
+    cu->half_conv = !(hc && !strcmp(hc, "0"));
     cu->graphs_off = graphs && !strcmp(graphs, "0");
     const char *what = NULL, *detail = NULL;
     cublasStatus_t bs;

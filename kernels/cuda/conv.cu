@@ -9,7 +9,19 @@
  * the bias gradient is a per-channel sum in double, no atomics. cuDNN's
  * tensors hold fewer than 2^31 elements: a batch whose input or output
  * would not is convolved a chunk of images at a time (the VAE decoding 8
- * images at 1024x1024: [8, 256, 1024, 1024] is 2^31). */
+ * images at 1024x1024: [8, 256, 1024, 1024] is 2^31).
+ *
+ * conv2d_hw / conv2d_backward_hw (a frozen weight held in the F16/BF16
+ * activation type): the activations, already rounded to that type, are
+ * converted to it in scratch and cuDNN convolves half tensors with
+ * float32 accumulation on the tensor cores, as PyTorch's fp16 convolutions
+ * do; its half output is widened with the bias added and rounded once
+ * more (torch adds the bias in half too). LORAHOST_CUDA_HALF_CONV=0, or
+ * cuDNN without an algorithm for the half shape, answers
+ * LH_ERR_UNSUPPORTED before anything runs, and the caller widens the
+ * weight and calls conv2d instead. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <limits.h>
 #include <string.h>
 
@@ -55,6 +67,27 @@ static __global__ void conv_bias_grad(float *db, const float *dy, int64_t n, int
     if (threadIdx.x == 0) db[co] += (float)acc;
 }
 
+/* dst [n] = src [n] in the half type T (exact for values rounded to it). */
+template <typename T> static __global__ void conv_to_half(T *dst, const float *src, int64_t n);
+template <> __global__ void conv_to_half<__half>(__half *dst, const float *src, int64_t n) {
+    LH_CU_FOR(i, n) dst[i] = __float2half_rn(src[i]);
+}
+template <>
+__global__ void conv_to_half<__nv_bfloat16>(__nv_bfloat16 *dst, const float *src, int64_t n) {
+    LH_CU_FOR(i, n) dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+/* out [n, c, hw] = act(y + bias[ch]) (bias NULL: act(y)), y the half
+ * output of a convolution. */
+template <typename T>
+static __global__ void conv_from_half(float *out, const T *y, const float *bias, int64_t c,
+                                      int64_t hw, int64_t total, int act) {
+    LH_CU_FOR(i, total) {
+        float v = (float)y[i];
+        out[i] = lh__cu_act(bias ? v + bias[i / hw % c] : v, act);
+    }
+}
+
 /* Images per cuDNN call: the most whose input (in_img elements each) and
  * output (out_img each) stay within INT_MAX elements, at most n; 0 when
  * one image is already too big. */
@@ -84,28 +117,30 @@ static void descs_destroy(conv_descs *d) {
 /* s = {n, c_in, h, w, c_out, kh, kw, stride, pad}, each within int. On
  * failure everything made so far is destroyed. */
 static lh_status descs_create(lh_backend *be, conv_descs *d, const int64_t *s, int64_t ho,
-                              int64_t wo) {
+                              int64_t wo, cudnnDataType_t dt) {
     memset(d, 0, sizeof *d);
     lh_status st;
-    cudnnMathType_t math = conv_tf32(lh__cuda(be)) ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+    cudnnMathType_t math = dt != CUDNN_DATA_FLOAT        ? CUDNN_TENSOR_OP_MATH
+                           : conv_tf32(lh__cuda(be)) ? CUDNN_DEFAULT_MATH
+                                                     : CUDNN_FMA_MATH;
     if ((st = lh__cuda_check_dnn(be, cudnnCreateTensorDescriptor(&d->x), "conv2d: descriptor")) ||
         (st = lh__cuda_check_dnn(be, cudnnCreateTensorDescriptor(&d->y), "conv2d: descriptor")) ||
         (st = lh__cuda_check_dnn(be, cudnnCreateFilterDescriptor(&d->w), "conv2d: descriptor")) ||
         (st = lh__cuda_check_dnn(be, cudnnCreateConvolutionDescriptor(&d->conv),
                                  "conv2d: descriptor")) ||
         (st = lh__cuda_check_dnn(be,
-                                 cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NCHW,
-                                                            CUDNN_DATA_FLOAT, (int)s[0], (int)s[1],
+                                 cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NCHW, dt,
+                                                            (int)s[0], (int)s[1],
                                                             (int)s[2], (int)s[3]),
                                  "conv2d: input descriptor")) ||
         (st = lh__cuda_check_dnn(be,
-                                 cudnnSetTensor4dDescriptor(d->y, CUDNN_TENSOR_NCHW,
-                                                            CUDNN_DATA_FLOAT, (int)s[0], (int)s[4],
+                                 cudnnSetTensor4dDescriptor(d->y, CUDNN_TENSOR_NCHW, dt,
+                                                            (int)s[0], (int)s[4],
                                                             (int)ho, (int)wo),
                                  "conv2d: output descriptor")) ||
         (st = lh__cuda_check_dnn(be,
-                                 cudnnSetFilter4dDescriptor(d->w, CUDNN_DATA_FLOAT,
-                                                            CUDNN_TENSOR_NCHW, (int)s[4],
+                                 cudnnSetFilter4dDescriptor(d->w, dt, CUDNN_TENSOR_NCHW,
+                                                            (int)s[4],
                                                             (int)s[1], (int)s[5], (int)s[6]),
                                  "conv2d: filter descriptor")) ||
         (st = lh__cuda_check_dnn(be,
@@ -167,11 +202,14 @@ template <typename P> static int pick_algo(const P *perf, int got, int tf32) {
  * `dir`, asking cuDNN's heuristics on a miss. The math type rides in the
  * cache entry's algo field (algo + 256 * math). */
 static lh_status conv_algo(lh_backend *be, const conv_descs *d, const int64_t *s, int dir,
-                           int *algo, cudnnMathType_t *math, size_t *workspace) {
+                           cudnnDataType_t dt, int *algo, cudnnMathType_t *math,
+                           size_t *workspace) {
     lh_cuda *cu = lh__cuda(be);
     int64_t key[10];
     memcpy(key, s, 9 * sizeof(int64_t));
-    key[9] = dir + 4 * conv_tf32(cu);
+    /* half tensors: any math (tensor ops); float32: FMA unless TF32 */
+    int any_math = dt != CUDNN_DATA_FLOAT || conv_tf32(cu);
+    key[9] = dir + 4 * conv_tf32(cu) + 8 * (int64_t)dt;
     int cached = cu->n_conv < LH_CUDA_CONV_CACHE ? cu->n_conv : LH_CUDA_CONV_CACHE;
     for (int i = 0; i < cached; i++) {
         if (memcmp(cu->conv[i].key, key, sizeof key) == 0) {
@@ -191,9 +229,9 @@ static lh_status conv_algo(lh_backend *be, const conv_descs *d, const int64_t *s
                                     cu->cudnn, d->x, d->w, d->conv, d->y,
                                     CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, perf),
                                 "conv2d: cudnnGetConvolutionForwardAlgorithm_v7");
-        if (st == LH_OK && (at = pick_algo(perf, got, conv_tf32(cu))) >= 0) {
+        if (st == LH_OK && (at = pick_algo(perf, got, any_math)) >= 0) {
             *algo = (int)perf[at].algo;
-            *math = conv_tf32(cu) ? perf[at].mathType : CUDNN_FMA_MATH;
+            *math = any_math ? perf[at].mathType : CUDNN_FMA_MATH;
             st = lh__cuda_check_dnn(be, cudnnSetConvolutionMathType(d->conv, *math),
                                     "conv2d: math type");
             if (st == LH_OK)
@@ -210,9 +248,9 @@ static lh_status conv_algo(lh_backend *be, const conv_descs *d, const int64_t *s
                                     cu->cudnn, d->w, d->y, d->conv, d->x,
                                     CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, perf),
                                 "conv2d_backward: cudnnGetConvolutionBackwardDataAlgorithm_v7");
-        if (st == LH_OK && (at = pick_algo(perf, got, conv_tf32(cu))) >= 0) {
+        if (st == LH_OK && (at = pick_algo(perf, got, any_math)) >= 0) {
             *algo = (int)perf[at].algo;
-            *math = conv_tf32(cu) ? perf[at].mathType : CUDNN_FMA_MATH;
+            *math = any_math ? perf[at].mathType : CUDNN_FMA_MATH;
             st = lh__cuda_check_dnn(be, cudnnSetConvolutionMathType(d->conv, *math),
                                     "conv2d_backward: math type");
             if (st == LH_OK)
@@ -229,9 +267,9 @@ static lh_status conv_algo(lh_backend *be, const conv_descs *d, const int64_t *s
                                     cu->cudnn, d->x, d->y, d->conv, d->w,
                                     CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, perf),
                                 "conv2d_backward: cudnnGetConvolutionBackwardFilterAlgorithm_v7");
-        if (st == LH_OK && (at = pick_algo(perf, got, conv_tf32(cu))) >= 0) {
+        if (st == LH_OK && (at = pick_algo(perf, got, any_math)) >= 0) {
             *algo = (int)perf[at].algo;
-            *math = conv_tf32(cu) ? perf[at].mathType : CUDNN_FMA_MATH;
+            *math = any_math ? perf[at].mathType : CUDNN_FMA_MATH;
             st = lh__cuda_check_dnn(be, cudnnSetConvolutionMathType(d->conv, *math),
                                     "conv2d_backward: math type");
             if (st == LH_OK)
@@ -243,6 +281,7 @@ static lh_status conv_algo(lh_backend *be, const conv_descs *d, const int64_t *s
         }
     }
     if (st != LH_OK) return st;
+    if (at < 0 && dt != CUDNN_DATA_FLOAT) return LH_ERR_UNSUPPORTED; /* the caller widens */
     if (at < 0) return lh__cuda_fail(be, "conv2d", "cuDNN offers no algorithm for this shape");
     int slot = cu->n_conv % LH_CUDA_CONV_CACHE; /* full: overwrite round robin */
     memcpy(cu->conv[slot].key, key, sizeof key);
@@ -253,16 +292,56 @@ static lh_status conv_algo(lh_backend *be, const conv_descs *d, const int64_t *s
     return LH_OK;
 }
 
-/* Descriptors' math type and the workspace for direction `dir`. */
+/* Descriptors' math type and the workspace for direction `dir`, in scratch
+ * after `extra` bytes (the half tensors' room) that *base points at. */
 static lh_status conv_prepare(lh_backend *be, const conv_descs *d, const int64_t *s, int dir,
-                              int *algo, void **ws, size_t *ws_bytes) {
+                              cudnnDataType_t dt, size_t extra, int *algo, void **base,
+                              void **ws, size_t *ws_bytes) {
     cudnnMathType_t math;
-    lh_status st = conv_algo(be, d, s, dir, algo, &math, ws_bytes);
+    lh_status st = conv_algo(be, d, s, dir, dt, algo, &math, ws_bytes);
     if (st == LH_OK)
         st = lh__cuda_check_dnn(be, cudnnSetConvolutionMathType(d->conv, math),
                                 "conv2d: math type");
-    if (st == LH_OK) st = lh__cuda_scratch(be, *ws_bytes, ws);
+    void *b = NULL;
+    if (st == LH_OK) st = lh__cuda_scratch(be, extra + *ws_bytes, &b);
+    if (st == LH_OK) {
+        *base = b;
+        *ws = (char *)b + extra;
+    }
     return st;
+}
+
+/* Bytes of n half values, rounded up to 256 (the next part's alignment). */
+static size_t half_room(int64_t n) { return ((size_t)n * 2 + 255) / 256 * 256; }
+
+/* The cuDNN type of the half activation type, or FLOAT when a weight held
+ * in wdt cannot be convolved as it is (LH_ERR_UNSUPPORTED then). */
+static cudnnDataType_t half_dnn(const lh_cuda *cu, lh_dtype wdt) {
+    if (!cu->half_conv || wdt != cu->act) return CUDNN_DATA_FLOAT;
+    return wdt == LH_DTYPE_F16 ? CUDNN_DATA_HALF
+           : wdt == LH_DTYPE_BF16 ? CUDNN_DATA_BFLOAT16
+                                  : CUDNN_DATA_FLOAT;
+}
+
+/* src [n] to the half type of dt at dst. */
+static void to_half_dt(cudaStream_t st, cudnnDataType_t dt, void *dst, const float *src,
+                       int64_t n) {
+    if (dt == CUDNN_DATA_HALF)
+        conv_to_half<__half><<<lh__cuda_grid(n, 256), 256, 0, st>>>((__half *)dst, src, n);
+    else
+        conv_to_half<__nv_bfloat16><<<lh__cuda_grid(n, 256), 256, 0, st>>>(
+            (__nv_bfloat16 *)dst, src, n);
+}
+
+/* out [n, c, hw] = act(y + bias) from the half y of type dt. */
+static void from_half_dt(cudaStream_t st, cudnnDataType_t dt, float *out, const void *y,
+                         const float *bias, int64_t c, int64_t hw, int64_t total, int act) {
+    if (dt == CUDNN_DATA_HALF)
+        conv_from_half<__half><<<lh__cuda_grid(total, 256), 256, 0, st>>>(
+            out, (const __half *)y, bias, c, hw, total, act);
+    else
+        conv_from_half<__nv_bfloat16><<<lh__cuda_grid(total, 256), 256, 0, st>>>(
+            out, (const __nv_bfloat16 *)y, bias, c, hw, total, act);
 }
 
 /* ---- Ops ---- */
@@ -303,12 +382,12 @@ extern "C" lh_status lh__cuda_conv2d(lh_backend *be, float *out, /* [n, c_out, h
     for (int64_t i0 = 0; st == LH_OK && i0 < n; i0 += nb) {
         const int64_t s[9] = {n - i0 < nb ? n - i0 : nb, c_in, h, wd, c_out, kh, kw, stride, pad};
         conv_descs d;
-        if ((st = descs_create(be, &d, s, ho, wo)) != LH_OK) return st;
+        if ((st = descs_create(be, &d, s, ho, wo, CUDNN_DATA_FLOAT)) != LH_OK) return st;
         int algo = 0;
-        void *ws = NULL;
+        void *ws = NULL, *base = NULL;
         size_t ws_bytes = 0;
         const float one = 1.0f, zero = 0.0f;
-        st = conv_prepare(be, &d, s, CONV_FWD, &algo, &ws, &ws_bytes);
+        st = conv_prepare(be, &d, s, CONV_FWD, CUDNN_DATA_FLOAT, 0, &algo, &base, &ws, &ws_bytes);
         if (st == LH_OK)
             st = lh__cuda_check_dnn(
                 be,
@@ -376,13 +455,14 @@ extern "C" lh_status lh__cuda_conv2d_backward(lh_backend *be, float *dx, /* [n, 
         const int64_t s[9] = {n - i0 < nb ? n - i0 : nb, c_in, h, wd, c_out, kh, kw, stride, pad};
         const float *dyc = dy + i0 * out_img, *xc = x ? x + i0 * in_img : NULL;
         conv_descs d;
-        if ((st = descs_create(be, &d, s, ho, wo)) != LH_OK) return st;
+        if ((st = descs_create(be, &d, s, ho, wo, CUDNN_DATA_FLOAT)) != LH_OK) return st;
         int algo = 0;
-        void *ws = NULL;
+        void *ws = NULL, *base = NULL;
         size_t ws_bytes = 0;
         const float one = 1.0f, zero = 0.0f;
         if (want_dx) { /* dx = W^T dy (written) */
-            st = conv_prepare(be, &d, s, CONV_BWD_DATA, &algo, &ws, &ws_bytes);
+            st = conv_prepare(be, &d, s, CONV_BWD_DATA, CUDNN_DATA_FLOAT, 0, &algo, &base, &ws,
+                              &ws_bytes);
             if (st == LH_OK)
                 st = lh__cuda_check_dnn(
                     be,
@@ -392,7 +472,8 @@ extern "C" lh_status lh__cuda_conv2d_backward(lh_backend *be, float *dx, /* [n, 
                     "conv2d_backward: cudnnConvolutionBackwardData");
         }
         if (st == LH_OK && want_dw) { /* dw += dy x^T (beta 1), chunk after chunk */
-            st = conv_prepare(be, &d, s, CONV_BWD_FILTER, &algo, &ws, &ws_bytes);
+            st = conv_prepare(be, &d, s, CONV_BWD_FILTER, CUDNN_DATA_FLOAT, 0, &algo, &base, &ws,
+                              &ws_bytes);
             if (st == LH_OK)
                 st = lh__cuda_check_dnn(
                     be,
@@ -400,6 +481,148 @@ extern "C" lh_status lh__cuda_conv2d_backward(lh_backend *be, float *dx, /* [n, 
                                                    (cudnnConvolutionBwdFilterAlgo_t)algo, ws,
                                                    ws_bytes, &one, d.w, dw),
                     "conv2d_backward: cudnnConvolutionBackwardFilter");
+        }
+        descs_destroy(&d);
+    }
+    return st;
+}
+
+extern "C" lh_status lh__cuda_conv2d_hw(lh_backend *be, float *out, /* [n, c_out, h_out, w_out] */
+                                        const float *x,             /* [n, c_in, h, w] */
+                                        const void *w, lh_dtype wdt, /* [c_out, c_in, kh, kw] */
+                                        const float *bias,           /* [c_out] or NULL */
+                                        int64_t n, int64_t c_in, int64_t h, int64_t wd,
+                                        int64_t c_out, int64_t kh, int64_t kw, int stride,
+                                        int pad) {
+    lh_cuda *cu = lh__cuda(be);
+    if ((wdt != LH_DTYPE_F16 && wdt != LH_DTYPE_BF16) || wdt != cu->act) return LH_ERR_INVALID;
+    if (n < 0 || c_in < 0 || h < 0 || wd < 0 || c_out < 0 || kh < 1 || kw < 1 || stride < 1 ||
+        pad < 0)
+        return LH_ERR_INVALID;
+    if (h + 2 * (int64_t)pad < kh || wd + 2 * (int64_t)pad < kw) return LH_ERR_SHAPE;
+    int64_t ho = (h + 2 * (int64_t)pad - kh) / stride + 1;
+    int64_t wo = (wd + 2 * (int64_t)pad - kw) / stride + 1;
+    int64_t in_img, out_total, taps, k, hw_out;
+    if (!lh__cu_mul2(&taps, kh, kw) || !lh__cu_mul2(&k, c_in, taps) ||
+        !lh__cu_mul2(&hw_out, ho, wo) || !lh__cu_mul3(&in_img, c_in, h, wd) ||
+        !lh__cu_mul3(&out_total, n, c_out, hw_out) || !lh__cu_bytes_ok(out_total))
+        return LH_ERR_OVERFLOW;
+    if (n == 0 || c_out == 0) return LH_OK;
+    if (!out || (in_img > 0 && (!x || !w))) return LH_ERR_INVALID;
+    cudnnDataType_t dt = half_dnn(cu, wdt);
+    if (dt == CUDNN_DATA_FLOAT) return LH_ERR_UNSUPPORTED; /* LORAHOST_CUDA_HALF_CONV=0 */
+    if (in_img == 0) /* out = bias: no weight read */
+        return lh__cuda_conv2d(be, out, x, NULL, bias, n, c_in, h, wd, c_out, kh, kw, stride, pad);
+    if (k > INT_MAX || hw_out > INT_MAX || c_out > INT_MAX) return LH_ERR_UNSUPPORTED;
+    if (n > INT_MAX || c_in > INT_MAX || h > INT_MAX || wd > INT_MAX || ho > INT_MAX ||
+        wo > INT_MAX)
+        return LH_ERR_UNSUPPORTED; /* cuDNN int */
+    int64_t out_img = c_out * hw_out, nb = conv_chunk(cu, n, in_img, out_img);
+    if (nb < 1) return lh__cuda_fail(be, "conv2d", "one image has 2^31 or more elements");
+    lh_status st = LH_OK;
+    for (int64_t i0 = 0; st == LH_OK && i0 < n; i0 += nb) {
+        int64_t nc = n - i0 < nb ? n - i0 : nb;
+        const int64_t s[9] = {nc, c_in, h, wd, c_out, kh, kw, stride, pad};
+        conv_descs d;
+        if ((st = descs_create(be, &d, s, ho, wo, dt)) != LH_OK) return st;
+        int algo = 0;
+        void *ws = NULL, *base = NULL;
+        size_t ws_bytes = 0, xr = half_room(nc * in_img);
+        const float one = 1.0f, zero = 0.0f;
+        st = conv_prepare(be, &d, s, CONV_FWD, dt, xr + half_room(nc * out_img), &algo, &base,
+                          &ws, &ws_bytes);
+        if (st == LH_ERR_UNSUPPORTED && i0 > 0) /* earlier chunks ran: no way back */
+            st = lh__cuda_fail(be, "conv2d", "cuDNN offers no half algorithm for the last chunk");
+        if (st == LH_OK) {
+            to_half_dt(cu->stream, dt, base, x + i0 * in_img, nc * in_img);
+            st = lh__cuda_launched(be, "conv2d (half): input");
+        }
+        if (st == LH_OK)
+            st = lh__cuda_check_dnn(
+                be,
+                cudnnConvolutionForward(cu->cudnn, &one, d.x, base, d.w, w, d.conv,
+                                        (cudnnConvolutionFwdAlgo_t)algo, ws, ws_bytes, &zero, d.y,
+                                        (char *)base + xr),
+                "conv2d (half): cudnnConvolutionForward");
+        if (st == LH_OK) {
+            from_half_dt(cu->stream, dt, out + i0 * out_img, (char *)base + xr, bias, c_out,
+                         hw_out, nc * out_img, cu->act);
+            st = lh__cuda_launched(be, "conv2d (half): output");
+        }
+        descs_destroy(&d);
+    }
+    return st;
+}
+
+extern "C" lh_status lh__cuda_conv2d_backward_hw(lh_backend *be, float *dx, /* [n, c_in, h, w] */
+                                                 float *db,       /* [c_out] += */
+                                                 const float *dy, /* [n, c_out, h_out, w_out] */
+                                                 const void *w, lh_dtype wdt, /* [c_out, c_in, kh, kw] */
+                                                 int64_t n, int64_t c_in, int64_t h, int64_t wd,
+                                                 int64_t c_out, int64_t kh, int64_t kw,
+                                                 int stride, int pad) {
+    lh_cuda *cu = lh__cuda(be);
+    if ((wdt != LH_DTYPE_F16 && wdt != LH_DTYPE_BF16) || wdt != cu->act) return LH_ERR_INVALID;
+    if (n < 0 || c_in < 0 || h < 0 || wd < 0 || c_out < 0 || kh < 1 || kw < 1 || stride < 1 ||
+        pad < 0)
+        return LH_ERR_INVALID;
+    if (h + 2 * (int64_t)pad < kh || wd + 2 * (int64_t)pad < kw) return LH_ERR_SHAPE;
+    int64_t ho = (h + 2 * (int64_t)pad - kh) / stride + 1;
+    int64_t wo = (wd + 2 * (int64_t)pad - kw) / stride + 1;
+    int64_t taps, k, hw_out, in_total, out_total;
+    if (!lh__cu_mul2(&taps, kh, kw) || !lh__cu_mul2(&k, c_in, taps) ||
+        !lh__cu_mul2(&hw_out, ho, wo) || !lh__cu_mul4(&in_total, n, c_in, h, wd) ||
+        !lh__cu_bytes_ok(in_total) || !lh__cu_mul3(&out_total, n, c_out, hw_out) ||
+        !lh__cu_bytes_ok(out_total))
+        return LH_ERR_OVERFLOW;
+    if (n == 0) return LH_OK;
+    if ((out_total > 0 && !dy) || (dx && in_total > 0 && c_out > 0 && !w)) return LH_ERR_INVALID;
+    cudnnDataType_t dt = half_dnn(cu, wdt);
+    if (dt == CUDNN_DATA_FLOAT) return LH_ERR_UNSUPPORTED; /* LORAHOST_CUDA_HALF_CONV=0 */
+    if (!dx || in_total == 0 || c_out == 0) /* no product with the weight */
+        return lh__cuda_conv2d_backward(be, dx, NULL, db, dy, NULL, NULL, n, c_in, h, wd, c_out,
+                                        kh, kw, stride, pad);
+    if (k > INT_MAX || hw_out > INT_MAX || c_out > INT_MAX) return LH_ERR_UNSUPPORTED;
+    if (n > INT_MAX || c_in > INT_MAX || h > INT_MAX || wd > INT_MAX || ho > INT_MAX ||
+        wo > INT_MAX)
+        return LH_ERR_UNSUPPORTED; /* cuDNN int */
+    int64_t in_img = in_total / n, out_img = c_out * hw_out;
+    int64_t nb = conv_chunk(cu, n, in_img, out_img);
+    if (nb < 1) return lh__cuda_fail(be, "conv2d_backward", "one image has 2^31 or more elements");
+    lh_status st = LH_OK;
+    for (int64_t i0 = 0; st == LH_OK && i0 < n; i0 += nb) {
+        int64_t nc = n - i0 < nb ? n - i0 : nb;
+        const int64_t s[9] = {nc, c_in, h, wd, c_out, kh, kw, stride, pad};
+        conv_descs d;
+        if ((st = descs_create(be, &d, s, ho, wo, dt)) != LH_OK) return st;
+        int algo = 0;
+        void *ws = NULL, *base = NULL;
+        size_t ws_bytes = 0, yr = half_room(nc * out_img);
+        const float one = 1.0f, zero = 0.0f;
+        st = conv_prepare(be, &d, s, CONV_BWD_DATA, dt, yr + half_room(nc * in_img), &algo,
+                          &base, &ws, &ws_bytes);
+        if (st == LH_ERR_UNSUPPORTED && i0 > 0) /* earlier chunks ran: no way back */
+            st = lh__cuda_fail(be, "conv2d_backward",
+                               "cuDNN offers no half algorithm for the last chunk");
+        if (st == LH_OK && i0 == 0 && db) { /* once the half path is sure */
+            conv_bias_grad<<<(unsigned)c_out, 256, 0, cu->stream>>>(db, dy, n, c_out, hw_out);
+            st = lh__cuda_launched(be, "conv2d_backward: bias");
+        }
+        if (st == LH_OK) {
+            to_half_dt(cu->stream, dt, base, dy + i0 * out_img, nc * out_img);
+            st = lh__cuda_launched(be, "conv2d_backward (half): dy");
+        }
+        if (st == LH_OK) /* dx = W^T dy (written) */
+            st = lh__cuda_check_dnn(
+                be,
+                cudnnConvolutionBackwardData(cu->cudnn, &one, d.w, w, d.y, base, d.conv,
+                                             (cudnnConvolutionBwdDataAlgo_t)algo, ws, ws_bytes,
+                                             &zero, d.x, (char *)base + yr),
+                "conv2d_backward (half): cudnnConvolutionBackwardData");
+        if (st == LH_OK) {
+            from_half_dt(cu->stream, dt, dx + i0 * in_img, (char *)base + yr, NULL, c_in, h * wd,
+                         nc * in_img, cu->act);
+            st = lh__cuda_launched(be, "conv2d_backward (half): dx");
         }
         descs_destroy(&d);
     }

@@ -69,6 +69,7 @@ typedef struct lh_cuda {
     int tf32;            /* GEMMs and convolutions may use TF32 (LORAHOST_CUDA_TF32=1) */
     int att_mode;        /* the attention forward: LH_CUDA_ATT_* (LORAHOST_CUDA_ATTENTION) */
     int conv_one_image;  /* LH_CUDA_CONV_ONE_IMAGE=1: cuDNN gets one image a call (tests) */
+    int half_conv;       /* conv2d_hw convolves half tensors (LORAHOST_CUDA_HALF_CONV, default 1) */
     void *workspace;     /* cuDNN / scratch; grows, never shrinks */
     size_t workspace_bytes;
     int workspace_refs;  /* live graphs recorded on the workspace */
@@ -168,6 +169,14 @@ lh_status lh__cuda_conv2d_backward(lh_backend *be, float *dx, float *dw, float *
                                    const float *dy, const float *x, const float *w, int64_t n,
                                    int64_t c_in, int64_t h, int64_t wd, int64_t c_out, int64_t kh,
                                    int64_t kw, int stride, int pad);
+lh_status lh__cuda_conv2d_hw(lh_backend *be, float *out, const float *x, const void *w,
+                             lh_dtype wdt, const float *bias, int64_t n, int64_t c_in, int64_t h,
+                             int64_t wd, int64_t c_out, int64_t kh, int64_t kw, int stride,
+                             int pad);
+lh_status lh__cuda_conv2d_backward_hw(lh_backend *be, float *dx, float *db, const float *dy,
+                                      const void *w, lh_dtype wdt, int64_t n, int64_t c_in,
+                                      int64_t h, int64_t wd, int64_t c_out, int64_t kh,
+                                      int64_t kw, int stride, int pad);
 lh_status lh__cuda_group_norm(lh_backend *be, float *out, const float *x, const float *gamma,
                               const float *beta, int64_t n, int64_t c, int64_t hw, int64_t groups,
                               float eps, int silu);
