@@ -879,6 +879,12 @@ START_TEST(test_cast) {
 }
 END_TEST
 
+/* Both backends' activation precision. */
+static void precision_both(lh_dtype t) {
+    ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, t), LH_OK);
+    ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, t), LH_OK);
+}
+
 /* x [n] of both backends rounded to t in place. */
 static void pair_round(pair p, lh_dtype t) {
     ck_assert_int_eq(g_gpu->ops->round(g_gpu, p.g, p.n, t), LH_OK);
@@ -951,8 +957,7 @@ START_TEST(test_linear_hw) {
     float dummy = 0;
     for (size_t i = 0; i < 2; i++) {
         lh_dtype t = types[i];
-        ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, t), LH_OK);
-        ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, t), LH_OK);
+        precision_both(t);
         linear_hw_case(t, 4096, 320, 1280, 1); /* SD 1.5 feed-forward at 64x64: tensor cores */
         linear_hw_case(t, 154, 768, 320, 0);   /* cross-attention k: tensor cores */
         linear_hw_case(t, 5, 3, 7, 1);         /* small: widened, TF32 */
@@ -964,8 +969,7 @@ START_TEST(test_linear_hw) {
                                                         LH_DTYPE_F32, 1, 1, 1),
                          LH_ERR_INVALID);
     }
-    ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, LH_DTYPE_F32), LH_OK);
-    ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, LH_DTYPE_F32), LH_OK);
+    precision_both(LH_DTYPE_F32);
     ck_assert_int_eq(g_gpu->ops->linear_hw(g_gpu, &dummy, &dummy, &dummy, LH_DTYPE_F16, NULL, 1, 1, 1),
                      LH_ERR_INVALID); /* float32 activations: no half weights */
 }
@@ -1033,8 +1037,7 @@ START_TEST(test_conv_hw) {
     float dummy = 0;
     for (size_t i = 0; i < 2; i++) {
         lh_dtype t = types[i];
-        ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, t), LH_OK);
-        ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, t), LH_OK);
+        precision_both(t);
         conv_hw_case(t, 2, 320, 64, 64, 320, 3, 1, 1, 1); /* SD 1.5 first level at 64x64 */
         conv_hw_case(t, 2, 640, 16, 16, 640, 3, 2, 1, 1); /* a downsample */
         conv_hw_case(t, 2, 640, 32, 32, 320, 1, 1, 0, 1); /* a resnet shortcut */
@@ -1048,16 +1051,14 @@ START_TEST(test_conv_hw) {
                                                         LH_DTYPE_F32, 1, 1, 1, 1, 1, 1, 1, 1, 0),
                          LH_ERR_INVALID);
     }
-    ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, LH_DTYPE_F32), LH_OK);
-    ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, LH_DTYPE_F32), LH_OK);
+    precision_both(LH_DTYPE_F32);
 }
 END_TEST
 
 START_TEST(test_half_outputs) {
     static const lh_dtype types[] = {LH_DTYPE_F16, LH_DTYPE_BF16};
     for (size_t t = 0; t < 2; t++) {
-        ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, types[t]), LH_OK);
-        ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, types[t]), LH_OK);
+        precision_both(types[t]);
         const char *tn = types[t] == LH_DTYPE_F16 ? "f16" : "bf16";
         char what[96];
         const int64_t n = 4099;
@@ -1112,8 +1113,7 @@ START_TEST(test_half_outputs) {
         for (size_t i = 0; i < sizeof fwd / sizeof fwd[0]; i++) /* backward too, but at 4096 */
             att_case(fwd[i], fwd[i].nq * fwd[i].nk <= 1024 * 1024, TOL_HALF);
         g_att_inputs = LH_DTYPE_F32;
-        ck_assert_int_eq(g_gpu->ops->set_precision(g_gpu, LH_DTYPE_F32), LH_OK);
-        ck_assert_int_eq(g_cpu->ops->set_precision(g_cpu, LH_DTYPE_F32), LH_OK);
+        precision_both(LH_DTYPE_F32);
     }
 }
 END_TEST

@@ -344,6 +344,62 @@ static void from_half_dt(cudaStream_t st, cudnnDataType_t dt, float *out, const 
             out, (const __nv_bfloat16 *)y, bias, c, hw, total, act);
 }
 
+/* ---- Argument checks ---- */
+
+/* A convolution's sizes (s as descs_create's, in int64). */
+typedef struct conv_dims {
+    int64_t ho, wo, k, hw_out, in_img, in_total, out_total, w_total;
+} conv_dims;
+
+/* The checks every direction shares: LH_OK with the output size, or the
+ * status to answer. */
+static lh_status dims_common(conv_dims *d, int64_t n, int64_t c_in, int64_t h, int64_t wd,
+                             int64_t c_out, int64_t kh, int64_t kw, int stride, int pad) {
+    memset(d, 0, sizeof *d);
+    if (n < 0 || c_in < 0 || h < 0 || wd < 0 || c_out < 0 || kh < 1 || kw < 1 || stride < 1 ||
+        pad < 0)
+        return LH_ERR_INVALID;
+    if (h + 2 * (int64_t)pad < kh || wd + 2 * (int64_t)pad < kw) return LH_ERR_SHAPE;
+    d->ho = (h + 2 * (int64_t)pad - kh) / stride + 1;
+    d->wo = (wd + 2 * (int64_t)pad - kw) / stride + 1;
+    int64_t taps;
+    if (!lh__cu_mul2(&taps, kh, kw) || !lh__cu_mul2(&d->k, c_in, taps) ||
+        !lh__cu_mul2(&d->hw_out, d->ho, d->wo))
+        return LH_ERR_OVERFLOW;
+    return LH_OK;
+}
+
+/* The forward's: the input per image, the output in total. */
+static lh_status dims_fwd(conv_dims *d, int64_t n, int64_t c_in, int64_t h, int64_t wd,
+                          int64_t c_out, int64_t kh, int64_t kw, int stride, int pad) {
+    lh_status st = dims_common(d, n, c_in, h, wd, c_out, kh, kw, stride, pad);
+    if (st != LH_OK) return st;
+    if (!lh__cu_mul3(&d->in_img, c_in, h, wd) || !lh__cu_mul3(&d->out_total, n, c_out, d->hw_out) ||
+        !lh__cu_bytes_ok(d->out_total))
+        return LH_ERR_OVERFLOW;
+    return LH_OK;
+}
+
+/* The backward's: input, output and weight in total. */
+static lh_status dims_bwd(conv_dims *d, int64_t n, int64_t c_in, int64_t h, int64_t wd,
+                          int64_t c_out, int64_t kh, int64_t kw, int stride, int pad) {
+    lh_status st = dims_common(d, n, c_in, h, wd, c_out, kh, kw, stride, pad);
+    if (st != LH_OK) return st;
+    if (!lh__cu_mul4(&d->in_total, n, c_in, h, wd) || !lh__cu_bytes_ok(d->in_total) ||
+        !lh__cu_mul3(&d->out_total, n, c_out, d->hw_out) || !lh__cu_bytes_ok(d->out_total) ||
+        !lh__cu_mul2(&d->w_total, c_out, d->k) || !lh__cu_bytes_ok(d->w_total))
+        return LH_ERR_OVERFLOW;
+    return LH_OK;
+}
+
+/* Whether cuDNN's int arguments hold the sizes. */
+static int dims_int(const conv_dims *d, int64_t n, int64_t c_in, int64_t h, int64_t wd,
+                    int64_t c_out, int64_t kh, int64_t kw) {
+    return d->k <= INT_MAX && d->hw_out <= INT_MAX && c_out <= INT_MAX && n <= INT_MAX &&
+           c_in <= INT_MAX && h <= INT_MAX && wd <= INT_MAX && kh <= INT_MAX && kw <= INT_MAX &&
+           d->ho <= INT_MAX && d->wo <= INT_MAX;
+}
+
 /* ---- Ops ---- */
 
 extern "C" lh_status lh__cuda_conv2d(lh_backend *be, float *out, /* [n, c_out, h_out, w_out] */
@@ -352,23 +408,14 @@ extern "C" lh_status lh__cuda_conv2d(lh_backend *be, float *out, /* [n, c_out, h
                                      const float *bias,          /* [c_out] or NULL */
                                      int64_t n, int64_t c_in, int64_t h, int64_t wd,
                                      int64_t c_out, int64_t kh, int64_t kw, int stride, int pad) {
-    if (n < 0 || c_in < 0 || h < 0 || wd < 0 || c_out < 0 || kh < 1 || kw < 1 || stride < 1 ||
-        pad < 0)
-        return LH_ERR_INVALID;
-    if (h + 2 * (int64_t)pad < kh || wd + 2 * (int64_t)pad < kw) return LH_ERR_SHAPE;
-    int64_t ho = (h + 2 * (int64_t)pad - kh) / stride + 1;
-    int64_t wo = (wd + 2 * (int64_t)pad - kw) / stride + 1;
-    int64_t in_img, out_total, taps, k, hw_out;
-    if (!lh__cu_mul2(&taps, kh, kw) || !lh__cu_mul2(&k, c_in, taps) ||
-        !lh__cu_mul2(&hw_out, ho, wo) || !lh__cu_mul3(&in_img, c_in, h, wd) ||
-        !lh__cu_mul3(&out_total, n, c_out, hw_out) || !lh__cu_bytes_ok(out_total))
-        return LH_ERR_OVERFLOW;
+    conv_dims dm;
+    lh_status st0 = dims_fwd(&dm, n, c_in, h, wd, c_out, kh, kw, stride, pad);
+    if (st0 != LH_OK) return st0;
+    const int64_t ho = dm.ho, wo = dm.wo, hw_out = dm.hw_out, in_img = dm.in_img;
+    const int64_t out_total = dm.out_total;
     if (n == 0 || c_out == 0) return LH_OK;
     if (!out || (in_img > 0 && (!x || !w))) return LH_ERR_INVALID;
-    if (k > INT_MAX || hw_out > INT_MAX || c_out > INT_MAX) return LH_ERR_UNSUPPORTED;
-    if (n > INT_MAX || c_in > INT_MAX || h > INT_MAX || wd > INT_MAX || kh > INT_MAX ||
-        kw > INT_MAX || ho > INT_MAX || wo > INT_MAX)
-        return LH_ERR_UNSUPPORTED; /* cuDNN int */
+    if (!dims_int(&dm, n, c_in, h, wd, c_out, kh, kw)) return LH_ERR_UNSUPPORTED; /* cuDNN int */
     cudaStream_t stream = lh__cuda(be)->stream;
     if (in_img == 0) { /* nothing to convolve: out = bias (or 0) */
         conv_bias<<<lh__cuda_grid(out_total, 256), 256, 0, stream>>>(out, bias, c_out, hw_out,
@@ -415,27 +462,16 @@ extern "C" lh_status lh__cuda_conv2d_backward(lh_backend *be, float *dx, /* [n, 
                                               int64_t n, int64_t c_in, int64_t h, int64_t wd,
                                               int64_t c_out, int64_t kh, int64_t kw, int stride,
                                               int pad) {
-    if (n < 0 || c_in < 0 || h < 0 || wd < 0 || c_out < 0 || kh < 1 || kw < 1 || stride < 1 ||
-        pad < 0)
-        return LH_ERR_INVALID;
-    if (h + 2 * (int64_t)pad < kh || wd + 2 * (int64_t)pad < kw) return LH_ERR_SHAPE;
-    int64_t ho = (h + 2 * (int64_t)pad - kh) / stride + 1;
-    int64_t wo = (wd + 2 * (int64_t)pad - kw) / stride + 1;
-    int64_t taps, k, hw_out, in_total, out_total, w_total;
-    if (!lh__cu_mul2(&taps, kh, kw) || !lh__cu_mul2(&k, c_in, taps) ||
-        !lh__cu_mul2(&hw_out, ho, wo) || !lh__cu_mul4(&in_total, n, c_in, h, wd) ||
-        !lh__cu_bytes_ok(in_total) || !lh__cu_mul3(&out_total, n, c_out, hw_out) ||
-        !lh__cu_bytes_ok(out_total) || !lh__cu_mul2(&w_total, c_out, k) ||
-        !lh__cu_bytes_ok(w_total))
-        return LH_ERR_OVERFLOW;
+    conv_dims dm;
+    lh_status st0 = dims_bwd(&dm, n, c_in, h, wd, c_out, kh, kw, stride, pad);
+    if (st0 != LH_OK) return st0;
+    const int64_t ho = dm.ho, wo = dm.wo, hw_out = dm.hw_out, in_total = dm.in_total;
+    const int64_t out_total = dm.out_total, w_total = dm.w_total;
     if (n == 0) return LH_OK;
     if ((out_total > 0 && !dy) || (dx && in_total > 0 && c_out > 0 && !w) ||
         (dw && w_total > 0 && !x))
         return LH_ERR_INVALID;
-    if (k > INT_MAX || hw_out > INT_MAX || c_out > INT_MAX) return LH_ERR_UNSUPPORTED;
-    if (n > INT_MAX || c_in > INT_MAX || h > INT_MAX || wd > INT_MAX || kh > INT_MAX ||
-        kw > INT_MAX || ho > INT_MAX || wo > INT_MAX)
-        return LH_ERR_UNSUPPORTED; /* cuDNN int */
+    if (!dims_int(&dm, n, c_in, h, wd, c_out, kh, kw)) return LH_ERR_UNSUPPORTED; /* cuDNN int */
     lh_cuda *cu = lh__cuda(be);
     lh_status st = LH_OK;
     if (db && c_out > 0) {
@@ -496,27 +532,17 @@ extern "C" lh_status lh__cuda_conv2d_hw(lh_backend *be, float *out, /* [n, c_out
                                         int pad) {
     lh_cuda *cu = lh__cuda(be);
     if ((wdt != LH_DTYPE_F16 && wdt != LH_DTYPE_BF16) || wdt != cu->act) return LH_ERR_INVALID;
-    if (n < 0 || c_in < 0 || h < 0 || wd < 0 || c_out < 0 || kh < 1 || kw < 1 || stride < 1 ||
-        pad < 0)
-        return LH_ERR_INVALID;
-    if (h + 2 * (int64_t)pad < kh || wd + 2 * (int64_t)pad < kw) return LH_ERR_SHAPE;
-    int64_t ho = (h + 2 * (int64_t)pad - kh) / stride + 1;
-    int64_t wo = (wd + 2 * (int64_t)pad - kw) / stride + 1;
-    int64_t in_img, out_total, taps, k, hw_out;
-    if (!lh__cu_mul2(&taps, kh, kw) || !lh__cu_mul2(&k, c_in, taps) ||
-        !lh__cu_mul2(&hw_out, ho, wo) || !lh__cu_mul3(&in_img, c_in, h, wd) ||
-        !lh__cu_mul3(&out_total, n, c_out, hw_out) || !lh__cu_bytes_ok(out_total))
-        return LH_ERR_OVERFLOW;
+    conv_dims dm;
+    lh_status st0 = dims_fwd(&dm, n, c_in, h, wd, c_out, kh, kw, stride, pad);
+    if (st0 != LH_OK) return st0;
+    const int64_t ho = dm.ho, wo = dm.wo, hw_out = dm.hw_out, in_img = dm.in_img;
     if (n == 0 || c_out == 0) return LH_OK;
     if (!out || (in_img > 0 && (!x || !w))) return LH_ERR_INVALID;
     cudnnDataType_t dt = half_dnn(cu, wdt);
     if (dt == CUDNN_DATA_FLOAT) return LH_ERR_UNSUPPORTED; /* LORAHOST_CUDA_HALF_CONV=0 */
     if (in_img == 0) /* out = bias: no weight read */
         return lh__cuda_conv2d(be, out, x, NULL, bias, n, c_in, h, wd, c_out, kh, kw, stride, pad);
-    if (k > INT_MAX || hw_out > INT_MAX || c_out > INT_MAX) return LH_ERR_UNSUPPORTED;
-    if (n > INT_MAX || c_in > INT_MAX || h > INT_MAX || wd > INT_MAX || ho > INT_MAX ||
-        wo > INT_MAX)
-        return LH_ERR_UNSUPPORTED; /* cuDNN int */
+    if (!dims_int(&dm, n, c_in, h, wd, c_out, kh, kw)) return LH_ERR_UNSUPPORTED; /* cuDNN int */
     int64_t out_img = c_out * hw_out, nb = conv_chunk(cu, n, in_img, out_img);
     if (nb < 1) return lh__cuda_fail(be, "conv2d", "one image has 2^31 or more elements");
     lh_status st = LH_OK;
@@ -563,29 +589,19 @@ extern "C" lh_status lh__cuda_conv2d_backward_hw(lh_backend *be, float *dx, /* [
                                                  int stride, int pad) {
     lh_cuda *cu = lh__cuda(be);
     if ((wdt != LH_DTYPE_F16 && wdt != LH_DTYPE_BF16) || wdt != cu->act) return LH_ERR_INVALID;
-    if (n < 0 || c_in < 0 || h < 0 || wd < 0 || c_out < 0 || kh < 1 || kw < 1 || stride < 1 ||
-        pad < 0)
-        return LH_ERR_INVALID;
-    if (h + 2 * (int64_t)pad < kh || wd + 2 * (int64_t)pad < kw) return LH_ERR_SHAPE;
-    int64_t ho = (h + 2 * (int64_t)pad - kh) / stride + 1;
-    int64_t wo = (wd + 2 * (int64_t)pad - kw) / stride + 1;
-    int64_t taps, k, hw_out, in_total, out_total;
-    if (!lh__cu_mul2(&taps, kh, kw) || !lh__cu_mul2(&k, c_in, taps) ||
-        !lh__cu_mul2(&hw_out, ho, wo) || !lh__cu_mul4(&in_total, n, c_in, h, wd) ||
-        !lh__cu_bytes_ok(in_total) || !lh__cu_mul3(&out_total, n, c_out, hw_out) ||
-        !lh__cu_bytes_ok(out_total))
-        return LH_ERR_OVERFLOW;
+    conv_dims dm;
+    lh_status st0 = dims_bwd(&dm, n, c_in, h, wd, c_out, kh, kw, stride, pad);
+    if (st0 != LH_OK) return st0;
+    const int64_t ho = dm.ho, wo = dm.wo, hw_out = dm.hw_out, in_total = dm.in_total;
     if (n == 0) return LH_OK;
-    if ((out_total > 0 && !dy) || (dx && in_total > 0 && c_out > 0 && !w)) return LH_ERR_INVALID;
+    if ((dm.out_total > 0 && !dy) || (dx && in_total > 0 && c_out > 0 && !w))
+        return LH_ERR_INVALID;
     cudnnDataType_t dt = half_dnn(cu, wdt);
     if (dt == CUDNN_DATA_FLOAT) return LH_ERR_UNSUPPORTED; /* LORAHOST_CUDA_HALF_CONV=0 */
     if (!dx || in_total == 0 || c_out == 0) /* no product with the weight */
         return lh__cuda_conv2d_backward(be, dx, NULL, db, dy, NULL, NULL, n, c_in, h, wd, c_out,
                                         kh, kw, stride, pad);
-    if (k > INT_MAX || hw_out > INT_MAX || c_out > INT_MAX) return LH_ERR_UNSUPPORTED;
-    if (n > INT_MAX || c_in > INT_MAX || h > INT_MAX || wd > INT_MAX || ho > INT_MAX ||
-        wo > INT_MAX)
-        return LH_ERR_UNSUPPORTED; /* cuDNN int */
+    if (!dims_int(&dm, n, c_in, h, wd, c_out, kh, kw)) return LH_ERR_UNSUPPORTED; /* cuDNN int */
     int64_t in_img = in_total / n, out_img = c_out * hw_out;
     int64_t nb = conv_chunk(cu, n, in_img, out_img);
     if (nb < 1) return lh__cuda_fail(be, "conv2d_backward", "one image has 2^31 or more elements");
