@@ -78,7 +78,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_vae: upload failed\n");
         return 1;
     }
-    printf("{\"load_s\": %.4f, \"workspace_mb\": %.1f, \"decode_s\": [", load_s,
+    printf("{\"load_s\": %.4f, \"weights_mb\": %.1f, \"workspace_mb\": %.1f, \"decode_s\": [",
+           load_s, (double)lh_vae_weight_bytes(m) / 1048576.0,
            (double)lh_vae_decode_workspace(m, b, lh, lw, 0) / 1048576.0);
     for (int it = 0; it < iters; it++) {
         t0 = now();

@@ -75,6 +75,12 @@ struct lh_vae {
     lh_dtype act;     /* activation precision of encode and decode (lh_vae_set_precision) */
     lh_dtype weights; /* F32 as loaded, or the half type set_precision rounded them to */
     double tile_overlap;              /* tile_overlap_factor */
+    /* On a backend that convolves half weights (conv2d_hw), the convolution
+     * weights are held in the half activation type (hold_convs); one that
+     * must be widened after all goes to `wide` (float32, wide_max values,
+     * allocated on first need). */
+    float *wide;
+    size_t wide_max;
 };
 
 /* ---- config.json ---- */
@@ -551,6 +557,62 @@ float lh_vae_scaling_factor(const lh_vae *m) { return m->cfg.scaling_factor; }
 
 int64_t lh_vae_downscale(const lh_vae *m) { return (int64_t)1 << (m->cfg.n_blocks - 1); }
 
+/* fn on every convolution the model has (an encoder-less VAE has no
+ * encoder convolutions: w NULL, skipped). */
+static lh_status each_conv(lh_vae *m, lh_status (*fn)(lh_vae *m, vae_conv *c, void *ctx),
+                           void *ctx) {
+    vae_conv *one[] = {&m->enc_conv_in, &m->enc_conv_out, &m->quant_conv,
+                       &m->post_quant_conv, &m->dec_conv_in, &m->dec_conv_out};
+    lh_status st = LH_OK;
+    for (size_t i = 0; st == LH_OK && i < sizeof one / sizeof one[0]; i++)
+        if (one[i]->w) st = fn(m, one[i], ctx);
+    vae_mid *mids[] = {&m->enc_mid, &m->dec_mid};
+    for (int i = 0; st == LH_OK && i < 2; i++)
+        for (int j = 0; st == LH_OK && j < 2; j++) {
+            vae_conv *rc[] = {&mids[i]->res[j].conv1, &mids[i]->res[j].conv2,
+                              &mids[i]->res[j].shortcut};
+            for (int k = 0; st == LH_OK && k < 3; k++)
+                if (rc[k]->w) st = fn(m, rc[k], ctx);
+        }
+    for (int i = 0; st == LH_OK && i < m->cfg.n_blocks; i++) {
+        vae_block *bl[] = {&m->down[i], &m->up[i]};
+        for (int j = 0; st == LH_OK && j < 2; j++) {
+            for (int r = 0; st == LH_OK && bl[j]->res && r < bl[j]->n_res; r++) {
+                vae_conv *rc[] = {&bl[j]->res[r].conv1, &bl[j]->res[r].conv2,
+                                  &bl[j]->res[r].shortcut};
+                for (int k = 0; st == LH_OK && k < 3; k++)
+                    if (rc[k]->w) st = fn(m, rc[k], ctx);
+            }
+            if (st == LH_OK && bl[j]->sampler.w) st = fn(m, &bl[j]->sampler, ctx);
+        }
+    }
+    return st;
+}
+
+static size_t conv_numel(const vae_conv *c) {
+    return (size_t)c->c_out * (size_t)c->c_in * (size_t)c->k * (size_t)c->k;
+}
+
+/* Hold one convolution's weight in *(lh_dtype *)ctx. */
+static lh_status hold_one(lh_vae *m, vae_conv *c, void *ctx) {
+    lh_error e = {0};
+    size_t n = conv_numel(c);
+    if (n > m->wide_max) m->wide_max = n;
+    return lh_wstore_retype(&m->ws, &c->w, n, *(const lh_dtype *)ctx, &e);
+}
+
+/* The convolution weights held in t (F32, or the half activation type on
+ * a backend with conv2d_hw): half the memory, convolved as they are. A
+ * failure part way leaves a mixture, which conv() handles weight by
+ * weight. */
+static lh_status hold_convs(lh_vae *m, lh_dtype t, lh_error *err) {
+    lh_status st = each_conv(m, hold_one, &t);
+    if (st != LH_OK)
+        return lh_error_set(err, st, "VAE precision: holding the convolution weights in %s "
+                            "failed", lh_dtype_name(t));
+    return LH_OK;
+}
+
 lh_status lh_vae_set_precision(lh_vae *m, lh_dtype act, lh_error *err) {
     if (!m) return lh_error_set(err, LH_ERR_INVALID, "VAE precision: NULL model");
     if (act != LH_DTYPE_F32 && act != LH_DTYPE_F16 && act != LH_DTYPE_BF16)
@@ -568,11 +630,20 @@ lh_status lh_vae_set_precision(lh_vae *m, lh_dtype act, lh_error *err) {
         if (st != LH_OK) return st;
         m->weights = act;
     }
+    /* a device that convolves half weights holds them so; float32
+     * activations (the overflow retry) widen them back: the same values */
+    lh_dtype hold = act != LH_DTYPE_F32 && ops->conv2d_hw && ops->cast ? act : LH_DTYPE_F32;
+    if (hold != LH_DTYPE_F32 || m->wide_max) {
+        lh_status st = hold_convs(m, hold, err);
+        if (st != LH_OK) return st;
+    }
     m->act = act;
     return LH_OK;
 }
 
 lh_dtype lh_vae_precision(const lh_vae *m) { return m ? m->act : LH_DTYPE_F32; }
+
+size_t lh_vae_weight_bytes(const lh_vae *m) { return m ? m->ws.bytes : 0; }
 
 lh_status lh_vae_set_tiling(lh_vae *m, int64_t tile_sample_size, double overlap_factor,
                             lh_error *err) {
@@ -751,8 +822,27 @@ static void swap(float **a, float **b) {
 
 static lh_status conv(vae_fwd *F, float *out, const float *x, const vae_conv *c, int64_t b,
                       int64_t h, int64_t w, int stride, int pad, const char *layer) {
-    TRY(F->be->ops->conv2d(F->be, out, x, c->w, c->b, b, c->c_in, h, w, c->c_out, c->k, c->k,
-                           stride, pad),
+    lh_vae *m = F->m;
+    const lh_backend_ops *ops = F->be->ops;
+    const float *wt = c->w;
+    lh_dtype t = m->wide_max ? lh_wstore_type(&m->ws, c->w) : LH_DTYPE_F32;
+    if (t != LH_DTYPE_F32 && t == m->act && ops->conv2d_hw) { /* as held */
+        lh_status st = ops->conv2d_hw(F->be, out, x, c->w, t, c->b, b, c->c_in, h, w, c->c_out,
+                                      c->k, c->k, stride, pad);
+        if (st != LH_ERR_UNSUPPORTED) {
+            TRY(st, "conv2d_hw", layer);
+            return LH_OK;
+        }
+    }
+    if (t != LH_DTYPE_F32) { /* widened into m->wide for this one */
+        if (!m->wide && lh_wstore_alloc(&m->wide, &m->ws, m->wide_max, F->err) != LH_OK)
+            return LH_ERR_NOMEM;
+        TRY(ops->cast(F->be, m->wide, LH_DTYPE_F32, c->w, t, (int64_t)conv_numel(c)),
+            "cast", layer);
+        wt = m->wide;
+    }
+    TRY(ops->conv2d(F->be, out, x, wt, c->b, b, c->c_in, h, w, c->c_out, c->k, c->k, stride,
+                    pad),
         "conv2d", layer);
     return LH_OK;
 }

@@ -95,6 +95,10 @@ LH_API int64_t lh_vae_downscale(const lh_vae *m);
  * precision. */
 LH_API lh_status lh_vae_set_precision(lh_vae *m, lh_dtype act, lh_error *err);
 LH_API lh_dtype lh_vae_precision(const lh_vae *m);
+/* Backend bytes its weights take: on a backend that convolves half
+ * weights (conv2d_hw), a half precision holds the convolution weights in
+ * that type, 2 bytes each. */
+LH_API size_t lh_vae_weight_bytes(const lh_vae *m);
 
 /* Tiling for lh_vae_decode(..., tiled = 1), as diffusers' AutoencoderKL
  * attributes: tiles of tile_sample_size image pixels (tile_latent_min_size =
