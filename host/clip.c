@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend_load.h"
 #include "layers.h"
 #include "weights.h"
 
@@ -28,7 +29,12 @@ struct lh_clip {
     float *pos_emb;        /* host [max_position_embeddings, hidden] */
     clip_layer *layers;    /* [num_hidden_layers], backend pointers */
     float *final_w, *final_b; /* backend [hidden] */
-    const struct lh_layers *adapt; /* runtime adapters, NULL: none */
+    struct lh_layers *adapt; /* runtime adapters, NULL: none */
+    /* On a device, the linear weights an F16/BF16 file holds are kept in
+     * that type (half the memory) and widened into `wide` (float32,
+     * [intermediate, hidden]) right before the op that reads them; NULL
+     * when every weight is float32. */
+    float *wide;
 };
 
 void lh_clip_linear(const lh_clip *m, int64_t layer, int which, float **w, float **b) {
@@ -39,7 +45,40 @@ void lh_clip_linear(const lh_clip *m, int64_t layer, int which, float **w, float
     *b = bs[which];
 }
 
-void lh_clip_set_adapt(lh_clip *m, const struct lh_layers *adapt) { m->adapt = adapt; }
+void lh_clip_set_adapt(lh_clip *m, struct lh_layers *adapt) { m->adapt = adapt; }
+
+lh_dtype lh_clip_weight_type(const lh_clip *m, const float *w) {
+    return lh_wstore_type(&m->ws, w);
+}
+
+lh_status lh_clip_keep_f32_weights(lh_clip *m, lh_error *err) {
+    if (!m) return lh_error_set(err, LH_ERR_INVALID, "text encoder weights: NULL model");
+    if (!m->wide) return LH_OK;
+    const int64_t H = m->cfg.hidden_size, F = m->cfg.intermediate_size;
+    for (int64_t l = 0; l < m->cfg.num_hidden_layers; l++) {
+        clip_layer *L = &m->layers[l];
+        float **ws[LH_CLIP_LINEARS] = {&L->q_w, &L->k_w, &L->v_w, &L->o_w, &L->fc1_w, &L->fc2_w};
+        for (int k = 0; k < LH_CLIP_LINEARS; k++) {
+            float *old = *ws[k];
+            size_t n = (size_t)(k == 4 || k == 5 ? F : H) * (size_t)H;
+            lh_status st = lh_wstore_retype(&m->ws, ws[k], n, LH_DTYPE_F32, err);
+            if (st != LH_OK) return st;
+            if (m->adapt && *ws[k] != old) lh_layers_moved(m->adapt, old, *ws[k], LH_DTYPE_F32);
+        }
+    }
+    return LH_OK; /* `wide` stays, unused: a store buffer */
+}
+
+/* *w, held in a half type, widened into m->wide (float32) for the op that
+ * reads it next; a float32 one stays. */
+static lh_status widen(const lh_clip *m, const float **w, int64_t n) {
+    if (!m->wide) return LH_OK;
+    lh_dtype t = lh_wstore_type(&m->ws, *w);
+    if (t == LH_DTYPE_F32) return LH_OK;
+    lh_status st = m->be->ops->cast(m->be, m->wide, LH_DTYPE_F32, *w, t, n);
+    if (st == LH_OK) *w = m->wide;
+    return st;
+}
 
 /* ---- config.json ---- */
 
@@ -270,6 +309,8 @@ static lh_status load_from(lh_clip **out, lh_backend *be, const lh_clip_config *
         (st = make_key(key, sizeof key, prefix, "embeddings.position_embedding.weight", err)) ||
         (st = load_host(&m->pos_emb, be, f, key, cfg->max_position_embeddings, H, err)))
         goto fail;
+    /* on a device, F16/BF16 matrices (the linear weights) stay as the file holds them */
+    m->ws.hold_half = !lh_backend_host_memory(be) && be->ops->cast;
     for (int64_t l = 0; l < cfg->num_hidden_layers; l++) {
         for (size_t t = 0; t < sizeof CLIP_LAYER_TENSORS / sizeof CLIP_LAYER_TENSORS[0]; t++) {
             int64_t shape[2];
@@ -289,6 +330,15 @@ static lh_status load_from(lh_clip **out, lh_backend *be, const lh_clip_config *
         (st = lh_wstore_load_src(&m->final_w, &m->ws, f, key, 1, &H, err)) ||
         (st = make_key(key, sizeof key, prefix, "final_layer_norm.bias", err)) ||
         (st = lh_wstore_load_src(&m->final_b, &m->ws, f, key, 1, &H, err)))
+        goto fail;
+    int half = 0;
+    for (int64_t l = 0; l < cfg->num_hidden_layers && !half; l++)
+        for (int k = 0; k < LH_CLIP_LINEARS && !half; k++) {
+            float *w, *b;
+            lh_clip_linear(m, l, k, &w, &b);
+            half = lh_wstore_type(&m->ws, w) != LH_DTYPE_F32;
+        }
+    if (half && (st = lh_wstore_alloc(&m->wide, &m->ws, (size_t)H * (size_t)F, err)) != LH_OK)
         goto fail;
     *out = m;
     return LH_OK;
@@ -337,6 +387,30 @@ int64_t lh_clip_hidden_size(const lh_clip *m) { return m->cfg.hidden_size; }
         }                                                                                      \
     } while (0)
 
+/* linear / linear_backward on weight w [n_out, n_in] as it is held
+ * (widened first when half), inside a function with m, l, R, ops, be, st,
+ * err and a `done` label. */
+#define LH_CLIP_LINEAR(out, x, w, bias, n_in, n_out)                                          \
+    do {                                                                                       \
+        const float *w_ = (w);                                                                 \
+        if ((st = widen(m, &w_, (n_in) * (n_out))) != LH_OK) {                                 \
+            lh_error_set(err, st, "text encoder layer %lld: widening a half weight failed (%s)", \
+                         (long long)l, lh_strerror(st));                                       \
+            goto done;                                                                         \
+        }                                                                                      \
+        LH_CLIP_OP(linear, out, x, w_, bias, R, n_in, n_out);                                  \
+    } while (0)
+#define LH_CLIP_LINEAR_BACKWARD(dx, dy, x, w, n_in, n_out)                                    \
+    do {                                                                                       \
+        const float *w_ = (w);                                                                 \
+        if ((st = widen(m, &w_, (n_in) * (n_out))) != LH_OK) {                                 \
+            lh_error_set(err, st, "text encoder layer %lld: widening a half weight failed (%s)", \
+                         (long long)l, lh_strerror(st));                                       \
+            goto done;                                                                         \
+        }                                                                                      \
+        LH_CLIP_OP(linear_backward, dx, NULL, NULL, dy, x, w_, R, n_in, n_out);                \
+    } while (0)
+
 /* Runtime adapter terms on the layer whose weight is w (host/layers.h). */
 #define LH_CLIP_ADAPT(w, y, x)                                                                    \
     do {                                                                                           \
@@ -373,19 +447,19 @@ static lh_status layer_forward(lh_clip *m, int64_t l, const clip_acts *s, int64_
     lh_status st = LH_OK;
     /* x2 = x + out_proj(attention(layer_norm1(x))), causal */
     LH_CLIP_OP(layer_norm, s->h1, s->x, L->ln1_w, L->ln1_b, R, H, c->layer_norm_eps);
-    LH_CLIP_OP(linear, s->q, s->h1, L->q_w, L->q_b, R, H, H);
+    LH_CLIP_LINEAR(s->q, s->h1, L->q_w, L->q_b, H, H);
     LH_CLIP_ADAPT(L->q_w, s->q, s->h1);
-    LH_CLIP_OP(linear, s->k, s->h1, L->k_w, L->k_b, R, H, H);
+    LH_CLIP_LINEAR(s->k, s->h1, L->k_w, L->k_b, H, H);
     LH_CLIP_ADAPT(L->k_w, s->k, s->h1);
-    LH_CLIP_OP(linear, s->v, s->h1, L->v_w, L->v_b, R, H, H);
+    LH_CLIP_LINEAR(s->v, s->h1, L->v_w, L->v_b, H, H);
     LH_CLIP_ADAPT(L->v_w, s->v, s->h1);
     LH_CLIP_OP(attention, s->a, NULL, s->q, s->k, s->v, b, heads, n, n, d_head, scale, 1);
-    LH_CLIP_OP(linear, s->o, s->a, L->o_w, L->o_b, R, H, H);
+    LH_CLIP_LINEAR(s->o, s->a, L->o_w, L->o_b, H, H);
     LH_CLIP_ADAPT(L->o_w, s->o, s->a);
     LH_CLIP_OP(add, s->x2, s->x, s->o, R * H);
     /* out = x2 + fc2(act(fc1(layer_norm2(x2)))) */
     LH_CLIP_OP(layer_norm, s->h2, s->x2, L->ln2_w, L->ln2_b, R, H, c->layer_norm_eps);
-    LH_CLIP_OP(linear, s->f1, s->h2, L->fc1_w, L->fc1_b, R, H, F);
+    LH_CLIP_LINEAR(s->f1, s->h2, L->fc1_w, L->fc1_b, H, F);
     LH_CLIP_ADAPT(L->fc1_w, s->f1, s->h2);
     st = (c->hidden_act == LH_CLIP_ACT_GELU ? ops->gelu : ops->quick_gelu)(be, s->f2, s->f1,
                                                                           R * F);
@@ -394,7 +468,7 @@ static lh_status layer_forward(lh_clip *m, int64_t l, const clip_acts *s, int64_
                      CLIP_ACT_NAMES[c->hidden_act], lh_strerror(st));
         goto done;
     }
-    LH_CLIP_OP(linear, s->y, s->f2, L->fc2_w, L->fc2_b, R, F, H);
+    LH_CLIP_LINEAR(s->y, s->f2, L->fc2_w, L->fc2_b, F, H);
     LH_CLIP_ADAPT(L->fc2_w, s->y, s->f2);
     LH_CLIP_OP(add, s->out, s->x2, s->y, R * H);
 done:
@@ -534,7 +608,7 @@ static lh_status layer_backward(lh_clip *m, int64_t l, const clip_grads *g, cons
     lh_status st = LH_OK;
     /* out = x2 + fc2(act(fc1(layer_norm2(x2)))): dx reaches x2 directly and
      * through the MLP */
-    LH_CLIP_OP(linear_backward, g->df, NULL, NULL, g->dx, s->f2, L->fc2_w, R, F, H);
+    LH_CLIP_LINEAR_BACKWARD(g->df, g->dx, s->f2, L->fc2_w, F, H);
     LH_CLIP_ADAPT_BACKWARD(L->fc2_w, g->df, g->dx, s->f2);
     st = (c->hidden_act == LH_CLIP_ACT_GELU ? ops->gelu_backward : ops->quick_gelu_backward)(
         be, g->df, g->df, s->f1, R * F);
@@ -543,22 +617,22 @@ static lh_status layer_backward(lh_clip *m, int64_t l, const clip_grads *g, cons
                      (long long)l, CLIP_ACT_NAMES[c->hidden_act], lh_strerror(st));
         goto done;
     }
-    LH_CLIP_OP(linear_backward, g->dh, NULL, NULL, g->df, s->h2, L->fc1_w, R, H, F);
+    LH_CLIP_LINEAR_BACKWARD(g->dh, g->df, s->h2, L->fc1_w, H, F);
     LH_CLIP_ADAPT_BACKWARD(L->fc1_w, g->dh, g->df, s->h2);
     LH_CLIP_OP(layer_norm_backward, g->dt, NULL, NULL, g->dh, s->x2, L->ln2_w, R, H, eps);
     LH_CLIP_OP(add, g->dx, g->dx, g->dt, R * H);
     /* x2 = x + out_proj(attention(layer_norm1(x))) */
-    LH_CLIP_OP(linear_backward, g->da, NULL, NULL, g->dx, s->a, L->o_w, R, H, H);
+    LH_CLIP_LINEAR_BACKWARD(g->da, g->dx, s->a, L->o_w, H, H);
     LH_CLIP_ADAPT_BACKWARD(L->o_w, g->da, g->dx, s->a);
     LH_CLIP_OP(attention_backward, g->dq, g->dk, g->dv, g->da, s->a, NULL, s->q, s->k, s->v, b,
                heads, n, n, d_head, scale, 1);
     /* h1 feeds q, k and v: dh sums the three */
-    LH_CLIP_OP(linear_backward, g->dh, NULL, NULL, g->dq, s->h1, L->q_w, R, H, H);
+    LH_CLIP_LINEAR_BACKWARD(g->dh, g->dq, s->h1, L->q_w, H, H);
     LH_CLIP_ADAPT_BACKWARD(L->q_w, g->dh, g->dq, s->h1);
-    LH_CLIP_OP(linear_backward, g->dt, NULL, NULL, g->dk, s->h1, L->k_w, R, H, H);
+    LH_CLIP_LINEAR_BACKWARD(g->dt, g->dk, s->h1, L->k_w, H, H);
     LH_CLIP_OP(add, g->dh, g->dh, g->dt, R * H);
     LH_CLIP_ADAPT_BACKWARD(L->k_w, g->dh, g->dk, s->h1);
-    LH_CLIP_OP(linear_backward, g->dt, NULL, NULL, g->dv, s->h1, L->v_w, R, H, H);
+    LH_CLIP_LINEAR_BACKWARD(g->dt, g->dv, s->h1, L->v_w, H, H);
     LH_CLIP_OP(add, g->dh, g->dh, g->dt, R * H);
     LH_CLIP_ADAPT_BACKWARD(L->v_w, g->dh, g->dv, s->h1);
     LH_CLIP_OP(layer_norm_backward, g->dt, NULL, NULL, g->dh, s->x, L->ln1_w, R, H, eps);

@@ -70,10 +70,17 @@ LH_API void lh_clip_free(lh_clip *m);
 /* The linear layers adapters may change, per encoder layer, in this order:
  * self_attn.q_proj, k_proj, v_proj, out_proj, mlp.fc1, mlp.fc2. */
 #define LH_CLIP_LINEARS 6
-void lh_clip_linear(const lh_clip *m, int64_t layer, int which, float **w, float **b);
+LH_API void lh_clip_linear(const lh_clip *m, int64_t layer, int which, float **w, float **b);
+/* How the model holds weight w: F32, or F16/BF16 (a device keeps an
+ * F16/BF16 file's linear weights so, widened op by op). */
+LH_API lh_dtype lh_clip_weight_type(const lh_clip *m, const float *w);
+/* Hold every linear weight in float32 from now on (the same values): the
+ * [model] weight_storage = f32 choice, so that a merged adapter is added
+ * in float32 rather than stored rounded to the file's half type. */
+LH_API lh_status lh_clip_keep_f32_weights(lh_clip *m, lh_error *err);
 /* Runtime adapters applied after each adapted layer (host/layers.h); NULL: none. */
 struct lh_layers;
-void lh_clip_set_adapt(lh_clip *m, const struct lh_layers *adapt);
+void lh_clip_set_adapt(lh_clip *m, struct lh_layers *adapt);
 
 LH_API const lh_clip_config *lh_clip_get_config(const lh_clip *m);
 LH_API int64_t lh_clip_hidden_size(const lh_clip *m);

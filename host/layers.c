@@ -188,7 +188,8 @@ static void add_clip(builder *bd, lh_clip *m) {
             float *w, *b;
             lh_clip_linear(m, l, k, &w, &b);
             snprintf(n, sizeof n, "text_model.encoder.layers.%lld.%s", (long long)l, NAMES[k]);
-            add(bd, LH_LAYER_TE, n, w, b, 2, k == 4 ? F : H, k == 5 ? F : H, 1);
+            lh_layer *ly = add(bd, LH_LAYER_TE, n, w, b, 2, k == 4 ? F : H, k == 5 ? F : H, 1);
+            if (ly) ly->wdt = lh_clip_weight_type(m, w);
         }
 }
 

@@ -506,7 +506,9 @@ lh_status lh_model_set_weight_storage(lh_model *m, const char *storage, lh_error
     if (!f32 && strcmp(storage, "auto"))
         return lh_error_set(err, LH_ERR_INVALID, "model.weight_storage: '%s' is not auto or f32",
                             storage);
-    return lh_unet_keep_f32_weights(m->unet, f32, err);
+    lh_status st = lh_unet_keep_f32_weights(m->unet, f32, err);
+    if (st == LH_OK && f32 && m->clip) st = lh_clip_keep_f32_weights(m->clip, err);
+    return st;
 }
 
 lh_status lh_model_set_vae_dtype(lh_model *m, const char *dtype, lh_error *err) {

@@ -1117,6 +1117,7 @@ static lh_status graph_record(run *r, float *go, const float *gx, int64_t h, int
     struct lh_unet_graph *g = &m->graph;
     lh_error why = {0}, *err = r->err;
     void *graph = NULL;
+    const float *ctx = r->ctx; /* forward() points r->ctx at its rounded copy */
     r->err = &why;
     lh_status st = ops->graph_begin(be);
     int refused = st == LH_ERR_UNSUPPORTED; /* by choice (LORAHOST_CUDA_GRAPHS=0): no warning */
@@ -1147,6 +1148,7 @@ static lh_status graph_record(run *r, float *go, const float *gx, int64_t h, int
     lh_log(refused ? LH_LOG_INFO : LH_LOG_WARN, "unet",
            "forward at batch %lld, %lldx%lld runs op by op, not as a graph: %s", (long long)r->b,
            (long long)h, (long long)w, why.msg);
+    r->ctx = ctx; /* the recording's copy of it never ran */
     st = forward(r, go, gx, NULL, h, w);
     if (st == LH_OK && r->top != 0)
         st = lh_error_set(err, LH_ERR_INTERNAL, "unet forward: %d skip connections left unused",

@@ -666,7 +666,8 @@ static lh_status fake_graph_end(lh_backend *be, void **graph) {
     fd->rec = NULL;
     if (graph) *graph = NULL;
     if (!g) return LH_ERR_INVALID;
-    if (fd->spoiled || !graph) {
+    const char *fail = getenv("LH_FAKE_GRAPH_FAIL"); /* "1": every recording fails at its end */
+    if (fd->spoiled || !graph || (fail && !strcmp(fail, "1"))) {
         fake_graph_free(be, g);
         return LH_ERR_BACKEND;
     }

@@ -66,6 +66,52 @@ START_TEST(test_text_encoder) {
 }
 END_TEST
 
+static const char *f16_copy(char *dir, size_t size, const char *component, const char *file);
+
+/* An F16 text encoder on the device: its linear weights held in F16 from
+ * loading on, widened op by op; the cpu widened the same values at upload,
+ * so the encoding and its backward (d_emb) are the cpu's. */
+START_TEST(test_text_encoder_f16_file) {
+    char dir[1100];
+    f16_copy(dir, sizeof dir, "text_encoder", "model.safetensors");
+    lh_error err = {0};
+    lh_clip *cc = NULL, *cg = NULL;
+    ck_assert_msg(lh_clip_load(&cc, g_cpu, dir, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_clip_load(&cg, g_gpu, dir, &err) == LH_OK, "%s", err.msg);
+    float *w, *bias;
+    lh_clip_linear(cg, 0, 4, &w, &bias);
+    ck_assert_int_eq(lh_clip_weight_type(cg, w), LH_DTYPE_F16);
+    lh_clip_linear(cc, 0, 4, &w, &bias);
+    ck_assert_int_eq(lh_clip_weight_type(cc, w), LH_DTYPE_F32);
+    enum { B = 2, N = 77 };
+    int32_t ids[B * N];
+    for (int i = 0; i < B * N; i++) ids[i] = i % N == 0 ? 998 : i % N < 9 ? 3 + (37 * i) % 900 : 999;
+    int64_t n = (int64_t)B * N * lh_clip_hidden_size(cc);
+    float *dh = rand_host(n, 77, -1, 1);
+    float *oc = on(g_cpu, NULL, n), *og = on(g_gpu, NULL, n), *dc = on(g_cpu, dh, n),
+          *dg = on(g_gpu, dh, n), *ec = on(g_cpu, NULL, n), *eg = on(g_gpu, NULL, n);
+    ck_assert_msg(lh_clip_encode(cc, oc, ids, B, N, 0, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_clip_encode(cg, og, ids, B, N, 0, &err) == LH_OK, "%s", err.msg);
+    expect_close_dev("text encoder, F16 file held in F16", og, oc, n, TOL_F32);
+    ck_assert_msg(lh_clip_encode_backward(cc, NULL, ec, dc, ids, B, N, 0, &err) == LH_OK, "%s",
+                  err.msg);
+    ck_assert_msg(lh_clip_encode_backward(cg, NULL, eg, dg, ids, B, N, 0, &err) == LH_OK, "%s",
+                  err.msg);
+    expect_close_dev("text encoder backward d_emb, F16 file held in F16", eg, ec, n, TOL_F32);
+    float *bc[] = {oc, dc, ec}, *bg[] = {og, dg, eg};
+    for (int i = 0; i < 3; i++) {
+        g_cpu->ops->free(g_cpu, bc[i]);
+        g_gpu->ops->free(g_gpu, bg[i]);
+    }
+    free(dh);
+    lh_clip_free(cc);
+    lh_clip_free(cg);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 START_TEST(test_unet) {
     open_models();
     const lh_unet_config *cfg = lh_unet_get_config(g_mc->unet);
@@ -124,9 +170,27 @@ START_TEST(test_unet) {
                       "%s", err.msg);
         ck_assert_msg(lh_unet_forward(g_mg->unet, og, xg, ts, cg, b, h, w, n_ctx, &err) == LH_OK,
                       "%s", err.msg);
-        char what[64];
+        char what[96];
         snprintf(what, sizeof what, "U-Net forward %s activations", lh_dtype_name(half[k]));
         expect_close_dev(what, og, oc, no, TOL_HALF);
+        /* the next call of the shape records a graph; where the recording
+         * fails (the poison device can make it) the call runs op by op, on
+         * its own context, not the one the last call left rounded */
+        int fail = !strcmp(g_gpu->ops->name, "poison");
+        if (fail) setenv("LH_FAKE_GRAPH_FAIL", "1", 1);
+        float *c3 = rand_host(nc, 30 + (uint64_t)k, -4, 4);
+        float *c3c = on(g_cpu, c3, nc), *c3g = on(g_gpu, c3, nc);
+        ck_assert_msg(lh_unet_forward(g_mc->unet, oc, xc, ts, c3c, b, h, w, n_ctx, &err) == LH_OK,
+                      "%s", err.msg);
+        ck_assert_msg(lh_unet_forward(g_mg->unet, og, xg, ts, c3g, b, h, w, n_ctx, &err) == LH_OK,
+                      "%s", err.msg);
+        if (fail) unsetenv("LH_FAKE_GRAPH_FAIL");
+        snprintf(what, sizeof what, "U-Net forward %s activations, new context%s",
+                 lh_dtype_name(half[k]), fail ? ", recording failed" : "");
+        expect_close_dev(what, og, oc, no, TOL_HALF);
+        g_cpu->ops->free(g_cpu, c3c);
+        g_gpu->ops->free(g_gpu, c3g);
+        free(c3);
     }
     float *bufs_c[] = {xc, cc, oc}, *bufs_g[] = {xg, cg, og};
     for (int i = 0; i < 3; i++) {
@@ -139,19 +203,21 @@ START_TEST(test_unet) {
 }
 END_TEST
 
-/* The tiny U-Net with every tensor in F16 (as most SD checkpoints ship), in
- * a new directory under the build tree; its path. */
-static const char *f16_unet(char *dir, size_t size) {
+/* A component of the tiny model (`component`, its weights in `file`) with
+ * every tensor in F16 (as most SD checkpoints ship), in a new directory
+ * under the build tree; its path. */
+static const char *f16_copy(char *dir, size_t size, const char *component, const char *file) {
     const char *src = getenv("LH_SOURCE_DIR"), *bld = getenv("LH_BUILD_DIR");
-    snprintf(dir, size, "%s/tests/unet-f16-XXXXXX", bld ? bld : "..");
+    snprintf(dir, size, "%s/tests/%s-f16-XXXXXX", bld ? bld : "..", component);
     ck_assert_ptr_nonnull(mkdtemp(dir));
     char from[1024], to[1200], cmd[2600];
-    snprintf(from, sizeof from, "%s/tests/fixtures/models/sd1_tiny/unet", src ? src : "../..");
+    snprintf(from, sizeof from, "%s/tests/fixtures/models/sd1_tiny/%s", src ? src : "../..",
+             component);
     snprintf(cmd, sizeof cmd, "cp '%s/config.json' '%s/'", from, dir);
     ck_assert_int_eq(system(cmd), 0);
     lh_error err = {0};
     lh_st_file *f = NULL;
-    snprintf(to, sizeof to, "%s/diffusion_pytorch_model.safetensors", from);
+    snprintf(to, sizeof to, "%s/%s", from, file);
     ck_assert_msg(lh_st_open(&f, to, &err) == LH_OK, "%s", err.msg);
     lh_st_writer *wr = NULL;
     ck_assert_int_eq(lh_st_writer_create(&wr, &err), LH_OK);
@@ -159,18 +225,22 @@ static const char *f16_unet(char *dir, size_t size) {
     ck_assert_ptr_nonnull(bufs);
     for (size_t i = 0; i < lh_st_count(f); i++) {
         const lh_st_tensor *t = lh_st_get(f, i);
-        ck_assert_int_eq(t->dtype, LH_DTYPE_F32);
+        ck_assert(t->dtype == LH_DTYPE_F32 || t->dtype == LH_DTYPE_F16);
         uint16_t *h = bufs[i] = malloc((size_t)t->numel * 2 + 2);
         ck_assert_ptr_nonnull(h);
         for (int64_t j = 0; j < t->numel; j++) {
             float v;
-            memcpy(&v, (const char *)t->data + 4 * j, 4);
-            h[j] = lh_f32_to_f16(v);
+            if (t->dtype == LH_DTYPE_F16)
+                memcpy(&h[j], (const char *)t->data + 2 * j, 2);
+            else {
+                memcpy(&v, (const char *)t->data + 4 * j, 4);
+                h[j] = lh_f32_to_f16(v);
+            }
         }
         ck_assert_int_eq(lh_st_writer_add(wr, t->name, LH_DTYPE_F16, t->ndim, t->shape, h, &err),
                          LH_OK);
     }
-    snprintf(to, sizeof to, "%s/diffusion_pytorch_model.safetensors", dir);
+    snprintf(to, sizeof to, "%s/%s", dir, file);
     ck_assert_msg(lh_st_save(wr, to, &err) == LH_OK, "%s", err.msg);
     lh_st_writer_destroy(wr);
     for (size_t i = 0; i < lh_st_count(f); i++) free(bufs[i]);
@@ -185,7 +255,7 @@ static const char *f16_unet(char *dir, size_t size) {
  * again from there, and float32 storage can be asked for afterwards. */
 START_TEST(test_unet_f16_file) {
     char dir[1100];
-    f16_unet(dir, sizeof dir);
+    f16_copy(dir, sizeof dir, "unet", "diffusion_pytorch_model.safetensors");
     lh_error err = {0};
     lh_unet *uc = NULL, *ug = NULL;
     ck_assert_msg(lh_unet_load(&uc, g_cpu, dir, &err) == LH_OK, "%s", err.msg);
@@ -385,6 +455,11 @@ START_TEST(test_txt2img_lora) {
     lh_error err = {0};
     ck_assert_msg(lh_adapter_load(&ac, g_mc, g_reg, path, NULL, &err) == LH_OK, "%s", err.msg);
     ck_assert_msg(lh_adapter_load(&ag, g_mg, g_reg, path, NULL, &err) == LH_OK, "%s", err.msg);
+    /* the fixture's text encoder is an F16 file, which the device holds in
+     * F16: a LoRA merged there is stored rounded to it. In float32 storage
+     * both backends add it in float32 */
+    ck_assert_msg(lh_model_set_weight_storage(g_mc, "f32", &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_model_set_weight_storage(g_mg, "f32", &err) == LH_OK, "%s", err.msg);
     for (int merged = 0; merged < 2; merged++) {
         lh_adapter_weights w;
         lh_adapter_weights_init(&w, 0.8);
@@ -421,6 +496,8 @@ START_TEST(test_txt2img_lora) {
                   err.msg);
     ck_assert_msg(lh_adapter_set_ex(g_mg, &ag, &w, 1, LH_ADAPTER_RUNTIME, &err) == LH_OK, "%s",
                   err.msg);
+    ck_assert_msg(lh_model_set_weight_storage(g_mc, "auto", &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_model_set_weight_storage(g_mg, "auto", &err) == LH_OK, "%s", err.msg);
     ck_assert_msg(lh_unet_set_precision(g_mc->unet, LH_DTYPE_F16, &err) == LH_OK, "%s", err.msg);
     ck_assert_msg(lh_unet_set_precision(g_mg->unet, LH_DTYPE_F16, &err) == LH_OK, "%s", err.msg);
     const lh_layers *t = g_mg->unet->adapt;
@@ -460,6 +537,7 @@ int main(void) {
     TCase *tc = tcase_create("sd1_tiny");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_text_encoder);
+    tcase_add_test(tc, test_text_encoder_f16_file);
     tcase_add_test(tc, test_unet);
     tcase_add_test(tc, test_unet_f16_file);
     tcase_add_test(tc, test_vae);

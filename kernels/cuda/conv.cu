@@ -213,6 +213,7 @@ static lh_status conv_algo(lh_backend *be, const conv_descs *d, const int64_t *s
     int cached = cu->n_conv < LH_CUDA_CONV_CACHE ? cu->n_conv : LH_CUDA_CONV_CACHE;
     for (int i = 0; i < cached; i++) {
         if (memcmp(cu->conv[i].key, key, sizeof key) == 0) {
+            if (cu->conv[i].algo < 0) return LH_ERR_UNSUPPORTED; /* no half algorithm */
             *algo = cu->conv[i].algo % 256;
             *math = (cudnnMathType_t)(cu->conv[i].algo / 256);
             *workspace = cu->conv[i].workspace;
@@ -280,14 +281,18 @@ static lh_status conv_algo(lh_backend *be, const conv_descs *d, const int64_t *s
                     "conv2d_backward: cudnnGetConvolutionBackwardFilterWorkspaceSize");
         }
     }
-    if (st != LH_OK) return st;
-    if (at < 0 && dt != CUDNN_DATA_FLOAT) return LH_ERR_UNSUPPORTED; /* the caller widens */
-    if (at < 0) return lh__cuda_fail(be, "conv2d", "cuDNN offers no algorithm for this shape");
+    /* half tensors cuDNN refuses or has no algorithm for: the caller widens
+     * (remembered, so later calls of the shape do not ask again) */
+    int refused = dt != CUDNN_DATA_FLOAT && (st != LH_OK || at < 0);
+    if (st != LH_OK && !refused) return st;
+    if (at < 0 && !refused)
+        return lh__cuda_fail(be, "conv2d", "cuDNN offers no algorithm for this shape");
     int slot = cu->n_conv % LH_CUDA_CONV_CACHE; /* full: overwrite round robin */
     memcpy(cu->conv[slot].key, key, sizeof key);
-    cu->conv[slot].algo = *algo + 256 * (int)*math;
-    cu->conv[slot].workspace = ws;
+    cu->conv[slot].algo = refused ? -1 : *algo + 256 * (int)*math;
     if (++cu->n_conv >= 2 * LH_CUDA_CONV_CACHE) cu->n_conv -= LH_CUDA_CONV_CACHE;
+    if (refused) return LH_ERR_UNSUPPORTED;
+    cu->conv[slot].workspace = ws;
     *workspace = ws;
     return LH_OK;
 }
@@ -309,6 +314,19 @@ static lh_status conv_prepare(lh_backend *be, const conv_descs *d, const int64_t
         *ws = (char *)b + extra;
     }
     return st;
+}
+
+/* A half convolution's cuDNN status: cuDNN's "not supported" (on the first
+ * chunk, before anything but scratch was written) answers
+ * LH_ERR_UNSUPPORTED, so that the caller widens; others fail. */
+static lh_status half_run(lh_backend *be, cudnnStatus_t s, int first, const char *what) {
+#if CUDNN_MAJOR >= 9
+    int unsupported = s == CUDNN_STATUS_NOT_SUPPORTED || s / 1000 == CUDNN_STATUS_NOT_SUPPORTED / 1000;
+#else
+    int unsupported = s == CUDNN_STATUS_NOT_SUPPORTED;
+#endif
+    if (s != CUDNN_STATUS_SUCCESS && first && unsupported) return LH_ERR_UNSUPPORTED;
+    return lh__cuda_check_dnn(be, s, what);
 }
 
 /* Bytes of n half values, rounded up to 256 (the next part's alignment). */
@@ -550,7 +568,8 @@ extern "C" lh_status lh__cuda_conv2d_hw(lh_backend *be, float *out, /* [n, c_out
         int64_t nc = n - i0 < nb ? n - i0 : nb;
         const int64_t s[9] = {nc, c_in, h, wd, c_out, kh, kw, stride, pad};
         conv_descs d;
-        if ((st = descs_create(be, &d, s, ho, wo, dt)) != LH_OK) return st;
+        if ((st = descs_create(be, &d, s, ho, wo, dt)) != LH_OK)
+            return i0 == 0 ? LH_ERR_UNSUPPORTED : st; /* cuDNN refuses the half tensors */
         int algo = 0;
         void *ws = NULL, *base = NULL;
         size_t ws_bytes = 0, xr = half_room(nc * in_img);
@@ -564,12 +583,11 @@ extern "C" lh_status lh__cuda_conv2d_hw(lh_backend *be, float *out, /* [n, c_out
             st = lh__cuda_launched(be, "conv2d (half): input");
         }
         if (st == LH_OK)
-            st = lh__cuda_check_dnn(
-                be,
-                cudnnConvolutionForward(cu->cudnn, &one, d.x, base, d.w, w, d.conv,
-                                        (cudnnConvolutionFwdAlgo_t)algo, ws, ws_bytes, &zero, d.y,
-                                        (char *)base + xr),
-                "conv2d (half): cudnnConvolutionForward");
+            st = half_run(be,
+                          cudnnConvolutionForward(cu->cudnn, &one, d.x, base, d.w, w, d.conv,
+                                                  (cudnnConvolutionFwdAlgo_t)algo, ws, ws_bytes,
+                                                  &zero, d.y, (char *)base + xr),
+                          i0 == 0, "conv2d (half): cudnnConvolutionForward");
         if (st == LH_OK) {
             from_half_dt(cu->stream, dt, out + i0 * out_img, (char *)base + xr, bias, c_out,
                          hw_out, nc * out_img, cu->act);
@@ -610,7 +628,8 @@ extern "C" lh_status lh__cuda_conv2d_backward_hw(lh_backend *be, float *dx, /* [
         int64_t nc = n - i0 < nb ? n - i0 : nb;
         const int64_t s[9] = {nc, c_in, h, wd, c_out, kh, kw, stride, pad};
         conv_descs d;
-        if ((st = descs_create(be, &d, s, ho, wo, dt)) != LH_OK) return st;
+        if ((st = descs_create(be, &d, s, ho, wo, dt)) != LH_OK)
+            return i0 == 0 ? LH_ERR_UNSUPPORTED : st; /* cuDNN refuses the half tensors */
         int algo = 0;
         void *ws = NULL, *base = NULL;
         size_t ws_bytes = 0, yr = half_room(nc * out_img);
@@ -620,21 +639,20 @@ extern "C" lh_status lh__cuda_conv2d_backward_hw(lh_backend *be, float *dx, /* [
         if (st == LH_ERR_UNSUPPORTED && i0 > 0) /* earlier chunks ran: no way back */
             st = lh__cuda_fail(be, "conv2d_backward",
                                "cuDNN offers no half algorithm for the last chunk");
-        if (st == LH_OK && i0 == 0 && db) { /* once the half path is sure */
-            conv_bias_grad<<<(unsigned)c_out, 256, 0, cu->stream>>>(db, dy, n, c_out, hw_out);
-            st = lh__cuda_launched(be, "conv2d_backward: bias");
-        }
         if (st == LH_OK) {
             to_half_dt(cu->stream, dt, base, dy + i0 * out_img, nc * out_img);
             st = lh__cuda_launched(be, "conv2d_backward (half): dy");
         }
         if (st == LH_OK) /* dx = W^T dy (written) */
-            st = lh__cuda_check_dnn(
-                be,
-                cudnnConvolutionBackwardData(cu->cudnn, &one, d.w, w, d.y, base, d.conv,
-                                             (cudnnConvolutionBwdDataAlgo_t)algo, ws, ws_bytes,
-                                             &zero, d.x, (char *)base + yr),
-                "conv2d_backward (half): cudnnConvolutionBackwardData");
+            st = half_run(be,
+                          cudnnConvolutionBackwardData(cu->cudnn, &one, d.w, w, d.y, base, d.conv,
+                                                       (cudnnConvolutionBwdDataAlgo_t)algo, ws,
+                                                       ws_bytes, &zero, d.x, (char *)base + yr),
+                          i0 == 0, "conv2d_backward (half): cudnnConvolutionBackwardData");
+        if (st == LH_OK && i0 == 0 && db) { /* once the half path is sure */
+            conv_bias_grad<<<(unsigned)c_out, 256, 0, cu->stream>>>(db, dy, n, c_out, hw_out);
+            st = lh__cuda_launched(be, "conv2d_backward: bias");
+        }
         if (st == LH_OK) {
             from_half_dt(cu->stream, dt, dx + i0 * in_img, (char *)base + yr, NULL, c_in, h * wd,
                          nc * in_img, cu->act);
