@@ -387,27 +387,25 @@ int64_t lh_clip_hidden_size(const lh_clip *m) { return m->cfg.hidden_size; }
         }                                                                                      \
     } while (0)
 
-/* linear / linear_backward on weight w [n_out, n_in] as it is held
- * (widened first when half), inside a function with m, l, R, ops, be, st,
- * err and a `done` label. */
+/* w_ = weight w [n_out, n_in] as an op reads it (widened when held in a
+ * half type), inside a function with m, l, st, err and a `done` label. */
+#define LH_CLIP_WIDEN(w_, w, n_in, n_out)                                                      \
+    const float *w_ = (w);                                                                     \
+    if ((st = widen(m, &w_, (n_in) * (n_out))) != LH_OK) {                                     \
+        lh_error_set(err, st, "text encoder layer %lld: widening a half weight failed (%s)",     \
+                     (long long)l, lh_strerror(st));                                           \
+        goto done;                                                                             \
+    }
+
+/* linear / linear_backward (no weight gradient) on w as it is held. */
 #define LH_CLIP_LINEAR(out, x, w, bias, n_in, n_out)                                          \
     do {                                                                                       \
-        const float *w_ = (w);                                                                 \
-        if ((st = widen(m, &w_, (n_in) * (n_out))) != LH_OK) {                                 \
-            lh_error_set(err, st, "text encoder layer %lld: widening a half weight failed (%s)", \
-                         (long long)l, lh_strerror(st));                                       \
-            goto done;                                                                         \
-        }                                                                                      \
+        LH_CLIP_WIDEN(w_, w, n_in, n_out)                                                      \
         LH_CLIP_OP(linear, out, x, w_, bias, R, n_in, n_out);                                  \
     } while (0)
 #define LH_CLIP_LINEAR_BACKWARD(dx, dy, x, w, n_in, n_out)                                    \
     do {                                                                                       \
-        const float *w_ = (w);                                                                 \
-        if ((st = widen(m, &w_, (n_in) * (n_out))) != LH_OK) {                                 \
-            lh_error_set(err, st, "text encoder layer %lld: widening a half weight failed (%s)", \
-                         (long long)l, lh_strerror(st));                                       \
-            goto done;                                                                         \
-        }                                                                                      \
+        LH_CLIP_WIDEN(w_, w, n_in, n_out)                                                      \
         LH_CLIP_OP(linear_backward, dx, NULL, NULL, dy, x, w_, R, n_in, n_out);                \
     } while (0)
 
