@@ -31,8 +31,8 @@ struct lh_clip {
     float *final_w, *final_b; /* backend [hidden] */
     struct lh_layers *adapt; /* runtime adapters, NULL: none */
     /* On a device, the linear weights an F16/BF16 file holds are kept in
-     * that type (half the memory) and widened into `wide` (float32,
-     * [intermediate, hidden]) right before the op that reads them; NULL
+     * that type (half the memory) and widened into `wide` (float32, the
+     * largest linear's size) right before the op that reads them; NULL
      * when every weight is float32. */
     float *wide;
 };
@@ -338,7 +338,9 @@ static lh_status load_from(lh_clip **out, lh_backend *be, const lh_clip_config *
             lh_clip_linear(m, l, k, &w, &b);
             half = lh_wstore_type(&m->ws, w) != LH_DTYPE_F32;
         }
-    if (half && (st = lh_wstore_alloc(&m->wide, &m->ws, (size_t)H * (size_t)F, err)) != LH_OK)
+    /* the widening buffer: the largest linear, [F, H] or [H, H] */
+    if (half && (st = lh_wstore_alloc(&m->wide, &m->ws, (size_t)H * (size_t)(F > H ? F : H),
+                                      err)) != LH_OK)
         goto fail;
     *out = m;
     return LH_OK;

@@ -593,19 +593,25 @@ static size_t conv_numel(const vae_conv *c) {
     return (size_t)c->c_out * (size_t)c->c_in * (size_t)c->k * (size_t)c->k;
 }
 
+/* wide_max = the largest convolution weight (ctx unused). */
+static lh_status size_one(lh_vae *m, vae_conv *c, void *ctx) {
+    (void)ctx;
+    if (conv_numel(c) > m->wide_max) m->wide_max = conv_numel(c);
+    return LH_OK;
+}
+
 /* Hold one convolution's weight in *(lh_dtype *)ctx. */
 static lh_status hold_one(lh_vae *m, vae_conv *c, void *ctx) {
     lh_error e = {0};
-    size_t n = conv_numel(c);
-    if (n > m->wide_max) m->wide_max = n;
-    return lh_wstore_retype(&m->ws, &c->w, n, *(const lh_dtype *)ctx, &e);
+    return lh_wstore_retype(&m->ws, &c->w, conv_numel(c), *(const lh_dtype *)ctx, &e);
 }
 
-/* The convolution weights held in t (F32, or the half activation type on
- * a backend with conv2d_hw): half the memory, convolved as they are. A
- * failure part way leaves a mixture, which conv() handles weight by
- * weight. */
+/* The convolution weights held in the half type t on a backend with
+ * conv2d_hw: half the memory, convolved as they are. wide_max (the
+ * widening buffer's size) covers every convolution first, so a failure
+ * part way leaves a mixture that conv() handles weight by weight. */
 static lh_status hold_convs(lh_vae *m, lh_dtype t, lh_error *err) {
+    each_conv(m, size_one, NULL);
     lh_status st = each_conv(m, hold_one, &t);
     if (st != LH_OK)
         return lh_error_set(err, st, "VAE precision: holding the convolution weights in %s "
@@ -631,10 +637,10 @@ lh_status lh_vae_set_precision(lh_vae *m, lh_dtype act, lh_error *err) {
         m->weights = act;
     }
     /* a device that convolves half weights holds them so; float32
-     * activations (the overflow retry) widen them back: the same values */
-    lh_dtype hold = act != LH_DTYPE_F32 && ops->conv2d_hw && ops->cast ? act : LH_DTYPE_F32;
-    if (hold != LH_DTYPE_F32 || m->wide_max) {
-        lh_status st = hold_convs(m, hold, err);
+     * activations (the overflow retry) widen them op by op (the same
+     * values; no new allocation when memory may be short) */
+    if (act != LH_DTYPE_F32 && ops->conv2d_hw && ops->cast) {
+        lh_status st = hold_convs(m, act, err);
         if (st != LH_OK) return st;
     }
     m->act = act;
@@ -835,6 +841,9 @@ static lh_status conv(vae_fwd *F, float *out, const float *x, const vae_conv *c,
         }
     }
     if (t != LH_DTYPE_F32) { /* widened into m->wide for this one */
+        if (conv_numel(c) > m->wide_max)
+            return lh_error_set(F->err, LH_ERR_INTERNAL, "VAE: %s: a half weight larger than "
+                                "the widening buffer", layer);
         if (!m->wide && lh_wstore_alloc(&m->wide, &m->ws, m->wide_max, F->err) != LH_OK)
             return LH_ERR_NOMEM;
         TRY(ops->cast(F->be, m->wide, LH_DTYPE_F32, c->w, t, (int64_t)conv_numel(c)),
