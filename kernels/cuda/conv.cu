@@ -329,6 +329,31 @@ static lh_status half_run(lh_backend *be, cudnnStatus_t s, int first, const char
     return lh__cuda_check_dnn(be, s, what);
 }
 
+/* One chunk of a half convolution: descriptors, algorithm, and scratch
+ * with `room` bytes (its half tensors) before cuDNN's workspace. A refusal
+ * on the first chunk answers LH_ERR_UNSUPPORTED (the caller widens); on a
+ * later one, after earlier chunks ran, it fails. On success the caller
+ * destroys k->d. */
+typedef struct half_chunk {
+    conv_descs d;
+    int algo;
+    void *base, *ws; /* scratch: the half tensors, cuDNN's workspace */
+    size_t ws_bytes;
+} half_chunk;
+
+static lh_status half_chunk_open(lh_backend *be, half_chunk *k, const int64_t *s, int64_t ho,
+                                 int64_t wo, cudnnDataType_t dt, int dir, size_t room, int first,
+                                 const char *op) {
+    memset(k, 0, sizeof *k);
+    lh_status st = descs_create(be, &k->d, s, ho, wo, dt);
+    if (st != LH_OK) return first ? LH_ERR_UNSUPPORTED : st; /* cuDNN refuses the half tensors */
+    st = conv_prepare(be, &k->d, s, dir, dt, room, &k->algo, &k->base, &k->ws, &k->ws_bytes);
+    if (st == LH_ERR_UNSUPPORTED && !first) /* earlier chunks ran: no way back */
+        st = lh__cuda_fail(be, op, "cuDNN offers no half algorithm for the last chunk");
+    if (st != LH_OK) descs_destroy(&k->d);
+    return st;
+}
+
 /* Bytes of n half values, rounded up to 256 (the next part's alignment). */
 static size_t half_room(int64_t n) { return ((size_t)n * 2 + 255) / 256 * 256; }
 
@@ -567,33 +592,27 @@ extern "C" lh_status lh__cuda_conv2d_hw(lh_backend *be, float *out, /* [n, c_out
     for (int64_t i0 = 0; st == LH_OK && i0 < n; i0 += nb) {
         int64_t nc = n - i0 < nb ? n - i0 : nb;
         const int64_t s[9] = {nc, c_in, h, wd, c_out, kh, kw, stride, pad};
-        conv_descs d;
-        if ((st = descs_create(be, &d, s, ho, wo, dt)) != LH_OK)
-            return i0 == 0 ? LH_ERR_UNSUPPORTED : st; /* cuDNN refuses the half tensors */
-        int algo = 0;
-        void *ws = NULL, *base = NULL;
-        size_t ws_bytes = 0, xr = half_room(nc * in_img);
+        size_t xr = half_room(nc * in_img);
+        half_chunk k;
+        st = half_chunk_open(be, &k, s, ho, wo, dt, CONV_FWD, xr + half_room(nc * out_img), i0 == 0,
+                             "conv2d");
+        if (st != LH_OK) break;
         const float one = 1.0f, zero = 0.0f;
-        st = conv_prepare(be, &d, s, CONV_FWD, dt, xr + half_room(nc * out_img), &algo, &base,
-                          &ws, &ws_bytes);
-        if (st == LH_ERR_UNSUPPORTED && i0 > 0) /* earlier chunks ran: no way back */
-            st = lh__cuda_fail(be, "conv2d", "cuDNN offers no half algorithm for the last chunk");
-        if (st == LH_OK) {
-            to_half_dt(cu->stream, dt, base, x + i0 * in_img, nc * in_img);
-            st = lh__cuda_launched(be, "conv2d (half): input");
-        }
+        to_half_dt(cu->stream, dt, k.base, x + i0 * in_img, nc * in_img);
+        st = lh__cuda_launched(be, "conv2d (half): input");
         if (st == LH_OK)
             st = half_run(be,
-                          cudnnConvolutionForward(cu->cudnn, &one, d.x, base, d.w, w, d.conv,
-                                                  (cudnnConvolutionFwdAlgo_t)algo, ws, ws_bytes,
-                                                  &zero, d.y, (char *)base + xr),
+                          cudnnConvolutionForward(cu->cudnn, &one, k.d.x, k.base, k.d.w, w,
+                                                  k.d.conv, (cudnnConvolutionFwdAlgo_t)k.algo,
+                                                  k.ws, k.ws_bytes, &zero, k.d.y,
+                                                  (char *)k.base + xr),
                           i0 == 0, "conv2d (half): cudnnConvolutionForward");
         if (st == LH_OK) {
-            from_half_dt(cu->stream, dt, out + i0 * out_img, (char *)base + xr, bias, c_out,
+            from_half_dt(cu->stream, dt, out + i0 * out_img, (char *)k.base + xr, bias, c_out,
                          hw_out, nc * out_img, cu->act);
             st = lh__cuda_launched(be, "conv2d (half): output");
         }
-        descs_destroy(&d);
+        descs_destroy(&k.d);
     }
     return st;
 }
@@ -627,38 +646,32 @@ extern "C" lh_status lh__cuda_conv2d_backward_hw(lh_backend *be, float *dx, /* [
     for (int64_t i0 = 0; st == LH_OK && i0 < n; i0 += nb) {
         int64_t nc = n - i0 < nb ? n - i0 : nb;
         const int64_t s[9] = {nc, c_in, h, wd, c_out, kh, kw, stride, pad};
-        conv_descs d;
-        if ((st = descs_create(be, &d, s, ho, wo, dt)) != LH_OK)
-            return i0 == 0 ? LH_ERR_UNSUPPORTED : st; /* cuDNN refuses the half tensors */
-        int algo = 0;
-        void *ws = NULL, *base = NULL;
-        size_t ws_bytes = 0, yr = half_room(nc * out_img);
+        size_t yr = half_room(nc * out_img);
+        half_chunk k;
+        st = half_chunk_open(be, &k, s, ho, wo, dt, CONV_BWD_DATA, yr + half_room(nc * in_img),
+                             i0 == 0, "conv2d_backward");
+        if (st != LH_OK) break;
         const float one = 1.0f, zero = 0.0f;
-        st = conv_prepare(be, &d, s, CONV_BWD_DATA, dt, yr + half_room(nc * in_img), &algo,
-                          &base, &ws, &ws_bytes);
-        if (st == LH_ERR_UNSUPPORTED && i0 > 0) /* earlier chunks ran: no way back */
-            st = lh__cuda_fail(be, "conv2d_backward",
-                               "cuDNN offers no half algorithm for the last chunk");
-        if (st == LH_OK) {
-            to_half_dt(cu->stream, dt, base, dy + i0 * out_img, nc * out_img);
-            st = lh__cuda_launched(be, "conv2d_backward (half): dy");
-        }
+        to_half_dt(cu->stream, dt, k.base, dy + i0 * out_img, nc * out_img);
+        st = lh__cuda_launched(be, "conv2d_backward (half): dy");
         if (st == LH_OK) /* dx = W^T dy (written) */
             st = half_run(be,
-                          cudnnConvolutionBackwardData(cu->cudnn, &one, d.w, w, d.y, base, d.conv,
-                                                       (cudnnConvolutionBwdDataAlgo_t)algo, ws,
-                                                       ws_bytes, &zero, d.x, (char *)base + yr),
+                          cudnnConvolutionBackwardData(cu->cudnn, &one, k.d.w, w, k.d.y, k.base,
+                                                       k.d.conv,
+                                                       (cudnnConvolutionBwdDataAlgo_t)k.algo, k.ws,
+                                                       k.ws_bytes, &zero, k.d.x,
+                                                       (char *)k.base + yr),
                           i0 == 0, "conv2d_backward (half): cudnnConvolutionBackwardData");
         if (st == LH_OK && i0 == 0 && db) { /* once the half path is sure */
             conv_bias_grad<<<(unsigned)c_out, 256, 0, cu->stream>>>(db, dy, n, c_out, hw_out);
             st = lh__cuda_launched(be, "conv2d_backward: bias");
         }
         if (st == LH_OK) {
-            from_half_dt(cu->stream, dt, dx + i0 * in_img, (char *)base + yr, NULL, c_in, h * wd,
-                         nc * in_img, cu->act);
+            from_half_dt(cu->stream, dt, dx + i0 * in_img, (char *)k.base + yr, NULL, c_in,
+                         h * wd, nc * in_img, cu->act);
             st = lh__cuda_launched(be, "conv2d_backward (half): dx");
         }
-        descs_destroy(&d);
+        descs_destroy(&k.d);
     }
     return st;
 }
