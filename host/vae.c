@@ -557,8 +557,7 @@ float lh_vae_scaling_factor(const lh_vae *m) { return m->cfg.scaling_factor; }
 
 int64_t lh_vae_downscale(const lh_vae *m) { return (int64_t)1 << (m->cfg.n_blocks - 1); }
 
-/* fn on every convolution the model has (an encoder-less VAE has no
- * encoder convolutions: w NULL, skipped). */
+/* fn on every convolution the model has loaded (w NULL: none, skipped). */
 static lh_status each_conv(lh_vae *m, lh_status (*fn)(lh_vae *m, vae_conv *c, void *ctx),
                            void *ctx) {
     vae_conv *one[] = {&m->enc_conv_in, &m->enc_conv_out, &m->quant_conv,
@@ -615,7 +614,7 @@ static lh_status hold_convs(lh_vae *m, lh_dtype t, lh_error *err) {
     lh_status st = each_conv(m, hold_one, &t);
     if (st != LH_OK)
         return lh_error_set(err, st, "VAE precision: holding the convolution weights in %s "
-                            "failed", lh_dtype_name(t));
+                            "failed (%s)", lh_dtype_name(t), lh_strerror(st));
     return LH_OK;
 }
 
