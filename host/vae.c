@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend_load.h"
 #include "log.h"
 #include "weights.h"
 
@@ -75,10 +76,11 @@ struct lh_vae {
     lh_dtype act;     /* activation precision of encode and decode (lh_vae_set_precision) */
     lh_dtype weights; /* F32 as loaded, or the half type set_precision rounded them to */
     double tile_overlap;              /* tile_overlap_factor */
-    /* On a backend that convolves half weights (conv2d_hw), the convolution
-     * weights are held in the half activation type (hold_convs); one that
-     * must be widened after all goes to `wide` (float32, wide_max values,
-     * allocated on first need). */
+    /* On a device, an F16/BF16 file's convolution weights are held in that
+     * type from loading on, and a backend that convolves half weights
+     * (conv2d_hw) holds them in the half activation type (hold_convs); one
+     * that must be widened goes to `wide` (float32, wide_max values, the
+     * largest convolution; allocated on first need). */
     float *wide;
     size_t wide_max;
 };
@@ -329,6 +331,7 @@ typedef struct loader {
     const lh_wsource *src;
     const char *prefix;
     lh_error *err;
+    int hold_convs; /* a device: F16/BF16 convolution weights stay as the file holds them */
 } loader;
 
 /* Load `<prefix><path>.<leaf>` with the given shape. */
@@ -347,7 +350,9 @@ static lh_status load_conv(loader *L, vae_conv *c, const char *path, int64_t c_i
     c->c_in = c_in;
     c->c_out = c_out;
     c->k = k;
+    L->m->ws.hold_half = L->hold_convs; /* not the attention's linear weights */
     lh_status st = load(L, &c->w, path, "weight", 4, (const int64_t[]){c_out, c_in, k, k});
+    L->m->ws.hold_half = 0;
     if (st == LH_OK) st = load(L, &c->b, path, "bias", 1, (const int64_t[]){c_out});
     return st;
 }
@@ -501,6 +506,10 @@ lh_status lh_vae_load_src(lh_vae **out, lh_backend *be, const lh_vae_config *cfg
     return load_from(out, be, cfg, src, "", err);
 }
 
+static lh_status each_conv(lh_vae *m, lh_status (*fn)(lh_vae *m, vae_conv *c, void *ctx),
+                           void *ctx);
+static lh_status size_one(lh_vae *m, vae_conv *c, void *ctx);
+
 static lh_status load_from(lh_vae **out, lh_backend *be, const lh_vae_config *cfg,
                            const lh_wsource *src, const char *prefix, lh_error *err) {
     *out = NULL;
@@ -511,8 +520,11 @@ static lh_status load_from(lh_vae **out, lh_backend *be, const lh_vae_config *cf
     m->cfg = *cfg;
     m->be = be;
     lh_wstore_init(&m->ws, be);
-    loader L = {m, src, prefix ? prefix : "", err};
+    loader L = {m, src, prefix ? prefix : "", err, !lh_backend_host_memory(be) && be->ops->cast};
     st = load_all(&L);
+    /* half-held convolution weights are widened before float32 convolutions
+     * (conv()): the buffer covers the largest */
+    if (st == LH_OK && L.hold_convs) each_conv(m, size_one, NULL);
     /* diffusers' tiling defaults: tile_sample_min_size = sample_size (whole
      * latents, at least two so the 0.25 overlap leaves a stride), overlap 0.25. */
     const int64_t ds = lh_vae_downscale(m), tile = cfg->sample_size / ds * ds;

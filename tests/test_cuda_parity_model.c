@@ -369,6 +369,48 @@ START_TEST(test_vae) {
 }
 END_TEST
 
+/* An F16 VAE file on the device: its convolution weights held in F16 from
+ * loading on (widened op by op for float32 activations: the cpu's
+ * numbers, which widened the same values at upload), then F16 activations
+ * with them as they are. */
+START_TEST(test_vae_f16_file) {
+    char dir[1100];
+    f16_copy(dir, sizeof dir, "vae", "diffusion_pytorch_model.safetensors");
+    lh_error err = {0};
+    lh_vae *vc = NULL, *vg = NULL;
+    ck_assert_msg(lh_vae_load(&vc, g_cpu, dir, &err) == LH_OK, "%s", err.msg);
+    ck_assert_msg(lh_vae_load(&vg, g_gpu, dir, &err) == LH_OK, "%s", err.msg);
+    size_t bc = lh_vae_weight_bytes(vc), bg = lh_vae_weight_bytes(vg);
+    printf("VAE F16 file: %zu bytes of weights on the device, %zu on the cpu\n", bg, bc);
+    ck_assert_msg(bg < bc * 3 / 4, "F16 file held in F16: %zu bytes, cpu %zu", bg, bc);
+    int64_t b = 1, lh = 8, lw = 8, nl = b * 4 * lh * lw, ni = b * 3 * lh * 8 * lw * 8;
+    float *lat = rand_host(nl, 5, -3, 3);
+    float *lc = on(g_cpu, lat, nl), *lg = on(g_gpu, lat, nl), *ic = on(g_cpu, NULL, ni),
+          *ig = on(g_gpu, NULL, ni);
+    for (int k = 0; k < 2; k++) {
+        lh_dtype dt = k ? LH_DTYPE_F16 : LH_DTYPE_F32;
+        ck_assert_msg(lh_vae_set_precision(vc, dt, &err) == LH_OK, "%s", err.msg);
+        ck_assert_msg(lh_vae_set_precision(vg, dt, &err) == LH_OK, "%s", err.msg);
+        ck_assert_msg(lh_vae_decode(vc, ic, lc, b, lh, lw, 0, &err) == LH_OK, "%s", err.msg);
+        ck_assert_msg(lh_vae_decode(vg, ig, lg, b, lh, lw, 0, &err) == LH_OK, "%s", err.msg);
+        expect_close_dev(k ? "VAE decode, F16 file held in F16, F16 activations"
+                           : "VAE decode, F16 file held in F16, F32 activations",
+                         ig, ic, ni, k ? TOL_HALF : TOL_F32);
+    }
+    float *bc_[] = {lc, ic}, *bg_[] = {lg, ig};
+    for (int i = 0; i < 2; i++) {
+        g_cpu->ops->free(g_cpu, bc_[i]);
+        g_gpu->ops->free(g_gpu, bg_[i]);
+    }
+    free(lat);
+    lh_vae_free(vc);
+    lh_vae_free(vg);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 /* A whole txt2img (tokenizer, text encoder, 20 U-Net steps with CFG, the
  * scheduler plugin, the VAE) on each backend. */
 START_TEST(test_txt2img) {
@@ -539,6 +581,7 @@ int main(void) {
     tcase_add_test(tc, test_unet);
     tcase_add_test(tc, test_unet_f16_file);
     tcase_add_test(tc, test_vae);
+    tcase_add_test(tc, test_vae_f16_file);
     tcase_add_test(tc, test_txt2img);
     tcase_add_test(tc, test_txt2img_lora);
     suite_add_tcase(s, tc);
