@@ -948,32 +948,6 @@ static void linear_hw_case(lh_dtype t, int64_t rows, int64_t n_in, int64_t n_out
     if (has_bias) pair_free(&bias);
 }
 
-START_TEST(test_linear_hw) {
-    if (!g_gpu->ops->linear_hw || !g_gpu->ops->linear_backward_hw) {
-        printf("linear_hw: the device backend has none (the host widens)\n");
-        return;
-    }
-    static const lh_dtype types[] = {LH_DTYPE_F16, LH_DTYPE_BF16};
-    float dummy = 0;
-    for (size_t i = 0; i < 2; i++) {
-        lh_dtype t = types[i];
-        precision_both(t);
-        linear_hw_case(t, 4096, 320, 1280, 1); /* SD 1.5 feed-forward at 64x64: tensor cores */
-        linear_hw_case(t, 154, 768, 320, 0);   /* cross-attention k: tensor cores */
-        linear_hw_case(t, 5, 3, 7, 1);         /* small: widened, TF32 */
-        /* a weight type other than the activation type is refused */
-        lh_dtype other = t == LH_DTYPE_F16 ? LH_DTYPE_BF16 : LH_DTYPE_F16;
-        ck_assert_int_eq(g_gpu->ops->linear_hw(g_gpu, &dummy, &dummy, &dummy, other, NULL, 1, 1, 1),
-                         LH_ERR_INVALID);
-        ck_assert_int_eq(g_gpu->ops->linear_backward_hw(g_gpu, &dummy, NULL, &dummy, &dummy,
-                                                        LH_DTYPE_F32, 1, 1, 1),
-                         LH_ERR_INVALID);
-    }
-    precision_both(LH_DTYPE_F32);
-    ck_assert_int_eq(g_gpu->ops->linear_hw(g_gpu, &dummy, &dummy, &dummy, LH_DTYPE_F16, NULL, 1, 1, 1),
-                     LH_ERR_INVALID); /* float32 activations: no half weights */
-}
-END_TEST
 
 /* conv2d_hw and conv2d_backward_hw (a frozen weight held in the half
  * activation type) against the cpu's conv2d on the weights widened: the
@@ -1028,30 +1002,40 @@ static void conv_hw_case(lh_dtype t, int64_t n, int64_t ci, int64_t h, int64_t w
     if (has_bias) pair_free(&bias);
 }
 
-START_TEST(test_conv_hw) {
-    if (!g_gpu->ops->conv2d_hw || !g_gpu->ops->conv2d_backward_hw) {
-        printf("conv2d_hw: the device backend has none (the host widens)\n");
+/* The half-weight ops (a frozen weight held in the F16/BF16 activation
+ * type), in both half types, and their refusals. */
+START_TEST(test_half_weights) {
+    const lh_backend_ops *G = g_gpu->ops;
+    if (!G->linear_hw || !G->linear_backward_hw || !G->conv2d_hw || !G->conv2d_backward_hw) {
+        printf("half-weight ops: the device backend has none (the host widens)\n");
         return;
     }
     static const lh_dtype types[] = {LH_DTYPE_F16, LH_DTYPE_BF16};
-    float dummy = 0;
+    float d = 0;
     for (size_t i = 0; i < 2; i++) {
         lh_dtype t = types[i];
         precision_both(t);
+        linear_hw_case(t, 4096, 320, 1280, 1); /* SD 1.5 feed-forward at 64x64: tensor cores */
+        linear_hw_case(t, 154, 768, 320, 0);   /* cross-attention k: tensor cores */
+        linear_hw_case(t, 5, 3, 7, 1);         /* small: widened, TF32 */
         conv_hw_case(t, 2, 320, 64, 64, 320, 3, 1, 1, 1); /* SD 1.5 first level at 64x64 */
         conv_hw_case(t, 2, 640, 16, 16, 640, 3, 2, 1, 1); /* a downsample */
         conv_hw_case(t, 2, 640, 32, 32, 320, 1, 1, 0, 1); /* a resnet shortcut */
         conv_hw_case(t, 2, 4, 64, 64, 320, 3, 1, 1, 0);   /* conv_in (no bias) */
         conv_hw_case(t, 3, 5, 7, 9, 6, 3, 2, 1, 1);       /* odd sizes */
+        /* a weight type other than the activation type is refused */
         lh_dtype other = t == LH_DTYPE_F16 ? LH_DTYPE_BF16 : LH_DTYPE_F16;
-        ck_assert_int_eq(g_gpu->ops->conv2d_hw(g_gpu, &dummy, &dummy, &dummy, other, NULL, 1, 1, 1,
-                                               1, 1, 1, 1, 1, 0),
+        ck_assert_int_eq(G->linear_hw(g_gpu, &d, &d, &d, other, NULL, 1, 1, 1), LH_ERR_INVALID);
+        ck_assert_int_eq(G->linear_backward_hw(g_gpu, &d, NULL, &d, &d, LH_DTYPE_F32, 1, 1, 1),
                          LH_ERR_INVALID);
-        ck_assert_int_eq(g_gpu->ops->conv2d_backward_hw(g_gpu, &dummy, NULL, &dummy, &dummy,
-                                                        LH_DTYPE_F32, 1, 1, 1, 1, 1, 1, 1, 1, 0),
+        ck_assert_int_eq(G->conv2d_hw(g_gpu, &d, &d, &d, other, NULL, 1, 1, 1, 1, 1, 1, 1, 1, 0),
+                         LH_ERR_INVALID);
+        ck_assert_int_eq(G->conv2d_backward_hw(g_gpu, &d, NULL, &d, &d, LH_DTYPE_F32, 1, 1, 1, 1,
+                                               1, 1, 1, 1, 0),
                          LH_ERR_INVALID);
     }
-    precision_both(LH_DTYPE_F32);
+    precision_both(LH_DTYPE_F32); /* float32 activations: no half weights */
+    ck_assert_int_eq(G->linear_hw(g_gpu, &d, &d, &d, LH_DTYPE_F16, NULL, 1, 1, 1), LH_ERR_INVALID);
 }
 END_TEST
 
@@ -1137,8 +1121,7 @@ int main(void) {
     tcase_add_test(tc, test_attention_vae);
     tcase_add_test(tc, test_attention_sd15);
     tcase_add_test(tc, test_cast);
-    tcase_add_test(tc, test_linear_hw);
-    tcase_add_test(tc, test_conv_hw);
+    tcase_add_test(tc, test_half_weights);
     tcase_add_test(tc, test_half_outputs);
     tcase_add_test(tc, test_train_ops);
     suite_add_tcase(s, tc);
