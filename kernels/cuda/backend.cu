@@ -333,8 +333,8 @@ extern "C" lh_status lh__cuda_round(lh_backend *be, float *x, int64_t n, lh_dtyp
 
 static int half_type(lh_dtype t) { return t == LH_DTYPE_F16 || t == LH_DTYPE_BF16; }
 
-static lh_status cuda_cast(lh_backend *be, void *dst, lh_dtype dst_dtype, const void *src,
-                           lh_dtype src_dtype, int64_t n) {
+extern "C" lh_status lh__cuda_cast(lh_backend *be, void *dst, lh_dtype dst_dtype, const void *src,
+                                   lh_dtype src_dtype, int64_t n) {
     if (n < 0) return LH_ERR_INVALID;
     if (!n) return LH_OK;
     if (!dst || !src) return LH_ERR_INVALID;
@@ -606,7 +606,7 @@ static const lh_backend_ops cuda_ops = {
     /* .split_channels = */ lh__cuda_split_channels,
     /* .set_precision = */ cuda_set_precision,
     /* .round = */ lh__cuda_round,
-    /* .cast = */ cuda_cast,
+    /* .cast = */ lh__cuda_cast,
     /* .count_nonfinite = */ lh__cuda_count_nonfinite,
     /* .count_nonfinite_into = */ lh__cuda_count_nonfinite_into,
     /* .scale = */ lh__cuda_scale,

@@ -67,16 +67,6 @@ static __global__ void conv_bias_grad(float *db, const float *dy, int64_t n, int
     if (threadIdx.x == 0) db[co] += (float)acc;
 }
 
-/* dst [n] = src [n] in the half type T (exact for values rounded to it). */
-template <typename T> static __global__ void conv_to_half(T *dst, const float *src, int64_t n);
-template <> __global__ void conv_to_half<__half>(__half *dst, const float *src, int64_t n) {
-    LH_CU_FOR(i, n) dst[i] = __float2half_rn(src[i]);
-}
-template <>
-__global__ void conv_to_half<__nv_bfloat16>(__nv_bfloat16 *dst, const float *src, int64_t n) {
-    LH_CU_FOR(i, n) dst[i] = __float2bfloat16_rn(src[i]);
-}
-
 /* out [n, c, hw] = act(y + bias[ch]) (bias NULL: act(y)), y the half
  * output of a convolution. */
 template <typename T>
@@ -366,16 +356,6 @@ static cudnnDataType_t half_dnn(const lh_cuda *cu, lh_dtype wdt) {
                                   : CUDNN_DATA_FLOAT;
 }
 
-/* src [n] to the half type of dt at dst. */
-static void to_half_dt(cudaStream_t st, cudnnDataType_t dt, void *dst, const float *src,
-                       int64_t n) {
-    if (dt == CUDNN_DATA_HALF)
-        conv_to_half<__half><<<lh__cuda_grid(n, 256), 256, 0, st>>>((__half *)dst, src, n);
-    else
-        conv_to_half<__nv_bfloat16><<<lh__cuda_grid(n, 256), 256, 0, st>>>(
-            (__nv_bfloat16 *)dst, src, n);
-}
-
 /* out [n, c, hw] = act(y + bias) from the half y of type dt. */
 static void from_half_dt(cudaStream_t st, cudnnDataType_t dt, float *out, const void *y,
                          const float *bias, int64_t c, int64_t hw, int64_t total, int act) {
@@ -598,8 +578,7 @@ extern "C" lh_status lh__cuda_conv2d_hw(lh_backend *be, float *out, /* [n, c_out
                              "conv2d");
         if (st != LH_OK) break;
         const float one = 1.0f, zero = 0.0f;
-        to_half_dt(cu->stream, dt, k.base, x + i0 * in_img, nc * in_img);
-        st = lh__cuda_launched(be, "conv2d (half): input");
+        st = lh__cuda_cast(be, k.base, wdt, x + i0 * in_img, LH_DTYPE_F32, nc * in_img);
         if (st == LH_OK)
             st = half_run(be,
                           cudnnConvolutionForward(cu->cudnn, &one, k.d.x, k.base, k.d.w, w,
@@ -652,8 +631,7 @@ extern "C" lh_status lh__cuda_conv2d_backward_hw(lh_backend *be, float *dx, /* [
                              i0 == 0, "conv2d_backward");
         if (st != LH_OK) break;
         const float one = 1.0f, zero = 0.0f;
-        to_half_dt(cu->stream, dt, k.base, dy + i0 * out_img, nc * out_img);
-        st = lh__cuda_launched(be, "conv2d_backward (half): dy");
+        st = lh__cuda_cast(be, k.base, wdt, dy + i0 * out_img, LH_DTYPE_F32, nc * out_img);
         if (st == LH_OK) /* dx = W^T dy (written) */
             st = half_run(be,
                           cudnnConvolutionBackwardData(cu->cudnn, &one, k.d.w, w, k.d.y, k.base,

@@ -123,6 +123,12 @@ lh_status lh__cuda_graph_begin(lh_backend *be);
 lh_status lh__cuda_graph_end(lh_backend *be, void **graph);
 lh_status lh__cuda_graph_launch(lh_backend *be, void *graph);
 void lh__cuda_graph_free(lh_backend *be, void *graph);
+/* The cast op (kernels/backend.h): n values of src_dtype into dst_dtype,
+ * both device memory, queued on the stream; the half conversions of the
+ * GEMM and convolution operands go through it too. */
+lh_status lh__cuda_cast(lh_backend *be, void *dst, lh_dtype dst_dtype, const void *src,
+                        lh_dtype src_dtype, int64_t n);
+
 /* Round out [n] to the activation precision after a successful op. */
 lh_status lh__cuda_after(lh_backend *be, lh_status st, float *out, uint64_t n);
 

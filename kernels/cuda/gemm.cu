@@ -84,20 +84,6 @@ static __global__ void colsum_finish(float *out, const double *part, int64_t chu
     }
 }
 
-/* dst [n] = src [n] in the half type T (round to nearest even). */
-template <typename T> static __global__ void to_half(T *dst, const float *src, int64_t n);
-template <> __global__ void to_half<__half>(__half *dst, const float *src, int64_t n) {
-    LH_CU_FOR(i, n) dst[i] = __float2half_rn(src[i]);
-}
-template <> __global__ void to_half<__nv_bfloat16>(__nv_bfloat16 *dst, const float *src, int64_t n) {
-    LH_CU_FOR(i, n) dst[i] = __float2bfloat16_rn(src[i]);
-}
-
-/* dst [n] = src [n] widened from the half type T (exact). */
-template <typename T> static __global__ void to_float(float *dst, const T *src, int64_t n) {
-    LH_CU_FOR(i, n) dst[i] = (float)src[i];
-}
-
 /* ---- Helpers ---- */
 
 /* The operands of a product in the half type `act`, in scratch: *ha holds
@@ -109,29 +95,12 @@ static lh_status half_operands(lh_backend *be, lh_dtype act, const float *a, int
     int64_t off = cdiv(span_a, 64) * 64; /* b's part starts 128-byte aligned */
     void *w = NULL;
     lh_status st = lh__cuda_scratch(be, (size_t)(off + (b_half ? 0 : span_b)) * 2, &w);
-    if (st != LH_OK) return st;
-    cudaStream_t s = lh__cuda(be)->stream;
-    *hb = b;
-    if (act == LH_DTYPE_F16) {
-        __half *h = (__half *)w;
-        to_half<__half><<<lh__cuda_grid(span_a, 256), 256, 0, s>>>(h, a, span_a);
-        if (!b_half) {
-            to_half<__half><<<lh__cuda_grid(span_b, 256), 256, 0, s>>>(h + off, (const float *)b,
-                                                                        span_b);
-            *hb = h + off;
-        }
-        *ha = h;
-    } else {
-        __nv_bfloat16 *h = (__nv_bfloat16 *)w;
-        to_half<__nv_bfloat16><<<lh__cuda_grid(span_a, 256), 256, 0, s>>>(h, a, span_a);
-        if (!b_half) {
-            to_half<__nv_bfloat16><<<lh__cuda_grid(span_b, 256), 256, 0, s>>>(
-                h + off, (const float *)b, span_b);
-            *hb = h + off;
-        }
-        *ha = h;
-    }
-    return lh__cuda_launched(be, "gemm: operands to half");
+    if (st == LH_OK) st = lh__cuda_cast(be, w, act, a, LH_DTYPE_F32, span_a);
+    if (st == LH_OK && !b_half)
+        st = lh__cuda_cast(be, (uint16_t *)w + off, act, b, LH_DTYPE_F32, span_b);
+    *ha = w;
+    *hb = b_half ? b : (const void *)((uint16_t *)w + off);
+    return st;
 }
 
 /* b [span] held in the half type t, widened into scratch (float32). */
@@ -139,16 +108,9 @@ static lh_status widen_operand(lh_backend *be, lh_dtype t, const void *b, int64_
                                const float **out) {
     void *w = NULL;
     lh_status st = lh__cuda_scratch(be, (size_t)span * sizeof(float), &w);
-    if (st != LH_OK) return st;
-    cudaStream_t s = lh__cuda(be)->stream;
-    if (t == LH_DTYPE_F16)
-        to_float<__half><<<lh__cuda_grid(span, 256), 256, 0, s>>>((float *)w, (const __half *)b,
-                                                                   span);
-    else
-        to_float<__nv_bfloat16><<<lh__cuda_grid(span, 256), 256, 0, s>>>(
-            (float *)w, (const __nv_bfloat16 *)b, span);
+    if (st == LH_OK) st = lh__cuda_cast(be, w, LH_DTYPE_F32, b, t, span);
     *out = (const float *)w;
-    return lh__cuda_launched(be, "gemm: half weights to float32");
+    return st;
 }
 
 /* The product on checked arguments (m, n, k within int; a and b valid when
