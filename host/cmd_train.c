@@ -74,6 +74,7 @@ static int read_settings(lh_train_opts *o, const lh_settings *s, lh_registry **r
     if (lh_settings_get_string(&model, s, "model.path", &err) ||
         lh_settings_get_int(&threads, s, "backend.threads", &err) ||
         lh_settings_get_string(&o->device, s, "backend.device", &err) ||
+        lh_settings_get_string(&o->vae_dtype, s, "model.vae_dtype", &err) ||
         lh_settings_get_list(&dirs, &n_dirs, s, "plugins.dirs", &err) ||
         lh_settings_get_string(&dataset, s, "train.dataset", &err) ||
         lh_settings_get_string(&out, s, "train.output_dir", &err) ||

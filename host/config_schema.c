@@ -52,9 +52,10 @@ static const lh_setting_def SCHEMA[] = {
          "how the U-Net holds its linear and convolution weights: auto holds them in its "
          "f16/bf16 dtype (half the memory, widened layer by layer; on cuda an f16/bf16 file "
          "is loaded as it is), f32 keeps float32 (no widening; the same numbers)"),
-    ENUM("model", "vae_dtype", "auto", DTYPES, GEN,
-         "VAE precision (activations; the decode's convolutions on the tensor cores); auto is "
-         "f16 on cuda (a decode that overflows it is redone in f32) and f32 on cpu"),
+    ENUM("model", "vae_dtype", "auto", DTYPES, ALL,
+         "VAE precision (activations; the convolutions on the tensor cores); auto is f16 on "
+         "cuda (an fp16 decode or encode that overflows is redone in f32) and f32 on cpu; "
+         "training's auto is train.mixed_precision's type on cuda, as diffusers' trainers"),
 
     ENUM("backend", "device", "cpu", DEVICES, ALL, "where compute runs"),
     INT("backend", "threads", "0", 0, 1024, ALL, "CPU threads; 0 uses all cores"),

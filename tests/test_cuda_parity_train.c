@@ -354,6 +354,10 @@ static void train_steps(lh_backend *be, const char *name, run_kind kind, int te,
     o.dropout = te ? 0.1 : 0.0; /* the text-encoder case also takes LoRA dropout (staged) */
     o.precision = prec;
     o.checkpointing = prec != LH_DTYPE_F32;
+    /* the device's VAE takes auto (the mixed precision there), the cpu's
+     * that type by name: both encode the images alike */
+    o.vae_dtype = be == g_gpu ? "auto"
+                  : prec == LH_DTYPE_F16 ? "f16" : prec == LH_DTYPE_BF16 ? "bf16" : "f32";
     memset(l, 0, sizeof *l);
     lh_error err = {0};
     float smoothed = 0;

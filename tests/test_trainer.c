@@ -511,6 +511,71 @@ START_TEST(test_overflow_skipped_on_device) {
 }
 END_TEST
 
+/* model.vae_dtype in training: auto is the mixed precision on a device and
+ * f32 on the cpu; a name is taken as it is, anything else refused naming
+ * it; and it is what encodes the images: an f16 VAE's latents move the
+ * first loss a little (float32 activations vs fp16 ones), not a lot. */
+START_TEST(test_vae_dtype) {
+    char msg[256];
+    lh_backend *cpu = NULL, *dev = NULL;
+    ck_assert_msg(lh_backend_cpu_create(&cpu, 1, msg, sizeof msg) == LH_OK, "%s", msg);
+    ck_assert_msg(fake_device_create(&dev, 1, msg, sizeof msg) == LH_OK, "%s", msg);
+    lh_train_opts o;
+    lh_train_opts_default(&o);
+    ck_assert_str_eq(o.vae_dtype, "auto");
+    const lh_dtype prec[3] = {LH_DTYPE_F32, LH_DTYPE_F16, LH_DTYPE_BF16};
+    const char *const on_dev[3] = {"f32", "f16", "bf16"};
+    for (int k = 0; k < 3; k++) {
+        o.precision = prec[k];
+        o.vae_dtype = k == 2 ? NULL : "auto"; /* NULL is auto */
+        ck_assert_str_eq(lh_train_vae_dtype(&o, cpu), "f32");
+        ck_assert_str_eq(lh_train_vae_dtype(&o, dev), on_dev[k]);
+        o.vae_dtype = "bf16";
+        ck_assert_str_eq(lh_train_vae_dtype(&o, cpu), "bf16");
+        ck_assert_str_eq(lh_train_vae_dtype(&o, dev), "bf16");
+    }
+    o.vae_dtype = "fp16"; /* mixed_precision's spelling, not vae_dtype's */
+    ck_assert_ptr_null(lh_train_vae_dtype(&o, dev));
+    lh_backend_destroy(dev);
+
+    workdir w;
+    workdir_make(&w);
+    lh_error err = {0};
+    lh_registry *reg = registry();
+    const char *const vd[2] = {"f32", "f16"};
+    losses *l[2];
+    for (int k = 0; k < 2; k++) {
+        lh_train_opts_default(&o);
+        o.model = w.model;
+        o.dataset = w.data;
+        o.output_dir = w.out;
+        o.backend = cpu;
+        o.steps = 2;
+        o.batch_size = 2;
+        o.seed = 9;
+        o.save_every = 0;
+        o.vae_dtype = vd[k];
+        l[k] = calloc(1, sizeof *l[k]);
+        ck_assert(l[k]);
+        ck_assert_msg(lh_train_run(&o, reg, keep, l[k], NULL, &err) == LH_OK, "%s", err.msg);
+        ck_assert_int_eq(l[k]->n, 2);
+        remove_tree(w.out);
+    }
+    double d = fabs((double)l[1]->v[0] - l[0]->v[0]) / fabs((double)l[0]->v[0]);
+    fprintf(stderr, "first loss: f32 VAE %.9g, f16 VAE %.9g (rel %.2e)\n", (double)l[0]->v[0],
+            (double)l[1]->v[0], d);
+    ck_assert_msg(d > 0 && d < 1e-2, "an f16 VAE moved the first loss by %.3e", d);
+    o.vae_dtype = "f8";
+    ck_assert_int_eq(lh_train_run(&o, reg, keep, l[0], NULL, &err), LH_ERR_CONFIG);
+    ck_assert_msg(strstr(err.msg, "vae_dtype") && strstr(err.msg, "'f8'"), "%s", err.msg);
+    free(l[0]);
+    free(l[1]);
+    lh_registry_destroy(reg);
+    lh_backend_destroy(cpu);
+    remove_tree(w.dir);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("trainer");
     TCase *tc = tcase_create("tiny");
@@ -520,6 +585,7 @@ int main(void) {
     tcase_add_test(tc, test_resume_refuses_nan);
     tcase_add_test(tc, test_one_wait_per_step);
     tcase_add_test(tc, test_overflow_skipped_on_device);
+    tcase_add_test(tc, test_vae_dtype);
     suite_add_tcase(s, tc);
     TCase *tc_cap = tcase_create("caption_dropout");
     tcase_set_timeout(tc_cap, 300);
