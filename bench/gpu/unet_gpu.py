@@ -237,7 +237,30 @@ def main():
         print(f"| {p} | {mo * 1e3:.2f} ms | {r16 * 1e3:.2f} ms | {r32 * 1e3:.2f} ms | "
               f"{r16 / mo:.2f}x | {vo.get('peak_device_mb', float('nan')):.0f} MiB / "
               f"{vae_ref['fp16']['peak_device_mb']:.0f} MiB |")
+    if args.device == "cuda" and "fp16" in args.precisions:
+        profile(args, d, shape[:4], env)
     print(json.dumps({"ours": ours, "torch": ref, "vae_ours": vae_ours, "vae_torch": vae_ref}))
+
+
+def profile(args, d, shape, env):
+    """Where the fp16 step's device time goes: bench_unet once more with
+    LH_CUDA_PROFILE=1 (each op's time between two CUDA events, graphs off;
+    kernels/cuda/profile.cu), 5 steps, the warm-up included."""
+    cmd = [os.path.join(args.build, "bench", "bench_unet"), d] + shape + ["5", "0", args.device,
+                                                                          "fp16"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                             env=dict(env, LH_CUDA_PROFILE="1", LORAHOST_CUDA_ATTENTION="auto"))
+    except (OSError, subprocess.TimeoutExpired) as e:
+        print(f"\nprofile: failed ({str(e)[:160]})")
+        return
+    lines = out.stderr.splitlines()
+    at = next((i for i, line in enumerate(lines) if line.startswith("cuda profile")), None)
+    print(f"\nU-Net step, fp16, attention auto: device time by op over 5 steps "
+          f"(LH_CUDA_PROFILE=1, exit {out.returncode})")
+    print("```")
+    print("\n".join(lines[at:] if at is not None else lines[-5:]))
+    print("```")
 
 
 if __name__ == "__main__":

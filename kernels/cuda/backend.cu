@@ -560,7 +560,7 @@ static lh_status r_upsample_backward(lh_backend *be, float *dx, const float *dy,
 
 static void cuda_destroy(lh_backend *be);
 
-static const lh_backend_ops cuda_ops = {
+static constexpr lh_backend_ops cuda_ops = {
     /* .name = */ "cuda",
     /* .destroy = */ cuda_destroy,
     /* .alloc = */ cuda_alloc,
@@ -624,10 +624,46 @@ static const lh_backend_ops cuda_ops = {
     /* .graph_free = */ lh__cuda_graph_free,
 };
 
+/* ---- LH_CUDA_PROFILE=1: the same table, each op timed (profile.cu) ---- */
+
+template <int K, typename F, F f> struct lh_timed;
+template <int K, typename... A, lh_status (*f)(lh_backend *, A...)>
+struct lh_timed<K, lh_status (*)(lh_backend *, A...), f> {
+    static lh_status call(lh_backend *be, A... a) {
+        int timed = lh__cuda_prof_begin(be);
+        lh_status st = f(be, a...);
+        if (timed) lh__cuda_prof_end(be, K);
+        return st;
+    }
+};
+
+/* an op that waits for the device ends the profile's batch first */
+template <typename F, F f> struct lh_waits;
+template <typename... A, lh_status (*f)(lh_backend *, A...)>
+struct lh_waits<lh_status (*)(lh_backend *, A...), f> {
+    static lh_status call(lh_backend *be, A... a) {
+        lh__cuda_prof_waited(be);
+        return f(be, a...);
+    }
+};
+
+static constexpr lh_backend_ops profiled(lh_backend_ops o) {
+#define LH_TIMED(name) o.name = lh_timed<LH_CUDA_PROF_##name, decltype(o.name), cuda_ops.name>::call;
+    LH_CUDA_PROF_TIMED(LH_TIMED)
+#undef LH_TIMED
+#define LH_WAITS(name) o.name = lh_waits<decltype(o.name), cuda_ops.name>::call;
+    LH_CUDA_PROF_WAITS(LH_WAITS)
+#undef LH_WAITS
+    return o;
+}
+
+static constexpr lh_backend_ops cuda_ops_profiled = profiled(cuda_ops);
+
 /* ---- Create / destroy ---- */
 
 static void release(lh_cuda *cu) {
     if (cu->stream) cudaStreamSynchronize(cu->stream);
+    lh__cuda_prof_finish(cu);
     if (getenv("LH_CUDA_STATS"))
         fprintf(stderr, "cuda backend: peak device memory in use %.1f MiB, held %.1f MiB\n",
                 (double)cu->bytes_peak / 1048576.0, (double)cu->bytes_held / 1048576.0);
@@ -735,7 +771,10 @@ extern "C" lh_status lh_backend_cuda_create(lh_backend **out, int device, char *
         free(be);
         return create_fail(err, err_size, LH_ERR_BACKEND, what, detail);
     }
-    be->ops = &cuda_ops;
+    const char *prof = getenv("LH_CUDA_PROFILE"); /* "1": time every op (profile.cu) */
+    if (prof && !strcmp(prof, "1")) lh__cuda_prof_create(cu, &cu->prof);
+    cu->graphs_off |= cu->prof != NULL; /* each op queued as it runs */
+    be->ops = cu->prof ? &cuda_ops_profiled : &cuda_ops;
     be->impl = cu;
     *out = be;
     return LH_OK;

@@ -57,6 +57,29 @@ enum {
     LH_CUDA_ATT_GEMM   /* "gemm": cuBLAS products around a softmax (attention_gemm.cu) */
 };
 
+/* LH_CUDA_PROFILE=1 (profile.cu): the ops the table times, and those
+ * after which the host has waited for the device. */
+#define LH_CUDA_PROF_TIMED(X)                                                                      \
+    X(memset0) X(gemm) X(linear) X(linear_hw) X(conv2d) X(conv2d_hw) X(group_norm) X(layer_norm)   \
+    X(attention) X(silu) X(gelu) X(quick_gelu) X(geglu) X(add) X(mul) X(axpby) X(add_channel_bias) \
+    X(upsample_nearest2x) X(concat_channels) X(transpose_c_hw) X(timestep_embedding)               \
+    X(linear_backward) X(linear_backward_hw) X(conv2d_backward) X(conv2d_backward_hw)              \
+    X(group_norm_backward) X(layer_norm_backward) X(attention_backward) X(silu_backward)           \
+    X(gelu_backward) X(quick_gelu_backward) X(geglu_backward) X(channel_bias_backward)             \
+    X(upsample_nearest2x_backward) X(split_channels) X(round) X(cast) X(count_nonfinite_into)      \
+    X(scale) X(scale_by) X(sum_squares) X(mse_backward) X(step_check) X(adamw) X(copy) X(dropout)  \
+    X(dropout_backward)
+#define LH_CUDA_PROF_WAITS(X) X(upload) X(upload_weights) X(download) X(sync) X(count_nonfinite)
+
+enum {
+#define LH_CUDA_PROF_ENUM(name) LH_CUDA_PROF_##name,
+    LH_CUDA_PROF_TIMED(LH_CUDA_PROF_ENUM)
+#undef LH_CUDA_PROF_ENUM
+    LH_CUDA_PROF_N
+};
+
+typedef struct lh_cuda_prof lh_cuda_prof;
+
 typedef struct lh_cuda {
     int device;
     lh_cuda_block *blocks;
@@ -87,6 +110,7 @@ typedef struct lh_cuda {
     size_t n_rec, cap_rec;
     lh_cuda_conv_algo conv[LH_CUDA_CONV_CACHE];
     int n_conv;
+    lh_cuda_prof *prof;  /* LH_CUDA_PROFILE=1; NULL: off */
     char last_error[256];
 } lh_cuda;
 
@@ -128,6 +152,19 @@ void lh__cuda_graph_free(lh_backend *be, void *graph);
  * GEMM and convolution operands go through it too. */
 lh_status lh__cuda_cast(lh_backend *be, void *dst, lh_dtype dst_dtype, const void *src,
                         lh_dtype src_dtype, int64_t n);
+
+/* LH_CUDA_PROFILE=1 (profile.cu): the device time of each op of the
+ * table, summed by op and printed to stderr by lh__cuda_prof_print. NULL
+ * *out when it cannot be set up (said on stderr): the backend runs
+ * untimed. */
+void lh__cuda_prof_create(lh_cuda *cu, lh_cuda_prof **out);
+/* Around an op: begin says whether it is timed (end must follow then). */
+int lh__cuda_prof_begin(lh_backend *be);
+void lh__cuda_prof_end(lh_backend *be, int op);
+/* After an op that waited for the device. */
+void lh__cuda_prof_waited(lh_backend *be);
+/* The table of times so far (waits for the device), then frees it all. */
+void lh__cuda_prof_finish(lh_cuda *cu);
 
 /* Round out [n] to the activation precision after a successful op. */
 lh_status lh__cuda_after(lh_backend *be, lh_status st, float *out, uint64_t n);

@@ -1,0 +1,191 @@
+/* LH_CUDA_PROFILE=1: where the device time goes, op by op. Every op of
+ * the table (backend.cu's profiled table) is bracketed by two CUDA events
+ * on the stream; their elapsed times are summed per op (harvested every
+ * LH_PROF_PAIRS ops and at the end) and printed to stderr when the backend
+ * is destroyed. Graphs are off while profiling, so each op is queued as
+ * the host reaches it.
+ *
+ * An op queued on an idle device would count the host's queueing time
+ * (a few microseconds a launch) as device time, which for small ops is
+ * most of it. So every LH_PROF_BATCH ops the stream first runs a kernel
+ * that holds the device for hold_ns while the host queues the batch,
+ * which then runs back to back. A batch the host took longer than that
+ * to queue may still hold such gaps: it is counted ("batches the host may
+ * have slowed") and the hold doubled, up to LH_PROF_HOLD_MAX_NS. Ops that
+ * wait for the device (download, sync, ...) end a batch. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "cuda.h"
+
+#define LH_PROF_BATCH 32
+#define LH_PROF_PAIRS 2048
+#define LH_PROF_HOLD_NS (1000LL * 1000)
+#define LH_PROF_HOLD_MAX_NS (64LL * 1000 * 1000)
+
+struct lh_cuda_prof {
+    cudaEvent_t ev[2 * LH_PROF_PAIRS]; /* begin, end of each recorded op */
+    int op[LH_PROF_PAIRS];
+    int n;           /* event pairs recorded, not yet harvested */
+    int in_batch;    /* ops queued since the last hold; 0: the next one holds first */
+    double batch_t0; /* host seconds when the hold was queued */
+    long long hold_ns, holds, slowed;
+    double ms[LH_CUDA_PROF_N];
+    long long calls[LH_CUDA_PROF_N];
+    int broken; /* a CUDA call failed: nothing more is timed */
+};
+
+static const char *const NAMES[LH_CUDA_PROF_N] = {
+#define LH_PROF_NAME(name) #name,
+    LH_CUDA_PROF_TIMED(LH_PROF_NAME)
+#undef LH_PROF_NAME
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* One thread spinning for ns of the device's global timer; also stops
+ * after 4 ns clock cycles, in case that timer does not move. */
+static __global__ void hold_kernel(long long ns) {
+    unsigned long long t0, t;
+    long long c0 = clock64();
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while ((long long)(t - t0) < ns && clock64() - c0 < 4 * ns);
+}
+
+static void broken(lh_cuda_prof *p, const char *what, cudaError_t e) {
+    if (!p->broken)
+        fprintf(stderr, "cuda profile: %s: %s; timing stops here\n", what, cudaGetErrorString(e));
+    p->broken = 1;
+}
+
+/* The batch ends; it may have starved when the host took longer to queue
+ * it than the hold lasted. */
+static void batch_end(lh_cuda_prof *p) {
+    if (!p->in_batch) return;
+    if (now_s() - p->batch_t0 > 0.75e-9 * (double)p->hold_ns) {
+        p->slowed++;
+        if (p->hold_ns < LH_PROF_HOLD_MAX_NS) p->hold_ns *= 2;
+    }
+    p->in_batch = 0;
+}
+
+/* Waits for the recorded pairs and adds their times. */
+static void harvest(lh_cuda_prof *p) {
+    batch_end(p);
+    if (!p->n || p->broken) return;
+    cudaError_t e = cudaEventSynchronize(p->ev[2 * p->n - 1]);
+    for (int i = 0; e == cudaSuccess && i < p->n; i++) {
+        float ms = 0.0f;
+        e = cudaEventElapsedTime(&ms, p->ev[2 * i], p->ev[2 * i + 1]);
+        if (e == cudaSuccess) {
+            p->ms[p->op[i]] += (double)ms;
+            p->calls[p->op[i]]++;
+        }
+    }
+    if (e != cudaSuccess) broken(p, "reading the events", e);
+    p->n = 0;
+}
+
+extern "C" void lh__cuda_prof_create(lh_cuda *cu, lh_cuda_prof **out) {
+    (void)cu;
+    *out = NULL;
+    lh_cuda_prof *p = (lh_cuda_prof *)calloc(1, sizeof *p);
+    if (!p) {
+        fprintf(stderr, "cuda profile: out of memory; not profiling\n");
+        return;
+    }
+    for (int i = 0; i < 2 * LH_PROF_PAIRS; i++) {
+        cudaError_t e = cudaEventCreate(&p->ev[i]);
+        if (e != cudaSuccess) {
+            fprintf(stderr, "cuda profile: cudaEventCreate: %s; not profiling\n",
+                    cudaGetErrorString(e));
+            while (i-- > 0) cudaEventDestroy(p->ev[i]);
+            free(p);
+            return;
+        }
+    }
+    p->hold_ns = LH_PROF_HOLD_NS;
+    *out = p;
+}
+
+extern "C" int lh__cuda_prof_begin(lh_backend *be) {
+    lh_cuda *cu = lh__cuda(be);
+    lh_cuda_prof *p = cu->prof;
+    if (!p || p->broken) return 0;
+    if (p->n == LH_PROF_PAIRS) harvest(p);
+    cudaError_t e;
+    if (!p->in_batch) {
+        hold_kernel<<<1, 1, 0, cu->stream>>>(p->hold_ns);
+        if ((e = cudaGetLastError()) != cudaSuccess) {
+            broken(p, "the hold kernel", e);
+            return 0;
+        }
+        p->batch_t0 = now_s();
+        p->holds++;
+    }
+    if ((e = cudaEventRecord(p->ev[2 * p->n], cu->stream)) != cudaSuccess) {
+        broken(p, "cudaEventRecord", e);
+        return 0;
+    }
+    return 1;
+}
+
+extern "C" void lh__cuda_prof_end(lh_backend *be, int op) {
+    lh_cuda *cu = lh__cuda(be);
+    lh_cuda_prof *p = cu->prof;
+    if (!p || p->broken) return;
+    cudaError_t e = cudaEventRecord(p->ev[2 * p->n + 1], cu->stream);
+    if (e != cudaSuccess) {
+        broken(p, "cudaEventRecord", e);
+        return;
+    }
+    p->op[p->n++] = op;
+    if (++p->in_batch == LH_PROF_BATCH) batch_end(p);
+}
+
+extern "C" void lh__cuda_prof_waited(lh_backend *be) {
+    lh_cuda_prof *p = lh__cuda(be)->prof;
+    if (p) batch_end(p);
+}
+
+extern "C" void lh__cuda_prof_finish(lh_cuda *cu) {
+    lh_cuda_prof *p = cu->prof;
+    if (!p) return;
+    harvest(p);
+    int order[LH_CUDA_PROF_N];
+    double total = 0.0;
+    long long calls = 0;
+    for (int i = 0; i < LH_CUDA_PROF_N; i++) {
+        order[i] = i;
+        total += p->ms[i];
+        calls += p->calls[i];
+    }
+    for (int i = 1; i < LH_CUDA_PROF_N; i++) /* by time, largest first */
+        for (int j = i; j > 0 && p->ms[order[j]] > p->ms[order[j - 1]]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    fprintf(stderr,
+            "cuda profile (LH_CUDA_PROFILE=1): device time by op, graphs off; %lld holds, the "
+            "last of %.1f ms; %lld batches the host may have slowed\n",
+            p->holds, (double)p->hold_ns * 1e-6, p->slowed);
+    fprintf(stderr, "  %-28s %9s %12s %10s %7s\n", "op", "calls", "total ms", "mean us", "share");
+    for (int k = 0; k < LH_CUDA_PROF_N; k++) {
+        int i = order[k];
+        if (!p->calls[i]) continue;
+        fprintf(stderr, "  %-28s %9lld %12.3f %10.1f %6.1f%%\n", NAMES[i], p->calls[i], p->ms[i],
+                1e3 * p->ms[i] / (double)p->calls[i], total > 0 ? 100.0 * p->ms[i] / total : 0.0);
+    }
+    fprintf(stderr, "  %-28s %9lld %12.3f\n", "all", calls, total);
+    for (int i = 0; i < 2 * LH_PROF_PAIRS; i++) cudaEventDestroy(p->ev[i]);
+    free(p);
+    cu->prof = NULL;
+}
