@@ -114,6 +114,10 @@ if want bench; then
   timeout 300 "$py" "$src/bench/gpu/unet_gpu.py" --build "$build" >"$out/unet.log" 2>&1
   rc=$?
   summary+=("| U-Net step and VAE decode vs diffusers | $([[ $rc == 0 ]] && echo ran || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
+  s=$(date +%s)
+  timeout 150 "$py" "$src/bench/gpu/attention_gpu.py" --build "$build" >"$out/attention.log" 2>&1
+  rc=$?
+  summary+=("| attention alone vs torch SDPA (flash, cuDNN, efficient) | $([[ $rc == 0 ]] && echo ran || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
 fi
 if want train; then
   s=$(date +%s)
@@ -134,6 +138,8 @@ fi
   grep -h "rel err\|rel L2\|worst pixel" "$out"/test_cuda_parity_*.log 2>/dev/null | sort | uniq | head -80
   echo
   [[ -f "$out/unet.log" ]] && grep -v '^{' "$out/unet.log"
+  echo
+  [[ -f "$out/attention.log" ]] && grep -v '^{' "$out/attention.log"
   echo
   [[ -f "$out/train.log" ]] && cat "$out/train.log"
   grep -h "ERROR SUMMARY\|Invalid\|hazard" "$out"/memcheck_*.log "$out"/racecheck_*.log 2>/dev/null | head -20
