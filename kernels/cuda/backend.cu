@@ -632,7 +632,7 @@ struct lh_timed<K, lh_status (*)(lh_backend *, A...), f> {
     static lh_status call(lh_backend *be, A... a) {
         int timed = lh__cuda_prof_begin(be);
         lh_status st = f(be, a...);
-        if (timed) lh__cuda_prof_end(be, K);
+        if (timed) lh__cuda_prof_end(be, K, st);
         return st;
     }
 };

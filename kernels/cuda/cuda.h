@@ -154,14 +154,15 @@ lh_status lh__cuda_cast(lh_backend *be, void *dst, lh_dtype dst_dtype, const voi
                         lh_dtype src_dtype, int64_t n);
 
 /* LH_CUDA_PROFILE=1 (profile.cu): the device time of each op of the
- * table, summed by op and printed to stderr by lh__cuda_prof_print. NULL
+ * table, summed by op and printed to stderr by lh__cuda_prof_finish. NULL
  * *out when it cannot be set up (said on stderr): the backend runs
  * untimed. */
 void lh__cuda_prof_create(lh_cuda *cu, lh_cuda_prof **out);
-/* Around an op: begin says whether it is timed (end must follow then). */
+/* Around an op: begin says whether it is timed (end must follow then,
+ * with the op's status: only a successful op is counted). */
 int lh__cuda_prof_begin(lh_backend *be);
-void lh__cuda_prof_end(lh_backend *be, int op);
-/* After an op that waited for the device. */
+void lh__cuda_prof_end(lh_backend *be, int op, lh_status st);
+/* Before an op that waits for the device: the batch ends. */
 void lh__cuda_prof_waited(lh_backend *be);
 /* The table of times so far (waits for the device), then frees it all. */
 void lh__cuda_prof_finish(lh_cuda *cu);

@@ -24,7 +24,8 @@ typedef struct lh_cuda_graph {
 extern "C" lh_status lh__cuda_graph_begin(lh_backend *be) {
     lh_cuda *cu = lh__cuda(be);
     if (cu->graphs_off) {
-        lh__cuda_fail(be, "graph", "off (LORAHOST_CUDA_GRAPHS=0)");
+        lh__cuda_fail(be, "graph", cu->prof ? "off while profiling (LH_CUDA_PROFILE=1)"
+                                            : "off (LORAHOST_CUDA_GRAPHS=0)");
         return LH_ERR_UNSUPPORTED;
     }
     if (cu->recording) return lh__cuda_fail(be, "graph", "already recording one");

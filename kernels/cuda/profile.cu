@@ -9,10 +9,14 @@
  * (a few microseconds a launch) as device time, which for small ops is
  * most of it. So every LH_PROF_BATCH ops the stream first runs a kernel
  * that holds the device for hold_ns while the host queues the batch,
- * which then runs back to back. A batch the host took longer than that
- * to queue may still hold such gaps: it is counted ("batches the host may
- * have slowed") and the hold doubled, up to LH_PROF_HOLD_MAX_NS. Ops that
- * wait for the device (download, sync, ...) end a batch. */
+ * which then runs back to back. A batch the host took longer than that to
+ * queue may still hold such gaps: it is counted ("batches the host may
+ * have slowed") and the hold doubled, up to LH_PROF_HOLD_MAX_NS; batches
+ * queued in a quarter of the hold halve it again, down to LH_PROF_HOLD_NS.
+ * Ops that wait for the device (download, sync, ...) end a batch. An op
+ * that spends more than LH_PROF_STALL_S of host time between its events
+ * (a first call growing the scratch, choosing a cuDNN algorithm) may have
+ * left the device idle inside them: it is left out and counted. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -23,6 +27,7 @@
 #define LH_PROF_PAIRS 2048
 #define LH_PROF_HOLD_NS (1000LL * 1000)
 #define LH_PROF_HOLD_MAX_NS (64LL * 1000 * 1000)
+#define LH_PROF_STALL_S 200e-6
 
 struct lh_cuda_prof {
     cudaEvent_t ev[2 * LH_PROF_PAIRS]; /* begin, end of each recorded op */
@@ -30,7 +35,9 @@ struct lh_cuda_prof {
     int n;           /* event pairs recorded, not yet harvested */
     int in_batch;    /* ops queued since the last hold; 0: the next one holds first */
     double batch_t0; /* host seconds when the hold was queued */
-    long long hold_ns, holds, slowed;
+    double last_t;   /* host seconds when the batch's last op was queued */
+    double op_t0;    /* host seconds at the current op's begin event */
+    long long hold_ns, holds, slowed, stalled;
     double ms[LH_CUDA_PROF_N];
     long long calls[LH_CUDA_PROF_N];
     int broken; /* a CUDA call failed: nothing more is timed */
@@ -60,6 +67,7 @@ static __global__ void hold_kernel(long long ns) {
 }
 
 static void broken(lh_cuda_prof *p, const char *what, cudaError_t e) {
+    cudaGetLastError(); /* not sticky: the next op's launch check must not see it */
     if (!p->broken)
         fprintf(stderr, "cuda profile: %s: %s; timing stops here\n", what, cudaGetErrorString(e));
     p->broken = 1;
@@ -69,9 +77,12 @@ static void broken(lh_cuda_prof *p, const char *what, cudaError_t e) {
  * it than the hold lasted. */
 static void batch_end(lh_cuda_prof *p) {
     if (!p->in_batch) return;
-    if (now_s() - p->batch_t0 > 0.75e-9 * (double)p->hold_ns) {
+    double took = p->last_t - p->batch_t0, hold = 1e-9 * (double)p->hold_ns;
+    if (took > 0.75 * hold) {
         p->slowed++;
         if (p->hold_ns < LH_PROF_HOLD_MAX_NS) p->hold_ns *= 2;
+    } else if (took < 0.25 * hold && p->hold_ns > LH_PROF_HOLD_NS) {
+        p->hold_ns /= 2;
     }
     p->in_batch = 0;
 }
@@ -120,6 +131,7 @@ extern "C" int lh__cuda_prof_begin(lh_backend *be) {
     lh_cuda_prof *p = cu->prof;
     if (!p || p->broken) return 0;
     if (p->n == LH_PROF_PAIRS) harvest(p);
+    if (p->broken) return 0;
     cudaError_t e;
     if (!p->in_batch) {
         hold_kernel<<<1, 1, 0, cu->stream>>>(p->hold_ns);
@@ -134,10 +146,11 @@ extern "C" int lh__cuda_prof_begin(lh_backend *be) {
         broken(p, "cudaEventRecord", e);
         return 0;
     }
+    p->op_t0 = now_s();
     return 1;
 }
 
-extern "C" void lh__cuda_prof_end(lh_backend *be, int op) {
+extern "C" void lh__cuda_prof_end(lh_backend *be, int op, lh_status st) {
     lh_cuda *cu = lh__cuda(be);
     lh_cuda_prof *p = cu->prof;
     if (!p || p->broken) return;
@@ -146,7 +159,9 @@ extern "C" void lh__cuda_prof_end(lh_backend *be, int op) {
         broken(p, "cudaEventRecord", e);
         return;
     }
-    p->op[p->n++] = op;
+    p->last_t = now_s();
+    if (p->last_t - p->op_t0 > LH_PROF_STALL_S) p->stalled++;
+    else if (st == LH_OK) p->op[p->n++] = op; /* else the pair is recorded over next time */
     if (++p->in_batch == LH_PROF_BATCH) batch_end(p);
 }
 
@@ -175,8 +190,9 @@ extern "C" void lh__cuda_prof_finish(lh_cuda *cu) {
         }
     fprintf(stderr,
             "cuda profile (LH_CUDA_PROFILE=1): device time by op, graphs off; %lld holds, the "
-            "last of %.1f ms; %lld batches the host may have slowed\n",
-            p->holds, (double)p->hold_ns * 1e-6, p->slowed);
+            "last of %.1f ms; %lld batches the host may have slowed; %lld calls left out (over "
+            "%.0f us of host time inside: the device may have idled)\n",
+            p->holds, (double)p->hold_ns * 1e-6, p->slowed, p->stalled, LH_PROF_STALL_S * 1e6);
     fprintf(stderr, "  %-28s %9s %12s %10s %7s\n", "op", "calls", "total ms", "mean us", "share");
     for (int k = 0; k < LH_CUDA_PROF_N; k++) {
         int i = order[k];
