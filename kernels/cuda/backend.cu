@@ -63,6 +63,8 @@ extern "C" void lh__cuda_workspace_unref(lh_cuda *cu, void *ws) {
         }
 }
 
+static void release_cached(lh_cuda *cu);
+
 extern "C" lh_status lh__cuda_scratch(lh_backend *be, size_t bytes, void **out) {
     lh_cuda *cu = lh__cuda(be);
     if (bytes > cu->workspace_bytes) {
@@ -83,8 +85,15 @@ extern "C" lh_status lh__cuda_scratch(lh_backend *be, size_t bytes, void **out) 
         cu->workspace = NULL;
         cu->workspace_bytes = 0;
         size_t want = bytes + bytes / 4;
-        if ((st = lh__cuda_check(be, cudaMalloc(&cu->workspace, want), "scratch")) != LH_OK)
-            return st;
+        if (cudaMalloc(&cu->workspace, want) != cudaSuccess) {
+            cudaGetLastError();
+            release_cached(cu); /* then once more, exactly what is asked */
+            want = bytes;
+            if ((st = lh__cuda_check(be, cudaMalloc(&cu->workspace, want), "scratch")) != LH_OK) {
+                cu->workspace = NULL;
+                return st;
+            }
+        }
         cu->workspace_bytes = want;
     }
     *out = cu->workspace;
@@ -93,11 +102,18 @@ extern "C" lh_status lh__cuda_scratch(lh_backend *be, size_t bytes, void **out) 
 
 /* ---- Memory ---- */
 
-/* Give the cached (unused, not held) blocks back to CUDA; not while a
- * graph is recorded (the wait would end the recording). */
+/* Give the cached (unused, not held) blocks back to CUDA, and the scratch
+ * workspace when no graph was recorded on it (it grows again on demand:
+ * scratch is valid only until the next call); not while a graph is
+ * recorded (the wait would end the recording). */
 static void release_cached(lh_cuda *cu) {
     if (cu->recording) return;
     cudaStreamSynchronize(cu->stream);
+    if (cu->workspace && !cu->workspace_refs) {
+        cudaFree(cu->workspace);
+        cu->workspace = NULL;
+        cu->workspace_bytes = 0;
+    }
     size_t k = 0;
     for (size_t i = 0; i < cu->n_blocks; i++) {
         if (cu->blocks[i].used || cu->blocks[i].held) {

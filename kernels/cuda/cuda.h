@@ -93,7 +93,7 @@ typedef struct lh_cuda {
     int att_mode;        /* the attention forward: LH_CUDA_ATT_* (LORAHOST_CUDA_ATTENTION) */
     int conv_one_image;  /* LH_CUDA_CONV_ONE_IMAGE=1: cuDNN gets one image a call (tests) */
     int half_conv;       /* conv2d_hw convolves half tensors (LORAHOST_CUDA_HALF_CONV, default 1) */
-    void *workspace;     /* cuDNN / scratch; grows, never shrinks */
+    void *workspace;     /* cuDNN / scratch; grows; given back when cudaMalloc runs out */
     size_t workspace_bytes;
     int workspace_refs;  /* live graphs recorded on the workspace */
     lh_cuda_retired *retired; /* outgrown workspaces live graphs still use */
