@@ -6,10 +6,12 @@
 # against diffusers + PEFT; prints a summary table.
 # Usage: [LH_GPU_STEPS="parity bench train memcheck"] bash bench/gpu/run.sh [BUILD_DIR]
 #   The device tool allows 10 minutes a command and 15 minutes a session,
-#   machine start included: the default runs parity and bench (about 5
-#   minutes, each step under its own timeout), a second call
-#   LH_GPU_STEPS=train, and memcheck (several times slower) only when time
-#   is left.
+#   machine start included: the default runs parity and bench, a second
+#   call LH_GPU_STEPS=train, and memcheck (several times slower) only when
+#   time is left. Each step runs under its own timeout, cut to what is left
+#   of LH_GPU_DEADLINE seconds (default 540) or skipped, in this order: the
+#   four parity suites, the benchmarks, the suites' other paths, training,
+#   the sanitizers; $OUT/summary.md is written after every step.
 #   BUILD_DIR: a Release build with the cuda module (-DLH_CUDA=ON); without
 #   one, what bench/gpu/pack.sh packed (.gpu/gpu.tar.xz) is unpacked and used.
 #   Logs go to $OUT (the device tool's) or /tmp/lh-gpu-out.
@@ -32,116 +34,120 @@ for mod in nvidia.cudnn nvidia.cublas nvidia.cuda_runtime nvidia.cu13; do
     [[ -d "$d" ]] && lhlib="$lhlib:$d"
 done
 export LH_LD_LIBRARY_PATH="$lhlib"
-lh() { LD_LIBRARY_PATH="$lhlib" "$@"; }
 if [[ -d "$src/.gpu/wheels" ]]; then
-  "$py" -m pip install -q --no-index --no-deps --target "$src/.gpu/py" "$src"/.gpu/wheels/*.whl \
+  "$py" -m pip install -q --upgrade --no-index --no-deps --target "$src/.gpu/py" "$src"/.gpu/wheels/*.whl \
     && export PYTHONPATH="$src/.gpu/py:${PYTHONPATH:-}"
 fi
 export CK_FORK=no LH_SOURCE_DIR="$src"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 steps="${LH_GPU_STEPS:-parity bench}"
 want() { [[ " $steps " == *" $1 "* ]]; }
+# every step fits what is left of LH_GPU_DEADLINE seconds (default 540: the
+# device tool stops a command at 600) or is skipped, so the command comes
+# back with its summary; the summary is written again after each step
+start=$(date +%s)
+deadline="${LH_GPU_DEADLINE:-540}"
+left() { echo $((deadline - ($(date +%s) - start))); }
 status=0
 summary=()
-want parity && for t in "$build"/tests/test_cuda_parity_*; do
-  name="$(basename "$t")"
+write_summary() {
+  {
+    echo
+    echo "| step | result | time |"
+    echo "|---|---|---|"
+    printf '%s\n' "${summary[@]}"
+    echo
+    # every comparison out of tolerance (the suites go on past them), then the measured errors
+    grep -H "^FAIL " "$out"/test_cuda_parity_*.log 2>/dev/null | sed "s|^$out/||" | head -60
+    echo
+    grep -h "rel err\|rel L2\|worst pixel" "$out"/test_cuda_parity_*.log 2>/dev/null | sort | uniq | head -80
+    echo
+    [[ -f "$out/unet.log" ]] && grep -v '^{' "$out/unet.log"
+    echo
+    [[ -f "$out/attention.log" ]] && grep -v '^{' "$out/attention.log"
+    echo
+    [[ -f "$out/train.log" ]] && cat "$out/train.log"
+    grep -h "ERROR SUMMARY\|Invalid\|hazard" "$out"/memcheck_*.log "$out"/racecheck_*.log 2>/dev/null | head -20
+  } >"$out/summary.md"
+}
+# step LABEL LOG BUDGET_S COMMAND...: run it under a timeout of at most
+# BUDGET_S seconds (less when less is left; skipped under 30 s), log to
+# $out/LOG, add a summary row
+step() {
+  local label="$1" log="$2" budget="$3" s rc r
+  shift 3
+  local t
+  t=$(left)
+  ((t < budget)) && budget=$t
+  if ((budget < 30)); then
+    summary+=("| $label | skipped: out of time | |")
+    write_summary
+    return
+  fi
   s=$(date +%s)
-  (cd "$build/tests" && lh timeout 150 "$t") >"$out/$name.log" 2>&1
+  timeout "$budget" "$@" >"$out/$log" 2>&1
   rc=$?
   case $rc in
     0) r=pass ;;
-    77) r="NOT RUN: $(grep -m1 SKIP "$out/$name.log")" ;; # on a GPU machine, a failure too
-    *) r="FAIL ($rc): $(grep -m1 -E '^FAIL |:F:|:E:' "$out/$name.log" | cut -c1-160)" ;;
+    77) r="NOT RUN: $(grep -m1 SKIP "$out/$log")" ;; # on a GPU machine, a failure too
+    124) r="TIMEOUT after $budget s" ;;
+    *) r="FAIL ($rc): $(grep -m1 -E '^FAIL |:F:|:E:|Error|error' "$out/$log" | cut -c1-160)" ;;
   esac
-  summary+=("| $name | $r | $(( $(date +%s) - s )) s |")
+  summary+=("| $label | $r | $(($(date +%s) - s)) s |")
   [[ $rc == 0 ]] || status=1
-done
-# the attention forward's other implementations through the same suites:
-# cuBLAS + softmax, and the float32 flash kernel where the default (auto)
-# takes the tensor-core one (F16/BF16 activations)
-want parity && for att in gemm flash; do
-  for name in test_cuda_parity_ops test_cuda_parity_model; do
-    t="$build/tests/$name"
-    [[ -x "$t" ]] || continue
-    s=$(date +%s)
-    (cd "$build/tests" && LORAHOST_CUDA_ATTENTION=$att lh timeout 150 "$t") >"$out/$name.$att.log" 2>&1
-    rc=$?
-    r=$([[ $rc == 0 ]] && echo pass || echo "FAIL ($rc): $(grep -m1 -E '^FAIL |:F:|:E:' "$out/$name.$att.log" | cut -c1-160)")
-    summary+=("| $name, attention=$att | $r | $(( $(date +%s) - s )) s |")
-    [[ $rc == 0 ]] || status=1
-  done
-done
-# the model and training suites with half-held convolution weights widened
-# into float32 convolutions (the fallback of conv2d_hw)
-want parity && for name in test_cuda_parity_model test_cuda_parity_train; do
-  t="$build/tests/$name"
-  [[ -x "$t" ]] || continue
-  s=$(date +%s)
-  (cd "$build/tests" && LORAHOST_CUDA_HALF_CONV=0 lh timeout 150 "$t") >"$out/$name.f32conv.log" 2>&1
-  rc=$?
-  r=$([[ $rc == 0 ]] && echo pass || echo "FAIL ($rc): $(grep -m1 -E '^FAIL |:F:|:E:' "$out/$name.f32conv.log" | cut -c1-160)")
-  summary+=("| $name, LORAHOST_CUDA_HALF_CONV=0 | $r | $(( $(date +%s) - s )) s |")
-  [[ $rc == 0 ]] || status=1
-done
-# convolutions a batch chunk (one image) at a time, as cuDNN gets tensors
-# of 2^31 elements or more (the VAE decoding 8 images at 1024x1024)
-want parity && [[ -x "$build/tests/test_cuda_parity_dense" ]] && {
-  s=$(date +%s)
-  (cd "$build/tests" && LH_CUDA_CONV_ONE_IMAGE=1 lh timeout 150 "$build/tests/test_cuda_parity_dense") \
-    >"$out/test_cuda_parity_dense.one_image.log" 2>&1
-  rc=$?
-  r=$([[ $rc == 0 ]] && echo pass || echo "FAIL ($rc): $(grep -m1 -E '^FAIL |:F:|:E:' "$out/test_cuda_parity_dense.one_image.log" | cut -c1-160)")
-  summary+=("| test_cuda_parity_dense, one image per cuDNN call | $r | $(( $(date +%s) - s )) s |")
-  [[ $rc == 0 ]] || status=1
+  write_summary
 }
-# memcheck, and racecheck for the kernels' shared-memory reductions (norm,
-# bias and attention backwards); four runs of at most 140 s fit one call
+# a command in the build's tests directory, with environment settings
+suite=(bash -c 'cd "$0" && exec env "$@"' "$build/tests")
+# 1. the parity suites
+want parity && for t in "$build"/tests/test_cuda_parity_*; do
+  name="$(basename "$t")"
+  step "$name" "$name.log" 150 "${suite[@]}" LD_LIBRARY_PATH="$lhlib" "$t"
+done
+# 2. the benchmarks: U-Net step, VAE decode and the op profile; attention alone
+if want bench; then
+  step "U-Net step and VAE decode vs diffusers" unet.log 300 \
+    "$py" "$src/bench/gpu/unet_gpu.py" --build "$build"
+  step "attention alone vs torch SDPA (flash, cuDNN, efficient)" attention.log 150 \
+    "$py" "$src/bench/gpu/attention_gpu.py" --build "$build"
+fi
+# 3. the parity suites' other paths: the attention forward's other
+# implementations (cuBLAS + softmax, and the float32 flash kernel where the
+# default takes the tensor-core one), half-held convolution weights widened
+# into float32 convolutions (conv2d_hw's fallback), and convolutions one
+# image per cuDNN call (as for tensors of 2^31 elements or more)
+if want parity; then
+  for att in gemm flash; do
+    for name in test_cuda_parity_ops test_cuda_parity_model; do
+      [[ -x "$build/tests/$name" ]] &&
+        step "$name, attention=$att" "$name.$att.log" 150 \
+          "${suite[@]}" LD_LIBRARY_PATH="$lhlib" LORAHOST_CUDA_ATTENTION=$att "$build/tests/$name"
+    done
+  done
+  for name in test_cuda_parity_model test_cuda_parity_train; do
+    [[ -x "$build/tests/$name" ]] &&
+      step "$name, LORAHOST_CUDA_HALF_CONV=0" "$name.f32conv.log" 150 \
+        "${suite[@]}" LD_LIBRARY_PATH="$lhlib" LORAHOST_CUDA_HALF_CONV=0 "$build/tests/$name"
+  done
+  [[ -x "$build/tests/test_cuda_parity_dense" ]] &&
+    step "test_cuda_parity_dense, one image per cuDNN call" test_cuda_parity_dense.one_image.log 150 \
+      "${suite[@]}" LD_LIBRARY_PATH="$lhlib" LH_CUDA_CONV_ONE_IMAGE=1 "$build/tests/test_cuda_parity_dense"
+fi
+# 4. the training benchmark (a call of its own: LH_GPU_STEPS=train)
+want train && step "LoRA training step vs diffusers + PEFT" train.log 400 \
+  bash -c '"$0" "$1" --build "$2" 2>"$3"' "$py" "$src/bench/gpu/train_gpu.py" "$build" "$out/train.err"
+# 5. memcheck, and racecheck for the kernels' shared-memory reductions (norm,
+# bias and attention backwards)
 if want memcheck && command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
     for name in test_cuda_parity_dense test_cuda_parity_ops; do
-      [[ -x "$build/tests/$name" ]] || continue
-      s=$(date +%s)
-      (cd "$build/tests" && LH_PARITY_SMALL=1 lh timeout 140 compute-sanitizer --tool "$tool" \
-        --error-exitcode 9 "$build/tests/$name") >"$out/${tool}_$name.log" 2>&1
-      rc=$?
-      summary+=("| $tool $name | $([[ $rc == 0 ]] && echo clean || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
-      [[ $rc == 0 ]] || status=1
+      [[ -x "$build/tests/$name" ]] &&
+        step "$tool $name" "${tool}_$name.log" 140 \
+          "${suite[@]}" LD_LIBRARY_PATH="$lhlib" LH_PARITY_SMALL=1 compute-sanitizer --tool "$tool" \
+          --error-exitcode 9 "$build/tests/$name"
     done
   done
 fi
-if want bench; then
-  s=$(date +%s)
-  timeout 300 "$py" "$src/bench/gpu/unet_gpu.py" --build "$build" >"$out/unet.log" 2>&1
-  rc=$?
-  summary+=("| U-Net step and VAE decode vs diffusers | $([[ $rc == 0 ]] && echo ran || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
-  s=$(date +%s)
-  timeout 150 "$py" "$src/bench/gpu/attention_gpu.py" --build "$build" >"$out/attention.log" 2>&1
-  rc=$?
-  summary+=("| attention alone vs torch SDPA (flash, cuDNN, efficient) | $([[ $rc == 0 ]] && echo ran || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
-fi
-if want train; then
-  s=$(date +%s)
-  timeout 300 "$py" "$src/bench/gpu/train_gpu.py" --build "$build" >"$out/train.log" 2>"$out/train.err"
-  rc=$?
-  summary+=("| LoRA training step vs diffusers + PEFT | $([[ $rc == 0 ]] && echo ran || echo "FAIL ($rc)") | $(( $(date +%s) - s )) s |")
-fi
-# the summary, also as $out/summary.md for bench/RESULTS.md
-{
-  echo
-  echo "| step | result | time |"
-  echo "|---|---|---|"
-  printf '%s\n' "${summary[@]}"
-  echo
-  # every comparison out of tolerance (the suites go on past them), then the measured errors
-  grep -H "^FAIL " "$out"/test_cuda_parity_*.log 2>/dev/null | sed "s|^$out/||" | head -60
-  echo
-  grep -h "rel err\|rel L2\|worst pixel" "$out"/test_cuda_parity_*.log 2>/dev/null | sort | uniq | head -80
-  echo
-  [[ -f "$out/unet.log" ]] && grep -v '^{' "$out/unet.log"
-  echo
-  [[ -f "$out/attention.log" ]] && grep -v '^{' "$out/attention.log"
-  echo
-  [[ -f "$out/train.log" ]] && cat "$out/train.log"
-  grep -h "ERROR SUMMARY\|Invalid\|hazard" "$out"/memcheck_*.log "$out"/racecheck_*.log 2>/dev/null | head -20
-} | tee "$out/summary.md"
+write_summary
+cat "$out/summary.md"
 exit $status
