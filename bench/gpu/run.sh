@@ -107,9 +107,9 @@ done
 # 2. the benchmarks: U-Net step, VAE decode and the op profile; attention alone
 if want bench; then
   step "U-Net step and VAE decode vs diffusers" unet.log 300 \
-    "$py" "$src/bench/gpu/unet_gpu.py" --build "$build"
+    "$py" -u "$src/bench/gpu/unet_gpu.py" --build "$build"
   step "attention alone vs torch SDPA (flash, cuDNN, efficient)" attention.log 150 \
-    "$py" "$src/bench/gpu/attention_gpu.py" --build "$build"
+    "$py" -u "$src/bench/gpu/attention_gpu.py" --build "$build"
 fi
 # 3. the parity suites' other paths: the attention forward's other
 # implementations (cuBLAS + softmax, and the float32 flash kernel where the
@@ -135,7 +135,7 @@ if want parity; then
 fi
 # 4. the training benchmark (a call of its own: LH_GPU_STEPS=train)
 want train && step "LoRA training step vs diffusers + PEFT" train.log 400 \
-  bash -c '"$0" "$1" --build "$2" 2>"$3"' "$py" "$src/bench/gpu/train_gpu.py" "$build" "$out/train.err"
+  bash -c '"$0" -u "$1" --build "$2" 2>"$3"' "$py" "$src/bench/gpu/train_gpu.py" "$build" "$out/train.err"
 # 5. memcheck, and racecheck for the kernels' shared-memory reductions (norm,
 # bias and attention backwards)
 if want memcheck && command -v compute-sanitizer >/dev/null; then

@@ -132,7 +132,8 @@ def main():
     env = dict(os.environ, LH_CUDA_STATS="1")
     if os.environ.get("LH_LD_LIBRARY_PATH"):  # bench/gpu/run.sh: the packed libraries
         env["LD_LIBRARY_PATH"] = os.environ["LH_LD_LIBRARY_PATH"]
-    rows, gpu, tv = [], "?", "?"
+    what = f"U-Net {args.unet}" if args.unet else "SD 1.5 shapes (random weights)"
+    header = False
     for prec in args.precisions:
         for b in args.batches:
             for ck in args.ckpt:
@@ -144,28 +145,29 @@ def main():
                                          "--lora", lora, "--batch", str(b), "--size",
                                          str(args.size), "--ctx", str(args.ctx), "--iters",
                                          str(args.iters), "--ckpt", str(ck), "--precision", prec,
-                                         "--device", args.device])
-                gpu, tv = ref["gpu"], ref["torch"]
-                if "error" in ours:  # the row says so; the others still run
-                    print(f"ours failed at {prec}, batch {b}, checkpointing {ck}: "
-                          f"{ours['error']}", file=sys.stderr)
-                    ours = {"step_s": [float("nan")], "layers_unet": "failed"}
-                o, r = unet_gpu.med(ours["step_s"]), unet_gpu.med(ref["step_s"])
-                rows.append((prec, b, ck, o, r, ours.get("peak_device_mb", float("nan")),
-                             ref["peak_device_mb"], ours["layers_unet"], ref["layers_unet"]))
+                                         "--device", args.device], fatal=False)
                 print(json.dumps({"precision": prec, "batch": b, "ckpt": ck, "ours": ours,
                                   "torch": ref}), file=sys.stderr)
-    what = f"U-Net {args.unet}" if args.unet else "SD 1.5 shapes (random weights)"
-    print(f"Adapter training step, {what}, {args.size}x{args.size} "
-          f"latents, {args.ctx} tokens, LoRA rank {args.rank} on to_q/to_k/to_v/to_out.0, "
-          f"{gpu}, torch {tv}")
-    print("| precision | batch | checkpointing | lorahost | diffusers + PEFT | ratio (torch / ours) "
-          "| peak memory ours | peak memory torch | LoRA layers (ours / torch) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for prec, b, ck, o, r, mo, mr, lo, lr in rows:
-        print(f"| {prec} | {b} | {'yes' if ck else 'no'} | {o * 1e3:.1f} ms | {r * 1e3:.1f} ms | "
-              f"{r / o:.2f}x | {mo:.0f} MiB | {mr:.0f} MiB | {lo} / {lr} |")
-
+                if not header and "error" not in ref:  # each row as soon as it is measured
+                    print(f"Adapter training step, {what}, {args.size}x{args.size} latents, "
+                          f"{args.ctx} tokens, LoRA rank {args.rank} on "
+                          f"to_q/to_k/to_v/to_out.0, {ref['gpu']}, torch {ref['torch']}")
+                    print("| precision | batch | checkpointing | lorahost | diffusers + PEFT "
+                          "| ratio (torch / ours) | peak memory ours | peak memory torch "
+                          "| LoRA layers (ours / torch) |")
+                    print("|---|---|---|---|---|---|---|---|---|")
+                    header = True
+                cells = [prec, str(b), "yes" if ck else "no"]
+                if "error" in ours or "error" in ref:
+                    cells += [f"ours: {ours.get('error', 'ran')}; torch: {ref.get('error', 'ran')}"]
+                    print("| " + " | ".join(cells) + " | | | | | |", flush=True)
+                    continue
+                o, r = unet_gpu.med(ours["step_s"]), unet_gpu.med(ref["step_s"])
+                cells += [f"{o * 1e3:.1f} ms", f"{r * 1e3:.1f} ms", f"{r / o:.2f}x",
+                          f"{ours.get('peak_device_mb', float('nan')):.0f} MiB",
+                          f"{ref['peak_device_mb']:.0f} MiB",
+                          f"{ours['layers_unet']} / {ref['layers_unet']}"]
+                print("| " + " | ".join(cells) + " |", flush=True)
 
 if __name__ == "__main__":
     main()
