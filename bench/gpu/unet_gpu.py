@@ -134,6 +134,11 @@ def run_json(cmd, env=None, fatal=True):
     return res
 
 
+# what a failed reference run stands in with
+NO_REF = {"forward_s": [float("nan")], "gpu": "?", "torch": "?", "load_s": float("nan"),
+          "peak_device_mb": float("nan")}
+
+
 def med(v):
     v = sorted(v[2:] if len(v) > 3 else v)  # the first two warm up (cuDNN's choice, caches)
     return v[len(v) // 2]
@@ -195,7 +200,10 @@ def main():
             fatal=False)
     ref = run_json([sys.executable, __file__, "--torch-worker", "--dir", d, "--batch",
                     str(args.batch), "--size", str(args.size), "--ctx", str(args.ctx),
-                    "--iters", str(args.iters), "--device", args.device])
+                    "--iters", str(args.iters), "--device", args.device], fatal=False)
+    if "error" in ref:  # our rows still print, beside NaN
+        print(f"diffusers' U-Net failed: {ref['error']}")
+        ref = dict(NO_REF, error=ref["error"])
     r = med(ref["forward_s"])
     what = f"U-Net {args.unet}" if args.unet else "SD 1.5 shapes (random weights)"
     print(f"U-Net step, {what}, batch {args.batch}, "
@@ -221,7 +229,10 @@ def main():
     for dt in ("fp16", "fp32"):
         vae_ref[dt] = run_json([sys.executable, __file__, "--vae-worker", "--dir", vd,
                                 "--vae-size", vs, "--vae-dtype", dt, "--iters", str(args.iters),
-                                "--device", args.device])
+                                "--device", args.device], fatal=False)
+        if "error" in vae_ref[dt]:
+            print(f"diffusers' VAE ({dt}) failed: {vae_ref[dt]['error']}")
+            vae_ref[dt] = dict(NO_REF, decode_s=[float("nan")], error=vae_ref[dt]["error"])
     print()
     print(f"VAE decode, {'VAE ' + args.vae if args.vae else 'SD 1.5 shapes (random weights)'}, "
           f"one {args.vae_size}x{args.vae_size} latent")
