@@ -134,8 +134,11 @@ if want parity; then
       "${suite[@]}" LD_LIBRARY_PATH="$lhlib" LH_CUDA_CONV_ONE_IMAGE=1 "$build/tests/test_cuda_parity_dense"
 fi
 # 4. the training benchmark (a call of its own: LH_GPU_STEPS=train)
+# (LH_GPU_TRAIN_ARGS: train_gpu.py's options, e.g. "--precisions fp16 --batches 1" when
+# little time is left)
 want train && step "LoRA training step vs diffusers + PEFT" train.log 400 \
-  bash -c '"$0" -u "$1" --build "$2" 2>"$3"' "$py" "$src/bench/gpu/train_gpu.py" "$build" "$out/train.err"
+  bash -c '"$0" -u "$1" --build "$2" ${3:+$3} 2>"$4"' "$py" "$src/bench/gpu/train_gpu.py" "$build" \
+  "${LH_GPU_TRAIN_ARGS:-}" "$out/train.err"
 # 5. memcheck, and racecheck for the kernels' shared-memory reductions (norm,
 # bias and attention backwards)
 if want memcheck && command -v compute-sanitizer >/dev/null; then
