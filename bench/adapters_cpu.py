@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
-"""LoRA on the CPU: load, switch and per-step cost, lorahost beside diffusers
-+ PEFT, same run.
+"""LoRA on the CPU (or a GPU): load, switch and per-step cost, lorahost beside
+diffusers + PEFT, same run.
 
 Usage: ~/ref/bin/python bench/adapters_cpu.py [--ranks 4 32 128] [--iters 2]
            [--batch 2] [--size 64] [--ctx 77] [--build build]
+           [--device cuda --precision fp16 [--unet DIR]]
+With --device cuda both sides run on the GPU in --precision (diffusers'
+U-Net cast to it, times after torch.cuda.synchronize), on bench/gpu/
+unet_gpu.py's random SD 1.5 U-Net unless --unet names one (bench/gpu/run.sh
+runs it at rank 32).
 Uses the SD 1.5-shaped U-Net with random weights of bench/unet_cpu.py
 (/tmp/lh-bench/sd15/unet, built if missing) and builds, once per rank r,
 two LoRAs A_r and B_r (different seeds) cached under /tmp/lh-bench/loras/:
@@ -97,30 +102,41 @@ def torch_worker(args):
     except ImportError:
         pass
     torch.set_num_threads(os.cpu_count())
+    cuda = args.device == "cuda"
+    dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
     res = {"torch": torch.__version__, "threads": torch.get_num_threads()}
     t0 = time.perf_counter()
-    m = UNet2DConditionModel.from_pretrained(args.dir, torch_dtype=torch.float32).eval()
+    m = UNet2DConditionModel.from_pretrained(args.dir, torch_dtype=dt).eval().to(args.device)
     res["unet_load_s"] = time.perf_counter() - t0
     g = torch.Generator().manual_seed(0)
     cfg = m.config
     x = torch.randn(args.batch, cfg.in_channels, args.size, args.size, generator=g)
     ctx = torch.randn(args.batch, args.ctx, cfg.cross_attention_dim, generator=g)
-    t = torch.tensor([999.0 - 37.0 * i for i in range(args.batch)])
+    x, ctx = x.to(args.device, dt), ctx.to(args.device, dt)
+    t = torch.tensor([999.0 - 37.0 * i for i in range(args.batch)]).to(args.device)
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
 
     def timed(key, fn):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         res[key] = time.perf_counter() - t0
 
     def forwards(key):
         times = []
         with torch.no_grad():
             for _ in range(args.iters):
+                sync()
                 t0 = time.perf_counter()
                 y = m(x, t, encoder_hidden_states=ctx).sample
+                sync()
                 times.append(time.perf_counter() - t0)
         res[key] = times
-        return y
+        return y.float()
 
     for name, path in (("A", args.lora_a), ("B", args.lora_b)):
         timed(f"load_{name}_s", lambda: m.load_lora_adapter(path, prefix="unet",
@@ -147,14 +163,15 @@ def torch_worker(args):
     res.update(max_abs_base=y_base.abs().max().item(),
                max_diff_rt_base=(y_run - y_base).abs().max().item(),
                max_diff_rt_mg=(y_run - y_mrg).abs().max().item(),
-               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+               gpu=torch.cuda.get_device_name() if cuda else "cpu")
     print(json.dumps(res))
 
 
 # ---- Driver ----
 
-def run_json(cmd):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+def run_json(cmd, env=None):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -188,9 +205,11 @@ def overhead(d):
 
 
 def table(rank, args, o, r, la0, la1):
+    where = (f"{r.get('gpu', args.device)}, {args.precision}" if args.device != "cpu"
+             else f"{os.cpu_count()} cores")
     print(f"LoRA rank {rank} (alpha {rank}), 192 U-Net modules, SD 1.5 shapes (random weights), "
           f"batch {args.batch}, {args.size}x{args.size} latents, {args.ctx} context tokens, "
-          f"{os.cpu_count()} cores, torch {r['torch']}, load average {la0} -> {la1}")
+          f"{where}, torch {r['torch']}, load average {la0} -> {la1}")
     print("| | lorahost | diffusers + PEFT | ratio (diffusers / ours) |")
     print("|---|---|---|---|")
 
@@ -236,6 +255,9 @@ def main():
     ap.add_argument("--ctx", type=int, default=77)
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--unet", help="the U-Net directory (default: a random SD 1.5 one)")
     ap.add_argument("--torch-worker", action="store_true")
     ap.add_argument("--dir")
     ap.add_argument("--lora-a")
@@ -243,7 +265,15 @@ def main():
     args = ap.parse_args()
     if args.torch_worker:
         return torch_worker(args)
-    d = model_dir("sd15")
+    if args.unet:
+        d = args.unet
+    elif args.device == "cpu":
+        d = model_dir("sd15")
+    else:  # the GPU benchmarks' U-Net (built there once)
+        sys.path.insert(0, os.path.join(HERE, "gpu"))
+        import unet_gpu
+        d = unet_gpu.random_dir("/tmp/lh-gpu-bench", "unet", "UNet2DConditionModel",
+                                unet_gpu.SD15_UNET, 0)
     for rank in args.ranks:
         build_loras(d, rank)
     shape = [str(args.batch), str(args.size), str(args.size), str(args.ctx), str(args.iters)]
@@ -252,10 +282,15 @@ def main():
         a, b = lora_path(rank, "A"), lora_path(rank, "B")
         warm([os.path.join(d, "diffusion_pytorch_model.safetensors"), a, b])
         la0 = loadavg()
-        o = run_json([os.path.join(args.build, "bench", "bench_adapters"), d, a, b] + shape)
+        env = dict(os.environ)
+        if os.environ.get("LH_LD_LIBRARY_PATH"):  # bench/gpu/run.sh: the packed libraries
+            env["LD_LIBRARY_PATH"] = os.environ["LH_LD_LIBRARY_PATH"]
+        o = run_json([os.path.join(args.build, "bench", "bench_adapters"), d, a, b] + shape +
+                     ["0", args.device, args.precision], env)
         r = run_json([sys.executable, __file__, "--torch-worker", "--dir", d, "--lora-a", a,
                       "--lora-b", b, "--batch", str(args.batch), "--size", str(args.size),
-                      "--ctx", str(args.ctx), "--iters", str(args.iters)])
+                      "--ctx", str(args.ctx), "--iters", str(args.iters), "--device",
+                      args.device, "--precision", args.precision])
         la1 = loadavg()
         print(f"rank {rank}: ours {json.dumps(o)}", file=sys.stderr)
         print(f"rank {rank}: diffusers {json.dumps(r)}", file=sys.stderr)

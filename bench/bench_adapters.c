@@ -1,6 +1,9 @@
-/* bench_adapters: time LoRA load, switch and per-step cost on the CPU backend.
- * Usage: bench_adapters UNET_DIR LORA_A LORA_B [BATCH H W N_CTX ITERS THREADS]
- *        (defaults 2 64 64 77 2 0: one CFG step of 512x512, all cores)
+/* bench_adapters: time LoRA load, switch and per-step cost on a backend.
+ * Usage: bench_adapters UNET_DIR LORA_A LORA_B [BATCH H W N_CTX ITERS THREADS
+ *                       [DEVICE [PRECISION]]]
+ *        (defaults 2 64 64 77 2 0 cpu fp32: one CFG step of 512x512, all
+ *        cores; PRECISION fp16 or bf16 sets the U-Net's precision first,
+ *        lh_unet_set_precision)
  * Prints one JSON object. Driven by bench/adapters_cpu.py, which runs
  * diffusers + PEFT beside it. */
 #include <math.h>
@@ -11,6 +14,7 @@
 #include <time.h>
 
 #include "../kernels/backend.h"
+#include "backend_load.h"
 #include "error.h"
 #include "lorahost/adapters.h"
 #include "model.h"
@@ -108,10 +112,15 @@ int main(int argc, char **argv) {
     B.n_ctx = argc > 7 ? atoll(argv[7]) : 77;
     B.iters = argc > 8 ? atoi(argv[8]) : 2;
     int threads = argc > 9 ? atoi(argv[9]) : 0;
+    const char *device = argc > 10 ? argv[10] : "cpu", *prec = argc > 11 ? argv[11] : "fp32";
+    lh_dtype act = !strcmp(prec, "fp16") ? LH_DTYPE_F16 : !strcmp(prec, "bf16") ? LH_DTYPE_BF16
+                                                                               : LH_DTYPE_F32;
     if (B.b < 1 || B.b > 64 || B.iters < 1) die("arguments", "BATCH must be 1..64, ITERS >= 1");
+    if (act == LH_DTYPE_F32 && strcmp(prec, "fp32"))
+        die("arguments", "PRECISION must be fp32, fp16 or bf16");
     char msg[1024];
     lh_error err = {0};
-    if (lh_backend_cpu_create(&B.be, threads, msg, sizeof msg) != LH_OK) die("backend", msg);
+    if (lh_backend_create(&B.be, device, threads, msg, sizeof msg) != LH_OK) die("backend", msg);
     lh_registry *reg = NULL;
     if (lh_registry_create(&reg, &err) != LH_OK ||
         lh_registry_scan(reg, NULL, 0, 1, 1, &err) != LH_OK)
@@ -120,7 +129,9 @@ int main(int argc, char **argv) {
     /* ---- Model: the U-Net alone (the adapter code takes clip == NULL) ---- */
     double t0 = now();
     if (lh_unet_load(&B.unet, B.be, argv[1], &err) != LH_OK) die(argv[1], err.msg);
-    printf("{\"unet_load_s\": %.4f", now() - t0);
+    if (lh_unet_set_precision(B.unet, act, &err) != LH_OK) die(prec, err.msg);
+    printf("{\"unet_load_s\": %.4f, \"device\": \"%s\", \"precision\": \"%s\"", now() - t0,
+           B.be->ops->name, prec);
     B.m.be = B.be;
     B.m.unet = B.unet;
     const lh_unet_config *cfg = lh_unet_get_config(B.unet);

@@ -3,9 +3,8 @@
 # CUDA, PyTorch and CMake but not lorahost's C libraries nor diffusers, and
 # reaches no package registry. So build here for sm_90 (.gpu/full), pack
 # what runs there (stripped programs, library, plugins, the cuda module, the
-# parity suites, bench_unet, bench_vae, bench_train, bench_attention) with the shared libraries
-# the image lacks into
-# .gpu/gpu.tar.xz (the device tool carries 64 MiB in all), and diffusers'
+# parity suites, the bench programs) with the shared libraries the image
+# lacks into .gpu/gpu.tar.xz (the device tool carries 64 MiB in all), and diffusers'
 # wheel into .gpu/wheels. .gpu/ is ignored (.git/info/exclude); carry
 # .gpu/gpu.tar.xz and .gpu/wheels and run on the device
 #   bash bench/gpu/run.sh
@@ -28,7 +27,7 @@ cp -a .gpu/full/bin .gpu/full/lib "$stage/build/"
 rm -f "$stage"/build/lib/*.a
 cp .gpu/full/tests/test_cuda_parity_* "$stage/build/tests/"
 cp .gpu/full/bench/bench_unet .gpu/full/bench/bench_vae .gpu/full/bench/bench_train \
-  .gpu/full/bench/bench_attention "$stage/build/bench/"
+  .gpu/full/bench/bench_attention .gpu/full/bench/bench_adapters "$stage/build/bench/"
 find "$stage/build" -type f \( -name '*.so*' -o -perm -u+x \) -exec strip --strip-unneeded {} + 2>/dev/null || true
 # the shared libraries they need that the GPU image lacks (not glibc, CUDA, cuDNN)
 find "$stage/build" -type f \( -name '*.so*' -o -perm -u+x \) -exec ldd {} + 2>/dev/null |

@@ -66,6 +66,8 @@ write_summary() {
     echo
     [[ -f "$out/attention.log" ]] && grep -v '^{' "$out/attention.log"
     echo
+    [[ -f "$out/adapters.log" ]] && cat "$out/adapters.log"
+    echo
     [[ -f "$out/train.log" ]] && cat "$out/train.log"
     grep -h "ERROR SUMMARY\|Invalid\|hazard" "$out"/memcheck_*.log "$out"/racecheck_*.log 2>/dev/null | head -20
   } >"$out/summary.md"
@@ -110,6 +112,9 @@ if want bench; then
     "$py" -u "$src/bench/gpu/unet_gpu.py" --build "$build"
   step "attention alone vs torch SDPA (flash, cuDNN, efficient)" attention.log 150 \
     "$py" -u "$src/bench/gpu/attention_gpu.py" --build "$build"
+  step "LoRA rank 32: runtime, merged, switch vs diffusers + PEFT" adapters.log 200 \
+    bash -c '"$0" -u "$1" --build "$2" --device cuda --precision fp16 --ranks 32 --iters 10 \
+      2>"$3"' "$py" "$src/bench/adapters_cpu.py" "$build" "$out/adapters.err"
 fi
 # 3. the parity suites' other paths: the attention forward's other
 # implementations (cuBLAS + softmax, and the float32 flash kernel where the
