@@ -12,7 +12,8 @@ each attention kernel, without the CUDA graph and with float32 weight
 storage (fp16 weights are held in fp16 by default). VAE: times diffusers' AutoencoderKL decode of one
 64x64 latent to 512x512 in fp16 and fp32 and lorahost's bench_vae (float32
 activations). Each in its own process; prints a table each with the ratio
-and the peak device memory. Needs diffusers importable (the GPU image has
+and the peak device memory, then the fp16 step's device time by op
+(bench_unet once more with LH_CUDA_PROFILE=1, kernels/cuda/profile.cu). Needs diffusers importable (the GPU image has
 torch; bench/gpu/run.sh installs carried wheels).
 """
 import argparse
