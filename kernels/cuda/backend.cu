@@ -383,7 +383,18 @@ static lh_status cuda_set_precision(lh_backend *be, lh_dtype act) {
 
 extern "C" lh_status lh__cuda_after(lh_backend *be, lh_status st, float *out, uint64_t n) {
     if (st != LH_OK || !out || lh__cuda(be)->act == LH_DTYPE_F32) return st;
-    return lh__cuda_round(be, out, (int64_t)n, lh__cuda(be)->act);
+    int slot = lh__cuda_prof_inner_begin(be);
+    st = lh__cuda_round(be, out, (int64_t)n, lh__cuda(be)->act);
+    lh__cuda_prof_inner_end(be, slot, LH_CUDA_PROF_IN_ROUND, st);
+    return st;
+}
+
+extern "C" lh_status lh__cuda_cast_in(lh_backend *be, void *dst, lh_dtype dst_dtype,
+                                      const void *src, lh_dtype src_dtype, int64_t n) {
+    int slot = lh__cuda_prof_inner_begin(be);
+    lh_status st = lh__cuda_cast(be, dst, dst_dtype, src, src_dtype, n);
+    lh__cuda_prof_inner_end(be, slot, LH_CUDA_PROF_IN_CAST, st);
+    return st;
 }
 
 __global__ void count_nonfinite_kernel(unsigned long long *count, const float *x, int64_t n) {

@@ -356,15 +356,22 @@ static cudnnDataType_t half_dnn(const lh_cuda *cu, lh_dtype wdt) {
                                   : CUDNN_DATA_FLOAT;
 }
 
-/* out [n, c, hw] = act(y + bias) from the half y of type dt. */
-static void from_half_dt(cudaStream_t st, cudnnDataType_t dt, float *out, const void *y,
-                         const float *bias, int64_t c, int64_t hw, int64_t total, int act) {
+/* out [n, c, hw] = act(y + bias) from the half y of type dt (timed as
+ * LH_CUDA_PROF_IN_WIDEN under LH_CUDA_PROFILE). */
+static lh_status from_half_dt(lh_backend *be, cudnnDataType_t dt, float *out, const void *y,
+                              const float *bias, int64_t c, int64_t hw, int64_t total, int act,
+                              const char *what) {
+    cudaStream_t st = lh__cuda(be)->stream;
+    int slot = lh__cuda_prof_inner_begin(be);
     if (dt == CUDNN_DATA_HALF)
         conv_from_half<__half><<<lh__cuda_grid(total, 256), 256, 0, st>>>(
             out, (const __half *)y, bias, c, hw, total, act);
     else
         conv_from_half<__nv_bfloat16><<<lh__cuda_grid(total, 256), 256, 0, st>>>(
             out, (const __nv_bfloat16 *)y, bias, c, hw, total, act);
+    lh_status s = lh__cuda_launched(be, what);
+    lh__cuda_prof_inner_end(be, slot, LH_CUDA_PROF_IN_WIDEN, s);
+    return s;
 }
 
 /* ---- Argument checks ---- */
@@ -578,7 +585,7 @@ extern "C" lh_status lh__cuda_conv2d_hw(lh_backend *be, float *out, /* [n, c_out
                              "conv2d");
         if (st != LH_OK) break;
         const float one = 1.0f, zero = 0.0f;
-        st = lh__cuda_cast(be, k.base, wdt, x + i0 * in_img, LH_DTYPE_F32, nc * in_img);
+        st = lh__cuda_cast_in(be, k.base, wdt, x + i0 * in_img, LH_DTYPE_F32, nc * in_img);
         if (st == LH_OK)
             st = half_run(be,
                           cudnnConvolutionForward(cu->cudnn, &one, k.d.x, k.base, k.d.w, w,
@@ -586,11 +593,9 @@ extern "C" lh_status lh__cuda_conv2d_hw(lh_backend *be, float *out, /* [n, c_out
                                                   k.ws, k.ws_bytes, &zero, k.d.y,
                                                   (char *)k.base + xr),
                           i0 == 0, "conv2d (half): cudnnConvolutionForward");
-        if (st == LH_OK) {
-            from_half_dt(cu->stream, dt, out + i0 * out_img, (char *)k.base + xr, bias, c_out,
-                         hw_out, nc * out_img, cu->act);
-            st = lh__cuda_launched(be, "conv2d (half): output");
-        }
+        if (st == LH_OK)
+            st = from_half_dt(be, dt, out + i0 * out_img, (char *)k.base + xr, bias, c_out,
+                              hw_out, nc * out_img, cu->act, "conv2d (half): output");
         descs_destroy(&k.d);
     }
     return st;
@@ -631,7 +636,7 @@ extern "C" lh_status lh__cuda_conv2d_backward_hw(lh_backend *be, float *dx, /* [
                              i0 == 0, "conv2d_backward");
         if (st != LH_OK) break;
         const float one = 1.0f, zero = 0.0f;
-        st = lh__cuda_cast(be, k.base, wdt, dy + i0 * out_img, LH_DTYPE_F32, nc * out_img);
+        st = lh__cuda_cast_in(be, k.base, wdt, dy + i0 * out_img, LH_DTYPE_F32, nc * out_img);
         if (st == LH_OK) /* dx = W^T dy (written) */
             st = half_run(be,
                           cudnnConvolutionBackwardData(cu->cudnn, &one, k.d.w, w, k.d.y, k.base,
@@ -644,11 +649,9 @@ extern "C" lh_status lh__cuda_conv2d_backward_hw(lh_backend *be, float *dx, /* [
             conv_bias_grad<<<(unsigned)c_out, 256, 0, cu->stream>>>(db, dy, n, c_out, hw_out);
             st = lh__cuda_launched(be, "conv2d_backward: bias");
         }
-        if (st == LH_OK) {
-            from_half_dt(cu->stream, dt, dx + i0 * in_img, (char *)k.base + yr, NULL, c_in,
-                         h * wd, nc * in_img, cu->act);
-            st = lh__cuda_launched(be, "conv2d_backward (half): dx");
-        }
+        if (st == LH_OK)
+            st = from_half_dt(be, dt, dx + i0 * in_img, (char *)k.base + yr, NULL, c_in, h * wd,
+                              nc * in_img, cu->act, "conv2d_backward (half): dx");
         descs_destroy(&k.d);
     }
     return st;

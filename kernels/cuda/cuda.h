@@ -75,7 +75,12 @@ enum {
 #define LH_CUDA_PROF_ENUM(name) LH_CUDA_PROF_##name,
     LH_CUDA_PROF_TIMED(LH_CUDA_PROF_ENUM)
 #undef LH_CUDA_PROF_ENUM
-    LH_CUDA_PROF_N
+    LH_CUDA_PROF_N,
+    /* parts of the ops above, timed inside them */
+    LH_CUDA_PROF_IN_CAST = LH_CUDA_PROF_N, /* operand casts to / from the half type */
+    LH_CUDA_PROF_IN_WIDEN,                 /* half convolution outputs widened */
+    LH_CUDA_PROF_IN_ROUND,                 /* rounding passes after ops */
+    LH_CUDA_PROF_CATS
 };
 
 typedef struct lh_cuda_prof lh_cuda_prof;
@@ -164,6 +169,14 @@ int lh__cuda_prof_begin(lh_backend *be);
 void lh__cuda_prof_end(lh_backend *be, int op, lh_status st);
 /* Before an op that waits for the device: the batch ends. */
 void lh__cuda_prof_waited(lh_backend *be);
+/* Around a part of the timed op (LH_CUDA_PROF_IN_*): begin gives a slot
+ * (0: not timed), end takes it back with the part's status. */
+int lh__cuda_prof_inner_begin(lh_backend *be);
+void lh__cuda_prof_inner_end(lh_backend *be, int slot, int cat, lh_status st);
+/* lh__cuda_cast inside an op (the GEMMs' and convolutions' operands),
+ * timed as LH_CUDA_PROF_IN_CAST under LH_CUDA_PROFILE. */
+lh_status lh__cuda_cast_in(lh_backend *be, void *dst, lh_dtype dst_dtype, const void *src,
+                           lh_dtype src_dtype, int64_t n);
 /* The table of times so far (waits for the device), then frees it all. */
 void lh__cuda_prof_finish(lh_cuda *cu);
 

@@ -95,9 +95,9 @@ static lh_status half_operands(lh_backend *be, lh_dtype act, const float *a, int
     int64_t off = cdiv(span_a, 64) * 64; /* b's part starts 128-byte aligned */
     void *w = NULL;
     lh_status st = lh__cuda_scratch(be, (size_t)(off + (b_half ? 0 : span_b)) * 2, &w);
-    if (st == LH_OK) st = lh__cuda_cast(be, w, act, a, LH_DTYPE_F32, span_a);
+    if (st == LH_OK) st = lh__cuda_cast_in(be, w, act, a, LH_DTYPE_F32, span_a);
     if (st == LH_OK && !b_half)
-        st = lh__cuda_cast(be, (uint16_t *)w + off, act, b, LH_DTYPE_F32, span_b);
+        st = lh__cuda_cast_in(be, (uint16_t *)w + off, act, b, LH_DTYPE_F32, span_b);
     *ha = w;
     *hb = b_half ? b : (const void *)((uint16_t *)w + off);
     return st;
@@ -108,7 +108,7 @@ static lh_status widen_operand(lh_backend *be, lh_dtype t, const void *b, int64_
                                const float **out) {
     void *w = NULL;
     lh_status st = lh__cuda_scratch(be, (size_t)span * sizeof(float), &w);
-    if (st == LH_OK) st = lh__cuda_cast(be, w, LH_DTYPE_F32, b, t, span);
+    if (st == LH_OK) st = lh__cuda_cast_in(be, w, LH_DTYPE_F32, b, t, span);
     *out = (const float *)w;
     return st;
 }
