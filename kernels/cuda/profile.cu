@@ -45,7 +45,7 @@ struct lh_cuda_prof {
     double batch_t0; /* host seconds when the hold was queued */
     double last_t;   /* host seconds when the batch's last op was queued */
     double op_t0;    /* host seconds at the open op's begin event */
-    long long hold_ns, holds, slowed, stalled;
+    long long hold_ns, holds, slowed, stalled, failed, untimed; /* untimed: inner parts */
     double ms[LH_CUDA_PROF_CATS];
     long long calls[LH_CUDA_PROF_CATS];
     int broken; /* a CUDA call failed: nothing more is timed */
@@ -190,6 +190,7 @@ extern "C" void lh__cuda_prof_end(lh_backend *be, int op, lh_status st) {
     p->last_t = now_s();
     if (p->last_t - p->op_t0 > LH_PROF_STALL_S || st != LH_OK) {
         if (st == LH_OK) p->stalled++;
+        else p->failed++;
         for (int i = k + 1; i < p->n; i++) p->op[i] = -1; /* its inner slots too */
     } else {
         p->op[k] = op;
@@ -200,7 +201,11 @@ extern "C" void lh__cuda_prof_end(lh_backend *be, int op, lh_status st) {
 extern "C" int lh__cuda_prof_inner_begin(lh_backend *be) {
     lh_cuda *cu = lh__cuda(be);
     lh_cuda_prof *p = cu->prof;
-    if (!p || p->broken || !p->open || p->n == LH_PROF_PAIRS) return 0;
+    if (!p || p->broken || !p->open) return 0;
+    if (p->n == LH_PROF_PAIRS) {
+        p->untimed++;
+        return 0;
+    }
     return slot_begin(p, cu->stream) + 1;
 }
 
@@ -236,9 +241,10 @@ extern "C" void lh__cuda_prof_finish(lh_cuda *cu) {
         }
     fprintf(stderr,
             "cuda profile (LH_CUDA_PROFILE=1): device time by op, graphs off; %lld holds, the "
-            "last of %.1f ms; %lld batches the host may have slowed; %lld calls left out (over "
-            "%.0f us of host time inside: the device may have idled)\n",
-            p->holds, (double)p->hold_ns * 1e-6, p->slowed, p->stalled, LH_PROF_STALL_S * 1e6);
+            "last of %.1f ms; %lld batches the host may have slowed; calls left out: %lld with "
+            "over %.0f us of host time inside (the device may have idled), %lld failed\n",
+            p->holds, (double)p->hold_ns * 1e-6, p->slowed, p->stalled, LH_PROF_STALL_S * 1e6,
+            p->failed);
     fprintf(stderr, "  %-44s %9s %12s %10s %7s\n", "op", "calls", "total ms", "mean us", "share");
     for (int k = 0; k < LH_CUDA_PROF_N; k++) {
         int i = order[k];
@@ -247,7 +253,7 @@ extern "C" void lh__cuda_prof_finish(lh_cuda *cu) {
                 1e3 * p->ms[i] / (double)p->calls[i], total > 0 ? 100.0 * p->ms[i] / total : 0.0);
     }
     fprintf(stderr, "  %-44s %9lld %12.3f\n", "all", calls, total);
-    fprintf(stderr, "  inside the ops above:\n");
+    fprintf(stderr, "  inside the ops above (%lld parts untimed: no slot left):\n", p->untimed);
     for (int i = LH_CUDA_PROF_N; i < LH_CUDA_PROF_CATS; i++)
         fprintf(stderr, "  %-44s %9lld %12.3f %10.1f %6.1f%%\n", NAMES[i], p->calls[i], p->ms[i],
                 p->calls[i] ? 1e3 * p->ms[i] / (double)p->calls[i] : 0.0,
