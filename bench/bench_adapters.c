@@ -13,18 +13,13 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "../kernels/backend.h"
 #include "backend_load.h"
 #include "error.h"
 #include "lorahost/adapters.h"
 #include "model.h"
 #include "unet.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Deterministic N(0,1)-ish fill (sum of uniforms), as bench_unet. */
 static void fill(float *p, size_t n, unsigned seed) {
@@ -61,12 +56,12 @@ static void forwards(bench *B, const char *key, float *keep) {
     lh_error err = {0};
     printf(", \"%s\": [", key);
     for (int it = 0; it < B->iters; it++) {
-        double t0 = now();
+        double t0 = bench_now();
         if (lh_unet_forward(B->unet, B->out, B->x, B->ts, B->ctx, B->b, B->h, B->w, B->n_ctx,
                             &err) != LH_OK)
             die(key, err.msg);
         B->be->ops->sync(B->be);
-        printf("%s%.4f", it ? ", " : "", now() - t0);
+        printf("%s%.4f", it ? ", " : "", bench_now() - t0);
         fflush(stdout);
     }
     printf("]");
@@ -80,10 +75,10 @@ static void set(bench *B, const char *key, lh_adapter *const *a, const double *s
     lh_adapter_weights w[4];
     for (size_t i = 0; i < n; i++) lh_adapter_weights_init(&w[i], scales[i]);
     lh_error err = {0};
-    double t0 = now();
+    double t0 = bench_now();
     if (lh_adapter_set_ex(&B->m, a, w, n, mode, &err) != LH_OK) die(key, err.msg);
     B->be->ops->sync(B->be);
-    printf(", \"%s\": %.6f", key, now() - t0);
+    printf(", \"%s\": %.6f", key, bench_now() - t0);
     fflush(stdout);
 }
 
@@ -113,11 +108,9 @@ int main(int argc, char **argv) {
     B.iters = argc > 8 ? atoi(argv[8]) : 2;
     int threads = argc > 9 ? atoi(argv[9]) : 0;
     const char *device = argc > 10 ? argv[10] : "cpu", *prec = argc > 11 ? argv[11] : "fp32";
-    lh_dtype act = !strcmp(prec, "fp16") ? LH_DTYPE_F16 : !strcmp(prec, "bf16") ? LH_DTYPE_BF16
-                                                                               : LH_DTYPE_F32;
+    lh_dtype act = LH_DTYPE_F32;
     if (B.b < 1 || B.b > 64 || B.iters < 1) die("arguments", "BATCH must be 1..64, ITERS >= 1");
-    if (act == LH_DTYPE_F32 && strcmp(prec, "fp32"))
-        die("arguments", "PRECISION must be fp32, fp16 or bf16");
+    if (bench_precision(prec, &act) != 0) die("arguments", "PRECISION must be fp32, fp16 or bf16");
     char msg[1024];
     lh_error err = {0};
     if (lh_backend_create(&B.be, device, threads, msg, sizeof msg) != LH_OK) die("backend", msg);
@@ -127,10 +120,10 @@ int main(int argc, char **argv) {
         die("plugins", err.msg);
 
     /* ---- Model: the U-Net alone (the adapter code takes clip == NULL) ---- */
-    double t0 = now();
+    double t0 = bench_now();
     if (lh_unet_load(&B.unet, B.be, argv[1], &err) != LH_OK) die(argv[1], err.msg);
     if (lh_unet_set_precision(B.unet, act, &err) != LH_OK) die(prec, err.msg);
-    printf("{\"unet_load_s\": %.4f, \"device\": \"%s\", \"precision\": \"%s\"", now() - t0,
+    printf("{\"unet_load_s\": %.4f, \"device\": \"%s\", \"precision\": \"%s\"", bench_now() - t0,
            B.be->ops->name, prec);
     B.m.be = B.be;
     B.m.unet = B.unet;
@@ -155,10 +148,10 @@ int main(int argc, char **argv) {
     /* ---- Loading the two adapters from disk ---- */
     lh_adapter *ab[2] = {NULL, NULL};
     for (int k = 0; k < 2; k++) {
-        t0 = now();
+        t0 = bench_now();
         if (lh_adapter_load(&ab[k], &B.m, reg, argv[2 + k], NULL, &err) != LH_OK)
             die(argv[2 + k], err.msg);
-        printf(", \"load_%c_s\": %.6f", "AB"[k], now() - t0);
+        printf(", \"load_%c_s\": %.6f", "AB"[k], bench_now() - t0);
     }
     const lh_adapter_report *r = lh_adapter_get_report(ab[0]);
     printf(", \"format\": \"%s\", \"alpha_source\": \"%s\", \"n_keys\": %zu, \"n_used\": %zu, "

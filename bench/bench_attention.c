@@ -15,14 +15,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "../kernels/backend.h"
 #include "backend_load.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 typedef struct shape {
     int64_t b, heads, nq, nk, d;
@@ -39,7 +34,7 @@ static double timed(lh_backend *be, const shape *s, float *const *buf, int backw
     for (int it = 0; it < iters + 3; it++) {
         if (it == 3) {
             if (o->sync(be) != LH_OK) return -1.0;
-            t0 = now();
+            t0 = bench_now();
         }
         lh_status st =
             backward ? o->attention_backward(be, dq, dk, dv, dout, out, lse, q, k, v, s->b,
@@ -53,7 +48,7 @@ static double timed(lh_backend *be, const shape *s, float *const *buf, int backw
         }
     }
     if (o->sync(be) != LH_OK) return -1.0;
-    return (now() - t0) / iters;
+    return (bench_now() - t0) / iters;
 }
 
 int main(int argc, char **argv) {
@@ -65,10 +60,8 @@ int main(int argc, char **argv) {
     shape s = {atoll(argv[1]), atoll(argv[2]), atoll(argv[3]), atoll(argv[4]), atoll(argv[5])};
     int iters = atoi(argv[6]), backward = argc > 9 && !strcmp(argv[9], "1");
     const char *device = argc > 7 ? argv[7] : "cpu", *prec = argc > 8 ? argv[8] : "fp32";
-    lh_dtype act = !strcmp(prec, "fp16")   ? LH_DTYPE_F16
-                   : !strcmp(prec, "bf16") ? LH_DTYPE_BF16
-                                           : LH_DTYPE_F32;
-    if (act == LH_DTYPE_F32 && strcmp(prec, "fp32")) {
+    lh_dtype act = LH_DTYPE_F32;
+    if (bench_precision(prec, &act) != 0) {
         fprintf(stderr, "bench_attention: PRECISION must be fp32, fp16 or bf16, not %s\n", prec);
         return 2;
     }

@@ -8,15 +8,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "lorahost/lorahost.h"
 #include "model.h"
 #include "pipeline.h"
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static const char *const PROMPTS[8] = {
     "a red circle on a blue background",   "a yellow star on a black background",
@@ -69,7 +64,7 @@ int main(int argc, char **argv) {
     double best_solo = 1e30, best_batch = 1e30;
     for (int r = 0; r < rounds; r++) {
         lh_gen_result res;
-        double t0 = now_s();
+        double t0 = bench_now();
         for (int i = 0; i < n; i++) {
             p.prompt = PROMPTS[i];
             p.seed = seeds[i];
@@ -79,13 +74,13 @@ int main(int argc, char **argv) {
             if (lh_pipeline_txt2img(m, reg, &p, &res, &err) != LH_OK) goto fail;
             lh_gen_result_free(&res);
         }
-        double t1 = now_s();
+        double t1 = bench_now();
         p.batch_size = n;
         p.prompts = PROMPTS;
         p.seeds = seeds;
         if (lh_pipeline_txt2img(m, reg, &p, &res, &err) != LH_OK) goto fail;
         lh_gen_result_free(&res);
-        double t2 = now_s();
+        double t2 = bench_now();
         if (t1 - t0 < best_solo) best_solo = t1 - t0;
         if (t2 - t1 < best_batch) best_batch = t2 - t1;
     }

@@ -22,6 +22,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "../kernels/backend.h"
 #include "adapter.h"
 #include "backend_load.h"
@@ -32,12 +33,6 @@
 #include "optim.h"
 #include "tensor.h"
 #include "unet.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Deterministic N(0,1)-ish fill (sum of uniforms), as bench_unet. */
 static void fill(float *p, size_t n, unsigned seed) {
@@ -64,7 +59,7 @@ typedef struct timed_loss {
 static lh_status timed_mse(void *ctx, float *dout, float *loss, const float *out, int64_t numel,
                            lh_error *err) {
     timed_loss *t = ctx;
-    t->t_forward_end = now();
+    t->t_forward_end = bench_now();
     return lh_unet_mse_loss(&t->mse, dout, loss, out, numel, err);
 }
 
@@ -165,10 +160,8 @@ int main(int argc, char **argv) {
     int threads = argc > 9 ? atoi(argv[9]) : 0;
     const char *prec_name = argc > 10 ? argv[10] : "fp32";
     const char *device = argc > 11 ? argv[11] : "cpu";
-    lh_dtype prec = !strcmp(prec_name, "fp16")   ? LH_DTYPE_F16
-                    : !strcmp(prec_name, "bf16") ? LH_DTYPE_BF16
-                                                 : LH_DTYPE_F32;
-    if (prec == LH_DTYPE_F32 && strcmp(prec_name, "fp32"))
+    lh_dtype prec = LH_DTYPE_F32;
+    if (bench_precision(prec_name, &prec) != 0)
         die("arguments", "PRECISION must be fp32, fp16 or bf16");
     if (b < 1 || b > 64 || iters < 1) die("arguments", "BATCH must be 1..64, ITERS >= 1");
     char msg[1024];
@@ -181,9 +174,9 @@ int main(int argc, char **argv) {
         die("plugins", err.msg);
 
     lh_unet *unet = NULL;
-    double t0 = now();
+    double t0 = bench_now();
     if (lh_unet_load(&unet, be, argv[1], &err) != LH_OK) die(argv[1], err.msg);
-    printf("{\"unet_load_s\": %.4f", now() - t0);
+    printf("{\"unet_load_s\": %.4f", bench_now() - t0);
     lh_model m = {0};
     m.be = be;
     m.unet = unet;
@@ -208,7 +201,7 @@ int main(int argc, char **argv) {
 
     /* ---- The LoRA, runtime mode, gradients on ---- */
     lh_adapter *a = NULL;
-    t0 = now();
+    t0 = bench_now();
     lh_adapter_load_opts lo = {.trainable = 1};
     if (lh_adapter_load(&a, &m, reg, argv[2], &lo, &err) != LH_OK) die(argv[2], err.msg);
     if (lh_adapter_grads_enable(a, &err) != LH_OK) die("grads_enable", err.msg);
@@ -218,7 +211,7 @@ int main(int argc, char **argv) {
         die("adapter_set", err.msg);
     const lh_adapter_report *r = lh_adapter_get_report(a);
     printf(", \"lora_load_s\": %.4f, \"layers_unet\": %d, \"n_unmatched\": %zu",
-           now() - t0, r->layers_unet, r->n_unmatched);
+           bench_now() - t0, r->layers_unet, r->n_unmatched);
     size_t wsf = lh_unet_forward_workspace(unet, b, h, w, n_ctx);
     size_t ws0 = lh_unet_backward_workspace(unet, b, h, w, n_ctx, 0, prec);
     size_t ws1 = lh_unet_backward_workspace(unet, b, h, w, n_ctx, 1, prec);
@@ -242,19 +235,19 @@ int main(int argc, char **argv) {
         lh_unet_train_opts o = {.checkpointing = ckpt, .precision = prec,
                                 .loss_scale = scaler.scale};
         lh_unet_overflow rep;
-        double s0 = now();
+        double s0 = bench_now();
         if (lh_unet_train_step(unet, &o, timed_mse, &tl, &loss, NULL, x, ts, ctx, b, h, w, n_ctx,
                                &rep, &err) != LH_OK)
             die("train step", err.msg);
         int64_t bad = lh_adapter_grads_unscale(a, 1.0f / scaler.scale);
-        double s2 = now(), s1 = tl.t_forward_end;
+        double s2 = bench_now(), s1 = tl.t_forward_end;
         if (lh_loss_scaler_update(&scaler, bad > 0 || rep.count > 0)) {
             adam_step(&opt, be); /* and the instances' copies of the new values */
             if (lh_adapter_refresh(a, &err) != LH_OK) die("refresh", err.msg);
         } else
             fprintf(stderr, "bench_train: step %d overflowed (first at %s); skipped\n", it,
                     rep.count ? rep.at[0].unit : "the adapter gradients");
-        double s3 = now();
+        double s3 = bench_now();
         ls += (size_t)snprintf(steps + ls, sizeof steps - ls, "%s%.4f", it ? ", " : "", s3 - s0);
         lf += (size_t)snprintf(fwds + lf, sizeof fwds - lf, "%s%.4f", it ? ", " : "", s1 - s0);
         lb += (size_t)snprintf(bwds + lb, sizeof bwds - lb, "%s%.4f", it ? ", " : "", s2 - s1);

@@ -11,16 +11,11 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "../kernels/backend.h"
 #include "backend_load.h"
 #include "error.h"
 #include "unet.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Deterministic N(0,1)-ish fill (sum of uniforms) in host memory. */
 static void fill(float *p, size_t n, unsigned seed) {
@@ -49,22 +44,22 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_unet: %s\n", msg);
         return 1;
     }
-    double t0 = now();
+    double t0 = bench_now();
     lh_unet *m = NULL;
     if (lh_unet_load(&m, be, argv[1], &err) != LH_OK) {
         fprintf(stderr, "bench_unet: %s\n", err.msg);
         return 1;
     }
-    double load_s = now() - t0;
+    double load_s = bench_now() - t0;
     const char *prec = argc > 9 ? argv[9] : "fp32";
-    lh_dtype dt = !strcmp(prec, "fp16") ? LH_DTYPE_F16 : !strcmp(prec, "bf16") ? LH_DTYPE_BF16
-                                                                                : LH_DTYPE_F32;
+    lh_dtype dt = LH_DTYPE_F32;
+    int bad_prec = bench_precision(prec, &dt) != 0;
     const char *storage = argc > 10 ? argv[10] : "half";
     if (strcmp(storage, "half") && strcmp(storage, "f32")) {
         fprintf(stderr, "bench_unet: storage %s: expected half or f32\n", storage);
         return 1;
     }
-    if ((dt == LH_DTYPE_F32 && strcmp(prec, "fp32")) ||
+    if (bad_prec ||
         lh_unet_keep_f32_weights(m, !strcmp(storage, "f32"), &err) != LH_OK ||
         lh_unet_set_precision(m, dt, &err) != LH_OK) {
         fprintf(stderr, "bench_unet: precision %s: %s\n", prec,
@@ -91,13 +86,13 @@ int main(int argc, char **argv) {
     printf("{\"load_s\": %.4f, \"workspace_mb\": %.1f, \"forward_s\": [", load_s,
            (double)lh_unet_forward_workspace(m, b, h, w, n_ctx) / 1048576.0);
     for (int it = 0; it < iters; it++) {
-        t0 = now();
+        t0 = bench_now();
         if (lh_unet_forward(m, out, x, ts, ctx, b, h, w, n_ctx, &err) != LH_OK) {
             fprintf(stderr, "bench_unet: %s\n", err.msg);
             return 1;
         }
         be->ops->sync(be);
-        printf("%s%.4f", it ? ", " : "", now() - t0);
+        printf("%s%.4f", it ? ", " : "", bench_now() - t0);
         fflush(stdout);
     }
     struct rusage ru;

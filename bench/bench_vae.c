@@ -10,16 +10,11 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "../kernels/backend.h"
 #include "backend_load.h"
 #include "error.h"
 #include "vae.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 int main(int argc, char **argv) {
     if (argc < 6) {
@@ -30,10 +25,8 @@ int main(int argc, char **argv) {
     int64_t b = atoll(argv[2]), lh = atoll(argv[3]), lw = atoll(argv[4]);
     int iters = atoi(argv[5]), threads = argc > 6 ? atoi(argv[6]) : 0;
     const char *device = argc > 7 ? argv[7] : "cpu", *prec = argc > 8 ? argv[8] : "fp32";
-    lh_dtype act = !strcmp(prec, "fp16")   ? LH_DTYPE_F16
-                   : !strcmp(prec, "bf16") ? LH_DTYPE_BF16
-                                           : LH_DTYPE_F32;
-    if (act == LH_DTYPE_F32 && strcmp(prec, "fp32")) {
+    lh_dtype act = LH_DTYPE_F32;
+    if (bench_precision(prec, &act) != 0) {
         fprintf(stderr, "bench_vae: PRECISION must be fp32, fp16 or bf16, not %s\n", prec);
         return 2;
     }
@@ -48,13 +41,13 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_vae: %s\n", msg);
         return 1;
     }
-    double t0 = now();
+    double t0 = bench_now();
     lh_vae *m = NULL;
     if (lh_vae_load(&m, be, argv[1], &err) != LH_OK) {
         fprintf(stderr, "bench_vae: %s\n", err.msg);
         return 1;
     }
-    double load_s = now() - t0;
+    double load_s = bench_now() - t0;
     if (lh_vae_set_precision(m, act, &err) != LH_OK) {
         fprintf(stderr, "bench_vae: %s\n", err.msg);
         return 1;
@@ -82,7 +75,7 @@ int main(int argc, char **argv) {
            load_s, (double)lh_vae_weight_bytes(m) / 1048576.0,
            (double)lh_vae_decode_workspace(m, b, lh, lw, 0) / 1048576.0);
     for (int it = 0; it < iters; it++) {
-        t0 = now();
+        t0 = bench_now();
         if (lh_vae_decode(m, img, lat, b, lh, lw, 0, &err) != LH_OK) {
             fprintf(stderr, "bench_vae: %s\n", err.msg);
             return 1;
@@ -91,7 +84,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench_vae: sync failed\n");
             return 1;
         }
-        printf("%s%.4f", it ? ", " : "", now() - t0);
+        printf("%s%.4f", it ? ", " : "", bench_now() - t0);
         fflush(stdout);
     }
     struct rusage ru;
