@@ -168,6 +168,20 @@ def main():
                           f"{ref['peak_device_mb']:.0f} MiB",
                           f"{ours['layers_unet']} / {ref['layers_unet']}"]
                 print("| " + " | ".join(cells) + " |", flush=True)
+    if args.device == "cuda":  # where the first setting's step spends its device time
+        prec, b, ck = args.precisions[0], args.batches[0], args.ckpt[0]
+        cmd = [os.path.join(args.build, "bench", "bench_train"), d, lora, str(b), str(args.size),
+               str(args.size), str(args.ctx), "3", str(ck), "0", prec, args.device]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                                 env=dict(env, LH_CUDA_PROFILE="1"))
+            lines = out.stderr.splitlines()
+            at = next((i for i, x in enumerate(lines) if x.startswith("cuda profile")), None)
+            print(f"\nTraining step, {prec}, batch {b}, checkpointing {'yes' if ck else 'no'}: "
+                  f"device time by op over 3 steps (LH_CUDA_PROFILE=1, exit {out.returncode})")
+            print("```\n" + "\n".join(lines[at:] if at is not None else lines[-5:]) + "\n```")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            print(f"\nprofile: failed ({str(e)[:160]})")
 
 if __name__ == "__main__":
     main()
