@@ -97,7 +97,7 @@ static double max_abs(const float *a, size_t n) {
 int main(int argc, char **argv) {
     if (argc < 4) {
         fprintf(stderr, "usage: bench_adapters UNET_DIR LORA_A LORA_B "
-                        "[BATCH H W N_CTX ITERS THREADS]\n");
+                        "[BATCH H W N_CTX ITERS THREADS [DEVICE [PRECISION]]]\n");
         return 2;
     }
     bench B = {0};

@@ -72,7 +72,7 @@ const char *lh_train_vae_dtype(const lh_train_opts *o, const lh_backend *be) {
     const char *v = o->vae_dtype ? o->vae_dtype : "auto";
     if (!strcmp(v, "f32") || !strcmp(v, "f16") || !strcmp(v, "bf16")) return v;
     if (strcmp(v, "auto")) return NULL;
-    if (lh_backend_host_memory(be)) return "f32";
+    if (!be || lh_backend_host_memory(be)) return "f32";
     return o->precision == LH_DTYPE_F16 ? "f16" : o->precision == LH_DTYPE_BF16 ? "bf16" : "f32";
 }
 
@@ -969,6 +969,9 @@ static lh_status setup(trainer *t, lh_error *err) {
         return lh_error_set(err, LH_ERR_CONFIG, "train: full_parameter trains the U-Net's own "
                             "float32 weights: it takes neither mixed_precision nor "
                             "train_text_encoder");
+    if (!lh_train_vae_dtype(o, NULL))
+        return lh_error_set(err, LH_ERR_CONFIG, "train: model.vae_dtype '%s' is not auto, f32, "
+                            "f16 or bf16", o->vae_dtype);
     lh_status st = make_dirs(t, err);
     char msg[LH_ERROR_MAX] = "";
     if (st == LH_OK && o->backend) {
@@ -987,12 +990,7 @@ static lh_status setup(trainer *t, lh_error *err) {
                               "training update ops", ops->name);
     }
     if (st == LH_OK) st = lh_model_open(&t->m, t->be, o->model, err);
-    if (st == LH_OK) {
-        const char *vd = lh_train_vae_dtype(o, t->be);
-        st = vd ? lh_model_set_vae_dtype(t->m, vd, err)
-                : lh_error_set(err, LH_ERR_CONFIG, "train: model.vae_dtype '%s' is not auto, f32, "
-                               "f16 or bf16", o->vae_dtype);
-    }
+    if (st == LH_OK) st = lh_model_set_vae_dtype(t->m, lh_train_vae_dtype(o, t->be), err);
     if (st == LH_OK) st = lh_dataset_open(&t->ds, o->dataset, err);
     if (st == LH_OK && lh_dataset_count(t->ds) < 1)
         st = lh_error_set(err, LH_ERR_INVALID, "train: %s holds no images", o->dataset);

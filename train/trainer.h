@@ -63,8 +63,9 @@ typedef struct lh_train_opts {
     /* The VAE's precision while it encodes the images ([model] vae_dtype):
      * "f32", "f16", "bf16", or "auto" (NULL too): the mixed precision on a
      * device, as diffusers' and kohya's trainers cast the VAE to the
-     * weight dtype, and f32 on the cpu (lh_train_vae_dtype). An fp16
-     * encode that overflows is redone in float32 (lh_vae_encode). */
+     * weight dtype, and f32 on the cpu (lh_train_vae_dtype); the samples
+     * (sample_every) decode in it too. An fp16 encode or decode that
+     * overflows is redone in float32 (lh_vae_encode, lh_pipeline_txt2img). */
     const char *vae_dtype;
     int checkpointing;
     int64_t save_every; /* 0: only at the end */
@@ -93,9 +94,9 @@ typedef void (*lh_train_progress_fn)(void *user, const lh_train_progress *p);
 /* Fill *o with the [train] defaults of docs/config.md (model, dataset and
  * output_dir NULL). */
 LH_API void lh_train_opts_default(lh_train_opts *o);
-/* What o->vae_dtype means for a run on backend be: "f32", "f16" or "bf16"
- * (a model.vae_dtype value), or NULL when it is none of auto, f32, f16 and
- * bf16. */
+/* What o->vae_dtype means for a run on backend be (NULL: auto is f32):
+ * "f32", "f16" or "bf16" (a model.vae_dtype value), or NULL when it is
+ * none of auto, f32, f16 and bf16. */
 LH_API const char *lh_train_vae_dtype(const lh_train_opts *o, const struct lh_backend *be);
 
 /* Run the whole training; *final_loss (may be NULL) gets the last step's

@@ -16,11 +16,12 @@
 #   one, what bench/gpu/pack.sh packed (.gpu/gpu.tar.xz) is unpacked and used.
 #   Logs go to $OUT (the device tool's) or /tmp/lh-gpu-out.
 set -uo pipefail
+start=$(date +%s) # LH_GPU_DEADLINE counts from here
 src="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${OUT:-/tmp/lh-gpu-out}"
 mkdir -p "$out"
 if [[ $# -ge 1 ]]; then
-  build="$1"
+  build="$(cd "$1" && pwd)" || exit 1
 else
   rm -rf /tmp/lh-gpu && mkdir -p /tmp/lh-gpu && tar -C /tmp/lh-gpu -xJf "$src/.gpu/gpu.tar.xz" || exit 1
   build=/tmp/lh-gpu/build
@@ -45,7 +46,6 @@ want() { [[ " $steps " == *" $1 "* ]]; }
 # every step fits what is left of LH_GPU_DEADLINE seconds (default 540: the
 # device tool stops a command at 600) or is skipped, so the command comes
 # back with its summary; the summary is written again after each step
-start=$(date +%s)
 deadline="${LH_GPU_DEADLINE:-540}"
 left() { echo $((deadline - ($(date +%s) - start))); }
 status=0
@@ -73,8 +73,9 @@ write_summary() {
   } >"$out/summary.md"
 }
 # step LABEL LOG BUDGET_S COMMAND...: run it under a timeout of at most
-# BUDGET_S seconds (less when less is left; skipped under 30 s), log to
-# $out/LOG, add a summary row
+# BUDGET_S seconds (less when less is left; skipped under 30 s, which
+# fails the run too), log to $out/LOG (and what it writes to $out/LOG's
+# .err), add a summary row; ok=WORD names a success (default pass)
 step() {
   local label="$1" log="$2" budget="$3" s rc r
   shift 3
@@ -83,17 +84,23 @@ step() {
   ((t < budget)) && budget=$t
   if ((budget < 30)); then
     summary+=("| $label | skipped: out of time | |")
+    status=1
     write_summary
     return
   fi
   s=$(date +%s)
-  timeout "$budget" "$@" >"$out/$log" 2>&1
+  timeout -k 10 "$budget" "$@" >"$out/$log" 2>&1
   rc=$?
+  local logs=("$out/$log")
+  [[ -f "$out/${log%.log}.err" ]] && logs+=("$out/${log%.log}.err")
   case $rc in
-    0) r=pass ;;
-    77) r="NOT RUN: $(grep -m1 SKIP "$out/$log")" ;; # on a GPU machine, a failure too
-    124) r="TIMEOUT after $budget s" ;;
-    *) r="FAIL ($rc): $(grep -m1 -E '^FAIL |:F:|:E:|Error|error' "$out/$log" | cut -c1-160)" ;;
+    0) r="${ok:-pass}" ;;
+    77) r="NOT RUN: $(grep -h -m1 SKIP "${logs[@]}")" ;; # on a GPU machine, a failure too
+    124 | 137) r="TIMEOUT after $budget s" ;;
+    *) # a suite's first failed check, else the last error line (a Python traceback's)
+      r="$(grep -h -m1 -E '^FAIL |:F:|:E:' "${logs[@]}" | head -1)"
+      [[ -n "$r" ]] || r="$(grep -h -iE 'error|no such' "${logs[@]}" | tail -1)"
+      r="FAIL ($rc): $(cut -c1-160 <<<"$r" | tr '|' '/')" ;;
   esac
   summary+=("| $label | $r | $(($(date +%s) - s)) s |")
   [[ $rc == 0 ]] || status=1
@@ -108,11 +115,11 @@ want parity && for t in "$build"/tests/test_cuda_parity_*; do
 done
 # 2. the benchmarks: U-Net step, VAE decode and the op profile; attention alone
 if want bench; then
-  step "U-Net step and VAE decode vs diffusers" unet.log 300 \
+  ok=ran step "U-Net step and VAE decode vs diffusers" unet.log 300 \
     "$py" -u "$src/bench/gpu/unet_gpu.py" --build "$build"
-  step "attention alone vs torch SDPA (flash, cuDNN, efficient)" attention.log 150 \
+  ok=ran step "attention alone vs torch SDPA (flash, cuDNN, efficient)" attention.log 150 \
     "$py" -u "$src/bench/gpu/attention_gpu.py" --build "$build"
-  step "LoRA rank 32: runtime, merged, switch vs diffusers + PEFT" adapters.log 200 \
+  ok=ran step "LoRA rank 32: runtime, merged, switch vs diffusers + PEFT" adapters.log 200 \
     bash -c '"$0" -u "$1" --build "$2" --device cuda --precision fp16 --ranks 32 --iters 10 \
       2>"$3"' "$py" "$src/bench/adapters_cpu.py" "$build" "$out/adapters.err"
 fi
@@ -141,12 +148,15 @@ fi
 # 4. the training benchmark (a call of its own: LH_GPU_STEPS=train)
 # (LH_GPU_TRAIN_ARGS: train_gpu.py's options, e.g. "--precisions fp16 --batches 1" when
 # little time is left)
-want train && step "LoRA training step vs diffusers + PEFT" train.log 400 \
-  bash -c '"$0" -u "$1" --build "$2" ${3:+$3} 2>"$4"' "$py" "$src/bench/gpu/train_gpu.py" "$build" \
+want train && ok=ran step "LoRA training step vs diffusers + PEFT" train.log 400 \
+  bash -c 'set -f; "$0" -u "$1" --build "$2" ${3:+$3} 2>"$4"' "$py" "$src/bench/gpu/train_gpu.py" "$build" \
   "${LH_GPU_TRAIN_ARGS:-}" "$out/train.err"
 # 5. memcheck, and racecheck for the kernels' shared-memory reductions (norm,
 # bias and attention backwards)
-if want memcheck && command -v compute-sanitizer >/dev/null; then
+if want memcheck && ! command -v compute-sanitizer >/dev/null; then
+  summary+=("| memcheck, racecheck | NOT RUN: no compute-sanitizer on the PATH | |")
+  status=1
+elif want memcheck; then
   for tool in memcheck racecheck; do
     for name in test_cuda_parity_dense test_cuda_parity_ops; do
       [[ -x "$build/tests/$name" ]] &&

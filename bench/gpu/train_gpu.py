@@ -133,7 +133,12 @@ def main():
     if os.environ.get("LH_LD_LIBRARY_PATH"):  # bench/gpu/run.sh: the packed libraries
         env["LD_LIBRARY_PATH"] = os.environ["LH_LD_LIBRARY_PATH"]
     what = f"U-Net {args.unet}" if args.unet else "SD 1.5 shapes (random weights)"
-    header = False
+    print(f"Adapter training step, {what}, {args.size}x{args.size} latents, {args.ctx} tokens, "
+          f"LoRA rank {args.rank} on to_q/to_k/to_v/to_out.0, {args.device}")
+    print("| precision | batch | checkpointing | lorahost | diffusers + PEFT "
+          "| ratio (torch / ours) | peak memory ours | peak memory torch "
+          "| LoRA layers (ours / torch) |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     for prec in args.precisions:
         for b in args.batches:
             for ck in args.ckpt:
@@ -148,16 +153,7 @@ def main():
                                          "--device", args.device], fatal=False)
                 print(json.dumps({"precision": prec, "batch": b, "ckpt": ck, "ours": ours,
                                   "torch": ref}), file=sys.stderr)
-                if not header and "error" not in ref:  # each row as soon as it is measured
-                    print(f"Adapter training step, {what}, {args.size}x{args.size} latents, "
-                          f"{args.ctx} tokens, LoRA rank {args.rank} on "
-                          f"to_q/to_k/to_v/to_out.0, {ref['gpu']}, torch {ref['torch']}")
-                    print("| precision | batch | checkpointing | lorahost | diffusers + PEFT "
-                          "| ratio (torch / ours) | peak memory ours | peak memory torch "
-                          "| LoRA layers (ours / torch) |")
-                    print("|---|---|---|---|---|---|---|---|---|")
-                    header = True
-                cells = [prec, str(b), "yes" if ck else "no"]
+                cells = [prec, str(b), "yes" if ck else "no"]  # each row as soon as measured
                 if "error" in ours or "error" in ref:
                     cells += [f"ours: {ours.get('error', 'ran')}; torch: {ref.get('error', 'ran')}"]
                     print("| " + " | ".join(cells) + " | | | | | |", flush=True)
@@ -166,7 +162,8 @@ def main():
                 cells += [f"{o * 1e3:.1f} ms", f"{r * 1e3:.1f} ms", f"{r / o:.2f}x",
                           f"{ours.get('peak_device_mb', float('nan')):.0f} MiB",
                           f"{ref['peak_device_mb']:.0f} MiB",
-                          f"{ours['layers_unet']} / {ref['layers_unet']}"]
+                          f"{ours['layers_unet']} / {ref['layers_unet']} ({ref['gpu']}, "
+                          f"torch {ref['torch']})"]
                 print("| " + " | ".join(cells) + " |", flush=True)
     if args.device == "cuda":  # where the first setting's step spends its device time
         prec, b, ck = args.precisions[0], args.batches[0], args.ckpt[0]
