@@ -514,7 +514,8 @@ END_TEST
 /* model.vae_dtype in training: auto is the mixed precision on a device and
  * f32 on the cpu; a name is taken as it is, anything else refused naming
  * it; and it is what encodes the images: an f16 VAE's latents move the
- * first loss a little (float32 activations vs fp16 ones), not a lot. */
+ * first loss a little (float32 activations vs fp16 ones), not a lot, and
+ * the device's auto run is the cpu's f16 one, bit for bit. */
 START_TEST(test_vae_dtype) {
     char msg[256];
     lh_backend *cpu = NULL, *dev = NULL;
@@ -536,24 +537,27 @@ START_TEST(test_vae_dtype) {
     }
     o.vae_dtype = "fp16"; /* mixed_precision's spelling, not vae_dtype's */
     ck_assert_ptr_null(lh_train_vae_dtype(&o, dev));
-    lh_backend_destroy(dev);
 
+    /* fp16 training on the cpu with an f32 and an f16 VAE, and on the fake
+     * device (the cpu's arithmetic) with auto: that one is the f16 run */
     workdir w;
     workdir_make(&w);
     lh_error err = {0};
     lh_registry *reg = registry();
-    const char *const vd[2] = {"f32", "f16"};
-    losses *l[2];
-    for (int k = 0; k < 2; k++) {
+    const char *const vd[3] = {"f32", "f16", "auto"};
+    lh_backend *on[3] = {cpu, cpu, dev};
+    losses *l[3];
+    for (int k = 0; k < 3; k++) {
         lh_train_opts_default(&o);
         o.model = w.model;
         o.dataset = w.data;
         o.output_dir = w.out;
-        o.backend = cpu;
+        o.backend = on[k];
         o.steps = 2;
         o.batch_size = 2;
         o.seed = 9;
         o.save_every = 0;
+        o.precision = LH_DTYPE_F16;
         o.vae_dtype = vd[k];
         l[k] = calloc(1, sizeof *l[k]);
         ck_assert(l[k]);
@@ -562,15 +566,18 @@ START_TEST(test_vae_dtype) {
         remove_tree(w.out);
     }
     double d = fabs((double)l[1]->v[0] - l[0]->v[0]) / fabs((double)l[0]->v[0]);
-    fprintf(stderr, "first loss: f32 VAE %.9g, f16 VAE %.9g (rel %.2e)\n", (double)l[0]->v[0],
-            (double)l[1]->v[0], d);
+    fprintf(stderr, "first loss: f32 VAE %.9g, f16 VAE %.9g (rel %.2e), device auto %.9g\n",
+            (double)l[0]->v[0], (double)l[1]->v[0], d, (double)l[2]->v[0]);
     ck_assert_msg(d > 0 && d < 1e-2, "an f16 VAE moved the first loss by %.3e", d);
+    for (int i = 0; i < 2; i++)
+        ck_assert_msg(l[2]->v[i] == l[1]->v[i], "step %d: the device's auto VAE gave %.9g, the "
+                      "cpu's f16 one %.9g", i + 1, (double)l[2]->v[i], (double)l[1]->v[i]);
     o.vae_dtype = "f8";
     ck_assert_int_eq(lh_train_run(&o, reg, keep, l[0], NULL, &err), LH_ERR_CONFIG);
     ck_assert_msg(strstr(err.msg, "vae_dtype") && strstr(err.msg, "'f8'"), "%s", err.msg);
-    free(l[0]);
-    free(l[1]);
+    for (int k = 0; k < 3; k++) free(l[k]);
     lh_registry_destroy(reg);
+    lh_backend_destroy(dev);
     lh_backend_destroy(cpu);
     remove_tree(w.dir);
 }
