@@ -172,7 +172,7 @@ START_TEST(test_unet) {
                       "%s", err.msg);
         char what[96];
         snprintf(what, sizeof what, "U-Net forward %s activations", lh_dtype_name(half[k]));
-        expect_close_dev(what, og, oc, no, TOL_HALF);
+        expect_close_dev(what, og, oc, no, TOL_MODEL(half[k]));
         /* the next call of the shape records a graph; where the recording
          * fails (the poison device can make it) the call runs op by op, on
          * its own context, not the one the last call left rounded */
@@ -187,7 +187,7 @@ START_TEST(test_unet) {
         if (fail) unsetenv("LH_FAKE_GRAPH_FAIL");
         snprintf(what, sizeof what, "U-Net forward %s activations, new context%s",
                  lh_dtype_name(half[k]), fail ? ", recording failed" : "");
-        expect_close_dev(what, og, oc, no, TOL_HALF);
+        expect_close_dev(what, og, oc, no, TOL_MODEL(half[k]));
         g_cpu->ops->free(g_cpu, c3c);
         g_gpu->ops->free(g_gpu, c3g);
         free(c3);
@@ -295,8 +295,7 @@ START_TEST(test_unet_f16_file) {
                       err.msg);
         ck_assert_msg(lh_unet_forward(ug, og, xg, ts, cg, b, h, w, n_ctx, &err) == LH_OK, "%s",
                       err.msg);
-        expect_close_dev(steps[k].what, og, oc, no,
-                         steps[k].prec == LH_DTYPE_F32 ? TOL_F32 : TOL_HALF);
+        expect_close_dev(steps[k].what, og, oc, no, TOL_MODEL(steps[k].prec));
     }
     float *bc[] = {xc, cc, oc}, *bg[] = {xg, cg, og};
     for (int i = 0; i < 3; i++) {
@@ -347,7 +346,7 @@ START_TEST(test_vae) {
                       err.msg);
         char what[64];
         snprintf(what, sizeof what, "VAE decode %s activations", lh_dtype_name(dt));
-        expect_close_dev(what, ig, ic, ni, k < 2 ? TOL_HALF : TOL_F32);
+        expect_close_dev(what, ig, ic, ni, TOL_MODEL(dt));
     }
     /* the encoder on the decoded image */
     float *mc = on(g_cpu, NULL, nl), *mg = on(g_gpu, NULL, nl), *vc = on(g_cpu, NULL, nl),

@@ -124,6 +124,15 @@ static void l2_add(l2 *e, const float *a, const float *b, int64_t n) {
     }
 }
 
+/* bf16 adapter gradients, device against cpu (relative L2): test_step_half */
+#define TOL_BF16_GRAD 5e-2
+/* One trained tensor of a half-precision run (relative L2), device against
+ * cpu: elements whose gradients are rounding noise take AdamW steps of
+ * either sign. Under tests/cuda_emu after three steps: 0.06 (lora-fp16)
+ * and 0.18 (loha-bf16) for the worst tensor, 2.4e-5 and 1.9e-5 for all
+ * tensors together (held to TOL_HALF). */
+#define TOL_EACH_HALF 0.5
+
 static double l2_rel(const l2 *e) { return e->den > 0 ? sqrt(e->num / e->den) : sqrt(e->num); }
 
 /* Tensor t's values on the host (malloc'd): a trainable adapter's
@@ -144,10 +153,10 @@ static float *values(const lh_tensor *t) {
  * max(its norm, 1e-4 of all of them) (a tensor whose gradient cancels to
  * about zero, as time_emb_proj's do where a group norm takes one channel
  * per group, holds only rounding); returns g's relative L2 against the
- * float64 reference. */
+ * float64 reference, and c's in *c_vs_ref (may be NULL). */
 static double compare_grads(const char *what, const side *g, const side *c, const lh_st_file *ref,
-                            double tol) {
-    l2 all = {0, 0}, vs_ref = {0, 0};
+                            double tol, double *c_vs_ref) {
+    l2 all = {0, 0}, vs_ref = {0, 0}, c_ref = {0, 0};
     int n = 0;
     for (int pass = 0; pass < 2; pass++) { /* the whole first, then each tensor */
         double worst = 0;
@@ -165,6 +174,7 @@ static double compare_grads(const char *what, const side *g, const side *c, cons
                 l2_add(&all, gv, cv, t->numel);
                 float *want = st_floats(ref, t->name, NULL);
                 l2_add(&vs_ref, gv, want, t->numel);
+                l2_add(&c_ref, cv, want, t->numel);
                 free(want);
                 n++;
             }
@@ -185,6 +195,7 @@ static double compare_grads(const char *what, const side *g, const side *c, cons
             PARITY_EXPECT(worst <= 100 * tol, "%s: %s differs by %.3e", what, worst_key, worst);
         }
     }
+    if (c_vs_ref) *c_vs_ref = l2_rel(&c_ref);
     return l2_rel(&vs_ref);
 }
 
@@ -209,7 +220,7 @@ START_TEST(test_step_fp32) {
         snprintf(what, sizeof what, "step fp32%s loss", ckpt ? " checkpointed" : "");
         expect_close(what, &lg, &lc, 1, TOL_F32);
         snprintf(what, sizeof what, "fp32%s", ckpt ? " ckpt" : "");
-        double e = compare_grads(what, &g, &c, ref, TOL_F32);
+        double e = compare_grads(what, &g, &c, ref, TOL_F32, NULL);
         printf("%-48s relative L2 %.2e against torch fp64 (tol %.0e)\n", what, e, TOL_REF);
         PARITY_EXPECT(e <= TOL_REF, "%s: %.3e against float64", what, e);
     }
@@ -246,7 +257,7 @@ START_TEST(test_step_fp16_dropout) {
     float lg = side_step(&g, ref, LH_DTYPE_F16, 65536.0f, 0);
     float lc = side_step(&c, ref, LH_DTYPE_F16, 65536.0f, 0);
     expect_close("step fp16 + dropout loss", &lg, &lc, 1, TOL_HALF);
-    compare_grads("fp16 dropout", &g, &c, ref, TOL_HALF);
+    compare_grads("fp16 dropout", &g, &c, ref, TOL_HALF, NULL);
     int64_t nonzero = 0, half = 0;
     for (size_t i = 0; i < lh_st_count(ref); i++) {
         const lh_st_tensor *t = lh_st_get(ref, i);
@@ -282,10 +293,20 @@ START_TEST(test_step_half) {
         char what[64];
         snprintf(what, sizeof what, "step %s loss", cases[k].name);
         expect_close(what, &lg, &lc, 1, TOL_HALF);
-        double e = compare_grads(cases[k].name, &g, &c, ref, TOL_HALF);
+        /* bf16: each side's gradients are about 3e-2 from float64 (8
+         * significant bits), so two sides that sum in other orders part by
+         * as much (2.8e-2 under tests/cuda_emu): they are held to
+         * TOL_BF16_GRAD apart, and the device to the cpu's own accuracy
+         * against float64 */
+        int bf = cases[k].prec == LH_DTYPE_BF16;
+        double ec = 0;
+        double e = compare_grads(cases[k].name, &g, &c, ref, bf ? TOL_BF16_GRAD : TOL_HALF, &ec);
         /* half precision really is on: fp32 is 1e4 times closer to float64 */
-        printf("%-48s relative L2 %.2e against torch fp64\n", cases[k].name, e);
+        printf("%-48s relative L2 %.2e against torch fp64 (the cpu's %.2e)\n", cases[k].name, e,
+               ec);
         ck_assert_msg(e > 1e-4, "%s: %.3e against float64, as close as fp32", cases[k].name, e);
+        PARITY_EXPECT(e <= 1.25 * ec + 1e-3, "%s: %.3e against float64, the cpu's %.3e",
+                      cases[k].name, e, ec);
         side_close(&g);
         side_close(&c);
     }
@@ -373,8 +394,12 @@ static void train(lh_backend *be, const char *name, run_kind kind, int te, lh_dt
 }
 
 /* Every tensor of file a against the same-named tensor of file b: all of
- * them together within tol (relative L2), and each one within tol_each of
- * its largest magnitude. */
+ * them together within tol (relative L2), and each one within tol_each
+ * (its own relative L2). Not its worst element: where an element's
+ * gradient is rounding noise (half precision), AdamW steps it by about lr
+ * either way, so one element may differ by its whole size (0.22 of the
+ * tensor's largest in lora-fp16 under tests/cuda_emu, all tensors together
+ * 2.4e-5). */
 static void compare_files(const char *what, const char *a, const char *b, double tol,
                           double tol_each) {
     lh_st_file *fa = NULL, *fb = NULL;
@@ -391,12 +416,10 @@ static void compare_files(const char *what, const char *a, const char *b, double
         float *va = st_floats(fa, t->name, &na), *vb = st_floats(fb, t->name, &nb);
         ck_assert_int_eq(na, nb);
         l2_add(&all, va, vb, na);
-        double d = 0, top = 1e-6;
-        for (int64_t k = 0; k < na; k++) {
-            d = fmax(d, fabs((double)va[k] - vb[k]));
-            top = fmax(top, fabs((double)vb[k]));
-        }
-        if (d / top > worst) worst = d / top, at = t->name;
+        l2 one = {0, 0};
+        l2_add(&one, va, vb, na);
+        double d = sqrt(one.num) / fmax(sqrt(one.den), 1e-6);
+        if (d > worst) worst = d, at = t->name;
         free(va);
         free(vb);
     }
@@ -440,7 +463,7 @@ START_TEST(test_train_lora_te) {
 END_TEST
 
 START_TEST(test_train_lora_fp16) {
-    run_case("lora-fp16", RUN_LORA, 0, LH_DTYPE_F16, TOL_HALF, TOL_HALF, 5 * TOL_HALF);
+    run_case("lora-fp16", RUN_LORA, 0, LH_DTYPE_F16, TOL_HALF, TOL_HALF, TOL_EACH_HALF);
 }
 END_TEST
 
@@ -451,7 +474,7 @@ START_TEST(test_train_loha_fp32) {
 END_TEST
 
 START_TEST(test_train_loha_bf16) {
-    run_case("loha-bf16", RUN_LOHA, 0, LH_DTYPE_BF16, TOL_HALF, TOL_HALF, 5 * TOL_HALF);
+    run_case("loha-bf16", RUN_LOHA, 0, LH_DTYPE_BF16, TOL_HALF, TOL_HALF, TOL_EACH_HALF);
 }
 END_TEST
 
