@@ -257,9 +257,12 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
     size_t round = (bytes + 255) / 256 * 256;
     if (!round) round = 256;
     if (g_device_bytes + round > device_limit()) return set_err(cudaErrorMemoryAllocation);
-    void *m = aligned_alloc(256, round);
-    if (!m) return set_err(cudaErrorMemoryAllocation);
-    memset(m, 0xff, round);
+    /* 256-byte aligned as cudaMalloc's, and exactly `bytes` long, so that
+     * AddressSanitizer (an instrumented build of the module) catches a
+     * kernel's access one element past it */
+    void *m = NULL;
+    if (posix_memalign(&m, 256, bytes ? bytes : 1)) return set_err(cudaErrorMemoryAllocation);
+    memset(m, 0xff, bytes);
     g_allocs[(uintptr_t)m] = alloc_info{bytes, 0};
     g_device_bytes += round;
     *p = m;
@@ -274,8 +277,8 @@ cudaError_t cudaFree(void *p) {
     size_t round = (it->second.bytes + 255) / 256 * 256;
     if (!round) round = 256;
     g_device_bytes -= round;
+    memset(p, 0xff, it->second.bytes); /* a later read of it reads NaN */
     g_allocs.erase(it);
-    memset(p, 0xff, round); /* a later read of it reads NaN */
     g_quarantine.push_back({p, round});
     g_quarantine_bytes += round;
     while (g_quarantine_bytes > ((size_t)256 << 20)) {
@@ -288,8 +291,8 @@ cudaError_t cudaFree(void *p) {
 
 cudaError_t cudaMallocHost(void **p, size_t bytes) {
     *p = NULL;
-    void *m = aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
-    if (!m) return set_err(cudaErrorMemoryAllocation);
+    void *m = NULL;
+    if (posix_memalign(&m, 256, bytes ? bytes : 1)) return set_err(cudaErrorMemoryAllocation);
     g_allocs[(uintptr_t)m] = alloc_info{bytes, 1};
     *p = m;
     return cudaSuccess;
@@ -563,15 +566,11 @@ void run_block(int n, size_t smem) {
         g_blk.exists[w] = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
         g_blk.done[w] = 0;
     }
-    static unsigned char *dyn;
-    static size_t dyn_bytes;
-    if (smem > dyn_bytes) {
-        free(dyn);
-        dyn_bytes = (smem + 127) / 128 * 128;
-        dyn = (unsigned char *)aligned_alloc(128, dyn_bytes);
-        if (!dyn) emu::trap("no memory for %zu bytes of shared memory", smem);
-    }
-    if (smem) memset(dyn, 0xff, smem); /* poisoned: NaN bytes */
+    /* exactly smem bytes (an instrumented build catches a read past them),
+     * poisoned: NaN bytes */
+    void *dyn = NULL;
+    if (posix_memalign(&dyn, 128, smem ? smem : 1)) emu::trap("no memory for %zu bytes of shared memory", smem);
+    memset(dyn, 0xff, smem);
     g_blk.smem = dyn;
     dim3 b = emu::g_block_dim;
     for (int i = 0; i < n; i++) {
@@ -605,6 +604,7 @@ void run_block(int n, size_t smem) {
                       emu::g_block_idx.x, emu::g_block_idx.y, emu::g_block_idx.z, g_blk.live);
     }
     g_cur = NULL;
+    free(dyn);
 }
 
 std::map<const void *, int> g_smem_attr;
