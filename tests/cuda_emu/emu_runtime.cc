@@ -133,7 +133,15 @@ struct alloc_info {
 };
 std::map<uintptr_t, alloc_info> g_allocs;
 size_t g_device_bytes, g_device_limit;
-std::deque<std::pair<void *, size_t>> g_quarantine;
+/* freed device memory, kept a while (poisoned) so that a late read shows;
+ * freed for good when the module goes (LeakSanitizer then sees only what
+ * the program itself never freed) */
+struct quarantine {
+    std::deque<std::pair<void *, size_t>> q;
+    ~quarantine() {
+        for (auto &e : q) free(e.first);
+    }
+} g_quarantine;
 size_t g_quarantine_bytes;
 
 size_t device_limit(void) {
@@ -279,12 +287,12 @@ cudaError_t cudaFree(void *p) {
     g_device_bytes -= round;
     memset(p, 0xff, it->second.bytes); /* a later read of it reads NaN */
     g_allocs.erase(it);
-    g_quarantine.push_back({p, round});
+    g_quarantine.q.push_back({p, round});
     g_quarantine_bytes += round;
     while (g_quarantine_bytes > ((size_t)256 << 20)) {
-        free(g_quarantine.front().first);
-        g_quarantine_bytes -= g_quarantine.front().second;
-        g_quarantine.pop_front();
+        free(g_quarantine.q.front().first);
+        g_quarantine_bytes -= g_quarantine.q.front().second;
+        g_quarantine.q.pop_front();
     }
     return cudaSuccess;
 }
