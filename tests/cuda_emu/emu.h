@@ -162,7 +162,8 @@ static inline T __shfl_down_sync(unsigned mask, T v, unsigned d, int width = 32)
 
 /* ---- WMMA: each lane holds the whole tile (any layout serves code that
  * only loads, stores, multiplies and fills fragments); every operation is
- * warp-collective, a barrier of the full warp before and after ---- */
+ * warp-collective, a barrier of the full warp before (and after, but for
+ * the store: each lane stores its share and goes on) ---- */
 namespace emu {
 template <typename T> static inline float to_f(T v) { return (float)v; }
 template <> inline float to_f<__half>(__half v) { return __half2float(v); }
@@ -226,10 +227,13 @@ static inline void store_matrix_sync(float *p, const fragment<accumulator, M, N,
                                      unsigned ldm, layout_t l) {
     emu::warp_barrier(0xffffffffu);
     emu::wmma_check(p, ldm, sizeof(float), "store_matrix_sync");
+    /* each lane stores its share and goes on, as on a device: a lane that
+     * reads the tile back needs a __syncwarp first */
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++)
-            (l == mem_row_major ? p[(size_t)i * ldm + j] : p[(size_t)j * ldm + i]) = f.v[i * N + j];
-    emu::warp_barrier(0xffffffffu);
+            if ((i * N + j) % 32 == emu::lane())
+                (l == mem_row_major ? p[(size_t)i * ldm + j] : p[(size_t)j * ldm + i]) =
+                    f.v[i * N + j];
 }
 template <int M, int N, int K, typename T>
 static inline void fill_fragment(fragment<accumulator, M, N, K, T> &f, T v) {

@@ -592,21 +592,42 @@ void run_block(int n, size_t smem) {
         for (int r = 0; r < 6; r++) *--sp = 0;
         f.sp = sp;
     }
+    /* One warp at a time, its lanes in turn, until each waits at a
+     * __syncthreads or has returned; then the next warp. Warps so drift
+     * apart between block barriers as on a device, so a shared-memory
+     * read missing its __syncthreads sees what is not yet (or no longer)
+     * written. LH_EMU_WARP_ORDER=reverse runs the warps last to first (a
+     * race whose writer is a later warp than its reader shows in one order
+     * only). */
+    static int reverse = -1;
+    if (reverse < 0) {
+        const char *e = getenv("LH_EMU_WARP_ORDER");
+        reverse = e && !strcmp(e, "reverse");
+    }
+    int warps = (n + 31) / 32;
     while (g_blk.live > 0) {
-        g_blk.progress = 0;
-        for (int i = 0; i < n; i++) {
-            if (g_fibers[i].done) continue;
-            g_cur = &g_fibers[i];
-            emu::g_thread_idx = g_cur->tid;
+        int any = 0;
+        for (int k = 0; k < warps; k++) {
+            int w = reverse ? warps - 1 - k : k;
+            int lo = w * 32, hi = lo + 32 < n ? lo + 32 : n;
+            do {
+                g_blk.progress = 0;
+                for (int i = lo; i < hi; i++) {
+                    if (g_fibers[i].done) continue;
+                    g_cur = &g_fibers[i];
+                    emu::g_thread_idx = g_cur->tid;
 #ifdef EMU_ASAN
-            __sanitizer_start_switch_fiber(&g_sched_fake, stack_of(i), STACK_BYTES);
-            emu_switch(&g_sched_sp, g_cur->sp);
-            __sanitizer_finish_switch_fiber(g_sched_fake, NULL, NULL);
+                    __sanitizer_start_switch_fiber(&g_sched_fake, stack_of(i), STACK_BYTES);
+                    emu_switch(&g_sched_sp, g_cur->sp);
+                    __sanitizer_finish_switch_fiber(g_sched_fake, NULL, NULL);
 #else
-            emu_switch(&g_sched_sp, g_cur->sp);
+                    emu_switch(&g_sched_sp, g_cur->sp);
 #endif
+                }
+                any |= g_blk.progress;
+            } while (g_blk.progress);
         }
-        if (!g_blk.progress && g_blk.live > 0)
+        if (!any && g_blk.live > 0)
             emu::trap("block (%u, %u, %u): %d threads wait at barriers no other thread reaches "
                       "(a __syncthreads or warp operation not reached by all)",
                       emu::g_block_idx.x, emu::g_block_idx.y, emu::g_block_idx.z, g_blk.live);
